@@ -1,0 +1,14 @@
+//! uringcast: a WebSocket (RFC 6455) broadcast server for Linux on io_uring.
+//!
+//! The crate is built in layers, each knowing only the one below it:
+//!
+//! - [`protocol`]: the sans-IO core (handshake, frames, masking, UTF-8, close rules). Bytes in,
+//!   events and bytes out; no sockets, no clock, no threads.
+//!
+//! See `docs/ARCHITECTURE.md` for how a byte travels through them.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod protocol;
