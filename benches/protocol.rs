@@ -71,7 +71,10 @@ fn utf8_group(c: &mut Criterion) {
     let mut group = c.benchmark_group("utf8");
     group.throughput(Throughput::Bytes(LARGE as u64));
     let text = mixed_text(LARGE);
-    assert!(std::str::from_utf8(&text).is_ok(), "benchmark input must be valid UTF-8");
+    assert!(
+        std::str::from_utf8(&text).is_ok(),
+        "benchmark input must be valid UTF-8"
+    );
     group.bench_function(BenchmarkId::new("simdutf8", LARGE), |b| {
         b.iter(|| black_box(simdutf8::compat::from_utf8(black_box(&text)).is_ok()))
     });

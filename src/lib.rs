@@ -4,6 +4,9 @@
 //!
 //! - [`protocol`]: the sans-IO core (handshake, frames, masking, UTF-8, close rules). Bytes in,
 //!   events and bytes out; no sockets, no clock, no threads.
+//! - [`driver`]: thread-per-core io_uring workers around the core: direct descriptors,
+//!   provided buffer rings, bounded send queues, one timer wheel per worker.
+//! - [`server`]: starts the workers for a [`Config`](config::Config) and a service.
 //!
 //! See `docs/ARCHITECTURE.md` for how a byte travels through them.
 #![deny(unsafe_code)]
@@ -11,4 +14,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod config;
+pub mod driver;
 pub mod protocol;
+pub mod server;

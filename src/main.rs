@@ -1,1 +1,89 @@
-fn main() {}
+//! The `uringcast` command: a WebSocket server on io_uring.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
+use uringcast::config::{self, Mode};
+use uringcast::server::{self, Server};
+
+/// A WebSocket (RFC 6455) server for Linux on io_uring.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// Address to listen on (every worker listens on it with SO_REUSEPORT).
+    #[arg(long, default_value = config::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// What to do with messages.
+    #[arg(long, value_enum, default_value_t = CliMode::Echo)]
+    mode: CliMode,
+    /// Worker threads, each pinned to a CPU with its own ring [default: one per CPU].
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Largest message in bytes, summed across fragments; larger ones are closed with 1009.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: u64,
+    /// Bytes of frames queued per connection; past it the connection is closed with 1008.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_BACKLOG_BYTES)]
+    max_backlog_bytes: usize,
+    /// Seconds a client has to complete its upgrade.
+    #[arg(long, default_value_t = config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs_f64())]
+    handshake_timeout: f64,
+    /// Seconds of silence before a ping; a ping unanswered for as long closes with 1001. 0 = off.
+    #[arg(long, default_value_t = config::DEFAULT_PING_INTERVAL.as_secs_f64())]
+    ping_interval: f64,
+    /// Seconds to wait for peers' close frames at shutdown.
+    #[arg(long, default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
+    drain_timeout: f64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CliMode {
+    /// Send every message back to its sender.
+    Echo,
+}
+
+fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{name} must be a non-negative number of seconds"))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(error) = run(Cli::parse()) {
+        eprintln!("uringcast: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut builder = Server::builder()
+        .listen(cli.listen)
+        .mode(match cli.mode {
+            CliMode::Echo => Mode::Echo,
+        })
+        .max_message_bytes(cli.max_message_bytes)
+        .max_backlog_bytes(cli.max_backlog_bytes)
+        .handshake_timeout(seconds("handshake-timeout", cli.handshake_timeout)?)
+        .ping_interval(Some(seconds("ping-interval", cli.ping_interval)?))
+        .drain_timeout(seconds("drain-timeout", cli.drain_timeout)?)
+        .handle_signals(true);
+    if let Some(workers) = cli.workers {
+        builder = builder.workers(workers);
+    }
+    let config = builder.build()?;
+    let handle = server::spawn(config)?;
+    // The one line on stdout: scripts and tests wait for it.
+    println!("listening on {}", handle.local_addr());
+    std::io::stdout().flush()?;
+    handle.wait();
+    Ok(())
+}

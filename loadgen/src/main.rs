@@ -2,6 +2,8 @@
 //! binary only shows that it links against the shared protocol core.
 
 fn main() {
-    eprintln!("uringcast-load: scenarios arrive with issue #6; this build only links the protocol core");
+    eprintln!(
+        "uringcast-load: scenarios arrive with issue #6; this build only links the protocol core"
+    );
     std::process::exit(2);
 }

@@ -78,7 +78,10 @@ mod tests {
         let sendable: Vec<u16> = (0..=u16::MAX)
             .filter(|c| CloseCode(*c).is_sendable())
             .collect();
-        let expected: Vec<u16> = (1000..=1003).chain(1007..=1014).chain(3000..=4999).collect();
+        let expected: Vec<u16> = (1000..=1003)
+            .chain(1007..=1014)
+            .chain(3000..=4999)
+            .collect();
         assert_eq!(sendable, expected);
         for code in [1004, 1005, 1006, 1015, 999, 1016, 2999, 5000] {
             assert!(!CloseCode(code).is_sendable(), "{code}");

@@ -202,7 +202,12 @@ impl<M: Masking> WebSocket<M> {
         if self.close != CloseState::Open {
             return None;
         }
-        Some(encode_frame(opcode, true, payload, self.masking.next_mask()))
+        Some(encode_frame(
+            opcode,
+            true,
+            payload,
+            self.masking.next_mask(),
+        ))
     }
 
     /// Encodes a ping (payload truncated to 125 bytes); `None` once closing.
@@ -245,7 +250,8 @@ impl<M: Masking> WebSocket<M> {
         self.message.extend_from_slice(chunk);
         if opcode == OpCode::Text {
             let unchecked = &self.message[self.utf8_checked..];
-            self.utf8_checked += utf8::validate_prefix(unchecked).map_err(|_| ProtocolError::InvalidUtf8)?;
+            self.utf8_checked +=
+                utf8::validate_prefix(unchecked).map_err(|_| ProtocolError::InvalidUtf8)?;
             if message_done && self.utf8_checked != self.message.len() {
                 // The message ends inside a code point.
                 return Err(ProtocolError::InvalidUtf8);
@@ -364,11 +370,26 @@ mod tests {
                 let (used, read) = ws.read(&mut chunk[pos..]);
                 let event = match read {
                     Read::NeedMore => None,
-                    Read::Message { opcode, payload } => Some(Event::Message(opcode, payload.into_owned())),
-                    Read::Ping { payload, pong } => Some(Event::Ping(payload.into_owned(), pong.map(|b| b.to_vec()))),
+                    Read::Message { opcode, payload } => {
+                        Some(Event::Message(opcode, payload.into_owned()))
+                    }
+                    Read::Ping { payload, pong } => {
+                        Some(Event::Ping(payload.into_owned(), pong.map(|b| b.to_vec())))
+                    }
                     Read::Pong(payload) => Some(Event::Pong(payload.into_owned())),
-                    Read::Close { code, reason, reply } => Some(Event::Close(code.map(|c| c.0), reason, reply.map(|b| b.to_vec()))),
-                    Read::Failed { error, reply } => Some(Event::Failed(error.close_code().0, reply.map(|b| b.to_vec()))),
+                    Read::Close {
+                        code,
+                        reason,
+                        reply,
+                    } => Some(Event::Close(
+                        code.map(|c| c.0),
+                        reason,
+                        reply.map(|b| b.to_vec()),
+                    )),
+                    Read::Failed { error, reply } => Some(Event::Failed(
+                        error.close_code().0,
+                        reply.map(|b| b.to_vec()),
+                    )),
                 };
                 pos += used;
                 match event {
@@ -400,28 +421,60 @@ mod tests {
         let frame_len = frame.len();
         let (used, read) = ws.read(&mut frame);
         assert_eq!(used, frame_len);
-        assert!(matches!(read, Read::Message { opcode: OpCode::Text, payload: Cow::Borrowed(b"hello") }));
-        let wire = [client(OpCode::Binary, false, b"ab"), client(OpCode::Continuation, false, b""), client(OpCode::Continuation, true, b"cd")].concat();
-        assert_eq!(feed(&mut ws, &mut [wire]), [Event::Message(OpCode::Binary, b"abcd".to_vec())]);
+        assert!(matches!(
+            read,
+            Read::Message {
+                opcode: OpCode::Text,
+                payload: Cow::Borrowed(b"hello")
+            }
+        ));
+        let wire = [
+            client(OpCode::Binary, false, b"ab"),
+            client(OpCode::Continuation, false, b""),
+            client(OpCode::Continuation, true, b"cd"),
+        ]
+        .concat();
+        assert_eq!(
+            feed(&mut ws, &mut [wire]),
+            [Event::Message(OpCode::Binary, b"abcd".to_vec())]
+        );
         assert!(ws.is_idle());
     }
 
     #[test]
     fn ping_between_fragments_is_answered_with_its_payload() {
         let mut ws = WebSocket::server(Limits::default());
-        let wire = [client(OpCode::Text, false, b"Hel"), client(OpCode::Ping, true, b"are you there"), client(OpCode::Continuation, true, b"lo")].concat();
+        let wire = [
+            client(OpCode::Text, false, b"Hel"),
+            client(OpCode::Ping, true, b"are you there"),
+            client(OpCode::Continuation, true, b"lo"),
+        ]
+        .concat();
         let pong = encode_frame(OpCode::Pong, true, b"are you there", None).to_vec();
         assert_eq!(
             feed(&mut ws, &mut [wire]),
-            [Event::Ping(b"are you there".to_vec(), Some(pong)), Event::Message(OpCode::Text, b"Hello".to_vec())]
+            [
+                Event::Ping(b"are you there".to_vec(), Some(pong)),
+                Event::Message(OpCode::Text, b"Hello".to_vec())
+            ]
         );
     }
 
     #[test]
     fn unsolicited_pong_is_reported_and_ignored() {
         let mut ws = WebSocket::server(Limits::default());
-        let wire = [client(OpCode::Pong, true, b"x"), client(OpCode::Text, true, b"y")].concat();
-        assert_eq!(feed(&mut ws, &mut [wire]), [Event::Pong(b"x".to_vec()), Event::Message(OpCode::Text, b"y".to_vec())]);
+        let wire = [
+            client(OpCode::Pong, true, b"x"),
+            client(OpCode::Text, true, b"y"),
+        ]
+        .concat();
+        assert_eq!(
+            feed(&mut ws, &mut [wire]),
+            [
+                Event::Pong(b"x".to_vec()),
+                Event::Message(OpCode::Text, b"y".to_vec())
+            ]
+        );
     }
 
     #[test]
@@ -429,7 +482,11 @@ mod tests {
         let mut ws = WebSocket::server(Limits::default());
         // Autobahn 6.4.1: the second fragment makes the text certainly invalid; the message
         // never ends, yet the connection must fail with 1007 now.
-        let wire = [client(OpCode::Text, false, "κόσμε".as_bytes()), client(OpCode::Continuation, false, b"\xf4\x90\x80\x80")].concat();
+        let wire = [
+            client(OpCode::Text, false, "κόσμε".as_bytes()),
+            client(OpCode::Continuation, false, b"\xf4\x90\x80\x80"),
+        ]
+        .concat();
         let events = feed(&mut ws, &mut [wire]);
         assert_eq!(events, [Event::Failed(1007, Some(server_close(1007)))]);
         assert_eq!(ws.close_state(), CloseState::Closed);
@@ -439,24 +496,53 @@ mod tests {
     fn code_point_split_across_fragments_is_valid() {
         let mut ws = WebSocket::server(Limits::default());
         let euro = "€".as_bytes();
-        let wire = [client(OpCode::Text, false, &euro[..1]), client(OpCode::Continuation, false, &euro[1..2]), client(OpCode::Continuation, true, &euro[2..])].concat();
-        assert_eq!(feed(&mut ws, &mut [wire]), [Event::Message(OpCode::Text, euro.to_vec())]);
+        let wire = [
+            client(OpCode::Text, false, &euro[..1]),
+            client(OpCode::Continuation, false, &euro[1..2]),
+            client(OpCode::Continuation, true, &euro[2..]),
+        ]
+        .concat();
+        assert_eq!(
+            feed(&mut ws, &mut [wire]),
+            [Event::Message(OpCode::Text, euro.to_vec())]
+        );
         // ...but a message that ends inside one is not.
-        let wire = [client(OpCode::Text, false, b"a"), client(OpCode::Continuation, true, &euro[..2])].concat();
-        assert_eq!(feed(&mut ws, &mut [wire]), [Event::Failed(1007, Some(server_close(1007)))]);
+        let wire = [
+            client(OpCode::Text, false, b"a"),
+            client(OpCode::Continuation, true, &euro[..2]),
+        ]
+        .concat();
+        assert_eq!(
+            feed(&mut ws, &mut [wire]),
+            [Event::Failed(1007, Some(server_close(1007)))]
+        );
     }
 
     #[test]
     fn close_handshake_echoes_the_code_and_stops_reading() {
         let mut ws = WebSocket::server(Limits::default());
-        let wire = [client(OpCode::Close, true, b"\x03\xe8bye"), client(OpCode::Text, true, b"after close")].concat();
-        assert_eq!(feed(&mut ws, &mut [wire]), [Event::Close(Some(1000), "bye".into(), Some(server_close(1000)))]);
+        let wire = [
+            client(OpCode::Close, true, b"\x03\xe8bye"),
+            client(OpCode::Text, true, b"after close"),
+        ]
+        .concat();
+        assert_eq!(
+            feed(&mut ws, &mut [wire]),
+            [Event::Close(
+                Some(1000),
+                "bye".into(),
+                Some(server_close(1000))
+            )]
+        );
         assert_eq!(ws.close_state(), CloseState::Closed);
         assert_eq!(ws.encode(OpCode::Text, b"late"), None);
 
         let mut ws = WebSocket::server(Limits::default());
         let empty_reply = encode_frame(OpCode::Close, true, b"", None).to_vec();
-        assert_eq!(feed(&mut ws, &mut [client(OpCode::Close, true, b"")]), [Event::Close(None, String::new(), Some(empty_reply))]);
+        assert_eq!(
+            feed(&mut ws, &mut [client(OpCode::Close, true, b"")]),
+            [Event::Close(None, String::new(), Some(empty_reply))]
+        );
     }
 
     #[test]
@@ -472,35 +558,66 @@ mod tests {
         for (payload, code) in cases {
             let mut ws = WebSocket::server(Limits::default());
             let events = feed(&mut ws, &mut [client(OpCode::Close, true, payload)]);
-            assert_eq!(events, [Event::Failed(code, Some(server_close(code)))], "{payload:?}");
+            assert_eq!(
+                events,
+                [Event::Failed(code, Some(server_close(code)))],
+                "{payload:?}"
+            );
         }
         for code in [1000u16, 1003, 1007, 1014, 3000, 4999] {
             let mut ws = WebSocket::server(Limits::default());
-            let events = feed(&mut ws, &mut [client(OpCode::Close, true, &code.to_be_bytes())]);
-            assert_eq!(events, [Event::Close(Some(code), String::new(), Some(server_close(code)))]);
+            let events = feed(
+                &mut ws,
+                &mut [client(OpCode::Close, true, &code.to_be_bytes())],
+            );
+            assert_eq!(
+                events,
+                [Event::Close(
+                    Some(code),
+                    String::new(),
+                    Some(server_close(code))
+                )]
+            );
         }
     }
 
     #[test]
     fn our_close_then_theirs_closes_without_a_second_reply() {
         let mut ws = WebSocket::server(Limits::default());
-        let ours = ws.close(CloseCode::GOING_AWAY, "shutting down").expect("first close is sent");
+        let ours = ws
+            .close(CloseCode::GOING_AWAY, "shutting down")
+            .expect("first close is sent");
         assert_eq!(&ours[..4], b"\x88\x0f\x03\xe9");
         assert_eq!(ws.close_state(), CloseState::CloseSent);
         assert_eq!(ws.close(CloseCode::NORMAL, ""), None);
         // Pings are no longer answered and data can no longer be sent, but reading goes on.
-        let wire = [client(OpCode::Ping, true, b"p"), client(OpCode::Close, true, b"\x03\xe9")].concat();
-        assert_eq!(feed(&mut ws, &mut [wire]), [Event::Ping(b"p".to_vec(), None), Event::Close(Some(1001), String::new(), None)]);
+        let wire = [
+            client(OpCode::Ping, true, b"p"),
+            client(OpCode::Close, true, b"\x03\xe9"),
+        ]
+        .concat();
+        assert_eq!(
+            feed(&mut ws, &mut [wire]),
+            [
+                Event::Ping(b"p".to_vec(), None),
+                Event::Close(Some(1001), String::new(), None)
+            ]
+        );
         assert_eq!(ws.close_state(), CloseState::Closed);
     }
 
     #[test]
     fn protocol_errors_send_one_close_with_their_code() {
-        let mut ws = WebSocket::server(Limits { max_message_bytes: 10 });
+        let mut ws = WebSocket::server(Limits {
+            max_message_bytes: 10,
+        });
         let events = feed(&mut ws, &mut [client(OpCode::Binary, true, &[0; 11])]);
         assert_eq!(events, [Event::Failed(1009, Some(server_close(1009)))]);
         let mut ws = WebSocket::server(Limits::default());
-        let events = feed(&mut ws, &mut [encode_frame(OpCode::Text, true, b"x", None).to_vec()]);
+        let events = feed(
+            &mut ws,
+            &mut [encode_frame(OpCode::Text, true, b"x", None).to_vec()],
+        );
         assert_eq!(events, [Event::Failed(1002, Some(server_close(1002)))]);
     }
 
@@ -516,19 +633,35 @@ mod tests {
             Limits::default(),
         );
         let mut server_ws = WebSocket::server(Limits::default());
-        let to_server = client_ws.encode(OpCode::Text, "héllo".as_bytes()).unwrap().to_vec();
-        assert_ne!(&to_server[6..], "héllo".as_bytes(), "client frames are masked");
+        let to_server = client_ws
+            .encode(OpCode::Text, "héllo".as_bytes())
+            .unwrap()
+            .to_vec();
+        assert_ne!(
+            &to_server[6..],
+            "héllo".as_bytes(),
+            "client frames are masked"
+        );
         let events = feed(&mut server_ws, &mut [to_server.clone()]);
-        assert_eq!(events, [Event::Message(OpCode::Text, "héllo".as_bytes().to_vec())]);
+        assert_eq!(
+            events,
+            [Event::Message(OpCode::Text, "héllo".as_bytes().to_vec())]
+        );
         let to_client = server_ws.encode(OpCode::Text, b"back").unwrap().to_vec();
-        assert_eq!(feed(&mut client_ws, &mut [to_client]), [Event::Message(OpCode::Text, b"back".to_vec())]);
+        assert_eq!(
+            feed(&mut client_ws, &mut [to_client]),
+            [Event::Message(OpCode::Text, b"back".to_vec())]
+        );
         // A client rejects masked frames and answers with a masked close 1002.
         match &feed(&mut client_ws, &mut [to_server])[..] {
             [Event::Failed(1002, Some(reply))] => {
-                let mut decoder = crate::protocol::FrameDecoder::new(Role::Server, Limits::default());
+                let mut decoder =
+                    crate::protocol::FrameDecoder::new(Role::Server, Limits::default());
                 let mut reply = reply.clone();
                 let (_, step) = decoder.step(&mut reply).unwrap();
-                assert!(matches!(step, Step::Header(h) if h.opcode == OpCode::Close && h.mask.is_some()));
+                assert!(
+                    matches!(step, Step::Header(h) if h.opcode == OpCode::Close && h.mask.is_some())
+                );
             }
             other => panic!("expected a 1002 failure, got {other:?}"),
         }

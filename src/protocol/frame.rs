@@ -415,7 +415,13 @@ mod tests {
     #[test]
     fn rfc_5_7_examples() {
         let cases: [(&[u8], Role, OpCode, bool, &[u8]); 5] = [
-            (b"\x81\x05\x48\x65\x6c\x6c\x6f", Role::Client, OpCode::Text, true, b"Hello"),
+            (
+                b"\x81\x05\x48\x65\x6c\x6c\x6f",
+                Role::Client,
+                OpCode::Text,
+                true,
+                b"Hello",
+            ),
             (
                 b"\x81\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58",
                 Role::Server,
@@ -423,8 +429,20 @@ mod tests {
                 true,
                 b"Hello",
             ),
-            (b"\x01\x03\x48\x65\x6c", Role::Client, OpCode::Text, false, b"Hel"),
-            (b"\x89\x05\x48\x65\x6c\x6c\x6f", Role::Client, OpCode::Ping, true, b"Hello"),
+            (
+                b"\x01\x03\x48\x65\x6c",
+                Role::Client,
+                OpCode::Text,
+                false,
+                b"Hel",
+            ),
+            (
+                b"\x89\x05\x48\x65\x6c\x6c\x6f",
+                Role::Client,
+                OpCode::Ping,
+                true,
+                b"Hello",
+            ),
             (
                 b"\x8a\x85\x37\xfa\x21\x3d\x7f\x9f\x4d\x51\x58",
                 Role::Server,
@@ -477,14 +495,54 @@ mod tests {
         let close = |e: &E| e.close_code().0;
         let cases: Vec<(Vec<u8>, E, u16)> = vec![
             (b"\x81\x05Hello".to_vec(), E::UnmaskedClientFrame, 1002),
-            ({ let mut f = masked(OpCode::Text, true, b"x"); f[0] |= 0x40; f }, E::ReservedBits(4), 1002),
-            ({ let mut f = masked(OpCode::Text, true, b"x"); f[0] = 0x83; f }, E::ReservedOpCode(3), 1002),
-            ({ let mut f = masked(OpCode::Text, true, b"x"); f[0] = 0x8B; f }, E::ReservedOpCode(0xB), 1002),
-            (masked(OpCode::Ping, true, &[0; 126]), E::ControlFrameTooLong(126), 1002),
-            (masked(OpCode::Ping, false, b"x"), E::FragmentedControlFrame, 1002),
-            (masked(OpCode::Continuation, true, b"x"), E::UnexpectedContinuation, 1002),
             (
-                [masked(OpCode::Text, false, b"a"), masked(OpCode::Binary, true, b"b")].concat(),
+                {
+                    let mut f = masked(OpCode::Text, true, b"x");
+                    f[0] |= 0x40;
+                    f
+                },
+                E::ReservedBits(4),
+                1002,
+            ),
+            (
+                {
+                    let mut f = masked(OpCode::Text, true, b"x");
+                    f[0] = 0x83;
+                    f
+                },
+                E::ReservedOpCode(3),
+                1002,
+            ),
+            (
+                {
+                    let mut f = masked(OpCode::Text, true, b"x");
+                    f[0] = 0x8B;
+                    f
+                },
+                E::ReservedOpCode(0xB),
+                1002,
+            ),
+            (
+                masked(OpCode::Ping, true, &[0; 126]),
+                E::ControlFrameTooLong(126),
+                1002,
+            ),
+            (
+                masked(OpCode::Ping, false, b"x"),
+                E::FragmentedControlFrame,
+                1002,
+            ),
+            (
+                masked(OpCode::Continuation, true, b"x"),
+                E::UnexpectedContinuation,
+                1002,
+            ),
+            (
+                [
+                    masked(OpCode::Text, false, b"a"),
+                    masked(OpCode::Binary, true, b"b"),
+                ]
+                .concat(),
                 E::InterleavedDataFrame,
                 1002,
             ),
@@ -510,7 +568,11 @@ mod tests {
             max_message_bytes: 100,
         };
         // Exactly the limit, in two fragments, passes.
-        let ok = [masked(OpCode::Text, false, &[b'a'; 60]), masked(OpCode::Continuation, true, &[b'a'; 40])].concat();
+        let ok = [
+            masked(OpCode::Text, false, &[b'a'; 60]),
+            masked(OpCode::Continuation, true, &[b'a'; 40]),
+        ]
+        .concat();
         assert!(decode_chunks(Role::Server, limits, &mut [ok]).is_ok());
         // One byte over fails on the second header, with only its header supplied.
         let first = masked(OpCode::Binary, false, &[0; 60]);
@@ -518,7 +580,10 @@ mod tests {
         let header_only = [first, second[..6].to_vec()].concat();
         assert_eq!(
             decode_chunks(Role::Server, limits, &mut [header_only]).unwrap_err(),
-            ProtocolError::MessageTooBig { len: 101, limit: 100 }
+            ProtocolError::MessageTooBig {
+                len: 101,
+                limit: 100
+            }
         );
         // A declared 16 EiB-ish frame fails from its 14 header bytes, before any allocation.
         let mut big = b"\x82\xFF".to_vec();
@@ -543,7 +608,12 @@ mod tests {
 
     /// A frame sequence built from arbitrary (opcode, fin, payload) choices that obey §5.4.
     fn valid_stream() -> impl Strategy<Value = Vec<u8>> {
-        let frame = (0u8..4, any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300), any::<[u8; 4]>());
+        let frame = (
+            0u8..4,
+            any::<bool>(),
+            proptest::collection::vec(any::<u8>(), 0..300),
+            any::<[u8; 4]>(),
+        );
         proptest::collection::vec(frame, 0..12).prop_map(|frames| {
             let mut out = Vec::new();
             let mut in_message = false;
@@ -569,7 +639,10 @@ mod tests {
         points.push(0);
         points.push(bytes.len());
         points.sort_unstable();
-        points.windows(2).map(|w| bytes[w[0]..w[1]].to_vec()).collect()
+        points
+            .windows(2)
+            .map(|w| bytes[w[0]..w[1]].to_vec())
+            .collect()
     }
 
     proptest! {

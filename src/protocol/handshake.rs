@@ -1,1 +1,1549 @@
-//! placeholder: written by the handshake helper
+//! The opening handshake (RFC 6455 §4), both sides, sans-IO.
+//!
+//! [`ServerHandshake`] reads a request head from bytes the caller received and returns a
+//! [`Request`] for any well-formed HTTP/1.x head, so plain HTTP endpoints can share the reader;
+//! [`Request::validate_upgrade`] then applies the rules of §4.2.1 and yields the §4.2.2 answer.
+//! [`ClientHandshake`] builds the §4.1 request from a key the caller supplies and verifies the
+//! server's 101. Nothing here owns a socket, a clock or a source of randomness, and no head is
+//! buffered beyond the limit given at construction.
+
+use std::{mem, str};
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use sha1::{Digest, Sha1};
+
+/// Default limit on a request or response head, through its final CRLFCRLF: real browser
+/// handshakes are well under 2 KiB, and a larger head is answered with 431.
+pub const DEFAULT_MAX_HEAD_BYTES: usize = 8 * 1024;
+
+/// The GUID appended to the client's key before hashing (RFC 6455 §1.3, §4.2.2 step 5.4).
+pub const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The value of `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`: base64(SHA-1(key + GUID))
+/// (RFC 6455 §4.2.2 step 5.4). `key` is the header value as sent, not its decoded bytes.
+///
+/// # Examples
+///
+/// ```
+/// use uringcast::protocol::handshake::accept_key;
+/// // The example of RFC 6455 §1.3.
+/// assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+/// ```
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha1 = Sha1::new();
+    sha1.update(key);
+    sha1.update(GUID.as_bytes());
+    STANDARD.encode(sha1.finalize())
+}
+
+/// A failed handshake, each variant with the HTTP status the server answers
+/// ([`HandshakeError::status`]) and a complete response ([`HandshakeError::response`]).
+///
+/// After an error the handshake is over: the server sends the response and closes the
+/// connection; the client closes it.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The head, through its CRLFCRLF, would exceed the configured limit (RFC 6455 §10.4).
+    #[error("http head exceeds {limit} bytes")]
+    HeadTooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The head has more header fields than the parser's fixed table holds.
+    #[error("http head has more than {limit} header fields")]
+    TooManyHeaders {
+        /// The number of header fields accepted.
+        limit: usize,
+    },
+    /// The head is not valid HTTP/1.x; the text says which part.
+    #[error("malformed http head: {0}")]
+    MalformedHead(&'static str),
+    /// An upgrade request whose method is not GET (RFC 6455 §4.2.1 item 1).
+    #[error("upgrade request method is {0}, not GET")]
+    MethodNotGet(String),
+    /// An upgrade request in HTTP/1.0; the value is the minor version (RFC 6455 §4.2.1 item 1).
+    #[error("upgrade request is HTTP/1.{0}, not HTTP/1.1")]
+    UnsupportedHttpVersion(u8),
+    /// A required header field is absent (`host`, `sec-websocket-key`; RFC 6455 §4.2.1).
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    /// A header field that may appear only once appears more often (RFC 6455 §11.3).
+    #[error("{0} header appears more than once")]
+    DuplicateHeader(&'static str),
+    /// `Upgrade` is absent or lacks the token `websocket` (RFC 6455 §4.2.1 item 3, §4.1).
+    #[error("upgrade header does not name websocket")]
+    UpgradeNotWebSocket,
+    /// `Connection` is absent or lacks the token `upgrade` (RFC 6455 §4.2.1 item 4, §4.1).
+    #[error("connection header lacks the upgrade token")]
+    ConnectionNotUpgrade,
+    /// `Sec-WebSocket-Key` is not the padded base64 of 16 bytes (RFC 6455 §4.2.1 item 5).
+    #[error("sec-websocket-key is not the base64 of 16 bytes")]
+    InvalidKey,
+    /// `Sec-WebSocket-Version` is absent or not 13 (RFC 6455 §4.2.1 item 6, §4.4); the value
+    /// is what the client offered. Answered with 426 and `Sec-WebSocket-Version: 13`.
+    #[error(
+        "sec-websocket-version {} is not supported, only 13",
+        .0.as_deref().unwrap_or("missing")
+    )]
+    UnsupportedVersion(Option<String>),
+    /// `Content-Length` is not a decimal number, or its copies disagree (RFC 9112 §6.3).
+    #[error("invalid content-length")]
+    InvalidContentLength,
+    /// A request with `Transfer-Encoding`: only `Content-Length` bodies are read
+    /// (RFC 9112 §6.1: an unknown transfer coding earns 501).
+    #[error("transfer-encoding is not supported, send content-length")]
+    UnsupportedTransferEncoding,
+    /// Client side: the server answered with a status other than 101 (RFC 6455 §4.1).
+    #[error("server answered {0}, not 101")]
+    UnexpectedStatus(u16),
+    /// Client side: `Sec-WebSocket-Accept` is absent or does not match the key (RFC 6455 §4.1).
+    #[error("sec-websocket-accept is missing or does not match the key")]
+    BadAccept,
+    /// Client side: the server selected an extension although none was offered (RFC 6455 §4.1).
+    #[error("server selected an extension that was not offered")]
+    UnrequestedExtension,
+    /// Client side: the server selected a subprotocol the client did not offer (RFC 6455 §4.1).
+    #[error("server selected subprotocol {0:?}, which was not offered")]
+    UnrequestedProtocol(String),
+}
+
+impl HandshakeError {
+    /// The HTTP status the server answers with (RFC 6455 §4.2.1, §4.4). Client-side failures
+    /// map to 502, since the peer that erred is the upstream server. No `_` arm: a new variant
+    /// must choose.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::HeadTooLarge { .. } | Self::TooManyHeaders { .. } => 431,
+            Self::MalformedHead(_)
+            | Self::MethodNotGet(_)
+            | Self::UnsupportedHttpVersion(_)
+            | Self::MissingHeader(_)
+            | Self::DuplicateHeader(_)
+            | Self::UpgradeNotWebSocket
+            | Self::ConnectionNotUpgrade
+            | Self::InvalidKey
+            | Self::InvalidContentLength => 400,
+            Self::UnsupportedVersion(_) => 426,
+            Self::UnsupportedTransferEncoding => 501,
+            Self::UnexpectedStatus(_)
+            | Self::BadAccept
+            | Self::UnrequestedExtension
+            | Self::UnrequestedProtocol(_) => 502,
+        }
+    }
+
+    /// A complete HTTP/1.1 error response: [`status`](Self::status), `Connection: close`, a
+    /// `text/plain` body giving the reason, and `Sec-WebSocket-Version: 13` on a 426
+    /// (RFC 6455 §4.2.2, §4.4).
+    pub fn response(&self) -> Vec<u8> {
+        let status = self.status();
+        let body = format!("{self}\n");
+        let mut headers = vec![("Connection", "close")];
+        if let Self::UnsupportedVersion(_) = self {
+            headers.push(("Sec-WebSocket-Version", SUPPORTED_VERSION));
+        }
+        http_response(
+            status,
+            reason_phrase(status),
+            &headers,
+            Some("text/plain; charset=utf-8"),
+            body.as_bytes(),
+        )
+    }
+}
+
+/// Writes an HTTP/1.1 response: the status line, `extra_headers` in order, `Content-Type` if
+/// given, `Content-Length`, a blank line and `body`. `status` should have three digits, and
+/// names and values must not contain CR or LF; both come from the caller, never the peer.
+///
+/// # Examples
+///
+/// ```
+/// use uringcast::protocol::handshake::http_response;
+/// let response = http_response(200, "OK", &[("Cache-Control", "no-store")], Some("text/plain"), b"ok");
+/// assert_eq!(
+///     response,
+///     b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+/// );
+/// ```
+pub fn http_response(
+    status: u16,
+    reason: &str,
+    extra_headers: &[(&str, &str)],
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
+    let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in extra_headers {
+        push_header(&mut head, name, value);
+    }
+    if let Some(content_type) = content_type {
+        push_header(&mut head, "Content-Type", content_type);
+    }
+    push_header(&mut head, "Content-Length", &body.len().to_string());
+    head.push_str("\r\n");
+    let mut response = head.into_bytes();
+    response.extend_from_slice(body);
+    response
+}
+
+/// Reads a client's opening handshake (RFC 6455 §4.2.1), or any HTTP/1.x request head,
+/// from bytes that may arrive in any split, down to one byte at a time.
+///
+/// # Examples
+///
+/// ```
+/// use uringcast::protocol::handshake::{ServerHandshake, DEFAULT_MAX_HEAD_BYTES};
+///
+/// let mut handshake = ServerHandshake::new(DEFAULT_MAX_HEAD_BYTES);
+/// let received = b"GET /chat HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\n\
+///     Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+///     Sec-WebSocket-Version: 13\r\n\r\n\x81\x80";
+/// let (used, request) = handshake.feed(received)?;
+/// assert_eq!(&received[used..], b"\x81\x80"); // the first frame's bytes stay with the caller
+/// let request = request.expect("the head is complete");
+/// let reply = match request.validate_upgrade() {
+///     Ok(upgrade) => upgrade.response(None),
+///     Err(error) => error.response(),
+/// };
+/// assert!(reply.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+/// # Ok::<(), uringcast::protocol::handshake::HandshakeError>(())
+/// ```
+#[derive(Debug)]
+pub struct ServerHandshake {
+    reader: HeadReader,
+}
+
+impl ServerHandshake {
+    /// A reader that holds at most `max_head_bytes` of a request head, through its CRLFCRLF.
+    /// It allocates nothing until bytes arrive.
+    pub fn new(max_head_bytes: usize) -> Self {
+        Self {
+            reader: HeadReader::new(max_head_bytes),
+        }
+    }
+
+    /// Feeds received bytes. Returns how many bytes of `input` were consumed, and the request
+    /// once its head is complete. Bytes after the head's CRLFCRLF belong to what follows (the
+    /// frame stream, or a body) and are not consumed. After a request the reader is empty and
+    /// ready for the next head (HTTP/1.1 keep-alive).
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::HeadTooLarge`] as soon as the head would exceed the limit,
+    /// [`HandshakeError::TooManyHeaders`], or [`HandshakeError::MalformedHead`] if the head is
+    /// not HTTP/1.x. The handshake is then over: send [`HandshakeError::response`] and close.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Request>), HandshakeError> {
+        let (used, head) = self.reader.feed(input)?;
+        match head {
+            Some(head) => Ok((used, Some(Request::parse(head)?))),
+            None => Ok((used, None)),
+        }
+    }
+
+    /// Bytes of an incomplete head held now; never more than the limit.
+    #[doc(hidden)]
+    pub fn buffered_len(&self) -> usize {
+        self.reader.buf.len()
+    }
+}
+
+impl Default for ServerHandshake {
+    /// A reader limited to [`DEFAULT_MAX_HEAD_BYTES`].
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_HEAD_BYTES)
+    }
+}
+
+/// A parsed HTTP/1.x request head: an opening handshake (RFC 6455 §4.2.1) or a plain request.
+/// Header names compare case-insensitively; values are the raw bytes, trimmed of surrounding
+/// whitespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    head: Head,
+    method: Span,
+    path: Span,
+    query: Option<Span>,
+    version: u8,
+}
+
+impl Request {
+    /// The method, e.g. `GET`.
+    pub fn method(&self) -> &str {
+        self.head.text(self.method)
+    }
+
+    /// The request target without its query, e.g. `/chat` for `/chat?room=1`.
+    pub fn path(&self) -> &str {
+        self.head.text(self.path)
+    }
+
+    /// The query after the first `?` of the target, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.query.map(|span| self.head.text(span))
+    }
+
+    /// The minor HTTP version: 1 for HTTP/1.1, 0 for HTTP/1.0.
+    pub fn version(&self) -> u8 {
+        self.version
+    }
+
+    /// The value of the first header field called `name`, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.values(name).next()
+    }
+
+    /// Every header field in order of arrival, as (name, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.head.fields()
+    }
+
+    /// The `Origin` header (RFC 6455 §4.2.1 item 7, §10.2), if present and UTF-8.
+    pub fn origin(&self) -> Option<&str> {
+        self.header("origin")
+            .and_then(|value| str::from_utf8(value).ok())
+    }
+
+    /// The subprotocols the client offers in `Sec-WebSocket-Protocol`, in order of preference
+    /// (RFC 6455 §4.2.1 item 8, §11.3.4): every copy of the field, split at commas, trimmed.
+    pub fn protocols(&self) -> impl Iterator<Item = &str> {
+        self.head
+            .values("sec-websocket-protocol")
+            .filter_map(|value| str::from_utf8(value).ok())
+            .flat_map(|list| list.split(','))
+            .map(str::trim)
+            .filter(|protocol| !protocol.is_empty())
+    }
+
+    /// Whether the request asks for a WebSocket upgrade at all: an `Upgrade` header with the
+    /// token `websocket` (RFC 6455 §4.2.1 item 3). Routes plain HTTP away from
+    /// [`validate_upgrade`](Self::validate_upgrade).
+    pub fn is_upgrade(&self) -> bool {
+        self.head.has_token("upgrade", "websocket")
+    }
+
+    /// The body length from `Content-Length`, or `None` if there is no body (RFC 9112 §6.3).
+    /// A list of identical values (`5, 5`) is accepted as one.
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::UnsupportedTransferEncoding`] if `Transfer-Encoding` is present,
+    /// [`HandshakeError::InvalidContentLength`] if a value is not a decimal `u64` or the
+    /// values disagree.
+    pub fn body_length(&self) -> Result<Option<u64>, HandshakeError> {
+        if self.header("transfer-encoding").is_some() {
+            return Err(HandshakeError::UnsupportedTransferEncoding);
+        }
+        let mut length = None;
+        for value in self.head.values("content-length") {
+            for item in value.split(|&byte| byte == b',') {
+                let parsed =
+                    parse_decimal(item.trim_ascii()).ok_or(HandshakeError::InvalidContentLength)?;
+                if length.is_some_and(|earlier| earlier != parsed) {
+                    return Err(HandshakeError::InvalidContentLength);
+                }
+                length = Some(parsed);
+            }
+        }
+        Ok(length)
+    }
+
+    /// The `Sec-WebSocket-Key` as sent, once checked to be the padded base64 of exactly
+    /// 16 bytes (RFC 6455 §4.2.1 item 5).
+    ///
+    /// # Errors
+    ///
+    /// [`HandshakeError::MissingHeader`], [`HandshakeError::DuplicateHeader`] or
+    /// [`HandshakeError::InvalidKey`].
+    pub fn websocket_key(&self) -> Result<&str, HandshakeError> {
+        const NAME: &str = "sec-websocket-key";
+        let key = self
+            .head
+            .single(NAME)?
+            .ok_or(HandshakeError::MissingHeader(NAME))?;
+        // 16 bytes always encode to 24 characters; checking first also bounds `decoded`.
+        if key.len() != 24 {
+            return Err(HandshakeError::InvalidKey);
+        }
+        let mut decoded = [0; 18];
+        match STANDARD.decode_slice(key, &mut decoded) {
+            Ok(16) => str::from_utf8(key).map_err(|_| HandshakeError::InvalidKey),
+            _ => Err(HandshakeError::InvalidKey),
+        }
+    }
+
+    /// Checks the opening handshake against RFC 6455 §4.2.1, in its order: GET, HTTP/1.1,
+    /// `Host`, `Upgrade: websocket`, `Connection: upgrade` (tokens in comma lists, any case),
+    /// the key, then `Sec-WebSocket-Version: 13`. `Sec-WebSocket-Extensions` is ignored: no
+    /// extension is negotiated. Subprotocol and origin policy are the caller's
+    /// ([`protocols`](Self::protocols), [`origin`](Self::origin)).
+    ///
+    /// # Errors
+    ///
+    /// The first rule broken: [`HandshakeError::UnsupportedVersion`] answers 426, every other
+    /// 400 (see [`HandshakeError::status`]).
+    pub fn validate_upgrade(&self) -> Result<Upgrade, HandshakeError> {
+        if self.method() != "GET" {
+            return Err(HandshakeError::MethodNotGet(self.method().to_owned()));
+        }
+        if self.version != 1 {
+            return Err(HandshakeError::UnsupportedHttpVersion(self.version));
+        }
+        self.head
+            .single("host")?
+            .ok_or(HandshakeError::MissingHeader("host"))?;
+        if !self.is_upgrade() {
+            return Err(HandshakeError::UpgradeNotWebSocket);
+        }
+        if !self.head.has_token("connection", "upgrade") {
+            return Err(HandshakeError::ConnectionNotUpgrade);
+        }
+        let key = self.websocket_key()?;
+        match self.head.single("sec-websocket-version")? {
+            Some(version) if version == SUPPORTED_VERSION.as_bytes() => {}
+            offered => {
+                return Err(HandshakeError::UnsupportedVersion(
+                    offered.map(|value| String::from_utf8_lossy(value).into_owned()),
+                ))
+            }
+        }
+        Ok(Upgrade {
+            accept: accept_key(key.as_bytes()),
+        })
+    }
+
+    fn parse(head: Vec<u8>) -> Result<Self, HandshakeError> {
+        let mut table = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut table);
+        let status = request.parse(&head).map_err(HandshakeError::from)?;
+        ensure_complete(status, head.len())?;
+        let (Some(method), Some(target), Some(version)) =
+            (request.method, request.path, request.version)
+        else {
+            return Err(HandshakeError::MalformedHead("incomplete request line"));
+        };
+        let method = Span::within(&head, method.as_bytes());
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(Span::within(&head, query.as_bytes()))),
+            None => (target, None),
+        };
+        let path = Span::within(&head, path.as_bytes());
+        let fields = Span::fields(&head, request.headers);
+        Ok(Self {
+            head: Head {
+                bytes: head,
+                fields,
+            },
+            method,
+            path,
+            query,
+            version,
+        })
+    }
+}
+
+/// An accepted opening handshake: what the server answers with (RFC 6455 §4.2.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "the 101 response must be sent"]
+pub struct Upgrade {
+    accept: String,
+}
+
+impl Upgrade {
+    /// The `Sec-WebSocket-Accept` value (RFC 6455 §4.2.2 step 5.4).
+    pub fn accept(&self) -> &str {
+        &self.accept
+    }
+
+    /// The 101 response (RFC 6455 §4.2.2 step 5). `protocol` is the selected subprotocol,
+    /// one of [`Request::protocols`], or `None` to select none; no extension is ever selected.
+    pub fn response(&self, protocol: Option<&str>) -> Vec<u8> {
+        let mut head = String::from("HTTP/1.1 101 Switching Protocols\r\n");
+        push_header(&mut head, "Upgrade", "websocket");
+        push_header(&mut head, "Connection", "Upgrade");
+        push_header(&mut head, "Sec-WebSocket-Accept", &self.accept);
+        if let Some(protocol) = protocol {
+            push_header(&mut head, "Sec-WebSocket-Protocol", protocol);
+        }
+        head.push_str("\r\n");
+        head.into_bytes()
+    }
+}
+
+/// The client's side of the opening handshake (RFC 6455 §4.1): builds the request and
+/// verifies the server's 101, from response bytes in any split.
+///
+/// # Examples
+///
+/// ```
+/// use uringcast::protocol::handshake::{ClientHandshake, ServerHandshake};
+///
+/// let key = [7; 16]; // from the caller's random source
+/// let (mut client, request) = ClientHandshake::new("example.com", "/chat", key, &[]);
+/// let (_, received) = ServerHandshake::default().feed(&request)?;
+/// let upgrade = received.expect("a whole request").validate_upgrade()?;
+/// let (_, response) = client.feed(&upgrade.response(None))?;
+/// assert_eq!(response.expect("a whole response").status(), 101);
+/// # Ok::<(), uringcast::protocol::handshake::HandshakeError>(())
+/// ```
+#[derive(Debug)]
+pub struct ClientHandshake {
+    reader: HeadReader,
+    accept: String,
+    protocols: Vec<String>,
+}
+
+impl ClientHandshake {
+    /// Builds the opening handshake for `host` and `path_and_query` (RFC 6455 §4.1), with `key`
+    /// as the nonce: 16 random bytes from the caller. `extra_headers` follow the required ones;
+    /// a `Sec-WebSocket-Protocol` among them is what the server's choice is checked against.
+    /// Returns the handshake and the request bytes to send. Arguments come from the caller and
+    /// must not contain CR or LF. Response heads are limited to [`DEFAULT_MAX_HEAD_BYTES`].
+    pub fn new(
+        host: &str,
+        path_and_query: &str,
+        key: [u8; 16],
+        extra_headers: &[(&str, &str)],
+    ) -> (Self, Vec<u8>) {
+        let key = STANDARD.encode(key);
+        let mut request = format!("GET {path_and_query} HTTP/1.1\r\n");
+        push_header(&mut request, "Host", host);
+        push_header(&mut request, "Upgrade", "websocket");
+        push_header(&mut request, "Connection", "Upgrade");
+        push_header(&mut request, "Sec-WebSocket-Key", &key);
+        push_header(&mut request, "Sec-WebSocket-Version", SUPPORTED_VERSION);
+        for (name, value) in extra_headers {
+            push_header(&mut request, name, value);
+        }
+        request.push_str("\r\n");
+        let protocols = extra_headers
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-protocol"))
+            .flat_map(|(_, list)| list.split(','))
+            .map(str::trim)
+            .filter(|protocol| !protocol.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let handshake = Self {
+            reader: HeadReader::new(DEFAULT_MAX_HEAD_BYTES),
+            accept: accept_key(key.as_bytes()),
+            protocols,
+        };
+        (handshake, request.into_bytes())
+    }
+
+    /// Feeds received bytes; the same contract as [`ServerHandshake::feed`]. Returns the
+    /// response once its head is complete and verified: status 101, `Upgrade: websocket`,
+    /// `Connection: upgrade`, the expected `Sec-WebSocket-Accept`, no extension, and a
+    /// subprotocol only if one was offered (RFC 6455 §4.1). Bytes after the head are the first
+    /// frames and are not consumed.
+    ///
+    /// # Errors
+    ///
+    /// The reader's errors (as for [`ServerHandshake::feed`]), then
+    /// [`HandshakeError::UnexpectedStatus`], [`HandshakeError::UpgradeNotWebSocket`],
+    /// [`HandshakeError::ConnectionNotUpgrade`], [`HandshakeError::BadAccept`],
+    /// [`HandshakeError::UnrequestedExtension`] or [`HandshakeError::UnrequestedProtocol`].
+    /// The connection must then be closed.
+    pub fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Response>), HandshakeError> {
+        let (used, head) = self.reader.feed(input)?;
+        let Some(head) = head else {
+            return Ok((used, None));
+        };
+        let response = Response::parse(head)?;
+        self.verify(&response)?;
+        Ok((used, Some(response)))
+    }
+
+    /// Bytes of an incomplete head held now; never more than the limit.
+    #[doc(hidden)]
+    pub fn buffered_len(&self) -> usize {
+        self.reader.buf.len()
+    }
+
+    fn verify(&self, response: &Response) -> Result<(), HandshakeError> {
+        if response.status != 101 {
+            return Err(HandshakeError::UnexpectedStatus(response.status));
+        }
+        if !response.head.has_token("upgrade", "websocket") {
+            return Err(HandshakeError::UpgradeNotWebSocket);
+        }
+        if !response.head.has_token("connection", "upgrade") {
+            return Err(HandshakeError::ConnectionNotUpgrade);
+        }
+        match response.head.single("sec-websocket-accept") {
+            Ok(Some(accept)) if accept == self.accept.as_bytes() => {}
+            _ => return Err(HandshakeError::BadAccept),
+        }
+        if response
+            .head
+            .values("sec-websocket-extensions")
+            .any(|value| !value.is_empty())
+        {
+            return Err(HandshakeError::UnrequestedExtension);
+        }
+        if let Some(value) = response.header("sec-websocket-protocol") {
+            let chosen = str::from_utf8(value).map(str::trim);
+            if !chosen.is_ok_and(|chosen| self.protocols.iter().any(|offered| offered == chosen)) {
+                let chosen = String::from_utf8_lossy(value).into_owned();
+                return Err(HandshakeError::UnrequestedProtocol(chosen));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A server's verified 101 response to a [`ClientHandshake`] (RFC 6455 §4.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    head: Head,
+    status: u16,
+    reason: Span,
+}
+
+impl Response {
+    /// The status code; 101 for every `Response` a [`ClientHandshake`] returns.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The reason phrase, e.g. `Switching Protocols`.
+    pub fn reason(&self) -> &str {
+        self.head.text(self.reason)
+    }
+
+    /// The value of the first header field called `name`, compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.values(name).next()
+    }
+
+    /// Every header field in order of arrival, as (name, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.head.fields()
+    }
+
+    /// The subprotocol the server selected in `Sec-WebSocket-Protocol` (RFC 6455 §4.2.2
+    /// step 5.5), if any.
+    pub fn protocol(&self) -> Option<&str> {
+        self.header("sec-websocket-protocol")
+            .and_then(|value| str::from_utf8(value).ok())
+            .map(str::trim)
+    }
+
+    fn parse(head: Vec<u8>) -> Result<Self, HandshakeError> {
+        let mut table = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut table);
+        let status = response.parse(&head).map_err(HandshakeError::from)?;
+        ensure_complete(status, head.len())?;
+        let (Some(code), Some(reason)) = (response.code, response.reason) else {
+            return Err(HandshakeError::MalformedHead("incomplete status line"));
+        };
+        let reason = Span::within(&head, reason.as_bytes());
+        let fields = Span::fields(&head, response.headers);
+        Ok(Self {
+            head: Head {
+                bytes: head,
+                fields,
+            },
+            status: code,
+            reason,
+        })
+    }
+}
+
+/// The only `Sec-WebSocket-Version` this implementation speaks (RFC 6455 §4.1 item 9).
+const SUPPORTED_VERSION: &str = "13";
+
+/// Header fields parsed per head: real handshakes carry about 15, and httparse needs a fixed
+/// table. More is answered with 431.
+const MAX_HEADERS: usize = 64;
+
+/// The first allocation for a head: most handshakes fit, so one allocation is the norm.
+const INITIAL_HEAD_CAPACITY: usize = 512;
+
+/// The end of an HTTP head (RFC 9112 §2.1).
+const HEAD_END: &[u8; 4] = b"\r\n\r\n";
+
+/// Accumulates one head, shared by both sides. Each byte is scanned once for the CRLFCRLF
+/// (plus the 3 bytes before each new chunk, for a terminator split across calls), so httparse
+/// runs once per head instead of once per `Partial`. Neither the length nor the capacity of
+/// `buf` ever exceeds `limit`.
+#[derive(Debug)]
+struct HeadReader {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl HeadReader {
+    const fn new(limit: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+        }
+    }
+
+    /// Returns the bytes of `input` consumed and, once the head is complete, the head through
+    /// its CRLFCRLF; the reader is then empty again.
+    fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Vec<u8>>), HandshakeError> {
+        let old = self.buf.len();
+        let room = self.limit.saturating_sub(old);
+        let (taken, beyond_limit) = input.split_at(input.len().min(room));
+        self.reserve(taken.len());
+        self.buf.extend_from_slice(taken);
+        let from = old.saturating_sub(HEAD_END.len() - 1);
+        let found = self
+            .buf
+            .get(from..)
+            .and_then(|window| window.windows(HEAD_END.len()).position(|w| w == HEAD_END));
+        if let Some(at) = found {
+            // The old bytes held no terminator, so the head ends inside `taken`: end > old.
+            let end = from + at + HEAD_END.len();
+            self.buf.truncate(end);
+            return Ok((end - old, Some(mem::take(&mut self.buf))));
+        }
+        if !beyond_limit.is_empty() {
+            self.buf = Vec::new();
+            return Err(HandshakeError::HeadTooLarge { limit: self.limit });
+        }
+        Ok((taken.len(), None))
+    }
+
+    /// Grows geometrically for one-byte feeds, but never past the limit.
+    fn reserve(&mut self, additional: usize) {
+        let needed = self.buf.len() + additional;
+        if needed > self.buf.capacity() {
+            let target = needed
+                .max(self.buf.capacity().saturating_mul(2))
+                .max(INITIAL_HEAD_CAPACITY)
+                .min(self.limit);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+    }
+}
+
+/// A parsed head: its bytes and the spans of each header field's name and value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Head {
+    bytes: Vec<u8>,
+    fields: Vec<(Span, Span)>,
+}
+
+impl Head {
+    fn bytes(&self, span: Span) -> &[u8] {
+        self.bytes.get(span.start..span.end).unwrap_or_default()
+    }
+
+    /// Only for spans httparse returned as `&str` (method, target, names, reason), so the
+    /// fallback to "" is never taken.
+    fn text(&self, span: Span) -> &str {
+        str::from_utf8(self.bytes(span)).unwrap_or_default()
+    }
+
+    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.fields
+            .iter()
+            .map(|&(name, value)| (self.text(name), self.bytes(value)))
+    }
+
+    fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        self.fields
+            .iter()
+            .filter(move |&&(field, _)| self.bytes(field).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|&(_, value)| self.bytes(value))
+    }
+
+    /// The value of a field that may appear at most once (RFC 6455 §11.3, RFC 9112 §3.2).
+    fn single(&self, name: &'static str) -> Result<Option<&[u8]>, HandshakeError> {
+        let mut values = self.values(name);
+        let first = values.next();
+        match values.next() {
+            Some(_) => Err(HandshakeError::DuplicateHeader(name)),
+            None => Ok(first),
+        }
+    }
+
+    /// Whether any copy of the comma-separated field `name` lists `token`, in any case
+    /// (RFC 9110 §5.6.1, §7.6.1, §7.8).
+    fn has_token(&self, name: &str, token: &str) -> bool {
+        self.values(name)
+            .flat_map(|list| list.split(|&byte| byte == b','))
+            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    }
+}
+
+/// A range of a head's bytes; `Copy`, unlike `Range`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    /// The position of `part`, a subslice httparse returned, inside `head`.
+    fn within(head: &[u8], part: &[u8]) -> Self {
+        let start = (part.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
+        Self {
+            start,
+            end: start.wrapping_add(part.len()),
+        }
+    }
+
+    fn fields(head: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Self, Self)> {
+        headers
+            .iter()
+            .map(|header| {
+                (
+                    Self::within(head, header.name.as_bytes()),
+                    Self::within(head, header.value),
+                )
+            })
+            .collect()
+    }
+}
+
+impl From<httparse::Error> for HandshakeError {
+    fn from(error: httparse::Error) -> Self {
+        let what = match error {
+            httparse::Error::TooManyHeaders => return Self::TooManyHeaders { limit: MAX_HEADERS },
+            httparse::Error::HeaderName => "invalid header name",
+            httparse::Error::HeaderValue => "invalid header value",
+            httparse::Error::NewLine => "invalid line ending",
+            httparse::Error::Status => "invalid status code",
+            httparse::Error::Token => "invalid token in start line",
+            httparse::Error::Version => "invalid http version",
+        };
+        Self::MalformedHead(what)
+    }
+}
+
+/// httparse must consume the whole head: it stops early on bare-LF line endings, and reports
+/// `Partial` for a head that is only empty lines.
+fn ensure_complete(status: httparse::Status<usize>, head_len: usize) -> Result<(), HandshakeError> {
+    match status {
+        httparse::Status::Complete(len) if len == head_len => Ok(()),
+        httparse::Status::Complete(_) => Err(HandshakeError::MalformedHead("bare lf line ending")),
+        httparse::Status::Partial => Err(HandshakeError::MalformedHead("empty head")),
+    }
+}
+
+/// `1*DIGIT` as a `u64` (RFC 9110 §8.6), `None` if empty, not digits, or too large.
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0_u64, |value, &digit| {
+        let digit = char::from(digit).to_digit(10)?;
+        value.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+fn push_header(head: &mut String, name: &str, value: &str) {
+    debug_assert!(
+        !(name.contains(['\r', '\n']) || value.contains(['\r', '\n'])),
+        "header {name:?} from the caller contains CR or LF"
+    );
+    head.push_str(name);
+    head.push_str(": ");
+    head.push_str(value);
+    head.push_str("\r\n");
+}
+
+/// The reason phrases of RFC 9110 §15 for the statuses [`HandshakeError::status`] returns.
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The client handshake of RFC 6455 §1.2, with the key of §1.3.
+    const RFC_REQUEST: &[u8] = b"GET /chat HTTP/1.1\r\n\
+        Host: server.example.com\r\n\
+        Upgrade: websocket\r\n\
+        Connection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Origin: http://example.com\r\n\
+        Sec-WebSocket-Protocol: chat, superchat\r\n\
+        Sec-WebSocket-Version: 13\r\n\r\n";
+
+    /// A masked text frame "Hello" (RFC 6455 §5.7), following a head in the same read.
+    const FRAME: &[u8] = &[
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
+
+    /// A request head from its start line and header lines.
+    fn head(start: &str, fields: &[&str]) -> Vec<u8> {
+        let mut text = format!("{start}\r\n");
+        for field in fields {
+            text.push_str(field);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        text.into_bytes()
+    }
+
+    /// A valid upgrade request with the field starting with `replace`'s name swapped for
+    /// `replace` (or dropped if it is only a name followed by nothing).
+    fn upgrade_with(start: &str, replace: Option<(&str, Option<&str>)>) -> Vec<u8> {
+        let mut fields = vec![
+            "Host: server.example.com".to_owned(),
+            "Upgrade: websocket".to_owned(),
+            "Connection: Upgrade".to_owned(),
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==".to_owned(),
+            "Sec-WebSocket-Version: 13".to_owned(),
+        ];
+        if let Some((name, value)) = replace {
+            fields.retain(|field| !field.starts_with(&format!("{name}:")));
+            if let Some(value) = value {
+                fields.push(format!("{name}: {value}"));
+            }
+        }
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        head(start, &fields)
+    }
+
+    fn parse_whole(bytes: &[u8]) -> Result<Request, HandshakeError> {
+        let mut handshake = ServerHandshake::default();
+        match handshake.feed(bytes)? {
+            (used, Some(request)) => {
+                assert_eq!(used, bytes.len());
+                Ok(request)
+            }
+            (_, None) => panic!("head incomplete: {:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    fn validate(bytes: &[u8]) -> Result<Upgrade, HandshakeError> {
+        parse_whole(bytes)?.validate_upgrade()
+    }
+
+    #[test]
+    fn rfc_accept_key() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn rfc_example_request_gets_101() {
+        let request = parse_whole(RFC_REQUEST).unwrap();
+        assert_eq!(request.method(), "GET");
+        assert_eq!(request.path(), "/chat");
+        assert_eq!(request.query(), None);
+        assert_eq!(request.version(), 1);
+        assert_eq!(request.origin(), Some("http://example.com"));
+        assert_eq!(
+            request.protocols().collect::<Vec<_>>(),
+            ["chat", "superchat"]
+        );
+        assert!(request.is_upgrade());
+        assert_eq!(request.websocket_key(), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
+        let upgrade = request.validate_upgrade().unwrap();
+        assert_eq!(upgrade.accept(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            upgrade.response(Some("chat")),
+            b"HTTP/1.1 101 Switching Protocols\r\n\
+              Upgrade: websocket\r\n\
+              Connection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\
+              Sec-WebSocket-Protocol: chat\r\n\r\n"
+        );
+        assert!(!String::from_utf8(upgrade.response(None))
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol"));
+    }
+
+    #[test]
+    fn headers_are_exposed_in_order_and_case_insensitively() {
+        let request = parse_whole(RFC_REQUEST).unwrap();
+        assert_eq!(request.header("HOST"), Some(&b"server.example.com"[..]));
+        assert_eq!(request.header("x-missing"), None);
+        let names: Vec<&str> = request.headers().map(|(name, _)| name).collect();
+        assert_eq!(names.first(), Some(&"Host"));
+        assert_eq!(names.last(), Some(&"Sec-WebSocket-Version"));
+        assert_eq!(names.len(), 7);
+    }
+
+    #[test]
+    fn one_byte_at_a_time_gives_the_same_request() {
+        let whole = parse_whole(RFC_REQUEST).unwrap();
+        let mut handshake = ServerHandshake::default();
+        let (last, rest) = RFC_REQUEST.split_last().unwrap();
+        for byte in rest {
+            assert_eq!(handshake.feed(&[*byte]).unwrap(), (1, None));
+        }
+        assert_eq!(handshake.feed(&[*last]).unwrap(), (1, Some(whole)));
+        assert_eq!(handshake.buffered_len(), 0);
+    }
+
+    #[test]
+    fn every_split_gives_the_same_request_and_leaves_the_frame() {
+        let whole = parse_whole(RFC_REQUEST).unwrap();
+        let mut stream = RFC_REQUEST.to_vec();
+        stream.extend_from_slice(FRAME);
+        for split in 0..=stream.len() {
+            let (first, second) = stream.split_at(split);
+            let mut handshake = ServerHandshake::default();
+            let (used, request) = handshake.feed(first).unwrap();
+            let (used, request) = match request {
+                Some(request) => (used, request),
+                None => {
+                    assert_eq!(used, first.len(), "split {split}");
+                    let (more, request) = handshake.feed(second).unwrap();
+                    (used + more, request.expect("head complete"))
+                }
+            };
+            assert_eq!(request, whole, "split {split}");
+            assert_eq!(used, RFC_REQUEST.len(), "split {split}");
+            assert_eq!(stream.get(used..), Some(FRAME), "split {split}");
+        }
+    }
+
+    #[test]
+    fn head_of_exactly_the_limit_is_accepted_one_more_is_431() {
+        let len = RFC_REQUEST.len();
+        let mut at_limit = ServerHandshake::new(len);
+        let mut stream = RFC_REQUEST.to_vec();
+        stream.extend_from_slice(FRAME);
+        assert!(matches!(at_limit.feed(&stream), Ok((used, Some(_))) if used == len));
+
+        let mut one_under = ServerHandshake::new(len - 1);
+        assert_eq!(
+            one_under.feed(RFC_REQUEST),
+            Err(HandshakeError::HeadTooLarge { limit: len - 1 })
+        );
+        assert_eq!(one_under.buffered_len(), 0);
+
+        // One byte at a time: the reader fills to the limit, then fails on the next byte.
+        let limit = len - 1;
+        let mut one_under = ServerHandshake::new(limit);
+        for (at, byte) in RFC_REQUEST.iter().enumerate() {
+            let result = one_under.feed(&[*byte]);
+            assert!(one_under.buffered_len() <= limit);
+            assert!(one_under.reader.buf.capacity() <= limit);
+            if at < limit {
+                assert_eq!(result, Ok((1, None)), "byte {at}");
+            } else {
+                assert_eq!(result, Err(HandshakeError::HeadTooLarge { limit }));
+            }
+        }
+    }
+
+    #[test]
+    fn new_reader_allocates_nothing() {
+        assert_eq!(ServerHandshake::new(1 << 20).reader.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn too_large_error_response_is_431() {
+        let error = HandshakeError::HeadTooLarge { limit: 8192 };
+        assert_eq!(error.to_string(), "http head exceeds 8192 bytes");
+        assert_eq!(error.status(), 431);
+        let response = error.response();
+        assert!(response.starts_with(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"));
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let fields: Vec<String> = (0..=MAX_HEADERS).map(|n| format!("X-{n}: v")).collect();
+        let fields: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let error = parse_whole(&head("GET / HTTP/1.1", &fields)).unwrap_err();
+        assert_eq!(error, HandshakeError::TooManyHeaders { limit: 64 });
+        assert_eq!(error.status(), 431);
+        // Exactly the table's size is fine.
+        let fields = fields.get(..MAX_HEADERS).unwrap();
+        assert!(parse_whole(&head("GET / HTTP/1.1", fields)).is_ok());
+    }
+
+    #[test]
+    fn each_bad_upgrade_is_400() {
+        let key = |bytes: &[u8]| STANDARD.encode(bytes);
+        let key15 = key(&[1; 15]);
+        let key17 = key(&[1; 17]);
+        let cases: Vec<(Vec<u8>, HandshakeError)> = vec![
+            (
+                upgrade_with("GET /chat HTTP/1.1", Some(("Host", None))),
+                HandshakeError::MissingHeader("host"),
+            ),
+            (
+                upgrade_with("POST /chat HTTP/1.1", None),
+                HandshakeError::MethodNotGet("POST".to_owned()),
+            ),
+            (
+                upgrade_with("get /chat HTTP/1.1", None),
+                HandshakeError::MethodNotGet("get".to_owned()),
+            ),
+            (
+                upgrade_with("GET /chat HTTP/1.0", None),
+                HandshakeError::UnsupportedHttpVersion(0),
+            ),
+            (
+                upgrade_with("GET /chat HTTP/1.1", Some(("Upgrade", None))),
+                HandshakeError::UpgradeNotWebSocket,
+            ),
+            (
+                upgrade_with("GET /chat HTTP/1.1", Some(("Upgrade", Some("h2c")))),
+                HandshakeError::UpgradeNotWebSocket,
+            ),
+            (
+                upgrade_with("GET /chat HTTP/1.1", Some(("Connection", None))),
+                HandshakeError::ConnectionNotUpgrade,
+            ),
+            (
+                upgrade_with(
+                    "GET /chat HTTP/1.1",
+                    Some(("Connection", Some("keep-alive"))),
+                ),
+                HandshakeError::ConnectionNotUpgrade,
+            ),
+            (
+                upgrade_with("GET /chat HTTP/1.1", Some(("Connection", Some("upgrades")))),
+                HandshakeError::ConnectionNotUpgrade,
+            ),
+            (
+                upgrade_with("GET /chat HTTP/1.1", Some(("Sec-WebSocket-Key", None))),
+                HandshakeError::MissingHeader("sec-websocket-key"),
+            ),
+            (
+                upgrade_with(
+                    "GET /chat HTTP/1.1",
+                    Some(("Sec-WebSocket-Key", Some("!!!!!!!!!!!!!!!!!!!!!!!!"))),
+                ),
+                HandshakeError::InvalidKey,
+            ),
+            (
+                upgrade_with(
+                    "GET /chat HTTP/1.1",
+                    Some(("Sec-WebSocket-Key", Some("dGhlIHNhbXBsZSBub25jZQ"))),
+                ),
+                HandshakeError::InvalidKey,
+            ),
+            (
+                upgrade_with(
+                    "GET /chat HTTP/1.1",
+                    Some(("Sec-WebSocket-Key", Some(&key15))),
+                ),
+                HandshakeError::InvalidKey,
+            ),
+            (
+                upgrade_with(
+                    "GET /chat HTTP/1.1",
+                    Some(("Sec-WebSocket-Key", Some(&key17))),
+                ),
+                HandshakeError::InvalidKey,
+            ),
+            (
+                head(
+                    "GET /chat HTTP/1.1",
+                    &[
+                        "Host: a",
+                        "Upgrade: websocket",
+                        "Connection: Upgrade",
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                        "Sec-WebSocket-Version: 13",
+                    ],
+                ),
+                HandshakeError::DuplicateHeader("sec-websocket-key"),
+            ),
+        ];
+        assert_eq!(key15.len(), 20);
+        assert_eq!(key17.len(), 24);
+        for (request, expected) in cases {
+            let text = String::from_utf8_lossy(&request).into_owned();
+            let error = validate(&request).unwrap_err();
+            assert_eq!(error, expected, "{text}");
+            assert_eq!(error.status(), 400, "{text}");
+            let response = error.response();
+            assert!(
+                response.starts_with(b"HTTP/1.1 400 Bad Request\r\n"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_heads_are_400() {
+        let cases: [&[u8]; 6] = [
+            b"\x00\x01\x02garbage\r\n\r\n",
+            b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n",
+            b"\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\nxyz\r\n\r\n",
+        ];
+        for bytes in cases {
+            let error = parse_whole(bytes).unwrap_err();
+            assert!(
+                matches!(error, HandshakeError::MalformedHead(_)),
+                "{bytes:?}: {error:?}"
+            );
+            assert_eq!(error.status(), 400);
+        }
+    }
+
+    #[test]
+    fn missing_or_other_version_is_426_with_the_version_header() {
+        for (value, offered) in [(None, None), (Some("8"), Some("8".to_owned()))] {
+            let request =
+                upgrade_with("GET /chat HTTP/1.1", Some(("Sec-WebSocket-Version", value)));
+            let error = validate(&request).unwrap_err();
+            assert_eq!(error, HandshakeError::UnsupportedVersion(offered));
+            assert_eq!(error.status(), 426);
+            let response = String::from_utf8(error.response()).unwrap();
+            assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
+            assert!(response.contains("\r\nSec-WebSocket-Version: 13\r\n"));
+        }
+        assert_eq!(
+            HandshakeError::UnsupportedVersion(None).to_string(),
+            "sec-websocket-version missing is not supported, only 13"
+        );
+    }
+
+    #[test]
+    fn error_response_is_complete_http() {
+        let error = HandshakeError::ConnectionNotUpgrade;
+        let bytes = error.response();
+        let mut table = [httparse::EMPTY_HEADER; 8];
+        let mut response = httparse::Response::new(&mut table);
+        let httparse::Status::Complete(head_len) = response.parse(&bytes).unwrap() else {
+            panic!("incomplete response");
+        };
+        assert_eq!(response.code, Some(400));
+        let field = |name: &str| {
+            response
+                .headers
+                .iter()
+                .find(|header| header.name.eq_ignore_ascii_case(name))
+                .map(|header| header.value)
+        };
+        assert_eq!(field("connection"), Some(&b"close"[..]));
+        assert!(field("content-type").unwrap().starts_with(b"text/plain"));
+        assert_eq!(field("sec-websocket-version"), None);
+        let body = bytes.get(head_len..).unwrap();
+        assert_eq!(
+            field("content-length"),
+            Some(body.len().to_string().as_bytes())
+        );
+        assert_eq!(body, b"connection header lacks the upgrade token\n");
+    }
+
+    #[test]
+    fn token_lists_match_in_any_case() {
+        for connection in ["keep-alive, Upgrade", "UPGRADE", "upgrade,keep-alive"] {
+            let request =
+                upgrade_with("GET /chat HTTP/1.1", Some(("Connection", Some(connection))));
+            assert!(validate(&request).is_ok(), "{connection}");
+        }
+        let request = upgrade_with("GET /chat HTTP/1.1", Some(("Upgrade", Some("WebSocket"))));
+        assert!(validate(&request).is_ok());
+    }
+
+    #[test]
+    fn query_origin_and_protocols_are_exposed() {
+        let request = head(
+            "GET /chat?room=1&x HTTP/1.1",
+            &[
+                "Host: a",
+                "Origin: https://example.org",
+                "Sec-WebSocket-Protocol: a , b,,",
+                "Sec-WebSocket-Protocol: c",
+            ],
+        );
+        let request = parse_whole(&request).unwrap();
+        assert_eq!(request.path(), "/chat");
+        assert_eq!(request.query(), Some("room=1&x"));
+        assert_eq!(request.origin(), Some("https://example.org"));
+        assert_eq!(request.protocols().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(!request.is_upgrade());
+    }
+
+    #[test]
+    fn plain_requests_parse_and_report_their_body() {
+        let mut stream = head(
+            "POST /publish?topic=t HTTP/1.1",
+            &["Host: a", "Content-Length: 5"],
+        );
+        let head_len = stream.len();
+        stream.extend_from_slice(b"hello");
+        stream.extend_from_slice(&head("GET /healthz HTTP/1.0", &[]));
+
+        let mut handshake = ServerHandshake::default();
+        let (used, request) = handshake.feed(&stream).unwrap();
+        assert_eq!(used, head_len);
+        let request = request.unwrap();
+        assert_eq!((request.method(), request.path()), ("POST", "/publish"));
+        assert!(!request.is_upgrade());
+        assert_eq!(request.body_length(), Ok(Some(5)));
+
+        // The same reader takes the next head once the caller has consumed the body.
+        let next = stream.get(head_len + 5..).unwrap();
+        let (used, request) = handshake.feed(next).unwrap();
+        assert_eq!(used, next.len());
+        let request = request.unwrap();
+        assert_eq!((request.path(), request.version()), ("/healthz", 0));
+        assert_eq!(request.body_length(), Ok(None));
+    }
+
+    #[test]
+    fn body_length_rules() {
+        let length = |fields: &[&str]| {
+            parse_whole(&head("POST / HTTP/1.1", fields))
+                .unwrap()
+                .body_length()
+        };
+        assert_eq!(length(&["Content-Length: 0"]), Ok(Some(0)));
+        assert_eq!(
+            length(&["Content-Length: 7, 7", "Content-Length: 7"]),
+            Ok(Some(7))
+        );
+        assert_eq!(
+            length(&["Content-Length: 18446744073709551615"]),
+            Ok(Some(u64::MAX))
+        );
+        for bad in [
+            &["Content-Length: 18446744073709551616"][..],
+            &["Content-Length: -1"],
+            &["Content-Length: +1"],
+            &["Content-Length: 1 2"],
+            &["Content-Length: "],
+            &["Content-Length: 1", "Content-Length: 2"],
+        ] {
+            assert_eq!(
+                length(bad),
+                Err(HandshakeError::InvalidContentLength),
+                "{bad:?}"
+            );
+        }
+        let chunked = length(&["Transfer-Encoding: chunked", "Content-Length: 3"]).unwrap_err();
+        assert_eq!(chunked, HandshakeError::UnsupportedTransferEncoding);
+        assert_eq!(chunked.status(), 501);
+    }
+
+    #[test]
+    fn http_response_writes_every_part() {
+        assert_eq!(
+            http_response(204, "No Content", &[("Connection", "close")], None, b""),
+            b"HTTP/1.1 204 No Content\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert_eq!(
+            http_response(200, "OK", &[], Some("text/plain"), b"ok\n"),
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+        );
+    }
+
+    /// Runs the client's request through the server and returns the client and the request.
+    fn client_and_request(extra: &[(&str, &str)]) -> (ClientHandshake, Request) {
+        let key = *b"0123456789abcdef";
+        let (client, bytes) = ClientHandshake::new("localhost:9000", "/ws?x=1", key, extra);
+        let request = parse_whole(&bytes).unwrap();
+        (client, request)
+    }
+
+    #[test]
+    fn client_and_server_agree() {
+        let (mut client, request) = client_and_request(&[
+            ("Sec-WebSocket-Protocol", "chat, v2"),
+            ("Origin", "http://o"),
+        ]);
+        assert_eq!(request.header("host"), Some(&b"localhost:9000"[..]));
+        assert_eq!((request.path(), request.query()), ("/ws", Some("x=1")));
+        assert_eq!(request.origin(), Some("http://o"));
+        assert_eq!(request.protocols().collect::<Vec<_>>(), ["chat", "v2"]);
+        let upgrade = request.validate_upgrade().unwrap();
+        assert_eq!(
+            upgrade.accept(),
+            accept_key(STANDARD.encode(b"0123456789abcdef").as_bytes())
+        );
+
+        let mut stream = upgrade.response(Some("v2"));
+        let head_len = stream.len();
+        stream.extend_from_slice(&[0x81, 0x02, b'h', b'i']);
+        // One byte at a time, then the rest with the frame in one read.
+        let (first, rest) = stream.split_at(10);
+        for byte in first {
+            assert_eq!(client.feed(&[*byte]).unwrap(), (1, None));
+            assert!(client.buffered_len() <= DEFAULT_MAX_HEAD_BYTES);
+        }
+        let (used, response) = client.feed(rest).unwrap();
+        assert_eq!(used + first.len(), head_len);
+        let response = response.unwrap();
+        assert_eq!(
+            (response.status(), response.reason()),
+            (101, "Switching Protocols")
+        );
+        assert_eq!(response.protocol(), Some("v2"));
+        assert_eq!(response.header("upgrade"), Some(&b"websocket"[..]));
+        assert_eq!(response.headers().count(), 4);
+    }
+
+    #[test]
+    fn client_rejects_a_tampered_accept() {
+        let (mut client, request) = client_and_request(&[]);
+        let genuine = request.validate_upgrade().unwrap().response(None);
+        let tampered = String::from_utf8(genuine)
+            .unwrap()
+            .replace("Sec-WebSocket-Accept: ", "Sec-WebSocket-Accept: x");
+        assert_eq!(
+            client.feed(tampered.as_bytes()),
+            Err(HandshakeError::BadAccept)
+        );
+
+        let (mut client, _) = client_and_request(&[]);
+        let missing = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(client.feed(missing), Err(HandshakeError::BadAccept));
+    }
+
+    #[test]
+    fn client_reports_a_404() {
+        let (mut client, _) = client_and_request(&[]);
+        let response = http_response(404, "Not Found", &[], Some("text/plain"), b"no\n");
+        let error = client.feed(&response).unwrap_err();
+        assert_eq!(error, HandshakeError::UnexpectedStatus(404));
+        assert_eq!(error.status(), 502);
+        assert_eq!(error.to_string(), "server answered 404, not 101");
+    }
+
+    #[test]
+    fn client_rejects_what_it_did_not_offer() {
+        let response = |extra: &str| {
+            let (client, request) = client_and_request(&[("Sec-WebSocket-Protocol", "chat")]);
+            let mut bytes = request.validate_upgrade().unwrap().response(None);
+            bytes.truncate(bytes.len() - 2);
+            bytes.extend_from_slice(format!("{extra}\r\n\r\n").as_bytes());
+            let mut client = client;
+            client
+                .feed(&bytes)
+                .map(|(_, response)| response.map(|r| r.protocol().map(str::to_owned)))
+        };
+        assert_eq!(
+            response("Sec-WebSocket-Protocol: chat"),
+            Ok(Some(Some("chat".to_owned())))
+        );
+        assert_eq!(
+            response("Sec-WebSocket-Protocol: superchat"),
+            Err(HandshakeError::UnrequestedProtocol("superchat".to_owned()))
+        );
+        assert_eq!(
+            response("Sec-WebSocket-Extensions: permessage-deflate"),
+            Err(HandshakeError::UnrequestedExtension)
+        );
+        assert_eq!(response("Upgrade: h2c"), Ok(Some(None)));
+        let (mut client, _) = client_and_request(&[]);
+        let no_upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n";
+        assert_eq!(
+            client.feed(no_upgrade),
+            Err(HandshakeError::UpgradeNotWebSocket)
+        );
+    }
+
+    /// Bytes rich in the pieces a head is made of, so the reader gets past `Partial`.
+    fn head_like_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"\r\n".to_vec()),
+            Just(b"\r\n\r\n".to_vec()),
+            Just(b"GET /a?b HTTP/1.1\r\n".to_vec()),
+            Just(b"HTTP/1.1 101 OK\r\n".to_vec()),
+            Just(b"Upgrade: websocket\r\n".to_vec()),
+            Just(b"Connection: upgrade\r\n".to_vec()),
+            Just(b"Content-Length: 12\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..16),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    fn arbitrary_stream() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..2048),
+            head_like_bytes()
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_or_exceed_the_limit(
+            stream in arbitrary_stream(),
+            cuts in proptest::collection::vec(any::<usize>(), 0..16),
+            limit in 0_usize..1024,
+        ) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let mut server = ServerHandshake::new(limit);
+            let (mut client, _) = ClientHandshake::new("h", "/", [0; 16], &[]);
+            let (mut server_at, mut client_at) = (0, 0);
+            let (mut server_done, mut client_done) = (false, false);
+            for cut in cuts {
+                while !server_done && server_at < cut {
+                    let chunk = stream.get(server_at..cut).unwrap();
+                    match server.feed(chunk) {
+                        Ok((used, request)) => {
+                            prop_assert!(used <= chunk.len());
+                            prop_assert!(used > 0 || chunk.is_empty());
+                            server_at += used;
+                            if let Some(request) = request {
+                                // Whatever parsed must answer without panicking.
+                                let _ = (request.validate_upgrade(), request.body_length());
+                            }
+                        }
+                        Err(error) => {
+                            prop_assert!(matches!(error.status(), 400 | 431));
+                            server_done = true;
+                        }
+                    }
+                    prop_assert!(server.buffered_len() <= limit);
+                    prop_assert!(server.reader.buf.capacity() <= limit);
+                }
+                while !client_done && client_at < cut {
+                    let chunk = stream.get(client_at..cut).unwrap();
+                    match client.feed(chunk) {
+                        Ok((used, _)) => {
+                            prop_assert!(used <= chunk.len() && (used > 0 || chunk.is_empty()));
+                            client_at += used;
+                        }
+                        Err(_) => client_done = true,
+                    }
+                    prop_assert!(client.buffered_len() <= DEFAULT_MAX_HEAD_BYTES);
+                }
+            }
+        }
+
+        #[test]
+        fn any_splits_of_a_valid_request_give_the_same_request(
+            cuts in proptest::collection::vec(0..=RFC_REQUEST.len() + FRAME.len(), 0..8),
+        ) {
+            let mut stream = RFC_REQUEST.to_vec();
+            stream.extend_from_slice(FRAME);
+            let mut cuts = cuts;
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let mut handshake = ServerHandshake::default();
+            let mut at = 0;
+            let mut found = None;
+            for cut in cuts {
+                if found.is_some() || cut < at {
+                    continue;
+                }
+                let (used, request) = handshake.feed(stream.get(at..cut).unwrap()).unwrap();
+                at += used;
+                found = request;
+            }
+            prop_assert_eq!(at, RFC_REQUEST.len());
+            prop_assert_eq!(found, Some(parse_whole(RFC_REQUEST).unwrap()));
+        }
+    }
+}

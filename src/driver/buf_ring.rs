@@ -1,0 +1,122 @@
+//! A provided buffer ring (`io_uring_register_buf_ring(3)`): one per worker, shared by all its
+//! connections, so an idle connection owns no receive buffer. The kernel picks a buffer when
+//! data arrives and names it in the completion; the worker hands it back once the protocol
+//! has consumed the bytes.
+#![allow(unsafe_code)]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::IoUring;
+
+/// The ring of buffer descriptors and the buffers themselves.
+pub(crate) struct BufRing {
+    /// `entries` descriptors, page aligned, shared with the kernel.
+    ring: *mut BufRingEntry,
+    ring_layout: Layout,
+    /// `entries * buf_size` bytes of receive buffers.
+    buffers: Box<[u8]>,
+    buf_size: usize,
+    entries: u16,
+    /// Our copy of the tail: buffers added but not yet published to the kernel.
+    tail: u16,
+    bgid: u16,
+}
+
+impl BufRing {
+    /// Allocates `entries` buffers of `buf_size` bytes and registers them as group `bgid`.
+    ///
+    /// # Errors
+    ///
+    /// The registration's error (`EINVAL` on kernels before 5.19).
+    pub(crate) fn register(
+        ring: &IoUring,
+        bgid: u16,
+        entries: u16,
+        buf_size: usize,
+    ) -> io::Result<Self> {
+        assert!(
+            entries.is_power_of_two(),
+            "buffer ring entries must be a power of two"
+        );
+        let ring_layout =
+            Layout::from_size_align(usize::from(entries) * size_of::<BufRingEntry>(), 4096)
+                .expect("a ring of at most 65536 16-byte entries has a valid layout");
+        // SAFETY: the layout has a non-zero size (entries >= 1, checked power of two).
+        let ring_ptr = unsafe { alloc_zeroed(ring_layout) }.cast::<BufRingEntry>();
+        if ring_ptr.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        let mut this = Self {
+            ring: ring_ptr,
+            ring_layout,
+            buffers: vec![0u8; usize::from(entries) * buf_size].into_boxed_slice(),
+            buf_size,
+            entries,
+            tail: 0,
+            bgid,
+        };
+        // SAFETY: `ring_ptr` is a page-aligned, zeroed allocation of `entries` descriptors that
+        // lives as long as `this`; `this` unregisters it before freeing (Drop), and the worker
+        // drops its ring only after all receives are cancelled.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(ring_ptr as u64, entries, bgid, 0)?;
+        }
+        for bid in 0..entries {
+            this.push(bid);
+        }
+        this.publish();
+        Ok(this)
+    }
+
+    /// The buffer group id to name in receive submissions.
+    pub(crate) fn bgid(&self) -> u16 {
+        self.bgid
+    }
+
+    /// The first `len` bytes of buffer `bid`, which a completion just handed to us.
+    pub(crate) fn buffer_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        let start = usize::from(bid) * self.buf_size;
+        &mut self.buffers[start..start + len.min(self.buf_size)]
+    }
+
+    /// Queues buffer `bid` for reuse; it reaches the kernel at the next [`publish`](Self::publish).
+    pub(crate) fn push(&mut self, bid: u16) {
+        let index = usize::from(self.tail & (self.entries - 1));
+        let addr = self.buffers.as_ptr() as u64 + (usize::from(bid) * self.buf_size) as u64;
+        // SAFETY: `index < entries`, so the pointer stays inside the ring allocation; the kernel
+        // reads only descriptors between its head and the published tail, and this one is past
+        // the published tail until `publish`.
+        let entry = unsafe { &mut *self.ring.add(index) };
+        entry.set_addr(addr);
+        entry.set_len(self.buf_size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Makes every pushed buffer visible to the kernel.
+    pub(crate) fn publish(&mut self) {
+        // SAFETY: the tail field lives in the first descriptor of our live ring allocation; the
+        // kernel only reads it, and an atomic release store orders the descriptors written by
+        // `push` before it (the kernel reads the tail with acquire semantics).
+        let tail = unsafe { &*BufRingEntry::tail(self.ring).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Unregisters the ring from `ring`; call before dropping, once no receive is in flight.
+    pub(crate) fn unregister(&self, ring: &IoUring) {
+        // Failure means the ring is already gone with the kernel's state: nothing to undo.
+        let _ = ring.submitter().unregister_buf_ring(self.bgid);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: `ring` came from `alloc_zeroed(ring_layout)` and is freed once, here. The worker
+        // unregisters the group (or drops the whole io_uring) and drains every receive first.
+        unsafe { dealloc(self.ring.cast(), self.ring_layout) };
+    }
+}

@@ -1,0 +1,201 @@
+//! One connection's slot in a worker's slab: its direct descriptor, its protocol state, its
+//! bounded send queue, and which of its operations the kernel still holds.
+
+use std::collections::VecDeque;
+
+use bytes::{Buf, Bytes};
+
+use crate::protocol::handshake::ServerHandshake;
+use crate::protocol::WebSocket;
+
+/// Where the connection is in its life.
+#[derive(Debug)]
+pub(crate) enum Stage {
+    /// Reading the HTTP upgrade request.
+    Handshake(ServerHandshake),
+    /// Speaking WebSocket.
+    Open(WebSocket),
+}
+
+/// How the connection is ending, if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Not ending.
+    No,
+    /// Send what is queued, then shut the write side (the server closes first, RFC 6455 §7.1.1).
+    Flush,
+    /// Write side shut; reading and discarding until the peer closes or the linger timer fires,
+    /// so unread bytes do not turn our FIN into a reset that could destroy the close frame.
+    Linger,
+    /// Cancel and close submitted; waiting for the kernel to return every operation.
+    Teardown,
+}
+
+/// A connection slot.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Guards against completions for an earlier occupant of this slab key.
+    pub generation: u32,
+    /// Index in the ring's fixed file table.
+    pub slot: u32,
+    pub stage: Stage,
+    pub ending: Ending,
+    /// Frames waiting to be sent, front first; the front may be partly sent.
+    pub queue: SendQueue,
+    /// A multishot receive is armed.
+    pub recv_armed: bool,
+    /// A send is in flight; it covers the first `in_flight` frames of the queue.
+    pub send_in_flight: bool,
+    /// Shutdown, cancel or close submissions still in flight.
+    pub pending_ops: u8,
+    /// The tick of this connection's one authoritative deadline (see `timer`).
+    pub deadline: u64,
+    /// The tick of the last bytes received; pings go only to idle connections.
+    pub last_recv_tick: u64,
+    /// A ping was sent and nothing was received since.
+    pub ping_outstanding: bool,
+    /// Listed for a flush at the end of this loop turn.
+    pub dirty: bool,
+    /// The upgrade completed during the current receive.
+    pub upgraded_now: bool,
+    /// The iovecs of the vectored send in flight, if it is one.
+    pub send_vec: Option<Box<SendVec>>,
+}
+
+/// Frames gathered into one vectored send.
+pub(crate) const MAX_IOVECS: usize = 64;
+
+/// A vectored send's iovecs and message header; boxed so their address stays put while the
+/// kernel reads them.
+pub(crate) struct SendVec {
+    pub iov: [libc::iovec; MAX_IOVECS],
+    pub msg: libc::msghdr,
+}
+
+impl std::fmt::Debug for SendVec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendVec")
+            .field("iovlen", &self.msg.msg_iovlen)
+            .finish()
+    }
+}
+
+impl Conn {
+    pub(crate) fn new(generation: u32, slot: u32, max_head_bytes: usize, now_tick: u64) -> Self {
+        Self {
+            generation,
+            slot,
+            stage: Stage::Handshake(ServerHandshake::new(max_head_bytes)),
+            ending: Ending::No,
+            queue: SendQueue::default(),
+            recv_armed: false,
+            send_in_flight: false,
+            pending_ops: 0,
+            deadline: 0,
+            last_recv_tick: now_tick,
+            ping_outstanding: false,
+            dirty: false,
+            upgraded_now: false,
+            send_vec: None,
+        }
+    }
+
+    /// Nothing of this connection is left in the kernel: the slot may be freed.
+    pub(crate) fn is_quiescent(&self) -> bool {
+        !self.recv_armed && !self.send_in_flight && self.pending_ops == 0
+    }
+}
+
+/// A bounded queue of encoded frames.
+///
+/// The bound is in bytes and admits one frame of any size into an empty queue, so a single
+/// message larger than the bound still goes out while no backlog can build behind it.
+#[derive(Debug, Default)]
+pub(crate) struct SendQueue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl SendQueue {
+    /// Appends `frame` unless it would take the queue past `limit`; returns whether it did.
+    pub(crate) fn push(&mut self, frame: Bytes, limit: usize) -> bool {
+        if !self.frames.is_empty() && self.bytes + frame.len() > limit {
+            return false;
+        }
+        self.push_unbounded(frame);
+        true
+    }
+
+    /// Appends a control frame that must not be dropped (a close, a pong).
+    pub(crate) fn push_unbounded(&mut self, frame: Bytes) {
+        self.bytes += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Queued bytes.
+    #[cfg(test)]
+    pub(crate) fn len_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The frames at the front, for a vectored send.
+    pub(crate) fn front(&self, max: usize) -> impl Iterator<Item = &Bytes> {
+        self.frames.iter().take(max)
+    }
+
+    /// Drops the first `sent` bytes, which the kernel accepted; a frame sent in part keeps
+    /// its rest at the front.
+    pub(crate) fn consume(&mut self, mut sent: usize) {
+        self.bytes -= sent.min(self.bytes);
+        while sent > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                break;
+            };
+            if sent >= front.len() {
+                sent -= front.len();
+                self.frames.pop_front();
+            } else {
+                front.advance(sent);
+                sent = 0;
+            }
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
+            // A burst is over: do not let an idle connection keep its peak capacity.
+            self.frames = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_bounds_bytes_but_admits_one_large_frame() {
+        let mut queue = SendQueue::default();
+        assert!(
+            queue.push(Bytes::from(vec![0; 100]), 10),
+            "an empty queue takes any frame"
+        );
+        assert!(!queue.push(Bytes::from_static(b"x"), 10));
+        queue.push_unbounded(Bytes::from_static(b"close"));
+        assert_eq!(queue.len_bytes(), 105);
+    }
+
+    #[test]
+    fn partial_sends_resume_mid_frame() {
+        let mut queue = SendQueue::default();
+        queue.push_unbounded(Bytes::from_static(b"abc"));
+        queue.push_unbounded(Bytes::from_static(b"defg"));
+        queue.consume(4);
+        let rest: Vec<&[u8]> = queue.front(8).map(|b| b.as_ref()).collect();
+        assert_eq!(rest, [b"efg".as_slice()]);
+        assert_eq!(queue.len_bytes(), 3);
+        queue.consume(3);
+        assert!(queue.is_empty());
+    }
+}

@@ -1,0 +1,108 @@
+//! The io_uring driver: the only code that knows io_uring. Thread-per-core workers, each with
+//! its own ring, listener, provided buffer ring, connection slab and timer wheel, run the
+//! sans-IO [`protocol`](crate::protocol) core and hand complete messages to a [`Service`].
+
+mod buf_ring;
+mod conn;
+pub mod features;
+mod timer;
+mod user_data;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use nix::sys::eventfd::EventFd;
+
+pub use features::Features;
+pub(crate) use worker::{run_worker, WorkerSetup};
+
+use crate::protocol::OpCode;
+
+/// What the server does with messages: the layer above the driver implements it.
+pub trait Service: Send + 'static {
+    /// A complete message arrived; `reply` sends frames back on the same connection.
+    fn on_message(&mut self, reply: &mut Reply<'_>, opcode: OpCode, payload: &[u8]);
+}
+
+/// The connection a message came from, as seen by a [`Service`].
+pub struct Reply<'a> {
+    pub(crate) ws: &'a mut crate::protocol::WebSocket,
+    pub(crate) queue: &'a mut conn::SendQueue,
+    pub(crate) limit: usize,
+    pub(crate) overflowed: bool,
+}
+
+impl Reply<'_> {
+    /// Queues a message for this connection. Returns `false` when it was refused: the
+    /// connection is closing, or its queue is past the backlog limit (it will be closed 1008).
+    pub fn send(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
+        match self.ws.encode(opcode, payload) {
+            Some(frame) => self.send_frame(frame),
+            None => false,
+        }
+    }
+
+    /// Queues an already encoded server frame (shared by many receivers).
+    pub fn send_frame(&mut self, frame: Bytes) -> bool {
+        if self.queue.push(frame, self.limit) {
+            true
+        } else {
+            self.overflowed = true;
+            false
+        }
+    }
+}
+
+/// Counters one worker keeps, read by any thread.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Connections currently in the slab (any stage).
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
+    /// Messages received.
+    pub messages_in: AtomicU64,
+    /// Completions that arrived for a slot already reused (dropped).
+    pub stale_completions: AtomicU64,
+    /// Times the buffer ring ran dry (`ENOBUFS`); the receive was re-armed.
+    pub recv_buffer_starvation: AtomicU64,
+    /// Connections closed because their send queue passed the backlog limit.
+    pub slow_consumer_closes: AtomicU64,
+}
+
+/// State shared by the workers of one server.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub stopping: AtomicBool,
+    pub wakers: Vec<EventFd>,
+    pub stats: Vec<WorkerStats>,
+}
+
+impl Shared {
+    pub(crate) fn new(workers: usize) -> std::io::Result<Self> {
+        let wakers = (0..workers)
+            .map(|_| {
+                EventFd::from_flags(
+                    nix::sys::eventfd::EfdFlags::EFD_CLOEXEC
+                        | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+                )
+                .map_err(std::io::Error::from)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            stopping: AtomicBool::new(false),
+            wakers,
+            stats: (0..workers).map(|_| WorkerStats::default()).collect(),
+        })
+    }
+
+    /// Asks every worker to shut down gracefully; callable from any thread, more than once.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        for waker in &self.wakers {
+            // The only failure is a full counter, which already means "wake up".
+            let _ = waker.write(1);
+        }
+    }
+}

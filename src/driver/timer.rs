@@ -1,0 +1,150 @@
+//! One timer wheel per worker: every per-connection deadline (handshake, ping, close drain,
+//! linger) lives here, and the ring's wait timeout is the wheel's next tick, so no timeout
+//! operation is ever submitted per connection.
+//!
+//! Deadlines are rounded up to ticks of [`TICK`]. An entry names a connection and the tick it
+//! was set for; the connection holds its one authoritative deadline, so moving a deadline
+//! leaves the old entry stale, and a stale entry is skipped when its bucket fires. Deadlines
+//! move only on rare events (upgrade, ping sent, close sent), so stale entries stay few.
+
+use std::time::{Duration, Instant};
+
+/// The wheel's resolution.
+pub(crate) const TICK: Duration = Duration::from_millis(100);
+const BUCKETS: usize = 512;
+
+/// A deadline set for a connection: its slab key and generation, and the tick it fires at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TimerEntry {
+    pub key: u32,
+    pub generation: u32,
+    pub tick: u64,
+}
+
+/// A hashed timer wheel of [`BUCKETS`] buckets, one [`TICK`] each.
+pub(crate) struct TimerWheel {
+    start: Instant,
+    buckets: Vec<Vec<TimerEntry>>,
+    /// The next tick not yet processed.
+    next_tick: u64,
+    len: usize,
+}
+
+impl TimerWheel {
+    pub(crate) fn new(start: Instant) -> Self {
+        Self {
+            start,
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            next_tick: 0,
+            len: 0,
+        }
+    }
+
+    /// The tick that `now` falls in.
+    pub(crate) fn tick_at(&self, now: Instant) -> u64 {
+        (now.saturating_duration_since(self.start).as_millis() / TICK.as_millis()) as u64
+    }
+
+    /// The first tick at or after `now + delay`.
+    pub(crate) fn deadline(&self, now: Instant, delay: Duration) -> u64 {
+        let ms = (now + delay)
+            .saturating_duration_since(self.start)
+            .as_millis();
+        ms.div_ceil(TICK.as_millis()) as u64
+    }
+
+    /// Schedules an entry; a tick already past fires on the next advance.
+    pub(crate) fn insert(&mut self, entry: TimerEntry) {
+        let tick = entry.tick.max(self.next_tick);
+        self.buckets[(tick % BUCKETS as u64) as usize].push(entry);
+        self.len += 1;
+    }
+
+    /// Whether any entry is pending.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How long until the next tick boundary, or `None` when nothing is pending.
+    pub(crate) fn timeout(&self, now: Instant) -> Option<Duration> {
+        if self.is_empty() {
+            return None;
+        }
+        let next = self.start + TICK * self.next_tick as u32;
+        Some(next.saturating_duration_since(now))
+    }
+
+    /// Moves every entry due at or before `now` into `due`.
+    pub(crate) fn advance(&mut self, now: Instant, due: &mut Vec<TimerEntry>) {
+        let current = self.tick_at(now);
+        while self.next_tick <= current {
+            let tick = self.next_tick;
+            let bucket = &mut self.buckets[(tick % BUCKETS as u64) as usize];
+            let before = due.len();
+            bucket.retain(|entry| {
+                if entry.tick <= tick {
+                    due.push(*entry);
+                    false
+                } else {
+                    true
+                }
+            });
+            self.len -= due.len() - before;
+            self.next_tick += 1;
+            if self.len == 0 {
+                // Nothing left: jump ahead instead of walking empty buckets.
+                self.next_tick = self.next_tick.max(current + 1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: u32, tick: u64) -> TimerEntry {
+        TimerEntry {
+            key,
+            generation: 0,
+            tick,
+        }
+    }
+
+    #[test]
+    fn entries_fire_at_their_tick_and_not_before() {
+        let start = Instant::now();
+        let mut wheel = TimerWheel::new(start);
+        wheel.insert(entry(1, 5));
+        wheel.insert(entry(2, 5 + BUCKETS as u64)); // same bucket, next round
+        wheel.insert(entry(3, 0));
+        let mut due = Vec::new();
+        wheel.advance(start + TICK * 4, &mut due);
+        assert_eq!(due, [entry(3, 0)]);
+        due.clear();
+        wheel.advance(start + TICK * 5, &mut due);
+        assert_eq!(due, [entry(1, 5)]);
+        due.clear();
+        wheel.advance(start + TICK * (BUCKETS as u32 + 4), &mut due);
+        assert!(due.is_empty());
+        wheel.advance(start + TICK * (BUCKETS as u32 + 5), &mut due);
+        assert_eq!(due, [entry(2, 5 + BUCKETS as u64)]);
+        assert!(wheel.is_empty());
+        assert_eq!(wheel.timeout(start), None);
+    }
+
+    #[test]
+    fn deadlines_round_up_and_past_ticks_fire_next() {
+        let start = Instant::now();
+        let mut wheel = TimerWheel::new(start);
+        assert_eq!(wheel.deadline(start, Duration::from_millis(250)), 3);
+        assert_eq!(wheel.deadline(start, Duration::from_millis(300)), 3);
+        let mut due = Vec::new();
+        wheel.advance(start + TICK * 10, &mut due);
+        wheel.insert(entry(9, 2));
+        assert!(wheel.timeout(start + TICK * 10).is_some());
+        wheel.advance(start + TICK * 11, &mut due);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].key, 9);
+    }
+}

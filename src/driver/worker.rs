@@ -1,0 +1,885 @@
+//! One pinned worker: its ring, listener, buffer ring, connection slab and timer wheel.
+//!
+//! One loop turn: wait for completions (or the wheel's next tick) → handle every completion,
+//! running the protocol and the service → fire due timers → flush every dirty connection's
+//! queue → hand receive buffers back → submit everything in the next wait.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+use nix::sys::signalfd::SignalFd;
+use slab::Slab;
+use tracing::{debug, info, trace, warn};
+
+use super::buf_ring::BufRing;
+use super::conn::{Conn, Ending, SendVec, Stage, MAX_IOVECS};
+use super::timer::{TimerEntry, TimerWheel};
+use super::user_data::{OpKind, UserData, GENERATION_MASK};
+use super::{Features, Reply, Service, Shared};
+use crate::config::Config;
+use crate::protocol::connection::Read;
+use crate::protocol::{CloseCode, CloseState, Limits, WebSocket};
+
+/// After a stop, how long past the drain timeout the worker waits for the kernel to return
+/// its operations before it exits anyway (leaking, never freeing, what the kernel may touch).
+const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
+/// The key used in user_data for operations that belong to no connection.
+const NO_KEY: usize = u32::MAX as usize;
+
+/// Everything a worker thread needs to start.
+pub(crate) struct WorkerSetup {
+    pub id: usize,
+    pub listener: OwnedFd,
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub features: Features,
+    pub signals: Option<SignalFd>,
+    /// Reports the worker's capacity once it accepts, or why it could not start.
+    pub ready: mpsc::Sender<Result<usize, io::Error>>,
+}
+
+/// Runs a worker on the current thread until the server stops.
+pub(crate) fn run_worker<S: Service>(setup: WorkerSetup, service: S) {
+    let span = tracing::info_span!("worker", id = setup.id);
+    let _entered = span.enter();
+    let ready = setup.ready.clone();
+    match Worker::new(setup, service) {
+        Ok(mut worker) => {
+            let _ = ready.send(Ok(worker.capacity));
+            if let Err(error) = worker.run() {
+                tracing::error!(%error, "worker stopped on a ring error");
+            }
+            worker.finish();
+        }
+        Err(error) => {
+            let _ = ready.send(Err(error));
+        }
+    }
+}
+
+struct Worker<S: Service> {
+    // Field order is drop order: the ring goes first, so the kernel lets go of every buffer
+    // before the buffers below are freed.
+    ring: IoUring,
+    bufs: BufRing,
+    conns: Slab<Conn>,
+    send_vecs: Vec<Box<SendVec>>,
+    wheel: TimerWheel,
+    service: S,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    id: usize,
+    listener: OwnedFd,
+    signals: Option<SignalFd>,
+    signal_buf: Box<[u8; 128]>,
+    wake_buf: Box<[u8; 8]>,
+    /// Direct descriptors in this ring's table.
+    capacity: usize,
+    accept_armed: bool,
+    /// The table was full: accept again once a slot frees.
+    accept_paused: bool,
+    next_generation: u32,
+    /// Keys of connections with something to flush this turn.
+    dirty: Vec<usize>,
+    due: Vec<TimerEntry>,
+    cqes: Vec<(u64, i32, u32)>,
+    /// When set, the worker is draining towards exit: the instant to give up waiting.
+    stop_deadline: Option<Instant>,
+    ping_ticks: Option<Duration>,
+}
+
+impl<S: Service> Worker<S> {
+    fn new(setup: WorkerSetup, service: S) -> io::Result<Self> {
+        let config = setup.config;
+        let ring = build_ring(config.ring_entries, setup.features, setup.id)?;
+        // The table may hold as many descriptors as RLIMIT_NOFILE allows, per ring.
+        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_err(io::Error::from)?;
+        let capacity = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
+        ring.submitter().register_files_sparse(capacity as u32)?;
+        let bufs = BufRing::register(&ring, 0, config.recv_buffers, config.recv_buffer_bytes)?;
+        let start = Instant::now();
+        Ok(Self {
+            ring,
+            bufs,
+            conns: Slab::new(),
+            send_vecs: Vec::new(),
+            wheel: TimerWheel::new(start),
+            service,
+            ping_ticks: config.ping_interval,
+            config,
+            shared: setup.shared,
+            id: setup.id,
+            listener: setup.listener,
+            signals: setup.signals,
+            signal_buf: Box::new([0; 128]),
+            wake_buf: Box::new([0; 8]),
+            capacity,
+            accept_armed: false,
+            accept_paused: false,
+            next_generation: 0,
+            dirty: Vec::new(),
+            due: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            stop_deadline: None,
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.arm_wake();
+        self.arm_signals();
+        self.ring.submit()?;
+        loop {
+            let now = Instant::now();
+            if self.should_exit(now) {
+                return Ok(());
+            }
+            self.wait(now)?;
+            self.reap();
+            let now = Instant::now();
+            self.fire_timers(now);
+            if let Some(deadline) = self.stop_deadline {
+                if now >= deadline {
+                    self.teardown_all();
+                }
+            }
+            self.flush();
+            self.bufs.publish();
+            if !self.accept_armed && !self.accept_paused && self.stop_deadline.is_none() {
+                self.arm_accept();
+            }
+            if self.ring.completion().overflow() > 0 {
+                warn!(
+                    overflow = self.ring.completion().overflow(),
+                    "completion queue overflowed"
+                );
+            }
+        }
+    }
+
+    /// Submits what is queued and waits for a completion or the next timer tick.
+    fn wait(&mut self, now: Instant) -> io::Result<()> {
+        let timeout = match (self.wheel.timeout(now), self.stop_deadline) {
+            (Some(t), _) => Some(t),
+            (None, Some(_)) => Some(super::timer::TICK),
+            (None, None) => None,
+        };
+        let result = match timeout {
+            Some(timeout) => {
+                let ts = Timespec::from(timeout);
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+            None => self.ring.submitter().submit_and_wait(1),
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        // Completions are copied out first so that handling them may push submissions.
+        loop {
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result(), c.flags())),
+            );
+            if cqes.is_empty() {
+                break;
+            }
+            for &(user_data, result, flags) in &cqes {
+                self.complete(user_data, result, flags);
+            }
+        }
+        self.cqes = cqes;
+    }
+
+    fn complete(&mut self, raw: u64, result: i32, flags: u32) {
+        let Some(ud) = UserData::unpack(raw) else {
+            warn!(user_data = raw, "completion with an unknown user_data");
+            return;
+        };
+        match ud.kind {
+            OpKind::Accept => self.on_accept(result, flags),
+            OpKind::Wake => self.on_wake(result),
+            OpKind::Signal => self.on_signal(result),
+            kind => {
+                let key = ud.key as usize;
+                let live = self
+                    .conns
+                    .get(key)
+                    .is_some_and(|c| c.generation & GENERATION_MASK == ud.generation);
+                if !live {
+                    // A completion for a slot already reused: keep the buffer, touch nothing.
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        self.bufs.push(bid);
+                    }
+                    self.shared.stats[self.id]
+                        .stale_completions
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                match kind {
+                    OpKind::Recv => self.on_recv(key, result, flags),
+                    OpKind::Send => self.on_send(key, result),
+                    OpKind::Shutdown | OpKind::Cancel | OpKind::Close => {
+                        let conn = &mut self.conns[key];
+                        conn.pending_ops -= 1;
+                        if kind == OpKind::Close {
+                            // A slot is free again: accept if the table was full.
+                            self.accept_paused = false;
+                        } else if kind == OpKind::Shutdown && result < 0 {
+                            self.teardown(key);
+                        }
+                        self.maybe_remove(key);
+                    }
+                    OpKind::Accept | OpKind::Wake | OpKind::Signal => {}
+                }
+            }
+        }
+    }
+
+    fn on_accept(&mut self, result: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.accept_armed = false;
+        }
+        if result < 0 {
+            match -result {
+                libc::ENFILE | libc::EMFILE => {
+                    warn!(
+                        capacity = self.capacity,
+                        "fixed file table full; accepting paused until a connection closes"
+                    );
+                    self.accept_paused = true;
+                }
+                libc::ECANCELED => {}
+                errno => {
+                    warn!(error = %io::Error::from_raw_os_error(errno), "accept failed");
+                    // Retry on a later turn, not in a tight loop.
+                    self.accept_paused = !self.conns.is_empty();
+                }
+            }
+            return;
+        }
+        let slot = result as u32;
+        let now = Instant::now();
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
+        let tick = self.wheel.tick_at(now);
+        let key = self.conns.insert(Conn::new(
+            generation,
+            slot,
+            self.config.max_head_bytes,
+            tick,
+        ));
+        let stats = &self.shared.stats[self.id];
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        stats
+            .connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
+        trace!(key, slot, "accepted");
+        self.arm_recv(key);
+        self.set_deadline(key, now, self.config.handshake_timeout);
+        if self.stop_deadline.is_some() {
+            self.teardown(key);
+        } else if self.conns.len() >= self.capacity && self.accept_armed {
+            // Stop before the kernel has to refuse (and reset) a connection it accepted.
+            self.cancel_accept();
+            self.accept_paused = true;
+        }
+    }
+
+    fn on_recv(&mut self, key: usize, result: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let conn = &mut self.conns[key];
+        if !more {
+            conn.recv_armed = false;
+        }
+        if result > 0 {
+            let Some(bid) = bid else {
+                warn!(key, "receive completion without a buffer");
+                self.teardown(key);
+                return;
+            };
+            let now_tick = self.wheel.tick_at(Instant::now());
+            let data = self.bufs.buffer_mut(bid, result as usize);
+            conn.last_recv_tick = now_tick;
+            conn.ping_outstanding = false;
+            let before = conn.ending;
+            receive(
+                conn,
+                data,
+                &mut self.service,
+                &self.config,
+                &self.shared.stats[self.id],
+            );
+            self.bufs.push(bid);
+            self.after_receive(key, before);
+        } else if result == 0 {
+            // The peer closed its side.
+            self.teardown(key);
+        } else {
+            match -result {
+                libc::ENOBUFS => {
+                    self.shared.stats[self.id]
+                        .recv_buffer_starvation
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                libc::ECANCELED => {}
+                libc::EAGAIN | libc::EINTR => {}
+                errno => {
+                    debug!(key, error = %io::Error::from_raw_os_error(errno), "receive failed");
+                    self.teardown(key);
+                }
+            }
+        }
+        let conn = &self.conns[key];
+        if !conn.recv_armed && conn.ending != Ending::Teardown {
+            self.arm_recv(key);
+        }
+        self.maybe_remove(key);
+    }
+
+    /// Schedules what a receive made necessary: a flush, and the deadline of a new stage.
+    fn after_receive(&mut self, key: usize, before: Ending) {
+        let now = Instant::now();
+        let conn = &mut self.conns[key];
+        let upgraded = std::mem::take(&mut conn.upgraded_now);
+        let flushing = conn.ending == Ending::Flush;
+        if !conn.queue.is_empty() || flushing {
+            self.mark_dirty(key);
+        }
+        if flushing && before == Ending::No {
+            // Bounded: a peer that never reads cannot hold the connection open.
+            self.set_deadline(key, now, self.config.drain_timeout);
+        } else if upgraded {
+            match self.ping_ticks {
+                Some(interval) => self.set_deadline(key, now, interval),
+                None => self.conns[key].deadline = u64::MAX,
+            }
+        }
+    }
+
+    fn on_send(&mut self, key: usize, result: i32) {
+        let conn = &mut self.conns[key];
+        conn.send_in_flight = false;
+        if let Some(vec) = conn.send_vec.take() {
+            self.send_vecs.push(vec);
+        }
+        if result >= 0 {
+            conn.queue.consume(result as usize);
+            if !conn.queue.is_empty() || conn.ending == Ending::Flush {
+                self.mark_dirty(key);
+            }
+        } else {
+            match -result {
+                libc::EAGAIN | libc::EINTR | libc::ENOBUFS => self.mark_dirty(key),
+                libc::ECANCELED => {}
+                errno => {
+                    debug!(key, error = %io::Error::from_raw_os_error(errno), "send failed");
+                    self.teardown(key);
+                }
+            }
+        }
+        self.maybe_remove(key);
+    }
+
+    fn on_wake(&mut self, _result: i32) {
+        if self.shared.stopping.load(Ordering::Acquire) && self.stop_deadline.is_none() {
+            self.begin_stop();
+        }
+        if self.stop_deadline.is_none() {
+            self.arm_wake();
+        }
+    }
+
+    fn on_signal(&mut self, result: i32) {
+        if result > 0 {
+            info!("signal received: shutting down");
+            self.shared.stop();
+        } else if result != -libc::ECANCELED {
+            self.arm_signals();
+        }
+    }
+
+    /// Stops accepting and sends close 1001 to every connection (RFC 6455 §7.4.1).
+    fn begin_stop(&mut self) {
+        let now = Instant::now();
+        info!(connections = self.conns.len(), "draining");
+        self.stop_deadline = Some(now + self.config.drain_timeout);
+        if self.accept_armed {
+            self.cancel_accept();
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let conn = &mut self.conns[key];
+            match (&mut conn.stage, conn.ending) {
+                (Stage::Open(ws), Ending::No) => {
+                    if let Some(frame) = ws.close(CloseCode::GOING_AWAY, "server shutting down") {
+                        conn.queue.push_unbounded(frame);
+                        self.mark_dirty(key);
+                    }
+                }
+                (Stage::Handshake(_), _) => self.teardown(key),
+                _ => {}
+            }
+        }
+    }
+
+    fn should_exit(&mut self, now: Instant) -> bool {
+        let Some(deadline) = self.stop_deadline else {
+            return false;
+        };
+        (self.conns.is_empty() && !self.accept_armed) || now >= deadline + TEARDOWN_GRACE
+    }
+
+    fn teardown_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.teardown(key);
+        }
+    }
+
+    /// After the loop: if the kernel still holds operations, their memory must outlive it.
+    fn finish(self) {
+        if !self.conns.is_empty() {
+            warn!(
+                connections = self.conns.len(),
+                "exiting with operations in flight; leaking their buffers"
+            );
+            std::mem::forget(self.bufs);
+            std::mem::forget(self.conns);
+            std::mem::forget(self.send_vecs);
+            return;
+        }
+        self.bufs.unregister(&self.ring);
+        info!("stopped");
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(now, &mut due);
+        for entry in due.drain(..) {
+            let key = entry.key as usize;
+            let current = self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.generation == entry.generation && c.deadline == entry.tick);
+            if current {
+                self.on_deadline(key, now);
+            }
+        }
+        self.due = due;
+    }
+
+    fn on_deadline(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        conn.deadline = u64::MAX;
+        let close_state = match &conn.stage {
+            Stage::Open(ws) => Some(ws.close_state()),
+            Stage::Handshake(_) => None,
+        };
+        match (conn.ending, close_state) {
+            (Ending::Teardown, _) => {}
+            // Handshake timeout, flush or linger over, or our close unanswered.
+            (Ending::Flush | Ending::Linger, _)
+            | (Ending::No, None | Some(CloseState::CloseSent | CloseState::Closed)) => {
+                debug!(key, "deadline passed; dropping the connection");
+                self.teardown(key);
+            }
+            (Ending::No, Some(CloseState::Open)) => self.on_ping_deadline(key, now),
+        }
+    }
+
+    /// Pings a connection idle for an interval; closes 1001 one interval after an unanswered ping.
+    fn on_ping_deadline(&mut self, key: usize, now: Instant) {
+        let Some(interval) = self.ping_ticks else {
+            return;
+        };
+        let interval_ticks = self.wheel.deadline(now, interval) - self.wheel.tick_at(now);
+        let now_tick = self.wheel.tick_at(now);
+        let conn = &mut self.conns[key];
+        let Stage::Open(ws) = &mut conn.stage else {
+            return;
+        };
+        let idle_since = conn.last_recv_tick;
+        if now_tick < idle_since + interval_ticks && !conn.ping_outstanding {
+            // Heard from recently: check again one interval after that.
+            let tick = idle_since + interval_ticks;
+            conn.deadline = tick;
+            let generation = conn.generation;
+            self.wheel.insert(TimerEntry {
+                key: key as u32,
+                generation,
+                tick,
+            });
+            return;
+        }
+        if conn.ping_outstanding {
+            debug!(key, "ping unanswered; closing 1001");
+            if let Some(frame) = ws.close(CloseCode::GOING_AWAY, "ping timeout") {
+                conn.queue.push_unbounded(frame);
+            }
+            self.mark_dirty(key);
+            self.set_deadline(key, now, self.config.drain_timeout);
+        } else if let Some(frame) = ws.ping(b"") {
+            conn.queue.push_unbounded(frame);
+            conn.ping_outstanding = true;
+            self.mark_dirty(key);
+            self.set_deadline(key, now, interval);
+        }
+    }
+
+    fn set_deadline(&mut self, key: usize, now: Instant, delay: Duration) {
+        let tick = self.wheel.deadline(now, delay);
+        let conn = &mut self.conns[key];
+        conn.deadline = tick;
+        let generation = conn.generation;
+        self.wheel.insert(TimerEntry {
+            key: key as u32,
+            generation,
+            tick,
+        });
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Sends each dirty connection's queue, or shuts its write side once a final queue is out.
+    fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.ending == Ending::Teardown || conn.send_in_flight {
+                continue;
+            }
+            if !conn.queue.is_empty() {
+                self.submit_send(key);
+            } else if conn.ending == Ending::Flush {
+                conn.ending = Ending::Linger;
+                conn.pending_ops += 1;
+                let ud = UserData::new(OpKind::Shutdown, conn.generation, key);
+                let entry = opcode::Shutdown::new(Fixed(conn.slot), libc::SHUT_WR)
+                    .build()
+                    .user_data(ud.pack());
+                // SAFETY: a shutdown reads no user memory.
+                unsafe { self.push(&entry) };
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    fn submit_send(&mut self, key: usize) {
+        let mut vec = self.send_vecs.pop().unwrap_or_else(new_send_vec);
+        let conn = &mut self.conns[key];
+        let ud = UserData::new(OpKind::Send, conn.generation, key).pack();
+        let mut count = 0;
+        for (iov, frame) in vec.iov.iter_mut().zip(conn.queue.front(MAX_IOVECS)) {
+            iov.iov_base = frame.as_ptr() as *mut libc::c_void;
+            iov.iov_len = frame.len();
+            count += 1;
+        }
+        let entry = if count == 1 {
+            self.send_vecs.push(vec);
+            let iov = self.send_vecs.last().expect("just pushed").iov[0];
+            opcode::Send::new(
+                Fixed(conn.slot),
+                iov.iov_base as *const u8,
+                iov.iov_len as u32,
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+        } else {
+            vec.msg.msg_iov = vec.iov.as_mut_ptr();
+            vec.msg.msg_iovlen = count;
+            let entry = opcode::SendMsg::new(Fixed(conn.slot), &vec.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build();
+            conn.send_vec = Some(vec);
+            entry
+        };
+        conn.send_in_flight = true;
+        // SAFETY: the frames the send reads are `Bytes` held at the front of the connection's
+        // queue, which is only consumed in `on_send`, after the kernel returns the operation;
+        // the iovecs and header live in a `Box` stored in the connection until then, and a
+        // connection leaves the slab only when quiescent (no send in flight).
+        unsafe { self.push(&entry.user_data(ud)) };
+    }
+
+    fn arm_accept(&mut self) {
+        let ud = UserData::new(OpKind::Accept, 0, NO_KEY).pack();
+        let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
+            .allocate_file_index(true)
+            .build()
+            .user_data(ud);
+        // SAFETY: accept into an allocated direct slot writes no user memory.
+        unsafe { self.push(&entry) };
+        self.accept_armed = true;
+    }
+
+    fn cancel_accept(&mut self) {
+        let target = UserData::new(OpKind::Accept, 0, NO_KEY).pack();
+        let ud = UserData::new(OpKind::Cancel, 0, NO_KEY).pack();
+        let entry = opcode::AsyncCancel::new(target).build().user_data(ud);
+        // SAFETY: a cancel reads no user memory.
+        unsafe { self.push(&entry) };
+    }
+
+    fn arm_recv(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.recv_armed = true;
+        let ud = UserData::new(OpKind::Recv, conn.generation, key).pack();
+        let entry = opcode::RecvMulti::new(Fixed(conn.slot), self.bufs.bgid())
+            .build()
+            .user_data(ud);
+        // SAFETY: the receive writes only into buffers of the worker's buffer ring, which
+        // outlives the ring's operations (drop order, and `finish` leaks it if any remain).
+        unsafe { self.push(&entry) };
+    }
+
+    fn arm_wake(&mut self) {
+        let ud = UserData::new(OpKind::Wake, 0, NO_KEY).pack();
+        let fd = self.shared.wakers[self.id].as_raw_fd();
+        let entry = opcode::Read::new(Fd(fd), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(ud);
+        // SAFETY: `wake_buf` is a Box owned by the worker, dropped only after the ring.
+        unsafe { self.push(&entry) };
+    }
+
+    fn arm_signals(&mut self) {
+        let Some(signals) = &self.signals else { return };
+        let ud = UserData::new(OpKind::Signal, 0, NO_KEY).pack();
+        let entry = opcode::Read::new(Fd(signals.as_raw_fd()), self.signal_buf.as_mut_ptr(), 128)
+            .build()
+            .user_data(ud);
+        // SAFETY: `signal_buf` is a Box owned by the worker, dropped only after the ring.
+        unsafe { self.push(&entry) };
+    }
+
+    /// Cancels every operation of the connection and closes its direct descriptor; the slot
+    /// is freed when the kernel has returned all of them.
+    fn teardown(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn.ending == Ending::Teardown {
+            return;
+        }
+        conn.ending = Ending::Teardown;
+        conn.pending_ops += 2;
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(conn.slot)).all())
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(UserData::new(OpKind::Cancel, conn.generation, key).pack());
+        let close = opcode::Close::new(Fixed(conn.slot))
+            .build()
+            .user_data(UserData::new(OpKind::Close, conn.generation, key).pack());
+        // The two must be linked in one submission: make room for both first.
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < 2 {
+            let _ = self.ring.submit();
+        }
+        // SAFETY: cancel and close read no user memory.
+        unsafe {
+            self.push(&cancel);
+            self.push(&close);
+        }
+    }
+
+    fn maybe_remove(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        if conn.ending == Ending::Teardown && conn.is_quiescent() {
+            trace!(key, "removed");
+            self.conns.remove(key);
+            self.shared.stats[self.id]
+                .connections
+                .store(self.conns.len() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Pushes one submission, submitting first when the queue is full; never keeps a backlog.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer the entry names must stay valid until its completion is reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            if let Err(error) = self.ring.submit() {
+                if error.raw_os_error() != Some(libc::EBUSY) {
+                    warn!(%error, "submit failed while the submission queue was full");
+                }
+                // The completion queue is full: make room by handling completions.
+                self.reap();
+            }
+        }
+    }
+}
+
+fn new_send_vec() -> Box<SendVec> {
+    Box::new(SendVec {
+        iov: [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS],
+        // SAFETY: msghdr is a plain C struct for which all-zero bytes is the empty message.
+        msg: unsafe { std::mem::zeroed() },
+    })
+}
+
+/// Builds the ring with the best setup flags the kernel takes, dropping one at a time.
+fn build_ring(entries: u32, features: Features, id: usize) -> io::Result<IoUring> {
+    let cq = entries * 4;
+    if features.defer_taskrun {
+        if let Ok(ring) = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_submit_all()
+            .setup_cqsize(cq)
+            .build(entries)
+        {
+            if id == 0 {
+                info!("ring setup: SINGLE_ISSUER | DEFER_TASKRUN | SUBMIT_ALL");
+            }
+            return Ok(ring);
+        }
+    }
+    if let Ok(ring) = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_submit_all()
+        .setup_cqsize(cq)
+        .build(entries)
+    {
+        warn!("ring setup: DEFER_TASKRUN unavailable; fell back to COOP_TASKRUN");
+        return Ok(ring);
+    }
+    warn!("ring setup: no optional flags accepted; fell back to a plain ring");
+    IoUring::builder().setup_cqsize(cq).build(entries)
+}
+
+/// Runs received bytes through the connection's protocol state and the service.
+fn receive<S: Service>(
+    conn: &mut Conn,
+    mut data: &mut [u8],
+    service: &mut S,
+    config: &Config,
+    stats: &super::WorkerStats,
+) {
+    if conn.ending != Ending::No {
+        // Closing: the bytes are read only so the peer's FIN can arrive; they mean nothing.
+        return;
+    }
+    if let Stage::Handshake(handshake) = &mut conn.stage {
+        match handshake.feed(data) {
+            Ok((_, None)) => return,
+            Ok((used, Some(request))) => match request.validate_upgrade() {
+                Ok(upgrade) => {
+                    conn.queue.push_unbounded(upgrade.response(None).into());
+                    conn.stage = Stage::Open(WebSocket::server(Limits {
+                        max_message_bytes: config.max_message_bytes,
+                    }));
+                    conn.upgraded_now = true;
+                    data = &mut data[used..];
+                }
+                Err(error) => {
+                    debug!(%error, "upgrade refused");
+                    conn.queue.push_unbounded(error.response().into());
+                    conn.ending = Ending::Flush;
+                    return;
+                }
+            },
+            Err(error) => {
+                debug!(%error, "bad request head");
+                conn.queue.push_unbounded(error.response().into());
+                conn.ending = Ending::Flush;
+                return;
+            }
+        }
+    }
+    let Stage::Open(ws) = &mut conn.stage else {
+        return;
+    };
+    let mut pos = 0;
+    loop {
+        let (used, read) = ws.read(&mut data[pos..]);
+        pos += used;
+        match read {
+            Read::NeedMore => return,
+            Read::Message { opcode, payload } => {
+                stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                let mut reply = Reply {
+                    ws,
+                    queue: &mut conn.queue,
+                    limit: config.max_backlog_bytes,
+                    overflowed: false,
+                };
+                service.on_message(&mut reply, opcode, &payload);
+                if reply.overflowed {
+                    stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+                    if let Some(frame) =
+                        ws.close(CloseCode::POLICY_VIOLATION, "send backlog over limit")
+                    {
+                        conn.queue.push_unbounded(frame);
+                    }
+                    conn.ending = Ending::Flush;
+                    return;
+                }
+            }
+            Read::Ping { pong, .. } => {
+                if let Some(pong) = pong {
+                    conn.queue.push_unbounded(pong);
+                }
+            }
+            Read::Pong(_) => {}
+            Read::Close { code, reply, .. } => {
+                debug!(code = ?code, "peer closed");
+                if let Some(reply) = reply {
+                    conn.queue.push_unbounded(reply);
+                }
+                conn.ending = Ending::Flush;
+                return;
+            }
+            Read::Failed { error, reply } => {
+                debug!(%error, code = %error.close_code(), "protocol error");
+                if let Some(reply) = reply {
+                    conn.queue.push_unbounded(reply);
+                }
+                conn.ending = Ending::Flush;
+                return;
+            }
+        }
+    }
+}

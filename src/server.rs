@@ -1,0 +1,251 @@
+//! Starting and stopping a server: listeners, workers, and a handle to the running whole.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{info, warn};
+
+use crate::config::{Config, Mode, ServerBuilder};
+use crate::driver::features::FeatureError;
+use crate::driver::{run_worker, Features, Reply, Service, Shared, WorkerSetup, WorkerStats};
+use crate::protocol::OpCode;
+
+/// Entry point of the library: `Server::builder()`.
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder with every setting at its default.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// io_uring is refused or lacks a needed operation.
+    #[error(transparent)]
+    Kernel(#[from] FeatureError),
+    /// The listening socket could not be set up.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The signalfd or eventfds could not be created.
+    #[error("cannot set up signal handling: {0}")]
+    Signals(#[source] io::Error),
+    /// A worker failed to build its ring, file table or buffer ring.
+    #[error("worker {id} failed to start: {source}")]
+    Worker {
+        /// The worker.
+        id: usize,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    capacity: usize,
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address the workers listen on (the real port when the configured one was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// How many connections the server can hold: the sum of the workers' file tables.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Per-worker counters.
+    pub fn stats(&self) -> &[WorkerStats] {
+        &self.shared.stats
+    }
+
+    /// Sends close 1001 to every connection and returns when the workers have exited (each
+    /// waits at most the drain timeout for its peers' close frames).
+    pub fn shutdown(self) {
+        self.shared.stop();
+        self.wait();
+    }
+
+    /// Waits until the workers exit (after a signal, when signals are handled).
+    pub fn wait(self) {
+        for thread in self.threads {
+            if thread.join().is_err() {
+                warn!("a worker panicked");
+            }
+        }
+    }
+}
+
+/// Sends every message back to its sender with its opcode.
+#[derive(Clone, Copy, Debug, Default)]
+struct Echo;
+
+impl Service for Echo {
+    fn on_message(&mut self, reply: &mut Reply<'_>, opcode: OpCode, payload: &[u8]) {
+        reply.send(opcode, payload);
+    }
+}
+
+/// Starts the workers and returns once every one of them accepts connections.
+///
+/// # Errors
+///
+/// A [`StartError`] saying what could not be set up: nothing is left running.
+pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
+    let features = Features::probe()?;
+    info!(
+        ?features,
+        simd = crate::protocol::mask::simd_level().name(),
+        "io_uring probed"
+    );
+    raise_descriptor_limit();
+    let listeners = bind_listeners(config.listen, config.workers)?;
+    let local_addr = listeners.1;
+    let signals = if config.handle_signals {
+        Some(block_and_open_signals().map_err(StartError::Signals)?)
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared::new(config.workers).map_err(StartError::Signals)?);
+    let config = Arc::new(config);
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut threads = Vec::with_capacity(config.workers);
+    let mut signals = signals;
+    for (id, listener) in listeners.0.into_iter().enumerate() {
+        let setup = WorkerSetup {
+            id,
+            listener,
+            config: Arc::clone(&config),
+            shared: Arc::clone(&shared),
+            features,
+            signals: if id == 0 { signals.take() } else { None },
+            ready: ready_tx.clone(),
+        };
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let mode = config.mode;
+        let thread = std::thread::Builder::new()
+            .name(format!("uringcast-{id}"))
+            .spawn(move || {
+                // Pin before the ring exists, so its memory and kernel state are local.
+                if let Some(core) = core {
+                    core_affinity::set_for_current(core);
+                }
+                match mode {
+                    Mode::Echo => run_worker(setup, Echo),
+                }
+            })
+            .map_err(|source| StartError::Worker { id, source })?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    let mut capacity = 0;
+    let mut failure = None;
+    for _ in 0..threads.len() {
+        match ready_rx.recv() {
+            Ok(Ok(slots)) => capacity += slots,
+            Ok(Err(source)) => failure = failure.or(Some(StartError::Worker { id: 0, source })),
+            Err(_) => break,
+        }
+    }
+    let handle = ServerHandle {
+        local_addr,
+        capacity,
+        shared,
+        threads,
+    };
+    if let Some(error) = failure {
+        handle.shutdown();
+        return Err(error);
+    }
+    info!(
+        addr = %local_addr,
+        workers = config.workers,
+        capacity,
+        "listening; capacity is workers x file-table slots"
+    );
+    Ok(handle)
+}
+
+/// One `SO_REUSEPORT` listener per worker, all on the same address; when the configured port
+/// is 0, the first listener's port is used by the rest.
+fn bind_listeners(
+    addr: SocketAddr,
+    workers: usize,
+) -> Result<(Vec<OwnedFd>, SocketAddr), StartError> {
+    let mut bound = addr;
+    let mut listeners = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let listen = |addr: SocketAddr| -> io::Result<Socket> {
+            let socket = Socket::new(
+                Domain::for_address(addr),
+                Type::STREAM.cloexec(),
+                Some(Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nodelay(true)?;
+            socket.bind(&addr.into())?;
+            // The kernel caps this at net.core.somaxconn.
+            socket.listen(65535)?;
+            Ok(socket)
+        };
+        let socket = listen(bound).map_err(|source| StartError::Listen {
+            addr: bound,
+            source,
+        })?;
+        if listeners.is_empty() {
+            bound = socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(bound);
+        }
+        listeners.push(OwnedFd::from(socket));
+    }
+    Ok((listeners, bound))
+}
+
+/// Raises the soft descriptor limit to the hard one: each ring's file table may hold that many.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+            warn!(soft, hard, "could not raise the descriptor limit");
+        }
+    }
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (workers inherit the mask) and opens a signalfd
+/// for them, which worker 0 reads on its ring.
+fn block_and_open_signals() -> io::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().map_err(io::Error::from)?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(io::Error::from)
+}
