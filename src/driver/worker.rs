@@ -89,6 +89,10 @@ struct Worker<S: Service> {
     dirty: Vec<usize>,
     due: Vec<TimerEntry>,
     cqes: Vec<(u64, i32, u32)>,
+    /// The buffers of the receive being handled (several for a bundle).
+    filled: Vec<(u16, usize)>,
+    /// Receive with bundles (kernel 6.10): one completion may fill several buffers.
+    bundles: bool,
     /// When set, the worker is draining towards exit: the instant to give up waiting.
     stop_deadline: Option<Instant>,
     ping_ticks: Option<Duration>,
@@ -108,7 +112,9 @@ impl<S: Service> Worker<S> {
         Ok(Self {
             ring,
             bufs,
-            conns: Slab::new(),
+            // Reserved up front (untouched pages cost no memory) so the slab never doubles
+            // and copies, and never holds twice the live connections' worth of slots.
+            conns: Slab::with_capacity(capacity),
             send_vecs: Vec::new(),
             wheel: TimerWheel::new(start),
             service,
@@ -127,6 +133,8 @@ impl<S: Service> Worker<S> {
             dirty: Vec::new(),
             due: Vec::new(),
             cqes: Vec::with_capacity(1024),
+            filled: Vec::new(),
+            bundles: setup.features.recv_bundle,
             stop_deadline: None,
         })
     }
@@ -322,18 +330,19 @@ impl<S: Service> Worker<S> {
                 return;
             };
             let now_tick = self.wheel.tick_at(Instant::now());
-            let data = self.bufs.buffer_mut(bid, result as usize);
             conn.last_recv_tick = now_tick;
             conn.ping_outstanding = false;
             let before = conn.ending;
-            receive(
-                conn,
-                data,
-                &mut self.service,
-                &self.config,
-                &self.shared.stats[self.id],
-            );
-            self.bufs.push(bid);
+            let mut filled = std::mem::take(&mut self.filled);
+            self.bufs.bundle(bid, result as usize, &mut filled);
+            for &(bid, len) in &filled {
+                let data = self.bufs.buffer_mut(bid, len);
+                let stats = &self.shared.stats[self.id];
+                receive(conn, data, &mut self.service, &self.config, stats);
+                self.bufs.push(bid);
+            }
+            filled.clear();
+            self.filled = filled;
             self.after_receive(key, before);
         } else if result == 0 {
             // The peer closed its side.
@@ -657,9 +666,12 @@ impl<S: Service> Worker<S> {
         let conn = &mut self.conns[key];
         conn.recv_armed = true;
         let ud = UserData::new(OpKind::Recv, conn.generation, key).pack();
-        let entry = opcode::RecvMulti::new(Fixed(conn.slot), self.bufs.bgid())
-            .build()
-            .user_data(ud);
+        let entry = if self.bundles {
+            opcode::RecvMultiBundle::new(Fixed(conn.slot), self.bufs.bgid()).build()
+        } else {
+            opcode::RecvMulti::new(Fixed(conn.slot), self.bufs.bgid()).build()
+        }
+        .user_data(ud);
         // SAFETY: the receive writes only into buffers of the worker's buffer ring, which
         // outlives the ring's operations (drop order, and `finish` leaks it if any remain).
         unsafe { self.push(&entry) };
