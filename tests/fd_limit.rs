@@ -46,7 +46,7 @@ fn ensure_own_fd_limit(need: libc::rlim_t) -> Result<()> {
 }
 
 /// The "Max open files" soft limit of a process, from /proc/PID/limits.
-fn nofile_of(pid: u32) -> Result<u64> {
+fn nofile_of(pid: u32) -> Result<libc::rlim_t> {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
     let line = limits
         .lines()
@@ -135,7 +135,7 @@ async fn three_thousand_connections_under_nofile_1024() -> Result<()> {
     })?;
     let nofile = nofile_of(server.pid())?;
     ensure!(
-        nofile == SERVER_NOFILE as u64,
+        nofile == SERVER_NOFILE,
         "the server runs with RLIMIT_NOFILE {nofile}, expected {SERVER_NOFILE}"
     );
 

@@ -27,7 +27,7 @@ pub(crate) enum Ending {
     /// Write side shut; reading and discarding until the peer closes or the linger timer fires,
     /// so unread bytes do not turn our FIN into a reset that could destroy the close frame.
     Linger,
-    /// Cancel and close submitted; waiting for the kernel to return every operation.
+    /// Operations cancelled; the close follows once the kernel has returned them all.
     Teardown,
 }
 
@@ -48,6 +48,8 @@ pub(crate) struct Conn {
     pub send_in_flight: bool,
     /// Shutdown, cancel or close submissions still in flight.
     pub pending_ops: u8,
+    /// The close of the direct descriptor was submitted (the last operation of a connection).
+    pub close_submitted: bool,
     /// The tick of this connection's one authoritative deadline (see `timer`).
     pub deadline: u64,
     /// The tick of the last bytes received; pings go only to idle connections.
@@ -91,6 +93,7 @@ impl Conn {
             recv_armed: false,
             send_in_flight: false,
             pending_ops: 0,
+            close_submitted: false,
             deadline: 0,
             last_recv_tick: now_tick,
             ping_outstanding: false,

@@ -84,6 +84,8 @@ struct Worker<S: Service> {
     accept_armed: bool,
     /// The table was full: accept again once a slot frees.
     accept_paused: bool,
+    /// After a transient accept error: when to try again.
+    accept_retry: Option<Instant>,
     next_generation: u32,
     /// Keys of connections with something to flush this turn.
     dirty: Vec<usize>,
@@ -129,6 +131,7 @@ impl<S: Service> Worker<S> {
             capacity,
             accept_armed: false,
             accept_paused: false,
+            accept_retry: None,
             next_generation: 0,
             dirty: Vec::new(),
             due: Vec::new(),
@@ -153,6 +156,10 @@ impl<S: Service> Worker<S> {
             self.reap();
             let now = Instant::now();
             self.fire_timers(now);
+            if self.accept_retry.is_some_and(|at| now >= at) {
+                self.accept_retry = None;
+                self.accept_paused = false;
+            }
             if let Some(deadline) = self.stop_deadline {
                 if now >= deadline {
                     self.teardown_all();
@@ -174,7 +181,10 @@ impl<S: Service> Worker<S> {
 
     /// Submits what is queued and waits for a completion or the next timer tick.
     fn wait(&mut self, now: Instant) -> io::Result<()> {
-        let timeout = match (self.wheel.timeout(now), self.stop_deadline) {
+        let timeout = match (
+            self.wheel.timeout(now),
+            self.stop_deadline.or(self.accept_retry),
+        ) {
             (Some(t), _) => Some(t),
             (None, Some(_)) => Some(super::timer::TICK),
             (None, None) => None,
@@ -251,6 +261,7 @@ impl<S: Service> Worker<S> {
                     OpKind::Send => self.on_send(key, result),
                     OpKind::Shutdown | OpKind::Cancel | OpKind::Close => {
                         let conn = &mut self.conns[key];
+                        trace!(key, ?kind, result, slot = conn.slot, "op done");
                         conn.pending_ops -= 1;
                         if kind == OpKind::Close {
                             // A slot is free again: accept if the table was full.
@@ -282,8 +293,9 @@ impl<S: Service> Worker<S> {
                 libc::ECANCELED => {}
                 errno => {
                     warn!(error = %io::Error::from_raw_os_error(errno), "accept failed");
-                    // Retry on a later turn, not in a tight loop.
-                    self.accept_paused = !self.conns.is_empty();
+                    // Transient (ENOMEM, ECONNABORTED...): retry after a tick, not in a tight loop.
+                    self.accept_paused = true;
+                    self.accept_retry = Some(Instant::now() + super::timer::TICK);
                 }
             }
             return;
@@ -320,6 +332,7 @@ impl<S: Service> Worker<S> {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
         let conn = &mut self.conns[key];
+        trace!(key, result, more, "recv");
         if !more {
             conn.recv_armed = false;
         }
@@ -391,6 +404,7 @@ impl<S: Service> Worker<S> {
 
     fn on_send(&mut self, key: usize, result: i32) {
         let conn = &mut self.conns[key];
+        trace!(key, result, "send done");
         conn.send_in_flight = false;
         if let Some(vec) = conn.send_vec.take() {
             self.send_vecs.push(vec);
@@ -593,6 +607,7 @@ impl<S: Service> Worker<S> {
             if !conn.queue.is_empty() {
                 self.submit_send(key);
             } else if conn.ending == Ending::Flush {
+                trace!(key, "shutdown");
                 conn.ending = Ending::Linger;
                 conn.pending_ops += 1;
                 let ud = UserData::new(OpKind::Shutdown, conn.generation, key);
@@ -636,6 +651,7 @@ impl<S: Service> Worker<S> {
             entry
         };
         conn.send_in_flight = true;
+        trace!(key, count, slot = conn.slot, "send");
         // SAFETY: the frames the send reads are `Bytes` held at the front of the connection's
         // queue, which is only consumed in `on_send`, after the kernel returns the operation;
         // the iovecs and header live in a `Box` stored in the connection until then, and a
@@ -697,46 +713,50 @@ impl<S: Service> Worker<S> {
         unsafe { self.push(&entry) };
     }
 
-    /// Cancels every operation of the connection and closes its direct descriptor; the slot
-    /// is freed when the kernel has returned all of them.
+    /// Cancels every operation of the connection; its direct descriptor is closed once the
+    /// kernel has returned them all (see [`maybe_remove`](Self::maybe_remove)).
     fn teardown(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         if conn.ending == Ending::Teardown {
             return;
         }
+        trace!(key, slot = conn.slot, ending = ?conn.ending, "teardown");
         conn.ending = Ending::Teardown;
-        conn.pending_ops += 2;
-        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(conn.slot)).all())
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(UserData::new(OpKind::Cancel, conn.generation, key).pack());
-        let close = opcode::Close::new(Fixed(conn.slot))
-            .build()
-            .user_data(UserData::new(OpKind::Close, conn.generation, key).pack());
-        // The two must be linked in one submission: make room for both first.
-        let free = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if free < 2 {
-            let _ = self.ring.submit();
+        if conn.recv_armed || conn.send_in_flight {
+            conn.pending_ops += 1;
+            let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(conn.slot)).all())
+                .build()
+                .user_data(UserData::new(OpKind::Cancel, conn.generation, key).pack());
+            // SAFETY: a cancel reads no user memory.
+            unsafe { self.push(&cancel) };
         }
-        // SAFETY: cancel and close read no user memory.
-        unsafe {
-            self.push(&cancel);
-            self.push(&close);
-        }
+        self.maybe_remove(key);
     }
 
+    /// Moves a torn-down connection on: closes its slot once nothing else of it is in the
+    /// kernel, and frees its slab entry once the close is back. The close must wait: an
+    /// operation queued to io-wq (a shutdown, for one) resolves its fixed file only when it
+    /// runs, so after an early close it would act on the slot's next occupant.
     fn maybe_remove(&mut self, key: usize) {
-        let conn = &self.conns[key];
-        if conn.ending == Ending::Teardown && conn.is_quiescent() {
-            trace!(key, "removed");
-            self.conns.remove(key);
-            self.shared.stats[self.id]
-                .connections
-                .store(self.conns.len() as u64, Ordering::Relaxed);
+        let conn = &mut self.conns[key];
+        if conn.ending != Ending::Teardown || !conn.is_quiescent() {
+            return;
         }
+        if !conn.close_submitted {
+            conn.close_submitted = true;
+            conn.pending_ops += 1;
+            let close = opcode::Close::new(Fixed(conn.slot))
+                .build()
+                .user_data(UserData::new(OpKind::Close, conn.generation, key).pack());
+            // SAFETY: a close reads no user memory.
+            unsafe { self.push(&close) };
+            return;
+        }
+        trace!(key, "removed");
+        self.conns.remove(key);
+        self.shared.stats[self.id]
+            .connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
     }
 
     /// Pushes one submission, submitting first when the queue is full; never keeps a backlog.

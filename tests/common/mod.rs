@@ -59,6 +59,11 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
+        // Dozens of servers log to the same terminal: only warnings and errors, unless the
+        // caller chose a level.
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "warn");
+        }
         configure(&mut cmd);
         let mut child = cmd
             .spawn()
