@@ -69,6 +69,8 @@ struct Worker<S: Service> {
     ring: IoUring,
     bufs: BufRing,
     conns: Slab<Conn>,
+    /// Spare send vectors, boxed because their address is handed to the kernel.
+    #[allow(clippy::vec_box)]
     send_vecs: Vec<Box<SendVec>>,
     wheel: TimerWheel,
     service: S,

@@ -414,7 +414,8 @@ mod tests {
     /// RFC 6455 §5.7's example frames.
     #[test]
     fn rfc_5_7_examples() {
-        let cases: [(&[u8], Role, OpCode, bool, &[u8]); 5] = [
+        type Case<'a> = (&'a [u8], Role, OpCode, bool, &'a [u8]);
+        let cases: [Case; 5] = [
             (
                 b"\x81\x05\x48\x65\x6c\x6c\x6f",
                 Role::Client,
