@@ -1,6 +1,6 @@
 //! The `uringcast` command: a WebSocket server on io_uring.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -57,6 +57,7 @@ fn main() {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Err(error) = run(Cli::parse()) {
         eprintln!("uringcast: {error:#}");
