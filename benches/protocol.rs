@@ -84,10 +84,92 @@ fn utf8_group(c: &mut Criterion) {
     group.finish();
 }
 
+/// The receive path as the driver runs it: `WebSocket::read` over a buffer of masked client
+/// frames (header checks, unmasking in place, text validation, message hand-out). Each
+/// iteration first restores the masked bytes, a copy of the same size as `memcpy/65536`.
+fn decode_group(c: &mut Criterion) {
+    use uringcast::protocol::frame::encode_frame;
+    use uringcast::protocol::{Limits, OpCode, Read, WebSocket};
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Bytes(LARGE as u64));
+    let cases = [
+        ("frames32", 32usize),
+        ("frames1024", 1024),
+        ("frame65536", LARGE),
+    ];
+    for (name, size) in cases {
+        let payload = vec![b'x'; size];
+        let mut wire = Vec::with_capacity(LARGE + 16);
+        while wire.len() + size + 14 <= LARGE.max(size + 14) {
+            wire.extend_from_slice(&encode_frame(
+                OpCode::Text,
+                true,
+                &payload,
+                Some([1, 2, 3, 4]),
+            ));
+            if size == LARGE {
+                break;
+            }
+        }
+        let mut work = wire.clone();
+        group.bench_function(BenchmarkId::new(name, LARGE), |b| {
+            b.iter(|| {
+                work.copy_from_slice(&wire);
+                let mut ws = WebSocket::server(Limits::default());
+                let mut pos = 0;
+                let mut messages = 0usize;
+                loop {
+                    let (used, read) = ws.read(&mut work[pos..]);
+                    pos += used;
+                    match read {
+                        Read::Message { payload, .. } => messages += payload.len(),
+                        Read::NeedMore => break,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                black_box(messages)
+            })
+        });
+    }
+    group.finish();
+}
+
+/// A browser-like upgrade request through `ServerHandshake`, validation and the 101.
+fn handshake_group(c: &mut Criterion) {
+    use uringcast::protocol::handshake::ServerHandshake;
+    let request = b"GET /chat?room=a HTTP/1.1\r\nHost: example.com:9001\r\nConnection: Upgrade\r\n\
+Pragma: no-cache\r\nCache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\
+Upgrade: websocket\r\nOrigin: http://example.com\r\nSec-WebSocket-Version: 13\r\n\
+Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+    let mut group = c.benchmark_group("handshake");
+    group.throughput(Throughput::Bytes(request.len() as u64));
+    group.bench_function(BenchmarkId::new("server", request.len()), |b| {
+        b.iter(|| {
+            let mut handshake = ServerHandshake::new(8192);
+            let (_, request) = handshake.feed(black_box(request)).expect("valid request");
+            let upgrade = request
+                .expect("complete")
+                .validate_upgrade()
+                .expect("valid upgrade");
+            black_box(upgrade.response(None))
+        })
+    });
+    group.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // decode/… and handshake/… groups go here: add each group's fn above this line and its name
 // to the `criterion_group!` list below.
 // ---------------------------------------------------------------------------------------------
 
-criterion_group!(benches, unmask_group, memcpy_group, utf8_group);
+criterion_group!(
+    benches,
+    unmask_group,
+    memcpy_group,
+    utf8_group,
+    decode_group,
+    handshake_group
+);
 criterion_main!(benches);

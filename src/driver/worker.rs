@@ -31,6 +31,11 @@ use crate::protocol::{CloseCode, CloseState, Limits, WebSocket};
 const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
 /// The key used in user_data for operations that belong to no connection.
 const NO_KEY: usize = u32::MAX as usize;
+/// The generation field of an accept's user_data tells the two kinds apart.
+const ACCEPT_MULTI: u32 = 0;
+const ACCEPT_SINGLE: u32 = 1;
+/// Single-shot accepts kept in flight when slots are scarce.
+const MAX_SINGLE_ACCEPTS: usize = 16;
 
 /// Everything a worker thread needs to start.
 pub(crate) struct WorkerSetup {
@@ -83,7 +88,14 @@ struct Worker<S: Service> {
     wake_buf: Box<[u8; 8]>,
     /// Direct descriptors in this ring's table.
     capacity: usize,
-    accept_armed: bool,
+    /// A multishot accept is armed (and not yet asked to stop).
+    multishot_armed: bool,
+    /// Single-shot accepts in flight, used when few slots are left.
+    singles_in_flight: usize,
+    /// Below this many free slots, accept one connection per submission: a multishot accept
+    /// may take a whole listen backlog in one go, and a connection the kernel accepts without
+    /// a free slot is reset.
+    multishot_min_free: usize,
     /// The table was full: accept again once a slot frees.
     accept_paused: bool,
     /// After a transient accept error: when to try again.
@@ -131,7 +143,9 @@ impl<S: Service> Worker<S> {
             signal_buf: Box::new([0; 128]),
             wake_buf: Box::new([0; 8]),
             capacity,
-            accept_armed: false,
+            multishot_armed: false,
+            singles_in_flight: 0,
+            multishot_min_free: listen_backlog() + 64,
             accept_paused: false,
             accept_retry: None,
             next_generation: 0,
@@ -145,7 +159,7 @@ impl<S: Service> Worker<S> {
     }
 
     fn run(&mut self) -> io::Result<()> {
-        self.arm_accept();
+        self.arm_accepts();
         self.arm_wake();
         self.arm_signals();
         self.ring.submit()?;
@@ -169,9 +183,7 @@ impl<S: Service> Worker<S> {
             }
             self.flush();
             self.bufs.publish();
-            if !self.accept_armed && !self.accept_paused && self.stop_deadline.is_none() {
-                self.arm_accept();
-            }
+            self.arm_accepts();
             if self.ring.completion().overflow() > 0 {
                 warn!(
                     overflow = self.ring.completion().overflow(),
@@ -239,7 +251,8 @@ impl<S: Service> Worker<S> {
             return;
         };
         match ud.kind {
-            OpKind::Accept => self.on_accept(result, flags),
+            OpKind::Accept => self.on_accept(ud.generation == ACCEPT_SINGLE, result, flags),
+            OpKind::Cancel if ud.key as usize == NO_KEY => {}
             OpKind::Wake => self.on_wake(result),
             OpKind::Signal => self.on_signal(result),
             kind => {
@@ -279,9 +292,11 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    fn on_accept(&mut self, result: i32, flags: u32) {
-        if !cqueue::more(flags) {
-            self.accept_armed = false;
+    fn on_accept(&mut self, single: bool, result: i32, flags: u32) {
+        if single {
+            self.singles_in_flight -= 1;
+        } else if !cqueue::more(flags) {
+            self.multishot_armed = false;
         }
         if result < 0 {
             match -result {
@@ -323,10 +338,8 @@ impl<S: Service> Worker<S> {
         self.set_deadline(key, now, self.config.handshake_timeout);
         if self.stop_deadline.is_some() {
             self.teardown(key);
-        } else if self.conns.len() >= self.capacity && self.accept_armed {
-            // Stop before the kernel has to refuse (and reset) a connection it accepted.
-            self.cancel_accept();
-            self.accept_paused = true;
+        } else if self.multishot_armed && self.free_slots() < self.multishot_min_free {
+            self.cancel_multishot_accept();
         }
     }
 
@@ -452,9 +465,7 @@ impl<S: Service> Worker<S> {
         let now = Instant::now();
         info!(connections = self.conns.len(), "draining");
         self.stop_deadline = Some(now + self.config.drain_timeout);
-        if self.accept_armed {
-            self.cancel_accept();
-        }
+        self.cancel_accepts();
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
             let conn = &mut self.conns[key];
@@ -475,7 +486,8 @@ impl<S: Service> Worker<S> {
         let Some(deadline) = self.stop_deadline else {
             return false;
         };
-        (self.conns.is_empty() && !self.accept_armed) || now >= deadline + TEARDOWN_GRACE
+        let accepting = self.multishot_armed || self.singles_in_flight > 0;
+        (self.conns.is_empty() && !accepting) || now >= deadline + TEARDOWN_GRACE
     }
 
     fn teardown_all(&mut self) {
@@ -661,23 +673,65 @@ impl<S: Service> Worker<S> {
         unsafe { self.push(&entry.user_data(ud)) };
     }
 
-    fn arm_accept(&mut self) {
-        let ud = UserData::new(OpKind::Accept, 0, NO_KEY).pack();
-        let entry = opcode::AcceptMulti::new(Fd(self.listener.as_raw_fd()))
-            .allocate_file_index(true)
-            .build()
-            .user_data(ud);
-        // SAFETY: accept into an allocated direct slot writes no user memory.
-        unsafe { self.push(&entry) };
-        self.accept_armed = true;
+    /// Slots neither held by a connection nor promised to an accept in flight.
+    fn free_slots(&self) -> usize {
+        self.capacity
+            .saturating_sub(self.conns.len() + self.singles_in_flight)
     }
 
-    fn cancel_accept(&mut self) {
-        let target = UserData::new(OpKind::Accept, 0, NO_KEY).pack();
-        let ud = UserData::new(OpKind::Cancel, 0, NO_KEY).pack();
-        let entry = opcode::AsyncCancel::new(target).build().user_data(ud);
+    /// Keeps accepting while slots are free: one multishot accept while plenty are, else up
+    /// to [`MAX_SINGLE_ACCEPTS`] single-shot accepts, never more than the free slots.
+    fn arm_accepts(&mut self) {
+        if self.accept_paused || self.stop_deadline.is_some() {
+            return;
+        }
+        let listener = Fd(self.listener.as_raw_fd());
+        if self.free_slots() >= self.multishot_min_free {
+            if !self.multishot_armed && self.singles_in_flight == 0 {
+                let entry = opcode::AcceptMulti::new(listener)
+                    .allocate_file_index(true)
+                    .build()
+                    .user_data(UserData::new(OpKind::Accept, ACCEPT_MULTI, NO_KEY).pack());
+                // SAFETY: accept into an allocated direct slot writes no user memory.
+                unsafe { self.push(&entry) };
+                self.multishot_armed = true;
+            }
+            return;
+        }
+        if self.multishot_armed {
+            return; // its cancellation is on the way
+        }
+        while self.singles_in_flight < MAX_SINGLE_ACCEPTS && self.free_slots() > 0 {
+            let entry = opcode::Accept::new(listener, std::ptr::null_mut(), std::ptr::null_mut())
+                .file_index(Some(io_uring::types::DestinationSlot::auto_target()))
+                .build()
+                .user_data(UserData::new(OpKind::Accept, ACCEPT_SINGLE, NO_KEY).pack());
+            // SAFETY: no address is requested, so the accept writes no user memory.
+            unsafe { self.push(&entry) };
+            self.singles_in_flight += 1;
+        }
+    }
+
+    /// Cancels every accept in flight (multishot and single-shot alike).
+    fn cancel_accepts(&mut self) {
+        for target in [ACCEPT_MULTI, ACCEPT_SINGLE] {
+            let target = UserData::new(OpKind::Accept, target, NO_KEY).pack();
+            let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(target).all())
+                .build()
+                .user_data(UserData::new(OpKind::Cancel, 0, NO_KEY).pack());
+            // SAFETY: a cancel reads no user memory.
+            unsafe { self.push(&entry) };
+        }
+    }
+
+    fn cancel_multishot_accept(&mut self) {
+        let target = UserData::new(OpKind::Accept, ACCEPT_MULTI, NO_KEY).pack();
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(UserData::new(OpKind::Cancel, 0, NO_KEY).pack());
         // SAFETY: a cancel reads no user memory.
         unsafe { self.push(&entry) };
+        // It stays armed until its last completion; no new accept is armed meanwhile.
     }
 
     fn arm_recv(&mut self, key: usize) {
@@ -916,4 +970,12 @@ fn receive<S: Service>(
             }
         }
     }
+}
+
+/// The listen backlog the kernel grants (`listen(2)` caps it at `net.core.somaxconn`).
+fn listen_backlog() -> usize {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4096)
 }

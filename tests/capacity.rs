@@ -1,0 +1,134 @@
+//! Start-up errors and a full direct-descriptor table: clear errors, and a worker that pauses
+//! accepting when its table is full and resumes when a slot frees.
+
+mod common;
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use anyhow::{ensure, Context, Result};
+use common::*;
+
+/// With RLIMIT_NOFILE at 64, one worker's table holds 64 connections. Clients beyond that wait
+/// in the listen backlog (the worker stops accepting rather than letting the kernel accept and
+/// reset them) and are served as soon as earlier connections close.
+#[test]
+fn full_table_pauses_accepting_and_resumes() -> Result<()> {
+    const LIMIT: libc::rlim_t = 64;
+    let server = Server::start_with(&["--workers", "1", "--ping-interval", "0"], |cmd| {
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: LIMIT,
+                    rlim_max: LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    })?;
+    let addr = server.addr();
+    let mut first: Vec<RawClient> = (0..LIMIT)
+        .map(|i| {
+            RawClient::upgrade(addr).with_context(|| format!("connection {i} of the first {LIMIT}"))
+        })
+        .collect::<Result<_>>()?;
+    // These connect (the kernel completes TCP handshakes into the backlog) but are not accepted.
+    let mut waiting: Vec<RawClient> = (0..8)
+        .map(|_| {
+            let mut c = RawClient::connect(addr)?;
+            c.send(upgrade_request(addr, SAMPLE_KEY).as_bytes())?;
+            Ok(c)
+        })
+        .collect::<Result<_>>()?;
+    // Every accepted connection still works while the table is full.
+    let last = first.last_mut().expect("LIMIT > 0");
+    last.send(&client_frame(
+        uringcast::protocol::OpCode::Text,
+        true,
+        b"still here",
+    ))?;
+    let (_, echo) = last.read_message().context("echo on a full table")?;
+    ensure!(echo == b"still here", "wrong echo on a full table");
+    // Free eight slots; the eight waiting clients must now be upgraded.
+    first.truncate(first.len() - 8);
+    for (i, client) in waiting.iter_mut().enumerate() {
+        let head = client
+            .read_http_head()
+            .with_context(|| format!("waiting client {i} after slots were freed"))?;
+        ensure!(
+            head.status == 101,
+            "waiting client {i} got {}",
+            head.status_line
+        );
+    }
+    drop(first);
+    Ok(())
+}
+
+#[test]
+fn address_in_use_is_a_clear_error() -> Result<()> {
+    // A listener without SO_REUSEPORT makes the port unavailable to the server's listeners.
+    let taken = TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?;
+    let output = Command::new(env!("CARGO_BIN_EXE_uringcast"))
+        .args(["--listen", &addr.to_string(), "--workers", "1"])
+        .stdin(Stdio::null())
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(1),
+        "exit status {:?}, stderr: {stderr}",
+        output.status
+    );
+    ensure!(
+        stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains("in use"),
+        "stderr does not say the address is in use: {stderr}"
+    );
+    ensure!(output.stdout.is_empty(), "printed a listening line anyway");
+    Ok(())
+}
+
+#[test]
+fn bad_flags_are_usage_errors() -> Result<()> {
+    for args in [
+        &["--workers", "0"][..],
+        &["--listen", "nowhere"],
+        &["--handshake-timeout", "-1"],
+        &["--bogus"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_uringcast"))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(!output.status.success(), "{args:?} was accepted");
+        ensure!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        ensure!(
+            stderr.lines().count() <= 6,
+            "{args:?}: a usage error should be short: {stderr}"
+        );
+    }
+    // --help works and names every flag of the issue.
+    let help = Command::new(env!("CARGO_BIN_EXE_uringcast"))
+        .arg("--help")
+        .output()?;
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--listen",
+        "--mode",
+        "--workers",
+        "--max-message-bytes",
+        "--max-backlog-bytes",
+        "--handshake-timeout",
+        "--ping-interval",
+        "--drain-timeout",
+    ] {
+        ensure!(text.contains(flag), "--help does not mention {flag}");
+    }
+    Ok(())
+}
