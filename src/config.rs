@@ -63,6 +63,9 @@ pub struct Config {
     pub ring_entries: u32,
     /// Read SIGINT and SIGTERM on the ring and shut down gracefully on them (the CLI does).
     pub handle_signals: bool,
+    /// Hold connections as direct descriptors (the default). `false` uses plain descriptors,
+    /// as the server also does when the kernel refuses a fixed file table.
+    pub direct_descriptors: bool,
 }
 
 /// A setting outside its valid range.
@@ -114,6 +117,7 @@ impl Default for ServerBuilder {
                 recv_buffers: DEFAULT_RECV_BUFFERS,
                 ring_entries: DEFAULT_RING_ENTRIES,
                 handle_signals: false,
+                direct_descriptors: true,
             },
         }
     }
@@ -174,6 +178,15 @@ impl ServerBuilder {
     /// Read SIGINT/SIGTERM on the ring and shut down gracefully (for binaries).
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.config.handle_signals = on;
+        self
+    }
+
+    /// Connections as direct descriptors (default `true`): they use no entry of the process's
+    /// descriptor table, so capacity is workers × `RLIMIT_NOFILE`. With `false` they are plain
+    /// descriptors, visible to `ss -p` and `/proc/PID/fd`, and capacity is one `RLIMIT_NOFILE`
+    /// shared by all workers.
+    pub fn direct_descriptors(mut self, on: bool) -> Self {
+        self.config.direct_descriptors = on;
         self
     }
 

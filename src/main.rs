@@ -38,6 +38,10 @@ struct Cli {
     /// Seconds to wait for peers' close frames at shutdown.
     #[arg(long, default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
     drain_timeout: f64,
+    /// Hold connections as plain descriptors instead of direct ones (visible to `ss -p`;
+    /// capacity then bounded by one RLIMIT_NOFILE for the whole process).
+    #[arg(long)]
+    plain_descriptors: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -76,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .handshake_timeout(seconds("handshake-timeout", cli.handshake_timeout)?)
         .ping_interval(Some(seconds("ping-interval", cli.ping_interval)?))
         .drain_timeout(seconds("drain-timeout", cli.drain_timeout)?)
+        .direct_descriptors(!cli.plain_descriptors)
         .handle_signals(true);
     if let Some(workers) = cli.workers {
         builder = builder.workers(workers);

@@ -132,3 +132,48 @@ fn bad_flags_are_usage_errors() -> Result<()> {
     }
     Ok(())
 }
+
+/// The fallback the server takes when the kernel refuses a fixed file table: plain
+/// descriptors, forced here with `--plain-descriptors`. Connections then show up in
+/// /proc/PID/fd, and everything else works the same.
+#[test]
+fn plain_descriptor_fallback_serves_and_closes() -> Result<()> {
+    let server = Server::start(&["--workers", "2", "--plain-descriptors"])?;
+    let addr = server.addr();
+    let fds_before = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))?.count();
+    let mut clients: Vec<RawClient> = (0..50)
+        .map(|_| RawClient::upgrade(addr))
+        .collect::<Result<_>>()?;
+    let fds_open = std::fs::read_dir(format!("/proc/{}/fd", server.pid()))?.count();
+    ensure!(
+        fds_open >= fds_before + 50,
+        "plain descriptors should be in the process table: {fds_before} -> {fds_open}"
+    );
+    for (i, client) in clients.iter_mut().enumerate() {
+        let text = format!("message {i}");
+        client.send(&client_frame(
+            uringcast::protocol::OpCode::Text,
+            true,
+            text.as_bytes(),
+        ))?;
+        let (_, echo) = client.read_message()?;
+        ensure!(echo == text.as_bytes(), "wrong echo on connection {i}");
+        client.send(&client_frame(
+            uringcast::protocol::OpCode::Close,
+            true,
+            &1000u16.to_be_bytes(),
+        ))?;
+        let close = client.expect_close()?;
+        ensure!(
+            close.close_code() == Some(1000),
+            "close code {:?}",
+            close.close_code()
+        );
+        let (_, ended) = client.read_to_end()?;
+        ensure!(
+            ended == Ended::Eof,
+            "expected the server's FIN, got {ended:?}"
+        );
+    }
+    Ok(())
+}

@@ -29,6 +29,21 @@ use crate::protocol::{CloseCode, CloseState, Limits, WebSocket};
 /// After a stop, how long past the drain timeout the worker waits for the kernel to return
 /// its operations before it exits anyway (leaking, never freeing, what the kernel may touch).
 const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Builds an SQE on a connection's descriptor: a direct slot (`types::Fixed`) or, in the
+/// fallback, a plain descriptor (`types::Fd`). The crate's target trait is sealed, so the
+/// choice is a branch around the constructor.
+macro_rules! on_conn {
+    ($direct:expr, $slot:expr, |$target:ident| $build:expr) => {
+        if $direct {
+            let $target = Fixed($slot);
+            $build
+        } else {
+            let $target = Fd($slot as i32);
+            $build
+        }
+    };
+}
+
 /// The key used in user_data for operations that belong to no connection.
 const NO_KEY: usize = u32::MAX as usize;
 /// The generation field of an accept's user_data tells the two kinds apart.
@@ -73,6 +88,8 @@ struct Worker<S: Service> {
     // before the buffers below are freed.
     ring: IoUring,
     bufs: BufRing,
+    /// Connections are direct descriptors (slots of the ring's table), not plain ones.
+    direct: bool,
     conns: Slab<Conn>,
     /// Spare send vectors, boxed because their address is handed to the kernel.
     #[allow(clippy::vec_box)]
@@ -100,6 +117,7 @@ struct Worker<S: Service> {
     accept_paused: bool,
     /// After a transient accept error: when to try again.
     accept_retry: Option<Instant>,
+    last_accept_warning: Option<Instant>,
     next_generation: u32,
     /// Keys of connections with something to flush this turn.
     dirty: Vec<usize>,
@@ -121,13 +139,28 @@ impl<S: Service> Worker<S> {
         // The table may hold as many descriptors as RLIMIT_NOFILE allows, per ring.
         let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_err(io::Error::from)?;
-        let capacity = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
-        ring.submitter().register_files_sparse(capacity as u32)?;
+        let limit = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
+        let direct = config.direct_descriptors
+            && match ring.submitter().register_files_sparse(limit as u32) {
+                Ok(()) => true,
+                Err(error) => {
+                    warn!(%error, "direct descriptors unavailable; falling back to plain descriptors, \
+                                   so capacity is bounded by the process's RLIMIT_NOFILE");
+                    false
+                }
+            };
+        // Plain descriptors share the process's table: split it, keeping room for the rest.
+        let capacity = if direct {
+            limit
+        } else {
+            limit.saturating_sub(64) / config.workers
+        };
         let bufs = BufRing::register(&ring, 0, config.recv_buffers, config.recv_buffer_bytes)?;
         let start = Instant::now();
         Ok(Self {
             ring,
             bufs,
+            direct,
             // Reserved up front (untouched pages cost no memory) so the slab never doubles
             // and copies, and never holds twice the live connections' worth of slots.
             conns: Slab::with_capacity(capacity),
@@ -148,6 +181,7 @@ impl<S: Service> Worker<S> {
             multishot_min_free: listen_backlog() + 64,
             accept_paused: false,
             accept_retry: None,
+            last_accept_warning: None,
             next_generation: 0,
             dirty: Vec::new(),
             due: Vec::new(),
@@ -309,7 +343,14 @@ impl<S: Service> Worker<S> {
                 }
                 libc::ECANCELED => {}
                 errno => {
-                    warn!(error = %io::Error::from_raw_os_error(errno), "accept failed");
+                    let now = Instant::now();
+                    if self
+                        .last_accept_warning
+                        .is_none_or(|at| now - at >= Duration::from_secs(10))
+                    {
+                        self.last_accept_warning = Some(now);
+                        warn!(error = %io::Error::from_raw_os_error(errno), "accept failed (logged at most every 10 s)");
+                    }
                     // Transient (ENOMEM, ECONNABORTED...): retry after a tick, not in a tight loop.
                     self.accept_paused = true;
                     self.accept_retry = Some(Instant::now() + super::timer::TICK);
@@ -625,9 +666,10 @@ impl<S: Service> Worker<S> {
                 conn.ending = Ending::Linger;
                 conn.pending_ops += 1;
                 let ud = UserData::new(OpKind::Shutdown, conn.generation, key);
-                let entry = opcode::Shutdown::new(Fixed(conn.slot), libc::SHUT_WR)
-                    .build()
-                    .user_data(ud.pack());
+                let entry = on_conn!(self.direct, conn.slot, |fd| {
+                    opcode::Shutdown::new(fd, libc::SHUT_WR).build()
+                })
+                .user_data(ud.pack());
                 // SAFETY: a shutdown reads no user memory.
                 unsafe { self.push(&entry) };
             }
@@ -648,19 +690,20 @@ impl<S: Service> Worker<S> {
         let entry = if count == 1 {
             self.send_vecs.push(vec);
             let iov = self.send_vecs.last().expect("just pushed").iov[0];
-            opcode::Send::new(
-                Fixed(conn.slot),
-                iov.iov_base as *const u8,
-                iov.iov_len as u32,
-            )
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
+            let (base, len) = (iov.iov_base as *const u8, iov.iov_len as u32);
+            on_conn!(self.direct, conn.slot, |fd| {
+                opcode::Send::new(fd, base, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            })
         } else {
             vec.msg.msg_iov = vec.iov.as_mut_ptr();
             vec.msg.msg_iovlen = count;
-            let entry = opcode::SendMsg::new(Fixed(conn.slot), &vec.msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build();
+            let entry = on_conn!(self.direct, conn.slot, |fd| {
+                opcode::SendMsg::new(fd, &vec.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            });
             conn.send_vec = Some(vec);
             entry
         };
@@ -671,6 +714,16 @@ impl<S: Service> Worker<S> {
         // the iovecs and header live in a `Box` stored in the connection until then, and a
         // connection leaves the slab only when quiescent (no send in flight).
         unsafe { self.push(&entry.user_data(ud)) };
+    }
+
+    /// `SOCK_CLOEXEC` for plain descriptors; direct ones are in no process table, and the
+    /// kernel rejects the flag for them (`EINVAL`).
+    fn accept_flags(&self) -> i32 {
+        if self.direct {
+            0
+        } else {
+            libc::SOCK_CLOEXEC
+        }
     }
 
     /// Slots neither held by a connection nor promised to an accept in flight.
@@ -689,7 +742,8 @@ impl<S: Service> Worker<S> {
         if self.free_slots() >= self.multishot_min_free {
             if !self.multishot_armed && self.singles_in_flight == 0 {
                 let entry = opcode::AcceptMulti::new(listener)
-                    .allocate_file_index(true)
+                    .allocate_file_index(self.direct)
+                    .flags(self.accept_flags())
                     .build()
                     .user_data(UserData::new(OpKind::Accept, ACCEPT_MULTI, NO_KEY).pack());
                 // SAFETY: accept into an allocated direct slot writes no user memory.
@@ -702,8 +756,12 @@ impl<S: Service> Worker<S> {
             return; // its cancellation is on the way
         }
         while self.singles_in_flight < MAX_SINGLE_ACCEPTS && self.free_slots() > 0 {
+            let slot = self
+                .direct
+                .then(io_uring::types::DestinationSlot::auto_target);
             let entry = opcode::Accept::new(listener, std::ptr::null_mut(), std::ptr::null_mut())
-                .file_index(Some(io_uring::types::DestinationSlot::auto_target()))
+                .file_index(slot)
+                .flags(self.accept_flags())
                 .build()
                 .user_data(UserData::new(OpKind::Accept, ACCEPT_SINGLE, NO_KEY).pack());
             // SAFETY: no address is requested, so the accept writes no user memory.
@@ -739,9 +797,13 @@ impl<S: Service> Worker<S> {
         conn.recv_armed = true;
         let ud = UserData::new(OpKind::Recv, conn.generation, key).pack();
         let entry = if self.bundles {
-            opcode::RecvMultiBundle::new(Fixed(conn.slot), self.bufs.bgid()).build()
+            on_conn!(self.direct, conn.slot, |fd| {
+                opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build()
+            })
         } else {
-            opcode::RecvMulti::new(Fixed(conn.slot), self.bufs.bgid()).build()
+            on_conn!(self.direct, conn.slot, |fd| {
+                opcode::RecvMulti::new(fd, self.bufs.bgid()).build()
+            })
         }
         .user_data(ud);
         // SAFETY: the receive writes only into buffers of the worker's buffer ring, which
@@ -780,9 +842,10 @@ impl<S: Service> Worker<S> {
         conn.ending = Ending::Teardown;
         if conn.recv_armed || conn.send_in_flight {
             conn.pending_ops += 1;
-            let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(conn.slot)).all())
-                .build()
-                .user_data(UserData::new(OpKind::Cancel, conn.generation, key).pack());
+            let cancel = on_conn!(self.direct, conn.slot, |fd| {
+                opcode::AsyncCancel2::new(CancelBuilder::fd(fd).all()).build()
+            })
+            .user_data(UserData::new(OpKind::Cancel, conn.generation, key).pack());
             // SAFETY: a cancel reads no user memory.
             unsafe { self.push(&cancel) };
         }
@@ -801,8 +864,7 @@ impl<S: Service> Worker<S> {
         if !conn.close_submitted {
             conn.close_submitted = true;
             conn.pending_ops += 1;
-            let close = opcode::Close::new(Fixed(conn.slot))
-                .build()
+            let close = on_conn!(self.direct, conn.slot, |fd| opcode::Close::new(fd).build())
                 .user_data(UserData::new(OpKind::Close, conn.generation, key).pack());
             // SAFETY: a close reads no user memory.
             unsafe { self.push(&close) };
