@@ -19,10 +19,13 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Five seconds for peers to answer our close at shutdown before the connection is dropped.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// 4 KiB receive buffers: one page, larger than most WebSocket messages of chat-like traffic.
-pub const DEFAULT_RECV_BUFFER_BYTES: usize = 4096;
-/// 1024 receive buffers per worker (4 MiB): shared by every connection of the worker.
-pub const DEFAULT_RECV_BUFFERS: u16 = 1024;
+/// 2 KiB receive buffers: larger than most messages of chat-like traffic, and bundles let one
+/// receive fill several of them when more arrives.
+pub const DEFAULT_RECV_BUFFER_BYTES: usize = 2048;
+/// 512 receive buffers per worker (1 MiB), shared by all its connections. The kernel cycles
+/// through every buffer of the ring, so all of it becomes resident: this is a fixed cost per
+/// worker, and it is what bounds the user-space bytes per idle connection at small counts.
+pub const DEFAULT_RECV_BUFFERS: u16 = 512;
 /// Submission queue entries per ring; the completion queue is sized at 4x this.
 pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 

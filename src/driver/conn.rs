@@ -51,9 +51,9 @@ pub(crate) struct Conn {
     /// The close of the direct descriptor was submitted (the last operation of a connection).
     pub close_submitted: bool,
     /// The tick of this connection's one authoritative deadline (see `timer`).
-    pub deadline: u64,
+    pub deadline: u32,
     /// The tick of the last bytes received; pings go only to idle connections.
-    pub last_recv_tick: u64,
+    pub last_recv_tick: u32,
     /// A ping was sent and nothing was received since.
     pub ping_outstanding: bool,
     /// Listed for a flush at the end of this loop turn.
@@ -83,7 +83,7 @@ impl std::fmt::Debug for SendVec {
 }
 
 impl Conn {
-    pub(crate) fn new(generation: u32, slot: u32, max_head_bytes: usize, now_tick: u64) -> Self {
+    pub(crate) fn new(generation: u32, slot: u32, max_head_bytes: usize, now_tick: u32) -> Self {
         Self {
             generation,
             slot,
@@ -201,5 +201,20 @@ mod tests {
         assert_eq!(queue.len_bytes(), 3);
         queue.consume(3);
         assert!(queue.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// The per-connection state is most of the server's memory per idle connection.
+    #[test]
+    fn connection_state_stays_small() {
+        let conn = size_of::<super::Conn>();
+        eprintln!(
+            "Conn {conn} WebSocket {} SendQueue {}",
+            size_of::<crate::protocol::WebSocket>(),
+            size_of::<super::SendQueue>()
+        );
+        assert!(conn <= 136, "a connection's state grew to {conn} bytes");
     }
 }

@@ -9,6 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+/// A deadline that never comes: 2^32 ticks of 100 ms is 13 years.
+pub(crate) const NEVER: u32 = u32::MAX;
+
 /// The wheel's resolution.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 const BUCKETS: usize = 512;
@@ -18,7 +21,7 @@ const BUCKETS: usize = 512;
 pub(crate) struct TimerEntry {
     pub key: u32,
     pub generation: u32,
-    pub tick: u64,
+    pub tick: u32,
 }
 
 /// A hashed timer wheel of [`BUCKETS`] buckets, one [`TICK`] each.
@@ -26,7 +29,7 @@ pub(crate) struct TimerWheel {
     start: Instant,
     buckets: Vec<Vec<TimerEntry>>,
     /// The next tick not yet processed.
-    next_tick: u64,
+    next_tick: u32,
     len: usize,
 }
 
@@ -41,22 +44,23 @@ impl TimerWheel {
     }
 
     /// The tick that `now` falls in.
-    pub(crate) fn tick_at(&self, now: Instant) -> u64 {
-        (now.saturating_duration_since(self.start).as_millis() / TICK.as_millis()) as u64
+    pub(crate) fn tick_at(&self, now: Instant) -> u32 {
+        (now.saturating_duration_since(self.start).as_millis() / TICK.as_millis())
+            .min(NEVER as u128 - 1) as u32
     }
 
     /// The first tick at or after `now + delay`.
-    pub(crate) fn deadline(&self, now: Instant, delay: Duration) -> u64 {
+    pub(crate) fn deadline(&self, now: Instant, delay: Duration) -> u32 {
         let ms = (now + delay)
             .saturating_duration_since(self.start)
             .as_millis();
-        ms.div_ceil(TICK.as_millis()) as u64
+        ms.div_ceil(TICK.as_millis()).min(NEVER as u128 - 1) as u32
     }
 
     /// Schedules an entry; a tick already past fires on the next advance.
     pub(crate) fn insert(&mut self, entry: TimerEntry) {
         let tick = entry.tick.max(self.next_tick);
-        self.buckets[(tick % BUCKETS as u64) as usize].push(entry);
+        self.buckets[(tick as usize) % BUCKETS].push(entry);
         self.len += 1;
     }
 
@@ -70,7 +74,7 @@ impl TimerWheel {
         if self.is_empty() {
             return None;
         }
-        let next = self.start + TICK * self.next_tick as u32;
+        let next = self.start + TICK * self.next_tick;
         Some(next.saturating_duration_since(now))
     }
 
@@ -79,7 +83,7 @@ impl TimerWheel {
         let current = self.tick_at(now);
         while self.next_tick <= current {
             let tick = self.next_tick;
-            let bucket = &mut self.buckets[(tick % BUCKETS as u64) as usize];
+            let bucket = &mut self.buckets[(tick as usize) % BUCKETS];
             let before = due.len();
             bucket.retain(|entry| {
                 if entry.tick <= tick {
@@ -103,7 +107,7 @@ impl TimerWheel {
 mod tests {
     use super::*;
 
-    fn entry(key: u32, tick: u64) -> TimerEntry {
+    fn entry(key: u32, tick: u32) -> TimerEntry {
         TimerEntry {
             key,
             generation: 0,
@@ -116,7 +120,7 @@ mod tests {
         let start = Instant::now();
         let mut wheel = TimerWheel::new(start);
         wheel.insert(entry(1, 5));
-        wheel.insert(entry(2, 5 + BUCKETS as u64)); // same bucket, next round
+        wheel.insert(entry(2, 5 + BUCKETS as u32)); // same bucket, next round
         wheel.insert(entry(3, 0));
         let mut due = Vec::new();
         wheel.advance(start + TICK * 4, &mut due);
@@ -128,7 +132,7 @@ mod tests {
         wheel.advance(start + TICK * (BUCKETS as u32 + 4), &mut due);
         assert!(due.is_empty());
         wheel.advance(start + TICK * (BUCKETS as u32 + 5), &mut due);
-        assert_eq!(due, [entry(2, 5 + BUCKETS as u64)]);
+        assert_eq!(due, [entry(2, 5 + BUCKETS as u32)]);
         assert!(wheel.is_empty());
         assert_eq!(wheel.timeout(start), None);
     }

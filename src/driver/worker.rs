@@ -453,7 +453,7 @@ impl<S: Service> Worker<S> {
         } else if upgraded {
             match self.ping_ticks {
                 Some(interval) => self.set_deadline(key, now, interval),
-                None => self.conns[key].deadline = u64::MAX,
+                None => self.conns[key].deadline = super::timer::NEVER,
             }
         }
     }
@@ -572,7 +572,7 @@ impl<S: Service> Worker<S> {
 
     fn on_deadline(&mut self, key: usize, now: Instant) {
         let conn = &mut self.conns[key];
-        conn.deadline = u64::MAX;
+        conn.deadline = super::timer::NEVER;
         let close_state = match &conn.stage {
             Stage::Open(ws) => Some(ws.close_state()),
             Stage::Handshake(_) => None,

@@ -92,12 +92,9 @@ pub enum Read<'a> {
 #[derive(Debug)]
 pub struct WebSocket<M: Masking = ServerSide> {
     decoder: FrameDecoder,
-    /// The data message in progress (payload so far), when it spans reads or fragments.
-    message: Vec<u8>,
-    /// How much of `message` is known valid UTF-8 (text messages only).
-    utf8_checked: usize,
-    /// The control frame in progress, when it spans reads.
-    control: Vec<u8>,
+    /// Payload that spans reads or fragments; `None` (8 bytes, no allocation) on an idle
+    /// connection, which is what most of a big server's connections are.
+    partial: Option<Box<Partial>>,
     /// The frame whose payload is arriving.
     frame: FrameInfo,
     close: CloseState,
@@ -116,9 +113,7 @@ impl<M: Masking> WebSocket<M> {
     pub fn new(masking: M, limits: Limits) -> Self {
         Self {
             decoder: FrameDecoder::new(M::ROLE, limits),
-            message: Vec::new(),
-            utf8_checked: 0,
-            control: Vec::new(),
+            partial: None,
             frame: FrameInfo {
                 opcode: OpCode::Binary,
                 fin: true,
@@ -138,7 +133,7 @@ impl<M: Masking> WebSocket<M> {
     /// Whether the connection is between messages with nothing buffered: the state a ping
     /// timer may treat as idle.
     pub fn is_idle(&self) -> bool {
-        self.decoder.is_idle() && self.control.is_empty()
+        self.decoder.is_idle() && self.partial.as_ref().is_none_or(|p| p.control.is_empty())
     }
 
     /// Reads from the start of `input`, unmasking in place. Returns how many bytes were
@@ -222,6 +217,23 @@ impl<M: Masking> WebSocket<M> {
         encode_frame(opcode, true, payload, self.masking.next_mask())
     }
 
+    fn partial(&mut self) -> &mut Partial {
+        self.partial.get_or_insert_with(Box::default)
+    }
+
+    /// Takes a completed buffer out of the partial state, freeing the state once it holds
+    /// nothing, so a connection between messages owns no heap memory.
+    fn take_partial(&mut self, take: impl FnOnce(&mut Partial) -> Vec<u8>) -> Vec<u8> {
+        let Some(partial) = self.partial.as_mut() else {
+            return Vec::new();
+        };
+        let taken = take(partial);
+        if partial.message.is_empty() && partial.control.is_empty() {
+            self.partial = None;
+        }
+        taken
+    }
+
     /// Takes one payload chunk; returns what it completed, if anything.
     fn payload(&mut self, chunk: &[u8], frame_done: bool) -> Result<Option<Done>, ProtocolError> {
         let whole = self.frame.whole && frame_done;
@@ -229,7 +241,7 @@ impl<M: Masking> WebSocket<M> {
         let opcode = self.frame.opcode;
         if opcode.is_control() {
             if !whole {
-                self.control.extend_from_slice(chunk);
+                self.partial().control.extend_from_slice(chunk);
             }
             return Ok(frame_done.then_some(Done {
                 opcode,
@@ -247,12 +259,13 @@ impl<M: Masking> WebSocket<M> {
                 borrowed: true,
             }));
         }
-        self.message.extend_from_slice(chunk);
+        let partial = self.partial();
+        partial.message.extend_from_slice(chunk);
         if opcode == OpCode::Text {
-            let unchecked = &self.message[self.utf8_checked..];
-            self.utf8_checked +=
+            let unchecked = &partial.message[partial.utf8_checked..];
+            partial.utf8_checked +=
                 utf8::validate_prefix(unchecked).map_err(|_| ProtocolError::InvalidUtf8)?;
-            if message_done && self.utf8_checked != self.message.len() {
+            if message_done && partial.utf8_checked != partial.message.len() {
                 // The message ends inside a code point.
                 return Err(ProtocolError::InvalidUtf8);
             }
@@ -268,10 +281,12 @@ impl<M: Masking> WebSocket<M> {
         let payload: Cow<'a, [u8]> = if done.borrowed {
             Cow::Borrowed(chunk)
         } else if done.opcode.is_control() {
-            Cow::Owned(std::mem::take(&mut self.control))
+            Cow::Owned(self.take_partial(|p| std::mem::take(&mut p.control)))
         } else {
-            self.utf8_checked = 0;
-            Cow::Owned(std::mem::take(&mut self.message))
+            Cow::Owned(self.take_partial(|p| {
+                p.utf8_checked = 0;
+                std::mem::take(&mut p.message)
+            }))
         };
         match done.opcode {
             OpCode::Ping => {
@@ -306,7 +321,7 @@ impl<M: Masking> WebSocket<M> {
             self.encode_control(OpCode::Close, &payload)
         });
         self.close = CloseState::Closed;
-        self.message = Vec::new();
+        self.partial = None;
         Read::Close {
             code,
             reason: reason.to_owned(),
@@ -318,10 +333,21 @@ impl<M: Masking> WebSocket<M> {
     fn fail<'a>(&mut self, error: ProtocolError) -> Read<'a> {
         let reply = self.close(error.close_code(), "");
         self.close = CloseState::Closed;
-        self.message = Vec::new();
-        self.control = Vec::new();
+        self.partial = None;
         Read::Failed { error, reply }
     }
+}
+
+/// Payload held across reads: the data message being assembled and the control frame
+/// being received (a control frame may arrive between two fragments of a message).
+#[derive(Debug, Default)]
+struct Partial {
+    /// The data message's payload so far.
+    message: Vec<u8>,
+    /// How much of `message` is known valid UTF-8 (text messages only).
+    utf8_checked: usize,
+    /// The control frame's payload so far (at most 125 bytes).
+    control: Vec<u8>,
 }
 
 /// A frame or message that completed in the last payload chunk.
