@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use crate::config::{Config, Mode, ServerBuilder};
 use crate::driver::features::FeatureError;
-use crate::driver::{run_worker, Features, Reply, Service, Shared, WorkerSetup, WorkerStats};
+use crate::driver::{
+    run_worker, ConnId, Ctx, Features, SendError, Service, Shared, WorkerSetup, WorkerStats,
+};
 use crate::protocol::OpCode;
 
 /// Entry point of the library: `Server::builder()`.
@@ -104,8 +106,20 @@ impl ServerHandle {
 struct Echo;
 
 impl Service for Echo {
-    fn on_message(&mut self, reply: &mut Reply<'_>, opcode: OpCode, payload: &[u8]) {
-        reply.send(opcode, payload);
+    type Data = ();
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, conn: ConnId, opcode: OpCode, payload: &[u8]) {
+        if let Err(SendError::Backlog) = ctx.send(conn, opcode, payload) {
+            // The client sends faster than it reads: stop before its queue grows further.
+            ctx.stats()
+                .slow_consumer_closes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ctx.close(
+                conn,
+                crate::protocol::CloseCode::POLICY_VIOLATION,
+                "send backlog over limit",
+            );
+        }
     }
 }
 

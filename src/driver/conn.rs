@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, Bytes};
 
-use crate::protocol::handshake::ServerHandshake;
+use crate::protocol::handshake::{Request, ServerHandshake};
 use crate::protocol::WebSocket;
 
 /// Where the connection is in its life.
@@ -13,6 +13,12 @@ use crate::protocol::WebSocket;
 pub(crate) enum Stage {
     /// Reading the HTTP upgrade request.
     Handshake(ServerHandshake),
+    /// Reading the body of a plain HTTP request.
+    Http {
+        request: Box<Request>,
+        body: Vec<u8>,
+        remaining: usize,
+    },
     /// Speaking WebSocket.
     Open(WebSocket),
 }
@@ -31,9 +37,9 @@ pub(crate) enum Ending {
     Teardown,
 }
 
-/// A connection slot.
+/// A connection slot, with the service's state `D` for it.
 #[derive(Debug)]
-pub(crate) struct Conn {
+pub(crate) struct Conn<D> {
     /// Guards against completions for an earlier occupant of this slab key.
     pub generation: u32,
     /// Index in the ring's fixed file table.
@@ -62,6 +68,8 @@ pub(crate) struct Conn {
     pub upgraded_now: bool,
     /// The iovecs of the vectored send in flight, if it is one.
     pub send_vec: Option<Box<SendVec>>,
+    /// The service's state for this connection.
+    pub data: D,
 }
 
 /// Frames gathered into one vectored send.
@@ -82,7 +90,7 @@ impl std::fmt::Debug for SendVec {
     }
 }
 
-impl Conn {
+impl<D: Default> Conn<D> {
     pub(crate) fn new(generation: u32, slot: u32, max_head_bytes: usize, now_tick: u32) -> Self {
         Self {
             generation,
@@ -100,9 +108,12 @@ impl Conn {
             dirty: false,
             upgraded_now: false,
             send_vec: None,
+            data: D::default(),
         }
     }
+}
 
+impl<D> Conn<D> {
     /// Nothing of this connection is left in the kernel: the slot may be freed.
     pub(crate) fn is_quiescent(&self) -> bool {
         !self.recv_armed && !self.send_in_flight && self.pending_ops == 0
@@ -209,7 +220,7 @@ mod size_tests {
     /// The per-connection state is most of the server's memory per idle connection.
     #[test]
     fn connection_state_stays_small() {
-        let conn = size_of::<super::Conn>();
+        let conn = size_of::<super::Conn<()>>();
         eprintln!(
             "Conn {conn} WebSocket {} SendQueue {}",
             size_of::<crate::protocol::WebSocket>(),

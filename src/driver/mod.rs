@@ -5,54 +5,18 @@
 mod buf_ring;
 mod conn;
 pub mod features;
+mod service;
 mod timer;
 mod user_data;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use bytes::Bytes;
 use nix::sys::eventfd::EventFd;
 
 pub use features::Features;
+pub use service::{Admission, ConnId, Ctx, SendError, Service};
 pub(crate) use worker::{run_worker, WorkerSetup};
-
-use crate::protocol::OpCode;
-
-/// What the server does with messages: the layer above the driver implements it.
-pub trait Service: Send + 'static {
-    /// A complete message arrived; `reply` sends frames back on the same connection.
-    fn on_message(&mut self, reply: &mut Reply<'_>, opcode: OpCode, payload: &[u8]);
-}
-
-/// The connection a message came from, as seen by a [`Service`].
-pub struct Reply<'a> {
-    pub(crate) ws: &'a mut crate::protocol::WebSocket,
-    pub(crate) queue: &'a mut conn::SendQueue,
-    pub(crate) limit: usize,
-    pub(crate) overflowed: bool,
-}
-
-impl Reply<'_> {
-    /// Queues a message for this connection. Returns `false` when it was refused: the
-    /// connection is closing, or its queue is past the backlog limit (it will be closed 1008).
-    pub fn send(&mut self, opcode: OpCode, payload: &[u8]) -> bool {
-        match self.ws.encode(opcode, payload) {
-            Some(frame) => self.send_frame(frame),
-            None => false,
-        }
-    }
-
-    /// Queues an already encoded server frame (shared by many receivers).
-    pub fn send_frame(&mut self, frame: Bytes) -> bool {
-        if self.queue.push(frame, self.limit) {
-            true
-        } else {
-            self.overflowed = true;
-            false
-        }
-    }
-}
 
 /// Counters one worker keeps, read by any thread.
 #[derive(Debug, Default)]

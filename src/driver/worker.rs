@@ -19,11 +19,13 @@ use tracing::{debug, info, trace, warn};
 
 use super::buf_ring::BufRing;
 use super::conn::{Conn, Ending, SendVec, Stage, MAX_IOVECS};
+use super::service::{Admission, ConnId, Ctx};
 use super::timer::{TimerEntry, TimerWheel};
 use super::user_data::{OpKind, UserData, GENERATION_MASK};
-use super::{Features, Reply, Service, Shared};
+use super::{Features, Service, Shared};
 use crate::config::Config;
 use crate::protocol::connection::Read;
+use crate::protocol::handshake::http_response;
 use crate::protocol::{CloseCode, CloseState, Limits, WebSocket};
 
 /// After a stop, how long past the drain timeout the worker waits for the kernel to return
@@ -40,6 +42,23 @@ macro_rules! on_conn {
         } else {
             let $target = Fd($slot as i32);
             $build
+        }
+    };
+}
+
+/// A [`Ctx`] over the worker's connections, borrowing its fields one by one so the service
+/// (and the receive buffers) stay free to borrow beside it.
+macro_rules! ctx {
+    ($worker:ident) => {
+        Ctx {
+            conns: &mut $worker.conns,
+            dirty: &mut $worker.dirty,
+            now_tick: $worker.wheel.tick_at(Instant::now()),
+            drain_ticks: $worker.drain_ticks,
+            wheel: &mut $worker.wheel,
+            max_backlog_bytes: $worker.config.max_backlog_bytes,
+            stats: &$worker.shared.stats[$worker.id],
+            worker: $worker.id,
         }
     };
 }
@@ -90,7 +109,7 @@ struct Worker<S: Service> {
     bufs: BufRing,
     /// Connections are direct descriptors (slots of the ring's table), not plain ones.
     direct: bool,
-    conns: Slab<Conn>,
+    conns: Slab<Conn<S::Data>>,
     /// Spare send vectors, boxed because their address is handed to the kernel.
     #[allow(clippy::vec_box)]
     send_vecs: Vec<Box<SendVec>>,
@@ -130,6 +149,8 @@ struct Worker<S: Service> {
     /// When set, the worker is draining towards exit: the instant to give up waiting.
     stop_deadline: Option<Instant>,
     ping_ticks: Option<Duration>,
+    /// The drain timeout in ticks.
+    drain_ticks: u32,
 }
 
 impl<S: Service> Worker<S> {
@@ -168,6 +189,11 @@ impl<S: Service> Worker<S> {
             wheel: TimerWheel::new(start),
             service,
             ping_ticks: config.ping_interval,
+            drain_ticks: config
+                .drain_timeout
+                .as_millis()
+                .div_ceil(super::timer::TICK.as_millis())
+                .min(u32::MAX as u128) as u32,
             config,
             shared: setup.shared,
             id: setup.id,
@@ -404,10 +430,13 @@ impl<S: Service> Worker<S> {
             let before = conn.ending;
             let mut filled = std::mem::take(&mut self.filled);
             self.bufs.bundle(bid, result as usize, &mut filled);
+            let limits = Limits {
+                max_message_bytes: self.config.max_message_bytes,
+            };
             for &(bid, len) in &filled {
                 let data = self.bufs.buffer_mut(bid, len);
-                let stats = &self.shared.stats[self.id];
-                receive(conn, data, &mut self.service, &self.config, stats);
+                let mut ctx = ctx!(self);
+                receive(&mut self.service, &mut ctx, key, data, limits);
                 self.bufs.push(bid);
             }
             filled.clear();
@@ -487,6 +516,8 @@ impl<S: Service> Worker<S> {
         if self.shared.stopping.load(Ordering::Acquire) && self.stop_deadline.is_none() {
             self.begin_stop();
         }
+        let mut ctx = ctx!(self);
+        self.service.on_wake(&mut ctx);
         if self.stop_deadline.is_none() {
             self.arm_wake();
         }
@@ -575,7 +606,7 @@ impl<S: Service> Worker<S> {
         conn.deadline = super::timer::NEVER;
         let close_state = match &conn.stage {
             Stage::Open(ws) => Some(ws.close_state()),
-            Stage::Handshake(_) => None,
+            Stage::Handshake(_) | Stage::Http { .. } => None,
         };
         match (conn.ending, close_state) {
             (Ending::Teardown, _) => {}
@@ -840,6 +871,16 @@ impl<S: Service> Worker<S> {
         }
         trace!(key, slot = conn.slot, ending = ?conn.ending, "teardown");
         conn.ending = Ending::Teardown;
+        if matches!(conn.stage, Stage::Open(_)) {
+            let id = ConnId {
+                key: key as u32,
+                generation: conn.generation,
+            };
+            let data = std::mem::take(&mut conn.data);
+            let mut ctx = ctx!(self);
+            self.service.on_close(&mut ctx, id, data);
+        }
+        let conn = &mut self.conns[key];
         if conn.recv_armed || conn.send_in_flight {
             conn.pending_ops += 1;
             let cancel = on_conn!(self.direct, conn.slot, |fd| {
@@ -942,71 +983,95 @@ fn build_ring(entries: u32, features: Features, id: usize) -> io::Result<IoUring
 
 /// Runs received bytes through the connection's protocol state and the service.
 fn receive<S: Service>(
-    conn: &mut Conn,
-    mut data: &mut [u8],
     service: &mut S,
-    config: &Config,
-    stats: &super::WorkerStats,
+    ctx: &mut Ctx<'_, S::Data>,
+    key: usize,
+    data: &mut [u8],
+    limits: Limits,
 ) {
+    let conn = &mut ctx.conns[key];
     if conn.ending != Ending::No {
         // Closing: the bytes are read only so the peer's FIN can arrive; they mean nothing.
         return;
     }
+    let id = ConnId {
+        key: key as u32,
+        generation: conn.generation,
+    };
+    let mut data = data;
     if let Stage::Handshake(handshake) = &mut conn.stage {
-        match handshake.feed(data) {
+        let request = match handshake.feed(data) {
             Ok((_, None)) => return,
-            Ok((used, Some(request))) => match request.validate_upgrade() {
+            Ok((used, Some(request))) => {
+                data = &mut data[used..];
+                request
+            }
+            Err(error) => {
+                debug!(%error, "bad request head");
+                return respond(conn, error.response());
+            }
+        };
+        match service.on_request(&request) {
+            Admission::Upgrade { protocol } => match request.validate_upgrade() {
                 Ok(upgrade) => {
-                    conn.queue.push_unbounded(upgrade.response(None).into());
-                    conn.stage = Stage::Open(WebSocket::server(Limits {
-                        max_message_bytes: config.max_message_bytes,
-                    }));
+                    conn.queue
+                        .push_unbounded(upgrade.response(protocol.as_deref()).into());
+                    conn.stage = Stage::Open(WebSocket::server(limits));
                     conn.upgraded_now = true;
-                    data = &mut data[used..];
+                    service.on_open(ctx, id, &request);
                 }
                 Err(error) => {
                     debug!(%error, "upgrade refused");
-                    conn.queue.push_unbounded(error.response().into());
-                    conn.ending = Ending::Flush;
-                    return;
+                    return respond(conn, error.response());
                 }
             },
-            Err(error) => {
-                debug!(%error, "bad request head");
-                conn.queue.push_unbounded(error.response().into());
-                conn.ending = Ending::Flush;
-                return;
+            Admission::Reject(status) => {
+                debug!(status, "request rejected by the service");
+                return respond(conn, http_response(status, reason(status), &[], None, b""));
             }
+            Admission::Http { max_body_bytes } => match request.body_length() {
+                Ok(length) if length.unwrap_or(0) <= max_body_bytes as u64 => {
+                    conn.stage = Stage::Http {
+                        remaining: length.unwrap_or(0) as usize,
+                        body: Vec::new(),
+                        request: Box::new(request),
+                    };
+                }
+                Ok(_) => return respond(conn, http_response(413, reason(413), &[], None, b"")),
+                Err(error) => return respond(conn, error.response()),
+            },
         }
     }
-    let Stage::Open(ws) = &mut conn.stage else {
+    let conn = &mut ctx.conns[key];
+    if let Stage::Http {
+        request,
+        body,
+        remaining,
+    } = &mut conn.stage
+    {
+        let take = (*remaining).min(data.len());
+        body.extend_from_slice(&data[..take]);
+        *remaining -= take;
+        if *remaining == 0 {
+            let response = service.on_http(request, body);
+            // One request per connection: anything pipelined after it is ignored.
+            return respond(conn, response);
+        }
         return;
-    };
+    }
     let mut pos = 0;
     loop {
+        let conn = &mut ctx.conns[key];
+        let Stage::Open(ws) = &mut conn.stage else {
+            return;
+        };
         let (used, read) = ws.read(&mut data[pos..]);
         pos += used;
         match read {
             Read::NeedMore => return,
             Read::Message { opcode, payload } => {
-                stats.messages_in.fetch_add(1, Ordering::Relaxed);
-                let mut reply = Reply {
-                    ws,
-                    queue: &mut conn.queue,
-                    limit: config.max_backlog_bytes,
-                    overflowed: false,
-                };
-                service.on_message(&mut reply, opcode, &payload);
-                if reply.overflowed {
-                    stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-                    if let Some(frame) =
-                        ws.close(CloseCode::POLICY_VIOLATION, "send backlog over limit")
-                    {
-                        conn.queue.push_unbounded(frame);
-                    }
-                    conn.ending = Ending::Flush;
-                    return;
-                }
+                ctx.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                service.on_message(ctx, id, opcode, &payload);
             }
             Read::Ping { pong, .. } => {
                 if let Some(pong) = pong {
@@ -1031,6 +1096,28 @@ fn receive<S: Service>(
                 return;
             }
         }
+    }
+}
+
+/// Queues a final HTTP response; the connection closes once it is sent.
+fn respond<D>(conn: &mut Conn<D>, response: Vec<u8>) {
+    conn.queue.push_unbounded(response.into());
+    conn.ending = Ending::Flush;
+}
+
+/// The reason phrase of the statuses the driver itself sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Error",
     }
 }
 

@@ -1,0 +1,198 @@
+//! The driver's interface upward: what a [`Service`] is told, and the [`Ctx`] through which
+//! it acts on the worker's connections.
+
+use bytes::Bytes;
+use slab::Slab;
+
+use super::conn::{Conn, Ending, Stage};
+use super::timer::{TimerEntry, TimerWheel};
+use super::WorkerStats;
+use crate::protocol::handshake::Request;
+use crate::protocol::{CloseCode, OpCode};
+
+/// A connection of one worker: its slab key and the slot's generation, so an id kept after
+/// the connection closed never reaches the next occupant of the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub(crate) key: u32,
+    pub(crate) generation: u32,
+}
+
+/// What to do with a request head, decided by [`Service::on_request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Admission {
+    /// Upgrade to WebSocket, optionally selecting one of the offered subprotocols.
+    Upgrade {
+        /// The `Sec-WebSocket-Protocol` to answer with.
+        protocol: Option<String>,
+    },
+    /// Refuse with this HTTP status (and close).
+    Reject(u16),
+    /// A plain HTTP request: read its body (at most `max_body_bytes`, else 413) and hand it
+    /// to [`Service::on_http`].
+    Http {
+        /// The largest body accepted.
+        max_body_bytes: usize,
+    },
+}
+
+/// Why a frame was not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is gone or closing: nothing more may be sent on it.
+    #[error("connection closed or closing")]
+    Closed,
+    /// The connection's queue is past its byte limit: a slow consumer.
+    #[error("send backlog over limit")]
+    Backlog,
+}
+
+/// What runs on top of the driver. Every call runs on the worker that owns the connection.
+pub trait Service: 'static {
+    /// Per-connection state of the service's own.
+    type Data: Default;
+
+    /// A complete request head arrived. The default treats every request as an upgrade
+    /// without a subprotocol: anything but a valid one gets the RFC's 400 or 426.
+    fn on_request(&mut self, request: &Request) -> Admission {
+        let _ = request;
+        Admission::Upgrade { protocol: None }
+    }
+
+    /// The upgrade completed: the 101 is queued.
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
+        let _ = (ctx, conn, request);
+    }
+
+    /// A complete, validated message.
+    fn on_message(
+        &mut self,
+        ctx: &mut Ctx<'_, Self::Data>,
+        conn: ConnId,
+        opcode: OpCode,
+        payload: &[u8],
+    );
+
+    /// The connection is gone (closed by either side, failed, or dropped); `data` is its state.
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, data: Self::Data) {
+        let _ = (ctx, conn, data);
+    }
+
+    /// A plain HTTP request with its whole body; returns the complete response. The
+    /// connection is closed once the response is sent.
+    fn on_http(&mut self, request: &Request, body: &[u8]) -> Vec<u8> {
+        let _ = (request, body);
+        crate::protocol::handshake::http_response(404, "Not Found", &[], None, b"")
+    }
+
+    /// The worker was woken from outside (another worker or thread has work for it).
+    fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
+        let _ = ctx;
+    }
+}
+
+/// A service's handle on its worker's connections during a call.
+pub struct Ctx<'a, D> {
+    pub(crate) conns: &'a mut Slab<Conn<D>>,
+    pub(crate) dirty: &'a mut Vec<usize>,
+    pub(crate) wheel: &'a mut TimerWheel,
+    pub(crate) now_tick: u32,
+    pub(crate) drain_ticks: u32,
+    pub(crate) max_backlog_bytes: usize,
+    pub(crate) stats: &'a WorkerStats,
+    pub(crate) worker: usize,
+}
+
+impl<D> Ctx<'_, D> {
+    /// The index of the worker running this call.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Counters of this worker.
+    pub fn stats(&self) -> &WorkerStats {
+        self.stats
+    }
+
+    fn open_conn(&mut self, id: ConnId) -> Result<&mut Conn<D>, SendError> {
+        match self.conns.get_mut(id.key as usize) {
+            Some(conn) if conn.generation == id.generation && conn.ending == Ending::No => {
+                match &conn.stage {
+                    Stage::Open(ws) if ws.close_state() == crate::protocol::CloseState::Open => {
+                        Ok(conn)
+                    }
+                    _ => Err(SendError::Closed),
+                }
+            }
+            _ => Err(SendError::Closed),
+        }
+    }
+
+    /// Queues an encoded server frame (from [`encode_frame`](crate::protocol::frame::encode_frame),
+    /// shared by any number of receivers).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] when the connection is gone or closing, [`SendError::Backlog`]
+    /// when its queue is past the limit; the frame is then not queued and the caller decides
+    /// (close the connection with 1008, or drop and count).
+    pub fn send_frame(&mut self, id: ConnId, frame: Bytes) -> Result<(), SendError> {
+        let limit = self.max_backlog_bytes;
+        let conn = self.open_conn(id)?;
+        if !conn.queue.push(frame, limit) {
+            return Err(SendError::Backlog);
+        }
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id.key as usize);
+        }
+        Ok(())
+    }
+
+    /// Encodes and queues one message for a connection.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_frame`](Self::send_frame).
+    pub fn send(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
+        self.open_conn(id)?;
+        self.send_frame(
+            id,
+            crate::protocol::frame::encode_frame(opcode, true, payload, None),
+        )
+    }
+
+    /// Starts the closing handshake (RFC 6455 §7.1.2); the connection is dropped if the peer
+    /// does not answer within the drain timeout. A no-op on a connection already closing.
+    pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
+        let drain = self.now_tick.saturating_add(self.drain_ticks);
+        let Ok(conn) = self.open_conn(id) else { return };
+        let Stage::Open(ws) = &mut conn.stage else {
+            return;
+        };
+        if let Some(frame) = ws.close(code, reason) {
+            conn.queue.push_unbounded(frame);
+        }
+        conn.deadline = drain;
+        let generation = conn.generation;
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id.key as usize);
+        }
+        self.wheel.insert(TimerEntry {
+            key: id.key,
+            generation,
+            tick: drain,
+        });
+    }
+
+    /// The service's state for a connection, if it is still open.
+    pub fn data(&mut self, id: ConnId) -> Option<&mut D> {
+        self.conns
+            .get_mut(id.key as usize)
+            .filter(|c| c.generation == id.generation)
+            .map(|c| &mut c.data)
+    }
+}
