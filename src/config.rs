@@ -35,6 +35,20 @@ pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 pub enum Mode {
     /// Send every message back to its sender with its opcode.
     Echo,
+    /// The request path is the topic: each connection subscribes to it, and every message a
+    /// client sends is published to it, the sender included.
+    Broadcast,
+}
+
+/// What to do with a subscriber whose send queue is past `max_backlog_bytes`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum SlowConsumer {
+    /// Close it with 1008 (policy violation): it cannot keep up.
+    #[default]
+    Disconnect,
+    /// Drop the messages it cannot take, and count them.
+    Drop,
 }
 
 /// A validated configuration.
@@ -66,6 +80,10 @@ pub struct Config {
     pub ring_entries: u32,
     /// Read SIGINT and SIGTERM on the ring and shut down gracefully on them (the CLI does).
     pub handle_signals: bool,
+    /// What to do with slow subscribers.
+    pub slow_consumer: SlowConsumer,
+    /// The bearer token that enables `POST /publish/<topic>`; `None` turns it off.
+    pub publish_token: Option<String>,
     /// Hold connections as direct descriptors (the default). `false` uses plain descriptors,
     /// as the server also does when the kernel refuses a fixed file table.
     pub direct_descriptors: bool,
@@ -121,6 +139,8 @@ impl Default for ServerBuilder {
                 ring_entries: DEFAULT_RING_ENTRIES,
                 handle_signals: false,
                 direct_descriptors: true,
+                slow_consumer: SlowConsumer::Disconnect,
+                publish_token: None,
             },
         }
     }
@@ -190,6 +210,18 @@ impl ServerBuilder {
     /// shared by all workers.
     pub fn direct_descriptors(mut self, on: bool) -> Self {
         self.config.direct_descriptors = on;
+        self
+    }
+
+    /// What to do with a subscriber past its backlog limit (default: disconnect with 1008).
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Self {
+        self.config.slow_consumer = policy;
+        self
+    }
+
+    /// Enables `POST /publish/<topic>` for requests carrying `Authorization: Bearer TOKEN`.
+    pub fn publish_token(mut self, token: Option<String>) -> Self {
+        self.config.publish_token = token.filter(|t| !t.is_empty());
         self
     }
 

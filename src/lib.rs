@@ -14,6 +14,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod broadcast;
 pub mod config;
 pub mod driver;
 pub mod protocol;

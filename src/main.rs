@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
-use uringcast::config::{self, Mode};
+use uringcast::config::{self, Mode, SlowConsumer};
 use uringcast::server::{self, Server};
 
 /// A WebSocket (RFC 6455) server for Linux on io_uring.
@@ -38,6 +38,13 @@ struct Cli {
     /// Seconds to wait for peers' close frames at shutdown.
     #[arg(long, default_value_t = config::DEFAULT_DRAIN_TIMEOUT.as_secs_f64())]
     drain_timeout: f64,
+    /// What to do with a subscriber whose queue passes --max-backlog-bytes.
+    #[arg(long, value_enum, default_value_t = CliSlowConsumer::Disconnect)]
+    slow_consumer: CliSlowConsumer,
+    /// Enables POST /publish/<topic> for requests with `Authorization: Bearer TOKEN`
+    /// (also read from the URINGCAST_PUBLISH_TOKEN environment variable).
+    #[arg(long, env = "URINGCAST_PUBLISH_TOKEN", hide_env_values = true)]
+    publish_token: Option<String>,
     /// Hold connections as plain descriptors instead of direct ones (visible to `ss -p`;
     /// capacity then bounded by one RLIMIT_NOFILE for the whole process).
     #[arg(long)]
@@ -48,6 +55,16 @@ struct Cli {
 enum CliMode {
     /// Send every message back to its sender.
     Echo,
+    /// The request path is the topic: subscribe to it, publish every message to it.
+    Broadcast,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CliSlowConsumer {
+    /// Close it with 1008.
+    Disconnect,
+    /// Drop the messages it cannot take, and count them.
+    Drop,
 }
 
 fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -74,7 +91,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .listen(cli.listen)
         .mode(match cli.mode {
             CliMode::Echo => Mode::Echo,
+            CliMode::Broadcast => Mode::Broadcast,
         })
+        .slow_consumer(match cli.slow_consumer {
+            CliSlowConsumer::Disconnect => SlowConsumer::Disconnect,
+            CliSlowConsumer::Drop => SlowConsumer::Drop,
+        })
+        .publish_token(cli.publish_token)
         .max_message_bytes(cli.max_message_bytes)
         .max_backlog_bytes(cli.max_backlog_bytes)
         .handshake_timeout(seconds("handshake-timeout", cli.handshake_timeout)?)

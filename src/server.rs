@@ -11,11 +11,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
+use crate::broadcast::{Broadcast, BroadcastStats, Connection, Handler, Hub, Message};
 use crate::config::{Config, Mode, ServerBuilder};
 use crate::driver::features::FeatureError;
-use crate::driver::{
-    run_worker, ConnId, Ctx, Features, SendError, Service, Shared, WorkerSetup, WorkerStats,
-};
+use crate::driver::{run_worker, Features, Shared, WorkerSetup, WorkerStats};
+use crate::protocol::handshake::Request;
 use crate::protocol::OpCode;
 
 /// Entry point of the library: `Server::builder()`.
@@ -65,6 +65,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     capacity: usize,
     shared: Arc<Shared>,
+    hub: Arc<Hub>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -79,9 +80,27 @@ impl ServerHandle {
         self.capacity
     }
 
-    /// Per-worker counters.
+    /// Per-worker counters of the driver.
     pub fn stats(&self) -> &[WorkerStats] {
         &self.shared.stats
+    }
+
+    /// Per-worker counters of the broadcast engine.
+    pub fn broadcast_stats(&self) -> &[BroadcastStats] {
+        &self.hub.stats
+    }
+
+    /// The counters in the Prometheus text format, as `GET /metrics` serves them.
+    pub fn metrics(&self) -> String {
+        crate::broadcast::metrics::render(&self.hub)
+    }
+
+    /// Publishes a message to every subscriber of `topic` on every worker, from any thread.
+    /// The frame is encoded once. Returns the workers it was handed to (a worker whose
+    /// mailbox is full drops it and counts the drop).
+    pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> usize {
+        let frame = crate::broadcast::frame(opcode, payload);
+        self.hub.post(&Arc::from(topic), &frame, None)
     }
 
     /// Sends close 1001 to every connection and returns when the workers have exited (each
@@ -101,34 +120,71 @@ impl ServerHandle {
     }
 }
 
-/// Sends every message back to its sender with its opcode.
+/// Sends every message back to its sender with its opcode (`--mode echo`).
 #[derive(Clone, Copy, Debug, Default)]
-struct Echo;
+pub struct Echo;
 
-impl Service for Echo {
+impl Handler for Echo {
     type Data = ();
 
-    fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, conn: ConnId, opcode: OpCode, payload: &[u8]) {
-        if let Err(SendError::Backlog) = ctx.send(conn, opcode, payload) {
-            // The client sends faster than it reads: stop before its queue grows further.
-            ctx.stats()
-                .slow_consumer_closes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            ctx.close(
-                conn,
-                crate::protocol::CloseCode::POLICY_VIOLATION,
-                "send backlog over limit",
-            );
-        }
+    fn on_message(&mut self, conn: &mut Connection<'_, ()>, message: Message<'_>) {
+        conn.send(message.opcode, message.payload);
     }
 }
 
-/// Starts the workers and returns once every one of them accepts connections.
+/// Rooms by path (`--mode broadcast`): a connection to `ws://host/room-a` joins topic
+/// `room-a` (and `ws://host/` joins topic `/`), and every message a client sends is published
+/// to its topic, sender included. `POST /publish/room-a` reaches the same room.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RoomsByPath;
+
+impl Handler for RoomsByPath {
+    /// The connection's topic.
+    type Data = Box<str>;
+
+    fn on_open(&mut self, conn: &mut Connection<'_, Box<str>>, request: &Request) {
+        let topic = crate::broadcast::topic_of_path(request.path());
+        *conn.data() = topic.into();
+        conn.subscribe(topic);
+    }
+
+    fn on_message(&mut self, conn: &mut Connection<'_, Box<str>>, message: Message<'_>) {
+        let topic = conn.data().clone();
+        conn.publish(&topic, message.opcode, message.payload);
+    }
+}
+
+/// Starts a server running the built-in handler of `config.mode`.
 ///
 /// # Errors
 ///
 /// A [`StartError`] saying what could not be set up: nothing is left running.
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
+    match config.mode {
+        Mode::Echo => spawn_with(config, Echo),
+        Mode::Broadcast => spawn_with(config, RoomsByPath),
+    }
+}
+
+/// Starts the workers, each with a clone of `handler`, and returns once every one of them
+/// accepts connections.
+///
+/// # Errors
+///
+/// A [`StartError`] saying what could not be set up: nothing is left running.
+///
+/// # Examples
+///
+/// ```no_run
+/// use uringcast::server::{spawn_with, Echo, Server};
+///
+/// let config = Server::builder().listen("127.0.0.1:0".parse().unwrap()).build().unwrap();
+/// let server = spawn_with(config, Echo).unwrap();
+/// println!("listening on {}", server.local_addr());
+/// server.publish("/news", uringcast::protocol::OpCode::Text, b"hello");
+/// server.shutdown();
+/// ```
+pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle, StartError> {
     let features = Features::probe()?;
     info!(
         ?features,
@@ -136,20 +192,19 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         "io_uring probed"
     );
     raise_descriptor_limit();
-    let listeners = bind_listeners(config.listen, config.workers)?;
-    let local_addr = listeners.1;
-    let signals = if config.handle_signals {
+    let (listeners, local_addr) = bind_listeners(config.listen, config.workers)?;
+    let mut signals = if config.handle_signals {
         Some(block_and_open_signals().map_err(StartError::Signals)?)
     } else {
         None
     };
     let shared = Arc::new(Shared::new(config.workers).map_err(StartError::Signals)?);
+    let hub = Arc::new(Hub::new(Arc::clone(&shared)));
     let config = Arc::new(config);
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut threads = Vec::with_capacity(config.workers);
-    let mut signals = signals;
-    for (id, listener) in listeners.0.into_iter().enumerate() {
+    for (id, listener) in listeners.into_iter().enumerate() {
         let setup = WorkerSetup {
             id,
             listener,
@@ -160,7 +215,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
             ready: ready_tx.clone(),
         };
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        let mode = config.mode;
+        let service = Broadcast::new(handler.clone(), Arc::clone(&hub), id, &config);
         let thread = std::thread::Builder::new()
             .name(format!("uringcast-{id}"))
             .spawn(move || {
@@ -168,9 +223,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
-                match mode {
-                    Mode::Echo => run_worker(setup, Echo),
-                }
+                run_worker(setup, service);
             })
             .map_err(|source| StartError::Worker { id, source })?;
         threads.push(thread);
@@ -189,6 +242,7 @@ pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
         local_addr,
         capacity,
         shared,
+        hub,
         threads,
     };
     if let Some(error) = failure {

@@ -21,6 +21,8 @@ pub(crate) enum Stage {
     },
     /// Speaking WebSocket.
     Open(WebSocket),
+    /// A plain HTTP request was answered; nothing more is read.
+    Answered,
 }
 
 /// How the connection is ending, if it is.

@@ -27,6 +27,10 @@ pub struct WorkerStats {
     pub accepted: AtomicU64,
     /// Messages received.
     pub messages_in: AtomicU64,
+    /// Frames queued to connections (messages, control frames and HTTP responses).
+    pub frames_out: AtomicU64,
+    /// Bytes the kernel accepted for sending.
+    pub bytes_out: AtomicU64,
     /// Completions that arrived for a slot already reused (dropped).
     pub stale_completions: AtomicU64,
     /// Times the buffer ring ran dry (`ENOBUFS`); the receive was re-armed.
@@ -59,6 +63,14 @@ impl Shared {
             wakers,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
         })
+    }
+
+    /// Wakes one worker: its wake read completes and its service's `on_wake` runs.
+    pub(crate) fn wake(&self, worker: usize) {
+        if let Some(waker) = self.wakers.get(worker) {
+            // The only failure is a full counter, which already means "wake up".
+            let _ = waker.write(1);
+        }
     }
 
     /// Asks every worker to shut down gracefully; callable from any thread, more than once.

@@ -82,8 +82,13 @@ pub trait Service: 'static {
 
     /// A plain HTTP request with its whole body; returns the complete response. The
     /// connection is closed once the response is sent.
-    fn on_http(&mut self, request: &Request, body: &[u8]) -> Vec<u8> {
-        let _ = (request, body);
+    fn on_http(
+        &mut self,
+        ctx: &mut Ctx<'_, Self::Data>,
+        request: &Request,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let _ = (ctx, request, body);
         crate::protocol::handshake::http_response(404, "Not Found", &[], None, b"")
     }
 
@@ -103,6 +108,7 @@ pub struct Ctx<'a, D> {
     pub(crate) max_backlog_bytes: usize,
     pub(crate) stats: &'a WorkerStats,
     pub(crate) worker: usize,
+    pub(crate) shared: &'a super::Shared,
 }
 
 impl<D> Ctx<'_, D> {
@@ -148,6 +154,9 @@ impl<D> Ctx<'_, D> {
             conn.dirty = true;
             self.dirty.push(id.key as usize);
         }
+        self.stats
+            .frames_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -186,6 +195,16 @@ impl<D> Ctx<'_, D> {
             generation,
             tick: drain,
         });
+    }
+
+    /// Wakes another worker of this server (its [`Service::on_wake`] runs soon).
+    pub fn wake(&self, worker: usize) {
+        self.shared.wake(worker);
+    }
+
+    /// The number of workers of this server.
+    pub fn workers(&self) -> usize {
+        self.shared.wakers.len()
     }
 
     /// The service's state for a connection, if it is still open.

@@ -59,6 +59,7 @@ macro_rules! ctx {
             max_backlog_bytes: $worker.config.max_backlog_bytes,
             stats: &$worker.shared.stats[$worker.id],
             worker: $worker.id,
+            shared: &$worker.shared,
         }
     };
 }
@@ -495,6 +496,9 @@ impl<S: Service> Worker<S> {
             self.send_vecs.push(vec);
         }
         if result >= 0 {
+            self.shared.stats[self.id]
+                .bytes_out
+                .fetch_add(result as u64, Ordering::Relaxed);
             conn.queue.consume(result as usize);
             if !conn.queue.is_empty() || conn.ending == Ending::Flush {
                 self.mark_dirty(key);
@@ -606,7 +610,7 @@ impl<S: Service> Worker<S> {
         conn.deadline = super::timer::NEVER;
         let close_state = match &conn.stage {
             Stage::Open(ws) => Some(ws.close_state()),
-            Stage::Handshake(_) | Stage::Http { .. } => None,
+            Stage::Handshake(_) | Stage::Http { .. } | Stage::Answered => None,
         };
         match (conn.ending, close_state) {
             (Ending::Teardown, _) => {}
@@ -1044,18 +1048,21 @@ fn receive<S: Service>(
     }
     let conn = &mut ctx.conns[key];
     if let Stage::Http {
-        request,
-        body,
-        remaining,
+        body, remaining, ..
     } = &mut conn.stage
     {
         let take = (*remaining).min(data.len());
         body.extend_from_slice(&data[..take]);
         *remaining -= take;
-        if *remaining == 0 {
-            let response = service.on_http(request, body);
-            // One request per connection: anything pipelined after it is ignored.
-            return respond(conn, response);
+        if *remaining > 0 {
+            return;
+        }
+        // One request per connection: anything pipelined after it is ignored.
+        if let Stage::Http { request, body, .. } =
+            std::mem::replace(&mut conn.stage, Stage::Answered)
+        {
+            let response = service.on_http(ctx, &request, &body);
+            respond(&mut ctx.conns[key], response);
         }
         return;
     }

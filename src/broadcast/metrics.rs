@@ -1,0 +1,150 @@
+//! Broadcast counters per worker, and the Prometheus text exposition of all counters.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use super::Hub;
+
+/// Counters of the broadcast engine on one worker.
+#[derive(Debug, Default)]
+pub struct BroadcastStats {
+    /// Publishes made on this worker (by handlers, HTTP or the handle).
+    pub publishes: AtomicU64,
+    /// Frames queued to subscribers by this worker's fan-outs.
+    pub deliveries: AtomicU64,
+    /// Frames dropped for slow subscribers (`--slow-consumer drop`).
+    pub drops: AtomicU64,
+    /// Subscribers closed with 1008 for falling behind (`--slow-consumer disconnect`).
+    pub slow_consumer_closes: AtomicU64,
+    /// Publishes to this worker dropped because its mailbox was full.
+    pub mailbox_drops: AtomicU64,
+    /// Payload bytes of messages received.
+    pub bytes_in: AtomicU64,
+    /// Subscribers per topic on this worker; written by the worker, read by HTTP publishes.
+    topics: Mutex<HashMap<Box<str>, u64>>,
+}
+
+impl BroadcastStats {
+    /// Subscribers of `topic` on this worker.
+    pub fn topic_count(&self, topic: &str) -> u64 {
+        self.topics
+            .lock()
+            .map_or(0, |t| t.get(topic).copied().unwrap_or(0))
+    }
+
+    pub(crate) fn topic_add(&self, topic: &str, delta: i64) {
+        let Ok(mut topics) = self.topics.lock() else {
+            return;
+        };
+        let count = topics.entry(topic.into()).or_insert(0);
+        *count = count.saturating_add_signed(delta);
+        if *count == 0 {
+            topics.remove(topic);
+        }
+    }
+
+    fn topic_total(&self) -> (u64, u64) {
+        self.topics
+            .lock()
+            .map_or((0, 0), |t| (t.len() as u64, t.values().sum()))
+    }
+}
+
+/// Renders every counter of every worker in the Prometheus text format (version 0.0.4).
+pub(crate) fn render(hub: &Hub) -> String {
+    let mut out = String::new();
+    let driver = &hub.shared.stats;
+    let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(usize) -> u64| {
+        let _ = writeln!(out, "# HELP uringcast_{name} {help}");
+        let _ = writeln!(out, "# TYPE uringcast_{name} {kind}");
+        for worker in 0..driver.len() {
+            let _ = writeln!(
+                out,
+                "uringcast_{name}{{worker=\"{worker}\"}} {}",
+                value(worker)
+            );
+        }
+    };
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    family("connections", "Open connections.", "gauge", &|w| {
+        load(&driver[w].connections)
+    });
+    family(
+        "connections_accepted_total",
+        "Connections accepted.",
+        "counter",
+        &|w| load(&driver[w].accepted),
+    );
+    family("messages_in_total", "Messages received.", "counter", &|w| {
+        load(&driver[w].messages_in)
+    });
+    family(
+        "bytes_in_total",
+        "Payload bytes received.",
+        "counter",
+        &|w| load(&hub.stats[w].bytes_in),
+    );
+    family(
+        "messages_out_total",
+        "Frames queued to connections.",
+        "counter",
+        &|w| load(&driver[w].frames_out),
+    );
+    family(
+        "bytes_out_total",
+        "Bytes sent to connections.",
+        "counter",
+        &|w| load(&driver[w].bytes_out),
+    );
+    family(
+        "publishes_total",
+        "Publishes made on the worker.",
+        "counter",
+        &|w| load(&hub.stats[w].publishes),
+    );
+    family(
+        "deliveries_total",
+        "Frames queued to subscribers by fan-out.",
+        "counter",
+        &|w| load(&hub.stats[w].deliveries),
+    );
+    family(
+        "drops_total",
+        "Frames dropped for slow subscribers.",
+        "counter",
+        &|w| load(&hub.stats[w].drops),
+    );
+    family(
+        "mailbox_drops_total",
+        "Publishes dropped at a full worker mailbox.",
+        "counter",
+        &|w| load(&hub.stats[w].mailbox_drops),
+    );
+    family(
+        "slow_consumer_closes_total",
+        "Connections closed with 1008 for a send backlog over the limit.",
+        "counter",
+        &|w| load(&hub.stats[w].slow_consumer_closes) + load(&driver[w].slow_consumer_closes),
+    );
+    family(
+        "stale_completions_total",
+        "Completions for slots already reused.",
+        "counter",
+        &|w| load(&driver[w].stale_completions),
+    );
+    family(
+        "recv_buffer_starvation_total",
+        "Times the receive buffer ring ran dry.",
+        "counter",
+        &|w| load(&driver[w].recv_buffer_starvation),
+    );
+    family("topics", "Topics with subscribers.", "gauge", &|w| {
+        hub.stats[w].topic_total().0
+    });
+    family("subscriptions", "Subscriptions.", "gauge", &|w| {
+        hub.stats[w].topic_total().1
+    });
+    out
+}

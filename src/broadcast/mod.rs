@@ -1,0 +1,379 @@
+//! The broadcast engine: topics, encode-once fan-out on every worker, the cross-core hand-off,
+//! and the slow-consumer policy. It is a [`driver::Service`](crate::driver::Service) that runs
+//! the embedder's [`Handler`].
+//!
+//! A publish encodes its frame once. The publishing worker appends a clone (one reference
+//! count) to each local subscriber's queue and pushes one clone into every other worker's
+//! bounded mailbox, waking it through its eventfd only when it is not already due to wake.
+//! Each worker then fans out to its own subscribers; at the end of the loop turn every dirty
+//! connection gets one vectored send, however many frames it was given.
+
+mod handler;
+pub(crate) mod metrics;
+mod topic;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+
+pub use handler::{Connection, Decision, Handler, Message};
+pub use metrics::BroadcastStats;
+use topic::{Subscriptions, Topics};
+
+use crate::config::{Config, SlowConsumer};
+use crate::driver::{Admission, ConnId, Ctx, SendError, Service};
+use crate::protocol::frame::encode_frame;
+use crate::protocol::handshake::Request;
+use crate::protocol::{CloseCode, OpCode};
+
+/// Publishes waiting in one worker's mailbox, at most: past it a publish to that worker is
+/// dropped and counted rather than queued without bound.
+pub const MAILBOX_CAPACITY: usize = 1 << 16;
+
+/// One publish crossing to another worker: the topic and the frame, encoded once.
+#[derive(Debug)]
+struct Mail {
+    topic: Arc<str>,
+    frame: Bytes,
+}
+
+/// What the workers of one server share for broadcasting.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    mailboxes: Vec<ArrayQueue<Mail>>,
+    /// Set when a wake for the worker is on its way; cleared by the worker before it drains,
+    /// so a burst of publishes costs one eventfd write per receiving turn, not one each.
+    wake_pending: Vec<AtomicBool>,
+    pub(crate) stats: Vec<BroadcastStats>,
+    shared: Arc<crate::driver::Shared>,
+}
+
+impl Hub {
+    pub(crate) fn new(shared: Arc<crate::driver::Shared>) -> Self {
+        let workers = shared.wakers.len();
+        Self {
+            mailboxes: (0..workers)
+                .map(|_| ArrayQueue::new(MAILBOX_CAPACITY))
+                .collect(),
+            wake_pending: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            stats: (0..workers).map(|_| BroadcastStats::default()).collect(),
+            shared,
+        }
+    }
+
+    /// Hands a frame to every worker but `except`; returns how many took it.
+    pub(crate) fn post(&self, topic: &Arc<str>, frame: &Bytes, except: Option<usize>) -> usize {
+        let mut posted = 0;
+        for (worker, mailbox) in self.mailboxes.iter().enumerate() {
+            if Some(worker) == except {
+                continue;
+            }
+            let mail = Mail {
+                topic: Arc::clone(topic),
+                frame: frame.clone(),
+            };
+            if mailbox.push(mail).is_err() {
+                self.stats[worker]
+                    .mailbox_drops
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            posted += 1;
+            if !self.wake_pending[worker].swap(true, Ordering::AcqRel) {
+                self.shared.wake(worker);
+            }
+        }
+        posted
+    }
+
+    /// Subscribers of `topic` on all workers, as last counted by each.
+    pub(crate) fn subscriber_count(&self, topic: &str) -> u64 {
+        self.stats.iter().map(|s| s.topic_count(topic)).sum()
+    }
+}
+
+/// Per-connection state of the broadcast service.
+#[derive(Debug, Default)]
+pub struct ConnState<D> {
+    subs: Subscriptions,
+    user: D,
+}
+
+/// The broadcast service of one worker, running the embedder's handler `H`.
+pub(crate) struct Broadcast<H: Handler> {
+    handler: H,
+    topics: Topics,
+    hub: Arc<Hub>,
+    worker: usize,
+    policy: SlowConsumer,
+    endpoints: handler::Endpoints,
+    /// The mailbox drained into, kept to reuse its capacity.
+    scratch_mail: Vec<Mail>,
+    /// The handler's action list, kept to reuse its capacity: no allocation per message.
+    scratch_actions: handler::Actions,
+}
+
+impl<H: Handler> Broadcast<H> {
+    pub(crate) fn new(handler: H, hub: Arc<Hub>, worker: usize, config: &Config) -> Self {
+        Self {
+            handler,
+            topics: Topics::default(),
+            hub,
+            worker,
+            policy: config.slow_consumer,
+            endpoints: handler::Endpoints::from_config(config),
+            scratch_mail: Vec::new(),
+            scratch_actions: handler::Actions::default(),
+        }
+    }
+
+    /// Publishes an encoded frame: local fan-out now, other workers through their mailboxes.
+    /// Returns the subscribers reached on this worker.
+    fn publish(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        topic: &str,
+        frame: Bytes,
+    ) -> usize {
+        let stats = &self.hub.stats[self.worker];
+        stats.publishes.fetch_add(1, Ordering::Relaxed);
+        let name: Arc<str> = match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
+            Some(name) => Arc::clone(name),
+            None => Arc::from(topic),
+        };
+        self.hub.post(&name, &frame, Some(self.worker));
+        self.fan_out(ctx, &name, &frame)
+    }
+
+    /// Queues `frame` for every local subscriber of `topic`, applying the slow-consumer policy.
+    fn fan_out(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        topic: &str,
+        frame: &Bytes,
+    ) -> usize {
+        let Some(id) = self.topics.id(topic) else {
+            return 0;
+        };
+        let stats = &self.hub.stats[self.worker];
+        let mut delivered = 0;
+        for &sub in self.topics.subscribers(id) {
+            match ctx.send_frame(sub, frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(SendError::Backlog) => match self.policy {
+                    SlowConsumer::Disconnect => {
+                        stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+                        ctx.close(
+                            sub,
+                            CloseCode::POLICY_VIOLATION,
+                            "too slow: send backlog over limit",
+                        );
+                    }
+                    SlowConsumer::Drop => {
+                        stats.drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                Err(SendError::Closed) => {}
+            }
+        }
+        stats
+            .deliveries
+            .fetch_add(delivered as u64, Ordering::Relaxed);
+        delivered
+    }
+
+    fn subscribe(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        topic: &str,
+    ) -> bool {
+        let Some(state) = ctx.data(conn) else {
+            return false;
+        };
+        let (_, new) = self.topics.subscribe(conn, &mut state.subs, topic);
+        if new {
+            self.hub.stats[self.worker].topic_add(topic, 1);
+        }
+        new
+    }
+
+    fn unsubscribe(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        topic: &str,
+    ) -> bool {
+        let Some(id) = self.topics.id(topic) else {
+            return false;
+        };
+        let Some(mut subs) = ctx.data(conn).map(|s| std::mem::take(&mut s.subs)) else {
+            return false;
+        };
+        let removed = self.topics.unsubscribe(conn, &mut subs, id, |other| {
+            ctx.data(other).map(|s| &mut s.subs)
+        });
+        if let Some(state) = ctx.data(conn) {
+            state.subs = subs;
+        }
+        if removed {
+            self.hub.stats[self.worker].topic_add(topic, -1);
+        }
+        removed
+    }
+}
+
+impl<H: Handler> Service for Broadcast<H> {
+    type Data = ConnState<H::Data>;
+
+    fn on_request(&mut self, request: &Request) -> Admission {
+        // Any WebSocket header makes it an upgrade attempt, so a broken one gets its 400 or
+        // 426 rather than being served as a page.
+        let websocket = request.is_upgrade()
+            || request.header("sec-websocket-key").is_some()
+            || request.header("sec-websocket-version").is_some();
+        if !websocket {
+            return self.endpoints.admit(request);
+        }
+        match self.handler.on_upgrade(request) {
+            Decision::Accept => Admission::Upgrade { protocol: None },
+            Decision::AcceptProtocol(protocol) => Admission::Upgrade {
+                protocol: Some(protocol),
+            },
+            Decision::Reject(status) => Admission::Reject(status),
+        }
+    }
+
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
+        let mut actions = std::mem::take(&mut self.scratch_actions);
+        if let Some(state) = ctx.data(conn) {
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions);
+            self.handler.on_open(&mut connection, request);
+        }
+        self.apply(ctx, conn, actions);
+    }
+
+    fn on_message(
+        &mut self,
+        ctx: &mut Ctx<'_, Self::Data>,
+        conn: ConnId,
+        opcode: OpCode,
+        payload: &[u8],
+    ) {
+        self.hub.stats[self.worker]
+            .bytes_in
+            .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let mut actions = std::mem::take(&mut self.scratch_actions);
+        if let Some(state) = ctx.data(conn) {
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions);
+            self.handler
+                .on_message(&mut connection, Message { opcode, payload });
+        }
+        self.apply(ctx, conn, actions);
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, mut data: Self::Data) {
+        for entry in std::mem::take(&mut data.subs).into_entries() {
+            let left = self
+                .topics
+                .remove_entry(conn, entry, |other| ctx.data(other).map(|s| &mut s.subs));
+            if let Some(topic) = left {
+                self.hub.stats[self.worker].topic_add(&topic, -1);
+            }
+        }
+        let mut actions = handler::Actions::default();
+        let mut connection = Connection::new(conn, &mut data.user, &mut actions);
+        self.handler.on_close(&mut connection);
+        // A closed connection can still publish (a "left the room" message), nothing else.
+        for action in actions.list {
+            if let handler::Action::Publish(topic, frame) = action {
+                self.publish(ctx, &topic, frame);
+            }
+        }
+    }
+
+    fn on_http(
+        &mut self,
+        ctx: &mut Ctx<'_, Self::Data>,
+        request: &Request,
+        body: &[u8],
+    ) -> Vec<u8> {
+        match self.endpoints.route(request, body, &self.hub) {
+            handler::Routed::Response(response) => response,
+            handler::Routed::Publish { topic, frame } => {
+                // Subscribers as counted when the publish left: the other workers deliver it
+                // in their next turn.
+                let reached = self.hub.subscriber_count(&topic);
+                self.publish(ctx, &topic, frame);
+                handler::Endpoints::published(reached)
+            }
+        }
+    }
+
+    fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
+        // Clear first: a publish racing with the drain then wakes us again rather than waiting.
+        self.hub.wake_pending[self.worker].store(false, Ordering::Release);
+        let mut mail = std::mem::take(&mut self.scratch_mail);
+        while let Some(item) = self.hub.mailboxes[self.worker].pop() {
+            mail.push(item);
+        }
+        for item in mail.drain(..) {
+            self.fan_out(ctx, &item.topic, &item.frame);
+        }
+        self.scratch_mail = mail;
+    }
+}
+
+impl<H: Handler> Broadcast<H> {
+    /// Carries out what a handler asked for, in the order it asked.
+    fn apply(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        mut actions: handler::Actions,
+    ) {
+        for action in actions.list.drain(..) {
+            match action {
+                handler::Action::Send(frame) => {
+                    if let Err(SendError::Backlog) = ctx.send_frame(conn, frame) {
+                        self.hub.stats[self.worker]
+                            .slow_consumer_closes
+                            .fetch_add(1, Ordering::Relaxed);
+                        ctx.close(
+                            conn,
+                            CloseCode::POLICY_VIOLATION,
+                            "too slow: send backlog over limit",
+                        );
+                    }
+                }
+                handler::Action::Subscribe(topic) => {
+                    self.subscribe(ctx, conn, &topic);
+                }
+                handler::Action::Unsubscribe(topic) => {
+                    self.unsubscribe(ctx, conn, &topic);
+                }
+                handler::Action::Publish(topic, frame) => {
+                    self.publish(ctx, &topic, frame);
+                }
+                handler::Action::Close(code, reason) => ctx.close(conn, code, &reason),
+            }
+        }
+        self.scratch_actions = actions;
+    }
+}
+
+/// The topic a path names: the path without its leading `/`, and `/` for the root, so that
+/// `ws://host/room-a` and `POST /publish/room-a` meet in topic `room-a`.
+pub fn topic_of_path(path: &str) -> &str {
+    match path.strip_prefix('/') {
+        Some("") | None => "/",
+        Some(topic) => topic,
+    }
+}
+
+/// Encodes a server frame once, for any number of receivers.
+pub(crate) fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    encode_frame(opcode, true, payload, None)
+}
