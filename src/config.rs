@@ -22,10 +22,11 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// 2 KiB receive buffers: larger than most messages of chat-like traffic, and bundles let one
 /// receive fill several of them when more arrives.
 pub const DEFAULT_RECV_BUFFER_BYTES: usize = 2048;
-/// 512 receive buffers per worker (1 MiB), shared by all its connections. The kernel cycles
-/// through every buffer of the ring, so all of it becomes resident: this is a fixed cost per
-/// worker, and it is what bounds the user-space bytes per idle connection at small counts.
-pub const DEFAULT_RECV_BUFFERS: u16 = 512;
+/// 256 receive buffers per worker (512 KiB), shared by all its connections. The kernel cycles
+/// through every buffer of the ring, so all of it becomes resident: a fixed cost per worker.
+/// Buffers go back to the ring as soon as the protocol has read them, so 256 cover 256
+/// receives per loop turn; past that a receive waits a turn (counted as starvation).
+pub const DEFAULT_RECV_BUFFERS: u16 = 256;
 /// Submission queue entries per ring; the completion queue is sized at 4x this.
 pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 
