@@ -209,7 +209,7 @@ fn main() {
             std::process::exit(1);
         });
         stream.set_nonblocking(true).expect("nonblocking");
-        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut rbuf = vec![0u8; (64 * 1024).max(size + 14)];
         rbuf[..rest.len()].copy_from_slice(&rest);
         epoll_ctl(ep, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLIN as u32, i as u64);
         conns.push(Conn {
