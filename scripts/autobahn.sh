@@ -188,8 +188,12 @@ else
             log "cargo build --release"
             (cd "$ROOT" && cargo build --release --bin uringcast)
         fi
-        [ -x "$ROOT/target/release/uringcast" ] || die "target/release/uringcast not found"
-        server_cmd=("$ROOT/target/release/uringcast" --listen 127.0.0.1:0 --mode echo --workers 2
+        # Honour CARGO_TARGET_DIR (and any configured target dir) as cargo does.
+        target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps 2>/dev/null \
+          | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])' 2>/dev/null) \
+          || target_dir="$ROOT/target"
+        [ -x "$target_dir/release/uringcast" ] || die "$target_dir/release/uringcast not found"
+        server_cmd=("$target_dir/release/uringcast" --listen 127.0.0.1:0 --mode echo --workers 2
                     --max-message-bytes 16777216)
     fi
     log "starting: ${server_cmd[*]}"
