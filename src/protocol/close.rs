@@ -61,7 +61,8 @@ impl From<u16> for CloseCode {
 pub enum CloseState {
     /// Data flows both ways.
     Open,
-    /// We sent a close frame and wait for the peer's; incoming data messages are discarded.
+    /// We sent a close frame and wait for the peer's. Incoming messages are still delivered,
+    /// but nothing more may be sent: no data, no pongs (§5.5.1).
     CloseSent,
     /// Both close frames are accounted for, or the connection was failed: read nothing more.
     /// The TCP connection may be shut once the queued frames are sent (§7.1.1: the server
