@@ -1,0 +1,572 @@
+//! What a run measured, as text for people and JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::capacity::Capacity;
+
+/// Why a connection never reached a verified 101.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Failure {
+    /// `ECONNREFUSED`: nothing listening, or the accept queue overflowed with resets on.
+    Refused,
+    /// No verified response within the handshake timeout, or `ETIMEDOUT`.
+    Timeout,
+    /// A response that is not a valid 101 for our request.
+    BadHandshake,
+    /// Reset or closed by the server before the response.
+    Reset,
+    /// No local port left on the source address (`EADDRINUSE`, `EADDRNOTAVAIL`).
+    NoPort,
+    /// Anything else; the details name the operation and errno.
+    Other,
+}
+
+impl Failure {
+    /// Every kind, in report order.
+    pub const ALL: [Self; 6] = [
+        Self::Refused,
+        Self::Timeout,
+        Self::BadHandshake,
+        Self::Reset,
+        Self::NoPort,
+        Self::Other,
+    ];
+
+    /// The JSON key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Refused => "refused",
+            Self::Timeout => "timeout",
+            Self::BadHandshake => "bad_handshake",
+            Self::Reset => "reset",
+            Self::NoPort => "no_port",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Failures counted by kind, with a few words on each distinct cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Failures {
+    counts: [u64; Failure::ALL.len()],
+    /// `"connect: Connection refused (os error 111)"` → count.
+    pub details: BTreeMap<String, u64>,
+}
+
+impl Failures {
+    /// Counts one failure of `kind` for `detail`.
+    pub fn add(&mut self, kind: Failure, detail: String) {
+        self.counts[kind as usize] += 1;
+        *self.details.entry(detail).or_default() += 1;
+    }
+
+    /// The count of one kind.
+    pub fn count(&self, kind: Failure) -> u64 {
+        self.counts[kind as usize]
+    }
+
+    /// All failures.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Adds another thread's failures.
+    pub fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+        for (detail, count) in &other.details {
+            *self.details.entry(detail.clone()).or_default() += count;
+        }
+    }
+}
+
+/// The usual quantiles of a latency histogram, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencySummary {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// 99.99th percentile.
+    pub p9999: u64,
+    /// Largest value.
+    pub max: u64,
+    /// Number of values.
+    pub count: u64,
+}
+
+impl LatencySummary {
+    /// Summarises `histogram` (values in microseconds).
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: histogram.value_at_quantile(0.50),
+            p90: histogram.value_at_quantile(0.90),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            p9999: histogram.value_at_quantile(0.9999),
+            max: histogram.max(),
+            count: histogram.len(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "p50": self.p50, "p90": self.p90, "p99": self.p99, "p999": self.p999,
+            "p9999": self.p9999, "max": self.max, "count": self.count,
+        })
+    }
+}
+
+/// The server's and the kernel's cost, from `/proc`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ServerUsage {
+    /// The server's pid.
+    pub pid: u32,
+    /// CPU seconds (user + system) the server used from before the ramp to the hold sample.
+    pub cpu_s: f64,
+    /// CPU seconds the server used from the hold sample until it went idle after the close.
+    pub close_cpu_s: Option<f64>,
+    /// Server RSS before the ramp.
+    pub rss_before_bytes: u64,
+    /// Server RSS at the hold sample.
+    pub rss_bytes: u64,
+    /// Kernel slab before the ramp (system-wide).
+    pub slab_before_bytes: u64,
+    /// Kernel slab at the hold sample.
+    pub slab_bytes: u64,
+}
+
+impl ServerUsage {
+    /// RSS growth per open connection, if any are open.
+    pub fn rss_per_conn(&self, open: u64) -> Option<f64> {
+        per_conn(self.rss_before_bytes, self.rss_bytes, open)
+    }
+
+    /// Slab growth per open connection (both ends of each loopback connection).
+    pub fn slab_per_conn(&self, open: u64) -> Option<f64> {
+        per_conn(self.slab_before_bytes, self.slab_bytes, open)
+    }
+}
+
+fn per_conn(before: u64, after: u64, open: u64) -> Option<f64> {
+    (open > 0).then(|| (after as f64 - before as f64) / open as f64)
+}
+
+/// The settings a run was made with, as reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SettingsSummary {
+    /// The target URL.
+    pub url: String,
+    /// Connections asked for.
+    pub connections: u64,
+    /// Connections opened per second during the ramp.
+    pub rate: f64,
+    /// Hold time after the ramp.
+    pub hold: Duration,
+    /// Client threads.
+    pub threads: usize,
+    /// Source addresses (empty: the kernel picks).
+    pub sources: Vec<String>,
+    /// Handshake timeout.
+    pub handshake_timeout: Duration,
+    /// Time allowed for the closing handshake at the end.
+    pub close_timeout: Duration,
+    /// Whether `IP_BIND_ADDRESS_NO_PORT` was set before binding.
+    pub bind_no_port: bool,
+}
+
+/// Internal counters that should stay at 0; reported so a bug cannot hide.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// Completions for a slot already reused.
+    pub stale_completions: u64,
+    /// Multishot receives ended by an empty buffer ring (re-armed).
+    pub recv_buffer_starvation: u64,
+    /// Completions the kernel dropped (completion queue overflow).
+    pub cq_overflow: u64,
+    /// Rings closed with operations still in flight (their buffers leaked on purpose).
+    pub rings_leaked: u64,
+    /// Client threads that never reported: the report lacks their figures.
+    pub threads_missing: u64,
+}
+
+/// Everything a `connect` run measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectReport {
+    /// How the run was made.
+    pub settings: SettingsSummary,
+    /// What the run could hold.
+    pub capacity: Capacity,
+    /// Connections open at the hold sample.
+    pub reached: u64,
+    /// Handshakes verified in all.
+    pub established: u64,
+    /// Established connections the server closed or reset before the end.
+    pub dropped: Failures,
+    /// Connections that never reached a verified 101.
+    pub failed: Failures,
+    /// Connections closed at the end with a completed closing handshake.
+    pub closed_clean: u64,
+    /// Connections closed at the end without one (timeout or error).
+    pub closed_forced: u64,
+    /// Connections still open when their thread gave up waiting (closed as its ring went).
+    pub closed_abandoned: u64,
+    /// Time from the first connection to the last close.
+    pub duration: Duration,
+    /// Time from the first connection until every handshake had finished.
+    pub ramp: Duration,
+    /// Time held after the ramp.
+    pub hold: Duration,
+    /// Handshake latency, connect submission to verified 101.
+    pub latency: LatencySummary,
+    /// TCP connect latency, connect submission to the connect's completion.
+    pub connect_latency: LatencySummary,
+    /// Closing handshake latency at the end: our close frame queued to the server's FIN.
+    pub close_latency: LatencySummary,
+    /// Server and kernel cost, with `--server-pid`.
+    pub server: Option<ServerUsage>,
+    /// Kernel slab before the ramp and at the hold sample, always measured.
+    pub slab: Option<(u64, u64)>,
+    /// This process's RSS at the hold sample.
+    pub client_rss_bytes: Option<u64>,
+    /// Counters that should be 0.
+    pub diagnostics: Diagnostics,
+}
+
+impl ConnectReport {
+    /// Whether every asked-for connection was open at the hold sample, and every thread
+    /// reported (a report missing a thread is not a success).
+    pub fn target_reached(&self) -> bool {
+        self.reached >= self.settings.connections && self.diagnostics.threads_missing == 0
+    }
+
+    /// The report as JSON (the `--json` file).
+    pub fn json(&self) -> Value {
+        let s = &self.settings;
+        let failures = |f: &Failures| {
+            let mut map = serde_json::Map::new();
+            for kind in Failure::ALL {
+                map.insert(kind.name().into(), f.count(kind).into());
+            }
+            Value::Object(map)
+        };
+        let server = self.server.map(|u| {
+            json!({
+                "pid": u.pid,
+                "cpu_s": u.cpu_s,
+                "close_cpu_s": u.close_cpu_s,
+                "rss_bytes": u.rss_bytes,
+                "rss_before_bytes": u.rss_before_bytes,
+                "rss_per_conn_bytes": u.rss_per_conn(self.reached),
+                "slab_bytes": u.slab_bytes,
+                "slab_before_bytes": u.slab_before_bytes,
+                "slab_per_conn_bytes": u.slab_per_conn(self.reached),
+            })
+        });
+        json!({
+            "scenario": "connect",
+            "settings": {
+                "url": s.url,
+                "connections": s.connections,
+                "rate": s.rate,
+                "duration_s": s.hold.as_secs_f64(),
+                "threads": s.threads,
+                "sources": s.sources,
+                "handshake_timeout_s": s.handshake_timeout.as_secs_f64(),
+                "close_timeout_s": s.close_timeout.as_secs_f64(),
+                "bind_address_no_port": s.bind_no_port,
+            },
+            "capacity": {
+                "slots_per_thread": self.capacity.slots_per_thread,
+                "slots": self.capacity.slots(),
+                "sources": self.capacity.sources,
+                "ports_per_source": self.capacity.ports_per_source,
+                "ports": self.capacity.ports(),
+                "reachable": self.capacity.reachable(),
+            },
+            "connections": {
+                "target": s.connections,
+                "reached": self.reached,
+                "established": self.established,
+                "failed": failures(&self.failed),
+                "failure_details": self.failed.details,
+                "dropped": self.dropped.total(),
+                "drop_details": self.dropped.details,
+                "closed_clean": self.closed_clean,
+                "closed_forced": self.closed_forced,
+                "closed_abandoned": self.closed_abandoned,
+            },
+            "duration_s": self.duration.as_secs_f64(),
+            "ramp_s": self.ramp.as_secs_f64(),
+            "hold_s": self.hold.as_secs_f64(),
+            "latency_us": self.latency.json(),
+            "connect_latency_us": self.connect_latency.json(),
+            "close_latency_us": self.close_latency.json(),
+            "server": server,
+            "kernel": self.slab.map(|(before, hold)| json!({
+                "slab_before_bytes": before,
+                "slab_bytes": hold,
+                "slab_per_conn_bytes": per_conn(before, hold, self.reached),
+            })),
+            "client": { "rss_bytes": self.client_rss_bytes },
+            "diagnostics": {
+                "stale_completions": self.diagnostics.stale_completions,
+                "recv_buffer_starvation": self.diagnostics.recv_buffer_starvation,
+                "cq_overflow": self.diagnostics.cq_overflow,
+                "rings_leaked": self.diagnostics.rings_leaked,
+                "threads_missing": self.diagnostics.threads_missing,
+            },
+        })
+    }
+
+    /// The report as text.
+    pub fn text(&self) -> String {
+        let s = &self.settings;
+        let mut out = String::new();
+        let sources = if s.sources.is_empty() {
+            "source chosen by the kernel".to_owned()
+        } else {
+            format!("{} source addresses", s.sources.len())
+        };
+        let _ = writeln!(
+            out,
+            "connect {}: {} connections at {}/s, hold {:.1} s, {} threads, {sources}",
+            s.url,
+            s.connections,
+            s.rate,
+            s.hold.as_secs_f64(),
+            s.threads
+        );
+        let _ = writeln!(
+            out,
+            "reached   {} of {} open at hold (established {}, dropped by the server {})",
+            self.reached,
+            s.connections,
+            self.established,
+            self.dropped.total()
+        );
+        let _ = write!(out, "failed    {}", self.failed.total());
+        let kinds: Vec<String> = Failure::ALL
+            .iter()
+            .map(|k| format!("{} {}", k.name(), self.failed.count(*k)))
+            .collect();
+        let _ = writeln!(out, " ({})", kinds.join(", "));
+        for (detail, count) in self.failed.details.iter().chain(&self.dropped.details) {
+            let _ = writeln!(out, "          {count} x {detail}");
+        }
+        let l = &self.latency;
+        let _ = writeln!(
+            out,
+            "handshake µs (connect submitted → 101 verified): p50 {} p90 {} p99 {} p99.9 {} \
+             p99.99 {} max {} (n={})",
+            l.p50, l.p90, l.p99, l.p999, l.p9999, l.max, l.count
+        );
+        let c = &self.connect_latency;
+        let _ = writeln!(
+            out,
+            "tcp connect µs (connect submitted → completed):  p50 {} p90 {} p99 {} p99.9 {} \
+             p99.99 {} max {}",
+            c.p50, c.p90, c.p99, c.p999, c.p9999, c.max
+        );
+        let c = &self.close_latency;
+        let _ = writeln!(
+            out,
+            "close µs (close frame queued → server FIN):     p50 {} p90 {} p99 {} p99.9 {} \
+             p99.99 {} max {}",
+            c.p50, c.p90, c.p99, c.p999, c.p9999, c.max
+        );
+        if let Some(u) = &self.server {
+            let _ = writeln!(
+                out,
+                "server    pid {}: cpu {:.2} s to the hold sample, {} s closing; RSS {} → {} \
+                 ({} per connection)",
+                u.pid,
+                u.cpu_s,
+                u.close_cpu_s
+                    .map_or_else(|| "n/a".to_owned(), |s| format!("{s:.2}")),
+                mib(u.rss_before_bytes),
+                mib(u.rss_bytes),
+                bytes_per_conn(u.rss_per_conn(self.reached)),
+            );
+        }
+        if let Some((before, hold)) = self.slab {
+            let _ = writeln!(
+                out,
+                "kernel    Slab {} → {} ({} per connection, both ends of the loopback pair)",
+                mib(before),
+                mib(hold),
+                bytes_per_conn(per_conn(before, hold, self.reached)),
+            );
+        }
+        if let Some(rss) = self.client_rss_bytes {
+            let _ = writeln!(out, "client    RSS {}", mib(rss));
+        }
+        let _ = writeln!(
+            out,
+            "closed    {} clean, {} forced, {} abandoned; run {:.1} s (ramp {:.1} s, hold {:.1} s)",
+            self.closed_clean,
+            self.closed_forced,
+            self.closed_abandoned,
+            self.duration.as_secs_f64(),
+            self.ramp.as_secs_f64(),
+            self.hold.as_secs_f64()
+        );
+        let d = &self.diagnostics;
+        if *d != Diagnostics::default() {
+            let _ = writeln!(
+                out,
+                "warning   stale completions {}, buffer starvation {}, CQ overflow {}, rings \
+                 leaked {}, threads missing {}",
+                d.stale_completions,
+                d.recv_buffer_starvation,
+                d.cq_overflow,
+                d.rings_leaked,
+                d.threads_missing
+            );
+        }
+        out
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn bytes_per_conn(value: Option<f64>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0} B"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> ConnectReport {
+        let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        for v in 1..=1000 {
+            histogram.record(v).unwrap();
+        }
+        let mut failed = Failures::default();
+        failed.add(Failure::Refused, "connect: refused".into());
+        failed.add(Failure::Refused, "connect: refused".into());
+        failed.add(Failure::Timeout, "no 101 within 10 s".into());
+        ConnectReport {
+            settings: SettingsSummary {
+                url: "ws://127.0.0.1:9001/".into(),
+                connections: 100,
+                rate: 1000.0,
+                hold: Duration::from_secs(1),
+                threads: 2,
+                sources: vec![],
+                handshake_timeout: Duration::from_secs(10),
+                close_timeout: Duration::from_secs(5),
+                bind_no_port: false,
+            },
+            capacity: Capacity {
+                threads: 2,
+                slots_per_thread: 20_000,
+                sources: 1,
+                ports_per_source: 28_232,
+            },
+            reached: 97,
+            established: 97,
+            dropped: Failures::default(),
+            failed,
+            closed_clean: 97,
+            closed_forced: 0,
+            closed_abandoned: 0,
+            duration: Duration::from_secs(2),
+            ramp: Duration::from_millis(100),
+            hold: Duration::from_secs(1),
+            latency: LatencySummary::of(&histogram),
+            connect_latency: LatencySummary::default(),
+            close_latency: LatencySummary::default(),
+            server: Some(ServerUsage {
+                pid: 1,
+                cpu_s: 0.5,
+                close_cpu_s: Some(0.1),
+                rss_before_bytes: 1000,
+                rss_bytes: 1000 + 97 * 100,
+                slab_before_bytes: 0,
+                slab_bytes: 97 * 1000,
+            }),
+            slab: Some((0, 97 * 1000)),
+            client_rss_bytes: Some(1 << 20),
+            diagnostics: Diagnostics::default(),
+        }
+    }
+
+    #[test]
+    fn summary_quantiles() {
+        let l = report().latency;
+        assert_eq!(l.count, 1000);
+        assert_eq!(l.p50, 500);
+        assert_eq!(l.max, 1000);
+        assert!(l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.p9999);
+        assert_eq!(
+            LatencySummary::of(&Histogram::new(3).unwrap()),
+            LatencySummary::default()
+        );
+    }
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let r = report();
+        let j = r.json();
+        assert_eq!(j["scenario"], "connect");
+        assert_eq!(j["connections"]["target"], 100);
+        assert_eq!(j["connections"]["reached"], 97);
+        assert_eq!(j["connections"]["failed"]["refused"], 2);
+        assert_eq!(j["connections"]["failed"]["timeout"], 1);
+        assert_eq!(j["connections"]["failed"]["bad_handshake"], 0);
+        assert_eq!(j["connections"]["failed"]["reset"], 0);
+        assert_eq!(j["latency_us"]["count"], 1000);
+        for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+            assert!(j["latency_us"][key].is_u64(), "{key}");
+        }
+        assert_eq!(j["server"]["pid"], 1);
+        assert_eq!(j["server"]["rss_per_conn_bytes"], 100.0);
+        assert_eq!(j["server"]["slab_per_conn_bytes"], 1000.0);
+        assert!(j["duration_s"].is_f64());
+        assert_eq!(j["settings"]["threads"], 2);
+        assert!(!r.target_reached());
+        let text = r.text();
+        assert!(text.contains("reached   97 of 100"), "{text}");
+        assert!(text.contains("2 x connect: refused"), "{text}");
+    }
+
+    #[test]
+    fn json_server_is_null_without_a_pid() {
+        let mut r = report();
+        r.server = None;
+        r.reached = 0;
+        let j = r.json();
+        assert!(j["server"].is_null());
+        assert!(j["kernel"]["slab_per_conn_bytes"].is_null());
+    }
+
+    #[test]
+    fn failures_merge() {
+        let mut a = Failures::default();
+        a.add(Failure::Reset, "x".into());
+        let mut b = Failures::default();
+        b.add(Failure::Reset, "x".into());
+        b.add(Failure::Other, "y".into());
+        a.merge(&b);
+        assert_eq!(a.count(Failure::Reset), 2);
+        assert_eq!(a.total(), 3);
+        assert_eq!(a.details["x"], 2);
+    }
+}
