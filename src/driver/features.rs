@@ -91,6 +91,11 @@ fn explain_setup_error(error: &io::Error) -> String {
     let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
         .ok()
         .and_then(|s| s.trim().parse::<u8>().ok());
+    explain(error, sysctl)
+}
+
+/// The explanation for an `io_uring_setup` error, given `kernel.io_uring_disabled`.
+fn explain(error: &io::Error, sysctl: Option<u8>) -> String {
     match (error.raw_os_error(), sysctl) {
         (Some(libc::ENOSYS), _) => "the kernel was built without io_uring (ENOSYS)".into(),
         (_, Some(2)) => "disabled for all processes by sysctl kernel.io_uring_disabled=2".into(),
@@ -104,5 +109,31 @@ fn explain_setup_error(error: &io::Error) -> String {
                 .into()
         }
         _ => format!("io_uring_setup failed: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn setup_refusals_name_their_cause() {
+        let eperm = io::Error::from_raw_os_error(libc::EPERM);
+        assert!(explain(&eperm, Some(2)).contains("kernel.io_uring_disabled=2"));
+        assert!(explain(&eperm, Some(1)).contains("io_uring_group"));
+        assert!(explain(&eperm, Some(0)).contains("seccomp"));
+        let enosys = io::Error::from_raw_os_error(libc::ENOSYS);
+        assert!(explain(&enosys, None).contains("without io_uring"));
+    }
+
+    #[test]
+    fn this_kernel_has_what_the_server_needs() {
+        match Features::probe() {
+            Ok(features) => eprintln!("{features:?}"),
+            Err(FeatureError::Unavailable { reason, .. }) => {
+                eprintln!("SKIP this_kernel_has_what_the_server_needs: {reason}")
+            }
+            Err(error) => panic!("{error}"),
+        }
     }
 }
