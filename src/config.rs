@@ -65,7 +65,8 @@ pub struct Config {
     pub max_message_bytes: u64,
     /// Largest request head.
     pub max_head_bytes: usize,
-    /// Bytes of frames queued per connection beyond one frame in flight.
+    /// Bytes of frames queued per connection, counting those of the send in flight until the
+    /// kernel reports them sent; one frame of any size is admitted into an empty queue.
     pub max_backlog_bytes: usize,
     /// Time allowed to complete the opening handshake.
     pub handshake_timeout: Duration,

@@ -95,6 +95,14 @@ impl ServerHandle {
         crate::broadcast::metrics::render(&self.hub)
     }
 
+    /// A cloneable publisher for other threads, usable while another thread waits on
+    /// [`wait`](Self::wait) or [`shutdown`](Self::shutdown).
+    pub fn publisher(&self) -> Publisher {
+        Publisher {
+            hub: Arc::clone(&self.hub),
+        }
+    }
+
     /// Publishes a message to every subscriber of `topic` on every worker, from any thread.
     /// The frame is encoded once. Returns the workers it was handed to (a worker whose
     /// mailbox is full drops it and counts the drop).
@@ -117,6 +125,29 @@ impl ServerHandle {
                 warn!("a worker panicked");
             }
         }
+    }
+}
+
+/// Publishes to a running server from any thread; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    hub: Arc<Hub>,
+}
+
+impl Publisher {
+    /// Publishes a message to every subscriber of `topic` on every worker; the frame is
+    /// encoded once. Returns the workers it was handed to (0 once the server has stopped).
+    pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> usize {
+        if !self.is_running() {
+            return 0;
+        }
+        let frame = crate::broadcast::frame(opcode, payload);
+        self.hub.post(&Arc::from(topic), &frame, None)
+    }
+
+    /// Whether the server is still running (no shutdown has begun).
+    pub fn is_running(&self) -> bool {
+        !self.hub.stopping()
     }
 }
 

@@ -177,3 +177,64 @@ fn plain_descriptor_fallback_serves_and_closes() -> Result<()> {
     }
     Ok(())
 }
+
+/// Pongs count against the send backlog: a client that floods pings and never reads is
+/// closed (1008), and the server's memory stays bounded.
+#[test]
+fn ping_flood_without_reading_is_bounded() -> Result<()> {
+    let server = Server::start(&[
+        "--workers",
+        "1",
+        "--max-backlog-bytes",
+        "65536",
+        "--drain-timeout",
+        "1",
+    ])?;
+    let rss = |pid: u32| -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let line = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .context("no VmRSS")?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("no value")?
+            .parse::<u64>()?
+            * 1024)
+    };
+    let before = rss(server.pid())?;
+    let mut client = RawClient::upgrade(server.addr())?;
+    // SAFETY: setsockopt on our own open socket with a valid int.
+    unsafe {
+        let small: libc::c_int = 4096;
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&client.stream),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&small as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    let ping = client_frame(uringcast::protocol::OpCode::Ping, true, &[b'p'; 125]);
+    let burst: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    let mut sent = 0usize;
+    // 40 MB of pings, unless the server ends the connection first (a write then fails).
+    while sent < 40 << 20 {
+        if client.send(&burst).is_err() {
+            break;
+        }
+        sent += burst.len();
+    }
+    let after = rss(server.pid())?;
+    ensure!(
+        after < before + (16 << 20),
+        "server RSS grew from {before} to {after} bytes after {sent} bytes of pings"
+    );
+    Ok(())
+}

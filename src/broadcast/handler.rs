@@ -197,8 +197,29 @@ impl Endpoints {
             ("POST", path) if path.starts_with("/publish/") => Admission::Http {
                 max_body_bytes: self.max_publish_bytes,
             },
-            _ => Admission::Http { max_body_bytes: 0 },
+            // Wrong methods and unknown paths are answered from the head: any body they
+            // carry is never read, so it cannot earn a 413 instead of the right status.
+            (_, path) => Admission::Respond(Self::refusal(path)),
         }
+    }
+
+    /// The 404 or 405 (with `Allow`, RFC 9110 §15.5.6) for a request no endpoint takes.
+    fn refusal(path: &str) -> Vec<u8> {
+        let (status, reason, allow, body) = match path {
+            "/healthz" | "/metrics" => (405, "Method Not Allowed", Some("GET"), "use GET\n"),
+            p if p.starts_with("/publish/") => {
+                (405, "Method Not Allowed", Some("POST"), "use POST\n")
+            }
+            _ => (404, "Not Found", None, "not found\n"),
+        };
+        let headers: Vec<(&str, &str)> = allow.map(|a| ("Allow", a)).into_iter().collect();
+        http_response(
+            status,
+            reason,
+            &headers,
+            Some("text/plain; charset=utf-8"),
+            body.as_bytes(),
+        )
     }
 
     /// Answers a request whose body has arrived.

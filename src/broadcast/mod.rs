@@ -88,6 +88,11 @@ impl Hub {
         posted
     }
 
+    /// Whether the server is shutting down or stopped.
+    pub(crate) fn stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Acquire)
+    }
+
     /// Subscribers of `topic` on all workers, as last counted by each.
     pub(crate) fn subscriber_count(&self, topic: &str) -> u64 {
         self.stats.iter().map(|s| s.topic_count(topic)).sum()

@@ -116,6 +116,14 @@ impl<D: Default> Conn<D> {
 }
 
 impl<D> Conn<D> {
+    /// Lists the connection for this turn's flush, once.
+    pub(crate) fn mark_dirty_in(&mut self, dirty: &mut Vec<usize>, key: usize) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+    }
+
     /// Nothing of this connection is left in the kernel: the slot may be freed.
     pub(crate) fn is_quiescent(&self) -> bool {
         !self.recv_armed && !self.send_in_flight && self.pending_ops == 0

@@ -29,6 +29,8 @@ pub enum Admission {
     },
     /// Refuse with this HTTP status (and close).
     Reject(u16),
+    /// Answer with this complete HTTP response without reading a body (and close).
+    Respond(Vec<u8>),
     /// A plain HTTP request: read its body (at most `max_body_bytes`, else 413) and hand it
     /// to [`Service::on_http`].
     Http {

@@ -1044,6 +1044,7 @@ fn receive<S: Service>(
                 debug!(status, "request rejected by the service");
                 return respond(conn, http_response(status, reason(status), &[], None, b""));
             }
+            Admission::Respond(response) => return respond(conn, response),
             Admission::Http { max_body_bytes } => match request.body_length() {
                 Ok(length) if length.unwrap_or(0) <= max_body_bytes as u64 => {
                     conn.stage = Stage::Http {
@@ -1092,8 +1093,21 @@ fn receive<S: Service>(
                 service.on_message(ctx, id, opcode, &payload);
             }
             Read::Ping { pong, .. } => {
+                // Pongs count against the backlog: a client that pings and never reads must
+                // not grow the queue without bound.
                 if let Some(pong) = pong {
-                    conn.queue.push_unbounded(pong);
+                    if conn.queue.push(pong, ctx.max_backlog_bytes) {
+                        conn.mark_dirty_in(ctx.dirty, key);
+                    } else {
+                        ctx.stats
+                            .slow_consumer_closes
+                            .fetch_add(1, Ordering::Relaxed);
+                        ctx.close(
+                            id,
+                            CloseCode::POLICY_VIOLATION,
+                            "too slow: send backlog over limit",
+                        );
+                    }
                 }
             }
             Read::Pong(_) => {}
