@@ -13,27 +13,22 @@
 //! ws.onmessage = (e) => console.log(JSON.parse(e.data));
 //! ```
 //!
-//! Ctrl-C closes every connection with 1001; the ticker sees the workers gone and stops.
+//! Ctrl-C closes every connection with 1001; the ticker sees the server stopping and stops.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uringcast::broadcast::{Connection, Handler, Message};
 use uringcast::protocol::handshake::Request;
 use uringcast::protocol::OpCode;
-use uringcast::server::{spawn_with, Server, ServerHandle};
+use uringcast::server::{spawn_with, Publisher, Server};
 
 const TOPIC: &str = "ticks";
 const INTERVAL: Duration = Duration::from_millis(100);
 
 /// Subscribes every connection to [`TOPIC`]; clients only listen.
 #[derive(Clone)]
-struct Ticker {
-    /// One strong count per worker's clone of the handler: when every worker has exited,
-    /// the ticker's `Weak` no longer upgrades.
-    _workers_alive: Arc<()>,
-}
+struct Ticker;
 
 impl Handler for Ticker {
     type Data = ();
@@ -55,31 +50,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .listen(listen)
         .handle_signals(true)
         .build()?;
-    let alive = Arc::new(());
-    let workers_alive = Arc::downgrade(&alive);
-    let server = spawn_with(
-        config,
-        Ticker {
-            _workers_alive: alive,
-        },
-    )?;
+    let server = spawn_with(config, Ticker)?;
     println!("listening on {}", server.local_addr());
-
-    // The ticker owns the handle while it publishes, and hands it back once the server has
-    // stopped (after Ctrl-C), so `wait` can join the workers.
+    let publisher = server.publisher();
     let ticker = std::thread::Builder::new()
         .name("ticker".into())
-        .spawn(move || tick(&server, &workers_alive).map(|()| server))?;
-    let server = ticker.join().map_err(|_| "the ticker thread panicked")??;
+        .spawn(move || tick(&publisher))?;
+    // Returns after Ctrl-C, once every connection got its 1001 and the workers exited.
     server.wait();
+    ticker.join().map_err(|_| "the ticker thread panicked")??;
     Ok(())
 }
 
-/// Publishes a tick every [`INTERVAL`] until the workers are gone.
-fn tick(server: &ServerHandle, workers_alive: &Weak<()>) -> Result<(), String> {
+/// Publishes a tick every [`INTERVAL`] until the server stops.
+fn tick(publisher: &Publisher) -> Result<(), String> {
     let mut price: f64 = 100.0;
     let mut seq: u64 = 0;
-    while workers_alive.strong_count() > 0 {
+    while publisher.is_running() {
         // A deterministic wobble stands in for a market feed.
         price = (price + ((seq * 7919) % 41) as f64 / 100.0 - 0.2).max(1.0);
         let millis = SystemTime::now()
@@ -88,7 +75,7 @@ fn tick(server: &ServerHandle, workers_alive: &Weak<()>) -> Result<(), String> {
             .as_millis();
         let json =
             format!(r#"{{"symbol":"URNG","seq":{seq},"price":{price:.2},"time_ms":{millis}}}"#);
-        server.publish(TOPIC, OpCode::Text, json.as_bytes());
+        publisher.publish(TOPIC, OpCode::Text, json.as_bytes());
         seq += 1;
         std::thread::sleep(INTERVAL);
     }
