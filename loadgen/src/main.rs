@@ -1,17 +1,23 @@
 //! `uringcast-load`: a load generator for WebSocket servers on this machine, built on io_uring
 //! direct descriptors so one process can hold more connections than its descriptor limit.
 //!
-//! Scenarios: `connect` (open N idle connections at a rate, hold, close). Every run is bounded
-//! in count and time, targets loopback addresses only, and stops by itself.
+//! Scenarios: `connect` (open N idle connections at a rate, hold, close), `echo` (messages
+//! echoed and checked byte for byte, closed or open loop) and `broadcast` (subscribers checking
+//! every delivery of publishers' messages). Every run is bounded in count and time, targets
+//! loopback addresses only, and stops by itself.
 //!
-//! Exit codes: 0 when the run reached its target, 1 when it did not or failed, 2 for a bad URL
-//! or flag, or a target beyond what the flags and this machine's limits can hold.
+//! Exit codes: 0 when the run reached its target (and, for messages, every one arrived once,
+//! intact, in order), 1 when it did not or failed, 2 for a bad URL or flag, or a target beyond
+//! what the flags and this machine's limits can hold, 130 after Ctrl-C (with the summary).
 #![deny(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod capacity;
 mod error;
+mod hgrm;
+mod interrupt;
+mod plot;
 mod procfs;
 mod report;
 mod scenario;
@@ -23,12 +29,19 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use serde_json::json;
+use uringcast::protocol::OpCode;
 
 use crate::capacity::{Capacity, SystemLimits};
 use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
+use crate::report::{Loop, TrafficReport};
+use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, PublishUrl, Publishing};
 use crate::scenario::connect;
-use crate::uring::ClientFeatures;
+use crate::scenario::echo::{self, EchoWork, Pace};
+use crate::scenario::stamp::{Encoding, Stamper, BINARY_STAMP_BYTES};
+use crate::scenario::traffic::{self, NoSenders};
+use crate::uring::{ClientFeatures, RecvBuffers};
 
 /// A load generator for WebSocket servers on this machine (loopback only), on io_uring.
 #[derive(Parser, Debug)]
@@ -43,6 +56,113 @@ enum Scenario {
     /// Open N WebSocket connections at a steady rate, hold them idle, then close them;
     /// reports handshake latency and, with --server-pid, the server's memory and CPU cost.
     Connect(ConnectArgs),
+    /// Send messages on C connections and check every echo byte for byte: closed loop with
+    /// --inflight P per connection, or open loop at --rate R messages/s in total.
+    Echo(EchoArgs),
+    /// N subscribers on a topic, K publishers sending R messages/s in total (over WebSocket,
+    /// or HTTP with --publish-url); every delivery checked for loss, order and content.
+    Broadcast(BroadcastArgs),
+}
+
+/// Flags of every message scenario.
+#[derive(Args, Debug)]
+struct TrafficArgs {
+    /// Seconds of traffic (after every connection is up).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Client threads, each with its own ring, pinned to nothing (use taskset).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
+    /// [default: the kernel picks].
+    #[arg(long)]
+    source: Option<String>,
+    /// New connections per second while connecting, over all threads.
+    #[arg(long, default_value_t = traffic::DEFAULT_CONNECT_RATE)]
+    connect_rate: f64,
+    /// Seconds for a connection to reach a verified 101.
+    #[arg(long, default_value_t = connect::DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
+    handshake_timeout: f64,
+    /// Seconds to wait, after sending stops, for messages still in flight.
+    #[arg(long, default_value_t = traffic::DEFAULT_DRAIN_TIMEOUT_SECS)]
+    drain_timeout: f64,
+    /// Seconds for the closing handshakes at the end.
+    #[arg(long, default_value_t = connect::DEFAULT_CLOSE_TIMEOUT_SECS)]
+    close_timeout: f64,
+    /// The server's pid: report its CPU time and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also write the latency histogram as HdrHistogram percentile text (.hgrm, in ms).
+    #[arg(long)]
+    hdr: Option<PathBuf>,
+    /// Also draw the latency-by-percentile curve to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(ArgGroup::new("encoding").args(["text", "binary"])))]
+#[command(group(ArgGroup::new("pace").args(["inflight", "rate"])))]
+struct EchoArgs {
+    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    url: String,
+    /// Connections.
+    #[arg(long, default_value_t = echo::DEFAULT_CONNECTIONS)]
+    connections: u64,
+    /// Payload bytes per message (at least 24 binary, 48 text: the stamp).
+    #[arg(long, default_value_t = echo::DEFAULT_SIZE)]
+    size: usize,
+    /// Text messages (the payload is ASCII).
+    #[arg(long)]
+    text: bool,
+    /// Binary messages [the default].
+    #[arg(long)]
+    binary: bool,
+    /// Closed loop: messages in flight per connection [default: 1].
+    #[arg(long)]
+    inflight: Option<u32>,
+    /// Open loop: messages per second over all connections, on a fixed schedule.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[command(flatten)]
+    traffic: TrafficArgs,
+}
+
+#[derive(Args, Debug)]
+struct BroadcastArgs {
+    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    url: String,
+    /// Subscribers on the topic.
+    #[arg(long, default_value_t = broadcast::DEFAULT_SUBSCRIBERS)]
+    subscribers: u64,
+    /// The topic's path, replacing the URL's [default: the URL's path].
+    #[arg(long)]
+    path: Option<String>,
+    /// Messages published per second, over all publishers.
+    #[arg(long, default_value_t = broadcast::DEFAULT_RATE)]
+    rate: f64,
+    /// Payload bytes per message (at least 24: publisher id, sequence number, send time).
+    #[arg(long, default_value_t = broadcast::DEFAULT_SIZE)]
+    size: usize,
+    /// Publishers; 0: someone else publishes (each subscriber then expects every sequence
+    /// number between the first and last it saw).
+    #[arg(long, default_value_t = broadcast::DEFAULT_PUBLISHERS)]
+    publishers: u64,
+    /// Publish with HTTP POST to this URL (http://127.0.0.1:PORT/publish/TOPIC) instead of
+    /// WebSocket connections.
+    #[arg(long)]
+    publish_url: Option<String>,
+    /// Bearer token for --publish-url.
+    #[arg(long, requires = "publish_url")]
+    publish_token: Option<String>,
+    #[command(flatten)]
+    traffic: TrafficArgs,
 }
 
 #[derive(Args, Debug)]
@@ -89,18 +209,414 @@ const MAX_RATE: f64 = 1_000_000.0;
 const MAX_HOLD_SECS: f64 = 86_400.0;
 const MAX_TIMEOUT_SECS: f64 = 600.0;
 
+/// The largest message: far above any broadcast payload, and what a client accepts.
+const MAX_SIZE: usize = 16 << 20;
+const MAX_MESSAGE_RATE: f64 = 100_000_000.0;
+const MAX_INFLIGHT: u32 = 100_000;
+/// Exit code of a run stopped by Ctrl-C (after its summary).
+const EXIT_INTERRUPTED: i32 = 130;
+
 fn main() {
     let cli = Cli::parse();
-    let code = match cli.scenario {
-        Scenario::Connect(args) => match run_connect(args) {
-            Ok(code) => code,
-            Err(error) => {
-                eprintln!("uringcast-load: {error}");
-                error.exit_code()
-            }
-        },
+    interrupt::install();
+    let result = match cli.scenario {
+        Scenario::Connect(args) => run_connect(args),
+        Scenario::Echo(args) => run_echo(args),
+        Scenario::Broadcast(args) => run_broadcast(args),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("uringcast-load: {error}");
+            error.exit_code()
+        }
     };
     std::process::exit(code);
+}
+
+fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
+    let encoding = if args.text {
+        Encoding::Text
+    } else {
+        Encoding::Binary
+    };
+    let pace = match (args.inflight, args.rate) {
+        (_, Some(rate)) => {
+            positive("--rate", rate, MAX_MESSAGE_RATE)?;
+            Pace::Open { rate }
+        }
+        (inflight, None) => {
+            let inflight = inflight.unwrap_or(echo::DEFAULT_INFLIGHT);
+            range(
+                "--inflight",
+                f64::from(inflight),
+                1.0,
+                f64::from(MAX_INFLIGHT),
+            )?;
+            Pace::Closed { inflight }
+        }
+    };
+    size_in_range(
+        args.size,
+        encoding.stamp_bytes(),
+        "the stamp (connection id, sequence number, send time)",
+    )?;
+    let duration = args.traffic.duration.unwrap_or(echo::DEFAULT_DURATION_SECS);
+    let prepared = prepare(&args.url, None, args.connections, &args.traffic, duration)?;
+    let stamper = Stamper::new(encoding, args.size);
+    let opcode = match encoding {
+        Encoding::Text => OpCode::Text,
+        Encoding::Binary => OpCode::Binary,
+    };
+    let t = &args.traffic;
+    let settings_json = json!({
+        "url": prepared.settings.target.to_string(),
+        "connections": args.connections,
+        "size": args.size,
+        "encoding": match encoding { Encoding::Text => "text", Encoding::Binary => "binary" },
+        "inflight": match pace { Pace::Closed { inflight } => Some(inflight), Pace::Open { .. } => None },
+        "rate": match pace { Pace::Open { rate } => Some(rate), Pace::Closed { .. } => None },
+        "duration_s": duration,
+        "threads": prepared.settings.threads,
+        "sources": prepared.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "connect_rate": t.connect_rate,
+        "handshake_timeout_s": t.handshake_timeout,
+        "drain_timeout_s": t.drain_timeout,
+        "close_timeout_s": t.close_timeout,
+        "server_pid": t.server_pid,
+        "json": t.json,
+        "hdr": t.hdr,
+        "plot": t.plot,
+        "quiet": t.quiet,
+        "recv_bundle": prepared.features.recv_bundle,
+    });
+    let (loop_kind, pace_text) = match pace {
+        Pace::Closed { inflight } => (
+            Loop::Closed,
+            format!("closed loop, {inflight} in flight per connection"),
+        ),
+        Pace::Open { rate } => (Loop::Open, format!("open loop at {rate} messages/s")),
+    };
+    let headline = format!(
+        "echo {}: {} connections, {} B {} messages, {pace_text}, {:.1} s, {} thread(s)",
+        prepared.settings.target,
+        args.connections,
+        args.size,
+        match encoding {
+            Encoding::Text => "text",
+            Encoding::Binary => "binary",
+        },
+        duration,
+        prepared.settings.threads,
+    );
+    let outcome = traffic::run(
+        &prepared.settings,
+        prepared.features,
+        move |_, plan| EchoWork::new(plan, pace, opcode, stamper.clone()),
+        &mut NoSenders,
+    )?;
+    let report = TrafficReport {
+        scenario: "echo",
+        settings: settings_json,
+        pace: loop_kind,
+        headline,
+        unit: "echoes",
+        outcome,
+    };
+    finish(&report, t)
+}
+
+fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
+    size_in_range(
+        args.size,
+        BINARY_STAMP_BYTES,
+        "the stamp (publisher id, sequence number, send time)",
+    )?;
+    positive("--rate", args.rate, MAX_MESSAGE_RATE)?;
+    range(
+        "--subscribers",
+        args.subscribers as f64,
+        1.0,
+        MAX_CONNECTIONS as f64,
+    )?;
+    range("--publishers", args.publishers as f64, 0.0, 10_000.0)?;
+    let publish_url = args
+        .publish_url
+        .as_deref()
+        .map(str::parse::<PublishUrl>)
+        .transpose()?;
+    let publishing = match (&publish_url, args.publishers) {
+        (Some(_), 0) => {
+            return Err(LoadError::Usage(
+                "--publish-url needs at least one publisher (--publishers 1 or more)".into(),
+            ))
+        }
+        (Some(_), publishers) => Publishing::Http { publishers },
+        (None, 0) => Publishing::External,
+        (None, publishers) => Publishing::WebSocket { publishers },
+    };
+    let ws_publishers = match publishing {
+        Publishing::WebSocket { publishers } => publishers,
+        _ => 0,
+    };
+    let duration = args
+        .traffic
+        .duration
+        .unwrap_or(broadcast::DEFAULT_DURATION_SECS);
+    let connections = args.subscribers + ws_publishers;
+    let prepared = prepare(
+        &args.url,
+        args.path.as_deref(),
+        connections,
+        &args.traffic,
+        duration,
+    )?;
+    let stamper = Stamper::new(Encoding::Binary, args.size);
+    let t = &args.traffic;
+    let settings_json = json!({
+        "url": prepared.settings.target.to_string(),
+        "path": prepared.settings.target.path,
+        "subscribers": args.subscribers,
+        "publishers": args.publishers,
+        "publish": match publishing {
+            Publishing::WebSocket { .. } => "websocket",
+            Publishing::Http { .. } => "http",
+            Publishing::External => "external",
+        },
+        "publish_url": args.publish_url,
+        "publish_token": args.publish_token.as_ref().map(|_| "(set)"),
+        "rate": args.rate,
+        "size": args.size,
+        "duration_s": duration,
+        "threads": prepared.settings.threads,
+        "sources": prepared.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "connect_rate": t.connect_rate,
+        "handshake_timeout_s": t.handshake_timeout,
+        "drain_timeout_s": t.drain_timeout,
+        "close_timeout_s": t.close_timeout,
+        "server_pid": t.server_pid,
+        "json": t.json,
+        "hdr": t.hdr,
+        "plot": t.plot,
+        "quiet": t.quiet,
+        "recv_bundle": prepared.features.recv_bundle,
+    });
+    let who = match &publishing {
+        Publishing::WebSocket { publishers } => {
+            format!(
+                "{publishers} WebSocket publisher(s) at {} messages/s in total",
+                args.rate
+            )
+        }
+        Publishing::Http { publishers } => format!(
+            "{publishers} HTTP publisher(s) to {} at {} messages/s in total",
+            args.publish_url.as_deref().unwrap_or(""),
+            args.rate
+        ),
+        Publishing::External => "an outside publisher".to_owned(),
+    };
+    let headline = format!(
+        "broadcast {}: {} subscribers, {who}, {} B messages, {:.1} s, {} thread(s), open loop",
+        prepared.settings.target, args.subscribers, args.size, duration, prepared.settings.threads,
+    );
+    let subscribers = args.subscribers;
+    let rate = args.rate;
+    let work_publishing = publishing.clone();
+    let work_stamper = stamper.clone();
+    let work = move |_, plan| {
+        BroadcastWork::new(
+            plan,
+            subscribers,
+            work_publishing.clone(),
+            rate,
+            work_stamper.clone(),
+        )
+    };
+    let mut http = publish_url.map(|url| {
+        HttpSenders::new(
+            url,
+            args.publish_token.clone(),
+            args.publishers,
+            rate,
+            stamper,
+        )
+    });
+    let outcome = match &mut http {
+        Some(senders) => traffic::run(&prepared.settings, prepared.features, work, senders)?,
+        None => traffic::run(&prepared.settings, prepared.features, work, &mut NoSenders)?,
+    };
+    if let Some(error) = http.as_ref().and_then(HttpSenders::first_error) {
+        eprintln!("uringcast-load: first failed publish: {error}");
+    }
+    let report = TrafficReport {
+        scenario: "broadcast",
+        settings: settings_json,
+        pace: Loop::Open,
+        headline,
+        unit: "deliveries",
+        outcome,
+    };
+    finish(&report, t)
+}
+
+/// What every message scenario checks and sets up before its threads start.
+struct Prepared {
+    settings: traffic::Settings,
+    features: ClientFeatures,
+}
+
+fn prepare(
+    url: &str,
+    path: Option<&str>,
+    connections: u64,
+    args: &TrafficArgs,
+    duration: f64,
+) -> Result<Prepared, LoadError> {
+    let mut target: target::Target = url.parse()?;
+    if let Some(path) = path {
+        if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(LoadError::Usage(format!(
+                "--path {path:?} must start with / and hold no whitespace"
+            )));
+        }
+        target.path = path.to_owned();
+    }
+    let sources = match &args.source {
+        Some(spec) => source::parse_sources(spec)?,
+        None => Vec::new(),
+    };
+    if sources.iter().any(|s| s.is_ipv4() != target.addr.is_ipv4()) {
+        return Err(LoadError::Usage(format!(
+            "--source addresses must be of the same family as the target {}",
+            target.addr.ip()
+        )));
+    }
+    range(
+        "--connections",
+        connections as f64,
+        1.0,
+        MAX_CONNECTIONS as f64,
+    )?;
+    range("--threads", args.threads as f64, 1.0, MAX_THREADS as f64)?;
+    positive("--connect-rate", args.connect_rate, MAX_RATE)?;
+    let duration = seconds("--duration", duration, 0.0, MAX_HOLD_SECS)?;
+    let handshake_timeout = seconds(
+        "--handshake-timeout",
+        args.handshake_timeout,
+        0.001,
+        MAX_TIMEOUT_SECS,
+    )?;
+    let drain_timeout = seconds("--drain-timeout", args.drain_timeout, 0.0, MAX_TIMEOUT_SECS)?;
+    let close_timeout = seconds("--close-timeout", args.close_timeout, 0.0, MAX_TIMEOUT_SECS)?;
+    if let Some(pid) = args.server_pid {
+        procfs::ProcessSample::read(pid).map_err(|source| LoadError::ServerPid { pid, source })?;
+    }
+    let threads = args.threads.min(connections as usize);
+    let (soft, hard) = capacity::raise_descriptor_limit().map_err(|source| LoadError::Io {
+        what: "cannot raise RLIMIT_NOFILE".into(),
+        source,
+    })?;
+    let limits = SystemLimits::read().map_err(|source| LoadError::Io {
+        what: "cannot read the system's limits".into(),
+        source,
+    })?;
+    let capacity = Capacity {
+        threads: threads as u64,
+        slots_per_thread: limits.table_slots(),
+        sources: sources.len().max(1) as u64,
+        ports_per_source: limits.ports_per_source(),
+    };
+    println!(
+        "capacity: {capacity} (RLIMIT_NOFILE {soft}/{hard}, ports {}-{})",
+        limits.port_range.0, limits.port_range.1
+    );
+    capacity.check(connections)?;
+    let features = ClientFeatures::probe(!sources.is_empty())?;
+    // Two buffers per connection of a thread: every connection may get a frame in the same
+    // turn (a broadcast reaches all at once), and a starved receive costs a re-arm.
+    let per_thread = connections.div_ceil(threads as u64);
+    let recv = RecvBuffers {
+        count: (per_thread * 2).next_power_of_two().clamp(1024, 32_768) as u16,
+        bytes: RECV_BUFFER_BYTES,
+    };
+    Ok(Prepared {
+        settings: traffic::Settings {
+            target,
+            connections,
+            connect_rate: args.connect_rate,
+            duration,
+            threads,
+            sources,
+            handshake_timeout,
+            close_timeout,
+            drain_timeout,
+            server_pid: args.server_pid,
+            progress: !args.quiet,
+            recv,
+        },
+        features,
+    })
+}
+
+/// Receive buffers of 2 KiB: one small frame each, or with bundles a large one over several.
+const RECV_BUFFER_BYTES: usize = 2048;
+
+/// Prints the report and writes the files asked for; the exit code.
+fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> {
+    print!("{}", report.text());
+    let _ = std::io::stdout().flush();
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|source| LoadError::Io {
+            what: format!("cannot write {}", path.display()),
+            source,
+        })
+    };
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report.json()).expect("a JSON value serialises");
+        write(path, json + "\n")?;
+    }
+    if let Some(path) = &args.hdr {
+        write(path, hgrm::percentile_distribution(report.latency()))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!(
+            "{} latency by percentile ({} loop)",
+            report.scenario,
+            report.pace.name()
+        );
+        let svg = plot::latency_svg(report.latency(), &title).map_err(|e| LoadError::Io {
+            what: format!("cannot draw {}", path.display()),
+            source: std::io::Error::other(e),
+        })?;
+        write(path, svg)?;
+    }
+    Ok(if report.outcome.interrupted {
+        EXIT_INTERRUPTED
+    } else if report.clean() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+fn size_in_range(size: usize, min: usize, what: &str) -> Result<(), LoadError> {
+    if (min..=MAX_SIZE).contains(&size) {
+        Ok(())
+    } else {
+        Err(LoadError::Usage(format!(
+            "--size {size} is out of range: at least {min} bytes for {what}, at most {MAX_SIZE}"
+        )))
+    }
+}
+
+fn positive(flag: &str, value: f64, max: f64) -> Result<(), LoadError> {
+    if value.is_finite() && value > 0.0 && value <= max {
+        Ok(())
+    } else {
+        Err(LoadError::Usage(format!(
+            "{flag} {value} is out of range (more than 0, at most {max})"
+        )))
+    }
 }
 
 fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {

@@ -47,6 +47,14 @@ pub fn own_rss_bytes() -> Option<u64> {
     parse_kib_field(&status, "VmRSS")
 }
 
+/// This process's CPU time (user + system), in clock ticks; 0 if unreadable.
+pub fn own_cpu_ticks() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| parse_cpu_ticks(&stat))
+        .unwrap_or(0)
+}
+
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), the unit of `/proc/PID/stat` times.
 pub fn clock_ticks_per_second() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

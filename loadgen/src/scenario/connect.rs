@@ -25,13 +25,14 @@ use uringcast::protocol::{CloseCode, Limits, Read, WebSocket};
 
 use crate::capacity::Capacity;
 use crate::error::LoadError;
+use crate::interrupt;
 use crate::procfs::{self, ProcessSample};
 use crate::report::{
     ConnectReport, Diagnostics, Failure, Failures, LatencySummary, ServerUsage, SettingsSummary,
 };
 use crate::target::Target;
 use crate::uring::user_data::{OpKind, GENERATION_MASK};
-use crate::uring::{BeforeClose, ClientFeatures, ClientRing, Completion, Ops};
+use crate::uring::{BeforeClose, ClientFeatures, ClientRing, Completion, Ops, RecvBuffers};
 
 /// 1,000 connections: enough to see a latency distribution, few enough for any machine.
 pub const DEFAULT_CONNECTIONS: u64 = 1000;
@@ -203,6 +204,9 @@ impl Run<'_> {
         let mut next_print = start + PROGRESS_EVERY;
         while ramped < threads {
             let now = Instant::now();
+            if interrupt::requested() {
+                break;
+            }
             if now >= ramp_limit {
                 eprintln!("uringcast-load: ramp did not settle in time; holding what is open");
                 break;
@@ -233,7 +237,8 @@ impl Run<'_> {
         next_print = ramp_end + PROGRESS_EVERY;
         loop {
             let now = Instant::now();
-            if now >= hold_end {
+            // Ctrl-C ends the hold: close what is open and report it.
+            if now >= hold_end || interrupt::requested() {
                 break;
             }
             match self.events.recv_timeout(next_print.min(hold_end) - now) {
@@ -552,6 +557,7 @@ impl ThreadSetup {
             slots,
             self.settings.target.addr,
             &self.settings.sources,
+            RecvBuffers::IDLE,
         ) {
             Ok(ring) => ring,
             Err(error) => {
@@ -944,7 +950,7 @@ impl State {
             slot.recv_armed = false;
         }
         match (c.result, c.data) {
-            (n, Some(data)) if n > 0 => self.on_data(ops, index, data),
+            (n, Some(mut data)) if n > 0 => data.for_each(|bytes| self.on_data(ops, index, bytes)),
             (0, _) => self.on_eof(ops, index),
             (n, _) if n > 0 => {
                 // Bytes without a buffer: the kernel broke its contract; drop the connection.
@@ -1161,7 +1167,7 @@ impl State {
         let slot = &mut self.slots[index];
         slot.recv_armed = true;
         slot.pending += 1;
-        if let Err(error) = ops.arm_recv(index as u32, slot.generation) {
+        if let Err(error) = ops.arm_recv(index as u32, slot.generation, false) {
             self.ring_error.get_or_insert(error);
         }
     }

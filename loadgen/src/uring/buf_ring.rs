@@ -12,6 +12,7 @@ use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 /// The ring of buffer descriptors and the buffers themselves.
+#[derive(Debug)]
 pub struct BufRing {
     /// `entries` descriptors, page aligned, shared with the kernel.
     ring: *mut BufRingEntry,
@@ -22,6 +23,10 @@ pub struct BufRing {
     entries: u16,
     /// Our copy of the tail: buffers added but not yet published to the kernel.
     tail: u16,
+    /// Which buffer sits at each ring position, and where each buffer was last placed: a
+    /// bundle names only its first buffer, the rest follow it in ring order.
+    bid_at: Box<[u16]>,
+    position_of: Box<[u16]>,
     bgid: u16,
 }
 
@@ -55,6 +60,8 @@ impl BufRing {
             buf_size,
             entries,
             tail: 0,
+            bid_at: vec![0; usize::from(entries)].into_boxed_slice(),
+            position_of: vec![0; usize::from(entries)].into_boxed_slice(),
             bgid,
         };
         // SAFETY: `ring_ptr` is a page-aligned, zeroed allocation of `entries` descriptors owned
@@ -82,10 +89,27 @@ impl BufRing {
         &mut self.buffers[start..start + len.min(self.buf_size)]
     }
 
+    /// The buffers a receive of `len` bytes filled, starting at `first` (one for a plain
+    /// receive, several for a bundle): each `(bid, bytes)`, in order, appended to `out`.
+    pub fn bundle(&self, first: u16, len: usize, out: &mut Vec<(u16, usize)>) {
+        let mask = usize::from(self.entries) - 1;
+        let mut position = usize::from(self.position_of[usize::from(first) & mask]);
+        let mut left = len;
+        while left > 0 {
+            let bid = self.bid_at[position];
+            let take = left.min(self.buf_size);
+            out.push((bid, take));
+            left -= take;
+            position = (position + 1) & mask;
+        }
+    }
+
     /// Queues buffer `bid` for reuse; it reaches the kernel at the next [`publish`](Self::publish).
     pub fn push(&mut self, bid: u16) {
         let bid = bid % self.entries;
         let index = usize::from(self.tail & (self.entries - 1));
+        self.bid_at[index] = bid;
+        self.position_of[usize::from(bid)] = index as u16;
         let addr = self.buffers.as_ptr() as u64 + (usize::from(bid) * self.buf_size) as u64;
         // SAFETY: `index < entries`, so the pointer stays inside the ring allocation; the kernel
         // reads only descriptors between its head and the published tail, and this one is past

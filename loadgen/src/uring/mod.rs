@@ -29,12 +29,29 @@ use self::user_data::{OpKind, UserData, GENERATION_MASK};
 /// multishot receives post many completions per submission.
 const SQ_ENTRIES: u32 = 2048;
 const CQ_FACTOR: u32 = 8;
-/// Receive buffers per thread: an upgrade response is one buffer, and buffers are returned in
-/// the same loop turn, so this only has to cover one turn's burst.
+/// Receive buffers per thread for idle connections: an upgrade response is one buffer, and
+/// buffers are returned in the same loop turn, so this only has to cover one turn's burst.
 const RECV_BUFFERS: u16 = 1024;
 /// A 101 response is about 130 bytes; pings and close frames are smaller.
 const RECV_BUFFER_BYTES: usize = 512;
 const BUFFER_GROUP: u16 = 0;
+
+/// The provided receive buffers of one ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvBuffers {
+    /// How many (a power of two, at most 32,768).
+    pub count: u16,
+    /// Bytes in each.
+    pub bytes: usize,
+}
+
+impl RecvBuffers {
+    /// Enough for idle connections: handshakes, pings and closes.
+    pub const IDLE: Self = Self {
+        count: RECV_BUFFERS,
+        bytes: RECV_BUFFER_BYTES,
+    };
+}
 
 /// What the kernel offers the client, probed once before any thread starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +62,9 @@ pub struct ClientFeatures {
     /// Linux 6.7): the port is then chosen at connect time, by the 4-tuple, not reserved at
     /// bind time.
     pub bind_no_port: bool,
+    /// Receive bundles (`IORING_FEAT_RECVSEND_BUNDLE`, Linux 6.10): one multishot receive
+    /// completion may fill several provided buffers.
+    pub recv_bundle: bool,
 }
 
 /// Why the kernel cannot run the client.
@@ -107,6 +127,7 @@ impl ClientFeatures {
         Ok(Self {
             defer_taskrun: server.defer_taskrun,
             bind_no_port,
+            recv_bundle: server.recv_bundle,
         })
     }
 }
@@ -157,8 +178,24 @@ pub struct Completion<'a> {
     pub result: i32,
     /// `IORING_CQE_F_MORE`: the multishot operation goes on.
     pub more: bool,
-    /// The received bytes, for a receive that filled a buffer; valid for this call only.
-    pub data: Option<&'a mut [u8]>,
+    /// The received bytes, for a receive that filled buffers; valid for this call only.
+    pub data: Option<Received<'a>>,
+}
+
+/// The bytes one receive completion delivered: one buffer, or several for a bundle.
+#[derive(Debug)]
+pub struct Received<'a> {
+    bufs: &'a mut BufRing,
+    filled: &'a [(u16, usize)],
+}
+
+impl Received<'_> {
+    /// Hands each filled buffer to `each`, in the order the bytes arrived.
+    pub fn for_each(&mut self, mut each: impl FnMut(&mut [u8])) {
+        for &(bid, len) in self.filled {
+            each(self.bufs.buffer_mut(bid, len));
+        }
+    }
 }
 
 /// What must end before a slot's descriptor is closed.
@@ -184,6 +221,8 @@ pub struct ClientRing {
     ops: Ops,
     bufs: Option<BufRing>,
     cqes: Vec<(u64, i32, u32)>,
+    /// The buffers of the receive being handled.
+    filled: Vec<(u16, usize)>,
 }
 
 /// The submitting half of a [`ClientRing`], handed to the completion handler so it can react.
@@ -217,10 +256,11 @@ impl ClientRing {
         slots: u32,
         target: SocketAddr,
         sources: &[IpAddr],
+        recv: RecvBuffers,
     ) -> io::Result<Self> {
         let ring = build_ring(features)?;
         ring.submitter().register_files_sparse(slots)?;
-        let bufs = BufRing::register(&ring, BUFFER_GROUP, RECV_BUFFERS, RECV_BUFFER_BYTES)?;
+        let bufs = BufRing::register(&ring, BUFFER_GROUP, recv.count, recv.bytes)?;
         Ok(Self {
             ops: Ops {
                 ring,
@@ -238,6 +278,7 @@ impl ClientRing {
             },
             bufs: Some(bufs),
             cqes: Vec::with_capacity(1024),
+            filled: Vec::with_capacity(16),
         })
     }
 
@@ -306,10 +347,19 @@ impl ClientRing {
                         }
                     }
                 }
-                let data = match bid {
-                    Some(bid) if result > 0 => Some(bufs.buffer_mut(bid, result as usize)),
-                    _ => None,
-                };
+                self.filled.clear();
+                if let Some(bid) = bid {
+                    if result > 0 {
+                        // One buffer, or for a bundle the following ones in ring order.
+                        bufs.bundle(bid, result as usize, &mut self.filled);
+                    } else {
+                        self.filled.push((bid, 0));
+                    }
+                }
+                let data = (result > 0 && bid.is_some()).then_some(Received {
+                    bufs: &mut *bufs,
+                    filled: &self.filled,
+                });
                 handle(
                     &mut self.ops,
                     Completion {
@@ -319,7 +369,7 @@ impl ClientRing {
                         data,
                     },
                 );
-                if let Some(bid) = bid {
+                for &(bid, _) in &self.filled {
                     bufs.push(bid);
                 }
             }
@@ -439,22 +489,26 @@ impl Ops {
         Ok(Ok(chain.len() as u32))
     }
 
-    /// Arms a multishot receive on the slot into the thread's buffer ring.
+    /// Arms a multishot receive on the slot into the thread's buffer ring; with `bundle`
+    /// (kernel 6.10, [`ClientFeatures::recv_bundle`]) one completion may fill several buffers.
     ///
     /// # Errors
     ///
     /// A ring error while making room.
-    pub fn arm_recv(&mut self, slot: u32, generation: u32) -> io::Result<()> {
-        let entry = opcode::RecvMulti::new(Fixed(slot), self.bgid)
-            .build()
-            .user_data(
-                UserData {
-                    kind: OpKind::Recv,
-                    generation: generation & GENERATION_MASK,
-                    slot,
-                }
-                .pack(),
-            );
+    pub fn arm_recv(&mut self, slot: u32, generation: u32, bundle: bool) -> io::Result<()> {
+        let entry = if bundle {
+            opcode::RecvMultiBundle::new(Fixed(slot), self.bgid).build()
+        } else {
+            opcode::RecvMulti::new(Fixed(slot), self.bgid).build()
+        };
+        let entry = entry.user_data(
+            UserData {
+                kind: OpKind::Recv,
+                generation: generation & GENERATION_MASK,
+                slot,
+            }
+            .pack(),
+        );
         // SAFETY: the receive writes only into the buffer ring, which outlives the ring's
         // operations (drop order, and `Drop` leaks it while any remain).
         unsafe { self.push_chain(&[entry]) }

@@ -1,0 +1,221 @@
+//! A WebSocket "server" that is as cheap as a sender can be, to measure the load generator's
+//! own ceiling: it accepts N connections with a minimal handshake, then writes the same
+//! pre-encoded binary frame to every socket with plain blocking `write()`s, round after round,
+//! at a target rate (or as fast as the sockets take them). It never reads after the handshake.
+//!
+//! Each round's payload is what `uringcast-load broadcast --publishers 0` checks: publisher id
+//! 0, the round number as sequence number, the round's scheduled time (`CLOCK_MONOTONIC` ns),
+//! then the `a..z` filler from offset `seq % 26` (see `src/scenario/stamp.rs`). With
+//! `--batch B` each write carries B consecutive rounds, so each receive sees B frames.
+//!
+//! ```text
+//! cargo run --release -p uringcast-loadgen --example floor_server -- \
+//!     --listen 127.0.0.1:9200 --connections 10000 --rate 1000000 --size 64
+//! uringcast-load broadcast ws://127.0.0.1:9200/ --subscribers 10000 --publishers 0 \
+//!     --duration 5 --drain-timeout 0 --close-timeout 0.5
+//! ```
+//!
+//! It stops when every connection is gone (the load generator closes them at its end) or after
+//! `--max-seconds`, and prints what it wrote. Loopback addresses only.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use nix::time::{clock_gettime, ClockId};
+
+const STAMP_BYTES: usize = 24;
+const ALPHABET: u64 = 26;
+const USAGE: &str =
+    "floor_server [--listen 127.0.0.1:9200] [--connections N] [--rate ROUNDS_PER_S] \
+                     [--size BYTES] [--batch FRAMES] [--start-delay S] [--max-seconds S]";
+
+struct Options {
+    listen: SocketAddr,
+    connections: usize,
+    rate: f64,
+    size: usize,
+    batch: u64,
+    start_delay: Duration,
+    max: Duration,
+}
+
+fn main() {
+    let options = match parse(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("floor_server: {message}\nusage: {USAGE}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = run(&options) {
+        eprintln!("floor_server: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut o = Options {
+        listen: "127.0.0.1:9200".parse().expect("a valid address"),
+        connections: 1000,
+        rate: 1000.0,
+        size: 64,
+        batch: 1,
+        start_delay: Duration::from_secs(1),
+        max: Duration::from_secs(60),
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |_| format!("{flag} {value}: not a valid value");
+        match flag.as_str() {
+            "--listen" => o.listen = value.parse().map_err(|_| bad(()))?,
+            "--connections" => o.connections = value.parse().map_err(|_| bad(()))?,
+            "--rate" => o.rate = value.parse().map_err(|_| bad(()))?,
+            "--size" => o.size = value.parse().map_err(|_| bad(()))?,
+            "--batch" => o.batch = value.parse().map_err(|_| bad(()))?,
+            "--start-delay" => {
+                o.start_delay = Duration::from_secs_f64(value.parse().map_err(|_| bad(()))?)
+            }
+            "--max-seconds" => o.max = Duration::from_secs_f64(value.parse().map_err(|_| bad(()))?),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if !o.listen.ip().is_loopback() {
+        return Err(format!("{} is not a loopback address", o.listen));
+    }
+    if o.size < STAMP_BYTES || o.size > 65_535 || o.connections == 0 || o.batch == 0 {
+        return Err("--size must be 24..=65535, --connections and --batch at least 1".into());
+    }
+    if !o.rate.is_finite() || o.rate <= 0.0 || o.max > Duration::from_secs(3600) {
+        return Err("--rate must be positive, --max-seconds at most 3600".into());
+    }
+    Ok(o)
+}
+
+fn run(o: &Options) -> io::Result<()> {
+    let listener = TcpListener::bind(o.listen)?;
+    println!("listening on {}", listener.local_addr()?);
+    let deadline = Instant::now() + o.max;
+    let mut sockets = Vec::with_capacity(o.connections);
+    while sockets.len() < o.connections {
+        let (stream, _) = listener.accept()?;
+        if let Some(stream) = handshake(stream)? {
+            sockets.push(Some(stream));
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other("not every connection arrived in time"));
+        }
+    }
+    eprintln!("floor_server: {} connections; sending", sockets.len());
+    std::thread::sleep(o.start_delay);
+    let cpu_before = own_cpu_ticks();
+    let start_ns = now_ns();
+    let start = Instant::now();
+    let interval_ns = 1e9 / o.rate;
+    let mut round = 0u64;
+    let mut written = 0u64;
+    let mut buffer = Vec::new();
+    let mut open = sockets.len();
+    while open > 0 && Instant::now() < deadline {
+        let due = start_ns + (round as f64 * interval_ns) as u64;
+        let now = now_ns();
+        if due > now {
+            std::thread::sleep(Duration::from_nanos(due - now));
+        }
+        buffer.clear();
+        for k in 0..o.batch {
+            let seq = round + k;
+            encode(
+                seq,
+                start_ns + (seq as f64 * interval_ns) as u64,
+                o.size,
+                &mut buffer,
+            );
+        }
+        for slot in &mut sockets {
+            let Some(stream) = slot else { continue };
+            if stream.write_all(&buffer).is_err() {
+                *slot = None;
+                open -= 1;
+            } else {
+                written += o.batch;
+            }
+        }
+        round += o.batch;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = own_cpu_ticks().saturating_sub(cpu_before) as f64 / 100.0;
+    println!(
+        "floor_server: {round} rounds, {written} frames written in {elapsed:.2} s: {:.0} \
+         frames/s; cpu {cpu:.2} s ({:.2} µs per frame)",
+        written as f64 / elapsed,
+        cpu * 1e6 / written.max(1) as f64
+    );
+    Ok(())
+}
+
+/// Reads the upgrade request and answers 101; `None` for a request that is not an upgrade.
+fn handshake(stream: TcpStream) -> io::Result<Option<TcpStream>> {
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream);
+    let mut key = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.trim().eq_ignore_ascii_case("sec-websocket-key") {
+                key = Some(value.trim().to_owned());
+            }
+        }
+    }
+    let Some(key) = key else { return Ok(None) };
+    let mut stream = reader.into_inner();
+    let accept = uringcast::protocol::handshake::accept_key(key.as_bytes());
+    write!(
+        stream,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    )?;
+    Ok(Some(stream))
+}
+
+/// Appends one unmasked binary frame: publisher 0, `seq`, `sent_ns`, then the filler.
+fn encode(seq: u64, sent_ns: u64, size: usize, out: &mut Vec<u8>) {
+    out.push(0x82);
+    if size < 126 {
+        out.push(size as u8);
+    } else {
+        out.push(126);
+        out.extend_from_slice(&(size as u16).to_be_bytes());
+    }
+    out.extend_from_slice(&0u64.to_le_bytes());
+    out.extend_from_slice(&seq.to_le_bytes());
+    out.extend_from_slice(&sent_ns.to_le_bytes());
+    let offset = seq % ALPHABET;
+    out.extend((0..(size - STAMP_BYTES) as u64).map(|i| b'a' + ((offset + i) % ALPHABET) as u8));
+}
+
+fn now_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
+fn own_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 1..]);
+    let mut fields = after.split_whitespace().skip(11);
+    let mut next = || {
+        fields
+            .next()
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    next() + next()
+}

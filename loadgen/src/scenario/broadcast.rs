@@ -1,0 +1,714 @@
+//! The `broadcast` scenario: N subscribers on a topic (the URL's path), K publishers sending R
+//! messages per second in total, and every delivery checked.
+//!
+//! Publishers are WebSocket connections on the same path (in uringcast's `--mode broadcast`
+//! every message a connection sends is published to its path, the publisher included), or
+//! with `--publish-url` HTTP clients that `POST` each message to a publish endpoint. With
+//! `--publishers 0` nobody here publishes: an outside publisher (the `floor_server` example)
+//! does, and each subscriber expects every sequence number between the first and the last it
+//! saw from each publisher.
+//!
+//! Publishing is always open loop: message `s` of publisher `p` is due at
+//! `start + (s + p / K) * K / R`, whatever the server does, and each payload carries that
+//! scheduled time; a subscriber's latency runs from it (coordinated omission). Each subscriber
+//! keeps, per publisher, a 512-message window of the sequence numbers it received: a number
+//! seen twice is `duplicated`, one below the highest seen is `out_of_order`, a payload that is
+//! not exactly what its stamp says is `corrupt`, and `missing` is what was published while the
+//! subscriber was open minus what it received once. Only subscribers count deliveries: what a
+//! publisher receives (its own messages) is parsed and dropped.
+
+use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use uringcast::protocol::OpCode;
+
+use super::stamp::{self, Stamp, Stamper};
+use super::traffic::{Expect, Outbox, Plan, Senders, Tally, Workload};
+use crate::target::Target;
+
+/// 1,000 subscribers.
+pub const DEFAULT_SUBSCRIBERS: u64 = 1000;
+/// One publisher.
+pub const DEFAULT_PUBLISHERS: u64 = 1;
+/// Ten publishes per second.
+pub const DEFAULT_RATE: f64 = 10.0;
+/// 64-byte messages.
+pub const DEFAULT_SIZE: usize = 64;
+/// Ten seconds of traffic.
+pub const DEFAULT_DURATION_SECS: f64 = 10.0;
+/// Publisher ids an outside publisher may use (`--publishers 0`); higher ids are corrupt.
+pub const MAX_EXTERNAL_PUBLISHERS: u64 = 64;
+
+/// Sequence numbers remembered per (subscriber, publisher): one cache line of bits.
+const WINDOW: u64 = 512;
+/// With an outside publisher, the drain ends after this long without a delivery.
+const QUIET_NS: u64 = 250_000_000;
+/// Sends scheduled per loop turn at most.
+const MAX_SENDS_PER_TURN: u64 = 4096;
+/// How long an HTTP publish may take.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest HTTP response head accepted from the publish endpoint.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// Who publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Publishing {
+    /// K WebSocket connections on the topic, after the subscribers.
+    WebSocket {
+        /// K.
+        publishers: u64,
+    },
+    /// K HTTP clients posting to the publish endpoint.
+    Http {
+        /// K.
+        publishers: u64,
+    },
+    /// Someone else.
+    External,
+}
+
+impl Publishing {
+    /// Publishers whose sends this run knows (0 for an outside one).
+    pub fn publishers(&self) -> u64 {
+        match self {
+            Self::WebSocket { publishers } | Self::Http { publishers } => *publishers,
+            Self::External => 0,
+        }
+    }
+}
+
+/// One thread's share of a broadcast run.
+pub struct BroadcastWork {
+    publishing: Publishing,
+    stamper: Stamper,
+    /// Per local connection: the subscriber's windows, by publisher id; `None` for a publisher.
+    subs: Vec<Option<Vec<SeqWindow>>>,
+    /// This thread's WebSocket publishers.
+    pubs: Vec<Publisher>,
+    /// The schedule's interval for one publisher, ns.
+    interval_ns: f64,
+    start_ns: u64,
+    running: bool,
+    last_delivery_ns: u64,
+    tally: Tally,
+    scratch: Vec<u8>,
+}
+
+struct Publisher {
+    conn: usize,
+    id: u64,
+    /// Messages sent so far: the next sequence number.
+    seq: u64,
+    /// The schedule's offset of this publisher, so K publishers interleave evenly.
+    offset_ns: f64,
+}
+
+impl BroadcastWork {
+    /// A thread's share: global connections below `subscribers` subscribe, the next ones
+    /// publish (when `publishing` is over WebSocket) at `rate` messages per second in total.
+    pub fn new(
+        plan: Plan,
+        subscribers: u64,
+        publishing: Publishing,
+        rate: f64,
+        stamper: Stamper,
+    ) -> Self {
+        let k = publishing.publishers().max(1);
+        let interval_ns = 1e9 * k as f64 / rate;
+        let mut subs = Vec::with_capacity(plan.count as usize);
+        let mut pubs = Vec::new();
+        for local in 0..plan.count as usize {
+            let global = plan.global(local);
+            if global < subscribers {
+                subs.push(Some(Vec::new()));
+            } else {
+                subs.push(None);
+                let id = global - subscribers;
+                pubs.push(Publisher {
+                    conn: local,
+                    id,
+                    seq: 0,
+                    offset_ns: interval_ns * id as f64 / k as f64,
+                });
+            }
+        }
+        Self {
+            publishing,
+            stamper,
+            subs,
+            pubs,
+            interval_ns,
+            start_ns: 0,
+            running: false,
+            last_delivery_ns: 0,
+            tally: Tally::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn due_of(&self, p: &Publisher) -> u64 {
+        self.start_ns + (p.offset_ns + p.seq as f64 * self.interval_ns) as u64
+    }
+
+    /// The most publisher ids a subscriber tracks.
+    fn id_limit(&self) -> u64 {
+        match self.publishing {
+            Publishing::External => MAX_EXTERNAL_PUBLISHERS,
+            _ => self.publishing.publishers(),
+        }
+    }
+}
+
+impl Workload for BroadcastWork {
+    fn start(&mut self, start_ns: u64, _: &mut Outbox<'_>) {
+        self.start_ns = start_ns;
+        self.running = true;
+        self.last_delivery_ns = start_ns;
+    }
+
+    fn due(&mut self, now_ns: u64, out: &mut Outbox<'_>) -> Option<u64> {
+        if !self.running {
+            return None;
+        }
+        let mut next: Option<u64> = None;
+        for i in 0..self.pubs.len() {
+            let mut batch = 0;
+            loop {
+                let p = &self.pubs[i];
+                let due = self.due_of(p);
+                if due > now_ns || batch >= MAX_SENDS_PER_TURN {
+                    next = Some(next.map_or(due, |n| n.min(due)));
+                    break;
+                }
+                if !out.is_open(p.conn) {
+                    // A lost publisher publishes no more; its sends so far are what counts.
+                    break;
+                }
+                let stamp = Stamp {
+                    id: p.id,
+                    seq: p.seq,
+                    sent_ns: due,
+                };
+                self.stamper.write(stamp, &mut self.scratch);
+                if out.send(p.conn, OpCode::Binary, &self.scratch) {
+                    self.tally.sent += 1;
+                }
+                self.pubs[i].seq += 1;
+                batch += 1;
+            }
+        }
+        next
+    }
+
+    fn message(&mut self, conn: usize, _: OpCode, payload: &[u8], now_ns: u64, _: &mut Outbox<'_>) {
+        let limit = self.id_limit();
+        let Some(windows) = self.subs[conn].as_mut() else {
+            // A publisher hearing its own messages: not a delivery.
+            return;
+        };
+        self.tally.received += 1;
+        self.last_delivery_ns = now_ns;
+        let Some(stamp) = self
+            .stamper
+            .read(payload)
+            .filter(|s| s.id < limit && self.stamper.matches(*s, payload))
+        else {
+            self.tally.corrupt += 1;
+            return;
+        };
+        let id = stamp.id as usize;
+        if windows.len() <= id {
+            windows.resize_with(id + 1, SeqWindow::default);
+        }
+        match windows[id].record(stamp.seq) {
+            Seen::Duplicate => self.tally.duplicated += 1,
+            Seen::New { late } => {
+                if late {
+                    self.tally.out_of_order += 1;
+                }
+                self.tally
+                    .record(stamp::micros_between(stamp.sent_ns, now_ns));
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.running = false;
+    }
+
+    fn drained(&self, expect: &Expect, open: &[bool]) -> bool {
+        if self.publishing == Publishing::External {
+            return stamp::now_ns().saturating_sub(self.last_delivery_ns) >= QUIET_NS;
+        }
+        self.subs.iter().zip(open).all(|(sub, open)| match sub {
+            Some(windows) if *open => expect
+                .per_publisher
+                .iter()
+                .enumerate()
+                .all(|(id, sent)| windows.get(id).map_or(0, |w| w.unique) >= *sent),
+            _ => true,
+        })
+    }
+
+    fn published(&self) -> Vec<u64> {
+        let mut sent = vec![0; self.publishing.publishers() as usize];
+        for p in &self.pubs {
+            if let Some(s) = sent.get_mut(p.id as usize) {
+                *s = p.seq;
+            }
+        }
+        sent
+    }
+
+    fn tally(&mut self) -> &mut Tally {
+        &mut self.tally
+    }
+
+    fn finish(&mut self, expect: &Expect, open_at_go: &[bool]) -> Tally {
+        let mut tally = self.tally.clone();
+        let mut expected = 0;
+        let mut unique = 0;
+        for (sub, open) in self.subs.iter().zip(open_at_go) {
+            let Some(windows) = sub else { continue };
+            unique += windows.iter().map(|w| w.unique).sum::<u64>();
+            if !open {
+                continue;
+            }
+            expected += match self.publishing {
+                Publishing::External => windows.iter().map(SeqWindow::span).sum::<u64>(),
+                _ => expect.per_publisher.iter().sum::<u64>(),
+            };
+        }
+        tally.expected = expected;
+        tally.missing = expected.saturating_sub(unique);
+        tally
+    }
+}
+
+/// What a subscriber received from one publisher: a sliding window of sequence numbers.
+#[derive(Clone, Debug, Default)]
+pub struct SeqWindow {
+    /// Numbers below `base` are out of the window.
+    base: u64,
+    /// Bit `seq % WINDOW` for each `seq` in `base..base + WINDOW` received.
+    bits: [u64; (WINDOW / 64) as usize],
+    /// The lowest and highest numbers received.
+    first: Option<u64>,
+    max: Option<u64>,
+    /// Distinct numbers received.
+    unique: u64,
+}
+
+/// How a sequence number was received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// For the first time; `late` if a higher number came before it.
+    New {
+        /// Out of order.
+        late: bool,
+    },
+    /// Again (or so far behind the window that it cannot be told apart from a repeat).
+    Duplicate,
+}
+
+impl SeqWindow {
+    /// Records `seq`.
+    pub fn record(&mut self, seq: u64) -> Seen {
+        if seq < self.base {
+            return Seen::Duplicate;
+        }
+        if seq >= self.base + WINDOW {
+            let new_base = seq + 1 - WINDOW;
+            if new_base - self.base >= WINDOW {
+                self.bits = [0; (WINDOW / 64) as usize];
+            } else {
+                for old in self.base..new_base {
+                    self.clear(old);
+                }
+            }
+            self.base = new_base;
+        }
+        let (word, bit) = (((seq % WINDOW) / 64) as usize, seq % 64);
+        if self.bits[word] & (1 << bit) != 0 {
+            return Seen::Duplicate;
+        }
+        self.bits[word] |= 1 << bit;
+        self.unique += 1;
+        let late = self.max.is_some_and(|max| seq < max);
+        self.max = Some(self.max.map_or(seq, |max| max.max(seq)));
+        self.first = Some(self.first.map_or(seq, |first| first.min(seq)));
+        Seen::New { late }
+    }
+
+    /// Numbers from the first to the last received: what an outside publisher sent meanwhile.
+    pub fn span(&self) -> u64 {
+        match (self.first, self.max) {
+            (Some(first), Some(max)) => max - first + 1,
+            _ => 0,
+        }
+    }
+
+    fn clear(&mut self, seq: u64) {
+        self.bits[((seq % WINDOW) / 64) as usize] &= !(1 << (seq % 64));
+    }
+}
+
+/// `http://HOST[:PORT]/PATH`, loopback only: where `--publish-url` posts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishUrl {
+    /// Address, `Host` header and request target, as for a `ws://` URL.
+    pub target: Target,
+}
+
+impl std::str::FromStr for PublishUrl {
+    type Err = crate::target::TargetError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        match url.strip_prefix("http://") {
+            // The same loopback-only rules as a ws:// URL, default port 80 alike.
+            Some(rest) => Ok(Self {
+                target: format!("ws://{rest}").parse()?,
+            }),
+            None if url.starts_with("https://") => {
+                Err(crate::target::TargetError::Tls(url.to_owned()))
+            }
+            None => Err(crate::target::TargetError::Scheme(url.to_owned())),
+        }
+    }
+}
+
+/// K threads that publish over HTTP, each on its own schedule, one request at a time.
+pub struct HttpSenders {
+    url: PublishUrl,
+    token: Option<String>,
+    publishers: u64,
+    rate: f64,
+    stamper: Stamper,
+    stop: Arc<AtomicBool>,
+    /// Accepted publishes (2xx) per publisher.
+    accepted: Arc<[AtomicU64]>,
+    errors: Arc<AtomicU64>,
+    /// The first error's text, for the report.
+    first_error: Arc<std::sync::Mutex<Option<String>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl HttpSenders {
+    /// `publishers` clients posting `rate` messages per second in total to `url`.
+    pub fn new(
+        url: PublishUrl,
+        token: Option<String>,
+        publishers: u64,
+        rate: f64,
+        stamper: Stamper,
+    ) -> Self {
+        Self {
+            url,
+            token,
+            publishers,
+            rate,
+            stamper,
+            stop: Arc::new(AtomicBool::new(false)),
+            accepted: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
+            errors: Arc::new(AtomicU64::new(0)),
+            first_error: Arc::new(std::sync::Mutex::new(None)),
+            threads: Vec::new(),
+        }
+    }
+
+    /// The first failed publish, if any.
+    pub fn first_error(&self) -> Option<String> {
+        self.first_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+impl Senders for HttpSenders {
+    fn go(&mut self, start_ns: u64) {
+        let k = self.publishers;
+        let interval_ns = 1e9 * k as f64 / self.rate;
+        for id in 0..k {
+            let mut client = HttpPublisher {
+                url: self.url.clone(),
+                token: self.token.clone(),
+                stamper: self.stamper.clone(),
+                stream: None,
+            };
+            let stop = Arc::clone(&self.stop);
+            let accepted = Arc::clone(&self.accepted);
+            let errors = Arc::clone(&self.errors);
+            let first_error = Arc::clone(&self.first_error);
+            let offset_ns = interval_ns * id as f64 / k as f64;
+            let spawned = std::thread::Builder::new()
+                .name(format!("uringcast-load-http-{id}"))
+                .spawn(move || {
+                    let mut seq = 0u64;
+                    let mut body = Vec::new();
+                    while !stop.load(Ordering::Relaxed) {
+                        let due = start_ns + (offset_ns + seq as f64 * interval_ns) as u64;
+                        let now = stamp::now_ns();
+                        if due > now {
+                            // Sleep in short steps, so a stop is seen soon.
+                            std::thread::sleep(Duration::from_nanos(due - now).min(POLL_STOP));
+                            continue;
+                        }
+                        let stamp = Stamp {
+                            id,
+                            seq,
+                            sent_ns: due,
+                        };
+                        client.stamper.write(stamp, &mut body);
+                        match client.publish(&body) {
+                            Ok(()) => {
+                                accepted[id as usize].fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(error) => {
+                                errors.fetch_add(1, Ordering::Relaxed);
+                                if let Ok(mut first) = first_error.lock() {
+                                    first.get_or_insert_with(|| error.to_string());
+                                }
+                            }
+                        }
+                        seq += 1;
+                    }
+                });
+            match spawned {
+                Ok(handle) => self.threads.push(handle),
+                Err(error) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = self.first_error.lock() {
+                        first.get_or_insert_with(|| format!("cannot start a publisher: {error}"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+
+    fn expect(&self, _: &Expect) -> Expect {
+        Expect {
+            per_publisher: self
+                .accepted
+                .iter()
+                .map(|a| a.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.accepted
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+}
+
+const POLL_STOP: Duration = Duration::from_millis(20);
+
+/// One HTTP publisher: plain HTTP/1.1 over a TCP socket, the connection reused while the
+/// server keeps it open (uringcast answers one request per connection, then closes).
+struct HttpPublisher {
+    url: PublishUrl,
+    token: Option<String>,
+    stamper: Stamper,
+    stream: Option<BufReader<TcpStream>>,
+}
+
+impl HttpPublisher {
+    /// Posts one message; `Ok` for a 2xx answer.
+    fn publish(&mut self, body: &[u8]) -> io::Result<()> {
+        let reused = self.stream.is_some();
+        match self.try_publish(body) {
+            Err(error) if reused && is_stale(&error) => {
+                // The server closed the kept-alive connection between requests: retry fresh.
+                self.stream = None;
+                self.try_publish(body)
+            }
+            other => other,
+        }
+    }
+
+    fn try_publish(&mut self, body: &[u8]) -> io::Result<()> {
+        let target = &self.url.target;
+        if self.stream.is_none() {
+            let stream = TcpStream::connect_timeout(&target.addr, HTTP_TIMEOUT)?;
+            stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
+            stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(BufReader::new(stream));
+        }
+        let reader = self.stream.as_mut().expect("set above");
+        let mut request = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+             Content-Length: {}\r\n",
+            target.path,
+            target.host,
+            body.len()
+        );
+        if let Some(token) = &self.token {
+            request.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        reader.get_mut().write_all(&bytes)?;
+        let response = read_response(reader);
+        let keep = matches!(&response, Ok(r) if r.keep_alive);
+        if !keep {
+            self.stream = None;
+        }
+        let response = response?;
+        if (200..300).contains(&response.status) {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "publish to {}: HTTP {}",
+                target.addr, response.status
+            )))
+        }
+    }
+}
+
+/// An error that a closed kept-alive connection gives on its next request.
+fn is_stale(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionAborted
+    )
+}
+
+struct Response {
+    status: u16,
+    keep_alive: bool,
+}
+
+/// Reads a response head and its `Content-Length` body.
+fn read_response(reader: &mut BufReader<TcpStream>) -> io::Result<Response> {
+    let mut line = String::new();
+    let mut head = 0;
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    head += line.len();
+    let mut parts = line.split_whitespace();
+    let version = parts.next().unwrap_or("");
+    let status = parts
+        .next()
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| io::Error::other(format!("not an HTTP response: {:?}", line.trim_end())))?;
+    let mut keep_alive = version == "HTTP/1.1";
+    let mut length = None;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head += line.len();
+        if head > MAX_RESPONSE_HEAD {
+            return Err(io::Error::other("HTTP response head too long"));
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let Some((name, value)) = header.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<u64>().ok();
+        } else if name.eq_ignore_ascii_case("connection") {
+            keep_alive = !value.eq_ignore_ascii_case("close");
+        }
+    }
+    match length {
+        Some(n) => {
+            io::copy(&mut reader.by_ref().take(n), &mut io::sink())?;
+        }
+        None => {
+            // No length: the body runs to the end of the connection.
+            keep_alive = false;
+            io::copy(reader, &mut io::sink())?;
+        }
+    }
+    Ok(Response { status, keep_alive })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_count_each_case_once() {
+        let mut w = SeqWindow::default();
+        assert_eq!(w.record(0), Seen::New { late: false });
+        assert_eq!(w.record(2), Seen::New { late: false });
+        assert_eq!(w.record(1), Seen::New { late: true });
+        assert_eq!(w.record(1), Seen::Duplicate);
+        assert_eq!(w.unique, 3);
+        assert_eq!(w.span(), 3);
+        // Far ahead: the window slides; what fell out of it counts as a repeat.
+        assert_eq!(w.record(10_000), Seen::New { late: false });
+        assert_eq!(w.record(10_000), Seen::Duplicate);
+        assert_eq!(w.record(3), Seen::Duplicate);
+        assert_eq!(w.record(10_000 - 511), Seen::New { late: true });
+        assert_eq!(w.record(10_000 - 512), Seen::Duplicate);
+        // A long run in order, sliding one at a time.
+        let mut w = SeqWindow::default();
+        for seq in 0..5000 {
+            assert_eq!(w.record(seq), Seen::New { late: false });
+        }
+        assert_eq!(w.record(4999 - 100), Seen::Duplicate);
+        assert_eq!(w.unique, 5000);
+        assert_eq!(w.span(), 5000);
+    }
+
+    #[test]
+    fn publish_urls_are_loopback_http() {
+        let url: PublishUrl = "http://127.0.0.1:9001/publish/room".parse().unwrap();
+        assert_eq!(url.target.path, "/publish/room");
+        assert_eq!(url.target.addr.port(), 9001);
+        assert!("http://10.0.0.1/publish/x".parse::<PublishUrl>().is_err());
+        assert!("https://127.0.0.1/publish/x".parse::<PublishUrl>().is_err());
+        assert!("ws://127.0.0.1/publish/x".parse::<PublishUrl>().is_err());
+    }
+
+    #[test]
+    fn publishers_interleave_and_subscribers_come_first() {
+        let stamper = Stamper::new(super::super::stamp::Encoding::Binary, 64);
+        // 4 connections on one thread: 2 subscribers, 2 publishers, 100 messages/s in total.
+        let plan = Plan {
+            first: 0,
+            step: 1,
+            count: 4,
+        };
+        let w = BroadcastWork::new(
+            plan,
+            2,
+            Publishing::WebSocket { publishers: 2 },
+            100.0,
+            stamper,
+        );
+        assert_eq!(w.subs.iter().filter(|s| s.is_some()).count(), 2);
+        assert_eq!(w.pubs.len(), 2);
+        assert_eq!(w.interval_ns, 2e7);
+        assert_eq!(w.pubs[1].offset_ns, 1e7);
+        assert_eq!(w.published(), vec![0, 0]);
+    }
+}
