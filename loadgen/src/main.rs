@@ -70,7 +70,7 @@ struct TrafficArgs {
     /// Seconds of traffic (after every connection is up).
     #[arg(long)]
     duration: Option<f64>,
-    /// Client threads, each with its own ring, pinned to nothing (use taskset).
+    /// Client threads, each with its own ring, pinned round-robin to the CPUs the process may use (taskset narrows them).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
@@ -178,7 +178,7 @@ struct ConnectArgs {
     /// Seconds to hold the connections after the ramp.
     #[arg(long, default_value_t = connect::DEFAULT_HOLD_SECS)]
     duration: f64,
-    /// Client threads, each with its own ring and direct descriptor table.
+    /// Client threads, each with its own ring and direct descriptor table, pinned round-robin to the CPUs the process may use.
     #[arg(long, default_value_t = connect::DEFAULT_THREADS)]
     threads: usize,
     /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both

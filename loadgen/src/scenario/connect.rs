@@ -132,7 +132,10 @@ pub fn run(
         };
         let handle = std::thread::Builder::new()
             .name(format!("uringcast-load-{id}"))
-            .spawn(move || thread.run())
+            .spawn(move || {
+                super::pin_thread(id);
+                thread.run()
+            })
             .map_err(|source| LoadError::Thread { id, source })?;
         handles.push(handle);
     }

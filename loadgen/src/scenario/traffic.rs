@@ -363,6 +363,7 @@ pub fn run<W: Workload>(
         let handle = std::thread::Builder::new()
             .name(format!("uringcast-load-{id}"))
             .spawn(move || {
+                super::pin_thread(id);
                 let w = work(id, plan);
                 setup.run(w);
             })
