@@ -723,9 +723,9 @@ impl<S: Service> Worker<S> {
             count += 1;
         }
         let entry = if count == 1 {
+            // One frame: a plain SEND needs no iovec, so the vector goes straight back.
+            let (base, len) = (vec.iov[0].iov_base as *const u8, vec.iov[0].iov_len as u32);
             self.send_vecs.push(vec);
-            let iov = self.send_vecs.last().expect("just pushed").iov[0];
-            let (base, len) = (iov.iov_base as *const u8, iov.iov_len as u32);
             on_conn!(self.direct, conn.slot, |fd| {
                 opcode::Send::new(fd, base, len)
                     .flags(libc::MSG_NOSIGNAL)
