@@ -30,7 +30,34 @@ for run in $(seq 1 "$runs"); do
     for _ in $(seq 1 50); do ss -ltn "sport = :$port" | grep -q LISTEN && break; sleep 0.1; done
     timeout 120 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$port/topic" --subscribers "$subs" \
       --publishers "$publishers" --rate "$rate" --size 64 --duration 8 --server-pid "$pid" \
-      --source "$src" --quiet --json "$out/$server-$run.json" >/dev/null 2>&1 || true
+      --source "$src" --quiet --json "$out/$server-$run.json" >/dev/null 2>&1 &
+    loadgen=$!
+    # Core 0's busy time and the server's own CPU over a 4 s window of steady traffic, once
+    # every subscriber is connected: io_uring may move send work to kernel threads, which
+    # the process's utime+stime would not show, but core 0's busy time does.
+    for _ in $(seq 1 300); do
+      [ "$(ss -Htn state established "( sport = :$port )" | wc -l)" -ge "$subs" ] && break; sleep 0.1
+    done
+    sleep 2
+    python3 - "$pid" "$subs" "$rate" >"$out/$server-$run.window" <<'PY'
+import sys, time, os
+pid, subs, rate = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+hz = os.sysconf("SC_CLK_TCK")
+def core0():
+    f = open("/proc/stat").read().split("\n")
+    v = [int(x) for x in next(l for l in f if l.startswith("cpu0 ")).split()[1:]]
+    return sum(v) - v[3] - v[4]  # all but idle and iowait
+def proc():
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+c0, p0, t0 = core0(), proc(), time.time()
+time.sleep(4)
+c1, p1, t1 = core0(), proc(), time.time()
+deliveries = subs * rate * (t1 - t0)
+print(f"window_core0_us_per_delivery {(c1 - c0) / hz * 1e6 / deliveries:.2f} "
+      f"window_process_us_per_delivery {(p1 - p0) / hz * 1e6 / deliveries:.2f}")
+PY
+    wait "$loadgen" || true
     if [ "$server" = floor ]; then wait "$pid" 2>/dev/null || true; else kill "$pid"; wait "$pid" 2>/dev/null || true; fi
     python3 - "$out/$server-$run.json" "$server" "$run" "$out/$server-$run.server" <<'PY'
 import json, re, sys
@@ -40,8 +67,9 @@ if sys.argv[2] == "floor":
     m = re.search(r"\(([\d.]+) µs per frame\)", open(sys.argv[4]).read())
     cpu = float(m.group(1)) if m else float("nan")
 lat = d["latency_us"]
+window = open(sys.argv[4].rsplit(".", 1)[0] + ".window").read().strip()
 print(f"run {sys.argv[3]} {sys.argv[2]:9s} received {d['received']}/{d['expected']} missing {d['missing']} "
-      f"server_cpu_per_delivery_us {cpu:.2f} p50_ms {lat['p50']/1000:.1f} p99_ms {lat['p99']/1000:.1f}")
+      f"server_cpu_per_delivery_us {cpu:.2f} p50_ms {lat['p50']/1000:.1f} p99_ms {lat['p99']/1000:.1f} {window}")
 PY
   done
 done
