@@ -1,7 +1,7 @@
 //! A provided buffer ring (`io_uring_register_buf_ring(3)`): one per worker, shared by all its
 //! connections, so an idle connection owns no receive buffer. The kernel picks a buffer when
 //! data arrives and names it in the completion; the worker hands it back once the protocol
-//! has consumed the bytes.
+//! has consumed the bytes. The load generator uses the same ring on the client side.
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -12,7 +12,8 @@ use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
 /// The ring of buffer descriptors and the buffers themselves.
-pub(crate) struct BufRing {
+#[derive(Debug)]
+pub struct BufRing {
     /// `entries` descriptors, page aligned, shared with the kernel.
     ring: *mut BufRingEntry,
     ring_layout: Layout,
@@ -35,12 +36,11 @@ impl BufRing {
     /// # Errors
     ///
     /// The registration's error (`EINVAL` on kernels before 5.19).
-    pub(crate) fn register(
-        ring: &IoUring,
-        bgid: u16,
-        entries: u16,
-        buf_size: usize,
-    ) -> io::Result<Self> {
+    ///
+    /// # Panics
+    ///
+    /// If `entries` is not a power of two (a constant of the caller).
+    pub fn register(ring: &IoUring, bgid: u16, entries: u16, buf_size: usize) -> io::Result<Self> {
         assert!(
             entries.is_power_of_two(),
             "buffer ring entries must be a power of two"
@@ -65,8 +65,9 @@ impl BufRing {
             bgid,
         };
         // SAFETY: `ring_ptr` is a page-aligned, zeroed allocation of `entries` descriptors that
-        // lives as long as `this`; `this` unregisters it before freeing (Drop), and the worker
-        // drops its ring only after all receives are cancelled.
+        // lives as long as `this`, which frees it only in Drop. Its owner (a server worker or a
+        // load-generator thread) drops the io_uring, ending the registration, before this ring,
+        // and leaks both instead when receives may remain in flight.
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(ring_ptr as u64, entries, bgid, 0)?;
@@ -79,19 +80,19 @@ impl BufRing {
     }
 
     /// The buffer group id to name in receive submissions.
-    pub(crate) fn bgid(&self) -> u16 {
+    pub fn bgid(&self) -> u16 {
         self.bgid
     }
 
     /// The first `len` bytes of buffer `bid`, which a completion just handed to us.
-    pub(crate) fn buffer_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+    pub fn buffer_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
         let start = usize::from(bid) * self.buf_size;
         &mut self.buffers[start..start + len.min(self.buf_size)]
     }
 
     /// The buffers a receive of `len` bytes filled, starting at `first` (one for a plain
     /// receive, several for a bundle): each `(bid, bytes)`, in order, appended to `out`.
-    pub(crate) fn bundle(&self, first: u16, len: usize, out: &mut Vec<(u16, usize)>) {
+    pub fn bundle(&self, first: u16, len: usize, out: &mut Vec<(u16, usize)>) {
         let mut position = usize::from(self.position_of[usize::from(first) % self.bid_at.len()]);
         let mut left = len;
         while left > 0 {
@@ -104,7 +105,7 @@ impl BufRing {
     }
 
     /// Queues buffer `bid` for reuse; it reaches the kernel at the next [`publish`](Self::publish).
-    pub(crate) fn push(&mut self, bid: u16) {
+    pub fn push(&mut self, bid: u16) {
         let index = usize::from(self.tail & (self.entries - 1));
         self.bid_at[index] = bid;
         self.position_of[usize::from(bid)] = index as u16;
@@ -120,7 +121,7 @@ impl BufRing {
     }
 
     /// Makes every pushed buffer visible to the kernel.
-    pub(crate) fn publish(&mut self) {
+    pub fn publish(&mut self) {
         // SAFETY: the tail field lives in the first descriptor of our live ring allocation; the
         // kernel only reads it, and an atomic release store orders the descriptors written by
         // `push` before it (the kernel reads the tail with acquire semantics).
@@ -129,7 +130,7 @@ impl BufRing {
     }
 
     /// Unregisters the ring from `ring`; call before dropping, once no receive is in flight.
-    pub(crate) fn unregister(&self, ring: &IoUring) {
+    pub fn unregister(&self, ring: &IoUring) {
         // Failure means the ring is already gone with the kernel's state: nothing to undo.
         let _ = ring.submitter().unregister_buf_ring(self.bgid);
     }

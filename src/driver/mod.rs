@@ -2,7 +2,8 @@
 //! its own ring, listener, provided buffer ring, connection slab and timer wheel, run the
 //! sans-IO [`protocol`](crate::protocol) core and hand complete messages to a [`Service`].
 
-mod buf_ring;
+#[doc(hidden)]
+pub mod buf_ring;
 mod conn;
 pub mod features;
 mod service;

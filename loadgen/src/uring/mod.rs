@@ -11,7 +11,6 @@
 //! allows `unsafe` (see `README.md`).
 #![allow(unsafe_code)]
 
-mod buf_ring;
 pub mod user_data;
 
 use std::io;
@@ -22,8 +21,8 @@ use bytes::Bytes;
 use io_uring::types::{DestinationSlot, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
-use self::buf_ring::BufRing;
 use self::user_data::{OpKind, UserData, GENERATION_MASK};
+use uringcast::driver::buf_ring::BufRing;
 
 /// Submission queue entries per ring; the completion queue is [`CQ_FACTOR`] times larger, as
 /// multishot receives post many completions per submission.
