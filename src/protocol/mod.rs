@@ -1,7 +1,7 @@
 //! The sans-IO RFC 6455 core: bytes in, events and bytes out.
 //!
 //! Nothing here touches a socket, a ring, a thread or a clock. The driver feeds received bytes
-//! to a [`WebSocket`](connection::WebSocket) (or, before the upgrade, to a
+//! to a [`WebSocket`] (or, before the upgrade, to a
 //! [`ServerHandshake`](handshake::ServerHandshake)) and sends the frames it is handed back.
 
 pub mod close;
