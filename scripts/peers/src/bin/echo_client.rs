@@ -93,8 +93,9 @@ fn sched_ns(pid: u32) -> Option<u64> {
 }
 
 fn self_cpu() -> Duration {
-    // SAFETY: getrusage writes into the zeroed struct we own.
+    // SAFETY: rusage is a plain C struct for which all-zero bytes are a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own, which outlives the call.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     tv(ru.ru_utime) + tv(ru.ru_stime)
