@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 use uringcast::config::Mode;
@@ -151,7 +151,7 @@ fn assert_exact(json: &Value, connections: u64) {
 }
 
 /// An echo server on tokio-tungstenite; with `stall`, each echo waits while the flag is set.
-fn tungstenite_echo(runtime: &Runtime, stall: Option<Arc<AtomicBool>>) -> SocketAddr {
+fn tungstenite_echo(runtime: &Runtime, stall: Option<watch::Receiver<bool>>) -> SocketAddr {
     let listener = runtime
         .block_on(TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
@@ -165,9 +165,11 @@ fn tungstenite_echo(runtime: &Runtime, stall: Option<Arc<AtomicBool>>) -> Socket
                     return;
                 };
                 while let Some(Ok(message)) = ws.next().await {
-                    if let Some(flag) = &stall {
-                        while flag.load(Ordering::Relaxed) {
-                            tokio::time::sleep(Duration::from_millis(2)).await;
+                    if let Some(stalled) = &stall {
+                        // Wakes the moment the stall ends; no polling.
+                        let mut stalled = stalled.clone();
+                        if stalled.wait_for(|on| !*on).await.is_err() {
+                            return;
                         }
                     }
                     if let Message::Close(_) = message {
@@ -185,20 +187,25 @@ fn tungstenite_echo(runtime: &Runtime, stall: Option<Arc<AtomicBool>>) -> Socket
     addr
 }
 
-/// A flag set for [`STALL`] at the start of every second, for the length of a test.
-fn stall_flag(runtime: &Runtime) -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let timer = Arc::clone(&flag);
+/// A flag set for [`STALL`] at the start of every second, for the length of a test. The
+/// timer is the fault being injected (the system under test stalls on a clock), not a wait
+/// standing in for a signal.
+fn stall_flag(runtime: &Runtime) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
     runtime.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            timer.store(true, Ordering::Relaxed);
+            if tx.send(true).is_err() {
+                return;
+            }
             tokio::time::sleep(STALL).await;
-            timer.store(false, Ordering::Relaxed);
+            if tx.send(false).is_err() {
+                return;
+            }
         }
     });
-    flag
+    rx
 }
 
 type Topics = Arc<Mutex<HashMap<String, Vec<UnboundedSender<Message>>>>>;

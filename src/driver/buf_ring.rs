@@ -138,8 +138,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: `ring` came from `alloc_zeroed(ring_layout)` and is freed once, here. The worker
-        // unregisters the group (or drops the whole io_uring) and drains every receive first.
+        // SAFETY: `ring` came from `alloc_zeroed(ring_layout)` and is freed once, here. The owner
+        // (a server worker or a load-generator thread) unregisters the group or drops the whole
+        // io_uring first, and leaks this ring instead when receives may remain in flight.
         unsafe { dealloc(self.ring.cast(), self.ring_layout) };
     }
 }
