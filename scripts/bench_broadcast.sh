@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Broadcast to 10,000 subscribers at 10 publishes/s, 64-byte messages: uringcast (one worker)
 # against the floor (loadgen/examples/floor_server.rs: a plain loop write()ing one pre-encoded
-# frame to each socket), interleaved within each run. Each server is pinned to core 0, the load
+# frame to each socket) and the same loop with one io_uring send per socket instead of write()
+# ("uring-floor", floor_server --io-uring), interleaved within each run. Each server is pinned to core 0, the load
 # generator to core 1. uringcast's CPU (utime+stime) is read by the load generator over its
 # traffic window; the floor reports its own CPU over its sending period (it stops by itself
 # after 12 s; it sends whether or not anyone measures, so the load generator's window would
@@ -14,12 +15,13 @@ cargo build --release -q --workspace --examples
 load=target/release/uringcast-load
 port=9311
 for run in $(seq 1 "$runs"); do
-  for server in floor uringcast; do
+  for server in floor uring-floor uringcast; do
     port=$((port + 1))
-    if [ "$server" = floor ]; then src="127.0.0.$((120 + run * 2))"; else src="127.0.0.$((121 + run * 2))"; fi
-    if [ "$server" = floor ]; then
+    src="127.0.0.$((120 + port % 100))"
+    if [ "$server" != uringcast ]; then
+      flags=(); [ "$server" = uring-floor ] && flags=(--io-uring)
       taskset -c 0 target/release/examples/floor_server --listen "127.0.0.1:$port" --connections "$subs" \
-        --rate "$rate" --size 64 --start-delay 1 --max-seconds 12 >"$out/$server-$run.server" 2>&1 &
+        --rate "$rate" --size 64 --start-delay 1 --max-seconds 12 "${flags[@]}" >"$out/$server-$run.server" 2>&1 &
       publishers=0
     else
       taskset -c 0 target/release/uringcast --listen "127.0.0.1:$port" --mode broadcast --workers 1 \
@@ -58,17 +60,17 @@ print(f"window_core0_us_per_delivery {(c1 - c0) / hz * 1e6 / deliveries:.2f} "
       f"window_process_us_per_delivery {(p1 - p0) / hz * 1e6 / deliveries:.2f}")
 PY
     wait "$loadgen" || true
-    if [ "$server" = floor ]; then wait "$pid" 2>/dev/null || true; else kill "$pid"; wait "$pid" 2>/dev/null || true; fi
+    if [ "$server" != uringcast ]; then wait "$pid" 2>/dev/null || true; else kill "$pid"; wait "$pid" 2>/dev/null || true; fi
     python3 - "$out/$server-$run.json" "$server" "$run" "$out/$server-$run.server" <<'PY'
 import json, re, sys
 d = json.load(open(sys.argv[1]))
 cpu = (d.get("server") or {}).get("cpu_per_message_us") or 0
-if sys.argv[2] == "floor":
+if sys.argv[2] != "uringcast":
     m = re.search(r"\(([\d.]+) µs per frame\)", open(sys.argv[4]).read())
     cpu = float(m.group(1)) if m else float("nan")
 lat = d["latency_us"]
 window = open(sys.argv[4].rsplit(".", 1)[0] + ".window").read().strip()
-print(f"run {sys.argv[3]} {sys.argv[2]:9s} received {d['received']}/{d['expected']} missing {d['missing']} "
+print(f"run {sys.argv[3]} {sys.argv[2]:11s} received {d['received']}/{d['expected']} missing {d['missing']} "
       f"server_cpu_per_delivery_us {cpu:.2f} p50_ms {lat['p50']/1000:.1f} p99_ms {lat['p99']/1000:.1f} {window}")
 PY
   done

@@ -8,6 +8,12 @@
 //! then the `a..z` filler from offset `seq % 26` (see `src/scenario/stamp.rs`). With
 //! `--batch B` each write carries B consecutive rounds, so each receive sees B frames.
 //!
+//! With `--io-uring` each round is one `IORING_OP_SEND` per socket instead of one `write()`:
+//! the sockets registered as fixed files, the whole round pushed into a
+//! `SINGLE_ISSUER | DEFER_TASKRUN` ring with as few `io_uring_enter` calls as its 4,096-entry
+//! queue allows, every completion reaped before the next round. It is the bare io_uring send
+//! loop a server could at best be: no protocol, no queues, no per-connection state.
+//!
 //! ```text
 //! cargo run --release -p uringcast-loadgen --example floor_server -- \
 //!     --listen 127.0.0.1:9200 --connections 10000 --rate 1000000 --size 64
@@ -18,8 +24,12 @@
 //! It stops when every connection is gone (the load generator closes them at its end) or after
 //! `--max-seconds`, and prints what it wrote. Loopback addresses only.
 
+// The io_uring mode pushes SQEs that point at this process's memory.
+#![allow(unsafe_code)]
+
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
@@ -28,7 +38,9 @@ const STAMP_BYTES: usize = 24;
 const ALPHABET: u64 = 26;
 const USAGE: &str =
     "floor_server [--listen 127.0.0.1:9200] [--connections N] [--rate ROUNDS_PER_S] \
-                     [--size BYTES] [--batch FRAMES] [--start-delay S] [--max-seconds S]";
+                     [--size BYTES] [--batch FRAMES] [--start-delay S] [--max-seconds S] [--io-uring]";
+/// Submission queue entries of the `--io-uring` ring: a round of 10,000 sends is three enters.
+const SQ_ENTRIES: u32 = 4096;
 
 struct Options {
     listen: SocketAddr,
@@ -38,6 +50,7 @@ struct Options {
     batch: u64,
     start_delay: Duration,
     max: Duration,
+    io_uring: bool,
 }
 
 fn main() {
@@ -63,8 +76,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Options, String> {
         batch: 1,
         start_delay: Duration::from_secs(1),
         max: Duration::from_secs(60),
+        io_uring: false,
     };
     while let Some(flag) = args.next() {
+        if flag == "--io-uring" {
+            o.io_uring = true;
+            continue;
+        }
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |_| format!("{flag} {value}: not a valid value");
         match flag.as_str() {
@@ -107,6 +125,11 @@ fn run(o: &Options) -> io::Result<()> {
         }
     }
     eprintln!("floor_server: {} connections; sending", sockets.len());
+    let mut ring = if o.io_uring {
+        Some(UringSender::new(&sockets)?)
+    } else {
+        None
+    };
     std::thread::sleep(o.start_delay);
     let cpu_before = own_cpu_ticks();
     let start_ns = now_ns();
@@ -132,13 +155,19 @@ fn run(o: &Options) -> io::Result<()> {
                 &mut buffer,
             );
         }
-        for slot in &mut sockets {
-            let Some(stream) = slot else { continue };
-            if stream.write_all(&buffer).is_err() {
-                *slot = None;
-                open -= 1;
-            } else {
-                written += o.batch;
+        if let Some(ring) = &mut ring {
+            let (sent, lost) = ring.round(&buffer)?;
+            written += sent * o.batch;
+            open -= lost;
+        } else {
+            for slot in &mut sockets {
+                let Some(stream) = slot else { continue };
+                if stream.write_all(&buffer).is_err() {
+                    *slot = None;
+                    open -= 1;
+                } else {
+                    written += o.batch;
+                }
             }
         }
         round += o.batch;
@@ -152,6 +181,71 @@ fn run(o: &Options) -> io::Result<()> {
         cpu * 1e6 / written.max(1) as f64
     );
     Ok(())
+}
+
+/// One `IORING_OP_SEND` per live socket per round, through fixed files.
+struct UringSender {
+    ring: io_uring::IoUring,
+    /// Whether each registered socket still takes frames.
+    live: Vec<bool>,
+}
+
+impl UringSender {
+    fn new(sockets: &[Option<TcpStream>]) -> io::Result<Self> {
+        let ring = io_uring::IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(SQ_ENTRIES * 4)
+            .build(SQ_ENTRIES)?;
+        let fds: Vec<i32> = sockets
+            .iter()
+            .map(|s| s.as_ref().map_or(-1, AsRawFd::as_raw_fd))
+            .collect();
+        ring.submitter().register_files(&fds)?;
+        Ok(Self {
+            ring,
+            live: fds.iter().map(|fd| *fd >= 0).collect(),
+        })
+    }
+
+    /// Sends `frame` to every live socket; returns the sends that wrote it whole and the
+    /// sockets lost (an error or a short write, which a receiver that keeps up never causes).
+    fn round(&mut self, frame: &[u8]) -> io::Result<(u64, usize)> {
+        use io_uring::{opcode, types::Fixed};
+        let (mut pending, mut sent, mut lost) = (0usize, 0u64, 0usize);
+        let mut next = 0;
+        while next < self.live.len() || pending > 0 {
+            while next < self.live.len() {
+                if !self.live[next] {
+                    next += 1;
+                    continue;
+                }
+                let entry =
+                    opcode::Send::new(Fixed(next as u32), frame.as_ptr(), frame.len() as u32)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                        .user_data(next as u64);
+                // SAFETY: `frame` outlives this call, and this call returns only once every
+                // send it pushed has completed (`pending` reaches 0).
+                if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                    break;
+                }
+                pending += 1;
+                next += 1;
+            }
+            self.ring.submit_and_wait(1)?;
+            for cqe in self.ring.completion() {
+                pending -= 1;
+                if cqe.result() == frame.len() as i32 {
+                    sent += 1;
+                } else {
+                    self.live[cqe.user_data() as usize] = false;
+                    lost += 1;
+                }
+            }
+        }
+        Ok((sent, lost))
+    }
 }
 
 /// Reads the upgrade request and answers 101; `None` for a request that is not an upgrade.
