@@ -6,6 +6,8 @@
 pub mod buf_ring;
 mod conn;
 pub mod features;
+#[doc(hidden)]
+pub mod ring;
 mod service;
 mod timer;
 mod user_data;

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{CancelBuilder, Fd, Fixed};
 use io_uring::{cqueue, opcode, squeue, IoUring};
 use nix::sys::signalfd::SignalFd;
 use slab::Slab;
@@ -19,9 +19,10 @@ use tracing::{debug, info, trace, warn};
 
 use super::buf_ring::BufRing;
 use super::conn::{Conn, Ending, SendVec, Stage, MAX_IOVECS};
+use super::ring::{self, GENERATION_MASK};
 use super::service::{Admission, ConnId, Ctx};
 use super::timer::{TimerEntry, TimerWheel};
-use super::user_data::{OpKind, UserData, GENERATION_MASK};
+use super::user_data::{OpKind, UserData};
 use super::{Features, Service, Shared};
 use crate::config::Config;
 use crate::protocol::connection::Read;
@@ -65,7 +66,7 @@ macro_rules! ctx {
 }
 
 /// The key used in user_data for operations that belong to no connection.
-const NO_KEY: usize = u32::MAX as usize;
+const NO_KEY: u32 = u32::MAX;
 /// The generation field of an accept's user_data tells the two kinds apart.
 const ACCEPT_MULTI: u32 = 0;
 const ACCEPT_SINGLE: u32 = 1;
@@ -264,38 +265,14 @@ impl<S: Service> Worker<S> {
             (None, Some(_)) => Some(super::timer::TICK),
             (None, None) => None,
         };
-        let result = match timeout {
-            Some(timeout) => {
-                let ts = Timespec::from(timeout);
-                let args = SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-            None => self.ring.submitter().submit_and_wait(1),
-        };
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        ring::submit_and_wait(&self.ring, timeout)
     }
 
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
         // Completions are copied out first so that handling them may push submissions.
         loop {
-            cqes.clear();
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            ring::take_completions(&mut self.ring, &mut cqes);
             if cqes.is_empty() {
                 break;
             }
@@ -313,7 +290,7 @@ impl<S: Service> Worker<S> {
         };
         match ud.kind {
             OpKind::Accept => self.on_accept(ud.generation == ACCEPT_SINGLE, result, flags),
-            OpKind::Cancel if ud.key as usize == NO_KEY => {}
+            OpKind::Cancel if ud.key == NO_KEY => {}
             OpKind::Wake => self.on_wake(result),
             OpKind::Signal => self.on_signal(result),
             kind => {
@@ -700,7 +677,7 @@ impl<S: Service> Worker<S> {
                 trace!(key, "shutdown");
                 conn.ending = Ending::Linger;
                 conn.pending_ops += 1;
-                let ud = UserData::new(OpKind::Shutdown, conn.generation, key);
+                let ud = UserData::new(OpKind::Shutdown, conn.generation, key as u32);
                 let entry = on_conn!(self.direct, conn.slot, |fd| {
                     opcode::Shutdown::new(fd, libc::SHUT_WR).build()
                 })
@@ -715,7 +692,7 @@ impl<S: Service> Worker<S> {
     fn submit_send(&mut self, key: usize) {
         let mut vec = self.send_vecs.pop().unwrap_or_else(new_send_vec);
         let conn = &mut self.conns[key];
-        let ud = UserData::new(OpKind::Send, conn.generation, key).pack();
+        let ud = UserData::new(OpKind::Send, conn.generation, key as u32).pack();
         let mut count = 0;
         for (iov, frame) in vec.iov.iter_mut().zip(conn.queue.front(MAX_IOVECS)) {
             iov.iov_base = frame.as_ptr() as *mut libc::c_void;
@@ -830,7 +807,7 @@ impl<S: Service> Worker<S> {
     fn arm_recv(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         conn.recv_armed = true;
-        let ud = UserData::new(OpKind::Recv, conn.generation, key).pack();
+        let ud = UserData::new(OpKind::Recv, conn.generation, key as u32).pack();
         let entry = if self.bundles {
             on_conn!(self.direct, conn.slot, |fd| {
                 opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build()
@@ -898,10 +875,10 @@ impl<S: Service> Worker<S> {
                 continue;
             }
             self.conns[key].pending_ops += 1;
-            let target = UserData::new(kind, generation, key).pack();
+            let target = UserData::new(kind, generation, key as u32).pack();
             let cancel = opcode::AsyncCancel::new(target)
                 .build()
-                .user_data(UserData::new(OpKind::Cancel, generation, key).pack());
+                .user_data(UserData::new(OpKind::Cancel, generation, key as u32).pack());
             // SAFETY: a cancel reads no user memory.
             unsafe { self.push(&cancel) };
         }
@@ -921,7 +898,7 @@ impl<S: Service> Worker<S> {
             conn.close_submitted = true;
             conn.pending_ops += 1;
             let close = on_conn!(self.direct, conn.slot, |fd| opcode::Close::new(fd).build())
-                .user_data(UserData::new(OpKind::Close, conn.generation, key).pack());
+                .user_data(UserData::new(OpKind::Close, conn.generation, key as u32).pack());
             // SAFETY: a close reads no user memory.
             unsafe { self.push(&close) };
             return;
@@ -966,34 +943,16 @@ fn new_send_vec() -> Box<SendVec> {
     })
 }
 
-/// Builds the ring with the best setup flags the kernel takes, dropping one at a time.
+/// Builds the worker's ring (a completion queue four times its submission queue: multishot
+/// receives post many completions per submission).
 fn build_ring(entries: u32, features: Features, id: usize) -> io::Result<IoUring> {
-    let cq = entries * 4;
-    if features.defer_taskrun {
-        if let Ok(ring) = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_submit_all()
-            .setup_cqsize(cq)
-            .build(entries)
-        {
-            if id == 0 {
-                info!("ring setup: SINGLE_ISSUER | DEFER_TASKRUN | SUBMIT_ALL");
-            }
-            return Ok(ring);
-        }
+    let (ring, setup) = ring::build(entries, entries * 4, features.defer_taskrun)?;
+    match setup {
+        ring::Setup::DeferTaskrun if id == 0 => info!("ring setup: {}", setup.flags()),
+        ring::Setup::DeferTaskrun => {}
+        _ => warn!("ring setup: {}; DEFER_TASKRUN unavailable", setup.flags()),
     }
-    if let Ok(ring) = IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_submit_all()
-        .setup_cqsize(cq)
-        .build(entries)
-    {
-        warn!("ring setup: DEFER_TASKRUN unavailable; fell back to COOP_TASKRUN");
-        return Ok(ring);
-    }
-    warn!("ring setup: no optional flags accepted; fell back to a plain ring");
-    IoUring::builder().setup_cqsize(cq).build(entries)
+    Ok(ring)
 }
 
 /// Runs received bytes through the connection's protocol state and the service.

@@ -872,7 +872,7 @@ impl State {
     }
 
     fn complete(&mut self, ops: &mut Ops, c: Completion<'_>) {
-        let index = c.op.slot as usize;
+        let index = c.op.key as usize;
         let Some(slot) = self.slots.get_mut(index) else {
             self.result.diagnostics.stale_completions += 1;
             return;

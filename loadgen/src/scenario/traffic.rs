@@ -1231,7 +1231,7 @@ impl Net {
     }
 
     fn complete<W: Workload>(&mut self, ops: &mut Ops, work: &mut W, c: Completion<'_>) {
-        let index = c.op.slot as usize;
+        let index = c.op.key as usize;
         let Some(slot) = self.slots.get_mut(index) else {
             self.diagnostics.stale_completions += 1;
             return;

@@ -6,9 +6,10 @@
 //! operation points to is owned here until the completion that ends the operation has been
 //! reaped, and a ring dropped with operations in flight leaks that memory rather than free it.
 //!
-//! `uringcast`'s own driver keeps its client-free internals private, so this module repeats the
-//! few io_uring patterns the load generator needs; it is the one place in `loadgen/` that
-//! allows `unsafe` (see `README.md`).
+//! The ring's set-up, the `user_data` tags, the submit-and-wait step and the provided buffer
+//! ring are the server's own (`uringcast::driver::ring` and `buf_ring`); what is here is what
+//! only a client does: sockets opened, bound and connected through the ring. It is the one
+//! place in `loadgen/` that allows `unsafe` (see `README.md`).
 #![allow(unsafe_code)]
 
 pub mod user_data;
@@ -18,11 +19,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use io_uring::types::{DestinationSlot, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{DestinationSlot, Fixed};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
-use self::user_data::{OpKind, UserData, GENERATION_MASK};
+use self::user_data::{OpKind, UserData};
 use uringcast::driver::buf_ring::BufRing;
+use uringcast::driver::ring;
 
 /// Submission queue entries per ring; the completion queue is [`CQ_FACTOR`] times larger, as
 /// multishot receives post many completions per submission.
@@ -257,7 +259,7 @@ impl ClientRing {
         sources: &[IpAddr],
         recv: RecvBuffers,
     ) -> io::Result<Self> {
-        let ring = build_ring(features)?;
+        let (ring, _) = ring::build(SQ_ENTRIES, SQ_ENTRIES * CQ_FACTOR, features.defer_taskrun)?;
         ring.submitter().register_files_sparse(slots)?;
         let bufs = BufRing::register(&ring, BUFFER_GROUP, recv.count, recv.bytes)?;
         Ok(Self {
@@ -292,20 +294,7 @@ impl ClientRing {
     ///
     /// A ring error other than the timeout, `EINTR` or `EBUSY`.
     pub fn submit_and_wait(&mut self, timeout: Duration) -> io::Result<()> {
-        let ts = Timespec::from(timeout);
-        let args = SubmitArgs::new().timespec(&ts);
-        match self.ops.ring.submitter().submit_with_args(1, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        ring::submit_and_wait(&self.ops.ring, Some(timeout))
     }
 
     /// Hands every completion to `handle`, then returns the receive buffers to the kernel.
@@ -316,13 +305,7 @@ impl ClientRing {
             .as_mut()
             .expect("the buffer ring lives until drop");
         loop {
-            self.cqes.clear();
-            self.cqes.extend(
-                self.ops
-                    .ring
-                    .completion()
-                    .map(|c| (c.user_data(), c.result(), c.flags())),
-            );
+            ring::take_completions(&mut self.ops.ring, &mut self.cqes);
             if self.cqes.is_empty() {
                 break;
             }
@@ -340,7 +323,7 @@ impl ClientRing {
                     continue;
                 };
                 if op.kind == OpKind::Send {
-                    if let Some(held) = self.ops.held.get_mut(op.slot as usize) {
+                    if let Some(held) = self.ops.held.get_mut(op.key as usize) {
                         if held.as_ref().is_some_and(|(g, _)| *g == op.generation) {
                             *held = None;
                         }
@@ -425,14 +408,7 @@ impl Ops {
         if self.held[index].is_some() {
             return Ok(Err(SendBusy(slot)));
         }
-        let ud = |kind| {
-            UserData {
-                kind,
-                generation: generation & GENERATION_MASK,
-                slot,
-            }
-            .pack()
-        };
+        let ud = |kind| UserData::new(kind, generation, slot).pack();
         let link = squeue::Flags::IO_LINK;
         let fixed = Fixed(slot);
         let destination =
@@ -480,7 +456,7 @@ impl Ops {
                 .build()
                 .user_data(ud(OpKind::Send)),
         );
-        self.held[index] = Some((generation & GENERATION_MASK, request));
+        self.held[index] = Some((generation & ring::GENERATION_MASK, request));
         // SAFETY: the addresses live in boxes owned by `self` for the ring's life (and are
         // leaked with it if operations remain); `one` likewise; the request's bytes are held in
         // `held[slot]` until the send's completion, which `reap` alone releases.
@@ -500,14 +476,7 @@ impl Ops {
         } else {
             opcode::RecvMulti::new(Fixed(slot), self.bgid).build()
         };
-        let entry = entry.user_data(
-            UserData {
-                kind: OpKind::Recv,
-                generation: generation & GENERATION_MASK,
-                slot,
-            }
-            .pack(),
-        );
+        let entry = entry.user_data(UserData::new(OpKind::Recv, generation, slot).pack());
         // SAFETY: the receive writes only into the buffer ring, which outlives the ring's
         // operations (drop order, and `Drop` leaks it while any remain).
         unsafe { self.push_chain(&[entry]) }
@@ -536,15 +505,8 @@ impl Ops {
         let entry = opcode::Send::new(Fixed(slot), frame.as_ptr(), frame.len() as u32)
             .flags(libc::MSG_NOSIGNAL)
             .build()
-            .user_data(
-                UserData {
-                    kind: OpKind::Send,
-                    generation: generation & GENERATION_MASK,
-                    slot,
-                }
-                .pack(),
-            );
-        self.held[index] = Some((generation & GENERATION_MASK, frame));
+            .user_data(UserData::new(OpKind::Send, generation, slot).pack());
+        self.held[index] = Some((generation & ring::GENERATION_MASK, frame));
         // SAFETY: the frame's bytes are held in `held[slot]` until this send's completion,
         // which `reap` alone releases.
         unsafe { self.push_chain(&[entry])? };
@@ -565,14 +527,7 @@ impl Ops {
     ///
     /// A ring error while making room.
     pub fn close(&mut self, slot: u32, generation: u32, before: BeforeClose) -> io::Result<u32> {
-        let ud = |kind| {
-            UserData {
-                kind,
-                generation: generation & GENERATION_MASK,
-                slot,
-            }
-            .pack()
-        };
+        let ud = |kind| UserData::new(kind, generation, slot).pack();
         let hardlink = squeue::Flags::IO_HARDLINK;
         let close = opcode::Close::new(Fixed(slot))
             .build()
@@ -621,43 +576,13 @@ impl Ops {
     ///
     /// Every buffer the entries name must stay valid until their completions are reaped.
     unsafe fn push_chain(&mut self, chain: &[squeue::Entry]) -> io::Result<()> {
-        loop {
-            // SAFETY: forwarded from this function's contract.
-            if unsafe { self.ring.submission().push_multiple(chain) }.is_ok() {
-                self.in_flight += chain.len();
-                return Ok(());
-            }
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EINTR)) => {
-                    // The kernel could not take the queue now; it will once we wait.
-                    std::thread::yield_now();
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        // The kernel could not take the queue now (its completion queue is full): it will
+        // once this thread waits and reaps, so only let others run meanwhile.
+        // SAFETY: forwarded from this function's contract.
+        unsafe { ring::push_all(&mut self.ring, chain, |_| std::thread::yield_now())? };
+        self.in_flight += chain.len();
+        Ok(())
     }
-}
-
-/// Builds the ring with `SINGLE_ISSUER | DEFER_TASKRUN` when the kernel has them.
-fn build_ring(features: ClientFeatures) -> io::Result<IoUring> {
-    let cq = SQ_ENTRIES * CQ_FACTOR;
-    if features.defer_taskrun {
-        if let Ok(ring) = IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_submit_all()
-            .setup_cqsize(cq)
-            .build(SQ_ENTRIES)
-        {
-            return Ok(ring);
-        }
-    }
-    IoUring::builder()
-        .setup_coop_taskrun()
-        .setup_submit_all()
-        .setup_cqsize(cq)
-        .build(SQ_ENTRIES)
 }
 
 /// A socket address in the C layout the kernel reads.

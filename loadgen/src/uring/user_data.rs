@@ -1,6 +1,7 @@
-//! What a completion is for: each submission's `user_data` packs the operation, the direct
-//! descriptor slot of its connection and that slot's generation, so a completion that arrives
-//! after its connection was closed and its slot reused is recognised and dropped.
+//! The client's operations, as the `user_data` of its submissions names them; the packing is
+//! the server's own (`uringcast::driver::ring`).
+
+use uringcast::driver::ring;
 
 /// The operation a submission performed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,8 +27,8 @@ pub enum OpKind {
     Close,
 }
 
-impl OpKind {
-    const ALL: [Self; 9] = [
+impl ring::OpKind for OpKind {
+    const ALL: &'static [Self] = &[
         Self::Socket,
         Self::SockOpt,
         Self::Bind,
@@ -38,60 +39,28 @@ impl OpKind {
         Self::Cancel,
         Self::Close,
     ];
-}
 
-/// Generations wrap at 24 bits.
-pub const GENERATION_MASK: u32 = (1 << 24) - 1;
-
-/// Bits 56..64 op kind, 32..56 slot generation (24 bits, wraps), 0..32 slot.
-/// Kinds start at 1, so a zero `user_data` is always a bug.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct UserData {
-    /// The operation.
-    pub kind: OpKind,
-    /// The slot's generation when the operation was submitted.
-    pub generation: u32,
-    /// The direct descriptor slot, which is also the connection's key.
-    pub slot: u32,
-}
-
-impl UserData {
-    /// Packs into the 64 bits an SQE carries.
-    pub fn pack(self) -> u64 {
-        (self.kind as u64) << 56
-            | u64::from(self.generation & GENERATION_MASK) << 32
-            | u64::from(self.slot)
-    }
-
-    /// Unpacks; `None` for a value no [`pack`](Self::pack) produced.
-    pub fn unpack(raw: u64) -> Option<Self> {
-        let kind = OpKind::ALL.into_iter().find(|k| *k as u64 == raw >> 56)?;
-        Some(Self {
-            kind,
-            generation: (raw >> 32) as u32 & GENERATION_MASK,
-            slot: raw as u32,
-        })
+    fn code(self) -> u8 {
+        self as u8
     }
 }
+
+pub use ring::GENERATION_MASK;
+
+/// A client submission's tag (packing and generations: `uringcast::driver::ring::UserData`):
+/// the key is the connection's direct descriptor slot.
+pub type UserData = ring::UserData<OpKind>;
 
 #[cfg(test)]
 mod tests {
+    use super::ring::OpKind as _;
     use super::*;
 
     #[test]
-    fn pack_unpack_round_trip() {
-        for kind in OpKind::ALL {
-            for (generation, slot) in [(0, 0), (1, 7), (GENERATION_MASK, u32::MAX)] {
-                let ud = UserData {
-                    kind,
-                    generation,
-                    slot,
-                };
-                assert_eq!(UserData::unpack(ud.pack()), Some(ud));
-                assert_ne!(ud.pack(), 0);
-            }
+    fn every_kind_round_trips() {
+        for &kind in OpKind::ALL {
+            let ud = UserData::new(kind, 5, 9);
+            assert_eq!(UserData::unpack(ud.pack()), Some(ud));
         }
-        assert_eq!(UserData::unpack(0), None);
-        assert_eq!(UserData::unpack(0xFF << 56), None);
     }
 }
