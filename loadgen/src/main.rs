@@ -40,7 +40,7 @@ use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, PublishUrl, P
 use crate::scenario::connect;
 use crate::scenario::echo::{self, EchoWork, Pace};
 use crate::scenario::stamp::{Encoding, Stamper, BINARY_STAMP_BYTES};
-use crate::scenario::traffic::{self, NoSenders};
+use crate::scenario::traffic::{self, NoSenders, ProgressStyle};
 use crate::uring::{ClientFeatures, RecvBuffers};
 
 /// A load generator for WebSocket servers on this machine (loopback only), on io_uring.
@@ -551,8 +551,14 @@ fn prepare(
             close_timeout,
             drain_timeout,
             server_pid: args.server_pid,
-            progress: !args.quiet,
+            progress: if args.quiet {
+                ProgressStyle::Off
+            } else {
+                ProgressStyle::Live
+            },
             recv,
+            // Their reports have no close figures: no reason to wait for the server to settle.
+            close_cpu: false,
         },
         features,
     })

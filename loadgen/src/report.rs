@@ -524,7 +524,7 @@ impl TrafficReport {
         let o = &self.outcome;
         let t: &Tally = &o.tally;
         let per_message = |cpu_s: f64| (t.received > 0).then(|| cpu_s * 1e6 / t.received as f64);
-        let server = o.server.map(|s| {
+        let server = o.server.as_ref().map(|s| {
             json!({
                 "pid": s.pid,
                 "cpu_s": s.cpu_s,

@@ -87,15 +87,36 @@ fn assert_reached(json: &Value, target: u64) {
         assert_eq!(connections["failed"][kind], 0, "failed.{kind}");
     }
     assert_eq!(connections["closed_clean"], target, "every close was clean");
+    assert_eq!(connections["closed_forced"], 0);
     assert_eq!(connections["closed_abandoned"], 0);
-    let latency = &json["latency_us"];
-    assert_eq!(latency["count"], target);
-    for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
-        let value = latency[key].as_u64().expect("a latency in µs");
-        assert!(value >= 1, "latency_us.{key} = {value}");
+    // One handshake, one TCP connect and one clean closing handshake per connection.
+    for name in ["latency_us", "connect_latency_us", "close_latency_us"] {
+        let latency = &json[name];
+        assert_eq!(latency["count"], target, "{name}.count");
+        for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+            let value = latency[key].as_u64().expect("a latency in µs");
+            assert!(value >= 1, "{name}.{key} = {value}");
+        }
+        assert!(latency["p50"].as_u64() <= latency["max"].as_u64());
     }
-    assert!(latency["p50"].as_u64() <= latency["max"].as_u64());
-    assert!(json["duration_s"].as_f64().expect("a duration") > 0.0);
+    // Each TCP connect completes before the 101 that follows it on the same connection, so
+    // every quantile of the one is at most that of the other.
+    for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+        let tcp = &json["connect_latency_us"][key];
+        let handshake = &json["latency_us"][key];
+        assert!(
+            tcp.as_u64() <= handshake.as_u64(),
+            "{key}: {tcp} > {handshake}"
+        );
+    }
+    let duration = json["duration_s"].as_f64().expect("a duration");
+    let ramp = json["ramp_s"].as_f64().expect("a ramp time");
+    let hold = json["hold_s"].as_f64().expect("a hold time");
+    assert!(ramp > 0.0, "ramp_s = {ramp}");
+    assert!(
+        ramp + hold <= duration,
+        "ramp {ramp} + hold {hold} > run {duration}"
+    );
     assert_eq!(json["diagnostics"]["cq_overflow"], 0);
     assert_eq!(json["diagnostics"]["stale_completions"], 0);
     assert_eq!(json["diagnostics"]["rings_leaked"], 0);
@@ -134,9 +155,13 @@ fn connect_holds_200_connections_and_reports_them() {
     assert_reached(&json, 200);
     assert_eq!(json["settings"]["threads"], 2);
     assert_eq!(json["settings"]["url"], url);
+    // The hold runs its full --duration (no Ctrl-C here).
+    let hold = json["hold_s"].as_f64().expect("a hold time");
+    assert!(hold >= 0.2, "hold_s = {hold}");
     let server = &json["server"];
     assert_eq!(server["pid"], std::process::id());
     assert!(server["cpu_s"].as_f64().is_some());
+    assert!(server["close_cpu_s"].as_f64().is_some(), "{server:#}");
     assert!(server["rss_bytes"].as_u64().expect("an RSS") > 0);
     assert!(server["rss_per_conn_bytes"].as_f64().is_some());
     assert!(server["slab_per_conn_bytes"].as_f64().is_some());
@@ -207,7 +232,9 @@ fn connect_counts_refused_connections() {
     let json = read_json(&path);
     assert_eq!(json["connections"]["reached"], 0);
     assert_eq!(json["connections"]["failed"]["refused"], 20);
-    assert_eq!(json["latency_us"]["count"], 0);
+    for name in ["latency_us", "connect_latency_us", "close_latency_us"] {
+        assert_eq!(json[name]["count"], 0, "{name}.count");
+    }
 }
 
 #[test]

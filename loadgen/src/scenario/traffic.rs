@@ -1,8 +1,10 @@
-//! The engine of the message scenarios (`echo`, `broadcast`): client threads that open their
-//! connections, exchange messages for the duration, drain what is still in flight, and close.
+//! The engine of every scenario (`connect`, `echo`, `broadcast`): client threads that open
+//! their connections, exchange messages for the duration, drain what is still in flight, and
+//! close. `connect` is the case with no messages: its hold is the traffic phase.
 //!
-//! Each thread owns one [`ClientRing`]: connections are opened as in `connect` (one linked
-//! chain per connection into a direct descriptor slot), then receive with a multishot receive
+//! Each thread owns one [`ClientRing`]: connections are opened by one linked chain per
+//! connection into a direct descriptor slot (socket → [setsockopt → bind] → connect → send the
+//! upgrade request), then receive with a multishot receive
 //! into the thread's provided buffer ring, with bundles where the kernel has them, so one
 //! completion may carry many frames. Frames are parsed by the protocol core
 //! ([`WebSocket`] on the client side, pings answered); each message goes to the scenario's
@@ -11,7 +13,9 @@
 //!
 //! A run has fixed phases, driven by the coordinating thread: connect every connection →
 //! traffic for the duration (`Go`) → stop sending (`Stop`) → drain until every expected message
-//! is in or the drain timeout (`Drain`) → closing handshakes → report.
+//! is in or the drain timeout (`Drain`) → closing handshakes → report. Besides the messages it
+//! measures each connection's TCP connect, handshake and closing handshake, and samples the
+//! server and the kernel before connecting, at `Go`, at `Stop` and after the drain.
 
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal as _, Write as _};
@@ -59,8 +63,11 @@ const STRAGGLER_WAIT: Duration = Duration::from_secs(30);
 /// Traffic starts this long after the last connection is up, on every thread at once.
 const GO_DELAY: Duration = Duration::from_millis(50);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How the server's CPU time is watched for the end of its teardown work after the close.
+const SETTLE_EVERY: Duration = Duration::from_millis(100);
+const SETTLE_MAX: Duration = Duration::from_secs(10);
 
-/// What every message scenario needs to run its connections.
+/// What every scenario needs to run its connections.
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Where to connect.
@@ -83,10 +90,32 @@ pub struct Settings {
     pub drain_timeout: Duration,
     /// The server to measure.
     pub server_pid: Option<u32>,
-    /// A live progress line on stderr (when it is a terminal).
-    pub progress: bool,
+    /// What to print on stderr while the run goes on.
+    pub progress: ProgressStyle,
     /// Provided receive buffers per thread.
     pub recv: RecvBuffers,
+    /// With `server_pid`: after the close, watch the server's CPU until it goes idle (up to
+    /// 10 s more) for [`StopSample::close_cpu_s`]; a run that does not report it saves the wait.
+    pub close_cpu: bool,
+}
+
+impl Settings {
+    /// The client threads a run starts: at least one, at most one per connection.
+    pub fn threads_used(&self) -> usize {
+        self.threads.clamp(1, self.connections.max(1) as usize)
+    }
+}
+
+/// What the coordinator prints on stderr while a run goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressStyle {
+    /// Nothing (`--quiet`).
+    Off,
+    /// Message counts on one line rewritten each second, only when stderr is a terminal.
+    Live,
+    /// Connection counts on a new line each second, terminal or not: an idle hold has no
+    /// messages to count, and its long runs are often logged to a file.
+    Connections,
 }
 
 /// Which of the run's connections a thread owns: global indices `first, first + step, ...`.
@@ -101,6 +130,18 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Thread `id`'s share of `connections` over `threads` threads (every `threads`-th
+    /// connection from `id` on, so the shares differ by at most one).
+    pub fn of_thread(id: usize, threads: usize, connections: u64) -> Self {
+        Self {
+            first: id as u64,
+            step: threads as u64,
+            count: connections
+                .saturating_sub(id as u64)
+                .div_ceil(threads as u64),
+        }
+    }
+
     /// The global index of local connection `local`.
     pub fn global(&self, local: usize) -> u64 {
         self.first + local as u64 * self.step
@@ -278,6 +319,8 @@ pub struct Outcome {
     pub target: u64,
     /// Connections open when traffic started.
     pub reached: u64,
+    /// Connections open when traffic stopped (`connect`'s hold sample).
+    pub held: u64,
     /// Handshakes verified.
     pub established: u64,
     /// Connections that never reached a verified 101.
@@ -286,10 +329,24 @@ pub struct Outcome {
     pub dropped: Failures,
     /// Connections closed at the end with a completed closing handshake.
     pub closed_clean: u64,
-    /// Handshake latency, µs.
+    /// Connections closed at the end without one (timeout or error).
+    pub closed_forced: u64,
+    /// Connections still open when their thread gave up waiting (closed as its ring went).
+    pub closed_abandoned: u64,
+    /// Handshake latency: the open chain submitted to the verified 101, µs.
     pub handshake: Histogram<u64>,
+    /// TCP connect latency: the open chain submitted to the connect's completion, µs.
+    pub tcp_connect: Histogram<u64>,
+    /// Closing handshake latency at the end, for clean closes: our close frame queued to the
+    /// server's FIN, µs.
+    pub closing: Histogram<u64>,
+    /// Time from the first connection until every connection had settled, or the wait for
+    /// them ended (limit or Ctrl-C).
+    pub ramp: Duration,
     /// Time with traffic (Go to Stop).
     pub duration: Duration,
+    /// Time from the first connection until every thread had closed, or was given up on.
+    pub elapsed: Duration,
     /// Ctrl-C stopped the run early.
     pub interrupted: bool,
     /// Server figures, with `--server-pid`.
@@ -298,6 +355,8 @@ pub struct Outcome {
     pub client_cpu_s: f64,
     /// This process's RSS at the end of the traffic.
     pub client_rss_bytes: Option<u64>,
+    /// Kernel slab (system-wide) before the first connection and at the end of the traffic.
+    pub slab: Option<(u64, u64)>,
     /// Counters that should be 0.
     pub diagnostics: Diagnostics,
     /// Sends that the scenario's own senders could not make.
@@ -305,7 +364,7 @@ pub struct Outcome {
 }
 
 /// The server's cost, read from `/proc`.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerSamples {
     /// The server's pid.
     pub pid: u32,
@@ -315,8 +374,23 @@ pub struct ServerSamples {
     pub rss_before_bytes: u64,
     /// RSS once every connection was up.
     pub rss_connected_bytes: u64,
-    /// RSS at the end of the traffic.
+    /// RSS at the end of the drain.
     pub rss_bytes: u64,
+    /// The reading at Stop, the end of the traffic (`connect`'s hold sample), or why the
+    /// server could not be read then.
+    pub stop: Result<StopSample, String>,
+}
+
+/// The server read at Stop, the end of the traffic, and watched after the close.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StopSample {
+    /// CPU seconds (user + system) from before the first connection to Stop.
+    pub cpu_s: f64,
+    /// RSS at Stop.
+    pub rss_bytes: u64,
+    /// CPU seconds from Stop until the server went idle after the close, with
+    /// [`Settings::close_cpu`] (`None` without it, or if the server could not be read).
+    pub close_cpu_s: Option<f64>,
 }
 
 /// Runs a scenario: `work` builds each thread's [`Workload`] from its thread id and plan.
@@ -331,9 +405,7 @@ pub fn run<W: Workload>(
     work: impl Fn(usize, Plan) -> W + Send + Sync + 'static,
     senders: &mut dyn Senders,
 ) -> Result<Outcome, LoadError> {
-    let threads = settings
-        .threads
-        .clamp(1, settings.connections.max(1) as usize);
+    let threads = settings.threads_used();
     let progress: Arc<[Progress]> = (0..threads).map(|_| Progress::default()).collect();
     let work = Arc::new(work);
     let (events_tx, events) = mpsc::channel();
@@ -342,14 +414,7 @@ pub fn run<W: Workload>(
     for id in 0..threads {
         let (command_tx, command_rx) = mpsc::channel();
         commands.push(command_tx);
-        let plan = Plan {
-            first: id as u64,
-            step: threads as u64,
-            count: settings
-                .connections
-                .saturating_sub(id as u64)
-                .div_ceil(threads as u64),
-        };
+        let plan = Plan::of_thread(id, threads, settings.connections);
         let setup = ThreadSetup {
             id,
             plan,
@@ -379,7 +444,8 @@ pub fn run<W: Workload>(
         progress,
         results: Vec::new(),
         sent: Expect::default(),
-        line: ProgressLine::new(settings.progress),
+        line: ProgressLine::new(settings.progress == ProgressStyle::Live),
+        first_connection: Instant::now(),
     };
     let result = coordinator.drive(senders);
     coordinator.stop_and_join();
@@ -397,6 +463,8 @@ struct Coordinator<'a> {
     /// What the threads' publishers sent, summed as they stop.
     sent: Expect,
     line: ProgressLine,
+    /// When the first connection was due: the zero of [`ProgressStyle::Connections`] lines.
+    first_connection: Instant,
 }
 
 /// The event a coordinator waits for from every thread.
@@ -419,16 +487,23 @@ impl Coordinator<'_> {
                 ProcessSample::read(pid).map_err(|source| LoadError::ServerPid { pid, source })
             })
             .transpose()?;
-        self.broadcast(|| Command::Connect(Instant::now()));
-        let connect_limit = Instant::now()
+        let slab_before = procfs::slab_bytes().ok();
+        let start = Instant::now();
+        self.first_connection = start;
+        self.broadcast(|| Command::Connect(start));
+        let connect_limit = start
             + Duration::from_secs_f64(settings.connections as f64 / settings.connect_rate)
             + settings.handshake_timeout
             + Duration::from_secs(30);
         let connected = self.wait_all(threads, Some(connect_limit), Wait::Connected)?;
+        let connected_at = Instant::now();
         if !connected && !interrupt::requested() {
             eprintln!(
                 "uringcast-load: connecting did not settle in time; going on with what is open"
             );
+        }
+        if settings.progress == ProgressStyle::Connections {
+            self.print_connections();
         }
         let reached = self.sum(|p| &p.open);
         let server_connected = settings
@@ -465,12 +540,22 @@ impl Coordinator<'_> {
             }
             interrupted = interrupt::requested();
             if Instant::now() >= next_print {
-                last = self.print_progress(go, last);
+                match settings.progress {
+                    ProgressStyle::Live => last = self.print_progress(go, last),
+                    ProgressStyle::Connections => self.print_connections(),
+                    ProgressStyle::Off => {}
+                }
                 next_print += PROGRESS_EVERY;
             }
         }
+        // The stop sample: what holding the connections cost, before any of them closes.
         let stopped_at = Instant::now();
         let client_rss_bytes = procfs::own_rss_bytes();
+        let held = self.sum(|p| &p.open);
+        let server_stop = settings
+            .server_pid
+            .map(|pid| ProcessSample::read(pid).map_err(|error| error.to_string()));
+        let slab_stop = procfs::slab_bytes().ok();
         self.broadcast(|| Command::Stop);
         senders.stop();
         let stop_limit = Instant::now() + settings.drain_timeout + STRAGGLER_WAIT;
@@ -492,19 +577,7 @@ impl Coordinator<'_> {
 
         // Close.
         self.broadcast(|| Command::Close);
-        let give_up = Instant::now() + settings.close_timeout + DRAIN_GRACE * 2 + STRAGGLER_WAIT;
-        while self.results.len() < threads {
-            let now = Instant::now();
-            if now >= give_up {
-                break;
-            }
-            match self.events.recv_timeout(give_up - now) {
-                Ok(Event::Finished(r)) => self.results.push(*r),
-                Ok(Event::Failed(id, source)) => return Err(LoadError::Thread { id, source }),
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
+        self.wait_closed(threads)?;
         let threads_missing = (threads - self.results.len()) as u64;
         if threads_missing > 0 {
             eprintln!(
@@ -512,62 +585,100 @@ impl Coordinator<'_> {
                  figures are missing"
             );
         }
+        let finished = Instant::now();
         let ticks = procfs::clock_ticks_per_second() as f64;
-        let server = match (settings.server_pid, server_before) {
-            (Some(pid), Some(before)) => {
+        let server = match (settings.server_pid, server_before, server_stop) {
+            (Some(pid), Some(before), Some(stop)) => {
                 let connected = server_connected.unwrap_or(before);
                 let go = server_go.unwrap_or(connected);
                 let end = server_end.unwrap_or(go);
+                let stop = stop.map(|stop| {
+                    let settled = if settings.close_cpu {
+                        settle_cpu(pid)
+                    } else {
+                        None
+                    };
+                    StopSample {
+                        cpu_s: stop.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / ticks,
+                        rss_bytes: stop.rss_bytes,
+                        close_cpu_s: settled
+                            .map(|after| after.saturating_sub(stop.cpu_ticks) as f64 / ticks),
+                    }
+                });
                 Some(ServerSamples {
                     pid,
                     cpu_s: end.cpu_ticks.saturating_sub(go.cpu_ticks) as f64 / ticks,
                     rss_before_bytes: before.rss_bytes,
                     rss_connected_bytes: connected.rss_bytes,
                     rss_bytes: end.rss_bytes,
+                    stop,
                 })
             }
             _ => None,
         };
-        let mut tally = Tally::default();
-        let mut handshake = new_histogram();
-        let mut failed = Failures::default();
-        let mut dropped = Failures::default();
-        let mut established = 0;
-        let mut closed_clean = 0;
-        let mut diagnostics = Diagnostics {
-            threads_missing,
-            ..Diagnostics::default()
-        };
-        tally.sent += senders.sent();
+        let mut sum = ThreadResult::empty();
+        sum.tally.sent += senders.sent();
+        sum.diagnostics.threads_missing = threads_missing;
         for r in &self.results {
-            tally.merge(&r.tally);
-            let _ = handshake.add(&r.handshake);
-            failed.merge(&r.failed);
-            dropped.merge(&r.dropped);
-            established += r.established;
-            closed_clean += r.closed_clean;
-            diagnostics.stale_completions += r.diagnostics.stale_completions;
-            diagnostics.recv_buffer_starvation += r.diagnostics.recv_buffer_starvation;
-            diagnostics.cq_overflow += r.diagnostics.cq_overflow;
-            diagnostics.rings_leaked += r.diagnostics.rings_leaked;
+            sum.merge(r);
         }
         Ok(Outcome {
-            tally,
+            tally: sum.tally,
             target: settings.connections,
             reached,
-            established,
-            failed,
-            dropped,
-            closed_clean,
-            handshake,
+            held,
+            established: sum.established,
+            failed: sum.failed,
+            dropped: sum.dropped,
+            closed_clean: sum.closed_clean,
+            closed_forced: sum.closed_forced,
+            closed_abandoned: sum.closed_abandoned,
+            handshake: sum.handshake,
+            tcp_connect: sum.tcp_connect,
+            closing: sum.closing,
+            ramp: connected_at.saturating_duration_since(start),
             duration: stopped_at.saturating_duration_since(go),
+            elapsed: finished.saturating_duration_since(start),
             interrupted,
             server,
             client_cpu_s: client_after.saturating_sub(client_before) as f64 / ticks,
             client_rss_bytes,
-            diagnostics,
+            slab: slab_before.zip(slab_stop),
+            diagnostics: sum.diagnostics,
             sender_errors: senders.errors(),
         })
+    }
+
+    /// Waits for every thread to finish closing. Each gives up on its closes after the close
+    /// timeout and the drain grace; a thread later than that is stuck in the kernel or starved
+    /// of CPU: wait for it a while longer (its figures are part of the report), then go on
+    /// without it.
+    fn wait_closed(&mut self, threads: usize) -> Result<(), LoadError> {
+        let expected = Instant::now() + self.settings.close_timeout + DRAIN_GRACE * 2;
+        let give_up = expected + STRAGGLER_WAIT;
+        let mut warned = false;
+        while self.results.len() < threads {
+            let now = Instant::now();
+            if now >= give_up {
+                break;
+            }
+            if now >= expected && !warned {
+                warned = true;
+                eprintln!(
+                    "uringcast-load: {} client thread(s) still closing; waiting up to {} s more",
+                    threads - self.results.len(),
+                    STRAGGLER_WAIT.as_secs()
+                );
+            }
+            let wait = if warned { give_up } else { expected } - now;
+            match self.events.recv_timeout(wait) {
+                Ok(Event::Finished(r)) => self.results.push(*r),
+                Ok(Event::Failed(id, source)) => return Err(LoadError::Thread { id, source }),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        Ok(())
     }
 
     /// Waits until every thread has sent an event `is`; false at `limit` or on Ctrl-C.
@@ -608,15 +719,19 @@ impl Coordinator<'_> {
                 }
                 Err(RecvTimeoutError::Disconnected) => return Err(thread_vanished()),
             }
-            if Instant::now() >= next_print && self.settings.progress {
+            if Instant::now() >= next_print {
                 next_print += PROGRESS_EVERY;
-                self.line.print(&format!(
-                    "[{:6.1}s] connecting: open {}/{}  failed {}",
-                    start.elapsed().as_secs_f64(),
-                    self.sum(|p| &p.open),
-                    self.settings.connections,
-                    self.sum(|p| &p.errors),
-                ));
+                match self.settings.progress {
+                    ProgressStyle::Live => self.line.print(&format!(
+                        "[{:6.1}s] connecting: open {}/{}  failed {}",
+                        start.elapsed().as_secs_f64(),
+                        self.sum(|p| &p.open),
+                        self.settings.connections,
+                        self.sum(|p| &p.errors),
+                    )),
+                    ProgressStyle::Connections => self.print_connections(),
+                    ProgressStyle::Off => {}
+                }
             }
         }
         Ok(true)
@@ -660,6 +775,20 @@ impl Coordinator<'_> {
         (now, received)
     }
 
+    /// Prints a [`ProgressStyle::Connections`] line.
+    fn print_connections(&self) {
+        eprintln!(
+            "[{:7.1}s] established {}/{}  open {}  connecting {}  failed {}  dropped {}",
+            self.first_connection.elapsed().as_secs_f64(),
+            self.sum(|p| &p.established),
+            self.settings.connections,
+            self.sum(|p| &p.open),
+            self.sum(|p| &p.connecting),
+            self.sum(|p| &p.failed),
+            self.sum(|p| &p.dropped),
+        );
+    }
+
     fn stop_and_join(&mut self) {
         self.broadcast(|| Command::Close);
         for handle in self.handles.drain(..) {
@@ -677,6 +806,21 @@ fn merge_expect(into: &mut Expect, from: &Expect) {
     for (a, b) in into.per_publisher.iter_mut().zip(&from.per_publisher) {
         *a += b;
     }
+}
+
+/// The server's CPU ticks once it has stopped using CPU (it tears connections down after our
+/// side has closed): unchanged over two readings [`SETTLE_EVERY`] apart, within [`SETTLE_MAX`].
+fn settle_cpu(pid: u32) -> Option<u64> {
+    let deadline = Instant::now() + SETTLE_MAX;
+    let mut last = ProcessSample::read(pid).ok()?.cpu_ticks;
+    let mut unchanged = 0;
+    while unchanged < 2 && Instant::now() < deadline {
+        std::thread::sleep(SETTLE_EVERY);
+        let now = ProcessSample::read(pid).ok()?.cpu_ticks;
+        unchanged = if now == last { unchanged + 1 } else { 0 };
+        last = now;
+    }
+    Some(last)
 }
 
 fn thread_vanished() -> LoadError {
@@ -719,7 +863,8 @@ impl ProgressLine {
 
 /// From the coordinator to a thread.
 enum Command {
-    /// Open the connections, at `connect_rate / threads` per second from this instant.
+    /// Open the connections: global connection `i` is due at this instant plus
+    /// `i / connect_rate`.
     Connect(Instant),
     /// Traffic starts at this `CLOCK_MONOTONIC` time.
     Go(u64),
@@ -745,7 +890,11 @@ enum Event {
 /// Live counters of one thread.
 #[derive(Default)]
 struct Progress {
+    established: AtomicU64,
+    connecting: AtomicU64,
     open: AtomicU64,
+    failed: AtomicU64,
+    dropped: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
     errors: AtomicU64,
@@ -756,12 +905,59 @@ struct Progress {
 /// What a thread measured.
 struct ThreadResult {
     tally: Tally,
+    /// Open chain submitted to the verified 101, µs.
     handshake: Histogram<u64>,
+    /// Open chain submitted to the connect's completion (the TCP handshake), µs.
+    tcp_connect: Histogram<u64>,
+    /// Our close frame queued to the server's FIN, µs, for clean closes.
+    closing: Histogram<u64>,
     failed: Failures,
     dropped: Failures,
     established: u64,
     closed_clean: u64,
+    closed_forced: u64,
+    closed_abandoned: u64,
     diagnostics: Diagnostics,
+}
+
+impl ThreadResult {
+    /// Nothing measured yet: what the coordinator sums the threads' results into.
+    fn empty() -> Self {
+        Self {
+            tally: Tally::default(),
+            handshake: new_histogram(),
+            tcp_connect: new_histogram(),
+            closing: new_histogram(),
+            failed: Failures::default(),
+            dropped: Failures::default(),
+            established: 0,
+            closed_clean: 0,
+            closed_forced: 0,
+            closed_abandoned: 0,
+            diagnostics: Diagnostics::default(),
+        }
+    }
+
+    /// Adds another thread's figures.
+    fn merge(&mut self, other: &Self) {
+        self.tally.merge(&other.tally);
+        // Same bounds and precision everywhere: adding cannot fail.
+        let _ = self.handshake.add(&other.handshake);
+        let _ = self.tcp_connect.add(&other.tcp_connect);
+        let _ = self.closing.add(&other.closing);
+        self.failed.merge(&other.failed);
+        self.dropped.merge(&other.dropped);
+        self.established += other.established;
+        self.closed_clean += other.closed_clean;
+        self.closed_forced += other.closed_forced;
+        self.closed_abandoned += other.closed_abandoned;
+        let (d, o) = (&mut self.diagnostics, &other.diagnostics);
+        d.stale_completions += o.stale_completions;
+        d.recv_buffer_starvation += o.recv_buffer_starvation;
+        d.cq_overflow += o.cq_overflow;
+        d.rings_leaked += o.rings_leaked;
+        d.threads_missing += o.threads_missing;
+    }
 }
 
 struct ThreadSetup {
@@ -995,7 +1191,11 @@ impl<W: Workload> Thread<W> {
     fn publish_progress(&mut self, now: Instant) {
         let p = &self.net.progress[self.net.id];
         let tally = self.work.tally();
+        p.established.store(self.net.established, Ordering::Relaxed);
+        p.connecting.store(self.net.connecting, Ordering::Relaxed);
         p.open.store(self.net.open, Ordering::Relaxed);
+        p.failed.store(self.net.failed.total(), Ordering::Relaxed);
+        p.dropped.store(self.net.dropped.total(), Ordering::Relaxed);
         p.sent.store(tally.sent, Ordering::Relaxed);
         p.received.store(tally.received, Ordering::Relaxed);
         p.errors.store(
@@ -1022,6 +1222,13 @@ impl<W: Workload> Thread<W> {
         diagnostics.rings_leaked = u64::from(ops.in_flight() > 0);
         diagnostics.stale_completions += ops.unknown_completions();
         diagnostics.cq_overflow = u64::from(self.ring.overflow());
+        // Connections still open when the thread gave up: closed by the kernel as the ring goes.
+        let closed_abandoned = self
+            .net
+            .slots
+            .iter()
+            .filter(|slot| matches!(slot.conn, Conn::Connecting(_) | Conn::Open(_)))
+            .count() as u64;
         self.publish_progress(Instant::now());
         let Self { ring, net, .. } = self;
         // The ring goes first: it leaks its buffers if the kernel still holds operations.
@@ -1029,10 +1236,14 @@ impl<W: Workload> Thread<W> {
         ThreadResult {
             tally,
             handshake: net.handshake,
+            tcp_connect: net.tcp_connect,
+            closing: net.closing,
             failed: net.failed,
             dropped: net.dropped,
             established: net.established,
             closed_clean: net.closed_clean,
+            closed_forced: net.closed_forced,
+            closed_abandoned,
             diagnostics,
         }
     }
@@ -1102,6 +1313,7 @@ struct Net {
     host: String,
     path: String,
     sources: usize,
+    /// New connections per second over all threads.
     rate: f64,
     handshake_timeout: Duration,
     close_timeout: Duration,
@@ -1120,7 +1332,10 @@ struct Net {
     open: u64,
     established: u64,
     closed_clean: u64,
+    closed_forced: u64,
     handshake: Histogram<u64>,
+    tcp_connect: Histogram<u64>,
+    closing: Histogram<u64>,
     failed: Failures,
     dropped: Failures,
     diagnostics: Diagnostics,
@@ -1137,7 +1352,7 @@ impl Net {
             host: setup.settings.target.host.clone(),
             path: setup.settings.target.path.clone(),
             sources: setup.settings.sources.len(),
-            rate: setup.settings.connect_rate / setup.plan.step as f64,
+            rate: setup.settings.connect_rate,
             handshake_timeout: setup.settings.handshake_timeout,
             close_timeout: setup.settings.close_timeout,
             bundle,
@@ -1159,7 +1374,10 @@ impl Net {
             open: 0,
             established: 0,
             closed_clean: 0,
+            closed_forced: 0,
             handshake: new_histogram(),
+            tcp_connect: new_histogram(),
+            closing: new_histogram(),
             failed: Failures::default(),
             dropped: Failures::default(),
             diagnostics: Diagnostics::default(),
@@ -1168,9 +1386,10 @@ impl Net {
         }
     }
 
-    /// When local connection `next` is due: `start + next / rate`.
+    /// When local connection `next` is due: `start + global index / rate`, so the threads'
+    /// connections interleave into one steady ramp.
     fn due(&self, start: Instant, next: u64) -> Instant {
-        start + Duration::from_secs_f64(next as f64 / self.rate)
+        start + Duration::from_secs_f64(self.plan.global(next as usize) as f64 / self.rate)
     }
 
     fn all_free(&self) -> bool {
@@ -1267,6 +1486,7 @@ impl Net {
         if kind == OpKind::Connect {
             if let Conn::Connecting(c) = &mut self.slots[index].conn {
                 c.connected = true;
+                self.tcp_connect.saturating_record(micros_since(c.started));
                 // Armed now, beside the linked send: the response cannot beat the request.
                 self.arm_recv(ops, index);
             }
@@ -1374,12 +1594,7 @@ impl Net {
             match c.handshake.feed(rest) {
                 Ok((_, None)) => return,
                 Ok((used, Some(_response))) => {
-                    let started = c.started;
-                    self.handshake.saturating_record(
-                        u64::try_from(started.elapsed().as_micros())
-                            .unwrap_or(u64::MAX)
-                            .max(1),
-                    );
+                    self.handshake.saturating_record(micros_since(c.started));
                     self.established += 1;
                     self.connecting -= 1;
                     self.open += 1;
@@ -1505,10 +1720,14 @@ impl Net {
                 "recv: closed by the server before the response".into(),
             ),
             Conn::Open(o) => {
-                match (o.closing.is_some(), o.server_closed, o.close_received) {
-                    (true, false, true) => self.closed_clean += 1,
-                    (true, _, _) => {}
-                    (false, _, _) => self.dropped.add(
+                match (o.closing, o.server_closed, o.close_received) {
+                    (Some(since), false, true) => {
+                        self.closed_clean += 1;
+                        self.closing.saturating_record(micros_since(since));
+                    }
+                    (Some(_), false, false) => self.closed_forced += 1,
+                    (Some(_), true, _) => {}
+                    (None, _, _) => self.dropped.add(
                         Failure::Reset,
                         "closed by the server without a close frame".into(),
                     ),
@@ -1530,8 +1749,11 @@ impl Net {
 
     fn end_open(&mut self, ops: &mut Ops, index: usize, detail: String) {
         if let Conn::Open(o) = &self.slots[index].conn {
-            if o.closing.is_none() {
-                self.dropped.add(Failure::Reset, detail);
+            match (o.closing, o.server_closed) {
+                (None, _) => self.dropped.add(Failure::Reset, detail),
+                (Some(_), false) => self.closed_forced += 1,
+                // The server closed first: counted as dropped then.
+                (Some(_), true) => {}
             }
         }
         self.teardown(ops, index);
@@ -1718,6 +1940,13 @@ impl Net {
     }
 }
 
+/// Microseconds since `start`, at least 1 (the histogram's lowest value).
+fn micros_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
 /// The failure kind and a detail line for an operation's errno.
 fn classify(kind: OpKind, errno: i32) -> (Failure, String) {
     let op = match kind {
@@ -1750,14 +1979,10 @@ mod tests {
 
     #[test]
     fn plans_cover_every_connection_once() {
-        for (connections, threads) in [(10_001u64, 2u64), (7, 3), (1, 1), (5, 5)] {
+        for (connections, threads) in [(10_001u64, 2usize), (7, 3), (1, 1), (5, 5)] {
             let mut seen = vec![false; connections as usize];
             for id in 0..threads {
-                let plan = Plan {
-                    first: id,
-                    step: threads,
-                    count: connections.saturating_sub(id).div_ceil(threads),
-                };
+                let plan = Plan::of_thread(id, threads, connections);
                 for local in 0..plan.count as usize {
                     let global = plan.global(local) as usize;
                     assert!(!seen[global]);
@@ -1766,6 +1991,38 @@ mod tests {
             }
             assert!(seen.iter().all(|s| *s));
         }
+    }
+
+    #[test]
+    fn plans_split_connections_evenly() {
+        let counts: Vec<u64> = (0..6)
+            .map(|id| Plan::of_thread(id, 6, 100_000).count)
+            .collect();
+        assert_eq!(counts.iter().sum::<u64>(), 100_000);
+        assert!(counts.iter().all(|&n| n == 16_666 || n == 16_667));
+    }
+
+    #[test]
+    fn errnos_map_to_failure_kinds() {
+        assert_eq!(
+            classify(OpKind::Connect, libc::ECONNREFUSED).0,
+            Failure::Refused
+        );
+        assert_eq!(
+            classify(OpKind::Connect, libc::ETIMEDOUT).0,
+            Failure::Timeout
+        );
+        assert_eq!(classify(OpKind::Send, libc::EPIPE).0, Failure::Reset);
+        assert_eq!(classify(OpKind::Recv, libc::ECONNRESET).0, Failure::Reset);
+        assert_eq!(classify(OpKind::Bind, libc::EADDRINUSE).0, Failure::NoPort);
+        assert_eq!(
+            classify(OpKind::Connect, libc::EADDRNOTAVAIL).0,
+            Failure::NoPort
+        );
+        assert_eq!(classify(OpKind::Socket, libc::EMFILE).0, Failure::Other);
+        assert!(classify(OpKind::Connect, libc::ECONNREFUSED)
+            .1
+            .starts_with("connect: "));
     }
 
     #[test]
