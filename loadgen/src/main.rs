@@ -26,6 +26,7 @@ mod target;
 mod uring;
 
 use std::io::Write as _;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -481,16 +482,7 @@ fn prepare(
         }
         target.path = path.to_owned();
     }
-    let sources = match &args.source {
-        Some(spec) => source::parse_sources(spec)?,
-        None => Vec::new(),
-    };
-    if sources.iter().any(|s| s.is_ipv4() != target.addr.is_ipv4()) {
-        return Err(LoadError::Usage(format!(
-            "--source addresses must be of the same family as the target {}",
-            target.addr.ip()
-        )));
-    }
+    let sources = parse_sources(args.source.as_deref(), &target)?;
     range(
         "--connections",
         connections as f64,
@@ -508,29 +500,8 @@ fn prepare(
     )?;
     let drain_timeout = seconds("--drain-timeout", args.drain_timeout, 0.0, MAX_TIMEOUT_SECS)?;
     let close_timeout = seconds("--close-timeout", args.close_timeout, 0.0, MAX_TIMEOUT_SECS)?;
-    if let Some(pid) = args.server_pid {
-        procfs::ProcessSample::read(pid).map_err(|source| LoadError::ServerPid { pid, source })?;
-    }
     let threads = args.threads.min(connections as usize);
-    let (soft, hard) = capacity::raise_descriptor_limit().map_err(|source| LoadError::Io {
-        what: "cannot raise RLIMIT_NOFILE".into(),
-        source,
-    })?;
-    let limits = SystemLimits::read().map_err(|source| LoadError::Io {
-        what: "cannot read the system's limits".into(),
-        source,
-    })?;
-    let capacity = Capacity {
-        threads: threads as u64,
-        slots_per_thread: limits.table_slots(),
-        sources: sources.len().max(1) as u64,
-        ports_per_source: limits.ports_per_source(),
-    };
-    println!(
-        "capacity: {capacity} (RLIMIT_NOFILE {soft}/{hard}, ports {}-{})",
-        limits.port_range.0, limits.port_range.1
-    );
-    capacity.check(connections)?;
+    check_reach(args.server_pid, threads, &sources, connections)?;
     let features = ClientFeatures::probe(!sources.is_empty())?;
     // Two buffers per connection of a thread: every connection may get a frame in the same
     // turn (a broadcast reaches all at once), and a starved receive costs a re-arm.
@@ -627,16 +598,7 @@ fn positive(flag: &str, value: f64, max: f64) -> Result<(), LoadError> {
 
 fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
     let target: target::Target = args.url.parse()?;
-    let sources = match &args.source {
-        Some(spec) => source::parse_sources(spec)?,
-        None => Vec::new(),
-    };
-    if sources.iter().any(|s| s.is_ipv4() != target.addr.is_ipv4()) {
-        return Err(LoadError::Usage(format!(
-            "--source addresses must be of the same family as the target {}",
-            target.addr.ip()
-        )));
-    }
+    let sources = parse_sources(args.source.as_deref(), &target)?;
     range(
         "--connections",
         args.connections as f64,
@@ -658,40 +620,8 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         MAX_TIMEOUT_SECS,
     )?;
     let close_timeout = seconds("--close-timeout", args.close_timeout, 0.0, MAX_TIMEOUT_SECS)?;
-    if let Some(pid) = args.server_pid {
-        procfs::ProcessSample::read(pid).map_err(|source| LoadError::ServerPid { pid, source })?;
-    }
     let threads = args.threads.min(args.connections as usize);
-
-    let (soft, hard) = capacity::raise_descriptor_limit().map_err(|source| LoadError::Io {
-        what: "cannot raise RLIMIT_NOFILE".into(),
-        source,
-    })?;
-    let limits = SystemLimits::read().map_err(|source| LoadError::Io {
-        what: "cannot read the system's limits".into(),
-        source,
-    })?;
-    let capacity = Capacity {
-        threads: threads as u64,
-        slots_per_thread: limits.table_slots(),
-        sources: sources.len().max(1) as u64,
-        ports_per_source: limits.ports_per_source(),
-    };
-    println!(
-        "capacity: {capacity} (RLIMIT_NOFILE {soft}/{hard}, ports {}-{})",
-        limits.port_range.0, limits.port_range.1
-    );
-    capacity.check(args.connections)?;
-    if let Some(per_source) = capacity.crowded_sources(args.connections) {
-        eprintln!(
-            "uringcast-load: warning: {per_source} connections per source address is past half \
-             of its {} ephemeral ports, where the kernel's connect() port search slows down; \
-             add --source addresses to keep each below {}",
-            capacity.ports_per_source,
-            capacity.ports_per_source / 2
-        );
-    }
-
+    let capacity = check_reach(args.server_pid, threads, &sources, args.connections)?;
     let features = ClientFeatures::probe(!sources.is_empty())?;
     let settings = connect::Settings {
         target,
@@ -720,6 +650,65 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// `--source`'s addresses (none: the kernel picks), which must be of the target's family.
+fn parse_sources(spec: Option<&str>, target: &target::Target) -> Result<Vec<IpAddr>, LoadError> {
+    let sources = match spec {
+        Some(spec) => source::parse_sources(spec)?,
+        None => Vec::new(),
+    };
+    if sources.iter().any(|s| s.is_ipv4() != target.addr.is_ipv4()) {
+        return Err(LoadError::Usage(format!(
+            "--source addresses must be of the same family as the target {}",
+            target.addr.ip()
+        )));
+    }
+    Ok(sources)
+}
+
+/// Before any thread starts: the server to measure can be read, and `connections` are within
+/// what `threads` rings and the source addresses can hold (raising `RLIMIT_NOFILE` to its hard
+/// limit first). Prints the capacity, and warns when a source address is crowded enough for
+/// the kernel's port search to slow the ramp.
+fn check_reach(
+    server_pid: Option<u32>,
+    threads: usize,
+    sources: &[IpAddr],
+    connections: u64,
+) -> Result<Capacity, LoadError> {
+    if let Some(pid) = server_pid {
+        procfs::ProcessSample::read(pid).map_err(|source| LoadError::ServerPid { pid, source })?;
+    }
+    let (soft, hard) = capacity::raise_descriptor_limit().map_err(|source| LoadError::Io {
+        what: "cannot raise RLIMIT_NOFILE".into(),
+        source,
+    })?;
+    let limits = SystemLimits::read().map_err(|source| LoadError::Io {
+        what: "cannot read the system's limits".into(),
+        source,
+    })?;
+    let capacity = Capacity {
+        threads: threads as u64,
+        slots_per_thread: limits.table_slots(),
+        sources: sources.len().max(1) as u64,
+        ports_per_source: limits.ports_per_source(),
+    };
+    println!(
+        "capacity: {capacity} (RLIMIT_NOFILE {soft}/{hard}, ports {}-{})",
+        limits.port_range.0, limits.port_range.1
+    );
+    capacity.check(connections)?;
+    if let Some(per_source) = capacity.crowded_sources(connections) {
+        eprintln!(
+            "uringcast-load: warning: {per_source} connections per source address is past half \
+             of its {} ephemeral ports, where the kernel's connect() port search slows down; \
+             add --source addresses to keep each below {}",
+            capacity.ports_per_source,
+            capacity.ports_per_source / 2
+        );
+    }
+    Ok(capacity)
 }
 
 fn range(flag: &str, value: f64, min: f64, max: f64) -> Result<(), LoadError> {
