@@ -555,6 +555,8 @@ impl TrafficReport {
                 "dropped": o.dropped.total(),
                 "drop_details": o.dropped.details,
                 "closed_clean": o.closed_clean,
+                "closed_forced": o.closed_forced,
+                "closed_abandoned": o.closed_abandoned,
             },
             "sent": t.sent,
             "received": t.received,
@@ -569,6 +571,8 @@ impl TrafficReport {
             "interrupted": o.interrupted,
             "latency_us": LatencySummary::of(&t.latency).json(),
             "handshake_latency_us": LatencySummary::of(&o.handshake).json(),
+            "connect_latency_us": LatencySummary::of(&o.tcp_connect).json(),
+            "close_latency_us": LatencySummary::of(&o.closing).json(),
             "server": server,
             "client": {
                 "cpu_s": o.client_cpu_s,

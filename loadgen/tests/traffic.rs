@@ -146,6 +146,17 @@ fn assert_exact(json: &Value, connections: u64) {
         assert_eq!(json[key], 0, "{key}: {json:#}");
     }
     assert_eq!(json["latency_us"]["count"], json["received"], "{json:#}");
+    // Every connection's TCP connect and handshake measured once; a closing handshake for
+    // each clean close.
+    assert_eq!(
+        json["handshake_latency_us"]["count"], connections,
+        "{json:#}"
+    );
+    assert_eq!(json["connect_latency_us"]["count"], connections, "{json:#}");
+    assert_eq!(
+        json["close_latency_us"]["count"], json["connections"]["closed_clean"],
+        "{json:#}"
+    );
     assert_eq!(json["diagnostics"]["cq_overflow"], 0);
     assert_eq!(json["diagnostics"]["stale_completions"], 0);
 }
