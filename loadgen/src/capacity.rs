@@ -1,6 +1,6 @@
 //! How many connections a run can hold, before it starts: direct descriptor slots (threads x
 //! each ring's table, which `RLIMIT_NOFILE` bounds per ring, not per process) and local ports
-//! (source addresses x the ephemeral port range).
+//! (source addresses x target addresses x the ephemeral port range).
 
 use std::io;
 
@@ -77,7 +77,7 @@ pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
     (low <= high).then_some((low, high))
 }
 
-/// What a run with given threads and sources can hold.
+/// What a run with given threads and addresses can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capacity {
     /// Client threads, one ring and table each.
@@ -86,7 +86,13 @@ pub struct Capacity {
     pub slots_per_thread: u64,
     /// Source addresses; with none given the kernel picks one, which counts as one.
     pub sources: u64,
-    /// Ephemeral ports per source address.
+    /// Server addresses connected to (at least one).
+    pub targets: u64,
+    /// Whether each (source, target) pair has ports of its own: true when the port is chosen
+    /// at connect time by the 4-tuple (no `--source`, or `IP_BIND_ADDRESS_NO_PORT`); false
+    /// when `bind()` reserves a source's port against every target.
+    pub ports_by_pair: bool,
+    /// Ephemeral ports per (source, target) address pair.
     pub ports_per_source: u64,
 }
 
@@ -112,22 +118,24 @@ pub enum CapacityError {
         /// The fewest threads that suffice.
         threads_needed: u64,
     },
-    /// The source addresses lack ports for the target.
+    /// The address pairs lack ports for the target.
     #[error(
-        "cannot hold {target} connections from {sources} source address(es): {sources} x \
-         {ports_per_source} ephemeral ports = {ports}; spread them with --source over at \
-         least {sources_needed} loopback addresses (e.g. --source 127.0.0.2-127.0.0.{last})"
+        "cannot hold {target} connections over {pairs} (source, target) address pair(s): \
+         {pairs} x {ports_per_source} ephemeral ports = {ports}; spread them with --source \
+         over at least {sources_needed} loopback addresses (e.g. --source \
+         127.0.0.2-127.0.0.{last}), or over several server addresses with --target-addresses"
     )]
     Ports {
         /// Connections asked for.
         target: u64,
-        /// Source addresses given (1 when the kernel picks).
-        sources: u64,
-        /// Ports per address.
+        /// Address pairs with ports of their own (1 when the kernel picks the source and there
+        /// is one target).
+        pairs: u64,
+        /// Ports per pair.
         ports_per_source: u64,
         /// Ports in all.
         ports: u64,
-        /// The fewest addresses that suffice.
+        /// The fewest source addresses that suffice, with the target addresses given.
         sources_needed: u64,
         /// Last octet of the example range.
         last: u64,
@@ -140,9 +148,19 @@ impl Capacity {
         self.threads * self.slots_per_thread
     }
 
-    /// Local ports over all source addresses.
+    /// Address pairs with ports of their own.
+    pub fn pairs(&self) -> u64 {
+        let sources = self.sources.max(1);
+        if self.ports_by_pair {
+            sources * self.targets.max(1)
+        } else {
+            sources
+        }
+    }
+
+    /// Local ports over all address pairs.
     pub fn ports(&self) -> u64 {
-        self.sources * self.ports_per_source
+        self.pairs() * self.ports_per_source
     }
 
     /// Connections this run can hold at most.
@@ -150,13 +168,13 @@ impl Capacity {
         self.slots().min(self.ports())
     }
 
-    /// Connections per source address when `target` is past half the port range: the
+    /// Connections per address pair when `target` is past half the port range: the
     /// kernel's `connect()` port search favours one parity and skips every port that any
     /// process has bound with `bind()`, so past about half the range (less on a busy machine)
     /// connects slow down to seconds or fail. `None` when the target stays below.
     pub fn crowded_sources(&self, target: u64) -> Option<u64> {
-        let per_source = target.div_ceil(self.sources.max(1));
-        (per_source > self.ports_per_source / 2).then_some(per_source)
+        let per_pair = target.div_ceil(self.pairs());
+        (per_pair > self.ports_per_source / 2).then_some(per_pair)
     }
 
     /// Whether `target` connections fit, split evenly over the threads.
@@ -176,10 +194,12 @@ impl Capacity {
             });
         }
         if target > self.ports() {
-            let sources_needed = target.div_ceil(self.ports_per_source.max(1));
+            let pairs_needed = target.div_ceil(self.ports_per_source.max(1));
+            let per_source = self.pairs() / self.sources.max(1);
+            let sources_needed = pairs_needed.div_ceil(per_source);
             return Err(CapacityError::Ports {
                 target,
-                sources: self.sources,
+                pairs: self.pairs(),
                 ports_per_source: self.ports_per_source,
                 ports: self.ports(),
                 sources_needed,
@@ -194,12 +214,14 @@ impl std::fmt::Display for Capacity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} threads x {} table slots = {} descriptors; {} source address(es) x {} ports = \
-             {} ports; at most {} connections",
+            "{} threads x {} table slots = {} descriptors; {} source x {} target address(es) = \
+             {} pair(s) with ports of their own x {} ports = {} ports; at most {} connections",
             self.threads,
             self.slots_per_thread,
             self.slots(),
             self.sources,
+            self.targets,
+            self.pairs(),
             self.ports_per_source,
             self.ports(),
             self.reachable()
@@ -224,8 +246,49 @@ mod tests {
             threads,
             slots_per_thread: machine().table_slots(),
             sources,
+            targets: 1,
+            ports_by_pair: true,
             ports_per_source: machine().ports_per_source(),
         }
+    }
+
+    #[test]
+    fn target_addresses_multiply_ports_only_when_pairs_have_their_own() {
+        let four_targets = Capacity {
+            targets: 4,
+            ..capacity(6, 1)
+        };
+        assert_eq!(four_targets.pairs(), 4);
+        assert_eq!(four_targets.ports(), 4 * 28_232);
+        assert!(four_targets.check(100_000).is_ok());
+        assert_eq!(four_targets.crowded_sources(100_000), Some(25_000));
+        // bind() without IP_BIND_ADDRESS_NO_PORT takes a source's port for every target.
+        let reserved = Capacity {
+            ports_by_pair: false,
+            ..four_targets
+        };
+        assert_eq!(reserved.pairs(), 1);
+        assert!(matches!(
+            reserved.check(100_000),
+            Err(CapacityError::Ports {
+                pairs: 1,
+                sources_needed: 4,
+                ..
+            })
+        ));
+        // Two sources x two targets: 4 pairs; 5 pairs' worth needs 3 sources at 2 targets each.
+        let two_by_two = Capacity {
+            targets: 2,
+            ..capacity(8, 2)
+        };
+        assert_eq!(two_by_two.pairs(), 4);
+        assert!(matches!(
+            two_by_two.check(5 * 28_232),
+            Err(CapacityError::Ports {
+                sources_needed: 3,
+                ..
+            })
+        ));
     }
 
     #[test]

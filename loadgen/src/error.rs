@@ -24,9 +24,15 @@ pub enum LoadError {
     /// The URL was refused.
     #[error(transparent)]
     Target(#[from] TargetError),
-    /// `--source` was refused.
-    #[error(transparent)]
-    Source(#[from] SourceError),
+    /// An address list (`--source`, `--target-addresses`) was refused.
+    #[error("{flag}: {source}")]
+    Addresses {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong with its list.
+        #[source]
+        source: SourceError,
+    },
     /// The target number of connections is out of reach.
     #[error(transparent)]
     Capacity(#[from] CapacityError),
@@ -68,7 +74,7 @@ impl LoadError {
         match self {
             Self::Usage(_)
             | Self::Target(_)
-            | Self::Source(_)
+            | Self::Addresses { .. }
             | Self::Capacity(_)
             | Self::ServerPid { .. } => EXIT_USAGE,
             Self::Kernel(_) | Self::Io { .. } | Self::Thread { .. } => EXIT_FAILED,

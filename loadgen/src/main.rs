@@ -26,7 +26,7 @@ mod target;
 mod uring;
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +78,11 @@ struct TrafficArgs {
     /// [default: the kernel picks].
     #[arg(long)]
     source: Option<String>,
+    /// Server addresses to connect to instead of the URL's (same port, Host and path),
+    /// round-robin: a range 127.0.0.1-127.0.0.4, a comma list, or both. Each (source, target)
+    /// pair has its own ephemeral ports [default: the URL's address].
+    #[arg(long)]
+    target_addresses: Option<String>,
     /// New connections per second while connecting, over all threads.
     #[arg(long, default_value_t = traffic::DEFAULT_CONNECT_RATE)]
     connect_rate: f64,
@@ -186,6 +191,11 @@ struct ConnectArgs {
     /// [default: the kernel picks].
     #[arg(long)]
     source: Option<String>,
+    /// Server addresses to connect to instead of the URL's (same port, Host and path),
+    /// round-robin: a range 127.0.0.1-127.0.0.4, a comma list, or both. Each (source, target)
+    /// pair has its own ephemeral ports [default: the URL's address].
+    #[arg(long)]
+    target_addresses: Option<String>,
     /// Seconds for a connection to reach a verified 101.
     #[arg(long, default_value_t = connect::DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
     handshake_timeout: f64,
@@ -280,6 +290,7 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         "duration_s": duration,
         "threads": prepared.settings.threads,
         "sources": prepared.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "target_addresses": prepared.settings.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "connect_rate": t.connect_rate,
         "handshake_timeout_s": t.handshake_timeout,
         "drain_timeout_s": t.drain_timeout,
@@ -391,6 +402,7 @@ fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
         "duration_s": duration,
         "threads": prepared.settings.threads,
         "sources": prepared.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "target_addresses": prepared.settings.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "connect_rate": t.connect_rate,
         "handshake_timeout_s": t.handshake_timeout,
         "drain_timeout_s": t.drain_timeout,
@@ -500,9 +512,17 @@ fn prepare(
     )?;
     let drain_timeout = seconds("--drain-timeout", args.drain_timeout, 0.0, MAX_TIMEOUT_SECS)?;
     let close_timeout = seconds("--close-timeout", args.close_timeout, 0.0, MAX_TIMEOUT_SECS)?;
+    let targets = parse_targets(args.target_addresses.as_deref(), &target)?;
     let threads = args.threads.min(connections as usize);
-    check_reach(args.server_pid, threads, &sources, connections)?;
     let features = ClientFeatures::probe(!sources.is_empty())?;
+    check_reach(
+        args.server_pid,
+        threads,
+        &sources,
+        targets.len(),
+        features,
+        connections,
+    )?;
     // Two buffers per connection of a thread: every connection may get a frame in the same
     // turn (a broadcast reaches all at once), and a starved receive costs a re-arm.
     let per_thread = connections.div_ceil(threads as u64);
@@ -518,6 +538,7 @@ fn prepare(
             duration,
             threads,
             sources,
+            targets,
             handshake_timeout,
             close_timeout,
             drain_timeout,
@@ -620,9 +641,17 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         MAX_TIMEOUT_SECS,
     )?;
     let close_timeout = seconds("--close-timeout", args.close_timeout, 0.0, MAX_TIMEOUT_SECS)?;
+    let targets = parse_targets(args.target_addresses.as_deref(), &target)?;
     let threads = args.threads.min(args.connections as usize);
-    let capacity = check_reach(args.server_pid, threads, &sources, args.connections)?;
     let features = ClientFeatures::probe(!sources.is_empty())?;
+    let capacity = check_reach(
+        args.server_pid,
+        threads,
+        &sources,
+        targets.len(),
+        features,
+        args.connections,
+    )?;
     let settings = connect::Settings {
         target,
         connections: args.connections,
@@ -630,6 +659,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         hold,
         threads,
         sources,
+        targets,
         handshake_timeout,
         close_timeout,
         server_pid: args.server_pid,
@@ -654,17 +684,43 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
 
 /// `--source`'s addresses (none: the kernel picks), which must be of the target's family.
 fn parse_sources(spec: Option<&str>, target: &target::Target) -> Result<Vec<IpAddr>, LoadError> {
-    let sources = match spec {
-        Some(spec) => source::parse_sources(spec)?,
+    addresses("--source", spec, target)
+}
+
+/// `--target-addresses` with the URL's port (none given: the URL's own address).
+fn parse_targets(
+    spec: Option<&str>,
+    target: &target::Target,
+) -> Result<Vec<SocketAddr>, LoadError> {
+    let ips = addresses("--target-addresses", spec, target)?;
+    if ips.is_empty() {
+        return Ok(vec![target.addr]);
+    }
+    Ok(ips
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, target.addr.port()))
+        .collect())
+}
+
+/// An address list of `flag`, each of the family of the URL's address.
+fn addresses(
+    flag: &'static str,
+    spec: Option<&str>,
+    target: &target::Target,
+) -> Result<Vec<IpAddr>, LoadError> {
+    let list = match spec {
+        Some(spec) => {
+            source::parse_addresses(spec).map_err(|source| LoadError::Addresses { flag, source })?
+        }
         None => Vec::new(),
     };
-    if sources.iter().any(|s| s.is_ipv4() != target.addr.is_ipv4()) {
+    if list.iter().any(|a| a.is_ipv4() != target.addr.is_ipv4()) {
         return Err(LoadError::Usage(format!(
-            "--source addresses must be of the same family as the target {}",
+            "{flag} addresses must be of the same family as the target {}",
             target.addr.ip()
         )));
     }
-    Ok(sources)
+    Ok(list)
 }
 
 /// Before any thread starts: the server to measure can be read, and `connections` are within
@@ -675,6 +731,8 @@ fn check_reach(
     server_pid: Option<u32>,
     threads: usize,
     sources: &[IpAddr],
+    targets: usize,
+    features: ClientFeatures,
     connections: u64,
 ) -> Result<Capacity, LoadError> {
     if let Some(pid) = server_pid {
@@ -692,6 +750,9 @@ fn check_reach(
         threads: threads as u64,
         slots_per_thread: limits.table_slots(),
         sources: sources.len().max(1) as u64,
+        targets: targets.max(1) as u64,
+        // Without IP_BIND_ADDRESS_NO_PORT a bind() takes its port from every target at once.
+        ports_by_pair: sources.is_empty() || features.bind_no_port,
         ports_per_source: limits.ports_per_source(),
     };
     println!(
@@ -701,9 +762,9 @@ fn check_reach(
     capacity.check(connections)?;
     if let Some(per_source) = capacity.crowded_sources(connections) {
         eprintln!(
-            "uringcast-load: warning: {per_source} connections per source address is past half \
-             of its {} ephemeral ports, where the kernel's connect() port search slows down; \
-             add --source addresses to keep each below {}",
+            "uringcast-load: warning: {per_source} connections per (source, target) address \
+             pair is past half of its {} ephemeral ports, where the kernel's connect() port \
+             search slows down; add --source or --target-addresses to keep each below {}",
             capacity.ports_per_source,
             capacity.ports_per_source / 2
         );

@@ -181,6 +181,8 @@ pub struct SettingsSummary {
     pub threads: usize,
     /// Source addresses (empty: the kernel picks).
     pub sources: Vec<String>,
+    /// Server addresses connected to.
+    pub targets: Vec<String>,
     /// Handshake timeout.
     pub handshake_timeout: Duration,
     /// Time allowed for the closing handshake at the end.
@@ -300,6 +302,7 @@ impl ConnectReport {
                 "duration_s": s.hold.as_secs_f64(),
                 "threads": s.threads,
                 "sources": s.sources,
+                "target_addresses": s.targets,
                 "handshake_timeout_s": s.handshake_timeout.as_secs_f64(),
                 "close_timeout_s": s.close_timeout.as_secs_f64(),
                 "bind_address_no_port": s.bind_no_port,
@@ -308,6 +311,8 @@ impl ConnectReport {
                 "slots_per_thread": self.capacity.slots_per_thread,
                 "slots": self.capacity.slots(),
                 "sources": self.capacity.sources,
+                "targets": self.capacity.targets,
+                "pairs": self.capacity.pairs(),
                 "ports_per_source": self.capacity.ports_per_source,
                 "ports": self.capacity.ports(),
                 "reachable": self.capacity.reachable(),
@@ -727,6 +732,7 @@ mod tests {
                 hold: Duration::from_secs(1),
                 threads: 2,
                 sources: vec![],
+                targets: vec!["127.0.0.1:9001".into()],
                 handshake_timeout: Duration::from_secs(10),
                 close_timeout: Duration::from_secs(5),
                 bind_no_port: false,
@@ -735,6 +741,8 @@ mod tests {
                 threads: 2,
                 slots_per_thread: 20_000,
                 sources: 1,
+                targets: 1,
+                ports_by_pair: true,
                 ports_per_source: 28_232,
             },
             reached: 97,

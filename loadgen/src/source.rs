@@ -1,6 +1,7 @@
-//! Source addresses to bind connections to (`--source`): each loopback address has its own
-//! ~28,000 ephemeral ports towards one server address, so spreading connections over several
-//! of them lifts the port limit of a single address pair.
+//! Lists of loopback addresses: the source addresses to bind connections to (`--source`) and
+//! the server addresses to connect to (`--target-addresses`). Each (source, target) address
+//! pair has its own ~28,000 ephemeral ports, so spreading connections over several of either
+//! lifts the port limit of a single address pair.
 //!
 //! Syntax: a comma list of items, each an address (`127.0.0.2`), an inclusive IPv4 range
 //! (`127.0.0.2-127.0.0.40`), or a range ending in a last octet (`127.0.0.2-40`).
@@ -8,43 +9,43 @@
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-/// More source addresses than this is a typo, not a plan: 64 addresses already give 1.8
+/// More addresses than this is a typo, not a plan: 64 addresses already give 1.8
 /// million ports, far beyond what one machine's memory holds.
 pub const MAX_SOURCES: usize = 4096;
 
-/// Why a `--source` list was refused.
+/// Why an address list was refused (the flag's name is added where it is parsed).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SourceError {
     /// An empty item (`a,,b` or an empty list).
-    #[error("--source: empty item in {0:?}")]
+    #[error("empty item in {0:?}")]
     Empty(String),
     /// An item that is not an address or range.
-    #[error("--source: {0:?} is not an IP address or an IPv4 range A-B")]
+    #[error("{0:?} is not an IP address or an IPv4 range A-B")]
     Syntax(String),
     /// A range whose end precedes its start.
-    #[error("--source: range {0:?} ends before it starts")]
+    #[error("range {0:?} ends before it starts")]
     Reversed(String),
     /// An address outside the loopback range.
-    #[error("--source: {0} is not a loopback address (127.0.0.0/8 or ::1)")]
+    #[error("{0} is not a loopback address (127.0.0.0/8 or ::1)")]
     NotLoopback(IpAddr),
     /// The same address twice.
-    #[error("--source: {0} is listed twice")]
+    #[error("{0} is listed twice")]
     Duplicate(IpAddr),
     /// Too many addresses.
-    #[error("--source: {count} addresses exceed the limit of {MAX_SOURCES}")]
+    #[error("{count} addresses exceed the limit of {MAX_SOURCES}")]
     TooMany {
         /// How many were listed.
         count: u64,
     },
 }
 
-/// Parses a `--source` list into addresses, in the order given.
+/// Parses an address list into addresses, in the order given.
 ///
 /// # Errors
 ///
 /// [`SourceError`] for the first bad item.
-pub fn parse_sources(spec: &str) -> Result<Vec<IpAddr>, SourceError> {
+pub fn parse_addresses(spec: &str) -> Result<Vec<IpAddr>, SourceError> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for item in spec.split(',') {
@@ -123,67 +124,67 @@ mod tests {
     #[test]
     fn parses_ranges_and_lists() {
         assert_eq!(
-            parse_sources("127.0.0.2-127.0.0.4").unwrap(),
+            parse_addresses("127.0.0.2-127.0.0.4").unwrap(),
             [v4(2), v4(3), v4(4)]
         );
-        assert_eq!(parse_sources("127.0.0.2-3").unwrap(), [v4(2), v4(3)]);
+        assert_eq!(parse_addresses("127.0.0.2-3").unwrap(), [v4(2), v4(3)]);
         assert_eq!(
-            parse_sources("127.0.0.9, 127.0.0.2-127.0.0.3").unwrap(),
+            parse_addresses("127.0.0.9, 127.0.0.2-127.0.0.3").unwrap(),
             [v4(9), v4(2), v4(3)]
         );
-        assert_eq!(parse_sources("127.0.0.5-127.0.0.5").unwrap(), [v4(5)]);
+        assert_eq!(parse_addresses("127.0.0.5-127.0.0.5").unwrap(), [v4(5)]);
         assert_eq!(
-            parse_sources("::1").unwrap(),
+            parse_addresses("::1").unwrap(),
             [IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)]
         );
         // A range may cross an octet boundary.
-        let crossing = parse_sources("127.0.0.255-127.0.1.1").unwrap();
+        let crossing = parse_addresses("127.0.0.255-127.0.1.1").unwrap();
         assert_eq!(crossing.len(), 3);
         assert_eq!(crossing[2], "127.0.1.1".parse::<IpAddr>().unwrap());
-        assert_eq!(parse_sources("127.0.0.2-127.0.0.40").unwrap().len(), 39);
+        assert_eq!(parse_addresses("127.0.0.2-127.0.0.40").unwrap().len(), 39);
     }
 
     #[test]
     fn refuses_bad_lists() {
-        assert!(matches!(parse_sources(""), Err(SourceError::Empty(_))));
+        assert!(matches!(parse_addresses(""), Err(SourceError::Empty(_))));
         assert!(matches!(
-            parse_sources("127.0.0.2,"),
+            parse_addresses("127.0.0.2,"),
             Err(SourceError::Empty(_))
         ));
         assert!(matches!(
-            parse_sources("127.0.0.x"),
+            parse_addresses("127.0.0.x"),
             Err(SourceError::Syntax(_))
         ));
         assert!(matches!(
-            parse_sources("127.0.0.2-foo"),
+            parse_addresses("127.0.0.2-foo"),
             Err(SourceError::Syntax(_))
         ));
         assert!(matches!(
-            parse_sources("127.0.0.2-300"),
+            parse_addresses("127.0.0.2-300"),
             Err(SourceError::Syntax(_))
         ));
         assert!(matches!(
-            parse_sources("127.0.0.9-127.0.0.2"),
+            parse_addresses("127.0.0.9-127.0.0.2"),
             Err(SourceError::Reversed(_))
         ));
         assert!(matches!(
-            parse_sources("127.0.0.9-2"),
+            parse_addresses("127.0.0.9-2"),
             Err(SourceError::Reversed(_))
         ));
         assert!(matches!(
-            parse_sources("192.168.1.2"),
+            parse_addresses("192.168.1.2"),
             Err(SourceError::NotLoopback(_))
         ));
         assert!(matches!(
-            parse_sources("127.255.255.255-128.0.0.1"),
+            parse_addresses("127.255.255.255-128.0.0.1"),
             Err(SourceError::NotLoopback(_))
         ));
         assert!(matches!(
-            parse_sources("127.0.0.2,127.0.0.1-3"),
+            parse_addresses("127.0.0.2,127.0.0.1-3"),
             Err(SourceError::Duplicate(_))
         ));
         assert!(matches!(
-            parse_sources("127.0.0.0-127.1.0.0"),
+            parse_addresses("127.0.0.0-127.1.0.0"),
             Err(SourceError::TooMany { .. })
         ));
     }

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -167,8 +168,20 @@ fn tungstenite_echo(runtime: &Runtime, stall: Option<watch::Receiver<bool>>) -> 
         .block_on(TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("an address");
+    serve_echo(runtime, listener, stall, Arc::default());
+    addr
+}
+
+/// Serves [`tungstenite_echo`] on `listener`, counting its accepted connections in `accepted`.
+fn serve_echo(
+    runtime: &Runtime,
+    listener: TcpListener,
+    stall: Option<watch::Receiver<bool>>,
+    accepted: Arc<AtomicU64>,
+) {
     runtime.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::Relaxed);
             let stall = stall.clone();
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
@@ -195,7 +208,6 @@ fn tungstenite_echo(runtime: &Runtime, stall: Option<watch::Receiver<bool>>) -> 
             });
         }
     });
-    addr
 }
 
 /// A flag set for [`STALL`] at the start of every second, for the length of a test. The
@@ -336,6 +348,62 @@ fn echo_closed_loop_against_tungstenite_is_exact() {
     assert_eq!(json["settings"]["inflight"], 4);
     assert_eq!(json["settings"]["size"], 100);
     assert!(json["server"].is_null());
+}
+
+#[test]
+fn connections_spread_over_target_addresses() {
+    let _serial = serial();
+    let rt = runtime();
+    // One echo server listening on two loopback addresses, same port.
+    let first = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let port = first.local_addr().expect("an address").port();
+    let second = rt
+        .block_on(TcpListener::bind(("127.0.0.2", port)))
+        .expect("127.0.0.2 takes the same port");
+    let (on_first, on_second) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    serve_echo(&rt, first, None, Arc::clone(&on_first));
+    serve_echo(&rt, second, None, Arc::clone(&on_second));
+    let url = format!("ws://127.0.0.1:{port}/echo");
+    let json = run_json(
+        "echo-targets",
+        &[
+            "echo",
+            &url,
+            "--target-addresses",
+            "127.0.0.1-127.0.0.2",
+            "--connections",
+            "20",
+            "--inflight",
+            "2",
+            "--duration",
+            "0.5",
+            "--threads",
+            "2",
+        ],
+    );
+    assert_exact(&json, 20);
+    assert_eq!(
+        json["settings"]["target_addresses"],
+        serde_json::json!([format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")])
+    );
+    // Round-robin: each address took half of the connections.
+    assert_eq!(on_first.load(Ordering::Relaxed), 10);
+    assert_eq!(on_second.load(Ordering::Relaxed), 10);
+    // A target address of another family, or off loopback, is a usage error.
+    for bad in ["::1", "10.0.0.1"] {
+        let output = load(&["echo", &url, "--target-addresses", bad, "--duration", "0.1"]);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{bad}: {}",
+            describe(&output)
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("--target-addresses"),
+            "{bad}: {}",
+            describe(&output)
+        );
+    }
 }
 
 #[test]

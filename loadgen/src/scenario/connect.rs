@@ -7,7 +7,7 @@
 //! that drops a connection; at the end each connection sends a close frame and waits for the
 //! server's close and FIN. What the engine measured becomes a [`ConnectReport`].
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use uringcast::protocol::OpCode;
@@ -49,6 +49,8 @@ pub struct Settings {
     pub threads: usize,
     /// Source addresses, used round-robin; empty: the kernel picks.
     pub sources: Vec<IpAddr>,
+    /// Server addresses, round-robin (at least one: the URL's).
+    pub targets: Vec<SocketAddr>,
     /// Time for a connection to reach a verified 101.
     pub handshake_timeout: Duration,
     /// Time for the closing handshake at the end.
@@ -70,6 +72,7 @@ impl Settings {
             duration: self.hold,
             threads: self.threads,
             sources: self.sources.clone(),
+            targets: self.targets.clone(),
             handshake_timeout: self.handshake_timeout,
             close_timeout: self.close_timeout,
             drain_timeout: Duration::ZERO,
@@ -106,6 +109,7 @@ pub fn run(
         hold: settings.hold,
         threads: engine.threads_used(),
         sources: settings.sources.iter().map(ToString::to_string).collect(),
+        targets: settings.targets.iter().map(ToString::to_string).collect(),
         handshake_timeout: settings.handshake_timeout,
         close_timeout: settings.close_timeout,
         bind_no_port: features.bind_no_port && !settings.sources.is_empty(),

@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IsTerminal as _, Write as _};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
@@ -82,6 +82,8 @@ pub struct Settings {
     pub threads: usize,
     /// Source addresses, round-robin; empty: the kernel picks.
     pub sources: Vec<IpAddr>,
+    /// Server addresses, round-robin over each source's connections (at least one: the URL's).
+    pub targets: Vec<SocketAddr>,
     /// Time for a connection to reach a verified 101.
     pub handshake_timeout: Duration,
     /// Time for the closing handshake at the end.
@@ -977,7 +979,7 @@ impl ThreadSetup {
         let ring = match ClientRing::new(
             self.features,
             slots,
-            self.settings.target.addr,
+            &self.settings.targets,
             &self.settings.sources,
             self.settings.recv,
         ) {
@@ -1313,6 +1315,8 @@ struct Net {
     host: String,
     path: String,
     sources: usize,
+    /// Server addresses (at least one).
+    targets: usize,
     /// New connections per second over all threads.
     rate: f64,
     handshake_timeout: Duration,
@@ -1352,6 +1356,7 @@ impl Net {
             host: setup.settings.target.host.clone(),
             path: setup.settings.target.path.clone(),
             sources: setup.settings.sources.len(),
+            targets: setup.settings.targets.len().max(1),
             rate: setup.settings.connect_rate,
             handshake_timeout: setup.settings.handshake_timeout,
             close_timeout: setup.settings.close_timeout,
@@ -1423,9 +1428,17 @@ impl Net {
         let (handshake, request) = ClientHandshake::new(&self.host, &self.path, key, &[]);
         let request = Bytes::from(request);
         let global = self.plan.global(local);
+        // Sources turn fastest, then targets: consecutive connections use every pair evenly.
         let source = (self.sources > 0).then(|| (global % self.sources as u64) as usize);
+        let target = (global / self.sources.max(1) as u64 % self.targets as u64) as usize;
         let slot = &mut self.slots[local];
-        match ops.open(local as u32, slot.generation, source, request.clone()) {
+        match ops.open(
+            local as u32,
+            slot.generation,
+            source,
+            target,
+            request.clone(),
+        ) {
             Ok(Ok(chain)) => {
                 slot.pending += chain;
                 slot.conn = Conn::Connecting(Box::new(Connecting {

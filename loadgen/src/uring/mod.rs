@@ -232,7 +232,8 @@ pub struct Ops {
     /// The bytes of each slot's send in flight, with the generation that sent them: freed only
     /// by that send's completion.
     held: Box<[Option<(u32, Bytes)>]>,
-    target: Box<SockAddr>,
+    /// Server addresses (at least one, all of one family).
+    targets: Box<[SockAddr]>,
     sources: Box<[SockAddr]>,
     /// `IP_BIND_ADDRESS_NO_PORT`'s value, read by the kernel when a chain's setsockopt runs.
     one: Box<libc::c_int>,
@@ -246,19 +247,25 @@ pub struct Ops {
 
 impl ClientRing {
     /// Builds a ring on the current thread (with `SINGLE_ISSUER` it belongs to this thread),
-    /// with `slots` direct descriptor slots and receive buffers.
+    /// with `slots` direct descriptor slots and receive buffers, connecting to `targets`.
     ///
     /// # Errors
     ///
     /// Ring setup, file table or buffer ring registration failed; `EMFILE` from the table
-    /// means `slots` exceeds `RLIMIT_NOFILE`.
+    /// means `slots` exceeds `RLIMIT_NOFILE`; `EINVAL` if `targets` is empty.
     pub fn new(
         features: ClientFeatures,
         slots: u32,
-        target: SocketAddr,
+        targets: &[SocketAddr],
         sources: &[IpAddr],
         recv: RecvBuffers,
     ) -> io::Result<Self> {
+        if targets.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no target address",
+            ));
+        }
         let (ring, _) = ring::build(SQ_ENTRIES, SQ_ENTRIES * CQ_FACTOR, features.defer_taskrun)?;
         ring.submitter().register_files_sparse(slots)?;
         let bufs = BufRing::register(&ring, BUFFER_GROUP, recv.count, recv.bytes)?;
@@ -266,7 +273,7 @@ impl ClientRing {
             ops: Ops {
                 ring,
                 held: (0..slots).map(|_| None).collect(),
-                target: Box::new(SockAddr::new(target)),
+                targets: targets.iter().map(|a| SockAddr::new(*a)).collect(),
                 sources: sources
                     .iter()
                     .map(|ip| SockAddr::new(SocketAddr::new(*ip, 0)))
@@ -384,8 +391,8 @@ impl Drop for ClientRing {
 
 impl Ops {
     /// Opens a connection in `slot`, as one linked chain: socket (into the slot) → [set
-    /// `IP_BIND_ADDRESS_NO_PORT` → bind to `sources[source]`, port 0] → connect → send
-    /// `request`. Returns how many completions the chain will post (one per operation; after
+    /// `IP_BIND_ADDRESS_NO_PORT` → bind to `sources[source]`, port 0] → connect to
+    /// `targets[target]` → send `request`. Returns how many completions the chain will post (one per operation; after
     /// a failure the rest complete with `-ECANCELED`).
     ///
     /// # Errors
@@ -395,12 +402,14 @@ impl Ops {
     ///
     /// # Panics
     ///
-    /// If `slot` is outside the table or `source` outside the source list (caller invariants).
+    /// If `slot` is outside the table, `source` outside the source list or `target` outside
+    /// the target list (caller invariants).
     pub fn open(
         &mut self,
         slot: u32,
         generation: u32,
         source: Option<usize>,
+        target: usize,
         request: Bytes,
     ) -> io::Result<Result<u32, SendBusy>> {
         let index = slot as usize;
@@ -415,7 +424,7 @@ impl Ops {
             DestinationSlot::try_from_slot_target(slot).expect("table slots are below u32::MAX-2");
         let mut chain = Vec::with_capacity(5);
         chain.push(
-            opcode::Socket::new(self.target.domain(), libc::SOCK_STREAM, 0)
+            opcode::Socket::new(self.targets[target].domain(), libc::SOCK_STREAM, 0)
                 .file_index(Some(destination))
                 .build()
                 .flags(link)
@@ -445,10 +454,14 @@ impl Ops {
             );
         }
         chain.push(
-            opcode::Connect::new(fixed, self.target.as_ptr(), self.target.len())
-                .build()
-                .flags(link)
-                .user_data(ud(OpKind::Connect)),
+            opcode::Connect::new(
+                fixed,
+                self.targets[target].as_ptr(),
+                self.targets[target].len(),
+            )
+            .build()
+            .flags(link)
+            .user_data(ud(OpKind::Connect)),
         );
         chain.push(
             opcode::Send::new(fixed, request.as_ptr(), request.len() as u32)
