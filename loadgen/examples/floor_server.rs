@@ -225,8 +225,8 @@ impl UringSender {
                         .flags(libc::MSG_NOSIGNAL)
                         .build()
                         .user_data(next as u64);
-                // SAFETY: `frame` outlives this call, and this call returns only once every
-                // send it pushed has completed (`pending` reaches 0).
+                // `frame` outlives this call, which returns only when every send it pushed is done.
+                // SAFETY: the entry's buffer stays valid until its completion (`pending` == 0).
                 if unsafe { self.ring.submission().push(&entry) }.is_err() {
                     break;
                 }
