@@ -23,6 +23,11 @@
 #                        uringcast it must print `listening on HOST:PORT` on stdout when ready
 #                        and exit 0 on SIGTERM
 #
+# When at most 20 cases fail (and no summary is being written), they are run once more alone
+# against a fresh server: the suite's timeouts are wall-clock, so a case starved of CPU on a
+# loaded machine passes the retry, while a real non-conformance fails it again. The log says
+# which cases needed it.
+#
 # Output: target/autobahn/reports/ (index.json and the HTML report), target/autobahn/*.log.
 # Exit status: 0 when every case passed, 1 otherwise (failing case, timeout, server error).
 set -euo pipefail
@@ -288,8 +293,31 @@ python3 "$ROOT/scripts/autobahn_summary.py" "${summary_args[@]}" || verdict=1
 log "HTML report: $REPORTS/index.html"
 [ -z "$SUMMARY_MD" ] || [ ! -f "$SUMMARY_MD" ] || log "markdown summary written to $SUMMARY_MD"
 if [ "$verdict" = 0 ] && [ "$server_ok" = 1 ]; then
+    if [ -n "${AUTOBAHN_RETRY_OF:-}" ]; then
+        log "PASS on the retry of: $AUTOBAHN_RETRY_OF (they failed once, most likely starved of"
+        log "CPU on a loaded machine; first report kept in $WORK/reports.first)"
+    fi
     log "PASS"
     exit 0
+fi
+# One retry of the failing cases alone, against a fresh server: a case that fails for want of
+# CPU (the suite's timeouts are wall-clock) passes it; a non-conformance fails it again. Not
+# for a run that writes the docs' summary, nor after a server failure.
+if [ "$verdict" = 1 ] && [ "$server_ok" = 1 ] && [ -z "${AUTOBAHN_RETRY_OF:-}" ] \
+    && [ -z "$SUMMARY_MD" ] && [ -z "${AUTOBAHN_URL:-}" ]; then
+    failing=$(python3 - "$REPORTS/index.json" <<'PY'
+import json, sys
+results = json.load(open(sys.argv[1])).get("uringcast", {})
+ok = ("OK", "INFORMATIONAL")
+bad = [c for c, r in results.items() if r.get("behavior") not in ok or r.get("behaviorClose") not in ok]
+print(",".join(sorted(bad)) if 0 < len(bad) <= 20 else "")
+PY
+) || failing=
+    if [ -n "$failing" ]; then
+        log "retrying the failing case(s) once: $failing"
+        rm -rf "$WORK/reports.first" && cp -r "$REPORTS" "$WORK/reports.first"
+        AUTOBAHN_CASES="$failing" AUTOBAHN_RETRY_OF="$failing" exec "$0" --no-build
+    fi
 fi
 log "FAIL"
 exit 1
