@@ -33,6 +33,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
+use uringcast::driver::ring;
 
 const STAMP_BYTES: usize = 24;
 const ALPHABET: u64 = 26;
@@ -130,6 +131,7 @@ fn run(o: &Options) -> io::Result<()> {
     } else {
         None
     };
+    let mut lost = Vec::new();
     std::thread::sleep(o.start_delay);
     let cpu_before = own_cpu_ticks();
     let start_ns = now_ns();
@@ -156,9 +158,13 @@ fn run(o: &Options) -> io::Result<()> {
             );
         }
         if let Some(ring) = &mut ring {
-            let (sent, lost) = ring.round(&buffer)?;
-            written += sent * o.batch;
-            open -= lost;
+            lost.clear();
+            written += ring.round(&buffer, &mut lost) * o.batch;
+            for &index in &lost {
+                ring.forget(index);
+                sockets[index] = None;
+                open -= 1;
+            }
         } else {
             for slot in &mut sockets {
                 let Some(stream) = slot else { continue };
@@ -192,11 +198,7 @@ struct UringSender {
 
 impl UringSender {
     fn new(sockets: &[Option<TcpStream>]) -> io::Result<Self> {
-        let ring = io_uring::IoUring::builder()
-            .setup_single_issuer()
-            .setup_defer_taskrun()
-            .setup_cqsize(SQ_ENTRIES * 4)
-            .build(SQ_ENTRIES)?;
+        let (ring, _) = ring::build(SQ_ENTRIES, SQ_ENTRIES * 4, true)?;
         let fds: Vec<i32> = sockets
             .iter()
             .map(|s| s.as_ref().map_or(-1, AsRawFd::as_raw_fd))
@@ -208,11 +210,15 @@ impl UringSender {
         })
     }
 
-    /// Sends `frame` to every live socket; returns the sends that wrote it whole and the
-    /// sockets lost (an error or a short write, which a receiver that keeps up never causes).
-    fn round(&mut self, frame: &[u8]) -> io::Result<(u64, usize)> {
+    /// Sends `frame` whole to every live socket, as `write_all` does (`MSG_WAITALL`: a short
+    /// send is finished by the kernel when the socket has room). Returns the sends that wrote
+    /// it; the sockets that failed are appended to `lost` and take no more frames.
+    ///
+    /// It returns only once every send it pushed has completed: a ring that fails mid-round
+    /// could still read `frame`, so the process exits instead of returning.
+    fn round(&mut self, frame: &[u8], lost: &mut Vec<usize>) -> u64 {
         use io_uring::{opcode, types::Fixed};
-        let (mut pending, mut sent, mut lost) = (0usize, 0u64, 0usize);
+        let (mut pending, mut sent) = (0usize, 0u64);
         let mut next = 0;
         while next < self.live.len() || pending > 0 {
             while next < self.live.len() {
@@ -222,29 +228,38 @@ impl UringSender {
                 }
                 let entry =
                     opcode::Send::new(Fixed(next as u32), frame.as_ptr(), frame.len() as u32)
-                        .flags(libc::MSG_NOSIGNAL)
+                        .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
                         .build()
                         .user_data(next as u64);
-                // `frame` outlives this call, which returns only when every send it pushed is done.
-                // SAFETY: the entry's buffer stays valid until its completion (`pending` == 0).
+                // SAFETY: `frame` is read until this send completes, and this call returns only then.
                 if unsafe { self.ring.submission().push(&entry) }.is_err() {
                     break;
                 }
                 pending += 1;
                 next += 1;
             }
-            self.ring.submit_and_wait(1)?;
+            if let Err(error) = ring::submit_and_wait(&self.ring, None) {
+                eprintln!("floor_server: io_uring failed with {pending} sends in flight: {error}");
+                std::process::exit(1);
+            }
             for cqe in self.ring.completion() {
                 pending -= 1;
                 if cqe.result() == frame.len() as i32 {
                     sent += 1;
                 } else {
-                    self.live[cqe.user_data() as usize] = false;
-                    lost += 1;
+                    let index = cqe.user_data() as usize;
+                    self.live[index] = false;
+                    lost.push(index);
                 }
             }
         }
-        Ok((sent, lost))
+        sent
+    }
+
+    /// Takes a lost socket out of the file table, so that dropping its stream closes it.
+    fn forget(&mut self, index: usize) {
+        // Failure leaves the table's reference: the socket then closes when the ring does.
+        let _ = self.ring.submitter().register_files_update(index as u32, &[-1]);
     }
 }
 
