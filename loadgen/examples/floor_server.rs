@@ -259,7 +259,10 @@ impl UringSender {
     /// Takes a lost socket out of the file table, so that dropping its stream closes it.
     fn forget(&mut self, index: usize) {
         // Failure leaves the table's reference: the socket then closes when the ring does.
-        let _ = self.ring.submitter().register_files_update(index as u32, &[-1]);
+        let _ = self
+            .ring
+            .submitter()
+            .register_files_update(index as u32, &[-1]);
     }
 }
 

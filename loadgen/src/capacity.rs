@@ -92,6 +92,9 @@ pub struct Capacity {
     /// at connect time by the 4-tuple (no `--source`, or `IP_BIND_ADDRESS_NO_PORT`); false
     /// when `bind()` reserves a source's port against every target.
     pub ports_by_pair: bool,
+    /// Whether a bound source would keep ports per pair (`IP_BIND_ADDRESS_NO_PORT` is
+    /// available): what the advice to add `--source` addresses counts on.
+    pub bind_no_port: bool,
     /// Ephemeral ports per (source, target) address pair.
     pub ports_per_source: u64,
 }
@@ -123,7 +126,7 @@ pub enum CapacityError {
         "cannot hold {target} connections over {pairs} (source, target) address pair(s): \
          {pairs} x {ports_per_source} ephemeral ports = {ports}; spread them with --source \
          over at least {sources_needed} loopback addresses (e.g. --source \
-         127.0.0.2-127.0.0.{last}), or over several server addresses with --target-addresses"
+         127.0.0.2-127.0.0.{last}){targets_help}"
     )]
     Ports {
         /// Connections asked for.
@@ -139,6 +142,8 @@ pub enum CapacityError {
         sources_needed: u64,
         /// Last octet of the example range.
         last: u64,
+        /// Whether adding target addresses would help, as words for the message.
+        targets_help: &'static str,
     },
 }
 
@@ -194,12 +199,23 @@ impl Capacity {
             });
         }
         if target > self.ports() {
+            // Advice for a run with --source: each source then pairs with every target only if
+            // the port is still chosen at connect time.
             let pairs_needed = target.div_ceil(self.ports_per_source.max(1));
-            let per_source = self.pairs() / self.sources.max(1);
+            let per_source = if self.bind_no_port {
+                self.targets.max(1)
+            } else {
+                1
+            };
             let sources_needed = pairs_needed.div_ceil(per_source);
             return Err(CapacityError::Ports {
                 target,
                 pairs: self.pairs(),
+                targets_help: if self.bind_no_port {
+                    ", or over several server addresses with --target-addresses"
+                } else {
+                    " (bound sources share their ports among targets on this kernel)"
+                },
                 ports_per_source: self.ports_per_source,
                 ports: self.ports(),
                 sources_needed,
@@ -248,6 +264,7 @@ mod tests {
             sources,
             targets: 1,
             ports_by_pair: true,
+            bind_no_port: true,
             ports_per_source: machine().ports_per_source(),
         }
     }
@@ -262,11 +279,18 @@ mod tests {
         assert_eq!(four_targets.ports(), 4 * 28_232);
         assert!(four_targets.check(100_000).is_ok());
         assert_eq!(four_targets.crowded_sources(100_000), Some(25_000));
-        // bind() without IP_BIND_ADDRESS_NO_PORT takes a source's port for every target.
+        // bind() without IP_BIND_ADDRESS_NO_PORT takes a source's port for every target, so
+        // the advice counts one pair per source and does not offer more targets.
         let reserved = Capacity {
             ports_by_pair: false,
+            bind_no_port: false,
             ..four_targets
         };
+        let advice = reserved
+            .check(100_000)
+            .expect_err("out of ports")
+            .to_string();
+        assert!(!advice.contains("--target-addresses"), "{advice}");
         assert_eq!(reserved.pairs(), 1);
         assert!(matches!(
             reserved.check(100_000),

@@ -753,6 +753,7 @@ fn check_reach(
         targets: targets.max(1) as u64,
         // Without IP_BIND_ADDRESS_NO_PORT a bind() takes its port from every target at once.
         ports_by_pair: sources.is_empty() || features.bind_no_port,
+        bind_no_port: features.bind_no_port,
         ports_per_source: limits.ports_per_source(),
     };
     println!(

@@ -743,6 +743,7 @@ mod tests {
                 sources: 1,
                 targets: 1,
                 ports_by_pair: true,
+                bind_no_port: true,
                 ports_per_source: 28_232,
             },
             reached: 97,

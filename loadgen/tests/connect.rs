@@ -206,6 +206,83 @@ fn connect_binds_source_addresses() {
     );
 }
 
+/// A server that answers every upgrade and then never reads again: it neither answers a close
+/// frame nor closes. It holds its connections until `release` is dropped.
+fn deaf_server(connections: usize) -> (SocketAddr, mpsc::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("an address");
+    let (release, released) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        while held.len() < connections {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                if std::io::Read::read(&mut stream, &mut byte).unwrap_or(0) == 0 {
+                    break;
+                }
+                request.push(byte[0]);
+            }
+            let text = String::from_utf8_lossy(&request);
+            let key = text
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .or_else(|| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                })
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            let accept = uringcast::protocol::handshake::accept_key(key.as_bytes());
+            let response = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+            held.push(stream);
+        }
+        // Until the test is done: an error means the sender is gone, the same signal.
+        let _ = released.recv();
+    });
+    (addr, release)
+}
+
+#[test]
+fn a_server_that_ignores_close_frames_counts_as_forced_closes() {
+    let (addr, release) = deaf_server(5);
+    let url = format!("ws://{addr}/");
+    let path = json_path("deaf");
+    let output = load(&[
+        "connect",
+        &url,
+        "--connections",
+        "5",
+        "--rate",
+        "1000",
+        "--duration",
+        "0.2",
+        "--close-timeout",
+        "0.3",
+        "--quiet",
+        "--json",
+        path.to_str().expect("a UTF-8 path"),
+    ]);
+    drop(release);
+    assert_eq!(output.status.code(), Some(0), "{}", describe(&output));
+    let json = read_json(&path);
+    let connections = &json["connections"];
+    assert_eq!(connections["reached"], 5, "{json:#}");
+    assert_eq!(connections["closed_clean"], 0, "{json:#}");
+    assert_eq!(connections["closed_forced"], 5, "{json:#}");
+    assert_eq!(connections["closed_abandoned"], 0, "{json:#}");
+    assert_eq!(connections["dropped"], 0, "{json:#}");
+    assert_eq!(json["close_latency_us"]["count"], 0, "{json:#}");
+}
+
 #[test]
 fn connect_counts_refused_connections() {
     // A port that was free a moment ago, with nothing listening on it now.

@@ -810,6 +810,16 @@ fn merge_expect(into: &mut Expect, from: &Expect) {
     }
 }
 
+/// The (source, target) address indices of global connection `global` with `sources` source
+/// addresses (0: the kernel picks, `None`) and `targets` (at least 1) server addresses: sources
+/// turn fastest, then targets, so any `sources x targets` consecutive connections use every
+/// pair once.
+fn address_pair(global: u64, sources: usize, targets: usize) -> (Option<usize>, usize) {
+    let source = (sources > 0).then(|| (global % sources as u64) as usize);
+    let target = (global / sources.max(1) as u64 % targets.max(1) as u64) as usize;
+    (source, target)
+}
+
 /// The server's CPU ticks once it has stopped using CPU (it tears connections down after our
 /// side has closed): unchanged over two readings [`SETTLE_EVERY`] apart, within [`SETTLE_MAX`].
 fn settle_cpu(pid: u32) -> Option<u64> {
@@ -1229,7 +1239,12 @@ impl<W: Workload> Thread<W> {
             .net
             .slots
             .iter()
-            .filter(|slot| matches!(slot.conn, Conn::Connecting(_) | Conn::Open(_)))
+            .filter(|slot| match &slot.conn {
+                Conn::Connecting(_) => true,
+                // One the server closed is counted as dropped already.
+                Conn::Open(o) => !o.server_closed,
+                Conn::Free | Conn::Closing => false,
+            })
             .count() as u64;
         self.publish_progress(Instant::now());
         let Self { ring, net, .. } = self;
@@ -1428,9 +1443,7 @@ impl Net {
         let (handshake, request) = ClientHandshake::new(&self.host, &self.path, key, &[]);
         let request = Bytes::from(request);
         let global = self.plan.global(local);
-        // Sources turn fastest, then targets: consecutive connections use every pair evenly.
-        let source = (self.sources > 0).then(|| (global % self.sources as u64) as usize);
-        let target = (global / self.sources.max(1) as u64 % self.targets as u64) as usize;
+        let (source, target) = address_pair(global, self.sources, self.targets);
         let slot = &mut self.slots[local];
         match ops.open(
             local as u32,
@@ -1989,6 +2002,25 @@ fn classify(kind: OpKind, errno: i32) -> (Failure, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connections_use_every_address_pair_evenly() {
+        for (sources, targets) in [(0, 1), (0, 3), (1, 1), (3, 1), (2, 3), (4, 2)] {
+            let pairs = sources.max(1) * targets;
+            let mut count = std::collections::HashMap::new();
+            for global in 0..(pairs * 5) as u64 {
+                let (source, target) = address_pair(global, sources, targets);
+                assert_eq!(source.is_none(), sources == 0);
+                assert!(source.unwrap_or(0) < sources.max(1) && target < targets);
+                *count.entry((source, target)).or_insert(0) += 1;
+            }
+            assert_eq!(count.len(), pairs, "{sources} x {targets}: every pair used");
+            assert!(
+                count.values().all(|&n| n == 5),
+                "{sources} x {targets}: {count:?}"
+            );
+        }
+    }
 
     #[test]
     fn plans_cover_every_connection_once() {

@@ -36,6 +36,8 @@ const RECV_BUFFERS: u16 = 1024;
 /// A 101 response is about 130 bytes; pings and close frames are smaller.
 const RECV_BUFFER_BYTES: usize = 512;
 const BUFFER_GROUP: u16 = 0;
+/// Times a push retries a ring that is busy (`EBUSY`) before the thread gives up with it.
+const BUSY_TRIES: u32 = 1000;
 
 /// The provided receive buffers of one ring.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -589,10 +591,17 @@ impl Ops {
     ///
     /// Every buffer the entries name must stay valid until their completions are reaped.
     unsafe fn push_chain(&mut self, chain: &[squeue::Entry]) -> io::Result<()> {
-        // The kernel could not take the queue now (its completion queue is full): it will
-        // once this thread waits and reaps, so only let others run meanwhile.
+        // The kernel cannot take the queue while completions it could not post wait (this
+        // thread reaps only between turns): let it run a while, then fail the thread with the
+        // error rather than spin forever.
+        let mut tries = 0;
+        let make_room = |_: &mut IoUring| {
+            tries += 1;
+            std::thread::yield_now();
+            tries < BUSY_TRIES
+        };
         // SAFETY: forwarded from this function's contract.
-        unsafe { ring::push_all(&mut self.ring, chain, |_| std::thread::yield_now())? };
+        unsafe { ring::push_all(&mut self.ring, chain, make_room)? };
         self.in_flight += chain.len();
         Ok(())
     }
