@@ -306,10 +306,9 @@ thread_local! {
     static IS_TEST_THREAD: Cell<bool> = const { Cell::new(false) };
 }
 
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
-// `GlobalAlloc` contract holds as it does for `System`; the bookkeeping around the calls
-// touches only atomics, thread-locals with const initialisers, and (while re-entry is
-// excluded by `IN_HOOK`) a mutex-guarded vector.
+// The bookkeeping around the calls touches only atomics, thread-locals with const
+// initialisers, and (while re-entry is excluded by `IN_HOOK`) a mutex-guarded vector.
+// SAFETY: every method forwards to `System` unchanged, so `GlobalAlloc`'s contract holds.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         record(layout.size());
@@ -325,8 +324,7 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         record(new_size);
-        // SAFETY: forwarded from this method's contract: `ptr` came from this allocator
-        // (hence from `System`) with `layout`.
+        // SAFETY: forwarded contract: `ptr` came from this allocator (so `System`) with `layout`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 

@@ -117,9 +117,8 @@ async fn one_wave(addr: std::net::SocketAddr, wave: usize) -> Result<()> {
 async fn three_thousand_connections_under_nofile_1024() -> Result<()> {
     ensure_own_fd_limit(CONNECTIONS as libc::rlim_t + 1000)?;
     let mut server = Server::start_with(&["--mode", "echo", "--workers", "4"], |cmd| {
-        // SAFETY: the closure runs in the forked child before exec; it only calls
-        // setrlimit(2), which is async-signal-safe, and allocates nothing
-        // (`last_os_error` only reads errno).
+        // The closure runs in the forked child before exec (`last_os_error` only reads errno).
+        // SAFETY: it only calls setrlimit(2), which is async-signal-safe, and allocates nothing.
         unsafe {
             cmd.pre_exec(|| {
                 let lim = libc::rlimit {

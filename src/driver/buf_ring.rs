@@ -64,10 +64,10 @@ impl BufRing {
             position_of: vec![0; usize::from(entries)].into_boxed_slice(),
             bgid,
         };
-        // SAFETY: `ring_ptr` is a page-aligned, zeroed allocation of `entries` descriptors that
-        // lives as long as `this`, which frees it only in Drop. Its owner (a server worker or a
-        // load-generator thread) drops the io_uring, ending the registration, before this ring,
-        // and leaks both instead when receives may remain in flight.
+        // `ring_ptr` is a page-aligned, zeroed allocation of `entries` descriptors, freed only in
+        // Drop. Its owner (a server worker or a load-generator thread) drops the io_uring, ending
+        // the registration, before this ring, and leaks both when receives may remain in flight.
+        // SAFETY: the registered memory outlives the registration (see above).
         unsafe {
             ring.submitter()
                 .register_buf_ring_with_flags(ring_ptr as u64, entries, bgid, 0)?;
@@ -110,9 +110,9 @@ impl BufRing {
         self.bid_at[index] = bid;
         self.position_of[usize::from(bid)] = index as u16;
         let addr = self.buffers.as_ptr() as u64 + (usize::from(bid) * self.buf_size) as u64;
-        // SAFETY: `index < entries`, so the pointer stays inside the ring allocation; the kernel
-        // reads only descriptors between its head and the published tail, and this one is past
-        // the published tail until `publish`.
+        // The kernel reads only descriptors between its head and the published tail, and this
+        // one is past the published tail until `publish`.
+        // SAFETY: `index < entries` (inside the allocation) and the kernel does not read it now.
         let entry = unsafe { &mut *self.ring.add(index) };
         entry.set_addr(addr);
         entry.set_len(self.buf_size as u32);
@@ -122,9 +122,9 @@ impl BufRing {
 
     /// Makes every pushed buffer visible to the kernel.
     pub fn publish(&mut self) {
-        // SAFETY: the tail field lives in the first descriptor of our live ring allocation; the
-        // kernel only reads it, and an atomic release store orders the descriptors written by
-        // `push` before it (the kernel reads the tail with acquire semantics).
+        // The kernel only reads the tail, with acquire semantics: a release store orders the
+        // descriptors written by `push` before it.
+        // SAFETY: the tail field lives in the first descriptor of our live ring allocation.
         let tail = unsafe { &*BufRingEntry::tail(self.ring).cast::<AtomicU16>() };
         tail.store(self.tail, Ordering::Release);
     }
@@ -138,9 +138,9 @@ impl BufRing {
 
 impl Drop for BufRing {
     fn drop(&mut self) {
-        // SAFETY: `ring` came from `alloc_zeroed(ring_layout)` and is freed once, here. The owner
-        // (a server worker or a load-generator thread) unregisters the group or drops the whole
-        // io_uring first, and leaks this ring instead when receives may remain in flight.
+        // The owner (a server worker or a load-generator thread) unregisters the group or drops
+        // the whole io_uring first, and leaks this ring instead when receives may remain.
+        // SAFETY: `ring` came from `alloc_zeroed(ring_layout)` and is freed once, here.
         unsafe { dealloc(self.ring.cast(), self.ring_layout) };
     }
 }

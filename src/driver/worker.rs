@@ -721,10 +721,10 @@ impl<S: Service> Worker<S> {
         };
         conn.send_in_flight = true;
         trace!(key, count, slot = conn.slot, "send");
-        // SAFETY: the frames the send reads are `Bytes` held at the front of the connection's
-        // queue, which is only consumed in `on_send`, after the kernel returns the operation;
-        // the iovecs and header live in a `Box` stored in the connection until then, and a
+        // The frames are `Bytes` at the front of the queue, consumed only in `on_send`; the
+        // iovecs and header live in a `Box` stored in the connection until then, and a
         // connection leaves the slab only when quiescent (no send in flight).
+        // SAFETY: everything the send reads stays put until its completion (see above).
         unsafe { self.push(&entry.user_data(ud)) };
     }
 
@@ -818,8 +818,8 @@ impl<S: Service> Worker<S> {
             })
         }
         .user_data(ud);
-        // SAFETY: the receive writes only into buffers of the worker's buffer ring, which
-        // outlives the ring's operations (drop order, and `finish` leaks it if any remain).
+        // Drop order frees the ring first, and `finish` leaks the buffers if operations remain.
+        // SAFETY: the receive writes only into the worker's buffer ring, which outlives it.
         unsafe { self.push(&entry) };
     }
 

@@ -35,8 +35,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// ```
 pub fn unmask(buf: &mut [u8], mask: [u8; 4], phase: usize) {
     let level = simd_level();
-    // SAFETY: `simd_level` returns only what `detect` found, and `detect` returns only a level
-    // for which `is_supported` was true on this CPU: exactly `run`'s precondition.
+    // `simd_level` returns only what `detect` found, and `detect` only a level for which
+    // `is_supported` was true on this CPU.
+    // SAFETY: this CPU runs `level`'s instructions: exactly `run`'s precondition.
     unsafe { run(level, buf, mask, phase) }
 }
 
@@ -75,9 +76,9 @@ pub fn unmask_with(level: SimdLevel, buf: &mut [u8], mask: [u8; 4], phase: usize
     } else {
         SimdLevel::Portable
     };
-    // SAFETY: `level` is either one `is_supported` just reported this CPU able to run (its
-    // features seen by `is_x86_feature_detected!`) or `Portable`, which needs nothing:
-    // exactly `run`'s precondition.
+    // `level` is one `is_supported` just reported this CPU able to run (its features seen by
+    // `is_x86_feature_detected!`), or `Portable`, which needs nothing.
+    // SAFETY: this CPU runs `level`'s instructions: exactly `run`'s precondition.
     unsafe { run(level, buf, mask, phase) }
 }
 
@@ -220,9 +221,9 @@ mod x86 {
         let mut blocks = buf.chunks_exact_mut(4 * WIDTH);
         for block in &mut blocks {
             let p = block.as_mut_ptr();
-            // SAFETY: `block` is 4 * WIDTH bytes of `buf`, so the vectors at offsets 0, WIDTH,
-            // 2 * WIDTH and 3 * WIDTH lie inside it; loadu/storeu accept any alignment; SSE2 is
-            // this fn's precondition.
+            // `block` is 4 * WIDTH bytes of `buf`: the vectors at offsets 0, WIDTH, 2 * WIDTH and
+            // 3 * WIDTH lie inside it, and loadu/storeu accept any alignment.
+            // SAFETY: four in-bounds unaligned vectors; SSE2 is this fn's precondition.
             unsafe {
                 let a = _mm_loadu_si128(p.cast());
                 let b = _mm_loadu_si128(p.add(WIDTH).cast());
@@ -237,8 +238,7 @@ mod x86 {
         let mut chunks = blocks.into_remainder().chunks_exact_mut(WIDTH);
         for chunk in &mut chunks {
             let p = chunk.as_mut_ptr();
-            // SAFETY: `chunk` is WIDTH bytes of `buf`, one unaligned vector; SSE2 is this fn's
-            // precondition.
+            // SAFETY: `chunk` is WIDTH bytes of `buf`, one unaligned vector; SSE2 is required.
             unsafe { _mm_storeu_si128(p.cast(), _mm_xor_si128(_mm_loadu_si128(p.cast()), vector)) };
         }
         unmask_words(chunks.into_remainder(), m, 0);
@@ -255,9 +255,9 @@ mod x86 {
         let mut blocks = buf.chunks_exact_mut(4 * WIDTH);
         for block in &mut blocks {
             let p = block.as_mut_ptr();
-            // SAFETY: `block` is 4 * WIDTH bytes of `buf`, so the vectors at offsets 0, WIDTH,
-            // 2 * WIDTH and 3 * WIDTH lie inside it; loadu/storeu accept any alignment; AVX2 is
-            // this fn's precondition.
+            // `block` is 4 * WIDTH bytes of `buf`: the vectors at offsets 0, WIDTH, 2 * WIDTH and
+            // 3 * WIDTH lie inside it, and loadu/storeu accept any alignment.
+            // SAFETY: four in-bounds unaligned vectors; AVX2 is this fn's precondition.
             unsafe {
                 let a = _mm256_loadu_si256(p.cast());
                 let b = _mm256_loadu_si256(p.add(WIDTH).cast());
@@ -272,8 +272,7 @@ mod x86 {
         let mut chunks = blocks.into_remainder().chunks_exact_mut(WIDTH);
         for chunk in &mut chunks {
             let p = chunk.as_mut_ptr();
-            // SAFETY: `chunk` is WIDTH bytes of `buf`, one unaligned vector; AVX2 is this fn's
-            // precondition.
+            // SAFETY: `chunk` is WIDTH bytes of `buf`, one unaligned vector; AVX2 is required.
             unsafe {
                 _mm256_storeu_si256(
                     p.cast(),
@@ -296,9 +295,9 @@ mod x86 {
         let mut blocks = buf.chunks_exact_mut(4 * WIDTH);
         for block in &mut blocks {
             let p = block.as_mut_ptr();
-            // SAFETY: `block` is 4 * WIDTH bytes of `buf`, so the vectors at offsets 0, WIDTH,
-            // 2 * WIDTH and 3 * WIDTH lie inside it; loadu/storeu accept any alignment;
-            // AVX-512F is this fn's precondition.
+            // `block` is 4 * WIDTH bytes of `buf`: the vectors at offsets 0, WIDTH, 2 * WIDTH and
+            // 3 * WIDTH lie inside it, and loadu/storeu accept any alignment.
+            // SAFETY: four in-bounds unaligned vectors; AVX-512F is this fn's precondition.
             unsafe {
                 let a = _mm512_loadu_si512(p.cast());
                 let b = _mm512_loadu_si512(p.add(WIDTH).cast());
@@ -313,8 +312,7 @@ mod x86 {
         let mut chunks = blocks.into_remainder().chunks_exact_mut(WIDTH);
         for chunk in &mut chunks {
             let p = chunk.as_mut_ptr();
-            // SAFETY: `chunk` is WIDTH bytes of `buf`, one unaligned vector; AVX-512F is this
-            // fn's precondition.
+            // SAFETY: `chunk` is WIDTH bytes of `buf`, one unaligned vector; AVX-512F is required.
             unsafe {
                 _mm512_storeu_si512(
                     p.cast(),

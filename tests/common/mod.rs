@@ -158,8 +158,8 @@ impl Server {
 
     fn signal(&self, sig: libc::c_int) -> Result<()> {
         let pid = libc::pid_t::try_from(self.child.id())?;
-        // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped
-        // (it is reaped only by `wait_exit` or `Drop`, both of which take `&mut self`).
+        // The child is reaped only by `wait_exit` or `Drop`, both of which take `&mut self`.
+        // SAFETY: kill(2) takes plain integers; the pid is our own child, not yet reaped.
         let rc = unsafe { libc::kill(pid, sig) };
         if rc != 0 {
             return Err(io::Error::last_os_error()).context("kill(2)");
@@ -187,8 +187,7 @@ impl Server {
             return Ok(status);
         }
         let pid = libc::pid_t::try_from(self.child.id())?;
-        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1; the pid is
-        // our unreaped child, so it cannot have been recycled.
+        // SAFETY: pidfd_open(2) takes plain integers; our unreaped child's pid cannot be recycled.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error()).context("pidfd_open(2)");

@@ -158,8 +158,8 @@ fn try_bind_no_port(mut ring: IoUring) -> io::Result<bool> {
         .user_data(2),
         opcode::Close::new(Fixed(0)).build().user_data(3),
     ];
-    // SAFETY: `one` lives on this stack frame until every completion has been reaped below
-    // (three submissions, three completions waited for); nothing else points to user memory.
+    // Three submissions, three completions waited for below; nothing but `one` is user memory.
+    // SAFETY: `one` lives on this stack frame until every completion has been reaped.
     unsafe { ring.submission().push_multiple(&entries) }
         .map_err(|_| io::Error::other("a fresh ring has room for three entries"))?;
     ring.submit_and_wait(3)?;
@@ -472,9 +472,9 @@ impl Ops {
                 .user_data(ud(OpKind::Send)),
         );
         self.held[index] = Some((generation & ring::GENERATION_MASK, request));
-        // SAFETY: the addresses live in boxes owned by `self` for the ring's life (and are
-        // leaked with it if operations remain); `one` likewise; the request's bytes are held in
-        // `held[slot]` until the send's completion, which `reap` alone releases.
+        // The addresses and `one` live in boxes owned by `self` for the ring's life (leaked with
+        // it if operations remain); `reap` alone releases `held[slot]`, at the send's completion.
+        // SAFETY: every buffer the chain names outlives its operation (see above).
         unsafe { self.push_chain(&chain)? };
         Ok(Ok(chain.len() as u32))
     }
@@ -492,8 +492,8 @@ impl Ops {
             opcode::RecvMulti::new(Fixed(slot), self.bgid).build()
         };
         let entry = entry.user_data(UserData::new(OpKind::Recv, generation, slot).pack());
-        // SAFETY: the receive writes only into the buffer ring, which outlives the ring's
-        // operations (drop order, and `Drop` leaks it while any remain).
+        // Drop order frees the ring first, and `Drop` leaks the buffers while operations remain.
+        // SAFETY: the receive writes only into the buffer ring, which outlives the operation.
         unsafe { self.push_chain(&[entry]) }
     }
 
@@ -522,8 +522,7 @@ impl Ops {
             .build()
             .user_data(UserData::new(OpKind::Send, generation, slot).pack());
         self.held[index] = Some((generation & ring::GENERATION_MASK, frame));
-        // SAFETY: the frame's bytes are held in `held[slot]` until this send's completion,
-        // which `reap` alone releases.
+        // SAFETY: `held[slot]` keeps the frame's bytes until this send's completion is reaped.
         unsafe { self.push_chain(&[entry])? };
         Ok(Ok(()))
     }
