@@ -31,7 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
-use serde_json::json;
+use serde_json::{json, Value};
 use uringcast::protocol::OpCode;
 
 use crate::capacity::{Capacity, SystemLimits};
@@ -280,28 +280,13 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         Encoding::Binary => OpCode::Binary,
     };
     let t = &args.traffic;
-    let settings_json = json!({
-        "url": prepared.settings.target.to_string(),
+    let settings_json = prepared.settings_json(t, duration, json!({
         "connections": args.connections,
         "size": args.size,
         "encoding": match encoding { Encoding::Text => "text", Encoding::Binary => "binary" },
         "inflight": match pace { Pace::Closed { inflight } => Some(inflight), Pace::Open { .. } => None },
         "rate": match pace { Pace::Open { rate } => Some(rate), Pace::Closed { .. } => None },
-        "duration_s": duration,
-        "threads": prepared.settings.threads,
-        "sources": prepared.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "target_addresses": prepared.settings.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "connect_rate": t.connect_rate,
-        "handshake_timeout_s": t.handshake_timeout,
-        "drain_timeout_s": t.drain_timeout,
-        "close_timeout_s": t.close_timeout,
-        "server_pid": t.server_pid,
-        "json": t.json,
-        "hdr": t.hdr,
-        "plot": t.plot,
-        "quiet": t.quiet,
-        "recv_bundle": prepared.features.recv_bundle,
-    });
+    }));
     let (loop_kind, pace_text) = match pace {
         Pace::Closed { inflight } => (
             Loop::Closed,
@@ -385,35 +370,24 @@ fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
     )?;
     let stamper = Stamper::new(Encoding::Binary, args.size);
     let t = &args.traffic;
-    let settings_json = json!({
-        "url": prepared.settings.target.to_string(),
-        "path": prepared.settings.target.path,
-        "subscribers": args.subscribers,
-        "publishers": args.publishers,
-        "publish": match publishing {
-            Publishing::WebSocket { .. } => "websocket",
-            Publishing::Http { .. } => "http",
-            Publishing::External => "external",
-        },
-        "publish_url": args.publish_url,
-        "publish_token": args.publish_token.as_ref().map(|_| "(set)"),
-        "rate": args.rate,
-        "size": args.size,
-        "duration_s": duration,
-        "threads": prepared.settings.threads,
-        "sources": prepared.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "target_addresses": prepared.settings.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        "connect_rate": t.connect_rate,
-        "handshake_timeout_s": t.handshake_timeout,
-        "drain_timeout_s": t.drain_timeout,
-        "close_timeout_s": t.close_timeout,
-        "server_pid": t.server_pid,
-        "json": t.json,
-        "hdr": t.hdr,
-        "plot": t.plot,
-        "quiet": t.quiet,
-        "recv_bundle": prepared.features.recv_bundle,
-    });
+    let settings_json = prepared.settings_json(
+        t,
+        duration,
+        json!({
+            "path": prepared.settings.target.path,
+            "subscribers": args.subscribers,
+            "publishers": args.publishers,
+            "publish": match publishing {
+                Publishing::WebSocket { .. } => "websocket",
+                Publishing::Http { .. } => "http",
+                Publishing::External => "external",
+            },
+            "publish_url": args.publish_url,
+            "publish_token": args.publish_token.as_ref().map(|_| "(set)"),
+            "rate": args.rate,
+            "size": args.size,
+        }),
+    );
     let who = match &publishing {
         Publishing::WebSocket { publishers } => {
             format!(
@@ -476,6 +450,34 @@ fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
 struct Prepared {
     settings: traffic::Settings,
     features: ClientFeatures,
+}
+
+impl Prepared {
+    /// The report's `settings`: the flags every message scenario shares, and the scenario's own
+    /// (`specific`, an object).
+    fn settings_json(&self, t: &TrafficArgs, duration: f64, specific: Value) -> Value {
+        let mut settings = json!({
+            "url": self.settings.target.to_string(),
+            "duration_s": duration,
+            "threads": self.settings.threads,
+            "sources": self.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "target_addresses": self.settings.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "connect_rate": t.connect_rate,
+            "handshake_timeout_s": t.handshake_timeout,
+            "drain_timeout_s": t.drain_timeout,
+            "close_timeout_s": t.close_timeout,
+            "server_pid": t.server_pid,
+            "json": t.json,
+            "hdr": t.hdr,
+            "plot": t.plot,
+            "quiet": t.quiet,
+            "recv_bundle": self.features.recv_bundle,
+        });
+        if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), specific) {
+            all.extend(own);
+        }
+        settings
+    }
 }
 
 fn prepare(

@@ -206,6 +206,43 @@ pub struct Diagnostics {
     pub threads_missing: u64,
 }
 
+impl Diagnostics {
+    /// Adds another thread's counters.
+    pub fn merge(&mut self, other: &Self) {
+        self.stale_completions += other.stale_completions;
+        self.recv_buffer_starvation += other.recv_buffer_starvation;
+        self.cq_overflow += other.cq_overflow;
+        self.rings_leaked += other.rings_leaked;
+        self.threads_missing += other.threads_missing;
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "stale_completions": self.stale_completions,
+            "recv_buffer_starvation": self.recv_buffer_starvation,
+            "cq_overflow": self.cq_overflow,
+            "rings_leaked": self.rings_leaked,
+            "threads_missing": self.threads_missing,
+        })
+    }
+
+    /// A line of the text summary, `label` first, when any counter is not 0.
+    fn write_if_any(&self, out: &mut String, label: &str) {
+        if *self != Self::default() {
+            let _ = writeln!(
+                out,
+                "{label:<9} stale completions {}, buffer starvation {}, CQ overflow {}, rings \
+                 leaked {}, threads missing {}",
+                self.stale_completions,
+                self.recv_buffer_starvation,
+                self.cq_overflow,
+                self.rings_leaked,
+                self.threads_missing
+            );
+        }
+    }
+}
+
 /// Everything a `connect` run measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectReport {
@@ -342,13 +379,7 @@ impl ConnectReport {
                 "slab_per_conn_bytes": per_conn(before, hold, self.reached),
             })),
             "client": { "rss_bytes": self.client_rss_bytes },
-            "diagnostics": {
-                "stale_completions": self.diagnostics.stale_completions,
-                "recv_buffer_starvation": self.diagnostics.recv_buffer_starvation,
-                "cq_overflow": self.diagnostics.cq_overflow,
-                "rings_leaked": self.diagnostics.rings_leaked,
-                "threads_missing": self.diagnostics.threads_missing,
-            },
+            "diagnostics": self.diagnostics.json(),
         })
     }
 
@@ -444,19 +475,7 @@ impl ConnectReport {
             self.ramp.as_secs_f64(),
             self.hold.as_secs_f64()
         );
-        let d = &self.diagnostics;
-        if *d != Diagnostics::default() {
-            let _ = writeln!(
-                out,
-                "warning   stale completions {}, buffer starvation {}, CQ overflow {}, rings \
-                 leaked {}, threads missing {}",
-                d.stale_completions,
-                d.recv_buffer_starvation,
-                d.cq_overflow,
-                d.rings_leaked,
-                d.threads_missing
-            );
-        }
+        self.diagnostics.write_if_any(&mut out, "warning");
         out
     }
 }
@@ -584,13 +603,7 @@ impl TrafficReport {
                 "cpu_per_message_us": per_message(o.client_cpu_s),
                 "rss_bytes": o.client_rss_bytes,
             },
-            "diagnostics": {
-                "stale_completions": o.diagnostics.stale_completions,
-                "recv_buffer_starvation": o.diagnostics.recv_buffer_starvation,
-                "cq_overflow": o.diagnostics.cq_overflow,
-                "rings_leaked": o.diagnostics.rings_leaked,
-                "threads_missing": o.diagnostics.threads_missing,
-            },
+            "diagnostics": o.diagnostics.json(),
         })
     }
 
@@ -686,19 +699,7 @@ impl TrafficReport {
             o.client_cpu_s,
             o.client_rss_bytes.map_or_else(|| "n/a".to_owned(), mib)
         );
-        let d = &o.diagnostics;
-        if *d != Diagnostics::default() {
-            let _ = writeln!(
-                out,
-                "note      stale completions {}, buffer starvation {}, CQ overflow {}, rings \
-                 leaked {}, threads missing {}",
-                d.stale_completions,
-                d.recv_buffer_starvation,
-                d.cq_overflow,
-                d.rings_leaked,
-                d.threads_missing
-            );
-        }
+        o.diagnostics.write_if_any(&mut out, "note");
         out
     }
 }

@@ -963,12 +963,7 @@ impl ThreadResult {
         self.closed_clean += other.closed_clean;
         self.closed_forced += other.closed_forced;
         self.closed_abandoned += other.closed_abandoned;
-        let (d, o) = (&mut self.diagnostics, &other.diagnostics);
-        d.stale_completions += o.stale_completions;
-        d.recv_buffer_starvation += o.recv_buffer_starvation;
-        d.cq_overflow += o.cq_overflow;
-        d.rings_leaked += o.rings_leaked;
-        d.threads_missing += o.threads_missing;
+        self.diagnostics.merge(&other.diagnostics);
     }
 }
 
