@@ -89,7 +89,7 @@ pub fn submit_and_wait(ring: &IoUring, timeout: Option<Duration>) -> io::Result<
 }
 
 /// Whether a failed `io_uring_enter` only asks to reap and try again.
-pub fn is_transient(error: &io::Error) -> bool {
+fn is_transient(error: &io::Error) -> bool {
     matches!(
         error.raw_os_error(),
         Some(libc::ETIME | libc::EINTR | libc::EBUSY)
