@@ -1,0 +1,99 @@
+//! Deadlines: the handshake, drain and ping timers of each connection on the wheel.
+
+use std::time::{Duration, Instant};
+
+use tracing::debug;
+
+use super::Worker;
+use crate::driver::conn::{Ending, Stage};
+use crate::driver::timer::TimerEntry;
+use crate::driver::Service;
+use crate::protocol::{CloseCode, CloseState};
+
+impl<S: Service> Worker<S> {
+    pub(super) fn fire_timers(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.due);
+        self.wheel.advance(now, &mut due);
+        for entry in due.drain(..) {
+            let key = entry.key as usize;
+            let current = self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.generation == entry.generation && c.deadline == entry.tick);
+            if current {
+                self.on_deadline(key, now);
+            }
+        }
+        self.due = due;
+    }
+
+    pub(super) fn on_deadline(&mut self, key: usize, now: Instant) {
+        let conn = &mut self.conns[key];
+        conn.deadline = crate::driver::timer::NEVER;
+        let close_state = match &conn.stage {
+            Stage::Open(ws) => Some(ws.close_state()),
+            Stage::Handshake(_) | Stage::Http { .. } | Stage::Answered => None,
+        };
+        match (conn.ending, close_state) {
+            (Ending::Teardown, _) => {}
+            // Handshake timeout, flush or linger over, or our close unanswered.
+            (Ending::Flush | Ending::Linger, _)
+            | (Ending::No, None | Some(CloseState::CloseSent | CloseState::Closed)) => {
+                debug!(key, "deadline passed; dropping the connection");
+                self.teardown(key);
+            }
+            (Ending::No, Some(CloseState::Open)) => self.on_ping_deadline(key, now),
+        }
+    }
+
+    /// Pings a connection idle for an interval; closes 1001 one interval after an unanswered ping.
+    pub(super) fn on_ping_deadline(&mut self, key: usize, now: Instant) {
+        let Some(interval) = self.ping_ticks else {
+            return;
+        };
+        let interval_ticks = self.wheel.deadline(now, interval) - self.wheel.tick_at(now);
+        let now_tick = self.wheel.tick_at(now);
+        let conn = &mut self.conns[key];
+        let Stage::Open(ws) = &mut conn.stage else {
+            return;
+        };
+        let idle_since = conn.last_recv_tick;
+        if now_tick < idle_since + interval_ticks && !conn.ping_outstanding {
+            // Heard from recently: check again one interval after that.
+            let tick = idle_since + interval_ticks;
+            conn.deadline = tick;
+            let generation = conn.generation;
+            self.wheel.insert(TimerEntry {
+                key: key as u32,
+                generation,
+                tick,
+            });
+            return;
+        }
+        if conn.ping_outstanding {
+            debug!(key, "ping unanswered; closing 1001");
+            if let Some(frame) = ws.close(CloseCode::GOING_AWAY, "ping timeout") {
+                conn.queue.push_unbounded(frame);
+            }
+            self.mark_dirty(key);
+            self.set_deadline(key, now, self.config.drain_timeout);
+        } else if let Some(frame) = ws.ping(b"") {
+            conn.queue.push_unbounded(frame);
+            conn.ping_outstanding = true;
+            self.mark_dirty(key);
+            self.set_deadline(key, now, interval);
+        }
+    }
+
+    pub(super) fn set_deadline(&mut self, key: usize, now: Instant, delay: Duration) {
+        let tick = self.wheel.deadline(now, delay);
+        let conn = &mut self.conns[key];
+        conn.deadline = tick;
+        let generation = conn.generation;
+        self.wheel.insert(TimerEntry {
+            key: key as u32,
+            generation,
+            tick,
+        });
+    }
+}

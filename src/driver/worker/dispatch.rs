@@ -1,0 +1,337 @@
+//! Completion dispatch: every CQE is reaped here and routed by its user_data; received
+//! bytes run through the protocol core and the service.
+
+use std::io;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use io_uring::types::{Fd, Fixed};
+use io_uring::{cqueue, opcode};
+use tracing::{debug, trace, warn};
+
+use super::{Worker, ACCEPT_SINGLE, NO_KEY};
+use crate::driver::conn::{Conn, Ending, Stage};
+use crate::driver::ring::{self, GENERATION_MASK};
+use crate::driver::service::{Admission, ConnId, Ctx};
+use crate::driver::user_data::{OpKind, UserData};
+use crate::driver::Service;
+use crate::protocol::connection::Read;
+use crate::protocol::handshake::http_response;
+use crate::protocol::{CloseCode, Limits, WebSocket};
+
+impl<S: Service> Worker<S> {
+    pub(super) fn reap(&mut self) {
+        let mut cqes = std::mem::take(&mut self.cqes);
+        // Completions are copied out first so that handling them may push submissions.
+        loop {
+            ring::take_completions(&mut self.ring, &mut cqes);
+            if cqes.is_empty() {
+                break;
+            }
+            for &(user_data, result, flags) in &cqes {
+                self.complete(user_data, result, flags);
+            }
+        }
+        self.cqes = cqes;
+    }
+
+    pub(super) fn complete(&mut self, raw: u64, result: i32, flags: u32) {
+        let Some(ud) = UserData::unpack(raw) else {
+            warn!(user_data = raw, "completion with an unknown user_data");
+            return;
+        };
+        match ud.kind {
+            OpKind::Accept => self.on_accept(ud.generation == ACCEPT_SINGLE, result, flags),
+            OpKind::Cancel if ud.key == NO_KEY => {}
+            OpKind::Wake => self.on_wake(result),
+            OpKind::Signal => self.on_signal(result),
+            kind => {
+                let key = ud.key as usize;
+                let live = self
+                    .conns
+                    .get(key)
+                    .is_some_and(|c| c.generation & GENERATION_MASK == ud.generation);
+                if !live {
+                    // A completion for a slot already reused: keep the buffer, touch nothing.
+                    if let Some(bid) = cqueue::buffer_select(flags) {
+                        self.bufs.push(bid);
+                    }
+                    self.shared.stats[self.id]
+                        .stale_completions
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                match kind {
+                    OpKind::Recv => self.on_recv(key, result, flags),
+                    OpKind::Send => self.on_send(key, result),
+                    OpKind::Shutdown | OpKind::Cancel | OpKind::Close => {
+                        let conn = &mut self.conns[key];
+                        trace!(key, ?kind, result, slot = conn.slot, "op done");
+                        conn.pending_ops -= 1;
+                        if kind == OpKind::Close {
+                            // A slot is free again: accept if the table was full.
+                            self.accept_paused = false;
+                        } else if kind == OpKind::Shutdown && result < 0 {
+                            self.teardown(key);
+                        }
+                        self.maybe_remove(key);
+                    }
+                    OpKind::Accept | OpKind::Wake | OpKind::Signal => {}
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_recv(&mut self, key: usize, result: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let conn = &mut self.conns[key];
+        trace!(key, result, more, "recv");
+        if !more {
+            conn.recv_armed = false;
+        }
+        if result > 0 {
+            let Some(bid) = bid else {
+                warn!(key, "receive completion without a buffer");
+                self.teardown(key);
+                return;
+            };
+            let now_tick = self.wheel.tick_at(Instant::now());
+            conn.last_recv_tick = now_tick;
+            conn.ping_outstanding = false;
+            let before = conn.ending;
+            let mut filled = std::mem::take(&mut self.filled);
+            self.bufs.bundle(bid, result as usize, &mut filled);
+            let limits = Limits {
+                max_message_bytes: self.config.max_message_bytes,
+            };
+            for &(bid, len) in &filled {
+                let data = self.bufs.buffer_mut(bid, len);
+                let mut ctx = ctx!(self);
+                receive(&mut self.service, &mut ctx, key, data, limits);
+                self.bufs.push(bid);
+            }
+            filled.clear();
+            self.filled = filled;
+            self.after_receive(key, before);
+        } else if result == 0 {
+            // The peer closed its side.
+            self.teardown(key);
+        } else {
+            match -result {
+                libc::ENOBUFS => {
+                    self.shared.stats[self.id]
+                        .recv_buffer_starvation
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                libc::ECANCELED => {}
+                libc::EAGAIN | libc::EINTR => {}
+                errno => {
+                    debug!(key, error = %io::Error::from_raw_os_error(errno), "receive failed");
+                    self.teardown(key);
+                }
+            }
+        }
+        let conn = &self.conns[key];
+        if !conn.recv_armed && conn.ending != Ending::Teardown {
+            self.arm_recv(key);
+        }
+        self.maybe_remove(key);
+    }
+
+    /// Schedules what a receive made necessary: a flush, and the deadline of a new stage.
+    pub(super) fn after_receive(&mut self, key: usize, before: Ending) {
+        let now = Instant::now();
+        let conn = &mut self.conns[key];
+        let upgraded = std::mem::take(&mut conn.upgraded_now);
+        let flushing = conn.ending == Ending::Flush;
+        if !conn.queue.is_empty() || flushing {
+            self.mark_dirty(key);
+        }
+        if flushing && before == Ending::No {
+            // Bounded: a peer that never reads cannot hold the connection open.
+            self.set_deadline(key, now, self.config.drain_timeout);
+        } else if upgraded {
+            match self.ping_ticks {
+                Some(interval) => self.set_deadline(key, now, interval),
+                None => self.conns[key].deadline = crate::driver::timer::NEVER,
+            }
+        }
+    }
+
+    pub(super) fn arm_recv(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.recv_armed = true;
+        let ud = UserData::new(OpKind::Recv, conn.generation, key as u32).pack();
+        let entry = if self.bundles {
+            on_conn!(self.direct, conn.slot, |fd| {
+                opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build()
+            })
+        } else {
+            on_conn!(self.direct, conn.slot, |fd| {
+                opcode::RecvMulti::new(fd, self.bufs.bgid()).build()
+            })
+        }
+        .user_data(ud);
+        // Drop order frees the ring first, and `finish` leaks the buffers if operations remain.
+        // SAFETY: the receive writes only into the worker's buffer ring, which outlives it.
+        unsafe { self.push(&entry) };
+    }
+}
+
+/// Runs received bytes through the connection's protocol state and the service.
+fn receive<S: Service>(
+    service: &mut S,
+    ctx: &mut Ctx<'_, S::Data>,
+    key: usize,
+    data: &mut [u8],
+    limits: Limits,
+) {
+    let conn = &mut ctx.conns[key];
+    if conn.ending != Ending::No {
+        // Closing: the bytes are read only so the peer's FIN can arrive; they mean nothing.
+        return;
+    }
+    let id = ConnId {
+        key: key as u32,
+        generation: conn.generation,
+    };
+    let mut data = data;
+    if let Stage::Handshake(handshake) = &mut conn.stage {
+        let request = match handshake.feed(data) {
+            Ok((_, None)) => return,
+            Ok((used, Some(request))) => {
+                data = &mut data[used..];
+                request
+            }
+            Err(error) => {
+                debug!(%error, "bad request head");
+                return respond(conn, error.response());
+            }
+        };
+        match service.on_request(&request) {
+            Admission::Upgrade { protocol } => match request.validate_upgrade() {
+                Ok(upgrade) => {
+                    conn.queue
+                        .push_unbounded(upgrade.response(protocol.as_deref()).into());
+                    conn.stage = Stage::Open(WebSocket::server(limits));
+                    conn.upgraded_now = true;
+                    service.on_open(ctx, id, &request);
+                }
+                Err(error) => {
+                    debug!(%error, "upgrade refused");
+                    return respond(conn, error.response());
+                }
+            },
+            Admission::Reject(status) => {
+                debug!(status, "request rejected by the service");
+                return respond(conn, http_response(status, reason(status), &[], None, b""));
+            }
+            Admission::Respond(response) => return respond(conn, response),
+            Admission::Http { max_body_bytes } => match request.body_length() {
+                Ok(length) if length.unwrap_or(0) <= max_body_bytes as u64 => {
+                    conn.stage = Stage::Http {
+                        remaining: length.unwrap_or(0) as usize,
+                        body: Vec::new(),
+                        request: Box::new(request),
+                    };
+                }
+                Ok(_) => return respond(conn, http_response(413, reason(413), &[], None, b"")),
+                Err(error) => return respond(conn, error.response()),
+            },
+        }
+    }
+    let conn = &mut ctx.conns[key];
+    if let Stage::Http {
+        body, remaining, ..
+    } = &mut conn.stage
+    {
+        let take = (*remaining).min(data.len());
+        body.extend_from_slice(&data[..take]);
+        *remaining -= take;
+        if *remaining > 0 {
+            return;
+        }
+        // One request per connection: anything pipelined after it is ignored.
+        if let Stage::Http { request, body, .. } =
+            std::mem::replace(&mut conn.stage, Stage::Answered)
+        {
+            let response = service.on_http(ctx, &request, &body);
+            respond(&mut ctx.conns[key], response);
+        }
+        return;
+    }
+    let mut pos = 0;
+    loop {
+        let conn = &mut ctx.conns[key];
+        let Stage::Open(ws) = &mut conn.stage else {
+            return;
+        };
+        let (used, read) = ws.read(&mut data[pos..]);
+        pos += used;
+        match read {
+            Read::NeedMore => return,
+            Read::Message { opcode, payload } => {
+                ctx.stats.messages_in.fetch_add(1, Ordering::Relaxed);
+                service.on_message(ctx, id, opcode, &payload);
+            }
+            Read::Ping { pong, .. } => {
+                // Pongs count against the backlog: a client that pings and never reads must
+                // not grow the queue without bound.
+                if let Some(pong) = pong {
+                    if conn.queue.push(pong, ctx.max_backlog_bytes) {
+                        conn.mark_dirty_in(ctx.dirty, key);
+                    } else {
+                        ctx.stats
+                            .slow_consumer_closes
+                            .fetch_add(1, Ordering::Relaxed);
+                        ctx.close(
+                            id,
+                            CloseCode::POLICY_VIOLATION,
+                            "too slow: send backlog over limit",
+                        );
+                    }
+                }
+            }
+            Read::Pong(_) => {}
+            Read::Close { code, reply, .. } => {
+                debug!(code = ?code, "peer closed");
+                if let Some(reply) = reply {
+                    conn.queue.push_unbounded(reply);
+                }
+                conn.ending = Ending::Flush;
+                return;
+            }
+            Read::Failed { error, reply } => {
+                debug!(%error, code = %error.close_code(), "protocol error");
+                if let Some(reply) = reply {
+                    conn.queue.push_unbounded(reply);
+                }
+                conn.ending = Ending::Flush;
+                return;
+            }
+        }
+    }
+}
+
+/// Queues a final HTTP response; the connection closes once it is sent.
+fn respond<D>(conn: &mut Conn<D>, response: Vec<u8>) {
+    conn.queue.push_unbounded(response.into());
+    conn.ending = Ending::Flush;
+}
+
+/// The reason phrase of the statuses the driver itself sends.
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        413 => "Content Too Large",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}

@@ -1,0 +1,346 @@
+//! One pinned worker: its ring, listener, buffer ring, connection slab and timer wheel.
+//!
+//! One loop turn: wait for completions (or the wheel's next tick) → handle every completion,
+//! running the protocol and the service → fire due timers → flush every dirty connection's
+//! queue → hand receive buffers back → submit everything in the next wait.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use io_uring::types::Fd;
+use io_uring::{opcode, squeue, IoUring};
+use nix::sys::signalfd::SignalFd;
+use slab::Slab;
+use tracing::{info, warn};
+
+use super::buf_ring::BufRing;
+use super::conn::{Conn, SendVec};
+use super::ring::{self};
+use super::service::Ctx;
+use super::timer::{TimerEntry, TimerWheel};
+use super::user_data::{OpKind, UserData};
+use super::{Features, Service, Shared};
+use crate::config::Config;
+
+/// After a stop, how long past the drain timeout the worker waits for the kernel to return
+/// its operations before it exits anyway (leaking, never freeing, what the kernel may touch).
+const TEARDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Builds an SQE on a connection's descriptor: a direct slot (`types::Fixed`) or, in the
+/// fallback, a plain descriptor (`types::Fd`). The crate's target trait is sealed, so the
+/// choice is a branch around the constructor.
+macro_rules! on_conn {
+    ($direct:expr, $slot:expr, |$target:ident| $build:expr) => {
+        if $direct {
+            let $target = Fixed($slot);
+            $build
+        } else {
+            let $target = Fd($slot as i32);
+            $build
+        }
+    };
+}
+
+/// A [`Ctx`] over the worker's connections, borrowing its fields one by one so the service
+/// (and the receive buffers) stay free to borrow beside it.
+macro_rules! ctx {
+    ($worker:ident) => {
+        Ctx {
+            conns: &mut $worker.conns,
+            dirty: &mut $worker.dirty,
+            now_tick: $worker.wheel.tick_at(Instant::now()),
+            drain_ticks: $worker.drain_ticks,
+            wheel: &mut $worker.wheel,
+            max_backlog_bytes: $worker.config.max_backlog_bytes,
+            stats: &$worker.shared.stats[$worker.id],
+            worker: $worker.id,
+            shared: &$worker.shared,
+        }
+    };
+}
+
+mod accept;
+mod deadlines;
+mod dispatch;
+mod lifecycle;
+mod send;
+
+/// The key used in user_data for operations that belong to no connection.
+const NO_KEY: u32 = u32::MAX;
+/// The generation field of an accept's user_data tells the two kinds apart.
+const ACCEPT_MULTI: u32 = 0;
+const ACCEPT_SINGLE: u32 = 1;
+/// Single-shot accepts kept in flight when slots are scarce.
+const MAX_SINGLE_ACCEPTS: usize = 16;
+
+/// Everything a worker thread needs to start.
+pub(crate) struct WorkerSetup {
+    pub id: usize,
+    pub listener: OwnedFd,
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub features: Features,
+    pub signals: Option<SignalFd>,
+    /// Reports the worker's capacity once it accepts, or why it could not start.
+    pub ready: mpsc::Sender<Result<usize, io::Error>>,
+}
+
+/// Runs a worker on the current thread until the server stops.
+pub(crate) fn run_worker<S: Service>(setup: WorkerSetup, service: S) {
+    let span = tracing::info_span!("worker", id = setup.id);
+    let _entered = span.enter();
+    let ready = setup.ready.clone();
+    match Worker::new(setup, service) {
+        Ok(mut worker) => {
+            let _ = ready.send(Ok(worker.capacity));
+            if let Err(error) = worker.run() {
+                tracing::error!(%error, "worker stopped on a ring error");
+            }
+            worker.finish();
+        }
+        Err(error) => {
+            let _ = ready.send(Err(error));
+        }
+    }
+}
+
+struct Worker<S: Service> {
+    // Field order is drop order: the ring goes first, so the kernel lets go of every buffer
+    // before the buffers below are freed.
+    ring: IoUring,
+    bufs: BufRing,
+    /// Connections are direct descriptors (slots of the ring's table), not plain ones.
+    direct: bool,
+    conns: Slab<Conn<S::Data>>,
+    /// Spare send vectors, boxed because their address is handed to the kernel.
+    #[allow(clippy::vec_box)]
+    send_vecs: Vec<Box<SendVec>>,
+    wheel: TimerWheel,
+    service: S,
+    config: Arc<Config>,
+    shared: Arc<Shared>,
+    id: usize,
+    listener: OwnedFd,
+    signals: Option<SignalFd>,
+    signal_buf: Box<[u8; 128]>,
+    wake_buf: Box<[u8; 8]>,
+    /// Direct descriptors in this ring's table.
+    capacity: usize,
+    /// A multishot accept is armed (and not yet asked to stop).
+    multishot_armed: bool,
+    /// Single-shot accepts in flight, used when few slots are left.
+    singles_in_flight: usize,
+    /// Below this many free slots, accept one connection per submission: a multishot accept
+    /// may take a whole listen backlog in one go, and a connection the kernel accepts without
+    /// a free slot is reset.
+    multishot_min_free: usize,
+    /// The table was full: accept again once a slot frees.
+    accept_paused: bool,
+    /// After a transient accept error: when to try again.
+    accept_retry: Option<Instant>,
+    last_accept_warning: Option<Instant>,
+    next_generation: u32,
+    /// Keys of connections with something to flush this turn.
+    dirty: Vec<usize>,
+    due: Vec<TimerEntry>,
+    cqes: Vec<(u64, i32, u32)>,
+    /// The buffers of the receive being handled (several for a bundle).
+    filled: Vec<(u16, usize)>,
+    /// Receive with bundles (kernel 6.10): one completion may fill several buffers.
+    bundles: bool,
+    /// When set, the worker is draining towards exit: the instant to give up waiting.
+    stop_deadline: Option<Instant>,
+    ping_ticks: Option<Duration>,
+    /// The drain timeout in ticks.
+    drain_ticks: u32,
+}
+
+impl<S: Service> Worker<S> {
+    fn new(setup: WorkerSetup, service: S) -> io::Result<Self> {
+        let config = setup.config;
+        let ring = build_ring(config.ring_entries, setup.features, setup.id)?;
+        // The table may hold as many descriptors as RLIMIT_NOFILE allows, per ring.
+        let (soft, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_err(io::Error::from)?;
+        let limit = usize::try_from(soft).unwrap_or(usize::MAX).min(1 << 20);
+        let direct = config.direct_descriptors
+            && match ring.submitter().register_files_sparse(limit as u32) {
+                Ok(()) => true,
+                Err(error) => {
+                    warn!(%error, "direct descriptors unavailable; falling back to plain descriptors, \
+                                   so capacity is bounded by the process's RLIMIT_NOFILE");
+                    false
+                }
+            };
+        // Plain descriptors share the process's table: split it, keeping room for the rest.
+        let capacity = if direct {
+            limit
+        } else {
+            limit.saturating_sub(64) / config.workers
+        };
+        let bufs = BufRing::register(&ring, 0, config.recv_buffers, config.recv_buffer_bytes)?;
+        let start = Instant::now();
+        Ok(Self {
+            ring,
+            bufs,
+            direct,
+            // Reserved up front (untouched pages cost no memory) so the slab never doubles
+            // and copies, and never holds twice the live connections' worth of slots.
+            conns: Slab::with_capacity(capacity),
+            send_vecs: Vec::new(),
+            wheel: TimerWheel::new(start),
+            service,
+            ping_ticks: config.ping_interval,
+            drain_ticks: config
+                .drain_timeout
+                .as_millis()
+                .div_ceil(super::timer::TICK.as_millis())
+                .min(u32::MAX as u128) as u32,
+            config,
+            shared: setup.shared,
+            id: setup.id,
+            listener: setup.listener,
+            signals: setup.signals,
+            signal_buf: Box::new([0; 128]),
+            wake_buf: Box::new([0; 8]),
+            capacity,
+            multishot_armed: false,
+            singles_in_flight: 0,
+            multishot_min_free: accept::listen_backlog() + 64,
+            accept_paused: false,
+            accept_retry: None,
+            last_accept_warning: None,
+            next_generation: 0,
+            dirty: Vec::new(),
+            due: Vec::new(),
+            cqes: Vec::with_capacity(1024),
+            filled: Vec::new(),
+            bundles: setup.features.recv_bundle,
+            stop_deadline: None,
+        })
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        self.arm_accepts();
+        self.arm_wake();
+        self.arm_signals();
+        self.ring.submit()?;
+        loop {
+            let now = Instant::now();
+            if self.should_exit(now) {
+                return Ok(());
+            }
+            self.wait(now)?;
+            self.reap();
+            let now = Instant::now();
+            self.fire_timers(now);
+            if self.accept_retry.is_some_and(|at| now >= at) {
+                self.accept_retry = None;
+                self.accept_paused = false;
+            }
+            if let Some(deadline) = self.stop_deadline {
+                if now >= deadline {
+                    self.teardown_all();
+                }
+            }
+            self.flush();
+            self.bufs.publish();
+            self.arm_accepts();
+            if self.ring.completion().overflow() > 0 {
+                warn!(
+                    overflow = self.ring.completion().overflow(),
+                    "completion queue overflowed"
+                );
+            }
+        }
+    }
+
+    /// Submits what is queued and waits for a completion or the next timer tick.
+    fn wait(&mut self, now: Instant) -> io::Result<()> {
+        let timeout = match (
+            self.wheel.timeout(now),
+            self.stop_deadline.or(self.accept_retry),
+        ) {
+            (Some(t), _) => Some(t),
+            (None, Some(_)) => Some(super::timer::TICK),
+            (None, None) => None,
+        };
+        ring::submit_and_wait(&self.ring, timeout)
+    }
+
+    fn on_wake(&mut self, _result: i32) {
+        if self.shared.stopping.load(Ordering::Acquire) && self.stop_deadline.is_none() {
+            self.begin_stop();
+        }
+        let mut ctx = ctx!(self);
+        self.service.on_wake(&mut ctx);
+        if self.stop_deadline.is_none() {
+            self.arm_wake();
+        }
+    }
+
+    fn on_signal(&mut self, result: i32) {
+        if result > 0 {
+            info!("signal received: shutting down");
+            self.shared.stop();
+        } else if result != -libc::ECANCELED {
+            self.arm_signals();
+        }
+    }
+
+    fn arm_wake(&mut self) {
+        let ud = UserData::new(OpKind::Wake, 0, NO_KEY).pack();
+        let fd = self.shared.wakers[self.id].as_raw_fd();
+        let entry = opcode::Read::new(Fd(fd), self.wake_buf.as_mut_ptr(), 8)
+            .build()
+            .user_data(ud);
+        // SAFETY: `wake_buf` is a Box owned by the worker, dropped only after the ring.
+        unsafe { self.push(&entry) };
+    }
+
+    fn arm_signals(&mut self) {
+        let Some(signals) = &self.signals else { return };
+        let ud = UserData::new(OpKind::Signal, 0, NO_KEY).pack();
+        let entry = opcode::Read::new(Fd(signals.as_raw_fd()), self.signal_buf.as_mut_ptr(), 128)
+            .build()
+            .user_data(ud);
+        // SAFETY: `signal_buf` is a Box owned by the worker, dropped only after the ring.
+        unsafe { self.push(&entry) };
+    }
+
+    /// Pushes one submission, submitting first when the queue is full; never keeps a backlog.
+    ///
+    /// # Safety
+    ///
+    /// Every buffer the entry names must stay valid until its completion is reaped.
+    unsafe fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: forwarded from this function's contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            if let Err(error) = self.ring.submit() {
+                if error.raw_os_error() != Some(libc::EBUSY) {
+                    warn!(%error, "submit failed while the submission queue was full");
+                }
+                // The completion queue is full: make room by handling completions.
+                self.reap();
+            }
+        }
+    }
+}
+
+/// Builds the worker's ring (a completion queue four times its submission queue: multishot
+/// receives post many completions per submission).
+fn build_ring(entries: u32, features: Features, id: usize) -> io::Result<IoUring> {
+    let (ring, setup) = ring::build(entries, entries * 4, features.defer_taskrun)?;
+    match setup {
+        ring::Setup::DeferTaskrun if id == 0 => info!("ring setup: {}", setup.flags()),
+        ring::Setup::DeferTaskrun => {}
+        _ => warn!("ring setup: {}; DEFER_TASKRUN unavailable", setup.flags()),
+    }
+    Ok(ring)
+}

@@ -1,0 +1,130 @@
+//! Sending: each dirty connection's queue goes out as one (vectored) send per loop turn.
+
+use std::io;
+use std::sync::atomic::Ordering;
+
+use io_uring::opcode;
+use io_uring::types::{Fd, Fixed};
+use tracing::{debug, trace};
+
+use super::Worker;
+use crate::driver::conn::{Ending, SendVec, MAX_IOVECS};
+use crate::driver::user_data::{OpKind, UserData};
+use crate::driver::Service;
+
+impl<S: Service> Worker<S> {
+    pub(super) fn on_send(&mut self, key: usize, result: i32) {
+        let conn = &mut self.conns[key];
+        trace!(key, result, "send done");
+        conn.send_in_flight = false;
+        if let Some(vec) = conn.send_vec.take() {
+            self.send_vecs.push(vec);
+        }
+        if result >= 0 {
+            self.shared.stats[self.id]
+                .bytes_out
+                .fetch_add(result as u64, Ordering::Relaxed);
+            conn.queue.consume(result as usize);
+            if !conn.queue.is_empty() || conn.ending == Ending::Flush {
+                self.mark_dirty(key);
+            }
+        } else {
+            match -result {
+                libc::EAGAIN | libc::EINTR | libc::ENOBUFS => self.mark_dirty(key),
+                libc::ECANCELED => {}
+                errno => {
+                    debug!(key, error = %io::Error::from_raw_os_error(errno), "send failed");
+                    self.teardown(key);
+                }
+            }
+        }
+        self.maybe_remove(key);
+    }
+
+    pub(super) fn mark_dirty(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(key);
+        }
+    }
+
+    /// Sends each dirty connection's queue, or shuts its write side once a final queue is out.
+    pub(super) fn flush(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for key in dirty.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.dirty = false;
+            if conn.ending == Ending::Teardown || conn.send_in_flight {
+                continue;
+            }
+            if !conn.queue.is_empty() {
+                self.submit_send(key);
+            } else if conn.ending == Ending::Flush {
+                trace!(key, "shutdown");
+                conn.ending = Ending::Linger;
+                conn.pending_ops += 1;
+                let ud = UserData::new(OpKind::Shutdown, conn.generation, key as u32);
+                let entry = on_conn!(self.direct, conn.slot, |fd| {
+                    opcode::Shutdown::new(fd, libc::SHUT_WR).build()
+                })
+                .user_data(ud.pack());
+                // SAFETY: a shutdown reads no user memory.
+                unsafe { self.push(&entry) };
+            }
+        }
+        self.dirty = dirty;
+    }
+
+    pub(super) fn submit_send(&mut self, key: usize) {
+        let mut vec = self.send_vecs.pop().unwrap_or_else(new_send_vec);
+        let conn = &mut self.conns[key];
+        let ud = UserData::new(OpKind::Send, conn.generation, key as u32).pack();
+        let mut count = 0;
+        for (iov, frame) in vec.iov.iter_mut().zip(conn.queue.front(MAX_IOVECS)) {
+            iov.iov_base = frame.as_ptr() as *mut libc::c_void;
+            iov.iov_len = frame.len();
+            count += 1;
+        }
+        let entry = if count == 1 {
+            // One frame: a plain SEND needs no iovec, so the vector goes straight back.
+            let (base, len) = (vec.iov[0].iov_base as *const u8, vec.iov[0].iov_len as u32);
+            self.send_vecs.push(vec);
+            on_conn!(self.direct, conn.slot, |fd| {
+                opcode::Send::new(fd, base, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            })
+        } else {
+            vec.msg.msg_iov = vec.iov.as_mut_ptr();
+            vec.msg.msg_iovlen = count;
+            let entry = on_conn!(self.direct, conn.slot, |fd| {
+                opcode::SendMsg::new(fd, &vec.msg)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+            });
+            conn.send_vec = Some(vec);
+            entry
+        };
+        conn.send_in_flight = true;
+        trace!(key, count, slot = conn.slot, "send");
+        // The frames are `Bytes` at the front of the queue, consumed only in `on_send`; the
+        // iovecs and header live in a `Box` stored in the connection until then, and a
+        // connection leaves the slab only when quiescent (no send in flight).
+        // SAFETY: everything the send reads stays put until its completion (see above).
+        unsafe { self.push(&entry.user_data(ud)) };
+    }
+}
+
+fn new_send_vec() -> Box<SendVec> {
+    Box::new(SendVec {
+        iov: [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS],
+        // SAFETY: msghdr is a plain C struct for which all-zero bytes is the empty message.
+        msg: unsafe { std::mem::zeroed() },
+    })
+}
