@@ -17,5 +17,6 @@
 pub mod broadcast;
 pub mod config;
 pub mod driver;
+mod modes;
 pub mod protocol;
 pub mod server;

@@ -11,11 +11,11 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use crate::broadcast::{Broadcast, BroadcastStats, Connection, Handler, Hub, Message};
+use crate::broadcast::{Broadcast, BroadcastStats, Handler, Hub};
 use crate::config::{Config, Mode, ServerBuilder};
 use crate::driver::features::FeatureError;
 use crate::driver::{run_worker, Features, Shared, WorkerSetup, WorkerStats};
-use crate::protocol::handshake::Request;
+pub use crate::modes::{Echo, RoomsByPath};
 use crate::protocol::OpCode;
 
 /// Entry point of the library: `Server::builder()`.
@@ -148,40 +148,6 @@ impl Publisher {
     /// Whether the server is still running (no shutdown has begun).
     pub fn is_running(&self) -> bool {
         !self.hub.stopping()
-    }
-}
-
-/// Sends every message back to its sender with its opcode (`--mode echo`).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Echo;
-
-impl Handler for Echo {
-    type Data = ();
-
-    fn on_message(&mut self, conn: &mut Connection<'_, ()>, message: Message<'_>) {
-        conn.send(message.opcode, message.payload);
-    }
-}
-
-/// Rooms by path (`--mode broadcast`): a connection to `ws://host/room-a` joins topic
-/// `room-a` (and `ws://host/` joins topic `/`), and every message a client sends is published
-/// to its topic, sender included. `POST /publish/room-a` reaches the same room.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RoomsByPath;
-
-impl Handler for RoomsByPath {
-    /// The connection's topic.
-    type Data = Box<str>;
-
-    fn on_open(&mut self, conn: &mut Connection<'_, Box<str>>, request: &Request) {
-        let topic = crate::broadcast::topic_of_path(request.path());
-        *conn.data() = topic.into();
-        conn.subscribe(topic);
-    }
-
-    fn on_message(&mut self, conn: &mut Connection<'_, Box<str>>, message: Message<'_>) {
-        let topic = conn.data().clone();
-        conn.publish(&topic, message.opcode, message.payload);
     }
 }
 

@@ -8,17 +8,21 @@
 //! Each worker then fans out to its own subscribers; at the end of the loop turn every dirty
 //! connection gets one vectored send, however many frames it was given.
 
+mod endpoints;
 mod handler;
+mod mailbox;
 pub(crate) mod metrics;
 mod topic;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_queue::ArrayQueue;
 
 pub use handler::{Connection, Decision, Handler, Message};
+pub(crate) use mailbox::Hub;
+use mailbox::Mail;
+pub use mailbox::MAILBOX_CAPACITY;
 pub use metrics::BroadcastStats;
 use topic::{Subscriptions, Topics};
 
@@ -27,77 +31,6 @@ use crate::driver::{Admission, ConnId, Ctx, SendError, Service};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
-
-/// Publishes waiting in one worker's mailbox, at most: past it a publish to that worker is
-/// dropped and counted rather than queued without bound.
-pub const MAILBOX_CAPACITY: usize = 1 << 16;
-
-/// One publish crossing to another worker: the topic and the frame, encoded once.
-#[derive(Debug)]
-struct Mail {
-    topic: Arc<str>,
-    frame: Bytes,
-}
-
-/// What the workers of one server share for broadcasting.
-#[derive(Debug)]
-pub(crate) struct Hub {
-    mailboxes: Vec<ArrayQueue<Mail>>,
-    /// Set when a wake for the worker is on its way; cleared by the worker before it drains,
-    /// so a burst of publishes costs one eventfd write per receiving turn, not one each.
-    wake_pending: Vec<AtomicBool>,
-    pub(crate) stats: Vec<BroadcastStats>,
-    shared: Arc<crate::driver::Shared>,
-}
-
-impl Hub {
-    pub(crate) fn new(shared: Arc<crate::driver::Shared>) -> Self {
-        let workers = shared.wakers.len();
-        Self {
-            mailboxes: (0..workers)
-                .map(|_| ArrayQueue::new(MAILBOX_CAPACITY))
-                .collect(),
-            wake_pending: (0..workers).map(|_| AtomicBool::new(false)).collect(),
-            stats: (0..workers).map(|_| BroadcastStats::default()).collect(),
-            shared,
-        }
-    }
-
-    /// Hands a frame to every worker but `except`; returns how many took it.
-    pub(crate) fn post(&self, topic: &Arc<str>, frame: &Bytes, except: Option<usize>) -> usize {
-        let mut posted = 0;
-        for (worker, mailbox) in self.mailboxes.iter().enumerate() {
-            if Some(worker) == except {
-                continue;
-            }
-            let mail = Mail {
-                topic: Arc::clone(topic),
-                frame: frame.clone(),
-            };
-            if mailbox.push(mail).is_err() {
-                self.stats[worker]
-                    .mailbox_drops
-                    .fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            posted += 1;
-            if !self.wake_pending[worker].swap(true, Ordering::AcqRel) {
-                self.shared.wake(worker);
-            }
-        }
-        posted
-    }
-
-    /// Whether the server is shutting down or stopped.
-    pub(crate) fn stopping(&self) -> bool {
-        self.shared.stopping.load(Ordering::Acquire)
-    }
-
-    /// Subscribers of `topic` on all workers, as last counted by each.
-    pub(crate) fn subscriber_count(&self, topic: &str) -> u64 {
-        self.stats.iter().map(|s| s.topic_count(topic)).sum()
-    }
-}
 
 /// Per-connection state of the broadcast service.
 #[derive(Debug, Default)]
@@ -113,7 +46,7 @@ pub(crate) struct Broadcast<H: Handler> {
     hub: Arc<Hub>,
     worker: usize,
     policy: SlowConsumer,
-    endpoints: handler::Endpoints,
+    endpoints: endpoints::Endpoints,
     /// The mailbox drained into, kept to reuse its capacity.
     scratch_mail: Vec<Mail>,
     /// The handler's action list, kept to reuse its capacity: no allocation per message.
@@ -128,7 +61,7 @@ impl<H: Handler> Broadcast<H> {
             hub,
             worker,
             policy: config.slow_consumer,
-            endpoints: handler::Endpoints::from_config(config),
+            endpoints: endpoints::Endpoints::from_config(config),
             scratch_mail: Vec::new(),
             scratch_actions: handler::Actions::default(),
         }
@@ -306,13 +239,13 @@ impl<H: Handler> Service for Broadcast<H> {
         body: &[u8],
     ) -> Vec<u8> {
         match self.endpoints.route(request, body, &self.hub) {
-            handler::Routed::Response(response) => response,
-            handler::Routed::Publish { topic, frame } => {
+            endpoints::Routed::Response(response) => response,
+            endpoints::Routed::Publish { topic, frame } => {
                 // Subscribers as counted when the publish left: the other workers deliver it
                 // in their next turn.
                 let reached = self.hub.subscriber_count(&topic);
                 self.publish(ctx, &topic, frame);
-                handler::Endpoints::published(reached)
+                endpoints::Endpoints::published(reached)
             }
         }
     }
