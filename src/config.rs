@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::driver::DriverConfig;
 use crate::protocol::handshake::DEFAULT_MAX_HEAD_BYTES;
 pub use crate::protocol::DEFAULT_MAX_MESSAGE_BYTES;
 
@@ -29,6 +30,11 @@ pub const DEFAULT_RECV_BUFFER_BYTES: usize = 2048;
 pub const DEFAULT_RECV_BUFFERS: u16 = 256;
 /// Submission queue entries per ring; the completion queue is sized at 4x this.
 pub const DEFAULT_RING_ENTRIES: u32 = 4096;
+/// 256 MiB per worker of unfinished messages and request bodies, summed over its connections:
+/// sixteen messages of the default 16 MiB limit in flight at once, or 250,000 connections each
+/// half-way through a 1 KiB message, while a flood of giant unfinished frames costs at most
+/// workers x 256 MiB (512 MiB on a 2-core machine) instead of connections x 16 MiB.
+pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
 
 /// What the server does with messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,66 +58,83 @@ pub enum SlowConsumer {
     Drop,
 }
 
-/// A validated configuration.
+/// A validated configuration, made only by [`ServerBuilder::build`]: every value in it is in
+/// range, so nothing downstream re-checks it.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The address every worker listens on (with `SO_REUSEPORT`).
-    pub listen: SocketAddr,
+    pub(crate) listen: SocketAddr,
     /// What to do with messages.
-    pub mode: Mode,
-    /// Worker threads, each pinned to a CPU with its own ring.
-    pub workers: usize,
-    /// Largest message, summed across fragments.
-    pub max_message_bytes: u64,
-    /// Largest request head.
-    pub max_head_bytes: usize,
-    /// Bytes of frames queued per connection, counting those of the send in flight until the
-    /// kernel reports them sent; one frame of any size is admitted into an empty queue.
-    pub max_backlog_bytes: usize,
-    /// Time allowed to complete the opening handshake.
-    pub handshake_timeout: Duration,
-    /// Idle time before a ping; `None` turns pings off.
-    pub ping_interval: Option<Duration>,
-    /// Time allowed for peers to answer our close frame.
-    pub drain_timeout: Duration,
-    /// Size of each receive buffer.
-    pub recv_buffer_bytes: usize,
-    /// Receive buffers per worker (a power of two).
-    pub recv_buffers: u16,
-    /// Submission queue entries per ring.
-    pub ring_entries: u32,
+    pub(crate) mode: Mode,
     /// Read SIGINT and SIGTERM on the ring and shut down gracefully on them (the CLI does).
-    pub handle_signals: bool,
+    pub(crate) handle_signals: bool,
     /// What to do with slow subscribers.
-    pub slow_consumer: SlowConsumer,
+    pub(crate) slow_consumer: SlowConsumer,
     /// The bearer token that enables `POST /publish/<topic>`; `None` turns it off.
-    pub publish_token: Option<String>,
-    /// Hold connections as direct descriptors (the default). `false` uses plain descriptors,
-    /// as the server also does when the kernel refuses a fixed file table.
-    pub direct_descriptors: bool,
+    pub(crate) publish_token: Option<String>,
+    /// What the io_uring workers need to know, and nothing more.
+    pub(crate) driver: DriverConfig,
 }
 
-/// A setting outside its valid range.
+impl Config {
+    /// The address to listen on (port 0 picks one; see `ServerHandle::local_addr`).
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+    /// What the server does with messages.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// Worker threads.
+    pub fn workers(&self) -> usize {
+        self.driver.workers
+    }
+}
+
+/// A setting outside its valid range. Each message names the setting as the CLI spells it,
+/// the value given and the range allowed.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// `workers` was 0.
-    #[error("workers must be at least 1")]
-    NoWorkers,
-    /// A size limit of 0.
-    #[error("{name} must be at least 1 (got 0)")]
-    Zero {
-        /// The setting.
+    /// A count or size outside its range.
+    #[error("--{name} must be between {min} and {max} (got {value})")]
+    OutOfRange {
+        /// The setting, as its CLI flag.
         name: &'static str,
+        /// The value given.
+        value: u64,
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
     },
-    /// `recv_buffers` not a power of two or above 32768.
-    #[error("recv buffers must be a power of two up to 32768 (got {0})")]
-    RecvBuffers(u16),
-    /// A timeout of zero where zero makes no sense.
-    #[error("{name} must be positive")]
-    ZeroTimeout {
-        /// The setting.
+    /// A count that must be a power of two.
+    #[error("--{name} must be a power of two (got {value})")]
+    NotPowerOfTwo {
+        /// The setting, as its CLI flag.
         name: &'static str,
+        /// The value given.
+        value: u64,
+    },
+    /// A duration outside its range.
+    #[error("--{name} must be between {min:?} and {max:?} (got {value:?})")]
+    DurationOutOfRange {
+        /// The setting, as its CLI flag.
+        name: &'static str,
+        /// The value given.
+        value: Duration,
+        /// The shortest allowed.
+        min: Duration,
+        /// The longest allowed.
+        max: Duration,
+    },
+    /// The per-worker budget could never hold one message of the largest size.
+    #[error("--max-pending-bytes ({pending}) must be at least --max-message-bytes ({message})")]
+    PendingBelowMessage {
+        /// `max_pending_bytes`.
+        pending: u64,
+        /// `max_message_bytes`.
+        message: u64,
     },
 }
 
@@ -129,20 +152,23 @@ impl Default for ServerBuilder {
                     .parse()
                     .expect("DEFAULT_LISTEN is a valid address"),
                 mode: Mode::Echo,
-                workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
-                max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
-                max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
-                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-                ping_interval: Some(DEFAULT_PING_INTERVAL),
-                drain_timeout: DEFAULT_DRAIN_TIMEOUT,
-                recv_buffer_bytes: DEFAULT_RECV_BUFFER_BYTES,
-                recv_buffers: DEFAULT_RECV_BUFFERS,
-                ring_entries: DEFAULT_RING_ENTRIES,
                 handle_signals: false,
-                direct_descriptors: true,
                 slow_consumer: SlowConsumer::Disconnect,
                 publish_token: None,
+                driver: DriverConfig {
+                    workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+                    max_head_bytes: DEFAULT_MAX_HEAD_BYTES,
+                    max_backlog_bytes: DEFAULT_MAX_BACKLOG_BYTES,
+                    max_pending_bytes: DEFAULT_MAX_PENDING_BYTES,
+                    handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                    ping_interval: Some(DEFAULT_PING_INTERVAL),
+                    drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+                    recv_buffer_bytes: DEFAULT_RECV_BUFFER_BYTES,
+                    recv_buffers: DEFAULT_RECV_BUFFERS,
+                    ring_entries: DEFAULT_RING_ENTRIES,
+                    direct_descriptors: true,
+                },
             },
         }
     }
@@ -161,43 +187,43 @@ impl ServerBuilder {
     }
     /// Worker threads (default: one per CPU).
     pub fn workers(mut self, workers: usize) -> Self {
-        self.config.workers = workers;
+        self.config.driver.workers = workers;
         self
     }
     /// Largest message, summed across fragments (default [`DEFAULT_MAX_MESSAGE_BYTES`]).
     pub fn max_message_bytes(mut self, bytes: u64) -> Self {
-        self.config.max_message_bytes = bytes;
+        self.config.driver.max_message_bytes = bytes;
         self
     }
     /// Largest request head (default 8 KiB); larger ones get 431.
     pub fn max_head_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_head_bytes = bytes;
+        self.config.driver.max_head_bytes = bytes;
         self
     }
     /// Bytes of frames queued per connection (default [`DEFAULT_MAX_BACKLOG_BYTES`]).
     pub fn max_backlog_bytes(mut self, bytes: usize) -> Self {
-        self.config.max_backlog_bytes = bytes;
+        self.config.driver.max_backlog_bytes = bytes;
         self
     }
     /// Time allowed to complete the upgrade (default [`DEFAULT_HANDSHAKE_TIMEOUT`]).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.config.handshake_timeout = timeout;
+        self.config.driver.handshake_timeout = timeout;
         self
     }
     /// Idle time before a ping; `None` or zero turns pings off.
     pub fn ping_interval(mut self, interval: Option<Duration>) -> Self {
-        self.config.ping_interval = interval.filter(|d| !d.is_zero());
+        self.config.driver.ping_interval = interval.filter(|d| !d.is_zero());
         self
     }
     /// Time allowed for peers to answer a close (default [`DEFAULT_DRAIN_TIMEOUT`]).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.config.drain_timeout = timeout;
+        self.config.driver.drain_timeout = timeout;
         self
     }
     /// Receive buffer size and count per worker.
     pub fn recv_buffers(mut self, count: u16, bytes: usize) -> Self {
-        self.config.recv_buffers = count;
-        self.config.recv_buffer_bytes = bytes;
+        self.config.driver.recv_buffers = count;
+        self.config.driver.recv_buffer_bytes = bytes;
         self
     }
     /// Read SIGINT/SIGTERM on the ring and shut down gracefully (for binaries).
@@ -211,7 +237,7 @@ impl ServerBuilder {
     /// descriptors, visible to `ss -p` and `/proc/PID/fd`, and capacity is one `RLIMIT_NOFILE`
     /// shared by all workers.
     pub fn direct_descriptors(mut self, on: bool) -> Self {
-        self.config.direct_descriptors = on;
+        self.config.driver.direct_descriptors = on;
         self
     }
 
@@ -227,34 +253,142 @@ impl ServerBuilder {
         self
     }
 
-    /// Validates the settings.
+    /// Submission queue entries per ring (default [`DEFAULT_RING_ENTRIES`], a power of two
+    /// from 8 to 16384); the completion queue gets four times as many.
+    pub fn ring_entries(mut self, entries: u32) -> Self {
+        self.config.driver.ring_entries = entries;
+        self
+    }
+
+    /// Bytes one worker may hold, summed over its connections, in unfinished messages and
+    /// request bodies (default [`DEFAULT_MAX_PENDING_BYTES`]). A connection whose next bytes
+    /// would pass it is closed with 1013 (or answered 503 for a request body).
+    pub fn max_pending_bytes(mut self, bytes: u64) -> Self {
+        self.config.driver.max_pending_bytes = bytes;
+        self
+    }
+
+    /// Validates every setting.
     ///
     /// # Errors
     ///
-    /// A [`ConfigError`] naming the first invalid setting.
+    /// A [`ConfigError`] naming the first setting out of range, its value and the range.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let c = &self.config;
-        if c.workers == 0 {
-            return Err(ConfigError::NoWorkers);
-        }
-        for (name, value) in [
-            ("max message bytes", c.max_message_bytes as usize),
-            ("max head bytes", c.max_head_bytes),
-            ("max backlog bytes", c.max_backlog_bytes),
-            ("recv buffer bytes", c.recv_buffer_bytes),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::Zero { name });
+        let d = &self.config.driver;
+        let counts: [(&str, u64, u64, u64); 7] = [
+            ("workers", d.workers as u64, 1, MAX_WORKERS),
+            ("max-message-bytes", d.max_message_bytes, 1, 1 << 40),
+            ("max-head-bytes", d.max_head_bytes as u64, 256, 1 << 20),
+            ("max-backlog-bytes", d.max_backlog_bytes as u64, 1, 1 << 40),
+            ("max-pending-bytes", d.max_pending_bytes, 1, 1 << 44),
+            ("recv-buffer-bytes", d.recv_buffer_bytes as u64, 64, 1 << 20),
+            ("ring-entries", u64::from(d.ring_entries), 8, 16384),
+        ];
+        for (name, value, min, max) in counts {
+            if !(min..=max).contains(&value) {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    min,
+                    max,
+                });
             }
         }
-        if !c.recv_buffers.is_power_of_two() || c.recv_buffers > 32768 {
-            return Err(ConfigError::RecvBuffers(c.recv_buffers));
+        for (name, value) in [
+            ("recv-buffers", u64::from(d.recv_buffers)),
+            ("ring-entries", u64::from(d.ring_entries)),
+        ] {
+            if !value.is_power_of_two() {
+                return Err(ConfigError::NotPowerOfTwo { name, value });
+            }
         }
-        if c.handshake_timeout.is_zero() {
-            return Err(ConfigError::ZeroTimeout {
-                name: "handshake timeout",
+        if d.recv_buffers > 32768 {
+            return Err(ConfigError::OutOfRange {
+                name: "recv-buffers",
+                value: u64::from(d.recv_buffers),
+                min: 1,
+                max: 32768,
+            });
+        }
+        let tick = crate::driver::TICK;
+        let durations = [
+            ("handshake-timeout", Some(d.handshake_timeout)),
+            ("drain-timeout", Some(d.drain_timeout)),
+            ("ping-interval", d.ping_interval),
+        ];
+        for (name, value) in durations {
+            let Some(value) = value else { continue };
+            if !(tick..=MAX_TIMEOUT).contains(&value) {
+                return Err(ConfigError::DurationOutOfRange {
+                    name,
+                    value,
+                    min: tick,
+                    max: MAX_TIMEOUT,
+                });
+            }
+        }
+        if d.max_pending_bytes < d.max_message_bytes {
+            return Err(ConfigError::PendingBelowMessage {
+                pending: d.max_pending_bytes,
+                message: d.max_message_bytes,
             });
         }
         Ok(self.config)
+    }
+}
+
+/// More workers than any machine has cores is a typo, not a plan.
+const MAX_WORKERS: u64 = 4096;
+/// A day: the timer wheel counts in 100 ms ticks, and no handshake, drain or ping interval
+/// needs longer.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = ServerBuilder::default().build().expect("defaults build");
+        assert!(config.driver.max_pending_bytes >= config.driver.max_message_bytes);
+    }
+
+    #[test]
+    fn every_out_of_range_value_is_refused() {
+        let cases: [(ServerBuilder, &str); 9] = [
+            (ServerBuilder::default().workers(0), "--workers"),
+            (ServerBuilder::default().ring_entries(0), "--ring-entries"),
+            (ServerBuilder::default().ring_entries(100), "--ring-entries"),
+            (
+                ServerBuilder::default().recv_buffers(100, 2048),
+                "--recv-buffers",
+            ),
+            (
+                ServerBuilder::default().recv_buffers(256, 0),
+                "--recv-buffer-bytes",
+            ),
+            (
+                ServerBuilder::default().max_head_bytes(0),
+                "--max-head-bytes",
+            ),
+            (
+                ServerBuilder::default().handshake_timeout(Duration::ZERO),
+                "--handshake-timeout",
+            ),
+            (
+                ServerBuilder::default().ping_interval(Some(Duration::from_millis(1))),
+                "--ping-interval",
+            ),
+            (
+                ServerBuilder::default()
+                    .max_message_bytes(1 << 20)
+                    .max_pending_bytes(1 << 19),
+                "--max-pending-bytes",
+            ),
+        ];
+        for (builder, flag) in cases {
+            let error = builder.build().expect_err(flag).to_string();
+            assert!(error.contains(flag), "{error:?} does not name {flag}");
+        }
     }
 }

@@ -26,6 +26,20 @@ struct Cli {
     /// Largest message in bytes, summed across fragments; larger ones are closed with 1009.
     #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: u64,
+    /// Bytes one worker may hold in unfinished messages and request bodies, summed over its
+    /// connections; a connection whose next bytes do not fit is closed with 1013 (a request
+    /// body gets 503).
+    #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_BYTES)]
+    max_pending_bytes: u64,
+    /// Submission queue entries per worker ring (a power of two, 8 to 16384).
+    #[arg(long, default_value_t = config::DEFAULT_RING_ENTRIES)]
+    ring_entries: u32,
+    /// Receive buffers per worker (a power of two), shared by all its connections.
+    #[arg(long, default_value_t = config::DEFAULT_RECV_BUFFERS)]
+    recv_buffers: u16,
+    /// Bytes per receive buffer.
+    #[arg(long, default_value_t = config::DEFAULT_RECV_BUFFER_BYTES)]
+    recv_buffer_bytes: usize,
     /// Bytes of frames queued per connection; past it the connection is closed with 1008.
     #[arg(long, default_value_t = config::DEFAULT_MAX_BACKLOG_BYTES)]
     max_backlog_bytes: usize,
@@ -80,13 +94,23 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    if let Err(error) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    // A bad setting is a usage error, like clap's own: one line, exit 2.
+    let config = match settings(cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("uringcast: {error:#}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(error) = run(config) {
         eprintln!("uringcast: {error:#}");
         std::process::exit(1);
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Turns the flags into a validated configuration.
+fn settings(cli: Cli) -> anyhow::Result<config::Config> {
     let mut builder = Server::builder()
         .listen(cli.listen)
         .mode(match cli.mode {
@@ -100,6 +124,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .publish_token(cli.publish_token)
         .max_message_bytes(cli.max_message_bytes)
         .max_backlog_bytes(cli.max_backlog_bytes)
+        .max_pending_bytes(cli.max_pending_bytes)
+        .ring_entries(cli.ring_entries)
+        .recv_buffers(cli.recv_buffers, cli.recv_buffer_bytes)
         .handshake_timeout(seconds("handshake-timeout", cli.handshake_timeout)?)
         .ping_interval(Some(seconds("ping-interval", cli.ping_interval)?))
         .drain_timeout(seconds("drain-timeout", cli.drain_timeout)?)
@@ -108,7 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(workers) = cli.workers {
         builder = builder.workers(workers);
     }
-    let config = builder.build()?;
+    Ok(builder.build()?)
+}
+
+fn run(config: config::Config) -> anyhow::Result<()> {
     let handle = server::spawn(config)?;
     // The one line on stdout: scripts and tests wait for it.
     println!("listening on {}", handle.local_addr());

@@ -189,23 +189,23 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
         "io_uring probed"
     );
     raise_descriptor_limit();
-    let (listeners, local_addr) = bind_listeners(config.listen, config.workers)?;
+    let (listeners, local_addr) = bind_listeners(config.listen, config.driver.workers)?;
     let mut signals = if config.handle_signals {
         Some(block_and_open_signals().map_err(StartError::Signals)?)
     } else {
         None
     };
-    let shared = Arc::new(Shared::new(config.workers).map_err(StartError::Signals)?);
+    let shared = Arc::new(Shared::new(config.driver.workers).map_err(StartError::Signals)?);
     let hub = Arc::new(Hub::new(Arc::clone(&shared)));
-    let config = Arc::new(config);
+    let driver_config = Arc::new(config.driver.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = mpsc::channel();
-    let mut threads = Vec::with_capacity(config.workers);
+    let mut threads = Vec::with_capacity(config.driver.workers);
     for (id, listener) in listeners.into_iter().enumerate() {
         let setup = WorkerSetup {
             id,
             listener,
-            config: Arc::clone(&config),
+            config: Arc::clone(&driver_config),
             shared: Arc::clone(&shared),
             features,
             signals: if id == 0 { signals.take() } else { None },
@@ -248,7 +248,7 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
     }
     info!(
         addr = %local_addr,
-        workers = config.workers,
+        workers = config.driver.workers,
         capacity,
         "listening; capacity is workers x file-table slots"
     );

@@ -93,6 +93,48 @@ fn address_in_use_is_a_clear_error() -> Result<()> {
     Ok(())
 }
 
+/// Every out-of-range setting is refused by `ServerBuilder::build` with one line naming it,
+/// and exit status 2 (a usage error), before anything is bound.
+#[test]
+fn each_bad_value_is_one_line_and_exit_2() -> Result<()> {
+    for (args, names) in [
+        (&["--workers", "0"][..], "--workers"),
+        (&["--workers", "100000"], "--workers"),
+        (&["--ring-entries", "12"], "--ring-entries"),
+        (&["--ring-entries", "4"], "--ring-entries"),
+        (&["--recv-buffers", "3"], "--recv-buffers"),
+        (&["--recv-buffers", "0"], "--recv-buffers"),
+        (&["--recv-buffer-bytes", "0"], "--recv-buffer-bytes"),
+        (&["--max-message-bytes", "0"], "--max-message-bytes"),
+        (&["--max-backlog-bytes", "0"], "--max-backlog-bytes"),
+        (&["--max-pending-bytes", "1000"], "--max-pending-bytes"),
+        (&["--handshake-timeout", "0"], "--handshake-timeout"),
+        (&["--drain-timeout", "0"], "--drain-timeout"),
+        (&["--drain-timeout", "1e9"], "--drain-timeout"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_uringcast"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(2),
+            "{args:?}: exit {:?}, not 2: {stderr}",
+            output.status.code()
+        );
+        ensure!(
+            stderr.lines().count() == 1 && stderr.contains(names),
+            "{args:?}: not one line naming {names}: {stderr}"
+        );
+        ensure!(
+            output.stdout.is_empty(),
+            "{args:?} printed a listening line"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn bad_flags_are_usage_errors() -> Result<()> {
     for args in [

@@ -29,7 +29,7 @@ impl Endpoints {
     pub(crate) fn from_config(config: &Config) -> Self {
         Self {
             publish_token: config.publish_token.as_deref().map(Arc::from),
-            max_publish_bytes: config.max_message_bytes.min(usize::MAX as u64) as usize,
+            max_publish_bytes: config.driver.max_message_bytes.min(usize::MAX as u64) as usize,
         }
     }
 

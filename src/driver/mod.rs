@@ -14,12 +14,46 @@ mod user_data;
 mod worker;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use nix::sys::eventfd::EventFd;
 
 pub use features::Features;
 pub use service::{Admission, ConnId, Ctx, SendError, Service};
+pub(crate) use timer::TICK;
 pub(crate) use worker::{run_worker, WorkerSetup};
+
+/// The settings the workers run by: limits, timers and ring sizes, validated by
+/// [`ServerBuilder::build`](crate::config::ServerBuilder::build). What the service above does
+/// with messages (topics, tokens, slow-consumer policy) is not the driver's business.
+#[derive(Clone, Debug)]
+pub(crate) struct DriverConfig {
+    /// Worker threads, each pinned to a CPU with its own ring.
+    pub workers: usize,
+    /// Largest message, summed across fragments.
+    pub max_message_bytes: u64,
+    /// Largest request head.
+    pub max_head_bytes: usize,
+    /// Bytes of frames queued per connection, counting those of the send in flight until the
+    /// kernel reports them sent; one frame of any size is admitted into an empty queue.
+    pub max_backlog_bytes: usize,
+    /// Bytes one worker holds in unfinished messages and request bodies, over all connections.
+    pub max_pending_bytes: u64,
+    /// Time allowed to complete the opening handshake.
+    pub handshake_timeout: Duration,
+    /// Idle time before a ping; `None` turns pings off.
+    pub ping_interval: Option<Duration>,
+    /// Time allowed for peers to answer our close frame.
+    pub drain_timeout: Duration,
+    /// Size of each receive buffer.
+    pub recv_buffer_bytes: usize,
+    /// Receive buffers per worker (a power of two).
+    pub recv_buffers: u16,
+    /// Submission queue entries per ring (a power of two).
+    pub ring_entries: u32,
+    /// Hold connections as direct descriptors (the default).
+    pub direct_descriptors: bool,
+}
 
 /// Counters one worker keeps, read by any thread.
 #[derive(Debug, Default)]

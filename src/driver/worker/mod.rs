@@ -23,8 +23,8 @@ use super::ring::{self};
 use super::service::Ctx;
 use super::timer::{TimerEntry, TimerWheel};
 use super::user_data::{OpKind, UserData};
+use super::DriverConfig;
 use super::{Features, Service, Shared};
-use crate::config::Config;
 
 /// After a stop, how long past the drain timeout the worker waits for the kernel to return
 /// its operations before it exits anyway (leaking, never freeing, what the kernel may touch).
@@ -80,7 +80,7 @@ const MAX_SINGLE_ACCEPTS: usize = 16;
 pub(crate) struct WorkerSetup {
     pub id: usize,
     pub listener: OwnedFd,
-    pub config: Arc<Config>,
+    pub config: Arc<DriverConfig>,
     pub shared: Arc<Shared>,
     pub features: Features,
     pub signals: Option<SignalFd>,
@@ -120,7 +120,7 @@ struct Worker<S: Service> {
     send_vecs: Vec<Box<SendVec>>,
     wheel: TimerWheel,
     service: S,
-    config: Arc<Config>,
+    config: Arc<DriverConfig>,
     shared: Arc<Shared>,
     id: usize,
     listener: OwnedFd,
