@@ -72,6 +72,8 @@ pub struct WorkerStats {
     pub stale_completions: AtomicU64,
     /// Times the buffer ring ran dry (`ENOBUFS`); the receive was re-armed.
     pub recv_buffer_starvation: AtomicU64,
+    /// Submits the kernel refused with an error other than a full completion queue.
+    pub submit_failures: AtomicU64,
     /// Connections closed because their send queue passed the backlog limit.
     pub slow_consumer_closes: AtomicU64,
 }

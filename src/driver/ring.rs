@@ -145,6 +145,12 @@ pub unsafe fn push_all(
 /// `(user_data, result, flags)`: handling them may then push submissions.
 pub fn take_completions(ring: &mut IoUring, out: &mut Vec<(u64, i32, u32)>) {
     out.clear();
+    append_completions(ring, out);
+}
+
+/// Moves every completion in the queue to the end of `out` (user_data, result, flags), which
+/// frees their room in the completion queue without handling them.
+pub fn append_completions(ring: &mut IoUring, out: &mut Vec<(u64, i32, u32)>) {
     out.extend(
         ring.completion()
             .map(|c| (c.user_data(), c.result(), c.flags())),

@@ -22,9 +22,13 @@ use crate::protocol::{CloseCode, Limits, WebSocket};
 impl<S: Service> Worker<S> {
     pub(super) fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
-        // Completions are copied out first so that handling them may push submissions.
+        // Completions are copied out first so that handling them may push submissions. Those
+        // a push moved out of the ring to make room (see `Worker::push`) come first: they are
+        // older than any still in the ring.
         loop {
-            ring::take_completions(&mut self.ring, &mut cqes);
+            cqes.clear();
+            cqes.append(&mut self.held_cqes);
+            ring::append_completions(&mut self.ring, &mut cqes);
             if cqes.is_empty() {
                 break;
             }
@@ -123,6 +127,14 @@ impl<S: Service> Worker<S> {
                     self.shared.stats[self.id]
                         .recv_buffer_starvation
                         .fetch_add(1, Ordering::Relaxed);
+                    // Re-arming now would fail at once: the ring stays empty until this
+                    // turn's buffers are published. Re-arm after that instead.
+                    let conn = &self.conns[key];
+                    if !conn.recv_armed && conn.ending != Ending::Teardown {
+                        self.starved.push((key, conn.generation));
+                    }
+                    self.maybe_remove(key);
+                    return;
                 }
                 libc::ECANCELED => {}
                 libc::EAGAIN | libc::EINTR => {}
@@ -137,6 +149,21 @@ impl<S: Service> Worker<S> {
             self.arm_recv(key);
         }
         self.maybe_remove(key);
+    }
+
+    /// Re-arms the receives that `ENOBUFS` ended this turn, once the turn's buffers are back
+    /// in the ring.
+    pub(super) fn rearm_starved(&mut self) {
+        let mut starved = std::mem::take(&mut self.starved);
+        for (key, generation) in starved.drain(..) {
+            let waiting = self.conns.get(key).is_some_and(|c| {
+                c.generation == generation && !c.recv_armed && c.ending != Ending::Teardown
+            });
+            if waiting {
+                self.arm_recv(key);
+            }
+        }
+        self.starved = starved;
     }
 
     /// Schedules what a receive made necessary: a flush, and the deadline of a new stage.

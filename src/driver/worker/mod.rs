@@ -5,6 +5,7 @@
 //! queue → hand receive buffers back → submit everything in the next wait.
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
@@ -145,6 +146,14 @@ struct Worker<S: Service> {
     next_generation: u32,
     /// Keys of connections with something to flush this turn.
     dirty: Vec<usize>,
+    /// Connections whose receive ran out of buffers this turn, with their generation.
+    starved: Vec<(usize, u32)>,
+    /// Submissions waiting for room in the submission queue (see [`push`](Self::push)).
+    unsubmitted: VecDeque<squeue::Entry>,
+    /// Completions moved out of the ring so the kernel could take submissions, not yet handled.
+    held_cqes: Vec<(u64, i32, u32)>,
+    last_submit_warning: Option<Instant>,
+    last_overflow: u32,
     due: Vec<TimerEntry>,
     cqes: Vec<(u64, i32, u32)>,
     /// The buffers of the receive being handled (several for a bundle).
@@ -215,6 +224,11 @@ impl<S: Service> Worker<S> {
             last_accept_warning: None,
             next_generation: 0,
             dirty: Vec::new(),
+            starved: Vec::new(),
+            unsubmitted: VecDeque::new(),
+            held_cqes: Vec::new(),
+            last_submit_warning: None,
+            last_overflow: 0,
             due: Vec::new(),
             cqes: Vec::with_capacity(1024),
             filled: Vec::new(),
@@ -248,12 +262,17 @@ impl<S: Service> Worker<S> {
             }
             self.flush();
             self.bufs.publish();
+            self.rearm_starved();
             self.arm_accepts();
-            if self.ring.completion().overflow() > 0 {
+            self.push_unsubmitted();
+            let overflow = self.ring.completion().overflow();
+            if overflow != self.last_overflow {
+                // Completions the kernel dropped: a bug, logged once per new count.
                 warn!(
-                    overflow = self.ring.completion().overflow(),
+                    dropped = overflow.wrapping_sub(self.last_overflow),
                     "completion queue overflowed"
                 );
+                self.last_overflow = overflow;
             }
         }
     }
@@ -311,25 +330,83 @@ impl<S: Service> Worker<S> {
         unsafe { self.push(&entry) };
     }
 
-    /// Pushes one submission, submitting first when the queue is full; never keeps a backlog.
+    /// Pushes one submission. When the submission queue is full it submits what is queued and
+    /// tries again; it never handles a completion, so no caller sees the worker's state change
+    /// under it. An entry the kernel cannot take now waits in `unsubmitted`, in order, for the
+    /// next turn.
     ///
     /// # Safety
     ///
     /// Every buffer the entry names must stay valid until its completion is reaped.
     unsafe fn push(&mut self, entry: &squeue::Entry) {
-        loop {
+        if self.unsubmitted.is_empty() {
             // SAFETY: forwarded from this function's contract.
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return;
             }
-            if let Err(error) = self.ring.submit() {
-                if error.raw_os_error() != Some(libc::EBUSY) {
-                    warn!(%error, "submit failed while the submission queue was full");
-                }
-                // The completion queue is full: make room by handling completions.
-                self.reap();
+            // SAFETY: as above.
+            if self.submit_queued() && unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
             }
         }
+        // Bounded: each entry is one operation whose state (and buffers) a connection or the
+        // worker already holds, and each holds at most a receive, a send and one of shutdown,
+        // cancel and close at a time.
+        self.unsubmitted.push_back(entry.clone());
+    }
+
+    /// Moves the submissions that waited for room into the queue, before the turn's wait.
+    fn push_unsubmitted(&mut self) {
+        while let Some(entry) = self.unsubmitted.front() {
+            // SAFETY: pushed through `push`, whose caller guaranteed the entry's buffers
+            // outlive its completion; waiting here changes nothing about that.
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                if !self.submit_queued() {
+                    return;
+                }
+                continue;
+            }
+            self.unsubmitted.pop_front();
+        }
+    }
+
+    /// Submits the queued entries without waiting and without handling any completion;
+    /// returns whether the kernel took them.
+    fn submit_queued(&mut self) -> bool {
+        let error = match self.ring.submit() {
+            Ok(_) => return true,
+            Err(error) => error,
+        };
+        let retry = match error.raw_os_error() {
+            // The completion queue is full: move its entries out of the ring, to be handled
+            // at the next reap, and try once more.
+            Some(libc::EBUSY) => {
+                ring::append_completions(&mut self.ring, &mut self.held_cqes);
+                self.ring.submit()
+            }
+            Some(libc::EINTR | libc::EAGAIN) => self.ring.submit(),
+            _ => Err(error),
+        };
+        match retry {
+            Ok(_) => true,
+            Err(error) => {
+                let now = Instant::now();
+                self.stats().submit_failures.fetch_add(1, Ordering::Relaxed);
+                if self
+                    .last_submit_warning
+                    .is_none_or(|at| now - at >= Duration::from_secs(10))
+                {
+                    self.last_submit_warning = Some(now);
+                    warn!(%error, "submit failed; the entries wait for the next turn (logged at most every 10 s)");
+                }
+                false
+            }
+        }
+    }
+
+    /// This worker's counters.
+    fn stats(&self) -> &super::WorkerStats {
+        &self.shared.stats[self.id]
     }
 }
 

@@ -75,7 +75,9 @@ impl<S: Service> Worker<S> {
                 unsafe { self.push(&entry) };
             }
         }
-        self.dirty = dirty;
+        // Keep anything listed meanwhile (nothing is today: a push never handles completions).
+        let listed = std::mem::replace(&mut self.dirty, dirty);
+        self.dirty.extend(listed);
     }
 
     pub(super) fn submit_send(&mut self, key: usize) {
