@@ -164,3 +164,61 @@ fn starved_buffer_ring_loses_nothing_and_does_not_spin() -> Result<()> {
     server.shutdown();
     Ok(())
 }
+
+/// `POST /publish/<topic>` is decided from the head: without the right token (401) or with
+/// publishing off (404) the answer comes before any body byte is sent, with
+/// `Connection: close`, and the connection ends instead of draining the declared megabyte.
+#[test]
+fn publish_refusals_come_from_the_head_before_the_body() -> Result<()> {
+    for (token, authorization, status) in [
+        (Some("secret"), None, 401),
+        (Some("secret"), Some("Bearer wrong"), 401),
+        (None, Some("Bearer secret"), 404),
+    ] {
+        let config = Server::builder()
+            .listen("127.0.0.1:0".parse()?)
+            .workers(1)
+            .publish_token(token.map(String::from))
+            .build()?;
+        let server = spawn_with(config, Subscribe)?;
+        let addr = server.local_addr();
+        let mut client = RawClient::connect(addr)?;
+        let authorization = authorization
+            .map(|value| format!("Authorization: {value}\r\n"))
+            .unwrap_or_default();
+        // The head declares a 1 MB body; none of it is ever sent.
+        client.send(
+            format!(
+                "POST /publish/room HTTP/1.1\r\nHost: {addr}\r\n{authorization}\
+                 Content-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n"
+            )
+            .as_bytes(),
+        )?;
+        let head = client.read_http_head().with_context(|| {
+            format!("token {token:?}, {authorization:?}: no answer to the head")
+        })?;
+        ensure!(
+            head.status == status,
+            "token {token:?}, {authorization:?}: {}",
+            head.raw
+        );
+        ensure!(
+            head.header("Connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            "no `Connection: close` in:\n{}",
+            head.raw
+        );
+        let length: usize = head
+            .header("Content-Length")
+            .and_then(|v| v.parse().ok())
+            .context("no Content-Length")?;
+        let (body, _) = client.read_to_end().context("the connection stays open")?;
+        ensure!(
+            body.len() == length,
+            "{} bytes after a head of length {length}",
+            body.len()
+        );
+        server.shutdown();
+    }
+    Ok(())
+}

@@ -33,17 +33,50 @@ impl Endpoints {
         }
     }
 
-    /// Decides how to read a request that is not an upgrade.
+    /// Decides how to read a request that is not an upgrade, from its head alone: a publish
+    /// that is off or unauthorized is refused before any byte of its body is read, and the
+    /// connection closes instead of draining it.
     pub(crate) fn admit(&self, request: &Request) -> Admission {
         match (request.method(), request.path()) {
             ("GET", "/healthz" | "/metrics") => Admission::Http { max_body_bytes: 0 },
-            ("POST", path) if path.starts_with("/publish/") => Admission::Http {
-                max_body_bytes: self.max_publish_bytes,
+            ("POST", path) if path.starts_with("/publish/") => match self.authorize(request) {
+                Ok(()) => Admission::Http {
+                    max_body_bytes: self.max_publish_bytes,
+                },
+                Err(refusal) => Admission::Respond(refusal),
             },
             // Wrong methods and unknown paths are answered from the head: any body they
             // carry is never read, so it cannot earn a 413 instead of the right status.
             (_, path) => Admission::Respond(Self::refusal(path)),
         }
+    }
+
+    /// A publish needs the endpoint on (404) and the right bearer token (401).
+    fn authorize(&self, request: &Request) -> Result<(), Vec<u8>> {
+        let Some(token) = &self.publish_token else {
+            return Err(http_response(
+                404,
+                "Not Found",
+                &[("Connection", "close")],
+                Some("text/plain; charset=utf-8"),
+                b"publishing over HTTP is off: start with --publish-token\n",
+            ));
+        };
+        let authorized = request
+            .header("authorization")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()));
+        if authorized {
+            return Ok(());
+        }
+        Err(http_response(
+            401,
+            "Unauthorized",
+            &[("WWW-Authenticate", "Bearer"), ("Connection", "close")],
+            Some("text/plain; charset=utf-8"),
+            b"missing or wrong bearer token\n",
+        ))
     }
 
     /// The 404 or 405 (with `Allow`, RFC 9110 §15.5.6) for a request no endpoint takes.
@@ -86,28 +119,10 @@ impl Endpoints {
                 super::metrics::render(hub).as_bytes(),
             )),
             ("POST", path) if path.starts_with("/publish/") => {
-                let Some(token) = &self.publish_token else {
-                    return text(
-                        404,
-                        "Not Found",
-                        "publishing over HTTP is off: start with --publish-token\n",
-                    );
-                };
-                let authorized = request
-                    .header("authorization")
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .is_some_and(|given| {
-                        constant_time_eq(given.trim().as_bytes(), token.as_bytes())
-                    });
-                if !authorized {
-                    return Routed::Response(http_response(
-                        401,
-                        "Unauthorized",
-                        &[("WWW-Authenticate", "Bearer")],
-                        Some("text/plain; charset=utf-8"),
-                        b"missing or wrong bearer token\n",
-                    ));
+                // Admitted only after `authorize` passed on the head; checked again so that a
+                // route never publishes without it.
+                if let Err(refusal) = self.authorize(request) {
+                    return Routed::Response(refusal);
                 }
                 // `/publish/room-a` is topic `room-a`; `/publish/` is the root topic `/`.
                 let topic = super::topic_of_path(&path["/publish".len()..]);
