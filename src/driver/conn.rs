@@ -162,7 +162,13 @@ impl SendQueue {
     }
 
     /// Appends a control frame that must not be dropped (a close, a pong).
+    ///
+    /// An empty frame (say, a service's empty HTTP response) is not queued: a send of zero
+    /// bytes consumes nothing, so it would stay at the front and be sent again forever.
     pub(crate) fn push_unbounded(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
         self.bytes += frame.len();
         if self.head.is_none() {
             self.head = Some(frame);
@@ -229,6 +235,18 @@ mod tests {
         assert!(!queue.push(Bytes::from_static(b"x"), 10));
         queue.push_unbounded(Bytes::from_static(b"close"));
         assert_eq!(queue.len_bytes(), 105);
+    }
+
+    #[test]
+    fn empty_frames_are_never_queued() {
+        let mut queue = SendQueue::default();
+        queue.push_unbounded(Bytes::new());
+        assert!(queue.is_empty(), "an empty frame at the front is resent forever");
+        assert!(queue.push(Bytes::new(), 10));
+        assert!(queue.is_empty());
+        queue.push_unbounded(Bytes::from_static(b"abc"));
+        queue.push_unbounded(Bytes::new());
+        assert_eq!(queue.front(8).count(), 1);
     }
 
     #[test]
