@@ -16,8 +16,6 @@ pub struct BroadcastStats {
     pub deliveries: AtomicU64,
     /// Frames dropped for slow subscribers (`--slow-consumer drop`).
     pub drops: AtomicU64,
-    /// Subscribers closed with 1008 for falling behind (`--slow-consumer disconnect`).
-    pub slow_consumer_closes: AtomicU64,
     /// Publishes to this worker dropped because its mailbox was full.
     pub mailbox_drops: AtomicU64,
     /// Payload bytes of messages received.
@@ -126,7 +124,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         "slow_consumer_closes_total",
         "Connections closed with 1008 for a send backlog over the limit.",
         "counter",
-        &|w| load(&hub.stats[w].slow_consumer_closes) + load(&driver[w].slow_consumer_closes),
+        &|w| load(&driver[w].slow_consumer_closes),
     );
     family(
         "stale_completions_total",

@@ -30,7 +30,7 @@ use crate::config::{Config, SlowConsumer};
 use crate::driver::{Admission, ConnId, Ctx, SendError, Service};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::handshake::Request;
-use crate::protocol::{CloseCode, OpCode};
+use crate::protocol::OpCode;
 
 /// Per-connection state of the broadcast service.
 #[derive(Debug, Default)]
@@ -101,14 +101,7 @@ impl<H: Handler> Broadcast<H> {
             match ctx.send_frame(sub, frame.clone()) {
                 Ok(()) => delivered += 1,
                 Err(SendError::Backlog) => match self.policy {
-                    SlowConsumer::Disconnect => {
-                        stats.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-                        ctx.close(
-                            sub,
-                            CloseCode::POLICY_VIOLATION,
-                            "too slow: send backlog over limit",
-                        );
-                    }
+                    SlowConsumer::Disconnect => ctx.close_slow_consumer(sub),
                     SlowConsumer::Drop => {
                         stats.drops.fetch_add(1, Ordering::Relaxed);
                     }
@@ -276,14 +269,7 @@ impl<H: Handler> Broadcast<H> {
             match action {
                 handler::Action::Send(frame) => {
                     if let Err(SendError::Backlog) = ctx.send_frame(conn, frame) {
-                        self.hub.stats[self.worker]
-                            .slow_consumer_closes
-                            .fetch_add(1, Ordering::Relaxed);
-                        ctx.close(
-                            conn,
-                            CloseCode::POLICY_VIOLATION,
-                            "too slow: send backlog over limit",
-                        );
+                        ctx.close_slow_consumer(conn);
                     }
                 }
                 handler::Action::Subscribe(topic) => {

@@ -241,7 +241,10 @@ mod tests {
     fn empty_frames_are_never_queued() {
         let mut queue = SendQueue::default();
         queue.push_unbounded(Bytes::new());
-        assert!(queue.is_empty(), "an empty frame at the front is resent forever");
+        assert!(
+            queue.is_empty(),
+            "an empty frame at the front is resent forever"
+        );
         assert!(queue.push(Bytes::new(), 10));
         assert!(queue.is_empty());
         queue.push_unbounded(Bytes::from_static(b"abc"));

@@ -199,6 +199,23 @@ impl<D> Ctx<'_, D> {
         });
     }
 
+    /// Closes a connection that cannot keep up with its send queue: close 1008 (RFC 6455
+    /// §7.4.1, policy violation), counted in `slow_consumer_closes`. The one path for every
+    /// such close, whoever found the queue full (a fan-out, a handler's send, a pong).
+    pub fn close_slow_consumer(&mut self, id: ConnId) {
+        if self.open_conn(id).is_err() {
+            return;
+        }
+        self.stats
+            .slow_consumer_closes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.close(
+            id,
+            CloseCode::POLICY_VIOLATION,
+            "too slow: send backlog over limit",
+        );
+    }
+
     /// Wakes another worker of this server (its [`Service::on_wake`] runs soon).
     pub fn wake(&self, worker: usize) {
         self.shared.wake(worker);

@@ -17,7 +17,7 @@ use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::connection::Read;
 use crate::protocol::handshake::http_response;
-use crate::protocol::{CloseCode, Limits, WebSocket};
+use crate::protocol::{Limits, WebSocket};
 
 impl<S: Service> Worker<S> {
     pub(super) fn reap(&mut self) {
@@ -309,14 +309,7 @@ fn receive<S: Service>(
                     if conn.queue.push(pong, ctx.max_backlog_bytes) {
                         conn.mark_dirty_in(ctx.dirty, key);
                     } else {
-                        ctx.stats
-                            .slow_consumer_closes
-                            .fetch_add(1, Ordering::Relaxed);
-                        ctx.close(
-                            id,
-                            CloseCode::POLICY_VIOLATION,
-                            "too slow: send backlog over limit",
-                        );
+                        ctx.close_slow_consumer(id);
                     }
                 }
             }
