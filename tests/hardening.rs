@@ -222,3 +222,57 @@ fn publish_refusals_come_from_the_head_before_the_body() -> Result<()> {
     }
     Ok(())
 }
+
+/// Echoes, and panics on the payload `boom`.
+#[derive(Clone)]
+struct Fragile;
+
+impl Handler for Fragile {
+    type Data = ();
+
+    fn on_message(&mut self, conn: &mut Connection<'_, ()>, message: Message<'_>) {
+        assert!(message.payload != b"boom", "the embedder's bug");
+        conn.send(message.opcode, message.payload);
+    }
+}
+
+/// A handler that panics on one message closes that connection with 1011, counts it, and the
+/// worker keeps serving 100 other connections.
+#[test]
+fn a_panicking_handler_closes_only_its_connection() -> Result<()> {
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse()?)
+        .workers(1)
+        .build()?;
+    let server = spawn_with(config, Fragile)?;
+    let addr = server.local_addr();
+    let mut others = (0..100)
+        .map(|_| RawClient::upgrade(addr))
+        .collect::<Result<Vec<_>>>()?;
+    let mut victim = RawClient::upgrade(addr)?;
+    victim.send(&common::client_frame(OpCode::Text, true, b"boom"))?;
+    let close = victim.expect_close()?;
+    ensure!(
+        close.close_code() == Some(1011),
+        "close {:?} after a handler panic",
+        close.close_code()
+    );
+    for round in 0..3 {
+        for (n, client) in others.iter_mut().enumerate() {
+            let text = format!("client {n} round {round}");
+            client.send(&common::client_frame(OpCode::Text, true, text.as_bytes()))?;
+            let (_, echoed) = client.read_message().with_context(|| text.clone())?;
+            ensure!(echoed == text.as_bytes(), "{text}: wrong echo");
+        }
+    }
+    let panics = server.broadcast_stats()[0]
+        .handler_panics
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(panics == 1, "{panics} handler panics counted, expected 1");
+    ensure!(
+        server.metrics().contains("uringcast_handler_panics_total"),
+        "/metrics does not export handler panics"
+    );
+    server.shutdown();
+    Ok(())
+}

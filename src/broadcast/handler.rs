@@ -67,6 +67,14 @@ impl<'a> Message<'a> {
 ///     }
 /// }
 /// ```
+///
+/// # Panics
+///
+/// A callback that panics does not take its worker down: the panic is caught, what the
+/// callback asked for is dropped, its connection is closed with 1011 (a panic in
+/// `on_upgrade` answers 500), and `uringcast_handler_panics_total` counts it. The handler's
+/// own state is whatever the panic left it in, so keep invariants that span a callback
+/// unwind-safe.
 pub trait Handler: Clone + Send + 'static {
     /// Per-connection state of the embedder's type.
     type Data: Default + 'static;

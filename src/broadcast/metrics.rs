@@ -16,6 +16,8 @@ pub struct BroadcastStats {
     pub deliveries: AtomicU64,
     /// Frames dropped for slow subscribers (`--slow-consumer drop`).
     pub drops: AtomicU64,
+    /// Handler callbacks that panicked; each closed its connection with 1011.
+    pub handler_panics: AtomicU64,
     /// Publishes to this worker dropped because its mailbox was full.
     pub mailbox_drops: AtomicU64,
     /// Payload bytes of messages received.
@@ -119,6 +121,18 @@ pub(crate) fn render(hub: &Hub) -> String {
         "Publishes dropped at a full worker mailbox.",
         "counter",
         &|w| load(&hub.stats[w].mailbox_drops),
+    );
+    family(
+        "handler_panics_total",
+        "Handler callbacks that panicked; each closed its connection with 1011.",
+        "counter",
+        &|w| load(&hub.stats[w].handler_panics),
+    );
+    family(
+        "submit_failures_total",
+        "io_uring submits refused with an error other than a full completion queue.",
+        "counter",
+        &|w| load(&driver[w].submit_failures),
     );
     family(
         "slow_consumer_closes_total",

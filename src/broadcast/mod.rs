@@ -14,8 +14,10 @@ mod mailbox;
 pub(crate) mod metrics;
 mod topic;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -30,7 +32,7 @@ use crate::config::{Config, SlowConsumer};
 use crate::driver::{Admission, ConnId, Ctx, SendError, Service};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::handshake::Request;
-use crate::protocol::OpCode;
+use crate::protocol::{CloseCode, OpCode};
 
 /// Per-connection state of the broadcast service.
 #[derive(Debug, Default)]
@@ -51,6 +53,7 @@ pub(crate) struct Broadcast<H: Handler> {
     scratch_mail: Vec<Mail>,
     /// The handler's action list, kept to reuse its capacity: no allocation per message.
     scratch_actions: handler::Actions,
+    last_panic_warning: Option<Instant>,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -64,6 +67,7 @@ impl<H: Handler> Broadcast<H> {
             endpoints: endpoints::Endpoints::from_config(config),
             scratch_mail: Vec::new(),
             scratch_actions: handler::Actions::default(),
+            last_panic_warning: None,
         }
     }
 
@@ -168,7 +172,13 @@ impl<H: Handler> Service for Broadcast<H> {
         if !websocket {
             return self.endpoints.admit(request);
         }
-        match self.handler.on_upgrade(request) {
+        let handler = &mut self.handler;
+        let decision = catch_unwind(AssertUnwindSafe(|| handler.on_upgrade(request)));
+        let Ok(decision) = decision else {
+            self.handler_panicked("on_upgrade");
+            return Admission::Reject(500);
+        };
+        match decision {
             Decision::Accept => Admission::Upgrade { protocol: None },
             Decision::AcceptProtocol(protocol) => Admission::Upgrade {
                 protocol: Some(protocol),
@@ -181,7 +191,14 @@ impl<H: Handler> Service for Broadcast<H> {
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
             let mut connection = Connection::new(conn, &mut state.user, &mut actions);
-            self.handler.on_open(&mut connection, request);
+            let handler = &mut self.handler;
+            if catch_unwind(AssertUnwindSafe(|| {
+                handler.on_open(&mut connection, request)
+            }))
+            .is_err()
+            {
+                return self.close_after_panic(ctx, conn, actions, "on_open");
+            }
         }
         self.apply(ctx, conn, actions);
     }
@@ -199,8 +216,15 @@ impl<H: Handler> Service for Broadcast<H> {
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
             let mut connection = Connection::new(conn, &mut state.user, &mut actions);
-            self.handler
-                .on_message(&mut connection, Message { opcode, payload });
+            let handler = &mut self.handler;
+            let message = Message { opcode, payload };
+            if catch_unwind(AssertUnwindSafe(|| {
+                handler.on_message(&mut connection, message)
+            }))
+            .is_err()
+            {
+                return self.close_after_panic(ctx, conn, actions, "on_message");
+            }
         }
         self.apply(ctx, conn, actions);
     }
@@ -216,7 +240,13 @@ impl<H: Handler> Service for Broadcast<H> {
         }
         let mut actions = handler::Actions::default();
         let mut connection = Connection::new(conn, &mut data.user, &mut actions);
-        self.handler.on_close(&mut connection);
+        let handler = &mut self.handler;
+        if catch_unwind(AssertUnwindSafe(|| handler.on_close(&mut connection))).is_err() {
+            // The connection is gone already; what the handler asked for before it panicked
+            // is dropped with it.
+            self.handler_panicked("on_close");
+            return;
+        }
         // A closed connection can still publish (a "left the room" message), nothing else.
         for action in actions.list {
             if let handler::Action::Publish(topic, frame) = action {
@@ -258,6 +288,40 @@ impl<H: Handler> Service for Broadcast<H> {
 }
 
 impl<H: Handler> Broadcast<H> {
+    /// A handler callback panicked for `conn`: what it asked for is dropped, and the
+    /// connection is closed with 1011 (RFC 6455 §7.4.1: an unexpected condition) while the
+    /// worker goes on serving its other connections.
+    fn close_after_panic(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        mut actions: handler::Actions,
+        callback: &'static str,
+    ) {
+        actions.list.clear();
+        self.scratch_actions = actions;
+        self.handler_panicked(callback);
+        ctx.close(conn, CloseCode::INTERNAL_ERROR, "internal error");
+    }
+
+    /// Counts a handler panic, and logs it at most every 10 s.
+    fn handler_panicked(&mut self, callback: &'static str) {
+        self.hub.stats[self.worker]
+            .handler_panics
+            .fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        if self
+            .last_panic_warning
+            .is_none_or(|at| now - at >= Duration::from_secs(10))
+        {
+            self.last_panic_warning = Some(now);
+            tracing::warn!(
+                callback,
+                "handler panicked; its connection is closed with 1011 (logged at most every 10 s)"
+            );
+        }
+    }
+
     /// Carries out what a handler asked for, in the order it asked.
     fn apply(
         &mut self,
