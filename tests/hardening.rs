@@ -276,3 +276,69 @@ fn a_panicking_handler_closes_only_its_connection() -> Result<()> {
     server.shutdown();
     Ok(())
 }
+
+fn pending_bytes(server: &ServerHandle) -> u64 {
+    server.stats()[0]
+        .pending_bytes
+        .load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// One worker with a 2 MiB budget for unfinished messages: two clients each holding 900 KB
+/// of a 1 MiB message fit; a third that starts one is closed with 1013 before its bytes are
+/// copied, and counted. The first two then finish and get their echoes, and the budget
+/// empties again.
+#[test]
+fn unfinished_messages_share_one_budget_per_worker() -> Result<()> {
+    const MESSAGE: usize = 1 << 20;
+    const SENT: usize = 900_000;
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse()?)
+        .workers(1)
+        .max_message_bytes(MESSAGE as u64)
+        .max_pending_bytes(2 << 20)
+        .build()?;
+    let server = spawn_with(config, Subscribe)?;
+    let addr = server.local_addr();
+    let payload = |seed: u8| vec![seed; MESSAGE];
+    let mut holders = Vec::new();
+    for seed in 1..=2u8 {
+        let mut client = RawClient::upgrade(addr)?;
+        let frame = common::client_frame(OpCode::Binary, true, &payload(seed));
+        client.send(&frame[..SENT])?;
+        let held = (SENT - 14) as u64 * u64::from(seed);
+        wait_for(Duration::from_secs(10), "the first bytes held", || {
+            pending_bytes(&server) >= held
+        })?;
+        holders.push((client, frame, seed));
+    }
+    let mut third = RawClient::upgrade(addr)?;
+    let frame = common::client_frame(OpCode::Binary, true, &payload(3));
+    third.send(&frame[..SENT])?;
+    let close = third
+        .expect_close()
+        .context("the third unfinished message")?;
+    ensure!(
+        close.close_code() == Some(1013),
+        "close {:?}, expected 1013",
+        close.close_code()
+    );
+    ensure!(
+        pending_bytes(&server) <= 2 << 20,
+        "{} bytes pending past the 2 MiB budget",
+        pending_bytes(&server)
+    );
+    for (client, frame, seed) in &mut holders {
+        client.send(&frame[SENT..])?;
+        let (_, echoed) = client.read_message()?;
+        ensure!(echoed == payload(*seed), "client {seed}: wrong echo");
+    }
+    wait_for(Duration::from_secs(10), "the budget to empty", || {
+        pending_bytes(&server) == 0
+    })?;
+    let closes = server.stats()[0]
+        .pending_budget_closes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(closes == 1, "{closes} budget closes counted, expected 1");
+    server.shutdown();
+    Ok(())
+}

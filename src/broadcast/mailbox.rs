@@ -1,7 +1,7 @@
 //! The cross-core hand-off: each worker's bounded mailbox of publishes from other workers,
 //! and the wake that tells it to drain.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,6 +12,10 @@ use super::BroadcastStats;
 /// Publishes waiting in one worker's mailbox, at most: past it a publish to that worker is
 /// dropped and counted rather than queued without bound.
 pub const MAILBOX_CAPACITY: usize = 1 << 16;
+/// Bytes of frames waiting in one worker's mailbox, at most: 65,536 publishes of 16 MiB
+/// would otherwise pin a terabyte. 64 MiB holds 65,536 frames of 1 KiB, or four of the
+/// largest default message.
+pub const MAILBOX_MAX_BYTES: usize = 64 << 20;
 
 /// One publish crossing to another worker: the topic and the frame, encoded once.
 #[derive(Debug)]
@@ -23,10 +27,12 @@ pub(crate) struct Mail {
 /// What the workers of one server share for broadcasting.
 #[derive(Debug)]
 pub(crate) struct Hub {
-    pub(crate) mailboxes: Vec<ArrayQueue<Mail>>,
+    mailboxes: Vec<ArrayQueue<Mail>>,
     /// Set when a wake for the worker is on its way; cleared by the worker before it drains,
     /// so a burst of publishes costs one eventfd write per receiving turn, not one each.
     pub(crate) wake_pending: Vec<AtomicBool>,
+    /// Bytes of the frames in each mailbox (a frame posted to n workers counts n times).
+    mailbox_bytes: Vec<AtomicUsize>,
     pub(crate) stats: Vec<BroadcastStats>,
     pub(crate) shared: Arc<crate::driver::Shared>,
 }
@@ -39,6 +45,7 @@ impl Hub {
                 .map(|_| ArrayQueue::new(MAILBOX_CAPACITY))
                 .collect(),
             wake_pending: (0..workers).map(|_| AtomicBool::new(false)).collect(),
+            mailbox_bytes: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
             stats: (0..workers).map(|_| BroadcastStats::default()).collect(),
             shared,
         }
@@ -55,7 +62,11 @@ impl Hub {
                 topic: Arc::clone(topic),
                 frame: frame.clone(),
             };
-            if mailbox.push(mail).is_err() {
+            let bytes = &self.mailbox_bytes[worker];
+            let over =
+                bytes.fetch_add(frame.len(), Ordering::AcqRel) + frame.len() > MAILBOX_MAX_BYTES;
+            if over || mailbox.push(mail).is_err() {
+                bytes.fetch_sub(frame.len(), Ordering::AcqRel);
                 self.stats[worker]
                     .mailbox_drops
                     .fetch_add(1, Ordering::Relaxed);
@@ -69,6 +80,13 @@ impl Hub {
         posted
     }
 
+    /// Takes the oldest publish from `worker`'s mailbox.
+    pub(crate) fn take(&self, worker: usize) -> Option<Mail> {
+        let mail = self.mailboxes[worker].pop()?;
+        self.mailbox_bytes[worker].fetch_sub(mail.frame.len(), Ordering::AcqRel);
+        Some(mail)
+    }
+
     /// Whether the server is shutting down or stopped.
     pub(crate) fn stopping(&self) -> bool {
         self.shared.stopping.load(Ordering::Acquire)
@@ -77,5 +95,33 @@ impl Hub {
     /// Subscribers of `topic` on all workers, as last counted by each.
     pub(crate) fn subscriber_count(&self, topic: &str) -> u64 {
         self.stats.iter().map(|s| s.topic_count(topic)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mailbox_is_bounded_in_bytes_as_well_as_in_count() {
+        let shared = Arc::new(crate::driver::Shared::new(2).expect("two eventfds"));
+        let hub = Hub::new(shared);
+        let topic: Arc<str> = Arc::from("t");
+        let frame = Bytes::from(vec![0u8; MAILBOX_MAX_BYTES / 4]);
+        for _ in 0..4 {
+            assert_eq!(hub.post(&topic, &frame, Some(0)), 1, "fits");
+        }
+        assert_eq!(
+            hub.post(&topic, &frame, Some(0)),
+            0,
+            "a fifth is over the byte bound"
+        );
+        assert_eq!(hub.stats[1].mailbox_drops.load(Ordering::Relaxed), 1);
+        assert!(hub.take(1).is_some());
+        assert_eq!(
+            hub.post(&topic, &frame, Some(0)),
+            1,
+            "room again after a take"
+        );
     }
 }

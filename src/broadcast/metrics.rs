@@ -123,6 +123,18 @@ pub(crate) fn render(hub: &Hub) -> String {
         &|w| load(&hub.stats[w].mailbox_drops),
     );
     family(
+        "pending_bytes",
+        "Bytes held in unfinished messages and request bodies (bounded by --max-pending-bytes).",
+        "gauge",
+        &|w| load(&driver[w].pending_bytes),
+    );
+    family(
+        "pending_budget_closes_total",
+        "Connections closed with 1013 (or answered 503) for want of room in --max-pending-bytes.",
+        "counter",
+        &|w| load(&driver[w].pending_budget_closes),
+    );
+    family(
         "handler_panics_total",
         "Handler callbacks that panicked; each closed its connection with 1011.",
         "counter",

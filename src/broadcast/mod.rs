@@ -24,7 +24,7 @@ use bytes::Bytes;
 pub use handler::{Connection, Decision, Handler, Message};
 pub(crate) use mailbox::Hub;
 use mailbox::Mail;
-pub use mailbox::MAILBOX_CAPACITY;
+pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
 pub use metrics::BroadcastStats;
 use topic::{Subscriptions, Topics};
 
@@ -277,7 +277,7 @@ impl<H: Handler> Service for Broadcast<H> {
         // Clear first: a publish racing with the drain then wakes us again rather than waiting.
         self.hub.wake_pending[self.worker].store(false, Ordering::Release);
         let mut mail = std::mem::take(&mut self.scratch_mail);
-        while let Some(item) = self.hub.mailboxes[self.worker].pop() {
+        while let Some(item) = self.hub.take(self.worker) {
             mail.push(item);
         }
         for item in mail.drain(..) {

@@ -124,6 +124,16 @@ impl<D> Conn<D> {
         }
     }
 
+    /// Bytes this connection holds in an unfinished message or request body: what it takes
+    /// from its worker's pending budget.
+    pub(crate) fn held_bytes(&self) -> usize {
+        match &self.stage {
+            Stage::Open(ws) => ws.buffered_bytes(),
+            Stage::Http { body, .. } => body.len(),
+            Stage::Handshake(_) | Stage::Answered => 0,
+        }
+    }
+
     /// Nothing of this connection is left in the kernel: the slot may be freed.
     pub(crate) fn is_quiescent(&self) -> bool {
         !self.recv_armed && !self.send_in_flight && self.pending_ops == 0

@@ -72,6 +72,12 @@ pub struct WorkerStats {
     pub stale_completions: AtomicU64,
     /// Times the buffer ring ran dry (`ENOBUFS`); the receive was re-armed.
     pub recv_buffer_starvation: AtomicU64,
+    /// Bytes held now in unfinished messages and request bodies (a gauge; at most
+    /// `max_pending_bytes`).
+    pub pending_bytes: AtomicU64,
+    /// Connections closed with 1013 (or answered 503) because their next bytes would have
+    /// taken the worker past `max_pending_bytes`.
+    pub pending_budget_closes: AtomicU64,
     /// Submits the kernel refused with an error other than a full completion queue.
     pub submit_failures: AtomicU64,
     /// Connections closed because their send queue passed the backlog limit.

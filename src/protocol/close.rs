@@ -29,6 +29,9 @@ impl CloseCode {
     pub const MANDATORY_EXTENSION: Self = Self(1010);
     /// 1011: the server hit an unexpected condition.
     pub const INTERNAL_ERROR: Self = Self(1011);
+    /// 1013: try again later; the server is temporarily out of a resource (IANA registry,
+    /// RFC 6455 §7.4.2).
+    pub const TRY_AGAIN_LATER: Self = Self(1013);
 
     /// Whether this code may appear in a close frame on the wire (§7.4.1, §7.4.2 and the
     /// IANA registry): 1000-1003, 1007-1014 and 3000-4999. 1004-1006 and 1015 are reserved

@@ -140,6 +140,22 @@ impl<M: Masking> WebSocket<M> {
     /// consumed and what they produced; call again with the rest until [`Read::NeedMore`].
     /// Once the state is [`CloseState::Closed`] all input is discarded.
     pub fn read<'a>(&mut self, input: &'a mut [u8]) -> (usize, Read<'a>) {
+        let mut unlimited = u64::MAX;
+        self.read_within(input, &mut unlimited)
+    }
+
+    /// Payload bytes this connection holds in unfinished messages and control frames.
+    pub fn buffered_bytes(&self) -> usize {
+        self.partial
+            .as_ref()
+            .map_or(0, |p| p.message.len() + p.control.len())
+    }
+
+    /// Like [`read`](Self::read), buffering at most `budget` more bytes of an unfinished
+    /// message, and taking what it buffers from `budget`. A chunk that does not fit fails
+    /// the connection with [`ProtocolError::OverBudget`] (close 1013) before it is copied,
+    /// so a caller can bound the sum over many connections.
+    pub fn read_within<'a>(&mut self, input: &'a mut [u8], budget: &mut u64) -> (usize, Read<'a>) {
         if self.close == CloseState::Closed {
             return (input.len(), Read::NeedMore);
         }
@@ -167,7 +183,7 @@ impl<M: Masking> WebSocket<M> {
                 }
                 Step::Payload { len, frame_done } => {
                     let chunk = &input[start..start + len];
-                    match self.payload(chunk, frame_done) {
+                    match self.payload(chunk, frame_done, budget) {
                         Ok(None) => {}
                         Ok(Some(done)) => {
                             // Re-borrow the chunk for the result: it lives as long as `input`.
@@ -235,7 +251,12 @@ impl<M: Masking> WebSocket<M> {
     }
 
     /// Takes one payload chunk; returns what it completed, if anything.
-    fn payload(&mut self, chunk: &[u8], frame_done: bool) -> Result<Option<Done>, ProtocolError> {
+    fn payload(
+        &mut self,
+        chunk: &[u8],
+        frame_done: bool,
+        budget: &mut u64,
+    ) -> Result<Option<Done>, ProtocolError> {
         let whole = self.frame.whole && frame_done;
         self.frame.whole = false;
         let opcode = self.frame.opcode;
@@ -259,6 +280,14 @@ impl<M: Masking> WebSocket<M> {
                 borrowed: true,
             }));
         }
+        let needed = chunk.len() as u64;
+        if needed > *budget {
+            return Err(ProtocolError::OverBudget {
+                needed,
+                available: *budget,
+            });
+        }
+        *budget -= needed;
         let partial = self.partial();
         partial.message.extend_from_slice(chunk);
         if opcode == OpCode::Text {
@@ -431,6 +460,45 @@ mod tests {
     }
 
     const KEY: [u8; 4] = [1, 2, 3, 4];
+
+    #[test]
+    fn a_budget_bounds_what_unfinished_messages_buffer() {
+        // A 100-byte fragment starts a message: it must be buffered, and only 99 are allowed.
+        let mut ws = WebSocket::server(Limits::default());
+        let mut first = client(OpCode::Text, false, &[b'a'; 100]);
+        let mut budget = 99;
+        let (_, read) = ws.read_within(&mut first, &mut budget);
+        match read {
+            Read::Failed { error, reply } => {
+                assert_eq!(error.close_code(), CloseCode::TRY_AGAIN_LATER);
+                assert_eq!(reply.expect("a close frame")[2..4], 1013u16.to_be_bytes());
+            }
+            other => panic!("expected a 1013 failure, got {other:?}"),
+        }
+        assert_eq!(ws.buffered_bytes(), 0, "nothing was copied");
+        // With room, the fragment is held and charged; a whole message is never charged.
+        let mut ws = WebSocket::server(Limits::default());
+        let mut budget = 100;
+        let mut first = client(OpCode::Text, false, &[b'a'; 100]);
+        assert!(matches!(
+            ws.read_within(&mut first, &mut budget).1,
+            Read::NeedMore
+        ));
+        assert_eq!((budget, ws.buffered_bytes()), (0, 100));
+        let mut whole = client(OpCode::Continuation, true, b"");
+        assert!(matches!(
+            ws.read_within(&mut whole, &mut budget).1,
+            Read::Message { .. }
+        ));
+        assert_eq!(ws.buffered_bytes(), 0);
+        let mut ws = WebSocket::server(Limits::default());
+        let mut single = client(OpCode::Binary, true, &[1; 500]);
+        let mut none = 0;
+        assert!(matches!(
+            ws.read_within(&mut single, &mut none).1,
+            Read::Message { .. }
+        ));
+    }
 
     fn client(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
         encode_frame(opcode, fin, payload, Some(KEY)).to_vec()

@@ -54,6 +54,15 @@ pub enum ProtocolError {
     /// A close reason that is not UTF-8 (§5.5.1).
     #[error("close reason is not UTF-8")]
     InvalidCloseReason,
+    /// Buffering the next bytes of an unfinished message would pass the budget the caller
+    /// shares among its connections (not a fault of this peer's framing: try again later).
+    #[error("no room to buffer {needed} more bytes of an unfinished message ({available} left)")]
+    OverBudget {
+        /// Bytes the chunk needed.
+        needed: u64,
+        /// Bytes left in the budget.
+        available: u64,
+    },
 }
 
 impl ProtocolError {
@@ -73,6 +82,7 @@ impl ProtocolError {
             | Self::InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
             Self::MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
             Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_PAYLOAD,
+            Self::OverBudget { .. } => CloseCode::TRY_AGAIN_LATER,
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::connection::Read;
 use crate::protocol::handshake::http_response;
-use crate::protocol::{Limits, WebSocket};
+use crate::protocol::{Limits, ProtocolError, WebSocket};
 
 impl<S: Service> Worker<S> {
     pub(super) fn reap(&mut self) {
@@ -110,10 +110,25 @@ impl<S: Service> Worker<S> {
                 max_message_bytes: self.config.max_message_bytes,
             };
             for &(bid, len) in &filled {
+                // The worker's budget for unfinished messages and bodies: what this receive
+                // may copy is checked against it before the copy (STYLE §3).
+                let held_before = self.conns.get(key).map_or(0, Conn::held_bytes);
+                let mut budget = self
+                    .config
+                    .max_pending_bytes
+                    .saturating_sub(self.pending_bytes);
                 let data = self.bufs.buffer_mut(bid, len);
                 let mut ctx = ctx!(self);
-                receive(&mut self.service, &mut ctx, key, data, limits);
+                receive(&mut self.service, &mut ctx, key, data, limits, &mut budget);
                 self.bufs.push(bid);
+                let held_after = self.conns.get(key).map_or(0, Conn::held_bytes);
+                if held_after != held_before {
+                    self.pending_bytes =
+                        (self.pending_bytes + held_after as u64).saturating_sub(held_before as u64);
+                    self.shared.stats[self.id]
+                        .pending_bytes
+                        .store(self.pending_bytes, Ordering::Relaxed);
+                }
             }
             filled.clear();
             self.filled = filled;
@@ -213,6 +228,7 @@ fn receive<S: Service>(
     key: usize,
     data: &mut [u8],
     limits: Limits,
+    budget: &mut u64,
 ) {
     let conn = &mut ctx.conns[key];
     if conn.ending != Ending::No {
@@ -274,6 +290,21 @@ fn receive<S: Service>(
     } = &mut conn.stage
     {
         let take = (*remaining).min(data.len());
+        if take as u64 > *budget {
+            ctx.stats
+                .pending_budget_closes
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(
+                take,
+                budget = *budget,
+                "request body over the worker's pending budget"
+            );
+            return respond(
+                conn,
+                http_response(503, reason(503), &[("Connection", "close")], None, b""),
+            );
+        }
+        *budget -= take as u64;
         body.extend_from_slice(&data[..take]);
         *remaining -= take;
         if *remaining > 0 {
@@ -294,7 +325,7 @@ fn receive<S: Service>(
         let Stage::Open(ws) = &mut conn.stage else {
             return;
         };
-        let (used, read) = ws.read(&mut data[pos..]);
+        let (used, read) = ws.read_within(&mut data[pos..], budget);
         pos += used;
         match read {
             Read::NeedMore => return,
@@ -323,6 +354,11 @@ fn receive<S: Service>(
                 return;
             }
             Read::Failed { error, reply } => {
+                if let ProtocolError::OverBudget { .. } = error {
+                    ctx.stats
+                        .pending_budget_closes
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 debug!(%error, code = %error.close_code(), "protocol error");
                 if let Some(reply) = reply {
                     conn.queue.push_unbounded(reply);

@@ -146,6 +146,9 @@ struct Worker<S: Service> {
     next_generation: u32,
     /// Keys of connections with something to flush this turn.
     dirty: Vec<usize>,
+    /// Bytes held in unfinished messages and request bodies, over all connections; at most
+    /// `config.max_pending_bytes`.
+    pending_bytes: u64,
     /// Connections whose receive ran out of buffers this turn, with their generation.
     starved: Vec<(usize, u32)>,
     /// Submissions waiting for room in the submission queue (see [`push`](Self::push)).
@@ -224,6 +227,7 @@ impl<S: Service> Worker<S> {
             last_accept_warning: None,
             next_generation: 0,
             dirty: Vec::new(),
+            pending_bytes: 0,
             starved: Vec::new(),
             unsubmitted: VecDeque::new(),
             held_cqes: Vec::new(),
