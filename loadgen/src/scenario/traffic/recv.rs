@@ -1,0 +1,221 @@
+//! The receive path: bytes from the kernel through the handshake and the protocol core, each
+//! message handed to the workload, pings and closes answered.
+
+use std::time::Instant;
+
+use uringcast::protocol::connection::ClientSide;
+use uringcast::protocol::{Limits, Read, WebSocket};
+
+use super::conn::{random_mask, Conn, Deadline, Open};
+use super::net::{classify, micros_since, Net};
+use super::{Outbox, Workload, MAX_MESSAGE_BYTES};
+use crate::report::Failure;
+use crate::scenario::stamp;
+use crate::uring::user_data::OpKind;
+use crate::uring::{Completion, Ops};
+
+/// WebSocket headers are at most 14 bytes; the decoder keeps a partial one for us.
+const MAX_HEADER_BYTES: usize = 14;
+
+impl Net {
+    pub(super) fn on_recv<W: Workload>(
+        &mut self,
+        ops: &mut Ops,
+        work: &mut W,
+        index: usize,
+        c: Completion<'_>,
+    ) {
+        if !c.more {
+            self.slots[index].recv_armed = false;
+        }
+        match (c.result, c.data) {
+            (n, Some(mut data)) if n > 0 => {
+                let now_ns = stamp::now_ns();
+                data.for_each(|bytes| self.on_bytes(ops, work, index, bytes, now_ns));
+            }
+            (0, _) => self.on_eof(ops, index),
+            (n, _) if n > 0 => {
+                // Bytes without a buffer: the kernel broke its contract; drop the connection.
+                self.end(
+                    ops,
+                    index,
+                    Failure::Other,
+                    "recv: data without a buffer".into(),
+                );
+            }
+            (n, _) => match -n {
+                libc::ENOBUFS => {
+                    self.diagnostics.recv_buffer_starvation += 1;
+                    self.starved.push(index as u32);
+                    return;
+                }
+                libc::ECANCELED => {}
+                errno => {
+                    let (failure, detail) = classify(OpKind::Recv, errno);
+                    self.end(ops, index, failure, detail);
+                }
+            },
+        }
+        if !self.slots[index].recv_armed && self.wants_recv(index) {
+            self.arm_recv(ops, index);
+        }
+    }
+
+    /// Bytes from one receive buffer.
+    pub(super) fn on_bytes<W: Workload>(
+        &mut self,
+        ops: &mut Ops,
+        work: &mut W,
+        index: usize,
+        bytes: &mut [u8],
+        now_ns: u64,
+    ) {
+        let mut rest = bytes;
+        if let Conn::Connecting(c) = &mut self.slots[index].conn {
+            match c.handshake.feed(rest) {
+                Ok((_, None)) => return,
+                Ok((used, Some(_response))) => {
+                    self.handshake.saturating_record(micros_since(c.started));
+                    self.established += 1;
+                    self.connecting -= 1;
+                    self.open += 1;
+                    self.slots[index].conn = Conn::Open(Box::new(Open {
+                        ws: WebSocket::new(
+                            ClientSide(random_mask as fn() -> [u8; 4]),
+                            Limits {
+                                max_message_bytes: MAX_MESSAGE_BYTES,
+                            },
+                        ),
+                        spill: Vec::new(),
+                        queued: Vec::new(),
+                        sending: None,
+                        closing: None,
+                        server_closed: false,
+                        close_received: false,
+                    }));
+                    rest = &mut rest[used..];
+                }
+                Err(error) => {
+                    let detail = format!("handshake: {error}");
+                    self.fail(ops, index, Failure::BadHandshake, detail);
+                    return;
+                }
+            }
+        }
+        // A header split across buffers: complete it in the spill, at most 14 bytes at a time.
+        while !rest.is_empty() {
+            let Conn::Open(o) = &mut self.slots[index].conn else {
+                return;
+            };
+            if o.spill.is_empty() {
+                break;
+            }
+            let take = rest.len().min(MAX_HEADER_BYTES);
+            let mut spill = std::mem::take(&mut o.spill);
+            spill.extend_from_slice(&rest[..take]);
+            rest = &mut rest[take..];
+            let used = self.parse(ops, work, index, &mut spill, now_ns);
+            if let Conn::Open(o) = &mut self.slots[index].conn {
+                spill.drain(..used);
+                o.spill = spill;
+            }
+        }
+        if rest.is_empty() {
+            return;
+        }
+        let used = self.parse(ops, work, index, rest, now_ns);
+        if let Conn::Open(o) = &mut self.slots[index].conn {
+            o.spill.extend_from_slice(&rest[used..]);
+        }
+    }
+
+    /// Runs the protocol over `input`; returns the bytes consumed (the rest is the start of a
+    /// header, for the spill).
+    pub(super) fn parse<W: Workload>(
+        &mut self,
+        ops: &mut Ops,
+        work: &mut W,
+        index: usize,
+        input: &mut [u8],
+        now_ns: u64,
+    ) -> usize {
+        let mut pos = 0;
+        while pos < input.len() {
+            let Conn::Open(o) = &mut self.slots[index].conn else {
+                return input.len();
+            };
+            let (used, read) = o.ws.read(&mut input[pos..]);
+            pos += used;
+            match read {
+                Read::NeedMore => return pos,
+                Read::Message { opcode, payload } => {
+                    work.message(index, opcode, &payload, now_ns, &mut Outbox { net: self });
+                }
+                Read::Pong(_) | Read::Ping { pong: None, .. } => {}
+                Read::Ping {
+                    pong: Some(pong), ..
+                } => self.queue(index, pong),
+                Read::Close { code, reply, .. } => {
+                    let generation = self.slots[index].generation;
+                    if let Conn::Open(o) = &mut self.slots[index].conn {
+                        o.close_received = true;
+                        if o.closing.is_none() {
+                            // The server closed first: answer, then wait for its FIN.
+                            o.closing = Some(Instant::now());
+                            o.server_closed = true;
+                            let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
+                            self.dropped
+                                .add(Failure::Reset, format!("closed by the server, code {code}"));
+                            self.close_deadlines.push_back(Deadline {
+                                at: Instant::now() + self.close_timeout,
+                                slot: index as u32,
+                                generation,
+                            });
+                        }
+                    }
+                    if let Some(reply) = reply {
+                        self.queue(index, reply);
+                    }
+                    return input.len();
+                }
+                Read::Failed { error, reply } => {
+                    if let Some(reply) = reply {
+                        self.queue(index, reply);
+                        self.flush_one(ops, index);
+                    }
+                    self.end_open(ops, index, format!("protocol: {error}"));
+                    return input.len();
+                }
+            }
+        }
+        pos
+    }
+
+    /// The server closed its side: the end of a closing handshake, or a drop.
+    pub(super) fn on_eof(&mut self, ops: &mut Ops, index: usize) {
+        match &self.slots[index].conn {
+            Conn::Connecting(_) => self.fail(
+                ops,
+                index,
+                Failure::Reset,
+                "recv: closed by the server before the response".into(),
+            ),
+            Conn::Open(o) => {
+                match (o.closing, o.server_closed, o.close_received) {
+                    (Some(since), false, true) => {
+                        self.closed_clean += 1;
+                        self.closing.saturating_record(micros_since(since));
+                    }
+                    (Some(_), false, false) => self.closed_forced += 1,
+                    (Some(_), true, _) => {}
+                    (None, _, _) => self.dropped.add(
+                        Failure::Reset,
+                        "closed by the server without a close frame".into(),
+                    ),
+                }
+                self.teardown(ops, index);
+            }
+            Conn::Free | Conn::Closing => {}
+        }
+    }
+}

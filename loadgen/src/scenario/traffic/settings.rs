@@ -1,0 +1,69 @@
+//! What a run is asked to do.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use crate::target::Target;
+use crate::uring::RecvBuffers;
+
+/// New connections per second while connecting: a quarter of a 4096 `somaxconn` accept queue
+/// per millisecond is far from overflowing it, and 10,000 connections take 2 s.
+pub const DEFAULT_CONNECT_RATE: f64 = 5000.0;
+/// Seconds to wait, after the senders stop, for the messages still in flight.
+pub const DEFAULT_DRAIN_TIMEOUT_SECS: f64 = 5.0;
+
+/// The largest message a client accepts: the CLI caps `--size` below this.
+pub const MAX_MESSAGE_BYTES: u64 = 16 << 20;
+
+/// What every scenario needs to run its connections.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Where to connect.
+    pub target: Target,
+    /// Connections in all (echo connections, or subscribers plus publishers).
+    pub connections: u64,
+    /// New connections per second while connecting, over all threads.
+    pub connect_rate: f64,
+    /// Time with traffic.
+    pub duration: Duration,
+    /// Client threads (at most `connections`).
+    pub threads: usize,
+    /// Source addresses, round-robin; empty: the kernel picks.
+    pub sources: Vec<IpAddr>,
+    /// Server addresses, round-robin over each source's connections (at least one: the URL's).
+    pub targets: Vec<SocketAddr>,
+    /// Time for a connection to reach a verified 101.
+    pub handshake_timeout: Duration,
+    /// Time for the closing handshake at the end.
+    pub close_timeout: Duration,
+    /// Time for messages in flight when the senders stop.
+    pub drain_timeout: Duration,
+    /// The server to measure.
+    pub server_pid: Option<u32>,
+    /// What to print on stderr while the run goes on.
+    pub progress: ProgressStyle,
+    /// Provided receive buffers per thread.
+    pub recv: RecvBuffers,
+    /// With `server_pid`: after the close, watch the server's CPU until it goes idle (up to
+    /// 10 s more) for [`StopSample::close_cpu_s`]; a run that does not report it saves the wait.
+    pub close_cpu: bool,
+}
+
+impl Settings {
+    /// The client threads a run starts: at least one, at most one per connection.
+    pub fn threads_used(&self) -> usize {
+        self.threads.clamp(1, self.connections.max(1) as usize)
+    }
+}
+
+/// What the coordinator prints on stderr while a run goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressStyle {
+    /// Nothing (`--quiet`).
+    Off,
+    /// Message counts on one line rewritten each second, only when stderr is a terminal.
+    Live,
+    /// Connection counts on a new line each second, terminal or not: an idle hold has no
+    /// messages to count, and its long runs are often logged to a file.
+    Connections,
+}
