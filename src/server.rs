@@ -112,19 +112,29 @@ impl ServerHandle {
     }
 
     /// Sends close 1001 to every connection and returns when the workers have exited (each
-    /// waits at most the drain timeout for its peers' close frames).
-    pub fn shutdown(self) {
+    /// waits at most the drain timeout for its peers' close frames). Returns whether every
+    /// worker stopped clean: all its operations ended and their memory freed, none leaked.
+    pub fn shutdown(self) -> bool {
         self.shared.stop();
-        self.wait();
+        self.wait()
     }
 
-    /// Waits until the workers exit (after a signal, when signals are handled).
-    pub fn wait(self) {
+    /// Waits until the workers exit (after a signal, when signals are handled); returns
+    /// whether every one stopped clean, as [`shutdown`](Self::shutdown) does.
+    pub fn wait(self) -> bool {
+        let mut clean = true;
         for thread in self.threads {
             if thread.join().is_err() {
                 warn!("a worker panicked");
+                clean = false;
             }
         }
+        clean
+            && self
+                .shared
+                .stats
+                .iter()
+                .all(|s| s.leaked_on_exit.load(std::sync::atomic::Ordering::Relaxed) == 0)
     }
 }
 

@@ -342,3 +342,22 @@ fn unfinished_messages_share_one_budget_per_worker() -> Result<()> {
     server.shutdown();
     Ok(())
 }
+
+/// A shutdown through the handle while the worker reads its signalfd (`handle_signals`):
+/// the read is cancelled and its completion reaped before the worker frees its buffer, so
+/// the worker exits clean rather than leaking (or freeing memory the kernel may write).
+#[test]
+fn shutdown_with_signal_reads_in_flight_exits_clean() -> Result<()> {
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse()?)
+        .workers(2)
+        .handle_signals(true)
+        .build()?;
+    let server = spawn_with(config, Subscribe)?;
+    let mut client = RawClient::upgrade(server.local_addr())?;
+    client.send(&common::client_frame(OpCode::Text, true, b"hi"))?;
+    ensure!(client.read_message()?.1 == b"hi", "no echo");
+    client.send_close(1000, "")?;
+    ensure!(server.shutdown(), "a worker exited leaking its buffers");
+    Ok(())
+}

@@ -40,7 +40,19 @@ impl BufRing {
     /// # Panics
     ///
     /// If `entries` is not a power of two (a constant of the caller).
-    pub fn register(ring: &IoUring, bgid: u16, entries: u16, buf_size: usize) -> io::Result<Self> {
+    ///
+    /// # Safety
+    ///
+    /// The kernel writes into these buffers and reads their descriptors until the group is
+    /// unregistered or `ring` is dropped. The caller must do one of those before this
+    /// `BufRing` is dropped, and must not drop it while a receive naming the group may still
+    /// be in flight: leak it instead (`std::mem::forget`, `ManuallyDrop`).
+    pub unsafe fn register(
+        ring: &IoUring,
+        bgid: u16,
+        entries: u16,
+        buf_size: usize,
+    ) -> io::Result<Self> {
         assert!(
             entries.is_power_of_two(),
             "buffer ring entries must be a power of two"
@@ -65,8 +77,8 @@ impl BufRing {
             bgid,
         };
         // `ring_ptr` is a page-aligned, zeroed allocation of `entries` descriptors, freed only in
-        // Drop. Its owner (a server worker or a load-generator thread) drops the io_uring, ending
-        // the registration, before this ring, and leaks both when receives may remain in flight.
+        // Drop, and this function's caller promised to end the registration (or leak this
+        // ring) before that.
         // SAFETY: the registered memory outlives the registration (see above).
         unsafe {
             ring.submitter()

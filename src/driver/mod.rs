@@ -78,6 +78,9 @@ pub struct WorkerStats {
     /// Connections closed with 1013 (or answered 503) because their next bytes would have
     /// taken the worker past `max_pending_bytes`.
     pub pending_budget_closes: AtomicU64,
+    /// 1 if the worker exited with operations possibly in flight, so it leaked their memory
+    /// on purpose instead of freeing it; 0 after a clean stop.
+    pub leaked_on_exit: AtomicU64,
     /// Submits the kernel refused with an error other than a full completion queue.
     pub submit_failures: AtomicU64,
     /// Connections closed because their send queue passed the backlog limit.

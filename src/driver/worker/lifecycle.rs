@@ -7,8 +7,9 @@ use io_uring::opcode;
 use io_uring::types::{Fd, Fixed};
 use tracing::{info, trace, warn};
 
-use super::{Worker, TEARDOWN_GRACE};
+use super::{Worker, NO_KEY, TEARDOWN_GRACE};
 use crate::driver::conn::{Ending, Stage};
+use crate::driver::ring;
 use crate::driver::service::{ConnId, Ctx};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
@@ -53,18 +54,46 @@ impl<S: Service> Worker<S> {
     }
 
     /// After the loop: if the kernel still holds operations, their memory must outlive it.
-    pub(super) fn finish(self) {
-        if !self.conns.is_empty() {
+    pub(super) fn finish(&mut self) {
+        // The wake and signal reads write into the worker's own buffers: end them, and
+        // wait (bounded) for their last completions, before anything is freed.
+        let now = Instant::now();
+        self.stop_deadline.get_or_insert(now); // no read is re-armed from here on
+        let give_up = now + TEARDOWN_GRACE;
+        for (armed, kind) in [
+            (self.wake_armed, OpKind::Wake),
+            (self.signal_armed, OpKind::Signal),
+        ] {
+            if armed {
+                let target = UserData::new(kind, 0, NO_KEY).pack();
+                let cancel = opcode::AsyncCancel::new(target)
+                    .build()
+                    .user_data(UserData::new(OpKind::Cancel, 0, NO_KEY).pack());
+                // SAFETY: a cancel reads no user memory.
+                unsafe { self.push(&cancel) };
+            }
+        }
+        while (self.wake_armed || self.signal_armed || !self.unsubmitted.is_empty())
+            && Instant::now() < give_up
+        {
+            self.push_unsubmitted();
+            if ring::submit_and_wait(&self.ring, Some(crate::driver::TICK)).is_err() {
+                break;
+            }
+            self.reap();
+        }
+        if !self.conns.is_empty() || self.wake_armed || self.signal_armed {
             warn!(
                 connections = self.conns.len(),
                 "exiting with operations in flight; leaking their buffers"
             );
-            std::mem::forget(self.bufs);
-            std::mem::forget(self.conns);
-            std::mem::forget(self.send_vecs);
+            self.shared.stats[self.id]
+                .leaked_on_exit
+                .store(1, Ordering::Relaxed);
             return;
         }
         self.bufs.unregister(&self.ring);
+        self.quiescent = true;
         info!("stopped");
     }
 

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
@@ -101,6 +102,7 @@ pub(crate) fn run_worker<S: Service>(setup: WorkerSetup, service: S) {
                 tracing::error!(%error, "worker stopped on a ring error");
             }
             worker.finish();
+            // Dropping `worker` frees what the kernel saw only if `finish` found it quiescent.
         }
         Err(error) => {
             let _ = ready.send(Err(error));
@@ -108,17 +110,19 @@ pub(crate) fn run_worker<S: Service>(setup: WorkerSetup, service: S) {
     }
 }
 
+/// The `ManuallyDrop` fields are the ring and everything its operations may read or write:
+/// [`Drop`] frees them only once [`finish`](Worker::finish) has seen every operation end
+/// (`quiescent`), and leaks them otherwise (a ring error, a panic), never freeing memory the
+/// kernel may still touch.
 struct Worker<S: Service> {
-    // Field order is drop order: the ring goes first, so the kernel lets go of every buffer
-    // before the buffers below are freed.
-    ring: IoUring,
-    bufs: BufRing,
+    ring: ManuallyDrop<IoUring>,
+    bufs: ManuallyDrop<BufRing>,
     /// Connections are direct descriptors (slots of the ring's table), not plain ones.
     direct: bool,
-    conns: Slab<Conn<S::Data>>,
+    conns: ManuallyDrop<Slab<Conn<S::Data>>>,
     /// Spare send vectors, boxed because their address is handed to the kernel.
     #[allow(clippy::vec_box)]
-    send_vecs: Vec<Box<SendVec>>,
+    send_vecs: ManuallyDrop<Vec<Box<SendVec>>>,
     wheel: TimerWheel,
     service: S,
     config: Arc<DriverConfig>,
@@ -126,8 +130,14 @@ struct Worker<S: Service> {
     id: usize,
     listener: OwnedFd,
     signals: Option<SignalFd>,
-    signal_buf: Box<[u8; 128]>,
-    wake_buf: Box<[u8; 8]>,
+    signal_buf: ManuallyDrop<Box<[u8; 128]>>,
+    wake_buf: ManuallyDrop<Box<[u8; 8]>>,
+    /// The wake eventfd's read is in flight.
+    wake_armed: bool,
+    /// The signalfd's read is in flight.
+    signal_armed: bool,
+    /// No operation is left in the kernel: `Drop` may free what they pointed to.
+    quiescent: bool,
     /// Direct descriptors in this ring's table.
     capacity: usize,
     /// A multishot accept is armed (and not yet asked to stop).
@@ -193,16 +203,19 @@ impl<S: Service> Worker<S> {
         } else {
             limit.saturating_sub(64) / config.workers
         };
-        let bufs = BufRing::register(&ring, 0, config.recv_buffers, config.recv_buffer_bytes)?;
+        // SAFETY: the worker holds `bufs` in a `ManuallyDrop` that its `Drop` frees only after
+        // `finish` unregistered the group with no receive in flight, and leaks otherwise.
+        let bufs =
+            unsafe { BufRing::register(&ring, 0, config.recv_buffers, config.recv_buffer_bytes) }?;
         let start = Instant::now();
         Ok(Self {
-            ring,
-            bufs,
+            ring: ManuallyDrop::new(ring),
+            bufs: ManuallyDrop::new(bufs),
             direct,
             // Reserved up front (untouched pages cost no memory) so the slab never doubles
             // and copies, and never holds twice the live connections' worth of slots.
-            conns: Slab::with_capacity(capacity),
-            send_vecs: Vec::new(),
+            conns: ManuallyDrop::new(Slab::with_capacity(capacity)),
+            send_vecs: ManuallyDrop::new(Vec::new()),
             wheel: TimerWheel::new(start),
             service,
             ping_ticks: config.ping_interval,
@@ -216,8 +229,11 @@ impl<S: Service> Worker<S> {
             id: setup.id,
             listener: setup.listener,
             signals: setup.signals,
-            signal_buf: Box::new([0; 128]),
-            wake_buf: Box::new([0; 8]),
+            signal_buf: ManuallyDrop::new(Box::new([0; 128])),
+            wake_buf: ManuallyDrop::new(Box::new([0; 8])),
+            wake_armed: false,
+            signal_armed: false,
+            quiescent: false,
             capacity,
             multishot_armed: false,
             singles_in_flight: 0,
@@ -295,6 +311,7 @@ impl<S: Service> Worker<S> {
     }
 
     fn on_wake(&mut self, _result: i32) {
+        self.wake_armed = false;
         if self.shared.stopping.load(Ordering::Acquire) && self.stop_deadline.is_none() {
             self.begin_stop();
         }
@@ -306,6 +323,7 @@ impl<S: Service> Worker<S> {
     }
 
     fn on_signal(&mut self, result: i32) {
+        self.signal_armed = false;
         if result > 0 {
             info!("signal received: shutting down");
             self.shared.stop();
@@ -320,8 +338,10 @@ impl<S: Service> Worker<S> {
         let entry = opcode::Read::new(Fd(fd), self.wake_buf.as_mut_ptr(), 8)
             .build()
             .user_data(ud);
-        // SAFETY: `wake_buf` is a Box owned by the worker, dropped only after the ring.
+        // SAFETY: `wake_buf` is a Box owned by the worker, freed by `Drop` only when
+        // `finish` saw this read end (`wake_armed` false), and leaked otherwise.
         unsafe { self.push(&entry) };
+        self.wake_armed = true;
     }
 
     fn arm_signals(&mut self) {
@@ -330,8 +350,10 @@ impl<S: Service> Worker<S> {
         let entry = opcode::Read::new(Fd(signals.as_raw_fd()), self.signal_buf.as_mut_ptr(), 128)
             .build()
             .user_data(ud);
-        // SAFETY: `signal_buf` is a Box owned by the worker, dropped only after the ring.
+        // SAFETY: `signal_buf` is a Box owned by the worker, freed by `Drop` only when
+        // `finish` saw this read end (`signal_armed` false), and leaked otherwise.
         unsafe { self.push(&entry) };
+        self.signal_armed = true;
     }
 
     /// Pushes one submission. When the submission queue is full it submits what is queued and
@@ -411,6 +433,29 @@ impl<S: Service> Worker<S> {
     /// This worker's counters.
     fn stats(&self) -> &super::WorkerStats {
         &self.shared.stats[self.id]
+    }
+}
+
+impl<S: Service> Drop for Worker<S> {
+    fn drop(&mut self) {
+        // SAFETY: `ring` is not used after this; closing it while operations are in flight
+        // frees none of the memory they point to (that is below, and leaked in that case).
+        unsafe { ManuallyDrop::drop(&mut self.ring) };
+        if !self.quiescent {
+            // A ring error or a panic ended the loop with operations possibly in flight:
+            // their buffers, send frames, iovecs and read targets stay allocated for good.
+            return;
+        }
+        // SAFETY: `finish` set `quiescent` only after every operation's last completion was
+        // reaped and the buffer ring was unregistered, so the kernel holds no pointer into
+        // these; none of them is used after this.
+        unsafe {
+            ManuallyDrop::drop(&mut self.bufs);
+            ManuallyDrop::drop(&mut self.conns);
+            ManuallyDrop::drop(&mut self.send_vecs);
+            ManuallyDrop::drop(&mut self.signal_buf);
+            ManuallyDrop::drop(&mut self.wake_buf);
+        }
     }
 }
 
