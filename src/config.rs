@@ -36,6 +36,24 @@ pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 /// workers x 256 MiB (512 MiB on a 2-core machine) instead of connections x 16 MiB.
 pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
 
+/// 256 bytes of topic name: room for `tenant/channel/subchannel` paths, while a topic table
+/// of 100,000 names stays under 26 MB of names.
+pub const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
+/// 256 topics per connection: more than a dashboard or chat client subscribes to, and the
+/// bound that keeps a connection's subscription lookup (a scan) short.
+pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 256;
+/// 100,000 topics per worker: one per connection of a large per-user feed, yet a bound on
+/// the names and lists a flood of distinct subscriptions can make a worker hold.
+pub const DEFAULT_MAX_TOPICS_PER_WORKER: usize = 100_000;
+
+/// Limits on what clients (through the handler) can make the topic table hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TopicLimits {
+    pub max_topic_bytes: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub max_topics_per_worker: usize,
+}
+
 /// What the server does with messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -72,6 +90,8 @@ pub struct Config {
     pub(crate) slow_consumer: SlowConsumer,
     /// The bearer token that enables `POST /publish/<topic>`; `None` turns it off.
     pub(crate) publish_token: Option<String>,
+    /// Limits on the topics clients can make the broadcast engine hold.
+    pub(crate) topic_limits: TopicLimits,
     /// What the io_uring workers need to know, and nothing more.
     pub(crate) driver: DriverConfig,
 }
@@ -155,6 +175,11 @@ impl Default for ServerBuilder {
                 handle_signals: false,
                 slow_consumer: SlowConsumer::Disconnect,
                 publish_token: None,
+                topic_limits: TopicLimits {
+                    max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
+                    max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
+                    max_topics_per_worker: DEFAULT_MAX_TOPICS_PER_WORKER,
+                },
                 driver: DriverConfig {
                     workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -268,6 +293,25 @@ impl ServerBuilder {
         self
     }
 
+    /// Longest topic name a subscription may use (default [`DEFAULT_MAX_TOPIC_BYTES`]).
+    pub fn max_topic_bytes(mut self, bytes: usize) -> Self {
+        self.config.topic_limits.max_topic_bytes = bytes;
+        self
+    }
+
+    /// Topics one connection may subscribe to (default
+    /// [`DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION`]).
+    pub fn max_subscriptions_per_connection(mut self, count: usize) -> Self {
+        self.config.topic_limits.max_subscriptions_per_connection = count;
+        self
+    }
+
+    /// Topics with subscribers one worker may hold (default [`DEFAULT_MAX_TOPICS_PER_WORKER`]).
+    pub fn max_topics_per_worker(mut self, count: usize) -> Self {
+        self.config.topic_limits.max_topics_per_worker = count;
+        self
+    }
+
     /// Validates every setting.
     ///
     /// # Errors
@@ -275,7 +319,21 @@ impl ServerBuilder {
     /// A [`ConfigError`] naming the first setting out of range, its value and the range.
     pub fn build(self) -> Result<Config, ConfigError> {
         let d = &self.config.driver;
-        let counts: [(&str, u64, u64, u64); 7] = [
+        let t = &self.config.topic_limits;
+        let counts: [(&str, u64, u64, u64); 10] = [
+            ("max-topic-bytes", t.max_topic_bytes as u64, 1, 1 << 16),
+            (
+                "max-subscriptions-per-connection",
+                t.max_subscriptions_per_connection as u64,
+                1,
+                1 << 16,
+            ),
+            (
+                "max-topics-per-worker",
+                t.max_topics_per_worker as u64,
+                1,
+                1 << 24,
+            ),
             ("workers", d.workers as u64, 1, MAX_WORKERS),
             ("max-message-bytes", d.max_message_bytes, 1, 1 << 40),
             ("max-head-bytes", d.max_head_bytes as u64, 256, 1 << 20),

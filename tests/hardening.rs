@@ -361,3 +361,62 @@ fn shutdown_with_signal_reads_in_flight_exits_clean() -> Result<()> {
     ensure!(server.shutdown(), "a worker exited leaking its buffers");
     Ok(())
 }
+
+/// Subscribes to whatever topic a message names.
+#[derive(Clone)]
+struct SubscribeTo;
+
+impl Handler for SubscribeTo {
+    type Data = ();
+
+    fn on_message(&mut self, conn: &mut Connection<'_, ()>, message: Message<'_>) {
+        if let Some(topic) = message.as_text() {
+            conn.subscribe(topic);
+            conn.send(OpCode::Text, b"done");
+        }
+    }
+}
+
+/// Topic-name length, subscriptions per connection and topics per worker are bounded; each
+/// refusal is counted and leaves the topic table as it was.
+#[test]
+fn topic_counts_the_peer_controls_are_bounded() -> Result<()> {
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse()?)
+        .workers(1)
+        .max_topic_bytes(8)
+        .max_subscriptions_per_connection(2)
+        .max_topics_per_worker(3)
+        .build()?;
+    let server = spawn_with(config, SubscribeTo)?;
+    let addr = server.local_addr();
+    let ask = |client: &mut RawClient, topic: &str| -> Result<()> {
+        client.send(&common::client_frame(OpCode::Text, true, topic.as_bytes()))?;
+        ensure!(client.read_message()?.1 == b"done", "no answer for {topic}");
+        Ok(())
+    };
+    let mut one = RawClient::upgrade(addr)?;
+    let mut two = RawClient::upgrade(addr)?;
+    ask(&mut one, "a-topic-name-too-long")?; // refused: name
+    ask(&mut one, "a")?;
+    ask(&mut one, "b")?;
+    ask(&mut one, "c")?; // refused: per connection
+    ask(&mut two, "c")?;
+    ask(&mut two, "d")?; // refused: per worker (a, b, c exist)
+    ask(&mut two, "a")?; // allowed: a known topic
+    let stats = &server.broadcast_stats()[0];
+    let refusals = stats
+        .subscribe_refusals
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(refusals == 3, "{refusals} refusals counted, expected 3");
+    let counts: Vec<u64> = ["a", "b", "c", "d", "a-topic-name-too-long"]
+        .iter()
+        .map(|t| stats.topic_count(t))
+        .collect();
+    ensure!(
+        counts == [2, 1, 1, 0, 0],
+        "subscribers per topic: {counts:?}"
+    );
+    server.shutdown();
+    Ok(())
+}

@@ -16,6 +16,9 @@ pub struct BroadcastStats {
     pub deliveries: AtomicU64,
     /// Frames dropped for slow subscribers (`--slow-consumer drop`).
     pub drops: AtomicU64,
+    /// Subscriptions refused by a topic limit (name length, subscriptions per connection,
+    /// topics per worker).
+    pub subscribe_refusals: AtomicU64,
     /// Handler callbacks that panicked; each closed its connection with 1011.
     pub handler_panics: AtomicU64,
     /// Publishes to this worker dropped because its mailbox was full.
@@ -34,11 +37,18 @@ impl BroadcastStats {
             .map_or(0, |t| t.get(topic).copied().unwrap_or(0))
     }
 
+    /// Called when a connection of this worker joins (`delta` 1) or leaves (-1) a topic.
+    /// Allocates only when the topic is new on this worker (a name key); joins and leaves of a
+    /// known topic are a lookup under the lock.
     pub(crate) fn topic_add(&self, topic: &str, delta: i64) {
         let Ok(mut topics) = self.topics.lock() else {
             return;
         };
-        let count = topics.entry(topic.into()).or_insert(0);
+        let count = match topics.get_mut(topic) {
+            Some(count) => count,
+            None if delta > 0 => topics.entry(topic.into()).or_insert(0),
+            None => return,
+        };
         *count = count.saturating_add_signed(delta);
         if *count == 0 {
             topics.remove(topic);
@@ -133,6 +143,12 @@ pub(crate) fn render(hub: &Hub) -> String {
         "Connections closed with 1013 (or answered 503) for want of room in --max-pending-bytes.",
         "counter",
         &|w| load(&driver[w].pending_budget_closes),
+    );
+    family(
+        "subscribe_refusals_total",
+        "Subscriptions refused by a topic limit (name length, per connection, per worker).",
+        "counter",
+        &|w| load(&hub.stats[w].subscribe_refusals),
     );
     family(
         "handler_panics_total",

@@ -54,6 +54,7 @@ pub(crate) struct Broadcast<H: Handler> {
     /// The handler's action list, kept to reuse its capacity: no allocation per message.
     scratch_actions: handler::Actions,
     last_panic_warning: Option<Instant>,
+    limits: crate::config::TopicLimits,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -68,6 +69,7 @@ impl<H: Handler> Broadcast<H> {
             scratch_mail: Vec::new(),
             scratch_actions: handler::Actions::default(),
             last_panic_warning: None,
+            limits: config.topic_limits,
         }
     }
 
@@ -125,9 +127,31 @@ impl<H: Handler> Broadcast<H> {
         conn: ConnId,
         topic: &str,
     ) -> bool {
+        let limits = self.limits;
+        let known = self.topics.id(topic);
+        let topics = self.topics.count();
         let Some(state) = ctx.data(conn) else {
             return false;
         };
+        if known.is_some_and(|id| state.subs.contains(id)) {
+            return false;
+        }
+        let refusal = if topic.len() > limits.max_topic_bytes {
+            Some("topic name too long")
+        } else if state.subs.len() >= limits.max_subscriptions_per_connection {
+            Some("too many subscriptions on one connection")
+        } else if known.is_none() && topics >= limits.max_topics_per_worker {
+            Some("too many topics on this worker")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            self.hub.stats[self.worker]
+                .subscribe_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason, topic_bytes = topic.len(), "subscription refused");
+            return false;
+        }
         let (_, new) = self.topics.subscribe(conn, &mut state.subs, topic);
         if new {
             self.hub.stats[self.worker].topic_add(topic, 1);

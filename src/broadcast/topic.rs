@@ -20,6 +20,17 @@ impl Subscriptions {
         self.entries.iter().position(|(t, _)| *t == topic)
     }
 
+    /// Topics subscribed (at most `max_subscriptions_per_connection`, so `position`'s scan
+    /// stays short).
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the connection is subscribed to `topic`.
+    pub(crate) fn contains(&self, topic: TopicId) -> bool {
+        self.position(topic).is_some()
+    }
+
     /// The entries, for a closing connection to leave every topic.
     pub(crate) fn into_entries(self) -> Vec<(TopicId, u32)> {
         self.entries
@@ -45,6 +56,11 @@ impl Topics {
     /// The id of a topic with subscribers on this worker.
     pub(crate) fn id(&self, name: &str) -> Option<TopicId> {
         self.ids.get(name).copied()
+    }
+
+    /// Topics with at least one subscriber on this worker.
+    pub(crate) fn count(&self) -> usize {
+        self.ids.len()
     }
 
     /// The subscribers of a topic, in subscription order up to swap-removals.
