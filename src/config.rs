@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::driver::DriverConfig;
 use crate::protocol::handshake::DEFAULT_MAX_HEAD_BYTES;
+use crate::protocol::origin::AllowedOrigins;
 pub use crate::protocol::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// Loopback only by default: exposing a server is a decision, not an accident.
@@ -90,6 +91,8 @@ pub struct Config {
     pub(crate) slow_consumer: SlowConsumer,
     /// The bearer token that enables `POST /publish/<topic>`; `None` turns it off.
     pub(crate) publish_token: Option<String>,
+    /// The `Origin`s a WebSocket upgrade may come from.
+    pub(crate) allowed_origins: AllowedOrigins,
     /// Limits on the topics clients can make the broadcast engine hold.
     pub(crate) topic_limits: TopicLimits,
     /// What the io_uring workers need to know, and nothing more.
@@ -175,6 +178,7 @@ impl Default for ServerBuilder {
                 handle_signals: false,
                 slow_consumer: SlowConsumer::Disconnect,
                 publish_token: None,
+                allowed_origins: AllowedOrigins::any(),
                 topic_limits: TopicLimits {
                     max_topic_bytes: DEFAULT_MAX_TOPIC_BYTES,
                     max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
@@ -290,6 +294,16 @@ impl ServerBuilder {
     /// would pass it is closed with 1013 (or answered 503 for a request body).
     pub fn max_pending_bytes(mut self, bytes: u64) -> Self {
         self.config.driver.max_pending_bytes = bytes;
+        self
+    }
+
+    /// The `Origin`s a WebSocket upgrade may come from; any other gets 403 (default: any
+    /// origin, as a server behind its own authentication expects). A server whose clients
+    /// are browsers carrying cookies or other ambient credentials should list its sites'
+    /// origins: browsers send cookies with cross-site upgrades (RFC 6455 §10.2). Requests
+    /// without an `Origin` header (non-browser clients) are always allowed.
+    pub fn allowed_origins(mut self, origins: AllowedOrigins) -> Self {
+        self.config.allowed_origins = origins;
         self
     }
 

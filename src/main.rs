@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
 use uringcast::config::{self, Mode, SlowConsumer};
+use uringcast::protocol::origin::AllowedOrigins;
 use uringcast::server::{self, Server};
 
 /// A WebSocket (RFC 6455) server for Linux on io_uring.
@@ -59,6 +60,12 @@ struct Cli {
     /// (also read from the URINGCAST_PUBLISH_TOKEN environment variable).
     #[arg(long, env = "URINGCAST_PUBLISH_TOKEN", hide_env_values = true)]
     publish_token: Option<String>,
+    /// Origins a WebSocket upgrade may come from, comma-separated: exact origins
+    /// (`https://app.example.com`), subdomain patterns (`https://*.example.com`), `null`, or
+    /// `*` for any. Any other Origin gets 403; requests without one (non-browser clients)
+    /// are allowed.
+    #[arg(long, default_value = "*", value_parser = AllowedOrigins::parse)]
+    allowed_origins: AllowedOrigins,
     /// Hold connections as plain descriptors instead of direct ones (visible to `ss -p`;
     /// capacity then bounded by one RLIMIT_NOFILE for the whole process).
     #[arg(long)]
@@ -122,6 +129,7 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
             CliSlowConsumer::Drop => SlowConsumer::Drop,
         })
         .publish_token(cli.publish_token)
+        .allowed_origins(cli.allowed_origins)
         .max_message_bytes(cli.max_message_bytes)
         .max_backlog_bytes(cli.max_backlog_bytes)
         .max_pending_bytes(cli.max_pending_bytes)

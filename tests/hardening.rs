@@ -420,3 +420,45 @@ fn topic_counts_the_peer_controls_are_bounded() -> Result<()> {
     server.shutdown();
     Ok(())
 }
+
+/// `--allowed-origins`: a browser upgrade from another site gets 403 (cross-site WebSocket
+/// hijacking), a listed origin or subdomain pattern and a request without `Origin` upgrade,
+/// and a bad list is a one-line usage error.
+#[test]
+fn upgrades_from_unlisted_origins_get_403() -> Result<()> {
+    let server = common::Server::echo(&[
+        "--allowed-origins",
+        "https://app.example.com,https://*.example.org",
+    ])?;
+    let addr = server.addr();
+    for (origin, status) in [
+        (Some("https://app.example.com"), 101),
+        (Some("https://eu.example.org"), 101),
+        (None, 101),
+        (Some("https://evil.example.net"), 403),
+        (Some("https://app.example.com.evil.net"), 403),
+        (Some("null"), 403),
+    ] {
+        let mut client = RawClient::connect(addr)?;
+        let request = common::upgrade_request(addr, common::SAMPLE_KEY);
+        let request = match origin {
+            Some(origin) => {
+                request.replacen("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"), 1)
+            }
+            None => request,
+        };
+        client.send(request.as_bytes())?;
+        let head = client.read_http_head()?;
+        ensure!(head.status == status, "Origin {origin:?}: {}", head.raw);
+    }
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_uringcast"))
+        .args(["--allowed-origins", "https://example.com/"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(2) && stderr.contains("bad origin"),
+        "a bad list: {:?} {stderr}",
+        output.status.code()
+    );
+    Ok(())
+}

@@ -19,6 +19,8 @@ pub struct BroadcastStats {
     /// Subscriptions refused by a topic limit (name length, subscriptions per connection,
     /// topics per worker).
     pub subscribe_refusals: AtomicU64,
+    /// WebSocket upgrades refused with 403 for an `Origin` not in `--allowed-origins`.
+    pub origin_refusals: AtomicU64,
     /// Handler callbacks that panicked; each closed its connection with 1011.
     pub handler_panics: AtomicU64,
     /// Publishes to this worker dropped because its mailbox was full.
@@ -149,6 +151,12 @@ pub(crate) fn render(hub: &Hub) -> String {
         "Subscriptions refused by a topic limit (name length, per connection, per worker).",
         "counter",
         &|w| load(&hub.stats[w].subscribe_refusals),
+    );
+    family(
+        "origin_refusals_total",
+        "WebSocket upgrades refused with 403 for an Origin not in --allowed-origins.",
+        "counter",
+        &|w| load(&hub.stats[w].origin_refusals),
     );
     family(
         "handler_panics_total",

@@ -55,6 +55,7 @@ pub(crate) struct Broadcast<H: Handler> {
     scratch_actions: handler::Actions,
     last_panic_warning: Option<Instant>,
     limits: crate::config::TopicLimits,
+    origins: crate::protocol::origin::AllowedOrigins,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -70,6 +71,7 @@ impl<H: Handler> Broadcast<H> {
             scratch_actions: handler::Actions::default(),
             last_panic_warning: None,
             limits: config.topic_limits,
+            origins: config.allowed_origins.clone(),
         }
     }
 
@@ -195,6 +197,13 @@ impl<H: Handler> Service for Broadcast<H> {
             || request.header("sec-websocket-version").is_some();
         if !websocket {
             return self.endpoints.admit(request);
+        }
+        if !self.origins.allows(request.header("origin")) {
+            // Cross-site WebSocket hijacking: a page of another site, with the user's cookies.
+            self.hub.stats[self.worker]
+                .origin_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            return Admission::Reject(403);
         }
         let handler = &mut self.handler;
         let decision = catch_unwind(AssertUnwindSafe(|| handler.on_upgrade(request)));

@@ -10,6 +10,7 @@ pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
+pub mod origin;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseState};
