@@ -156,3 +156,59 @@ impl Drop for BufRing {
         unsafe { dealloc(self.ring.cast(), self.ring_layout) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A registered 4-buffer ring of 16-byte buffers on a ring of its own.
+    fn ring() -> (IoUring, BufRing) {
+        let ring = IoUring::new(8).expect("an io_uring");
+        // SAFETY: no receive is ever submitted on this ring, and each test unregisters the
+        // group before the BufRing is dropped.
+        let bufs = unsafe { BufRing::register(&ring, 7, 4, 16) }.expect("a buffer ring");
+        (ring, bufs)
+    }
+
+    #[test]
+    fn a_bundle_walks_ring_positions_across_the_wrap() {
+        let (ring, mut bufs) = ring();
+        // Fresh: bid n sits at position n. A bundle of 40 bytes from bid 3 takes position 3,
+        // then wraps to positions 0 and 1.
+        let mut out = Vec::new();
+        bufs.bundle(3, 40, &mut out);
+        assert_eq!(out, [(3, 16), (0, 16), (1, 8)]);
+        // The kernel took 0..=3; 1 comes back before 0, so the ring's positions 0 and 1
+        // (tail 4 and 5, wrapped) now hold bids 1 and 0.
+        bufs.push(1);
+        bufs.push(0);
+        out.clear();
+        bufs.bundle(1, 20, &mut out);
+        assert_eq!(out, [(1, 16), (0, 4)]);
+        out.clear();
+        bufs.bundle(3, 40, &mut out);
+        assert_eq!(
+            out,
+            [(3, 16), (1, 16), (0, 8)],
+            "position 3 wraps to 0 and 1"
+        );
+        bufs.unregister(&ring);
+    }
+
+    #[test]
+    fn buffers_are_distinct_and_bounded() {
+        let (ring, mut bufs) = ring();
+        bufs.buffer_mut(2, 16).fill(0xaa);
+        assert!(bufs.buffer_mut(1, 16).iter().all(|b| *b == 0));
+        assert!(bufs.buffer_mut(3, 16).iter().all(|b| *b == 0));
+        assert_eq!(
+            bufs.buffer_mut(2, 1000).len(),
+            16,
+            "a length past the buffer is clamped"
+        );
+        let mut out = Vec::new();
+        bufs.bundle(0, 0, &mut out);
+        assert!(out.is_empty());
+        bufs.unregister(&ring);
+    }
+}
