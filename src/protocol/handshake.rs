@@ -7,10 +7,15 @@
 //! server's 101. Nothing here owns a socket, a clock or a source of randomness, and no head is
 //! buffered beyond the limit given at construction.
 
-use std::{mem, str};
+use std::str;
 
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use sha1::{Digest, Sha1};
+
+use super::http::{
+    ensure_complete, parse_decimal, push_header, Head, HeadReader, Span, MAX_HEADERS,
+};
+pub use super::http::{http_response, reason_phrase};
 
 /// Default limit on a request or response head, through its final CRLFCRLF: real browser
 /// handshakes are well under 2 KiB, and a larger head is answered with 431.
@@ -151,41 +156,6 @@ impl HandshakeError {
             body.as_bytes(),
         )
     }
-}
-
-/// Writes an HTTP/1.1 response: the status line, `extra_headers` in order, `Content-Type` if
-/// given, `Content-Length`, a blank line and `body`. `status` should have three digits, and
-/// names and values must not contain CR or LF; both come from the caller, never the peer.
-///
-/// # Examples
-///
-/// ```
-/// use uringcast::protocol::handshake::http_response;
-/// let response = http_response(200, "OK", &[("Cache-Control", "no-store")], Some("text/plain"), b"ok");
-/// assert_eq!(
-///     response,
-///     b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
-/// );
-/// ```
-pub fn http_response(
-    status: u16,
-    reason: &str,
-    extra_headers: &[(&str, &str)],
-    content_type: Option<&str>,
-    body: &[u8],
-) -> Vec<u8> {
-    let mut head = format!("HTTP/1.1 {status} {reason}\r\n");
-    for (name, value) in extra_headers {
-        push_header(&mut head, name, value);
-    }
-    if let Some(content_type) = content_type {
-        push_header(&mut head, "Content-Type", content_type);
-    }
-    push_header(&mut head, "Content-Length", &body.len().to_string());
-    head.push_str("\r\n");
-    let mut response = head.into_bytes();
-    response.extend_from_slice(body);
-    response
 }
 
 /// Reads a client's opening handshake (RFC 6455 §4.2.1), or any HTTP/1.x request head,
@@ -655,156 +625,6 @@ impl Response {
 /// The only `Sec-WebSocket-Version` this implementation speaks (RFC 6455 §4.1 item 9).
 const SUPPORTED_VERSION: &str = "13";
 
-/// Header fields parsed per head: real handshakes carry about 15, and httparse needs a fixed
-/// table. More is answered with 431.
-const MAX_HEADERS: usize = 64;
-
-/// The first allocation for a head: most handshakes fit, so one allocation is the norm.
-const INITIAL_HEAD_CAPACITY: usize = 512;
-
-/// The end of an HTTP head (RFC 9112 §2.1).
-const HEAD_END: &[u8; 4] = b"\r\n\r\n";
-
-/// Accumulates one head, shared by both sides. Each byte is scanned once for the CRLFCRLF
-/// (plus the 3 bytes before each new chunk, for a terminator split across calls), so httparse
-/// runs once per head instead of once per `Partial`. Neither the length nor the capacity of
-/// `buf` ever exceeds `limit`.
-#[derive(Debug)]
-struct HeadReader {
-    buf: Vec<u8>,
-    limit: usize,
-}
-
-impl HeadReader {
-    const fn new(limit: usize) -> Self {
-        Self {
-            buf: Vec::new(),
-            limit,
-        }
-    }
-
-    /// Returns the bytes of `input` consumed and, once the head is complete, the head through
-    /// its CRLFCRLF; the reader is then empty again.
-    fn feed(&mut self, input: &[u8]) -> Result<(usize, Option<Vec<u8>>), HandshakeError> {
-        let old = self.buf.len();
-        let room = self.limit.saturating_sub(old);
-        let (taken, beyond_limit) = input.split_at(input.len().min(room));
-        self.reserve(taken.len());
-        self.buf.extend_from_slice(taken);
-        let from = old.saturating_sub(HEAD_END.len() - 1);
-        let found = self
-            .buf
-            .get(from..)
-            .and_then(|window| window.windows(HEAD_END.len()).position(|w| w == HEAD_END));
-        if let Some(at) = found {
-            // The old bytes held no terminator, so the head ends inside `taken`: end > old.
-            let end = from + at + HEAD_END.len();
-            self.buf.truncate(end);
-            return Ok((end - old, Some(mem::take(&mut self.buf))));
-        }
-        if !beyond_limit.is_empty() {
-            self.buf = Vec::new();
-            return Err(HandshakeError::HeadTooLarge { limit: self.limit });
-        }
-        Ok((taken.len(), None))
-    }
-
-    /// Grows geometrically for one-byte feeds, but never past the limit.
-    fn reserve(&mut self, additional: usize) {
-        let needed = self.buf.len() + additional;
-        if needed > self.buf.capacity() {
-            let target = needed
-                .max(self.buf.capacity().saturating_mul(2))
-                .max(INITIAL_HEAD_CAPACITY)
-                .min(self.limit);
-            self.buf.reserve_exact(target - self.buf.len());
-        }
-    }
-}
-
-/// A parsed head: its bytes and the spans of each header field's name and value.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Head {
-    bytes: Vec<u8>,
-    fields: Vec<(Span, Span)>,
-}
-
-impl Head {
-    fn bytes(&self, span: Span) -> &[u8] {
-        self.bytes.get(span.start..span.end).unwrap_or_default()
-    }
-
-    /// Only for spans httparse returned as `&str` (method, target, names, reason), so the
-    /// fallback to "" is never taken.
-    fn text(&self, span: Span) -> &str {
-        str::from_utf8(self.bytes(span)).unwrap_or_default()
-    }
-
-    fn fields(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.fields
-            .iter()
-            .map(|&(name, value)| (self.text(name), self.bytes(value)))
-    }
-
-    fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + 'n
-    where
-        'a: 'n,
-    {
-        self.fields
-            .iter()
-            .filter(move |&&(field, _)| self.bytes(field).eq_ignore_ascii_case(name.as_bytes()))
-            .map(|&(_, value)| self.bytes(value))
-    }
-
-    /// The value of a field that may appear at most once (RFC 6455 §11.3, RFC 9112 §3.2).
-    fn single(&self, name: &'static str) -> Result<Option<&[u8]>, HandshakeError> {
-        let mut values = self.values(name);
-        let first = values.next();
-        match values.next() {
-            Some(_) => Err(HandshakeError::DuplicateHeader(name)),
-            None => Ok(first),
-        }
-    }
-
-    /// Whether any copy of the comma-separated field `name` lists `token`, in any case
-    /// (RFC 9110 §5.6.1, §7.6.1, §7.8).
-    fn has_token(&self, name: &str, token: &str) -> bool {
-        self.values(name)
-            .flat_map(|list| list.split(|&byte| byte == b','))
-            .any(|item| item.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    }
-}
-
-/// A range of a head's bytes; `Copy`, unlike `Range`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Span {
-    start: usize,
-    end: usize,
-}
-
-impl Span {
-    /// The position of `part`, a subslice httparse returned, inside `head`.
-    fn within(head: &[u8], part: &[u8]) -> Self {
-        let start = (part.as_ptr() as usize).wrapping_sub(head.as_ptr() as usize);
-        Self {
-            start,
-            end: start.wrapping_add(part.len()),
-        }
-    }
-
-    fn fields(head: &[u8], headers: &[httparse::Header<'_>]) -> Vec<(Self, Self)> {
-        headers
-            .iter()
-            .map(|header| {
-                (
-                    Self::within(head, header.name.as_bytes()),
-                    Self::within(head, header.value),
-                )
-            })
-            .collect()
-    }
-}
-
 impl From<httparse::Error> for HandshakeError {
     fn from(error: httparse::Error) -> Self {
         let what = match error {
@@ -817,50 +637,6 @@ impl From<httparse::Error> for HandshakeError {
             httparse::Error::Version => "invalid http version",
         };
         Self::MalformedHead(what)
-    }
-}
-
-/// httparse must consume the whole head: it stops early on bare-LF line endings, and reports
-/// `Partial` for a head that is only empty lines.
-fn ensure_complete(status: httparse::Status<usize>, head_len: usize) -> Result<(), HandshakeError> {
-    match status {
-        httparse::Status::Complete(len) if len == head_len => Ok(()),
-        httparse::Status::Complete(_) => Err(HandshakeError::MalformedHead("bare lf line ending")),
-        httparse::Status::Partial => Err(HandshakeError::MalformedHead("empty head")),
-    }
-}
-
-/// `1*DIGIT` as a `u64` (RFC 9110 §8.6), `None` if empty, not digits, or too large.
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() {
-        return None;
-    }
-    digits.iter().try_fold(0_u64, |value, &digit| {
-        let digit = char::from(digit).to_digit(10)?;
-        value.checked_mul(10)?.checked_add(u64::from(digit))
-    })
-}
-
-fn push_header(head: &mut String, name: &str, value: &str) {
-    debug_assert!(
-        !(name.contains(['\r', '\n']) || value.contains(['\r', '\n'])),
-        "header {name:?} from the caller contains CR or LF"
-    );
-    head.push_str(name);
-    head.push_str(": ");
-    head.push_str(value);
-    head.push_str("\r\n");
-}
-
-/// The reason phrases of RFC 9110 §15 for the statuses [`HandshakeError::status`] returns.
-fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        426 => "Upgrade Required",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        _ => "Error",
     }
 }
 

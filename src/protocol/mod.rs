@@ -9,6 +9,7 @@ pub mod connection;
 pub mod error;
 pub mod frame;
 pub mod handshake;
+pub mod http;
 pub mod mask;
 pub mod origin;
 pub mod utf8;
