@@ -16,7 +16,7 @@ use crate::driver::service::{Admission, ConnId, Ctx};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::connection::Read;
-use crate::protocol::handshake::http_response;
+use crate::protocol::http::{http_response, reason_phrase};
 use crate::protocol::{Limits, ProtocolError, WebSocket};
 
 impl<S: Service> Worker<S> {
@@ -268,7 +268,10 @@ fn receive<S: Service>(
             },
             Admission::Reject(status) => {
                 debug!(status, "request rejected by the service");
-                return respond(conn, http_response(status, reason(status), &[], None, b""));
+                return respond(
+                    conn,
+                    http_response(status, reason_phrase(status), &[], None, b""),
+                );
             }
             Admission::Respond(response) => return respond(conn, response),
             Admission::Http { max_body_bytes } => match request.body_length() {
@@ -279,7 +282,9 @@ fn receive<S: Service>(
                         request: Box::new(request),
                     };
                 }
-                Ok(_) => return respond(conn, http_response(413, reason(413), &[], None, b"")),
+                Ok(_) => {
+                    return respond(conn, http_response(413, reason_phrase(413), &[], None, b""))
+                }
                 Err(error) => return respond(conn, error.response()),
             },
         }
@@ -301,7 +306,13 @@ fn receive<S: Service>(
             );
             return respond(
                 conn,
-                http_response(503, reason(503), &[("Connection", "close")], None, b""),
+                http_response(
+                    503,
+                    reason_phrase(503),
+                    &[("Connection", "close")],
+                    None,
+                    b"",
+                ),
             );
         }
         *budget -= take as u64;
@@ -374,20 +385,4 @@ fn receive<S: Service>(
 fn respond<D>(conn: &mut Conn<D>, response: Vec<u8>) {
     conn.queue.push_unbounded(response.into());
     conn.ending = Ending::Flush;
-}
-
-/// The reason phrase of the statuses the driver itself sends.
-fn reason(status: u16) -> &'static str {
-    match status {
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        413 => "Content Too Large",
-        426 => "Upgrade Required",
-        429 => "Too Many Requests",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
 }
