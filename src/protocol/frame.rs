@@ -635,6 +635,138 @@ mod tests {
         })
     }
 
+    /// RFC 6455 §5.2 read straight off one whole buffer, frame by frame, with none of the
+    /// decoder's machinery (no spill, no state enum, no SIMD unmasking): the property tests
+    /// compare the decoder with this, not with itself. Returns the frames seen (the last may
+    /// be incomplete) and whether the stream broke a rule of §5 or the message limit.
+    fn reference_decode(
+        role: Role,
+        limits: Limits,
+        wire: &[u8],
+    ) -> (Vec<(FrameHeader, Vec<u8>)>, bool) {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        let mut message: Option<OpCode> = None;
+        let mut total = 0u64;
+        loop {
+            let rest = &wire[at..];
+            if rest.len() < 2 {
+                return (frames, false);
+            }
+            let opcode = match rest[0] & 0x0f {
+                0 => OpCode::Continuation,
+                1 => OpCode::Text,
+                2 => OpCode::Binary,
+                8 => OpCode::Close,
+                9 => OpCode::Ping,
+                10 => OpCode::Pong,
+                _ => return (frames, true),
+            };
+            let fin = rest[0] & 0x80 != 0;
+            let rsv = (rest[0] >> 4) & 0x7;
+            let masked = rest[1] & 0x80 != 0;
+            let (len, mut header_len) = match rest[1] & 0x7f {
+                126 if rest.len() < 4 => return (frames, false),
+                126 => (u64::from(rest[2]) << 8 | u64::from(rest[3]), 4),
+                127 if rest.len() < 10 => return (frames, false),
+                127 => {
+                    let len = rest[2..10]
+                        .iter()
+                        .fold(0u64, |acc, b| acc << 8 | u64::from(*b));
+                    if len >= 1 << 63 {
+                        return (frames, true);
+                    }
+                    (len, 10)
+                }
+                short => (u64::from(short), 2),
+            };
+            let mask = if masked {
+                if rest.len() < header_len + 4 {
+                    return (frames, false);
+                }
+                let key = [
+                    rest[header_len],
+                    rest[header_len + 1],
+                    rest[header_len + 2],
+                    rest[header_len + 3],
+                ];
+                header_len += 4;
+                Some(key)
+            } else {
+                None
+            };
+            if masked != (role == Role::Server) || rsv != 0 {
+                return (frames, true);
+            }
+            if matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong) {
+                if len > 125 || !fin {
+                    return (frames, true);
+                }
+            } else {
+                match (opcode, message) {
+                    (OpCode::Continuation, None) | (OpCode::Text | OpCode::Binary, Some(_)) => {
+                        return (frames, true)
+                    }
+                    (OpCode::Continuation, Some(_)) => total = total.saturating_add(len),
+                    (first, _) => {
+                        message = Some(first);
+                        total = len;
+                    }
+                }
+                if total > limits.max_message_bytes {
+                    return (frames, true);
+                }
+                if fin {
+                    message = None;
+                }
+            }
+            let body = &rest[header_len..];
+            let take = body.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+            let payload = (0..take)
+                .map(|i| body[i] ^ mask.map_or(0, |k| k[i % 4]))
+                .collect();
+            frames.push((
+                FrameHeader {
+                    fin,
+                    rsv,
+                    opcode,
+                    mask,
+                    payload_len: len,
+                },
+                payload,
+            ));
+            if (take as u64) < len {
+                return (frames, false);
+            }
+            at += header_len + take;
+        }
+    }
+
+    /// The decoder, fed in `chunks`, agrees with [`reference_decode`] on the whole stream.
+    fn agrees_with_reference(
+        role: Role,
+        limits: Limits,
+        stream: &[u8],
+        cuts: &[prop::sample::Index],
+    ) -> Result<(), TestCaseError> {
+        let (expected, failed) = reference_decode(role, limits, stream);
+        match decode_chunks(role, limits, &mut split(stream, cuts)) {
+            Ok(frames) => {
+                prop_assert!(
+                    !failed,
+                    "the reference found a violation the decoder accepted"
+                );
+                prop_assert_eq!(frames, expected);
+            }
+            Err(error) => prop_assert!(
+                failed,
+                "the decoder failed ({}) where the reference did not",
+                error
+            ),
+        }
+        Ok(())
+    }
+
     fn split(bytes: &[u8], cuts: &[prop::sample::Index]) -> Vec<Vec<u8>> {
         let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
         points.push(0);
@@ -673,6 +805,34 @@ mod tests {
                     prop_assert!(payload.len() as u64 <= header.payload_len);
                 }
             }
+        }
+
+        #[test]
+        fn valid_streams_decode_as_the_reference_reads_them(stream in valid_stream(),
+                                            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..20)) {
+            agrees_with_reference(Role::Server, LIMITS, &stream, &cuts)?;
+        }
+
+        #[test]
+        fn corrupted_streams_decode_as_the_reference_reads_them(stream in valid_stream(),
+                                            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+                                            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+                                            limit in 0u64..600) {
+            let mut stream = stream;
+            if !stream.is_empty() {
+                for (at, byte) in flips {
+                    let at = at.index(stream.len());
+                    stream[at] ^= byte;
+                }
+            }
+            agrees_with_reference(Role::Server, Limits { max_message_bytes: limit }, &stream, &cuts)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_as_the_reference_reads_them(bytes in proptest::collection::vec(any::<u8>(), 0..600),
+                                       cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+                                       role in prop_oneof![Just(Role::Server), Just(Role::Client)]) {
+            agrees_with_reference(role, Limits { max_message_bytes: 200 }, &bytes, &cuts)?;
         }
 
         #[test]
