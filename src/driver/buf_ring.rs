@@ -164,8 +164,9 @@ mod tests {
     /// A registered 4-buffer ring of 16-byte buffers on a ring of its own.
     fn ring() -> (IoUring, BufRing) {
         let ring = IoUring::new(8).expect("an io_uring");
-        // SAFETY: no receive is ever submitted on this ring, and each test unregisters the
-        // group before the BufRing is dropped.
+        // No receive is ever submitted on this ring, and each test unregisters the group
+        // before the BufRing is dropped.
+        // SAFETY: so the buffers outlive the registration (see above).
         let bufs = unsafe { BufRing::register(&ring, 7, 4, 16) }.expect("a buffer ring");
         (ring, bufs)
     }

@@ -270,8 +270,9 @@ impl ClientRing {
         }
         let (ring, _) = ring::build(SQ_ENTRIES, SQ_ENTRIES * CQ_FACTOR, features.defer_taskrun)?;
         ring.submitter().register_files_sparse(slots)?;
-        // SAFETY: `ClientRing::drop` unregisters the group when nothing is in flight and
-        // leaks `bufs` otherwise, so the buffers outlive the registration.
+        // `ClientRing::drop` unregisters the group when nothing is in flight and leaks `bufs`
+        // otherwise.
+        // SAFETY: so the buffers outlive the registration (see above).
         let bufs = unsafe { BufRing::register(&ring, BUFFER_GROUP, recv.count, recv.bytes) }?;
         Ok(Self {
             ops: Ops {

@@ -203,10 +203,11 @@ impl<S: Service> Worker<S> {
         } else {
             limit.saturating_sub(64) / config.workers
         };
-        // SAFETY: the worker holds `bufs` in a `ManuallyDrop` that its `Drop` frees only after
+        let (count, size) = (config.recv_buffers, config.recv_buffer_bytes);
+        // The worker holds `bufs` in a `ManuallyDrop` that its `Drop` frees only after
         // `finish` unregistered the group with no receive in flight, and leaks otherwise.
-        let bufs =
-            unsafe { BufRing::register(&ring, 0, config.recv_buffers, config.recv_buffer_bytes) }?;
+        // SAFETY: so the buffers outlive the registration (see above).
+        let bufs = unsafe { BufRing::register(&ring, 0, count, size) }?;
         let start = Instant::now();
         Ok(Self {
             ring: ManuallyDrop::new(ring),
@@ -338,8 +339,9 @@ impl<S: Service> Worker<S> {
         let entry = opcode::Read::new(Fd(fd), self.wake_buf.as_mut_ptr(), 8)
             .build()
             .user_data(ud);
-        // SAFETY: `wake_buf` is a Box owned by the worker, freed by `Drop` only when
-        // `finish` saw this read end (`wake_armed` false), and leaked otherwise.
+        // `wake_buf` is a Box owned by the worker, freed by `Drop` only when `finish` saw
+        // this read end (`wake_armed` false), and leaked otherwise.
+        // SAFETY: the read's target outlives the read (see above).
         unsafe { self.push(&entry) };
         self.wake_armed = true;
     }
@@ -350,8 +352,9 @@ impl<S: Service> Worker<S> {
         let entry = opcode::Read::new(Fd(signals.as_raw_fd()), self.signal_buf.as_mut_ptr(), 128)
             .build()
             .user_data(ud);
-        // SAFETY: `signal_buf` is a Box owned by the worker, freed by `Drop` only when
-        // `finish` saw this read end (`signal_armed` false), and leaked otherwise.
+        // `signal_buf` is a Box owned by the worker, freed by `Drop` only when `finish` saw
+        // this read end (`signal_armed` false), and leaked otherwise.
+        // SAFETY: the read's target outlives the read (see above).
         unsafe { self.push(&entry) };
         self.signal_armed = true;
     }
@@ -384,8 +387,9 @@ impl<S: Service> Worker<S> {
     /// Moves the submissions that waited for room into the queue, before the turn's wait.
     fn push_unsubmitted(&mut self) {
         while let Some(entry) = self.unsubmitted.front() {
-            // SAFETY: pushed through `push`, whose caller guaranteed the entry's buffers
-            // outlive its completion; waiting here changes nothing about that.
+            // Every entry here came through `push`, whose caller guaranteed its buffers
+            // outlive its completion; waiting in the list changes nothing about that.
+            // SAFETY: the entry's buffers outlive its completion (see above).
             if unsafe { self.ring.submission().push(entry) }.is_err() {
                 if !self.submit_queued() {
                     return;
@@ -438,17 +442,18 @@ impl<S: Service> Worker<S> {
 
 impl<S: Service> Drop for Worker<S> {
     fn drop(&mut self) {
-        // SAFETY: `ring` is not used after this; closing it while operations are in flight
-        // frees none of the memory they point to (that is below, and leaked in that case).
+        // Closing the ring while operations are in flight frees none of the memory they
+        // point to: that is below, and leaked in that case.
+        // SAFETY: `ring` is not used after this.
         unsafe { ManuallyDrop::drop(&mut self.ring) };
         if !self.quiescent {
             // A ring error or a panic ended the loop with operations possibly in flight:
             // their buffers, send frames, iovecs and read targets stay allocated for good.
             return;
         }
-        // SAFETY: `finish` set `quiescent` only after every operation's last completion was
-        // reaped and the buffer ring was unregistered, so the kernel holds no pointer into
-        // these; none of them is used after this.
+        // `finish` set `quiescent` only after every operation's last completion was reaped
+        // and the buffer ring was unregistered, so the kernel holds no pointer into these.
+        // SAFETY: the kernel holds no pointer into them (see above) and none is used after.
         unsafe {
             ManuallyDrop::drop(&mut self.bufs);
             ManuallyDrop::drop(&mut self.conns);
