@@ -60,14 +60,7 @@ impl<S: Service> Worker<S> {
         let idle_since = conn.last_recv_tick;
         if now_tick < idle_since + interval_ticks && !conn.ping_outstanding {
             // Heard from recently: check again one interval after that.
-            let tick = idle_since + interval_ticks;
-            conn.deadline = tick;
-            let generation = conn.generation;
-            self.wheel.insert(TimerEntry {
-                key: key as u32,
-                generation,
-                tick,
-            });
+            self.set_deadline_tick(key, idle_since + interval_ticks);
             return;
         }
         if conn.ping_outstanding {
@@ -87,6 +80,12 @@ impl<S: Service> Worker<S> {
 
     pub(super) fn set_deadline(&mut self, key: usize, now: Instant, delay: Duration) {
         let tick = self.wheel.deadline(now, delay);
+        self.set_deadline_tick(key, tick);
+    }
+
+    /// Makes `tick` the connection's one authoritative deadline (older wheel entries for it
+    /// are ignored when they fire).
+    fn set_deadline_tick(&mut self, key: usize, tick: u32) {
         let conn = &mut self.conns[key];
         conn.deadline = tick;
         let generation = conn.generation;
