@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use uringcast::broadcast::{topic_of_path, Connection, Handler, Message};
 use uringcast::protocol::handshake::Request;
-use uringcast::protocol::OpCode;
+use uringcast::protocol::{CloseCode, OpCode};
 use uringcast::server::{spawn_with, Server};
 
 /// Names longer than this are cut: a name is repeated in every line its owner sends.
@@ -55,7 +55,10 @@ impl Handler for Chat {
             .map(|name| name.chars().take(MAX_NAME_CHARS).collect())
             .unwrap_or_else(|| format!("guest-{}", self.guests.fetch_add(1, Ordering::Relaxed)));
         // Subscribe first: actions run in order, so the newcomer sees its own announcement.
-        conn.subscribe(room);
+        if let Err(refusal) = conn.subscribe(room) {
+            conn.close(CloseCode::POLICY_VIOLATION, &refusal.to_string());
+            return;
+        }
         let joined = format!("* {name} joined {room}");
         conn.publish(room, OpCode::Text, joined.as_bytes());
         *conn.data() = Member {

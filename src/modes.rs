@@ -2,6 +2,7 @@
 
 use crate::broadcast::{Connection, Handler, Message};
 use crate::protocol::handshake::Request;
+use crate::protocol::CloseCode;
 
 /// Sends every message back to its sender with its opcode (`--mode echo`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -28,7 +29,10 @@ impl Handler for RoomsByPath {
     fn on_open(&mut self, conn: &mut Connection<'_, Box<str>>, request: &Request) {
         let topic = crate::broadcast::topic_of_path(request.path());
         *conn.data() = topic.into();
-        conn.subscribe(topic);
+        if let Err(refusal) = conn.subscribe(topic) {
+            // A room it cannot join is no use to the client: say why (1008, policy).
+            conn.close(CloseCode::POLICY_VIOLATION, &refusal.to_string());
+        }
     }
 
     fn on_message(&mut self, conn: &mut Connection<'_, Box<str>>, message: Message<'_>) {

@@ -83,7 +83,8 @@ impl Handler for Subscribe {
     type Data = ();
 
     fn on_open(&mut self, conn: &mut Connection<'_, ()>, _request: &Request) {
-        conn.subscribe(TOPIC);
+        conn.subscribe(TOPIC)
+            .expect("a short topic is within every limit");
     }
 
     fn on_message(&mut self, _conn: &mut Connection<'_, ()>, _message: Message<'_>) {}

@@ -290,7 +290,8 @@ impl Handler for Ticks {
     type Data = ();
 
     fn on_open(&mut self, conn: &mut Connection<'_, ()>, _request: &Request) {
-        conn.subscribe("ticks");
+        conn.subscribe("ticks")
+            .expect("a short topic is within every limit");
     }
 
     fn on_message(&mut self, _conn: &mut Connection<'_, ()>, _message: Message<'_>) {}
@@ -1171,7 +1172,8 @@ impl Handler for Commands {
 
     fn on_open(&mut self, conn: &mut Connection<'_, String>, request: &Request) {
         *conn.data() = request.path().trim_start_matches('/').to_string();
-        conn.subscribe("room");
+        conn.subscribe("room")
+            .expect("a short topic is within every limit");
     }
 
     fn on_message(&mut self, conn: &mut Connection<'_, String>, message: Message<'_>) {
@@ -1187,7 +1189,8 @@ impl Handler for Commands {
             conn.unsubscribe("room");
             conn.send(OpCode::Text, b"unsubscribed");
         } else if text == "sub" {
-            conn.subscribe("room");
+            conn.subscribe("room")
+                .expect("a short topic is within every limit");
             conn.send(OpCode::Text, b"subscribed");
         } else if text == "close" {
             conn.close(CloseCode(4000), "bye");

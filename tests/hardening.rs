@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use common::RawClient;
-use uringcast::broadcast::{Connection, Handler, Message};
+use uringcast::broadcast::{Connection, Handler, Message, SubscribeError};
 use uringcast::protocol::handshake::Request;
 use uringcast::protocol::OpCode;
 use uringcast::server::{spawn_with, Server, ServerHandle};
@@ -23,7 +23,8 @@ impl Handler for Subscribe {
     type Data = ();
 
     fn on_open(&mut self, conn: &mut Connection<'_, ()>, _request: &Request) {
-        conn.subscribe("t");
+        conn.subscribe("t")
+            .expect("a short topic is within every limit");
     }
 
     fn on_message(&mut self, conn: &mut Connection<'_, ()>, message: Message<'_>) {
@@ -362,7 +363,8 @@ fn shutdown_with_signal_reads_in_flight_exits_clean() -> Result<()> {
     Ok(())
 }
 
-/// Subscribes to whatever topic a message names.
+/// Subscribes to the comma-separated topics a message names, in one call, and answers with
+/// each subscription's verdict.
 #[derive(Clone)]
 struct SubscribeTo;
 
@@ -370,15 +372,26 @@ impl Handler for SubscribeTo {
     type Data = ();
 
     fn on_message(&mut self, conn: &mut Connection<'_, ()>, message: Message<'_>) {
-        if let Some(topic) = message.as_text() {
-            conn.subscribe(topic);
-            conn.send(OpCode::Text, b"done");
-        }
+        let Some(topics) = message.as_text() else {
+            return;
+        };
+        let verdicts: Vec<&str> = topics
+            .split(',')
+            .map(|topic| match conn.subscribe(topic) {
+                Ok(()) => "ok",
+                Err(SubscribeError::TopicTooLong { .. }) => "long",
+                Err(SubscribeError::TooManySubscriptions { .. }) => "subs",
+                Err(SubscribeError::TooManyTopics { .. }) => "topics",
+                Err(_) => "other",
+            })
+            .collect();
+        conn.send(OpCode::Text, verdicts.join(",").as_bytes());
     }
 }
 
-/// Topic-name length, subscriptions per connection and topics per worker are bounded; each
-/// refusal is counted and leaves the topic table as it was.
+/// Topic-name length, subscriptions per connection and topics per worker are bounded:
+/// `subscribe` says which limit refused it, at once (also for several subscriptions asked for
+/// in one call), each refusal is counted, and the topic table stays as it was.
 #[test]
 fn topic_counts_the_peer_controls_are_bounded() -> Result<()> {
     let config = Server::builder()
@@ -390,25 +403,32 @@ fn topic_counts_the_peer_controls_are_bounded() -> Result<()> {
         .build()?;
     let server = spawn_with(config, SubscribeTo)?;
     let addr = server.local_addr();
-    let ask = |client: &mut RawClient, topic: &str| -> Result<()> {
-        client.send(&common::client_frame(OpCode::Text, true, topic.as_bytes()))?;
-        ensure!(client.read_message()?.1 == b"done", "no answer for {topic}");
+    let ask = |client: &mut RawClient, topics: &str, expected: &str| -> Result<()> {
+        client.send(&common::client_frame(OpCode::Text, true, topics.as_bytes()))?;
+        let answer = client.read_message()?.1;
+        let answer = String::from_utf8_lossy(&answer);
+        ensure!(
+            answer == expected,
+            "{topics}: {answer}, expected {expected}"
+        );
         Ok(())
     };
     let mut one = RawClient::upgrade(addr)?;
     let mut two = RawClient::upgrade(addr)?;
-    ask(&mut one, "a-topic-name-too-long")?; // refused: name
-    ask(&mut one, "a")?;
-    ask(&mut one, "b")?;
-    ask(&mut one, "c")?; // refused: per connection
-    ask(&mut two, "c")?;
-    ask(&mut two, "d")?; // refused: per worker (a, b, c exist)
-    ask(&mut two, "a")?; // allowed: a known topic
+    let mut three = RawClient::upgrade(addr)?;
+    ask(&mut one, "a-topic-name-too-long", "long")?;
+    // In one call: the third is refused though none of the first two is applied yet, and
+    // asking again for one already held is no new subscription.
+    ask(&mut one, "a,b,c", "ok,ok,subs")?;
+    ask(&mut one, "a", "ok")?;
+    ask(&mut two, "c,d", "ok,topics")?; // a, b and c exist: d would be a fourth
+    ask(&mut two, "a", "ok")?; // a known topic is no new one
+    ask(&mut three, "d", "topics")?;
     let stats = &server.broadcast_stats()[0];
     let refusals = stats
         .subscribe_refusals
         .load(std::sync::atomic::Ordering::Relaxed);
-    ensure!(refusals == 3, "{refusals} refusals counted, expected 3");
+    ensure!(refusals == 4, "{refusals} refusals counted, expected 4");
     let counts: Vec<u64> = ["a", "b", "c", "d", "a-topic-name-too-long"]
         .iter()
         .map(|t| stats.topic_count(t))
@@ -417,6 +437,14 @@ fn topic_counts_the_peer_controls_are_bounded() -> Result<()> {
         counts == [2, 1, 1, 0, 0],
         "subscribers per topic: {counts:?}"
     );
+    // Leaving frees the topic slots: after `one` closes, b is gone and d fits.
+    one.send_close(1000, "")?;
+    wait_for(
+        Duration::from_secs(10),
+        "one's subscriptions to be dropped",
+        || stats.topic_count("b") == 0,
+    )?;
+    ask(&mut three, "d", "ok")?;
     server.shutdown();
     Ok(())
 }

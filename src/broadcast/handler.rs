@@ -2,6 +2,8 @@
 
 use bytes::Bytes;
 
+use super::topic::{Subscriptions, Topics};
+use crate::config::TopicLimits;
 use crate::driver::ConnId;
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
@@ -113,6 +115,92 @@ pub(crate) enum Action {
 #[derive(Debug, Default)]
 pub(crate) struct Actions {
     pub list: Vec<Action>,
+    /// Subscriptions refused during the call, for the worker's counter.
+    pub refused: u64,
+}
+
+/// Why [`Connection::subscribe`] refused a topic. Each refusal is counted in
+/// `uringcast_subscribe_refusals_total`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubscribeError {
+    /// The name is longer than the server's `max_topic_bytes`.
+    #[error("topic name of {len} bytes is longer than the limit of {max}")]
+    TopicTooLong {
+        /// The name's length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The connection holds `max_subscriptions_per_connection` already.
+    #[error("the connection has {max} subscriptions, the limit")]
+    TooManySubscriptions {
+        /// The limit.
+        max: usize,
+    },
+    /// The topic would be new on this worker, which has `max_topics_per_worker` already.
+    #[error("this worker has {max} topics, the limit")]
+    TooManyTopics {
+        /// The limit.
+        max: usize,
+    },
+    /// The connection is closed ([`Handler::on_close`](super::Handler::on_close)).
+    #[error("the connection is closed")]
+    Closed,
+}
+
+/// What a subscription made during a handler call is checked against: the worker's topics
+/// and the connection's subscriptions as they were when the call began, plus the
+/// subscriptions the call has asked for so far.
+pub(crate) struct Gate<'a> {
+    pub limits: TopicLimits,
+    pub topics: &'a Topics,
+    pub subs: &'a Subscriptions,
+}
+
+impl Gate<'_> {
+    /// Whether subscribing to `topic` after the `pending` actions stays within the limits.
+    /// Pending subscriptions are counted as if each were new (a topic asked for twice in one
+    /// call counts twice), so a subscription allowed here is never refused when applied.
+    pub(crate) fn check(&self, topic: &str, pending: &[Action]) -> Result<(), SubscribeError> {
+        let limits = self.limits;
+        if topic.len() > limits.max_topic_bytes {
+            return Err(SubscribeError::TopicTooLong {
+                len: topic.len(),
+                max: limits.max_topic_bytes,
+            });
+        }
+        let held = |name: &str| {
+            self.topics
+                .id(name)
+                .is_some_and(|id| self.subs.contains(id))
+        };
+        if held(topic) {
+            return Ok(());
+        }
+        let (mut subscriptions, mut new_topics) = (self.subs.len(), 0);
+        for action in pending {
+            if let Action::Subscribe(name) = action {
+                if !held(name) {
+                    subscriptions += 1;
+                    new_topics += usize::from(self.topics.id(name).is_none());
+                }
+            }
+        }
+        if subscriptions >= limits.max_subscriptions_per_connection {
+            return Err(SubscribeError::TooManySubscriptions {
+                max: limits.max_subscriptions_per_connection,
+            });
+        }
+        if self.topics.id(topic).is_none()
+            && self.topics.count() + new_topics >= limits.max_topics_per_worker
+        {
+            return Err(SubscribeError::TooManyTopics {
+                max: limits.max_topics_per_worker,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A connection, as a [`Handler`] sees it during a call.
@@ -123,11 +211,23 @@ pub struct Connection<'a, D> {
     id: ConnId,
     data: &'a mut D,
     actions: &'a mut Actions,
+    /// `None` once the connection is closed.
+    gate: Option<Gate<'a>>,
 }
 
 impl<'a, D> Connection<'a, D> {
-    pub(crate) fn new(id: ConnId, data: &'a mut D, actions: &'a mut Actions) -> Self {
-        Self { id, data, actions }
+    pub(crate) fn new(
+        id: ConnId,
+        data: &'a mut D,
+        actions: &'a mut Actions,
+        gate: Option<Gate<'a>>,
+    ) -> Self {
+        Self {
+            id,
+            data,
+            actions,
+            gate,
+        }
     }
 
     /// This connection's id, unique on its worker while it is open.
@@ -147,9 +247,25 @@ impl<'a, D> Connection<'a, D> {
             .push(Action::Send(super::frame(opcode, payload)));
     }
 
-    /// Subscribes this connection to a topic.
-    pub fn subscribe(&mut self, topic: &str) {
-        self.actions.list.push(Action::Subscribe(topic.into()));
+    /// Subscribes this connection to a topic (already subscribed is `Ok`).
+    ///
+    /// # Errors
+    ///
+    /// A name longer than the server's `max_topic_bytes`, a connection at
+    /// `max_subscriptions_per_connection`, a new topic on a worker at
+    /// `max_topics_per_worker` (see [`SubscribeError`]), or a closed connection. The
+    /// connection is not subscribed, and a refusal by a limit is counted.
+    pub fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError> {
+        let verdict = match &self.gate {
+            Some(gate) => gate.check(topic, &self.actions.list),
+            None => Err(SubscribeError::Closed),
+        };
+        match verdict {
+            Ok(()) => self.actions.list.push(Action::Subscribe(topic.into())),
+            Err(SubscribeError::Closed) => {}
+            Err(_) => self.actions.refused += 1,
+        }
+        verdict
     }
 
     /// Unsubscribes this connection from a topic.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::Hub;
 
@@ -28,39 +28,57 @@ pub struct BroadcastStats {
     /// Payload bytes of messages received.
     pub bytes_in: AtomicU64,
     /// Subscribers per topic on this worker; written by the worker, read by HTTP publishes.
-    topics: Mutex<HashMap<Box<str>, u64>>,
+    pub(crate) topics: TopicCounts,
 }
 
 impl BroadcastStats {
     /// Subscribers of `topic` on this worker.
     pub fn topic_count(&self, topic: &str) -> u64 {
-        self.topics
-            .lock()
-            .map_or(0, |t| t.get(topic).copied().unwrap_or(0))
+        self.topics.get(topic)
+    }
+}
+
+/// Subscribers per topic on one worker, readable from any thread.
+///
+/// The worker registers a topic when its first local subscriber joins and removes it when the
+/// last one leaves; in between, joins and leaves only touch the topic's counter (see
+/// `topic::Topics`), so the lock is taken once per topic's lifetime on the worker, not once per
+/// subscription.
+#[derive(Debug, Default)]
+pub(crate) struct TopicCounts {
+    live: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+}
+
+impl TopicCounts {
+    /// Registers a topic that is new on this worker; returns its counter (at 0).
+    pub(crate) fn open(&self, name: &Arc<str>) -> Arc<AtomicU64> {
+        let counter = Arc::new(AtomicU64::new(0));
+        if let Ok(mut live) = self.live.lock() {
+            live.insert(Arc::clone(name), Arc::clone(&counter));
+        }
+        counter
     }
 
-    /// Called when a connection of this worker joins (`delta` 1) or leaves (-1) a topic.
-    /// Allocates only when the topic is new on this worker (a name key); joins and leaves of a
-    /// known topic are a lookup under the lock.
-    pub(crate) fn topic_add(&self, topic: &str, delta: i64) {
-        let Ok(mut topics) = self.topics.lock() else {
-            return;
-        };
-        let count = match topics.get_mut(topic) {
-            Some(count) => count,
-            None if delta > 0 => topics.entry(topic.into()).or_insert(0),
-            None => return,
-        };
-        *count = count.saturating_add_signed(delta);
-        if *count == 0 {
-            topics.remove(topic);
+    /// Forgets a topic whose last subscriber on this worker left.
+    pub(crate) fn close(&self, name: &str) {
+        if let Ok(mut live) = self.live.lock() {
+            live.remove(name);
         }
     }
 
-    fn topic_total(&self) -> (u64, u64) {
-        self.topics
-            .lock()
-            .map_or((0, 0), |t| (t.len() as u64, t.values().sum()))
+    /// Subscribers of `topic`.
+    pub(crate) fn get(&self, topic: &str) -> u64 {
+        self.live.lock().map_or(0, |live| {
+            live.get(topic).map_or(0, |c| c.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Topics, and subscriptions over all of them.
+    pub(crate) fn total(&self) -> (u64, u64) {
+        self.live.lock().map_or((0, 0), |live| {
+            let subscriptions = live.values().map(|c| c.load(Ordering::Relaxed)).sum();
+            (live.len() as u64, subscriptions)
+        })
     }
 }
 
@@ -189,10 +207,10 @@ pub(crate) fn render(hub: &Hub) -> String {
         &|w| load(&driver[w].recv_buffer_starvation),
     );
     family("topics", "Topics with subscribers.", "gauge", &|w| {
-        hub.stats[w].topic_total().0
+        hub.stats[w].topics.total().0
     });
     family("subscriptions", "Subscriptions.", "gauge", &|w| {
-        hub.stats[w].topic_total().1
+        hub.stats[w].topics.total().1
     });
     out
 }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use handler::{Connection, Decision, Handler, Message};
+pub use handler::{Connection, Decision, Handler, Message, SubscribeError};
 pub(crate) use mailbox::Hub;
 use mailbox::Mail;
 pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
@@ -129,35 +129,24 @@ impl<H: Handler> Broadcast<H> {
         conn: ConnId,
         topic: &str,
     ) -> bool {
-        let limits = self.limits;
-        let known = self.topics.id(topic);
-        let topics = self.topics.count();
         let Some(state) = ctx.data(conn) else {
             return false;
         };
-        if known.is_some_and(|id| state.subs.contains(id)) {
-            return false;
-        }
-        let refusal = if topic.len() > limits.max_topic_bytes {
-            Some("topic name too long")
-        } else if state.subs.len() >= limits.max_subscriptions_per_connection {
-            Some("too many subscriptions on one connection")
-        } else if known.is_none() && topics >= limits.max_topics_per_worker {
-            Some("too many topics on this worker")
-        } else {
-            None
+        let gate = handler::Gate {
+            limits: self.limits,
+            topics: &self.topics,
+            subs: &state.subs,
         };
-        if let Some(reason) = refusal {
-            self.hub.stats[self.worker]
-                .subscribe_refusals
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(reason, topic_bytes = topic.len(), "subscription refused");
+        let stats = &self.hub.stats[self.worker];
+        if let Err(refusal) = gate.check(topic, &[]) {
+            // Checked when the handler asked, so only a caller inside the engine gets here.
+            stats.subscribe_refusals.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%refusal, "subscription refused");
             return false;
         }
-        let (_, new) = self.topics.subscribe(conn, &mut state.subs, topic);
-        if new {
-            self.hub.stats[self.worker].topic_add(topic, 1);
-        }
+        let (_, new) = self
+            .topics
+            .subscribe(conn, &mut state.subs, topic, &stats.topics);
         new
     }
 
@@ -173,14 +162,16 @@ impl<H: Handler> Broadcast<H> {
         let Some(mut subs) = ctx.data(conn).map(|s| std::mem::take(&mut s.subs)) else {
             return false;
         };
-        let removed = self.topics.unsubscribe(conn, &mut subs, id, |other| {
-            ctx.data(other).map(|s| &mut s.subs)
-        });
+        let counts = &self.hub.stats[self.worker].topics;
+        let removed = self.topics.unsubscribe(
+            conn,
+            &mut subs,
+            id,
+            |other| ctx.data(other).map(|s| &mut s.subs),
+            counts,
+        );
         if let Some(state) = ctx.data(conn) {
             state.subs = subs;
-        }
-        if removed {
-            self.hub.stats[self.worker].topic_add(topic, -1);
         }
         removed
     }
@@ -223,7 +214,12 @@ impl<H: Handler> Service for Broadcast<H> {
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
-            let mut connection = Connection::new(conn, &mut state.user, &mut actions);
+            let gate = handler::Gate {
+                limits: self.limits,
+                topics: &self.topics,
+                subs: &state.subs,
+            };
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate));
             let handler = &mut self.handler;
             if catch_unwind(AssertUnwindSafe(|| {
                 handler.on_open(&mut connection, request)
@@ -248,7 +244,12 @@ impl<H: Handler> Service for Broadcast<H> {
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
-            let mut connection = Connection::new(conn, &mut state.user, &mut actions);
+            let gate = handler::Gate {
+                limits: self.limits,
+                topics: &self.topics,
+                subs: &state.subs,
+            };
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate));
             let handler = &mut self.handler;
             let message = Message { opcode, payload };
             if catch_unwind(AssertUnwindSafe(|| {
@@ -263,16 +264,17 @@ impl<H: Handler> Service for Broadcast<H> {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, mut data: Self::Data) {
+        let counts = &self.hub.stats[self.worker].topics;
         for entry in std::mem::take(&mut data.subs).into_entries() {
-            let left = self
-                .topics
-                .remove_entry(conn, entry, |other| ctx.data(other).map(|s| &mut s.subs));
-            if let Some(topic) = left {
-                self.hub.stats[self.worker].topic_add(&topic, -1);
-            }
+            self.topics.remove_entry(
+                conn,
+                entry,
+                |other| ctx.data(other).map(|s| &mut s.subs),
+                counts,
+            );
         }
         let mut actions = handler::Actions::default();
-        let mut connection = Connection::new(conn, &mut data.user, &mut actions);
+        let mut connection = Connection::new(conn, &mut data.user, &mut actions, None);
         let handler = &mut self.handler;
         if catch_unwind(AssertUnwindSafe(|| handler.on_close(&mut connection))).is_err() {
             // The connection is gone already; what the handler asked for before it panicked
@@ -332,6 +334,7 @@ impl<H: Handler> Broadcast<H> {
         callback: &'static str,
     ) {
         actions.list.clear();
+        actions.refused = 0;
         self.scratch_actions = actions;
         self.handler_panicked(callback);
         ctx.close(conn, CloseCode::INTERNAL_ERROR, "internal error");
@@ -362,6 +365,11 @@ impl<H: Handler> Broadcast<H> {
         conn: ConnId,
         mut actions: handler::Actions,
     ) {
+        if actions.refused > 0 {
+            self.hub.stats[self.worker]
+                .subscribe_refusals
+                .fetch_add(std::mem::take(&mut actions.refused), Ordering::Relaxed);
+        }
         for action in actions.list.drain(..) {
             match action {
                 handler::Action::Send(frame) => {

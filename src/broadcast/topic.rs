@@ -1,27 +1,38 @@
 //! One worker's topics: names interned to ids at subscribe time, and each topic's subscriber
 //! list, with O(1) unsubscribe (swap-remove, the moved subscriber's index patched).
+//!
+//! A connection's own subscriptions are kept sorted by topic id, so finding one is a binary
+//! search. Each topic carries the live counter that HTTP publishes read from other threads
+//! ([`TopicCounts`]): joining or leaving a known topic is one atomic add, and only a topic
+//! that is new on this worker, or whose last subscriber left, takes the registry's lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::metrics::TopicCounts;
 use crate::driver::ConnId;
 
 /// A topic's index in [`Topics`].
 pub(crate) type TopicId = u32;
 
-/// A connection's subscriptions: each topic and the connection's index in its list.
+/// A connection's subscriptions: each topic and the connection's index in its list, sorted
+/// by topic id.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
     entries: Vec<(TopicId, u32)>,
 }
 
 impl Subscriptions {
-    fn position(&self, topic: TopicId) -> Option<usize> {
-        self.entries.iter().position(|(t, _)| *t == topic)
+    fn search(&self, topic: TopicId) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&topic, |(t, _)| *t)
     }
 
-    /// Topics subscribed (at most `max_subscriptions_per_connection`, so `position`'s scan
-    /// stays short).
+    fn position(&self, topic: TopicId) -> Option<usize> {
+        self.search(topic).ok()
+    }
+
+    /// Topics subscribed (at most `max_subscriptions_per_connection`).
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -41,6 +52,8 @@ impl Subscriptions {
 struct Topic {
     name: Arc<str>,
     subscribers: Vec<ConnId>,
+    /// `subscribers.len()`, shared with [`TopicCounts`] for readers on other threads.
+    live: Arc<AtomicU64>,
 }
 
 /// The topics of one worker.
@@ -81,12 +94,14 @@ impl Topics {
         conn: ConnId,
         subs: &mut Subscriptions,
         name: &str,
+        counts: &TopicCounts,
     ) -> (TopicId, bool) {
         let id = match self.ids.get(name) {
             Some(id) => *id,
             None => {
                 let name: Arc<str> = Arc::from(name);
                 let topic = Topic {
+                    live: counts.open(&name),
                     name: Arc::clone(&name),
                     subscribers: Vec::new(),
                 };
@@ -104,12 +119,15 @@ impl Topics {
                 id
             }
         };
-        if subs.position(id).is_some() {
-            return (id, false);
-        }
-        let list = &mut self.topics[id as usize].subscribers;
-        subs.entries.push((id, list.len() as u32));
-        list.push(conn);
+        let at = match subs.search(id) {
+            Ok(_) => return (id, false),
+            Err(at) => at,
+        };
+        let topic = &mut self.topics[id as usize];
+        subs.entries
+            .insert(at, (id, topic.subscribers.len() as u32));
+        topic.subscribers.push(conn);
+        topic.live.fetch_add(1, Ordering::Relaxed);
         (id, true)
     }
 
@@ -122,26 +140,26 @@ impl Topics {
         subs: &mut Subscriptions,
         topic: TopicId,
         subs_of: impl FnOnce(ConnId) -> Option<&'s mut Subscriptions>,
+        counts: &TopicCounts,
     ) -> bool {
         let Some(position) = subs.position(topic) else {
             return false;
         };
-        let (_, index) = subs.entries.swap_remove(position);
-        self.remove_at(topic, index, conn, subs_of);
+        let (_, index) = subs.entries.remove(position);
+        self.remove_at(topic, index, conn, subs_of, counts);
         true
     }
 
     /// Removes one entry of a closing connection's subscriptions (from
-    /// [`Subscriptions::into_entries`]); returns the topic's name.
+    /// [`Subscriptions::into_entries`]).
     pub(crate) fn remove_entry<'s>(
         &mut self,
         conn: ConnId,
         (topic, index): (TopicId, u32),
         subs_of: impl FnOnce(ConnId) -> Option<&'s mut Subscriptions>,
-    ) -> Option<Arc<str>> {
-        let name = self.name(topic).map(Arc::clone);
-        self.remove_at(topic, index, conn, subs_of);
-        name
+        counts: &TopicCounts,
+    ) {
+        self.remove_at(topic, index, conn, subs_of, counts);
     }
 
     fn remove_at<'s>(
@@ -150,6 +168,7 @@ impl Topics {
         index: u32,
         conn: ConnId,
         subs_of: impl FnOnce(ConnId) -> Option<&'s mut Subscriptions>,
+        counts: &TopicCounts,
     ) {
         let Some(entry) = self.topics.get_mut(topic as usize) else {
             return;
@@ -161,6 +180,7 @@ impl Topics {
             return;
         }
         list.swap_remove(index);
+        entry.live.fetch_sub(1, Ordering::Relaxed);
         if let Some(moved) = list.get(index).copied() {
             if let Some(moved_subs) = subs_of(moved) {
                 if let Some(p) = moved_subs.position(topic) {
@@ -171,6 +191,7 @@ impl Topics {
         if list.is_empty() {
             let name = Arc::clone(&entry.name);
             entry.subscribers = Vec::new();
+            counts.close(&name);
             self.ids.remove(&name);
             self.free.push(topic);
         }
@@ -187,39 +208,96 @@ mod tests {
 
     #[test]
     fn unsubscribe_patches_the_moved_subscriber() {
+        let counts = TopicCounts::default();
         let mut topics = Topics::default();
         let mut subs: Vec<Subscriptions> = (0..4).map(|_| Subscriptions::default()).collect();
         for (key, s) in subs.iter_mut().enumerate() {
-            topics.subscribe(conn(key as u32), s, "room");
+            topics.subscribe(conn(key as u32), s, "room", &counts);
         }
+        assert_eq!(counts.get("room"), 4);
         let id = topics.id("room").unwrap();
         // Remove the first: the last (key 3) moves into index 0 and its record must follow.
         let (first, rest) = subs.split_at_mut(1);
-        assert!(topics.unsubscribe(conn(0), &mut first[0], id, |c| rest
-            .get_mut(c.key as usize - 1)));
+        assert!(topics.unsubscribe(
+            conn(0),
+            &mut first[0],
+            id,
+            |c| rest.get_mut(c.key as usize - 1),
+            &counts
+        ));
         assert_eq!(topics.subscribers(id), [conn(3), conn(1), conn(2)]);
         // Now removing key 3 must find it at index 0.
         let (head, tail) = subs.split_at_mut(3);
-        assert!(topics.unsubscribe(conn(3), &mut tail[0], id, |c| head.get_mut(c.key as usize)));
+        assert!(topics.unsubscribe(
+            conn(3),
+            &mut tail[0],
+            id,
+            |c| head.get_mut(c.key as usize),
+            &counts
+        ));
         assert_eq!(topics.subscribers(id), [conn(2), conn(1)]);
-        assert!(!topics.unsubscribe(conn(3), &mut tail[0], id, |_| None));
+        assert!(!topics.unsubscribe(conn(3), &mut tail[0], id, |_| None, &counts));
+        assert_eq!(counts.get("room"), 2);
     }
 
     #[test]
     fn empty_topics_are_forgotten_and_ids_reused() {
+        let counts = TopicCounts::default();
         let mut topics = Topics::default();
         let mut a = Subscriptions::default();
-        let (room, new) = topics.subscribe(conn(1), &mut a, "a");
+        let (room, new) = topics.subscribe(conn(1), &mut a, "a", &counts);
         assert!(new);
-        assert_eq!(topics.subscribe(conn(1), &mut a, "a"), (room, false));
-        let entries = std::mem::take(&mut a).into_entries();
-        let left: Vec<_> = entries
-            .into_iter()
-            .filter_map(|e| topics.remove_entry(conn(1), e, |_| None))
-            .collect();
-        assert_eq!(left, [Arc::<str>::from("a")]);
+        assert_eq!(
+            topics.subscribe(conn(1), &mut a, "a", &counts),
+            (room, false)
+        );
+        assert_eq!(counts.get("a"), 1);
+        for entry in std::mem::take(&mut a).into_entries() {
+            topics.remove_entry(conn(1), entry, |_| None, &counts);
+        }
         assert_eq!(topics.id("a"), None);
+        assert_eq!(counts.get("a"), 0);
+        assert_eq!(counts.total(), (0, 0));
         let mut b = Subscriptions::default();
-        assert_eq!(topics.subscribe(conn(2), &mut b, "b").0, room);
+        assert_eq!(topics.subscribe(conn(2), &mut b, "b", &counts).0, room);
+        assert_eq!(counts.total(), (1, 1));
+    }
+
+    /// Subscriptions stay sorted whatever order topics are joined and left in, so `contains`
+    /// (a binary search) agrees with a scan, and each entry's index still points at the
+    /// connection in its topic's list.
+    #[test]
+    fn subscriptions_stay_sorted_and_their_indexes_true() {
+        let counts = TopicCounts::default();
+        let mut topics = Topics::default();
+        let mut subs: Vec<Subscriptions> = (0..3).map(|_| Subscriptions::default()).collect();
+        let names: Vec<String> = (0..40).map(|i| format!("t{}", (i * 17) % 40)).collect();
+        for (i, name) in names.iter().enumerate() {
+            let key = i % 3;
+            topics.subscribe(conn(key as u32), &mut subs[key], name, &counts);
+        }
+        for (i, name) in names.iter().enumerate().filter(|(i, _)| i % 4 == 1) {
+            let key = i % 3;
+            let id = topics.id(name).unwrap();
+            let mut mine = std::mem::take(&mut subs[key]);
+            let left = topics.unsubscribe(
+                conn(key as u32),
+                &mut mine,
+                id,
+                |c| subs.get_mut(c.key as usize),
+                &counts,
+            );
+            assert!(left);
+            subs[key] = mine;
+        }
+        for (key, s) in subs.iter().enumerate() {
+            assert!(s.entries.windows(2).all(|w| w[0].0 < w[1].0));
+            for &(topic, index) in &s.entries {
+                assert_eq!(topics.subscribers(topic)[index as usize], conn(key as u32));
+                assert!(s.contains(topic));
+            }
+        }
+        let total: usize = subs.iter().map(Subscriptions::len).sum();
+        assert_eq!(counts.total(), (topics.count() as u64, total as u64));
     }
 }
