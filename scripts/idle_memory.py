@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Memory per idle WebSocket connection of a running server, measured from /proc.
 
-Usage: idle_memory.py PORT SERVER_PID CONNECTIONS [HOLD_SECONDS]
+Usage: idle_memory.py PORT SERVER_PID CONNECTIONS [HOLD_SECONDS[,HOLD_SECONDS...]]
 
 Opens CONNECTIONS upgraded connections to 127.0.0.1:PORT (spread over source addresses
-127.0.0.200-127.0.0.219 to stay clear of the ephemeral port limit), waits HOLD_SECONDS, then
-prints the growth of the server's VmRSS and of the kernel's Slab (/proc/meminfo, both ends of
-every loopback connection) divided by CONNECTIONS. Bounded: every socket has a 10 s timeout.
+127.0.0.200-127.0.0.219 to stay clear of the ephemeral port limit), then, at each HOLD_SECONDS
+after the last upgrade (default 11), prints the growth of the server's VmRSS and of the
+kernel's Slab (/proc/meminfo, both ends of every loopback connection) divided by CONNECTIONS.
+Bounded: every socket has a 10 s timeout.
 """
 import socket
 import sys
@@ -34,7 +35,7 @@ def slab():
 
 def main():
     port, pid, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    hold = float(sys.argv[4]) if len(sys.argv) > 4 else 11.0
+    holds = [float(h) for h in sys.argv[4].split(",")] if len(sys.argv) > 4 else [11.0]
     rss0, slab0 = rss(pid), slab()
     sockets = []
     for i in range(count):
@@ -47,13 +48,14 @@ def main():
                 head = t.recv(256)
                 if not head.startswith(b"HTTP/1.1 101"):
                     sys.exit(f"connection {i}: no 101: {head!r}")
-    # Handshake deadlines (10 s by default) expire: what stays is the idle state.
-    time.sleep(hold)
-    rss1, slab1 = rss(pid), slab()
-    print(f"connections={count} rss_before={rss0} rss_after={rss1} "
-          f"user_bytes_per_conn={(rss1 - rss0) / count:.0f} "
-          f"kernel_slab_bytes_per_conn_both_ends={(slab1 - slab0) / count:.0f}")
-
+    upgraded = time.monotonic()
+    # The handshake deadlines (10 s by default) expire during an 11 s hold.
+    for hold in sorted(holds):
+        time.sleep(max(0.0, upgraded + hold - time.monotonic()))
+        rss1, slab1 = rss(pid), slab()
+        print(f"hold_s={hold:g} connections={count} rss_before={rss0} rss_after={rss1} "
+              f"user_bytes_per_conn={(rss1 - rss0) / count:.0f} "
+              f"kernel_slab_bytes_per_conn_both_ends={(slab1 - slab0) / count:.0f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -790,6 +790,32 @@ async fn idle_client_is_pinged_and_kept_when_it_answers() -> Result<()> {
     Ok(())
 }
 
+/// With the first ping due after the handshake deadline, the handshake deadline's timer is
+/// what schedules it: the ping still comes one interval after the upgrade, not at the
+/// handshake deadline and not never.
+#[test]
+fn first_ping_comes_one_interval_after_the_upgrade_when_that_is_past_the_handshake_deadline(
+) -> Result<()> {
+    let server = Server::echo(&["--handshake-timeout", "1", "--ping-interval", "3"])?;
+    let mut c = RawClient::upgrade(server.addr())?;
+    let upgraded = Instant::now();
+    c.timeout = Duration::from_secs(8);
+    let frame = c
+        .read_frame()
+        .context("waiting (8 s at most) for the first ping")?;
+    let elapsed = upgraded.elapsed();
+    ensure!(
+        frame.opcode == 0x9,
+        "expected a ping, got {}",
+        describe(&frame)
+    );
+    ensure!(
+        elapsed >= Duration::from_millis(2_500),
+        "pinged {elapsed:?} after the upgrade, before the 3 s interval"
+    );
+    Ok(())
+}
+
 #[test]
 fn client_that_never_pongs_gets_1001() -> Result<()> {
     let server = Server::echo(&["--ping-interval", "1"])?;

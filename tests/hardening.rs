@@ -490,3 +490,38 @@ fn upgrades_from_unlisted_origins_get_403() -> Result<()> {
     );
     Ok(())
 }
+
+/// An upgraded connection keeps nothing from its handshake: its handshake deadline's timer
+/// entry is reused for its idle checks, so the worker's wheel holds one entry per connection
+/// right after the upgrades, not two until the handshake deadlines pass.
+#[test]
+fn an_upgraded_connection_keeps_one_timer_entry() -> Result<()> {
+    const CONNECTIONS: usize = 500;
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse()?)
+        .workers(1)
+        .handshake_timeout(Duration::from_secs(30))
+        .ping_interval(Some(Duration::from_secs(60)))
+        .build()?;
+    let server = spawn_with(config, Subscribe)?;
+    let mut clients = (0..CONNECTIONS)
+        .map(|_| RawClient::upgrade(server.local_addr()))
+        .collect::<Result<Vec<_>>>()?;
+    // Two round trips after the last upgrade: the loop turn that answered the first one has
+    // ended, and with it the gauge's update, before the second answer is sent.
+    for _ in 0..2 {
+        let last = clients.last_mut().context("no clients")?;
+        last.send(&common::client_frame(OpCode::Text, true, b"sync"))?;
+        ensure!(last.read_message()?.1 == b"sync", "no echo");
+    }
+    let timers = server.stats()[0]
+        .timers
+        .load(std::sync::atomic::Ordering::Relaxed);
+    ensure!(
+        timers == CONNECTIONS as u64,
+        "{timers} timer entries for {CONNECTIONS} upgraded connections"
+    );
+    drop(clients);
+    server.shutdown();
+    Ok(())
+}

@@ -183,6 +183,12 @@ pub(crate) fn render(hub: &Hub) -> String {
         &|w| load(&hub.stats[w].handler_panics),
     );
     family(
+        "timers",
+        "Entries on the worker's timer wheel (about one per connection).",
+        "gauge",
+        &|w| load(&driver[w].timers),
+    );
+    family(
         "submit_failures_total",
         "io_uring submits refused with an error other than a full completion queue.",
         "counter",

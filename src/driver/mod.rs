@@ -85,6 +85,9 @@ pub struct WorkerStats {
     pub submit_failures: AtomicU64,
     /// Connections closed because their send queue passed the backlog limit.
     pub slow_consumer_closes: AtomicU64,
+    /// Entries on the worker's timer wheel (a gauge, updated each loop turn): one per
+    /// connection with a deadline, plus the stale entries of deadlines that moved.
+    pub timers: AtomicU64,
 }
 
 /// State shared by the workers of one server.

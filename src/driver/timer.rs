@@ -15,6 +15,9 @@ pub(crate) const NEVER: u32 = u32::MAX;
 /// The wheel's resolution.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 const BUCKETS: usize = 512;
+/// Capacity a bucket may keep whatever it holds: below it, shrinking is not worth a
+/// reallocation.
+const MIN_BUCKET_CAPACITY: usize = 64;
 
 /// A deadline set for a connection: its slab key and generation, and the tick it fires at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,6 +67,11 @@ impl TimerWheel {
         self.len += 1;
     }
 
+    /// Entries pending, stale ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Whether any entry is pending.
     pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
@@ -94,6 +102,12 @@ impl TimerWheel {
                 }
             });
             self.len -= due.len() - before;
+            // A burst (thousands connecting in one tick) leaves a bucket with a large
+            // capacity; idle connections that move together through the wheel would leave
+            // it in every bucket in turn. Give back what is far above what stays.
+            if bucket.capacity() > 4 * bucket.len() + MIN_BUCKET_CAPACITY {
+                bucket.shrink_to(2 * bucket.len());
+            }
             self.next_tick += 1;
             if self.len == 0 {
                 // Nothing left: jump ahead instead of walking empty buckets.
@@ -135,6 +149,28 @@ mod tests {
         assert_eq!(due, [entry(2, 5 + BUCKETS as u32)]);
         assert!(wheel.is_empty());
         assert_eq!(wheel.timeout(start), None);
+    }
+
+    /// A burst that filled one bucket does not leave its capacity behind once it fired.
+    #[test]
+    fn a_bucket_gives_back_a_burst_once_it_fired() {
+        let start = Instant::now();
+        let mut wheel = TimerWheel::new(start);
+        for key in 0..10_000 {
+            wheel.insert(entry(key, 3));
+        }
+        wheel.insert(entry(10_000, 3 + BUCKETS as u32)); // stays: next round
+        let mut due = Vec::new();
+        wheel.advance(start + TICK * 3, &mut due);
+        assert_eq!(due.len(), 10_000);
+        assert_eq!(wheel.len(), 1);
+        let bucket = &wheel.buckets[3];
+        assert_eq!(bucket.len(), 1);
+        assert!(
+            bucket.capacity() <= MIN_BUCKET_CAPACITY,
+            "{} entries of capacity kept for one entry",
+            bucket.capacity()
+        );
     }
 
     #[test]

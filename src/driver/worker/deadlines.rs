@@ -10,6 +10,9 @@ use crate::driver::timer::TimerEntry;
 use crate::driver::Service;
 use crate::protocol::{CloseCode, CloseState};
 
+/// Entries the list of due timers keeps room for between ticks.
+const DUE_CAPACITY: usize = 1024;
+
 impl<S: Service> Worker<S> {
     pub(super) fn fire_timers(&mut self, now: Instant) {
         let mut due = std::mem::take(&mut self.due);
@@ -24,6 +27,8 @@ impl<S: Service> Worker<S> {
                 self.on_deadline(key, now);
             }
         }
+        // Keep room for an ordinary tick's worth, not for the largest burst ever seen.
+        due.shrink_to(DUE_CAPACITY);
         self.due = due;
     }
 
@@ -85,7 +90,7 @@ impl<S: Service> Worker<S> {
 
     /// Makes `tick` the connection's one authoritative deadline (older wheel entries for it
     /// are ignored when they fire).
-    fn set_deadline_tick(&mut self, key: usize, tick: u32) {
+    pub(super) fn set_deadline_tick(&mut self, key: usize, tick: u32) {
         let conn = &mut self.conns[key];
         conn.deadline = tick;
         let generation = conn.generation;

@@ -194,9 +194,16 @@ impl<S: Service> Worker<S> {
             // Bounded: a peer that never reads cannot hold the connection open.
             self.set_deadline(key, now, self.config.drain_timeout);
         } else if upgraded {
-            match self.ping_ticks {
-                Some(interval) => self.set_deadline(key, now, interval),
-                None => self.conns[key].deadline = crate::driver::timer::NEVER,
+            // The handshake deadline's wheel entry becomes the first idle check: when it
+            // fires on an open connection, `on_ping_deadline` reschedules it one interval
+            // after the last receive (or, with pings off, does nothing). So an upgraded
+            // connection keeps exactly one entry and nothing is left over from its handshake;
+            // a new entry is made only when the first ping is due before that deadline.
+            if let Some(interval) = self.ping_ticks {
+                let tick = self.wheel.deadline(now, interval);
+                if tick < self.conns[key].deadline {
+                    self.set_deadline_tick(key, tick);
+                }
             }
         }
     }

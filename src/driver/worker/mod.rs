@@ -286,6 +286,9 @@ impl<S: Service> Worker<S> {
             self.rearm_starved();
             self.arm_accepts();
             self.push_unsubmitted();
+            self.stats()
+                .timers
+                .store(self.wheel.len() as u64, Ordering::Relaxed);
             let overflow = self.ring.completion().overflow();
             if overflow != self.last_overflow {
                 // Completions the kernel dropped: a bug, logged once per new count.
