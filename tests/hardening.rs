@@ -525,3 +525,54 @@ fn an_upgraded_connection_keeps_one_timer_entry() -> Result<()> {
     server.shutdown();
     Ok(())
 }
+
+/// Every slow-consumer close goes down one path and one counter, whichever part of the
+/// engine found the queue full: a subscriber that stops reading a broadcast, and a
+/// connection that stops reading what its own handler sends it (echo).
+/// `WorkerStats::slow_consumer_closes` (the one series `/metrics` exports) counts both; the
+/// 1008 itself is checked end to end in `tests/broadcast.rs`.
+#[test]
+fn slow_consumers_are_closed_and_counted_in_one_place() -> Result<()> {
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse()?)
+        .workers(1)
+        .max_backlog_bytes(256 * 1024)
+        .build()?;
+    let server = spawn_with(config, Subscribe)?;
+    let closes = || {
+        server.stats()[0]
+            .slow_consumer_closes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let big = vec![b'x'; 60 * 1024];
+    // A subscriber that never reads: publishes pile up behind its full socket.
+    let _subscriber = RawClient::upgrade(server.local_addr())?;
+    wait_for(Duration::from_secs(10), "the subscription", || {
+        server.broadcast_stats()[0].topic_count("t") == 1
+    })?;
+    for _ in 0..2_000 {
+        if closes() == 1 {
+            break;
+        }
+        server.publish("t", OpCode::Binary, &big);
+    }
+    wait_for(Duration::from_secs(10), "the subscriber's close", || {
+        closes() == 1
+    })?;
+    // A client that sends and never reads its echoes.
+    let mut echoer = RawClient::upgrade(server.local_addr())?;
+    echoer
+        .stream
+        .set_write_timeout(Some(Duration::from_millis(200)))?;
+    let frame = common::client_frame(OpCode::Binary, true, &big);
+    for _ in 0..2_000 {
+        if closes() == 2 || echoer.send(&frame).is_err() {
+            break;
+        }
+    }
+    wait_for(Duration::from_secs(10), "the echoer's close", || {
+        closes() == 2
+    })?;
+    server.shutdown();
+    Ok(())
+}
