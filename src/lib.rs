@@ -4,6 +4,7 @@
 //!
 //! - [`protocol`]: the sans-IO core (handshake, frames, masking, UTF-8, close rules). Bytes in,
 //!   events and bytes out; no sockets, no clock, no threads.
+//! - [`tls`]: the sans-IO TLS layer (rustls over caller-owned buffers) for `wss://`.
 //! - [`driver`]: thread-per-core io_uring workers around the core: direct descriptors,
 //!   provided buffer rings, bounded send queues, one timer wheel per worker.
 //! - [`server`]: starts the workers for a [`Config`](config::Config) and a service.
@@ -20,3 +21,4 @@ pub mod driver;
 mod modes;
 pub mod protocol;
 pub mod server;
+pub mod tls;

@@ -1,0 +1,510 @@
+//! One server-side TLS session over caller-owned buffers (rustls's unbuffered API).
+//!
+//! The session never does I/O. [`TlsSession::receive`] takes ciphertext as it came off the
+//! socket and gives back the plaintext it carried, plus whatever TLS must send in reply
+//! (handshake flights, alerts, key updates), appended to the caller's outgoing buffer.
+//! [`TlsSession::encrypt`] turns plaintext into records in the caller's buffer: one AEAD pass
+//! from the caller's bytes, so a broadcast frame shared by many receivers is read in place.
+//!
+//! What it keeps between calls is rustls's connection state and the ciphertext of a record
+//! that has not fully arrived. Once that buffer empties it is freed, so an idle session holds
+//! no record buffer.
+
+use rustls::server::{ServerConfig, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncryptError, InsufficientSizeError, UnbufferedStatus,
+};
+use std::sync::Arc;
+
+/// Ciphertext a session may hold while a record (or a handshake message spread over
+/// several records) is incomplete. TLS records carry at most 2^14 bytes of plaintext plus
+/// 2,048 of expansion (RFC 8446 §5.2, RFC 5246 §6.2.3), and a handshake message at most
+/// 2^16 bytes in practice (rustls's limit): beyond this a peer is only making the server
+/// hold bytes.
+pub const MAX_INCOMING_BYTES: usize = 72 * 1024;
+
+/// Plaintext per record: TLS's limit (RFC 8446 §5.1).
+pub const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
+
+/// Bytes a record adds to its plaintext at most: a 5-byte header, and for TLS 1.3 the
+/// content type and a 16-byte tag, for TLS 1.2's AES-GCM an 8-byte nonce and the tag.
+pub const MAX_RECORD_OVERHEAD: usize = 5 + 8 + 16 + 1;
+
+/// Why a session failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The peer broke the protocol, or a check failed (rustls's error). An alert for the
+    /// peer may have been appended to the outgoing buffer.
+    #[error("TLS: {0}")]
+    Protocol(#[from] rustls::Error),
+    /// The peer sent more than [`MAX_INCOMING_BYTES`] without completing a record.
+    #[error("TLS: {0} bytes of ciphertext without a complete record")]
+    Oversized(usize),
+    /// A session state this server never enables (early data).
+    #[error("TLS: unexpected session state {0}")]
+    Unexpected(&'static str),
+}
+
+/// Where a session is after a receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The handshake is still going on.
+    Handshaking,
+    /// Application data flows both ways.
+    Open,
+    /// The peer sent close_notify: it sends nothing more.
+    PeerClosed,
+}
+
+/// A server-side TLS session.
+pub struct TlsSession {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext received and not yet consumed: part of a record, or of a handshake message.
+    incoming: Vec<u8>,
+    peer_closed: bool,
+    close_notify_sent: bool,
+}
+
+impl std::fmt::Debug for TlsSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSession")
+            .field("incoming", &self.incoming.len())
+            .field("peer_closed", &self.peer_closed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSession {
+    /// A session that will handshake with `config`.
+    ///
+    /// # Errors
+    ///
+    /// rustls refuses the configuration.
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        Ok(Self {
+            conn: UnbufferedServerConnection::new(config)?,
+            incoming: Vec::new(),
+            peer_closed: false,
+            close_notify_sent: false,
+        })
+    }
+
+    /// Ciphertext held for an incomplete record.
+    pub fn buffered_bytes(&self) -> usize {
+        self.incoming.len()
+    }
+
+    /// Whether the handshake is over.
+    pub fn is_handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// Takes ciphertext from the peer. The plaintext it carried is appended to `plain`, and
+    /// what TLS must send in reply to `out`, in order, to go out before anything encrypted
+    /// later.
+    ///
+    /// # Errors
+    ///
+    /// A protocol error (after which `out` may hold the alert to send before closing), or a
+    /// peer that makes the session hold more than [`MAX_INCOMING_BYTES`].
+    pub fn receive(
+        &mut self,
+        input: &[u8],
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<Status, TlsError> {
+        let held = self.incoming.len() + input.len();
+        if held > MAX_INCOMING_BYTES {
+            return Err(TlsError::Oversized(held));
+        }
+        self.incoming.extend_from_slice(input);
+        let result = self.process(plain, out);
+        if self.incoming.is_empty() {
+            // Idle sessions keep no record buffer.
+            self.incoming = Vec::new();
+        }
+        result
+    }
+
+    fn process(&mut self, plain: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Status, TlsError> {
+        loop {
+            let UnbufferedStatus { mut discard, state } =
+                self.conn.process_tls_records(&mut self.incoming);
+            let step = match state {
+                Err(error) => Err(error.into()),
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut failed = None;
+                    while let Some(record) = traffic.next_record() {
+                        match record {
+                            Ok(record) => {
+                                discard += record.discard;
+                                plain.extend_from_slice(record.payload);
+                            }
+                            Err(error) => {
+                                failed = Some(error);
+                                break;
+                            }
+                        }
+                    }
+                    failed.map_or(Ok(None), |error| Err(error.into()))
+                }
+                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
+                    append(out, |buf| encode.encode(buf).map_err(encode_size)).map(|()| None)
+                }
+                // What was encoded is in `out`, which the caller sends before anything later:
+                // for the session it is as good as sent.
+                Ok(ConnectionState::TransmitTlsData(transmit)) => {
+                    transmit.done();
+                    Ok(None)
+                }
+                Ok(ConnectionState::BlockedHandshake) => Ok(Some(Status::Handshaking)),
+                Ok(ConnectionState::PeerClosed) => {
+                    self.peer_closed = true;
+                    Ok(None)
+                }
+                Ok(ConnectionState::Closed) => Ok(Some(Status::PeerClosed)),
+                Ok(ConnectionState::WriteTraffic(_)) => Ok(Some(if self.peer_closed {
+                    Status::PeerClosed
+                } else {
+                    Status::Open
+                })),
+                Ok(ConnectionState::ReadEarlyData(_)) => Err(TlsError::Unexpected("early data")),
+                Ok(_) => Err(TlsError::Unexpected("unknown")),
+            };
+            self.incoming.drain(..discard.min(self.incoming.len()));
+            match step {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => {}
+                Err(error) => {
+                    self.flush_alert(out);
+                    return Err(error);
+                }
+            }
+        }
+    }
+
+    /// After an error rustls has queued an alert, handed out by the next call as handshake
+    /// data to encode; the session is dead after that.
+    fn flush_alert(&mut self, out: &mut Vec<u8>) {
+        // The same buffer: rustls remembers how much of it it has looked at.
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let _ = append(out, |buf| encode.encode(buf).map_err(encode_size));
+        }
+    }
+
+    /// Encrypts `plaintext` into records appended to `out` (records of at most
+    /// [`MAX_RECORD_PLAINTEXT`] bytes; give it up to that much at once so it needs one).
+    ///
+    /// # Errors
+    ///
+    /// The handshake is not over, or the session has failed.
+    pub fn encrypt(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
+        self.write(
+            out,
+            |traffic, buf| traffic.encrypt(plaintext, buf),
+            plaintext.len(),
+        )
+    }
+
+    /// Appends a close_notify alert to `out`, once.
+    ///
+    /// # Errors
+    ///
+    /// The handshake is not over, or the session has failed.
+    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), TlsError> {
+        if std::mem::replace(&mut self.close_notify_sent, true) {
+            return Ok(());
+        }
+        self.write(out, |traffic, buf| traffic.queue_close_notify(buf), 0)
+    }
+
+    fn write(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut f: impl FnMut(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut [u8],
+        ) -> Result<usize, EncryptError>,
+        plaintext_len: usize,
+    ) -> Result<(), TlsError> {
+        loop {
+            // Every complete record was consumed by `receive`, so what is left in `incoming`
+            // is part of one: the session's state is what rustls asks to handle first.
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut self.incoming);
+            debug_assert_eq!(discard, 0, "receive consumed every complete record");
+            match state? {
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let records = plaintext_len.div_ceil(MAX_RECORD_PLAINTEXT).max(1);
+                    let guess = plaintext_len + records * MAX_RECORD_OVERHEAD;
+                    return append_sized(out, guess, |buf| {
+                        f(&mut traffic, buf).map_err(encrypt_size)
+                    });
+                }
+                ConnectionState::EncodeTlsData(mut encode) => {
+                    append(out, |buf| encode.encode(buf).map_err(encode_size))?;
+                }
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                _ => return Err(TlsError::Unexpected("write before the handshake is over")),
+            }
+        }
+    }
+}
+
+/// A buffer was too small: how large it must be, or the error that is not about size.
+enum Sized {
+    Need(usize),
+    Failed(TlsError),
+}
+
+fn encode_size(error: EncodeError) -> Sized {
+    match error {
+        EncodeError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Sized::Need(required_size)
+        }
+        EncodeError::AlreadyEncoded => Sized::Failed(TlsError::Unexpected("encoded twice")),
+    }
+}
+
+fn encrypt_size(error: EncryptError) -> Sized {
+    match error {
+        EncryptError::InsufficientSize(InsufficientSizeError { required_size }) => {
+            Sized::Need(required_size)
+        }
+        other => Sized::Failed(TlsError::Protocol(rustls::Error::General(
+            other.to_string(),
+        ))),
+    }
+}
+
+/// Appends what `f` writes into a slice at the end of `out`, growing it as `f` asks.
+fn append(
+    out: &mut Vec<u8>,
+    f: impl FnMut(&mut [u8]) -> Result<usize, Sized>,
+) -> Result<(), TlsError> {
+    append_sized(out, 512, f)
+}
+
+fn append_sized(
+    out: &mut Vec<u8>,
+    guess: usize,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, Sized>,
+) -> Result<(), TlsError> {
+    let start = out.len();
+    let mut room = guess;
+    loop {
+        out.resize(start + room, 0);
+        match f(&mut out[start..]) {
+            Ok(written) => {
+                out.truncate(start + written);
+                return Ok(());
+            }
+            Err(Sized::Need(required)) if required > room => room = required,
+            Err(Sized::Need(_)) => {
+                out.truncate(start);
+                return Err(TlsError::Unexpected("buffer size"));
+            }
+            Err(Sized::Failed(error)) => {
+                out.truncate(start);
+                return Err(error);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::io::{Read, Write};
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A server configuration with a fresh self-signed certificate, and a client that trusts it.
+    fn pair(
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert: CertificateDer<'static> = key.cert.der().clone();
+        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
+        let server = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], der)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    fn client(config: &Arc<ClientConfig>) -> ClientConnection {
+        ClientConnection::new(
+            Arc::clone(config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Everything the client wants to send.
+    fn from_client(client: &mut ClientConnection) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    /// Feeds the server's output to the client; returns the plaintext the client read.
+    fn to_client(client: &mut ClientConnection, mut bytes: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::new();
+        while !bytes.is_empty() {
+            client.read_tls(&mut bytes).unwrap();
+            client.process_new_packets().unwrap();
+            match client.reader().read_to_end(&mut plain) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("client read: {e}"),
+            }
+        }
+        plain
+    }
+
+    /// Runs the handshake, feeding the server `chunk` bytes at a time.
+    fn handshake(server: &mut TlsSession, client: &mut ClientConnection, chunk: usize) {
+        let mut plain = Vec::new();
+        for _ in 0..10 {
+            let bytes = from_client(client);
+            let mut out = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                server.receive(piece, &mut plain, &mut out).unwrap();
+            }
+            to_client(client, &out);
+            if !server.is_handshaking() && !client.is_handshaking() {
+                assert!(plain.is_empty());
+                return;
+            }
+        }
+        panic!("no handshake after 10 flights");
+    }
+
+    #[test]
+    fn data_flows_both_ways_on_tls13_and_tls12() {
+        for versions in [
+            &[&rustls::version::TLS13][..],
+            &[&rustls::version::TLS12][..],
+        ] {
+            let (server_config, client_config) = pair(versions);
+            let mut server = TlsSession::new(server_config).unwrap();
+            let mut client = client(&client_config);
+            handshake(&mut server, &mut client, usize::MAX);
+            // Client to server, delivered one byte at a time.
+            client
+                .writer()
+                .write_all(b"GET / HTTP/1.1\r\n\r\n")
+                .unwrap();
+            let (mut plain, mut out) = (Vec::new(), Vec::new());
+            for byte in from_client(&mut client).chunks(1) {
+                server.receive(byte, &mut plain, &mut out).unwrap();
+            }
+            assert_eq!(plain, b"GET / HTTP/1.1\r\n\r\n");
+            assert_eq!(server.buffered_bytes(), 0);
+            assert_eq!(
+                server.incoming.capacity(),
+                0,
+                "an idle session holds no record buffer"
+            );
+            // Server to client: a large message spans several records.
+            let message: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+            server.encrypt(&message, &mut out).unwrap();
+            let records = message.len().div_ceil(MAX_RECORD_PLAINTEXT);
+            assert!(out.len() <= message.len() + records * MAX_RECORD_OVERHEAD);
+            assert_eq!(to_client(&mut client, &out), message);
+            // close_notify once; then the peer's close is seen.
+            let mut out = Vec::new();
+            server.close_notify(&mut out).unwrap();
+            server.close_notify(&mut out).unwrap();
+            let closing = out.len();
+            to_client(&mut client, &out);
+            assert!(closing > 0 && closing < 64);
+            client.send_close_notify();
+            let status = server
+                .receive(&from_client(&mut client), &mut plain, &mut out)
+                .unwrap();
+            assert_eq!(status, Status::PeerClosed);
+        }
+    }
+
+    #[test]
+    fn a_handshake_fed_byte_by_byte_completes() {
+        let (server_config, client_config) = pair(&[&rustls::version::TLS13]);
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut client = client(&client_config);
+        handshake(&mut server, &mut client, 1);
+    }
+
+    #[test]
+    fn plaintext_http_and_garbage_are_refused() {
+        let (server_config, _) = pair(&[&rustls::version::TLS13]);
+        // (input, whether rustls answers with an alert before the close)
+        for (input, alert) in [
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], true),
+            (&[0x17; 64][..], true),
+            // A handshake message declaring 16 MiB: refused as too large, without an alert.
+            (
+                &[0x16, 0x03, 0x01, 0x00, 0x05, 0x01, 0xff, 0xff, 0xff, 0xff][..],
+                false,
+            ),
+        ] {
+            let mut server = TlsSession::new(Arc::clone(&server_config)).unwrap();
+            let (mut plain, mut out) = (Vec::new(), Vec::new());
+            let result = server.receive(input, &mut plain, &mut out);
+            assert!(result.is_err(), "{input:?} was accepted");
+            assert!(plain.is_empty());
+            // An alert record: content type 21.
+            assert_eq!(
+                out.first() == Some(&21),
+                alert,
+                "{input:?}: {result:?}, sent {out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_peer_cannot_make_the_session_hold_more_than_the_limit() {
+        let (server_config, _) = pair(&[&rustls::version::TLS13]);
+        let mut server = TlsSession::new(server_config).unwrap();
+        // A ClientHello record header that declares the most a record may hold, then
+        // never completes: the session holds it, up to the limit.
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        let mut held = vec![0x16, 0x03, 0x01, 0x40, 0x00];
+        held.resize(4_000, 0x01);
+        assert_eq!(
+            server.receive(&held, &mut plain, &mut out).unwrap(),
+            Status::Handshaking
+        );
+        let flood = vec![0u8; MAX_INCOMING_BYTES];
+        assert!(matches!(
+            server.receive(&flood, &mut plain, &mut out),
+            Err(TlsError::Oversized(_))
+        ));
+    }
+
+    #[test]
+    fn writing_before_the_handshake_is_an_error() {
+        let (server_config, _) = pair(&[&rustls::version::TLS13]);
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut out = Vec::new();
+        assert!(server.encrypt(b"early", &mut out).is_err());
+        assert!(out.is_empty());
+    }
+}
