@@ -2,12 +2,15 @@
 //! re-checks. Every default is a `DEFAULT_*` constant here, shared with the CLI.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::driver::DriverConfig;
 use crate::protocol::handshake::DEFAULT_MAX_HEAD_BYTES;
 use crate::protocol::origin::AllowedOrigins;
 pub use crate::protocol::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::tls::{TlsAcceptor, TlsConfigError, TlsFiles};
 
 /// Loopback only by default: exposing a server is a decision, not an accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9001";
@@ -100,6 +103,10 @@ pub struct Config {
 }
 
 impl Config {
+    /// The certificate TLS connections use, when the listener speaks TLS.
+    pub fn tls(&self) -> Option<&Arc<TlsAcceptor>> {
+        self.driver.tls.as_ref()
+    }
     /// The address to listen on (port 0 picks one; see `ServerHandle::local_addr`).
     pub fn listen(&self) -> SocketAddr {
         self.listen
@@ -151,6 +158,9 @@ pub enum ConfigError {
         /// The longest allowed.
         max: Duration,
     },
+    /// The TLS certificate or key cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsConfigError),
     /// The per-worker budget could never hold one message of the largest size.
     #[error("--max-pending-bytes ({pending}) must be at least --max-message-bytes ({message})")]
     PendingBelowMessage {
@@ -165,6 +175,8 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct ServerBuilder {
     config: Config,
+    /// Read by `build`, which turns them into `config.driver.tls`.
+    tls_files: Option<TlsFiles>,
 }
 
 impl Default for ServerBuilder {
@@ -197,8 +209,10 @@ impl Default for ServerBuilder {
                     recv_buffers: DEFAULT_RECV_BUFFERS,
                     ring_entries: DEFAULT_RING_ENTRIES,
                     direct_descriptors: true,
+                    tls: None,
                 },
             },
+            tls_files: None,
         }
     }
 }
@@ -258,6 +272,19 @@ impl ServerBuilder {
     /// Read SIGINT/SIGTERM on the ring and shut down gracefully (for binaries).
     pub fn handle_signals(mut self, on: bool) -> Self {
         self.config.handle_signals = on;
+        self
+    }
+
+    /// Speaks TLS (`wss://`, `https://`) on the listener with this certificate chain and key
+    /// (PEM files; see [`TlsFiles`]). WebSocket, `/publish`, `/healthz` and `/metrics` all
+    /// work over it; plain connections to the port fail their handshake. The files are read
+    /// by [`build`](Self::build), and again by `ServerHandle::reload_tls` (or SIGHUP with
+    /// [`handle_signals`](Self::handle_signals)).
+    pub fn tls(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.tls_files = Some(TlsFiles {
+            cert: cert.into(),
+            key: key.into(),
+        });
         self
     }
 
@@ -405,7 +432,11 @@ impl ServerBuilder {
                 message: d.max_message_bytes,
             });
         }
-        Ok(self.config)
+        let mut config = self.config;
+        if let Some(files) = self.tls_files {
+            config.driver.tls = Some(Arc::new(TlsAcceptor::new(files)?));
+        }
+        Ok(config)
     }
 }
 

@@ -70,6 +70,13 @@ struct Cli {
     /// capacity then bounded by one RLIMIT_NOFILE for the whole process).
     #[arg(long)]
     plain_descriptors: bool,
+    /// Speak TLS (wss://, https://) with this certificate chain (PEM, leaf first); needs
+    /// --tls-key. SIGHUP reads both files again: new handshakes use the new pair.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key for --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -142,6 +149,9 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
         .handle_signals(true);
     if let Some(workers) = cli.workers {
         builder = builder.workers(workers);
+    }
+    if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
+        builder = builder.tls(cert, key);
     }
     Ok(builder.build()?)
 }

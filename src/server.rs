@@ -67,6 +67,7 @@ pub struct ServerHandle {
     shared: Arc<Shared>,
     hub: Arc<Hub>,
     threads: Vec<JoinHandle<()>>,
+    tls: Option<Arc<crate::tls::TlsAcceptor>>,
 }
 
 impl ServerHandle {
@@ -109,6 +110,19 @@ impl ServerHandle {
     pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> usize {
         let frame = crate::broadcast::frame(opcode, payload);
         self.hub.post(&Arc::from(topic), &frame, None)
+    }
+
+    /// Reads the TLS certificate and key files again: new handshakes use the new pair, open
+    /// connections keep theirs. With `handle_signals`, SIGHUP does the same.
+    ///
+    /// # Errors
+    ///
+    /// The server does not speak TLS, or a file is unreadable or bad; the old pair stays.
+    pub fn reload_tls(&self) -> Result<(), crate::tls::TlsConfigError> {
+        match &self.tls {
+            Some(acceptor) => acceptor.reload(),
+            None => Err(crate::tls::TlsConfigError::NotEnabled),
+        }
     }
 
     /// Sends close 1001 to every connection and returns when the workers have exited (each
@@ -201,11 +215,14 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
     raise_descriptor_limit();
     let (listeners, local_addr) = bind_listeners(config.listen, config.driver.workers)?;
     let mut signals = if config.handle_signals {
-        Some(block_and_open_signals().map_err(StartError::Signals)?)
+        let reload = config.driver.tls.is_some();
+        Some(block_and_open_signals(reload).map_err(StartError::Signals)?)
     } else {
         None
     };
-    let shared = Arc::new(Shared::new(config.driver.workers).map_err(StartError::Signals)?);
+    let mut shared = Shared::new(config.driver.workers).map_err(StartError::Signals)?;
+    shared.tls = config.driver.tls.clone();
+    let shared = Arc::new(shared);
     let hub = Arc::new(Hub::new(Arc::clone(&shared)));
     let driver_config = Arc::new(config.driver.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -251,6 +268,7 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
         shared,
         hub,
         threads,
+        tls: config.driver.tls.clone(),
     };
     if let Some(error) = failure {
         handle.shutdown();
@@ -314,12 +332,16 @@ fn raise_descriptor_limit() {
     }
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (workers inherit the mask) and opens a signalfd
-/// for them, which worker 0 reads on its ring.
-fn block_and_open_signals() -> io::Result<SignalFd> {
+/// Blocks SIGINT and SIGTERM (and SIGHUP, with `reload`: re-read the TLS certificate) in
+/// this thread (workers inherit the mask) and opens a signalfd for them, which worker 0
+/// reads on its ring.
+fn block_and_open_signals(reload: bool) -> io::Result<SignalFd> {
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);
     set.add(Signal::SIGTERM);
+    if reload {
+        set.add(Signal::SIGHUP);
+    }
     set.thread_block().map_err(io::Error::from)?;
     SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(io::Error::from)

@@ -183,6 +183,12 @@ pub(crate) fn render(hub: &Hub) -> String {
         &|w| load(&hub.stats[w].handler_panics),
     );
     family(
+        "tls_failures_total",
+        "TLS sessions closed for a protocol error (bad handshake, plaintext on the TLS port).",
+        "counter",
+        &|w| load(&driver[w].tls_failures),
+    );
+    family(
         "timers",
         "Entries on the worker's timer wheel (about one per connection).",
         "gauge",
@@ -218,5 +224,24 @@ pub(crate) fn render(hub: &Hub) -> String {
     family("subscriptions", "Subscriptions.", "gauge", &|w| {
         hub.stats[w].topics.total().1
     });
+    if let Some(tls) = &hub.shared.tls {
+        // Server-wide: the certificate is one for all workers.
+        for (name, help, value) in [
+            (
+                "tls_reloads_total",
+                "Certificate reloads that took effect (SIGHUP or ServerHandle::reload_tls).",
+                &tls.reloads,
+            ),
+            (
+                "tls_reload_failures_total",
+                "Certificate reloads refused for a bad or unreadable file; the old pair stayed.",
+                &tls.reload_failures,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP uringcast_{name} {help}");
+            let _ = writeln!(out, "# TYPE uringcast_{name} counter");
+            let _ = writeln!(out, "uringcast_{name} {}", load(value));
+        }
+    }
     out
 }

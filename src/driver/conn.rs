@@ -191,10 +191,22 @@ impl SendQueue {
         self.head.is_none()
     }
 
-    /// Queued bytes.
+    /// Queued bytes (with any charge: see [`charge`](Self::charge)).
     #[cfg(test)]
     pub(crate) fn len_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Counts `extra` bytes against the bound beyond the frames' own: a TLS connection's
+    /// record overhead while its ciphertext is in flight, so backpressure counts what goes on
+    /// the wire.
+    pub(crate) fn charge(&mut self, extra: usize) {
+        self.bytes += extra;
+    }
+
+    /// Takes back a [`charge`](Self::charge).
+    pub(crate) fn discharge(&mut self, extra: usize) {
+        self.bytes = self.bytes.saturating_sub(extra);
     }
 
     /// The frames at the front, for a vectored send.

@@ -53,6 +53,8 @@ pub(crate) struct DriverConfig {
     pub ring_entries: u32,
     /// Hold connections as direct descriptors (the default).
     pub direct_descriptors: bool,
+    /// The certificate for TLS on the listener, if it speaks TLS.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsAcceptor>>,
 }
 
 /// Counters one worker keeps, read by any thread.
@@ -88,6 +90,9 @@ pub struct WorkerStats {
     /// Entries on the worker's timer wheel (a gauge, updated each loop turn): one per
     /// connection with a deadline, plus the stale entries of deadlines that moved.
     pub timers: AtomicU64,
+    /// TLS sessions that failed (a bad handshake, a protocol error, plaintext on the TLS
+    /// port); each was closed, after an alert where rustls had one.
+    pub tls_failures: AtomicU64,
 }
 
 /// State shared by the workers of one server.
@@ -96,6 +101,8 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     pub wakers: Vec<EventFd>,
     pub stats: Vec<WorkerStats>,
+    /// The TLS certificate, for its reload counters.
+    pub tls: Option<std::sync::Arc<crate::tls::TlsAcceptor>>,
 }
 
 impl Shared {
@@ -113,6 +120,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             wakers,
             stats: (0..workers).map(|_| WorkerStats::default()).collect(),
+            tls: None,
         })
     }
 

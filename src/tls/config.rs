@@ -2,6 +2,7 @@
 //! and swapped on reload while open connections keep the one they started with.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
@@ -9,7 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ServerConfig;
 
 /// Why a certificate or key could not be used.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TlsConfigError {
     /// A file could not be read or holds no usable PEM item.
     #[error("{path}: {reason}")]
@@ -19,6 +20,9 @@ pub enum TlsConfigError {
         /// What was wrong with it.
         reason: String,
     },
+    /// A reload was asked of a server that does not speak TLS.
+    #[error("the server was started without TLS")]
+    NotEnabled,
     /// rustls refused the pair (a key that does not match the certificate, say).
     #[error("certificate {cert} with key {key}: {error}")]
     Pair {
@@ -27,7 +31,7 @@ pub enum TlsConfigError {
         /// The key file.
         key: PathBuf,
         /// rustls's reason.
-        error: rustls::Error,
+        error: String,
     },
 }
 
@@ -55,10 +59,10 @@ impl TlsFiles {
                 path: self.key.clone(),
                 reason: pem_reason(&error, "private key"),
             })?;
-        let pair = |error| TlsConfigError::Pair {
+        let pair = |error: rustls::Error| TlsConfigError::Pair {
             cert: self.cert.clone(),
             key: self.key.clone(),
-            error,
+            error: error.to_string(),
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = ServerConfig::builder_with_provider(provider)
@@ -102,6 +106,10 @@ fn pem_reason(error: &rustls::pki_types::pem::Error, what: &str) -> String {
 pub struct TlsAcceptor {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
+    /// Reloads that took effect.
+    pub reloads: AtomicU64,
+    /// Reloads refused (a bad or unreadable file); the old pair stayed.
+    pub reload_failures: AtomicU64,
 }
 
 impl TlsAcceptor {
@@ -112,7 +120,12 @@ impl TlsAcceptor {
     /// As [`TlsFiles::load`].
     pub fn new(files: TlsFiles) -> Result<Self, TlsConfigError> {
         let current = RwLock::new(files.load()?);
-        Ok(Self { files, current })
+        Ok(Self {
+            files,
+            current,
+            reloads: AtomicU64::new(0),
+            reload_failures: AtomicU64::new(0),
+        })
     }
 
     /// The configuration for a new connection.
@@ -130,11 +143,14 @@ impl TlsAcceptor {
     ///
     /// As [`TlsFiles::load`]; nothing changes.
     pub fn reload(&self) -> Result<(), TlsConfigError> {
-        let fresh = self.files.load()?;
+        let fresh = self.files.load().inspect_err(|_| {
+            self.reload_failures.fetch_add(1, Ordering::Relaxed);
+        })?;
         match self.current.write() {
             Ok(mut config) => *config = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,
         }
+        self.reloads.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

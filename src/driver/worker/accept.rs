@@ -66,6 +66,9 @@ impl<S: Service> Worker<S> {
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);
         trace!(key, slot, "accepted");
+        if !self.open_tls(key) {
+            return self.teardown(key);
+        }
         self.arm_recv(key);
         self.set_deadline(key, now, self.config.handshake_timeout);
         if self.stop_deadline.is_some() {

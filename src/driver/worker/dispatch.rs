@@ -110,6 +110,10 @@ impl<S: Service> Worker<S> {
                 max_message_bytes: self.config.max_message_bytes,
             };
             for &(bid, len) in &filled {
+                if self.is_tls() {
+                    self.receive_tls(key, bid, len, limits);
+                    continue;
+                }
                 // The worker's budget for unfinished messages and bodies: what this receive
                 // may copy is checked against it before the copy (STYLE §3).
                 let held_before = self.conns.get(key).map_or(0, Conn::held_bytes);
@@ -122,13 +126,7 @@ impl<S: Service> Worker<S> {
                 receive(&mut self.service, &mut ctx, key, data, limits, &mut budget);
                 self.bufs.push(bid);
                 let held_after = self.conns.get(key).map_or(0, Conn::held_bytes);
-                if held_after != held_before {
-                    self.pending_bytes =
-                        (self.pending_bytes + held_after as u64).saturating_sub(held_before as u64);
-                    self.shared.stats[self.id]
-                        .pending_bytes
-                        .store(self.pending_bytes, Ordering::Relaxed);
-                }
+                self.account_held(held_before, held_after);
             }
             filled.clear();
             self.filled = filled;
@@ -164,6 +162,18 @@ impl<S: Service> Worker<S> {
             self.arm_recv(key);
         }
         self.maybe_remove(key);
+    }
+
+    /// A connection's held bytes went from `before` to `after`: the worker's pending total
+    /// and its gauge follow.
+    pub(super) fn account_held(&mut self, before: usize, after: usize) {
+        if before == after {
+            return;
+        }
+        self.pending_bytes = (self.pending_bytes + after as u64).saturating_sub(before as u64);
+        self.shared.stats[self.id]
+            .pending_bytes
+            .store(self.pending_bytes, Ordering::Relaxed);
     }
 
     /// Re-arms the receives that `ENOBUFS` ended this turn, once the turn's buffers are back
@@ -229,7 +239,7 @@ impl<S: Service> Worker<S> {
 }
 
 /// Runs received bytes through the connection's protocol state and the service.
-fn receive<S: Service>(
+pub(super) fn receive<S: Service>(
     service: &mut S,
     ctx: &mut Ctx<'_, S::Data>,
     key: usize,

@@ -158,13 +158,10 @@ impl<S: Service> Worker<S> {
             return;
         }
         trace!(key, "removed");
+        let held = self.tls_held(key);
+        self.close_tls(key);
         let conn = self.conns.remove(key);
-        if conn.held_bytes() > 0 {
-            self.pending_bytes = self.pending_bytes.saturating_sub(conn.held_bytes() as u64);
-            self.shared.stats[self.id]
-                .pending_bytes
-                .store(self.pending_bytes, Ordering::Relaxed);
-        }
+        self.account_held(conn.held_bytes() + held, 0);
         self.shared.stats[self.id]
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);

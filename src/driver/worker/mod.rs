@@ -69,6 +69,7 @@ mod deadlines;
 mod dispatch;
 mod lifecycle;
 mod send;
+mod tls;
 
 /// The key used in user_data for operations that belong to no connection.
 const NO_KEY: u32 = u32::MAX;
@@ -123,6 +124,8 @@ struct Worker<S: Service> {
     /// Spare send vectors, boxed because their address is handed to the kernel.
     #[allow(clippy::vec_box)]
     send_vecs: ManuallyDrop<Vec<Box<SendVec>>>,
+    /// TLS sessions and their ciphertext buffers, when the listener speaks TLS.
+    tls: ManuallyDrop<Option<tls::TlsLayer>>,
     wheel: TimerWheel,
     service: S,
     config: Arc<DriverConfig>,
@@ -217,6 +220,7 @@ impl<S: Service> Worker<S> {
             // and copies, and never holds twice the live connections' worth of slots.
             conns: ManuallyDrop::new(Slab::with_capacity(capacity)),
             send_vecs: ManuallyDrop::new(Vec::new()),
+            tls: ManuallyDrop::new(config.tls.clone().map(tls::TlsLayer::new)),
             wheel: TimerWheel::new(start),
             service,
             ping_ticks: config.ping_interval,
@@ -328,7 +332,17 @@ impl<S: Service> Worker<S> {
 
     fn on_signal(&mut self, result: i32) {
         self.signal_armed = false;
-        if result > 0 {
+        // `struct signalfd_siginfo` starts with the signal's number (`ssi_signo`, a u32).
+        let signo = u32::from_ne_bytes([
+            self.signal_buf[0],
+            self.signal_buf[1],
+            self.signal_buf[2],
+            self.signal_buf[3],
+        ]);
+        if result > 0 && signo == libc::SIGHUP as u32 {
+            self.reload_tls();
+            self.arm_signals();
+        } else if result > 0 {
             info!("signal received: shutting down");
             self.shared.stop();
         } else if result != -libc::ECANCELED {
@@ -451,7 +465,8 @@ impl<S: Service> Drop for Worker<S> {
         unsafe { ManuallyDrop::drop(&mut self.ring) };
         if !self.quiescent {
             // A ring error or a panic ended the loop with operations possibly in flight:
-            // their buffers, send frames, iovecs and read targets stay allocated for good.
+            // their buffers, send frames, ciphertext, iovecs and read targets stay allocated
+            // for good.
             return;
         }
         // `finish` set `quiescent` only after every operation's last completion was reaped
@@ -461,6 +476,7 @@ impl<S: Service> Drop for Worker<S> {
             ManuallyDrop::drop(&mut self.bufs);
             ManuallyDrop::drop(&mut self.conns);
             ManuallyDrop::drop(&mut self.send_vecs);
+            ManuallyDrop::drop(&mut self.tls);
             ManuallyDrop::drop(&mut self.signal_buf);
             ManuallyDrop::drop(&mut self.wake_buf);
         }

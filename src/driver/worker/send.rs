@@ -14,6 +14,9 @@ use crate::driver::Service;
 
 impl<S: Service> Worker<S> {
     pub(super) fn on_send(&mut self, key: usize, result: i32) {
+        if self.is_tls() {
+            return self.on_send_tls(key, result);
+        }
         let conn = &mut self.conns[key];
         trace!(key, result, "send done");
         conn.send_in_flight = false;
@@ -60,24 +63,32 @@ impl<S: Service> Worker<S> {
             if conn.ending == Ending::Teardown || conn.send_in_flight {
                 continue;
             }
-            if !conn.queue.is_empty() {
+            if self.tls.is_some() {
+                self.flush_tls(key);
+            } else if !conn.queue.is_empty() {
                 self.submit_send(key);
             } else if conn.ending == Ending::Flush {
-                trace!(key, "shutdown");
-                conn.ending = Ending::Linger;
-                conn.pending_ops += 1;
-                let ud = UserData::new(OpKind::Shutdown, conn.generation, key as u32);
-                let entry = on_conn!(self.direct, conn.slot, |fd| {
-                    opcode::Shutdown::new(fd, libc::SHUT_WR).build()
-                })
-                .user_data(ud.pack());
-                // SAFETY: a shutdown reads no user memory.
-                unsafe { self.push(&entry) };
+                self.shutdown_write(key);
             }
         }
         // Keep anything listed meanwhile (nothing is today: a push never handles completions).
         let listed = std::mem::replace(&mut self.dirty, dirty);
         self.dirty.extend(listed);
+    }
+
+    /// Everything queued is out: shut the write side and linger (RFC 6455 §7.1.1).
+    pub(super) fn shutdown_write(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        trace!(key, "shutdown");
+        conn.ending = Ending::Linger;
+        conn.pending_ops += 1;
+        let ud = UserData::new(OpKind::Shutdown, conn.generation, key as u32);
+        let entry = on_conn!(self.direct, conn.slot, |fd| {
+            opcode::Shutdown::new(fd, libc::SHUT_WR).build()
+        })
+        .user_data(ud.pack());
+        // SAFETY: a shutdown reads no user memory.
+        unsafe { self.push(&entry) };
     }
 
     pub(super) fn submit_send(&mut self, key: usize) {

@@ -1,0 +1,429 @@
+//! TLS connections: each one's [`TlsSession`] sits between the receive buffers and the
+//! protocol core on the way in, and between the send queue and the socket on the way out.
+//!
+//! In: ciphertext from the provided buffer ring goes to the session, which hands back the
+//! plaintext it carried; that runs through the same path as a plain connection's bytes.
+//! Out: the queue still holds plaintext frames (shared `Bytes`, encoded once per publish).
+//! At flush they are sealed, each receiver on its own, into one ciphertext buffer (small
+//! frames gathered into full records, a large one sealed straight from the shared frame),
+//! sent in one operation. The frames it covers stay queued, and the records' overhead is
+//! charged to the queue, until the kernel has taken every byte, so backpressure counts what
+//! goes on the wire. The buffer then goes back to a small per-worker pool: an idle TLS
+//! connection holds no record buffer.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use io_uring::opcode;
+use io_uring::types::{Fd, Fixed};
+use tracing::{debug, trace};
+
+use super::Worker;
+use crate::driver::conn::{Ending, SendQueue, Stage};
+use crate::driver::service::{ConnId, Ctx};
+use crate::driver::user_data::{OpKind, UserData};
+use crate::driver::Service;
+use crate::protocol::{CloseCode, Limits};
+use crate::tls::{Status, TlsAcceptor, TlsSession, MAX_RECORD_PLAINTEXT};
+
+/// Plaintext sealed into one send at most: enough for a burst of frames to go out in one
+/// operation, small enough that a buffer does not pin much memory while the peer reads.
+const MAX_PLAINTEXT_PER_SEND: usize = 256 * 1024;
+/// Frames below this are copied together into full records; larger ones are sealed in
+/// place (their records are full anyway).
+const GATHER_BELOW: usize = 4 * 1024;
+/// Ciphertext buffers kept for reuse, and the largest one kept.
+const SPARE_BUFFERS: usize = 256;
+const SPARE_MAX_CAPACITY: usize = 64 * 1024;
+
+/// The TLS side of one worker.
+pub(super) struct TlsLayer {
+    acceptor: Arc<TlsAcceptor>,
+    /// Each connection's TLS state, by slab key.
+    conns: Vec<Option<Box<TlsConn>>>,
+    /// Plaintext of the receive being handled.
+    plain: Vec<u8>,
+    /// Small frames gathered into one record.
+    gather: Vec<u8>,
+    /// Ciphertext buffers no send holds, for reuse.
+    spare: Vec<Vec<u8>>,
+}
+
+/// One connection's TLS state.
+struct TlsConn {
+    session: TlsSession,
+    /// Handshake flights and alerts a receive produced, not yet in a send.
+    replies: Vec<u8>,
+    /// The ciphertext of the send in flight (or partly sent): the kernel reads it until the
+    /// send completes, so it is neither moved nor freed before (see `on_send_tls`).
+    sending: Vec<u8>,
+    /// Bytes of `sending` the kernel has taken.
+    sent: usize,
+    /// Plaintext bytes at the front of the send queue that `sending` carries.
+    covered: usize,
+    /// Record overhead charged to the send queue for `sending`.
+    charged: usize,
+}
+
+impl TlsLayer {
+    pub(super) fn new(acceptor: Arc<TlsAcceptor>) -> Self {
+        Self {
+            acceptor,
+            conns: Vec::new(),
+            plain: Vec::new(),
+            gather: Vec::new(),
+            spare: Vec::new(),
+        }
+    }
+
+    /// Ciphertext held for `key`'s incomplete record (part of the worker's pending budget).
+    pub(super) fn held_bytes(&self, key: usize) -> usize {
+        self.conns
+            .get(key)
+            .and_then(|c| c.as_deref())
+            .map_or(0, |c| c.session.buffered_bytes())
+    }
+}
+
+impl<S: Service> Worker<S> {
+    /// A new connection on a TLS listener: its session starts with the certificate current
+    /// now, and keeps it.
+    pub(super) fn open_tls(&mut self, key: usize) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return true;
+        };
+        match TlsSession::new(tls.acceptor.current()) {
+            Ok(session) => {
+                if tls.conns.len() <= key {
+                    tls.conns.resize_with(key + 1, || None);
+                }
+                tls.conns[key] = Some(Box::new(TlsConn {
+                    session,
+                    replies: Vec::new(),
+                    sending: Vec::new(),
+                    sent: 0,
+                    covered: 0,
+                    charged: 0,
+                }));
+                true
+            }
+            Err(error) => {
+                debug!(%error, "TLS session refused");
+                false
+            }
+        }
+    }
+
+    /// The connection left the slab (nothing of it is in the kernel): its TLS state goes.
+    pub(super) fn close_tls(&mut self, key: usize) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        if let Some(conn) = tls.conns.get_mut(key).and_then(Option::take) {
+            recycle(&mut tls.spare, conn.sending);
+        }
+    }
+
+    /// Runs one receive buffer of ciphertext through the session, then its plaintext through
+    /// the protocol core like a plain connection's bytes.
+    pub(super) fn receive_tls(&mut self, key: usize, bid: u16, len: usize, limits: Limits) {
+        let held = |worker: &Self| {
+            let conn = worker.conns.get(key).map_or(0, |c| c.held_bytes());
+            conn + worker.tls.as_ref().map_or(0, |t| t.held_bytes(key))
+        };
+        let held_before = held(self);
+        let ending = self.conns[key].ending;
+        let room = self
+            .config
+            .max_pending_bytes
+            .saturating_sub(self.pending_bytes);
+        let Some(tls) = self.tls.as_mut() else {
+            return self.bufs.push(bid);
+        };
+        let TlsLayer {
+            conns: states,
+            plain,
+            ..
+        } = tls;
+        let Some(state) = states.get_mut(key).and_then(|c| c.as_deref_mut()) else {
+            return self.bufs.push(bid);
+        };
+        if ending != Ending::No {
+            // Closing: bytes are read only so the peer's FIN can arrive.
+            return self.bufs.push(bid);
+        }
+        // Budget first, before the copy: all of it may stay held if no record completes.
+        let tls_before = state.session.buffered_bytes();
+        if (tls_before + len) as u64 > room {
+            self.bufs.push(bid);
+            self.stats()
+                .pending_budget_closes
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(key, "TLS record over the worker's pending budget");
+            return self.refuse(key, CloseCode::TRY_AGAIN_LATER, "server busy");
+        }
+        let mut plain = std::mem::take(plain);
+        let status = state.session.receive(
+            self.bufs.buffer_mut(bid, len),
+            &mut plain,
+            &mut state.replies,
+        );
+        self.bufs.push(bid);
+        let tls_growth = state.session.buffered_bytes().saturating_sub(tls_before);
+        if !state.replies.is_empty() {
+            self.mark_dirty(key);
+        }
+        match status {
+            Ok(status) => {
+                if !plain.is_empty() {
+                    let mut budget = room.saturating_sub(tls_growth as u64);
+                    let mut ctx = ctx!(self);
+                    super::dispatch::receive(
+                        &mut self.service,
+                        &mut ctx,
+                        key,
+                        &mut plain,
+                        limits,
+                        &mut budget,
+                    );
+                }
+                if status == Status::PeerClosed {
+                    debug!(key, "peer sent close_notify");
+                    self.teardown(key);
+                }
+            }
+            Err(error) => {
+                debug!(key, %error, "TLS failed");
+                self.stats().tls_failures.fetch_add(1, Ordering::Relaxed);
+                // The alert (if rustls made one) goes out before the close, within the drain
+                // timeout.
+                self.conns[key].ending = Ending::Flush;
+                self.mark_dirty(key);
+                let now = Instant::now();
+                self.set_deadline(key, now, self.config.drain_timeout);
+            }
+        }
+        plain.clear();
+        if let Some(tls) = self.tls.as_mut() {
+            tls.plain = plain;
+        }
+        self.account_held(held_before, held(self));
+    }
+
+    /// Closes a connection for want of a resource: a close frame if it speaks WebSocket,
+    /// else a teardown.
+    fn refuse(&mut self, key: usize, code: CloseCode, reason: &str) {
+        let conn = &self.conns[key];
+        if matches!(conn.stage, Stage::Open(_)) {
+            let id = ConnId {
+                key: key as u32,
+                generation: conn.generation,
+            };
+            let mut ctx = ctx!(self);
+            ctx.close(id, code, reason);
+        } else {
+            self.teardown(key);
+        }
+    }
+
+    /// Seals what the connection's queue holds (and the session's replies) into one
+    /// ciphertext buffer and sends it; or resumes a partial send; or, with nothing left and
+    /// the connection ending, shuts the write side.
+    pub(super) fn flush_tls(&mut self, key: usize) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        let TlsLayer {
+            conns: states,
+            gather,
+            spare,
+            ..
+        } = tls;
+        let Some(state) = states.get_mut(key).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        let conn = &mut self.conns[key];
+        if state.sent == state.sending.len() {
+            let mut buffer = spare.pop().unwrap_or_default();
+            buffer.append(&mut state.replies);
+            if state.replies.capacity() > SPARE_MAX_CAPACITY {
+                state.replies = Vec::new();
+            }
+            let mut covered = 0;
+            if !state.session.is_handshaking() {
+                let closing = conn.ending == Ending::Flush;
+                match seal_queue(
+                    &mut state.session,
+                    &conn.queue,
+                    gather,
+                    &mut buffer,
+                    closing,
+                ) {
+                    Ok(bytes) => covered = bytes,
+                    Err(error) => {
+                        debug!(key, %error, "TLS encrypt failed");
+                        recycle(spare, buffer);
+                        return self.teardown(key);
+                    }
+                }
+            }
+            if buffer.is_empty() {
+                recycle(spare, buffer);
+                if conn.ending == Ending::Flush {
+                    self.shutdown_write(key);
+                }
+                return;
+            }
+            state.charged = buffer.len().saturating_sub(covered);
+            conn.queue.charge(state.charged);
+            state.covered = covered;
+            state.sending = buffer;
+            state.sent = 0;
+        }
+        let rest = &state.sending[state.sent..];
+        let (base, len) = (rest.as_ptr(), rest.len() as u32);
+        let ud = UserData::new(OpKind::Send, conn.generation, key as u32).pack();
+        let entry = on_conn!(self.direct, conn.slot, |fd| {
+            opcode::Send::new(fd, base, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        });
+        conn.send_in_flight = true;
+        trace!(key, len, "TLS send");
+        // `sending` belongs to the connection's boxed TLS state, which is neither touched
+        // nor freed before this send completes: `flush_tls` builds a new buffer only when
+        // the last one is fully sent, and the state goes only when the connection leaves
+        // the slab, which needs no send in flight.
+        // SAFETY: the bytes the send reads stay put until its completion (see above).
+        unsafe { self.push(&entry.user_data(ud)) };
+    }
+
+    /// A TLS send completed: once all of its buffer is out, the frames it carried leave the
+    /// queue and the buffer goes back to the pool.
+    pub(super) fn on_send_tls(&mut self, key: usize, result: i32) {
+        let conn = &mut self.conns[key];
+        conn.send_in_flight = false;
+        let Some(tls) = self.tls.as_mut() else { return };
+        let TlsLayer {
+            conns: states,
+            spare,
+            ..
+        } = tls;
+        let Some(state) = states.get_mut(key).and_then(|c| c.as_deref_mut()) else {
+            return;
+        };
+        if result >= 0 {
+            self.shared.stats[self.id]
+                .bytes_out
+                .fetch_add(result as u64, Ordering::Relaxed);
+            state.sent += result as usize;
+            if state.sent >= state.sending.len() {
+                conn.queue.discharge(std::mem::take(&mut state.charged));
+                conn.queue.consume(std::mem::take(&mut state.covered));
+                state.sent = 0;
+                let buffer = std::mem::take(&mut state.sending);
+                let more = !conn.queue.is_empty() || !state.replies.is_empty();
+                recycle(spare, buffer);
+                if more || conn.ending == Ending::Flush {
+                    self.mark_dirty(key);
+                }
+            } else {
+                self.mark_dirty(key);
+            }
+        } else {
+            match -result {
+                libc::EAGAIN | libc::EINTR | libc::ENOBUFS => self.mark_dirty(key),
+                libc::ECANCELED => {}
+                errno => {
+                    debug!(key, error = %std::io::Error::from_raw_os_error(errno), "TLS send failed");
+                    self.teardown(key);
+                }
+            }
+        }
+        self.maybe_remove(key);
+    }
+
+    /// Ciphertext `key`'s session holds for an incomplete record.
+    pub(super) fn tls_held(&self, key: usize) -> usize {
+        self.tls.as_ref().map_or(0, |t| t.held_bytes(key))
+    }
+
+    /// SIGHUP: new handshakes use the certificate and key as the files hold them now; open
+    /// connections keep theirs. A bad file keeps the old pair.
+    pub(super) fn reload_tls(&mut self) {
+        let Some(tls) = self.tls.as_ref() else {
+            return;
+        };
+        match tls.acceptor.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %tls.acceptor.files().cert.display(), "TLS certificate reloaded")
+            }
+            Err(error) => tracing::error!(%error, "TLS reload failed; keeping the old certificate"),
+        }
+    }
+
+    /// Whether the worker's listener speaks TLS.
+    pub(super) fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// Keeps a ciphertext buffer no send holds for the next one, if the pool has room.
+fn recycle(spare: &mut Vec<Vec<u8>>, mut buffer: Vec<u8>) {
+    if buffer.capacity() > 0
+        && buffer.capacity() <= SPARE_MAX_CAPACITY
+        && spare.len() < SPARE_BUFFERS
+    {
+        buffer.clear();
+        spare.push(buffer);
+    }
+}
+
+/// Seals the frames at the front of `queue` into `out`, up to [`MAX_PLAINTEXT_PER_SEND`]:
+/// runs of small frames gathered into full records, large frames sealed in place. With
+/// `closing` and the whole queue sealed, close_notify follows. Returns the plaintext bytes
+/// sealed (whole frames).
+fn seal_queue(
+    session: &mut TlsSession,
+    queue: &SendQueue,
+    gather: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    closing: bool,
+) -> Result<usize, crate::tls::TlsError> {
+    let mut covered = 0;
+    let mut everything = true;
+    for frame in queue.front(usize::MAX) {
+        if covered >= MAX_PLAINTEXT_PER_SEND {
+            everything = false;
+            break;
+        }
+        if frame.len() < GATHER_BELOW {
+            if gather.len() + frame.len() > MAX_RECORD_PLAINTEXT {
+                seal(session, gather, out)?;
+            }
+            gather.extend_from_slice(frame);
+        } else {
+            seal(session, gather, out)?;
+            session.encrypt(frame, out)?;
+        }
+        covered += frame.len();
+    }
+    seal(session, gather, out)?;
+    if closing && everything {
+        // The last bytes: say so in TLS too (RFC 8446 §6.1), so the peer can tell our close
+        // from a truncation.
+        session.close_notify(out)?;
+    }
+    Ok(covered)
+}
+
+/// Seals the gathered small frames, if any, into records.
+fn seal(
+    session: &mut TlsSession,
+    gather: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), crate::tls::TlsError> {
+    if gather.is_empty() {
+        return Ok(());
+    }
+    let sealed = session.encrypt(gather, out);
+    gather.clear();
+    sealed
+}
