@@ -241,11 +241,13 @@ impl<S: Service> Worker<S> {
         };
         let conn = &mut self.conns[key];
         if state.sent == state.sending.len() {
-            let mut buffer = spare.pop().unwrap_or_default();
-            buffer.append(&mut state.replies);
-            if state.replies.capacity() > SPARE_MAX_CAPACITY {
-                state.replies = Vec::new();
-            }
+            // The replies' own allocation becomes the send buffer (and then goes to the pool),
+            // so a connection past its handshake keeps no buffer of it.
+            let mut buffer = if state.replies.is_empty() {
+                spare.pop().unwrap_or_default()
+            } else {
+                std::mem::take(&mut state.replies)
+            };
             let mut covered = 0;
             if !state.session.is_handshaking() {
                 let closing = conn.ending == Ending::Flush;
