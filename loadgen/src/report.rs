@@ -274,6 +274,9 @@ pub struct ConnectReport {
     pub latency: LatencySummary,
     /// TCP connect latency, connect submission to the connect's completion.
     pub connect_latency: LatencySummary,
+    /// `wss://`: TLS handshake latency, TCP connected to TLS established (the upgrade's
+    /// latency includes it), and how many handshakes resumed a session.
+    pub tls: Option<(LatencySummary, u64)>,
     /// Closing handshake latency at the end: our close frame queued to the server's FIN.
     pub close_latency: LatencySummary,
     /// Server and kernel cost, with `--server-pid`.
@@ -371,6 +374,8 @@ impl ConnectReport {
             "hold_s": self.hold.as_secs_f64(),
             "latency_us": self.latency.json(),
             "connect_latency_us": self.connect_latency.json(),
+            "tls_handshake_latency_us": self.tls.as_ref().map(|(l, _)| l.json()),
+            "tls_resumed": self.tls.as_ref().map(|(_, r)| r),
             "close_latency_us": self.close_latency.json(),
             "server": server,
             "kernel": self.slab.map(|(before, hold)| json!({
@@ -432,6 +437,14 @@ impl ConnectReport {
              p99.99 {} max {}",
             c.p50, c.p90, c.p99, c.p999, c.p9999, c.max
         );
+        if let Some((t, resumed)) = &self.tls {
+            let _ = writeln!(
+                out,
+                "tls µs (tcp connected → TLS established):       p50 {} p90 {} p99 {} p99.9 {} \
+                 p99.99 {} max {} (n={}, {} resumed)",
+                t.p50, t.p90, t.p99, t.p999, t.p9999, t.max, t.count, resumed
+            );
+        }
         let c = &self.close_latency;
         let _ = writeln!(
             out,
@@ -596,6 +609,9 @@ impl TrafficReport {
             "latency_us": LatencySummary::of(&t.latency).json(),
             "handshake_latency_us": LatencySummary::of(&o.handshake).json(),
             "connect_latency_us": LatencySummary::of(&o.tcp_connect).json(),
+            "tls_handshake_latency_us": (!o.tls_handshake.is_empty())
+                .then(|| LatencySummary::of(&o.tls_handshake).json()),
+            "tls_resumed": (!o.tls_handshake.is_empty()).then_some(o.tls_resumed),
             "close_latency_us": LatencySummary::of(&o.closing).json(),
             "server": server,
             "client": {
@@ -666,6 +682,16 @@ impl TrafficReport {
             "latency µs p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (n={})",
             l.p50, l.p90, l.p99, l.p999, l.p9999, l.max, l.count
         );
+        if !o.tls_handshake.is_empty() {
+            let h = LatencySummary::of(&o.tls_handshake);
+            let u = LatencySummary::of(&o.handshake);
+            let _ = writeln!(
+                out,
+                "tls       handshake µs p50 {} p99 {} max {} (n={}, {} resumed); upgrade, TLS \
+                 included, p50 {} p99 {}",
+                h.p50, h.p99, h.max, h.count, o.tls_resumed, u.p50, u.p99
+            );
+        }
         if let Some(s) = &o.server {
             let per = if t.received > 0 {
                 format!(", {:.2} µs per message", s.cpu_s * 1e6 / t.received as f64)
@@ -759,6 +785,7 @@ mod tests {
             hold: Duration::from_secs(1),
             latency: LatencySummary::of(&histogram),
             connect_latency: LatencySummary::default(),
+            tls: None,
             close_latency: LatencySummary::default(),
             server: Some(ServerUsage {
                 pid: 1,

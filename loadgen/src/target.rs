@@ -1,4 +1,5 @@
-//! The URL a scenario connects to: `ws://HOST[:PORT][/PATH][?QUERY]`, loopback only.
+//! The URL a scenario connects to: `ws://` or `wss://HOST[:PORT][/PATH][?QUERY]`, loopback
+//! only.
 //!
 //! Load is sent only to this machine: a host must be an address in `127.0.0.0/8`, `[::1]`, or
 //! `localhost` (taken as `127.0.0.1`, without a resolver, so a hosts file cannot redirect it).
@@ -8,6 +9,8 @@ use std::str::FromStr;
 
 /// Port of a `ws://` URL that names none (RFC 6455 §3).
 const DEFAULT_WS_PORT: u16 = 80;
+/// Port of a `wss://` URL that names none (RFC 6455 §3).
+const DEFAULT_WSS_PORT: u16 = 443;
 
 /// A parsed, loopback-only WebSocket URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,17 +21,24 @@ pub struct Target {
     pub host: String,
     /// The request target: path and query, at least `/`.
     pub path: String,
+    /// `wss://`: TLS first.
+    pub secure: bool,
+    /// The host without its port, the name TLS checks the certificate against (SNI).
+    pub server_name: String,
 }
 
 /// Why a URL was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TargetError {
-    /// `wss://`: TLS is not spoken.
-    #[error("{0:?}: wss:// needs TLS, which uringcast-load does not speak; use ws://")]
-    Tls(String),
-    /// Not a `ws://` URL.
-    #[error("{0:?} is not a ws:// URL (expected ws://HOST[:PORT][/PATH])")]
+    /// An `https://` publish URL: the HTTP publishers speak plain HTTP only.
+    #[error("{0:?}: the HTTP publishers do not speak TLS; use an http:// publish URL or WebSocket publishers")]
+    HttpsPublish(String),
+    /// A publish URL that is not `http://`.
+    #[error("{0:?} is not an http:// publish URL (expected http://HOST[:PORT]/publish/TOPIC)")]
+    PublishScheme(String),
+    /// Not a `ws://` or `wss://` URL.
+    #[error("{0:?} is not a ws:// or wss:// URL (expected ws://HOST[:PORT][/PATH])")]
     Scheme(String),
     /// No host between `ws://` and the path.
     #[error("{0:?} names no host")]
@@ -80,10 +90,8 @@ impl FromStr for Target {
             .find("://")
             .ok_or_else(|| TargetError::Scheme(owned()))?;
         let scheme = &url[..scheme_end];
-        if scheme.eq_ignore_ascii_case("wss") {
-            return Err(TargetError::Tls(owned()));
-        }
-        if !scheme.eq_ignore_ascii_case("ws") {
+        let secure = scheme.eq_ignore_ascii_case("wss");
+        if !secure && !scheme.eq_ignore_ascii_case("ws") {
             return Err(TargetError::Scheme(owned()));
         }
         let rest = &url[scheme_end + 3..];
@@ -114,6 +122,7 @@ impl FromStr for Target {
             return Err(TargetError::NoHost(owned()));
         }
         let port = match port {
+            None if secure => DEFAULT_WSS_PORT,
             None => DEFAULT_WS_PORT,
             Some(text) => match text.parse::<u16>() {
                 Ok(port) if port != 0 => port,
@@ -140,13 +149,16 @@ impl FromStr for Target {
             addr: SocketAddr::new(ip, port),
             host: authority.to_owned(),
             path,
+            secure,
+            server_name: host.to_owned(),
         })
     }
 }
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ws://{}{}", self.host, self.path)
+        let scheme = if self.secure { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}{}", self.host, self.path)
     }
 }
 
@@ -199,6 +211,18 @@ mod tests {
     }
 
     #[test]
+    fn wss_urls_speak_tls_on_443_by_default() {
+        let t = parse("wss://localhost/feed").unwrap();
+        assert!(t.secure);
+        assert_eq!(t.addr.port(), 443);
+        assert_eq!(t.server_name, "localhost");
+        assert_eq!(t.to_string(), "wss://localhost/feed");
+        let t = parse("wss://[::1]:9443").unwrap();
+        assert_eq!((t.addr.port(), t.server_name.as_str()), (9443, "::1"));
+        assert!(!parse("ws://127.0.0.1/").unwrap().secure);
+    }
+
+    #[test]
     fn refuses_other_hosts_and_schemes() {
         assert!(matches!(
             parse("ws://10.0.0.1:9001/"),
@@ -211,10 +235,6 @@ mod tests {
         assert!(matches!(
             parse("ws://example.com/"),
             Err(TargetError::Name { .. })
-        ));
-        assert!(matches!(
-            parse("wss://127.0.0.1/"),
-            Err(TargetError::Tls(_))
         ));
         assert!(matches!(
             parse("http://127.0.0.1/"),

@@ -325,8 +325,18 @@ fn bad_targets_and_flags_exit_2() {
             vec!["connect", "ws://example.com/"],
             "names are not resolved",
         ),
-        (vec!["connect", "wss://127.0.0.1/"], "needs TLS"),
-        (vec!["connect", "127.0.0.1:9001"], "is not a ws:// URL"),
+        (
+            vec!["connect", "wss://127.0.0.1/"],
+            "wss:// needs --ca FILE",
+        ),
+        (
+            vec!["connect", "ws://127.0.0.1/", "--insecure"],
+            "are for wss:// URLs",
+        ),
+        (
+            vec!["connect", "127.0.0.1:9001"],
+            "is not a ws:// or wss:// URL",
+        ),
         (
             vec!["connect", "ws://127.0.0.1:9001/", "--source", "10.0.0.1"],
             "is not a loopback address",

@@ -717,7 +717,7 @@ fn bad_flags_exit_2() {
                 "--publish-url",
                 "ftp://127.0.0.1/x",
             ],
-            "is not a ws:// URL",
+            "is not an http:// publish URL",
         ),
         (
             vec![

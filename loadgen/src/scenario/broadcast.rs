@@ -374,9 +374,9 @@ impl std::str::FromStr for PublishUrl {
                 target: format!("ws://{rest}").parse()?,
             }),
             None if url.starts_with("https://") => {
-                Err(crate::target::TargetError::Tls(url.to_owned()))
+                Err(crate::target::TargetError::HttpsPublish(url.to_owned()))
             }
-            None => Err(crate::target::TargetError::Scheme(url.to_owned())),
+            None => Err(crate::target::TargetError::PublishScheme(url.to_owned())),
         }
     }
 }

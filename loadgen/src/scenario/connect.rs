@@ -39,6 +39,8 @@ pub const DEFAULT_CLOSE_TIMEOUT_SECS: f64 = 10.0;
 pub struct Settings {
     /// Where to connect.
     pub target: Target,
+    /// `wss://`: the TLS client configuration.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Connections to open.
     pub connections: u64,
     /// New connections per second over all threads.
@@ -67,6 +69,7 @@ impl Settings {
     fn engine(&self) -> traffic::Settings {
         traffic::Settings {
             target: self.target.clone(),
+            tls: self.tls.clone(),
             connections: self.connections,
             connect_rate: self.rate,
             duration: self.hold,
@@ -159,6 +162,12 @@ fn report(settings: SettingsSummary, capacity: Capacity, outcome: Outcome) -> Co
         hold: outcome.duration,
         latency: LatencySummary::of(&outcome.handshake),
         connect_latency: LatencySummary::of(&outcome.tcp_connect),
+        tls: (!outcome.tls_handshake.is_empty()).then(|| {
+            (
+                LatencySummary::of(&outcome.tls_handshake),
+                outcome.tls_resumed,
+            )
+        }),
         close_latency: LatencySummary::of(&outcome.closing),
         server,
         slab: outcome.slab,

@@ -23,6 +23,8 @@ pub(super) struct Slot {
     pub(super) pending: u32,
     pub(super) recv_armed: bool,
     pub(super) conn: Conn,
+    /// The TLS session of a `wss://` connection.
+    pub(super) tls: Option<Box<super::tls::SlotTls>>,
 }
 
 pub(super) enum Conn {

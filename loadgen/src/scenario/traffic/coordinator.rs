@@ -209,6 +209,8 @@ impl Coordinator<'_> {
             closed_abandoned: sum.closed_abandoned,
             handshake: sum.handshake,
             tcp_connect: sum.tcp_connect,
+            tls_handshake: sum.tls_handshake,
+            tls_resumed: sum.tls_resumed,
             closing: sum.closing,
             ramp: connected_at.saturating_duration_since(start),
             duration: stopped_at.saturating_duration_since(go),

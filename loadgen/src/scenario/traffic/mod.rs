@@ -33,6 +33,7 @@ mod plan;
 mod recv;
 mod settings;
 mod thread;
+mod tls;
 mod workload;
 
 use std::io;

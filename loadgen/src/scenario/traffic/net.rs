@@ -14,6 +14,7 @@ use uringcast::protocol::CloseCode;
 use super::conn::{Conn, Connecting, Deadline, Slot};
 use super::plan::address_pair;
 use super::thread::ThreadSetup;
+use super::tls::SlotTls;
 use super::{new_histogram, Plan, Progress, Workload};
 use crate::report::{Diagnostics, Failure, Failures};
 use crate::uring::user_data::OpKind;
@@ -60,6 +61,16 @@ pub(super) struct Net {
     pub(super) diagnostics: Diagnostics,
     pub(super) progress: Arc<[Progress]>,
     pub(super) ring_error: Option<io::Error>,
+    /// `wss://`: the client configuration every connection's session starts from.
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name the server's certificate must carry.
+    pub(super) server_name: String,
+    /// TCP connect to the end of the TLS handshake.
+    pub(super) tls_handshake: Histogram<u64>,
+    /// TLS handshakes that resumed a session.
+    pub(super) tls_resumed: u64,
+    /// Plaintext of the receive being handled (TLS).
+    pub(super) tls_plain: Vec<u8>,
 }
 
 impl Net {
@@ -83,6 +94,7 @@ impl Net {
                     pending: 0,
                     recv_armed: false,
                     conn: Conn::Free,
+                    tls: None,
                 })
                 .collect(),
             dirty: Vec::new(),
@@ -103,6 +115,11 @@ impl Net {
             diagnostics: Diagnostics::default(),
             progress: Arc::clone(&setup.progress),
             ring_error: None,
+            tls: setup.settings.tls.clone(),
+            server_name: setup.settings.target.server_name.clone(),
+            tls_handshake: new_histogram(),
+            tls_resumed: 0,
+            tls_plain: Vec::new(),
         }
     }
 
@@ -141,10 +158,25 @@ impl Net {
     pub(super) fn open_one(&mut self, ops: &mut Ops, local: usize, now: Instant) {
         let key: [u8; 16] = rand::random();
         let (handshake, request) = ClientHandshake::new(&self.host, &self.path, key, &[]);
-        let request = Bytes::from(request);
+        let mut request = Bytes::from(request);
+        let mut tls = None;
+        if self.tls.is_some() {
+            // wss://: the chain sends the ClientHello; the request waits for the handshake.
+            match SlotTls::start(self, request) {
+                Ok((session, hello)) => {
+                    tls = Some(session);
+                    request = hello;
+                }
+                Err(detail) => {
+                    self.failed.add(Failure::Other, detail);
+                    return;
+                }
+            }
+        }
         let global = self.plan.global(local);
         let (source, target) = address_pair(global, self.sources, self.targets);
         let slot = &mut self.slots[local];
+        slot.tls = tls;
         match ops.open(
             local as u32,
             slot.generation,
@@ -213,6 +245,7 @@ impl Net {
             if let Conn::Connecting(c) = &mut self.slots[index].conn {
                 c.connected = true;
                 self.tcp_connect.saturating_record(micros_since(c.started));
+                self.tls_connected(index);
                 // Armed now, beside the linked send: the response cannot beat the request.
                 self.arm_recv(ops, index);
             }
@@ -220,6 +253,9 @@ impl Net {
     }
 
     pub(super) fn on_send(&mut self, ops: &mut Ops, index: usize, result: i32) {
+        if self.tls_on_send(ops, index, result) {
+            return;
+        }
         let slot = &mut self.slots[index];
         let generation = slot.generation;
         match &mut slot.conn {
@@ -235,6 +271,9 @@ impl Net {
                 if c.sent < c.request.len() {
                     let rest = c.request.slice(c.sent..);
                     self.send(ops, index, generation, rest);
+                } else {
+                    // wss://: TLS may have answered the server while the ClientHello went.
+                    self.tls_flush(ops, index);
                 }
             }
             Conn::Open(o) => {
@@ -317,6 +356,7 @@ impl Net {
         let slot = &mut self.slots[index];
         if matches!(slot.conn, Conn::Closing) && slot.pending == 0 {
             slot.conn = Conn::Free;
+            slot.tls = None;
             slot.recv_armed = false;
             slot.generation = (slot.generation + 1) & crate::uring::user_data::GENERATION_MASK;
         }
@@ -400,6 +440,10 @@ impl Net {
             }
             all.freeze()
         };
+        if slot.tls.is_some() {
+            // Sealed into the session's ciphertext; the TLS layer tracks that send.
+            return self.tls_send_plain(ops, index, &bytes);
+        }
         o.sending = Some(bytes.clone());
         self.send(ops, index, generation, bytes);
     }

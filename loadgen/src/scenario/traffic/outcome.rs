@@ -33,6 +33,11 @@ pub struct Outcome {
     pub handshake: Histogram<u64>,
     /// TCP connect latency: the open chain submitted to the connect's completion, µs.
     pub tcp_connect: Histogram<u64>,
+    /// `wss://`: TLS handshake latency, TCP's connect to the end of the TLS handshake, µs
+    /// (the upgrade's latency, in `handshake`, includes it).
+    pub tls_handshake: Histogram<u64>,
+    /// `wss://`: TLS handshakes that resumed a session rather than making a new one.
+    pub tls_resumed: u64,
     /// Closing handshake latency at the end, for clean closes: our close frame queued to the
     /// server's FIN, µs.
     pub closing: Histogram<u64>,
@@ -97,6 +102,9 @@ pub(super) struct ThreadResult {
     pub(super) handshake: Histogram<u64>,
     /// Open chain submitted to the connect's completion (the TCP handshake), µs.
     pub(super) tcp_connect: Histogram<u64>,
+    /// TCP connect to the end of the TLS handshake, µs (`wss://`).
+    pub(super) tls_handshake: Histogram<u64>,
+    pub(super) tls_resumed: u64,
     /// Our close frame queued to the server's FIN, µs, for clean closes.
     pub(super) closing: Histogram<u64>,
     pub(super) failed: Failures,
@@ -115,6 +123,8 @@ impl ThreadResult {
             tally: Tally::default(),
             handshake: new_histogram(),
             tcp_connect: new_histogram(),
+            tls_handshake: new_histogram(),
+            tls_resumed: 0,
             closing: new_histogram(),
             failed: Failures::default(),
             dropped: Failures::default(),
@@ -132,6 +142,8 @@ impl ThreadResult {
         // Same bounds and precision everywhere: adding cannot fail.
         let _ = self.handshake.add(&other.handshake);
         let _ = self.tcp_connect.add(&other.tcp_connect);
+        let _ = self.tls_handshake.add(&other.tls_handshake);
+        self.tls_resumed += other.tls_resumed;
         let _ = self.closing.add(&other.closing);
         self.failed.merge(&other.failed);
         self.dropped.merge(&other.dropped);

@@ -70,6 +70,21 @@ impl Net {
         bytes: &mut [u8],
         now_ns: u64,
     ) {
+        if self.slots[index].tls.is_some() {
+            return self.tls_bytes(ops, work, index, bytes, now_ns);
+        }
+        self.on_plain(ops, work, index, bytes, now_ns);
+    }
+
+    /// Plaintext bytes: the upgrade response, then frames.
+    pub(super) fn on_plain<W: Workload>(
+        &mut self,
+        ops: &mut Ops,
+        work: &mut W,
+        index: usize,
+        bytes: &mut [u8],
+        now_ns: u64,
+    ) {
         let mut rest = bytes;
         if let Conn::Connecting(c) = &mut self.slots[index].conn {
             match c.handshake.feed(rest) {

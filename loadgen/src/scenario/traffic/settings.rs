@@ -20,6 +20,8 @@ pub const MAX_MESSAGE_BYTES: u64 = 16 << 20;
 pub struct Settings {
     /// Where to connect.
     pub target: Target,
+    /// `wss://`: the TLS client configuration (trust, resumption) every connection uses.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// Connections in all (echo connections, or subscribers plus publishers).
     pub connections: u64,
     /// New connections per second while connecting, over all threads.

@@ -299,6 +299,8 @@ impl<W: Workload> Thread<W> {
             tally,
             handshake: net.handshake,
             tcp_connect: net.tcp_connect,
+            tls_handshake: net.tls_handshake,
+            tls_resumed: net.tls_resumed,
             closing: net.closing,
             failed: net.failed,
             dropped: net.dropped,
