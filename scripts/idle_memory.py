@@ -7,8 +7,11 @@ Opens CONNECTIONS upgraded connections to 127.0.0.1:PORT (spread over source add
 127.0.0.200-127.0.0.219 to stay clear of the ephemeral port limit), then, at each HOLD_SECONDS
 after the last upgrade (default 11), prints the growth of the server's VmRSS and of the
 kernel's Slab (/proc/meminfo, both ends of every loopback connection) divided by CONNECTIONS.
-Bounded: every socket has a 10 s timeout.
+Bounded: every socket has a 10 s timeout. With TLS_CA=FILE in the environment the connections
+are wss:// (TLS to the port, the certificate checked against FILE, its name not).
 """
+import os
+import ssl
 import socket
 import sys
 import time
@@ -36,11 +39,17 @@ def slab():
 def main():
     port, pid, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     holds = [float(h) for h in sys.argv[4].split(",")] if len(sys.argv) > 4 else [11.0]
+    tls = None
+    if os.environ.get("TLS_CA"):
+        tls = ssl.create_default_context(cafile=os.environ["TLS_CA"])
+        tls.check_hostname = False
     rss0, slab0 = rss(pid), slab()
     sockets = []
     for i in range(count):
         s = socket.create_connection(("127.0.0.1", port), timeout=10,
                                      source_address=(f"127.0.0.{200 + i % 20}", 0))
+        if tls:
+            s = tls.wrap_socket(s, server_hostname="localhost")
         s.sendall(REQUEST)
         sockets.append(s)
         if len(sockets) % 500 == 0 or len(sockets) == count:

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Opens wss:// from headless Chromium (Debian's package, installed here if missing) against
+# uringcast over TLS, with a certificate made here and trusted by its public key
+# (--ignore-certificate-errors-spki-list trusts exactly that key, nothing else): the page
+# connects, sends, reads the echo, closes with 1000 and reports what it saw in the DOM.
+#
+# Usage: scripts/browser_check.sh [--no-build]
+# Prints `SKIP browser_check: chromium missing` and exits 0 when Chromium cannot be installed;
+# exits 1 when the page does not see its echo and a clean close.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+[ "${1:-}" = --no-build ] || cargo build --release -q
+CHROMIUM=${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}
+if [ -z "$CHROMIUM" ] && command -v apt-get >/dev/null; then
+    echo "[browser] installing chromium from Debian's packages" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >/tmp/uringcast-chromium-install.log 2>&1 || true
+    CHROMIUM=$(command -v chromium || true)
+fi
+if [ -z "$CHROMIUM" ]; then
+    echo "SKIP browser_check: chromium missing"
+    exit 0
+fi
+work=$(mktemp -d /tmp/uringcast-browser.XXXX)
+server_pid=
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+spki=$(openssl x509 -pubkey -noout -in "$work/cert.pem" | openssl pkey -pubin -outform der \
+    | openssl dgst -sha256 -binary | base64)
+timeout 120 target/release/uringcast --listen 127.0.0.1:0 --tls-cert "$work/cert.pem" \
+    --tls-key "$work/key.pem" --workers 1 >"$work/server.out" 2>"$work/server.err" &
+server_pid=$!
+for _ in $(seq 1 100); do grep -q '^listening on' "$work/server.out" && break; sleep 0.1; done
+port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/server.out")
+[ -n "$port" ] || { echo "browser_check: the server did not start" >&2; cat "$work/server.err" >&2; exit 1; }
+cat >"$work/page.html" <<HTML
+<!doctype html>
+<body data-result="pending">
+<script>
+const ws = new WebSocket("wss://localhost:$port/");
+let echo = "none";
+ws.onopen = () => ws.send("hello from chromium");
+ws.onmessage = (e) => { echo = e.data; ws.close(1000, "done"); };
+ws.onclose = (e) => {
+  document.body.dataset.result = "echo=" + echo + ";close=" + e.code + ";clean=" + e.wasClean;
+};
+</script>
+</body>
+HTML
+dom=$(timeout 60 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
+    --user-data-dir="$work/profile" --ignore-certificate-errors-spki-list="$spki" \
+    --virtual-time-budget=15000 --dump-dom "file://$work/page.html" 2>"$work/chromium.err" || true)
+result=$(printf '%s' "$dom" | sed -n 's/.*data-result="\([^"]*\)".*/\1/p' | head -1)
+echo "browser_check: $("$CHROMIUM" --version 2>/dev/null | head -1): $result"
+if [ "$result" != "echo=hello from chromium;close=1000;clean=true" ]; then
+    echo "browser_check: FAILED (expected the echo and a clean close 1000)" >&2
+    tail -20 "$work/chromium.err" >&2 || true
+    exit 1
+fi
