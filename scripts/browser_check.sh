@@ -24,7 +24,12 @@ if [ -z "$CHROMIUM" ]; then
 fi
 work=$(mktemp -d /tmp/uringcast-browser.XXXX)
 server_pid=
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"; }
+chromium_pid=
+cleanup() {
+    [ -n "$chromium_pid" ] && kill "$chromium_pid" 2>/dev/null && wait "$chromium_pid" 2>/dev/null
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+    rm -rf "$work" 2>/dev/null || true
+}
 trap cleanup EXIT
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
@@ -39,25 +44,43 @@ port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/server.out")
 [ -n "$port" ] || { echo "browser_check: the server did not start" >&2; cat "$work/server.err" >&2; exit 1; }
 cat >"$work/page.html" <<HTML
 <!doctype html>
-<body data-result="pending">
+<title>pending</title>
 <script>
 const ws = new WebSocket("wss://localhost:$port/");
 let echo = "none";
 ws.onopen = () => ws.send("hello from chromium");
 ws.onmessage = (e) => { echo = e.data; ws.close(1000, "done"); };
 ws.onclose = (e) => {
-  document.body.dataset.result = "echo=" + echo + ";close=" + e.code + ";clean=" + e.wasClean;
+  document.title = "echo=" + echo + ";close=" + e.code + ";clean=" + e.wasClean;
 };
 </script>
-</body>
 HTML
-dom=$(timeout 60 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
+# The page reports in its title, read through the DevTools HTTP endpoint: a real signal that
+# the close handshake finished, rather than a fixed wait.
+debug_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+timeout 90 "$CHROMIUM" --headless --no-sandbox --disable-gpu --no-first-run \
     --user-data-dir="$work/profile" --ignore-certificate-errors-spki-list="$spki" \
-    --virtual-time-budget=15000 --dump-dom "file://$work/page.html" 2>"$work/chromium.err" || true)
-result=$(printf '%s' "$dom" | sed -n 's/.*data-result="\([^"]*\)".*/\1/p' | head -1)
+    --remote-debugging-address=127.0.0.1 --remote-debugging-port="$debug_port" \
+    "file://$work/page.html" >"$work/chromium.out" 2>"$work/chromium.err" &
+chromium_pid=$!
+result=pending
+for _ in $(seq 1 300); do
+    result=$(curl -s "http://127.0.0.1:$debug_port/json" 2>/dev/null | python3 -c '
+import json, sys
+try:
+    pages = [t for t in json.load(sys.stdin) if t.get("type") == "page"]
+    print(pages[0]["title"] if pages else "pending")
+except Exception:
+    print("pending")') || result=pending
+    [ "$result" != pending ] && break
+    sleep 0.1
+done
+kill "$chromium_pid" 2>/dev/null || true
+wait "$chromium_pid" 2>/dev/null || true
+chromium_pid=
 echo "browser_check: $("$CHROMIUM" --version 2>/dev/null | head -1): $result"
 if [ "$result" != "echo=hello from chromium;close=1000;clean=true" ]; then
     echo "browser_check: FAILED (expected the echo and a clean close 1000)" >&2
-    tail -20 "$work/chromium.err" >&2 || true
+    grep -v dbus "$work/chromium.err" | tail -20 >&2 || true
     exit 1
 fi
