@@ -18,6 +18,9 @@
 #   AUTOBAHN_CASES       comma-separated case patterns (default: 1.*,2.*,...,10.*), e.g. '1.*,2.*'
 #   AUTOBAHN_TIMEOUT     seconds allowed for the whole wstest run (default: 1200)
 #   AUTOBAHN_SUMMARY_MD  same as --summary-md
+#   AUTOBAHN_TLS=1       run over wss://: the server gets a self-signed certificate made here
+#                        (openssl) and the suite connects with TLS (it does not verify
+#                        certificates); reports go to target/autobahn-wss/
 #   AUTOBAHN_URL         test this ws:// URL; no server is built or started
 #   AUTOBAHN_SERVER_CMD  start this shell command instead of target/release/uringcast; like
 #                        uringcast it must print `listening on HOST:PORT` on stdout when ready
@@ -39,7 +42,8 @@ WSTEST_TIMEOUT=${AUTOBAHN_TIMEOUT:-1200}
 SUMMARY_MD=${AUTOBAHN_SUMMARY_MD:-}
 SERVER_START_TIMEOUT=30 # seconds to wait for `listening on`
 SERVER_STOP_TIMEOUT=15  # seconds to wait for the exit after SIGTERM
-WORK="$ROOT/target/autobahn"
+TLS=${AUTOBAHN_TLS:-0}
+if [ "$TLS" = 1 ]; then WORK="$ROOT/target/autobahn-wss"; else WORK="$ROOT/target/autobahn"; fi
 REPORTS="$WORK/reports"
 
 install_only=0
@@ -200,6 +204,15 @@ else
         [ -x "$target_dir/release/uringcast" ] || die "$target_dir/release/uringcast not found"
         server_cmd=("$target_dir/release/uringcast" --listen 127.0.0.1:0 --mode echo --workers 2
                     --max-message-bytes 16777216)
+        if [ "$TLS" = 1 ]; then
+            mkdir -p "$WORK/tls"
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+                -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+                -addext basicConstraints=critical,CA:FALSE \
+                -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null \
+                || die "openssl could not make the test certificate"
+            server_cmd+=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
+        fi
     fi
     log "starting: ${server_cmd[*]}"
     : >"$WORK/server.stdout.log"
@@ -220,7 +233,7 @@ else
         die "the server exited before printing 'listening on'"
     fi
     addr=${line#listening on }
-    url="ws://$addr"
+    if [ "$TLS" = 1 ]; then url="wss://$addr"; else url="ws://$addr"; fi
     log "server pid $server_pid is $line"
 fi
 

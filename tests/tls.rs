@@ -481,3 +481,69 @@ fn an_unusable_certificate_is_a_one_line_startup_error() -> Result<()> {
     }
     Ok(())
 }
+
+/// TLS 1.2 renegotiation, asked for by OpenSSL's client (`R` on its stdin): refused with a
+/// `no_renegotiation` alert (RFC 5746 lets a server decline; rustls does not renegotiate),
+/// and the server goes on serving.
+#[test]
+fn renegotiation_is_refused_with_an_alert() -> Result<()> {
+    let Ok(version) = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+    else {
+        println!("SKIP renegotiation_is_refused_with_an_alert: openssl missing");
+        return Ok(());
+    };
+    ensure!(version.status.success(), "openssl version failed");
+    let cert = TestCert::new("reneg")?;
+    let server = start(&cert, &["--mode", "echo", "--workers", "1"])?;
+    let mut child = std::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-tls1_2",
+            "-servername",
+            "localhost",
+            "-connect",
+        ])
+        .arg(server.addr().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    // `R` at the start of a line asks for renegotiation once the handshake is done; then
+    // stdin stays open until the client has given up (it exits on the alert).
+    stdin.write_all(b"R\n")?;
+    let output = std::thread::scope(|scope| {
+        let waiter = scope.spawn(|| child.wait_with_output());
+        let started = Instant::now();
+        while !waiter.is_finished() && started.elapsed() < STEP {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(stdin);
+        waiter.join().expect("the waiter thread")
+    })?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        text.contains("RENEGOTIATING"),
+        "no renegotiation asked for: {text}"
+    );
+    ensure!(
+        text.contains("no renegotiation"),
+        "no no_renegotiation alert: {text}"
+    );
+    let (status, _) = https(
+        server.addr(),
+        cert.client()?,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    )?;
+    ensure!(
+        status == 200,
+        "/healthz answered {status} after the renegotiation attempt"
+    );
+    Ok(())
+}
