@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use common::Server;
 use futures_util::{SinkExt, StreamExt};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use tokio::time::timeout;
@@ -545,5 +546,92 @@ fn renegotiation_is_refused_with_an_alert() -> Result<()> {
         status == 200,
         "/healthz answered {status} after the renegotiation attempt"
     );
+    Ok(())
+}
+
+/// Writes `cert_pem` and `key_pem` into `dir` and returns the server flags for them.
+fn write_pair(dir: &std::path::Path, cert_pem: &str, key_pem: &str) -> Result<Vec<String>> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("chain.pem"), cert_pem)?;
+    std::fs::write(dir.join("key.pem"), key_pem)?;
+    Ok(vec![
+        "--tls-cert".into(),
+        dir.join("chain.pem").display().to_string(),
+        "--tls-key".into(),
+        dir.join("key.pem").display().to_string(),
+    ])
+}
+
+async fn echo_once(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<()> {
+    let mut ws = wss_connect(addr, "/", config).await?;
+    timeout(STEP, ws.send(Message::text("key types"))).await??;
+    match next_data(&mut ws).await? {
+        Message::Text(text) => ensure!(text.as_str() == "key types"),
+        other => bail!("got {other:?}"),
+    }
+    Ok(())
+}
+
+/// An Ed25519 leaf signed by a CA, the chain in one file (leaf first), trusted by the CA
+/// alone (so the server must send the chain); and an RSA 2048 key from OpenSSL, in the
+/// PKCS#8 form OpenSSL writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ed25519_with_a_chain_and_rsa_keys_serve_wss() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("uringcast-tls-{}-keys", std::process::id()));
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)?;
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])?
+        .signed_by(&leaf_key, &issuer)?;
+    let chain = format!("{}{}", leaf.pem(), ca_cert.pem());
+    let args = write_pair(&dir.join("ed25519"), &chain, &leaf_key.serialize_pem())?;
+    let mut flags: Vec<&str> = args.iter().map(String::as_str).collect();
+    flags.extend(["--mode", "echo", "--workers", "1"]);
+    let server = Server::start(&flags)?;
+    echo_once(server.addr(), client_trusting(ca_cert.der(), None)?).await?;
+    drop(server);
+
+    let rsa = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ])
+        .arg("-keyout")
+        .arg(dir.join("rsa.key"))
+        .arg("-out")
+        .arg(dir.join("rsa.pem"))
+        .output();
+    match rsa {
+        Ok(output) if output.status.success() => {
+            let cert_pem = std::fs::read_to_string(dir.join("rsa.pem"))?;
+            let key_pem = std::fs::read_to_string(dir.join("rsa.key"))?;
+            let args = write_pair(&dir.join("rsa"), &cert_pem, &key_pem)?;
+            let mut flags: Vec<&str> = args.iter().map(String::as_str).collect();
+            flags.extend(["--mode", "echo", "--workers", "1"]);
+            let server = Server::start(&flags)?;
+            let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())?;
+            echo_once(server.addr(), client_trusting(&der, None)?).await?;
+        }
+        _ => {
+            println!("SKIP ed25519_with_a_chain_and_rsa_keys_serve_wss (RSA part): openssl missing")
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

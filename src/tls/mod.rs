@@ -8,6 +8,8 @@
 
 mod config;
 mod session;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use config::{TlsAcceptor, TlsConfigError, TlsFiles};
 pub use session::{

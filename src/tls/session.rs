@@ -316,86 +316,8 @@ fn append_sized(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore};
-    use std::io::{Read, Write};
-
-    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-        Arc::new(rustls::crypto::ring::default_provider())
-    }
-
-    /// A server configuration with a fresh self-signed certificate, and a client that trusts it.
-    fn pair(
-        versions: &[&'static rustls::SupportedProtocolVersion],
-    ) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let cert: CertificateDer<'static> = key.cert.der().clone();
-        let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
-        let server = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.clone()], der)
-            .unwrap();
-        let mut roots = RootCertStore::empty();
-        roots.add(cert).unwrap();
-        let client = ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(versions)
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        (Arc::new(server), Arc::new(client))
-    }
-
-    fn client(config: &Arc<ClientConfig>) -> ClientConnection {
-        ClientConnection::new(
-            Arc::clone(config),
-            ServerName::try_from("localhost").unwrap(),
-        )
-        .unwrap()
-    }
-
-    /// Everything the client wants to send.
-    fn from_client(client: &mut ClientConnection) -> Vec<u8> {
-        let mut bytes = Vec::new();
-        while client.wants_write() {
-            client.write_tls(&mut bytes).unwrap();
-        }
-        bytes
-    }
-
-    /// Feeds the server's output to the client; returns the plaintext the client read.
-    fn to_client(client: &mut ClientConnection, mut bytes: &[u8]) -> Vec<u8> {
-        let mut plain = Vec::new();
-        while !bytes.is_empty() {
-            client.read_tls(&mut bytes).unwrap();
-            client.process_new_packets().unwrap();
-            match client.reader().read_to_end(&mut plain) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => panic!("client read: {e}"),
-            }
-        }
-        plain
-    }
-
-    /// Runs the handshake, feeding the server `chunk` bytes at a time.
-    fn handshake(server: &mut TlsSession, client: &mut ClientConnection, chunk: usize) {
-        let mut plain = Vec::new();
-        for _ in 0..10 {
-            let bytes = from_client(client);
-            let mut out = Vec::new();
-            for piece in bytes.chunks(chunk) {
-                server.receive(piece, &mut plain, &mut out).unwrap();
-            }
-            to_client(client, &out);
-            if !server.is_handshaking() && !client.is_handshaking() {
-                assert!(plain.is_empty());
-                return;
-            }
-        }
-        panic!("no handshake after 10 flights");
-    }
+    use crate::tls::testing::{client, from_client, handshake, pair, to_client};
+    use std::io::Write;
 
     #[test]
     fn data_flows_both_ways_on_tls13_and_tls12() {

@@ -379,7 +379,8 @@ fn recycle(spare: &mut Vec<Vec<u8>>, mut buffer: Vec<u8>) {
 }
 
 /// Seals the frames at the front of `queue` into `out`, up to [`MAX_PLAINTEXT_PER_SEND`]:
-/// runs of small frames gathered into full records, large frames sealed in place. With
+/// runs of small frames gathered into full records, large frames sealed in place. A small
+/// frame alone is sealed in place too: it is copied only to share a record with others. With
 /// `closing` and the whole queue sealed, close_notify follows. Returns the plaintext bytes
 /// sealed (whole frames).
 fn seal_queue(
@@ -391,29 +392,55 @@ fn seal_queue(
 ) -> Result<usize, crate::tls::TlsError> {
     let mut covered = 0;
     let mut everything = true;
+    // The run of small frames being gathered: its first frame is held by reference until a
+    // second one joins it.
+    let mut first: Option<&[u8]> = None;
     for frame in queue.front(usize::MAX) {
         if covered >= MAX_PLAINTEXT_PER_SEND {
             everything = false;
             break;
         }
         if frame.len() < GATHER_BELOW {
-            if gather.len() + frame.len() > MAX_RECORD_PLAINTEXT {
-                seal(session, gather, out)?;
+            let run = first.map_or(0, <[u8]>::len) + gather.len();
+            if run + frame.len() > MAX_RECORD_PLAINTEXT {
+                seal_run(session, &mut first, gather, out)?;
             }
-            gather.extend_from_slice(frame);
+            match first {
+                None if gather.is_empty() => first = Some(frame),
+                Some(alone) => {
+                    gather.extend_from_slice(alone);
+                    gather.extend_from_slice(frame);
+                    first = None;
+                }
+                None => gather.extend_from_slice(frame),
+            }
         } else {
-            seal(session, gather, out)?;
+            seal_run(session, &mut first, gather, out)?;
             session.encrypt(frame, out)?;
         }
         covered += frame.len();
     }
-    seal(session, gather, out)?;
+    seal_run(session, &mut first, gather, out)?;
     if closing && everything {
         // The last bytes: say so in TLS too (RFC 8446 §6.1), so the peer can tell our close
         // from a truncation.
         session.close_notify(out)?;
     }
     Ok(covered)
+}
+
+/// Seals the current run of small frames, if any: one frame in place, several from the
+/// gather buffer.
+fn seal_run(
+    session: &mut TlsSession,
+    first: &mut Option<&[u8]>,
+    gather: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Result<(), crate::tls::TlsError> {
+    if let Some(alone) = first.take() {
+        return session.encrypt(alone, out);
+    }
+    seal(session, gather, out)
 }
 
 /// Seals the gathered small frames, if any, into records.
@@ -428,4 +455,83 @@ fn seal(
     let sealed = session.encrypt(gather, out);
     gather.clear();
     sealed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::testing::{client, handshake, pair, to_client};
+    use bytes::Bytes;
+
+    /// The lengths of the TLS records in `bytes` (5-byte headers: type, version, length).
+    fn records(mut bytes: &[u8]) -> Vec<usize> {
+        let mut lengths = Vec::new();
+        while bytes.len() >= 5 {
+            let len = u16::from_be_bytes([bytes[3], bytes[4]]) as usize;
+            lengths.push(len);
+            bytes = &bytes[5 + len..];
+        }
+        assert!(bytes.is_empty(), "a record cut short");
+        lengths
+    }
+
+    fn session() -> (TlsSession, rustls::ClientConnection) {
+        let (server_config, client_config) = pair(&[&rustls::version::TLS13]);
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut client = client(&client_config);
+        handshake(&mut server, &mut client, usize::MAX);
+        (server, client)
+    }
+
+    #[test]
+    fn small_frames_share_records_and_a_lone_one_is_not_copied() {
+        let (mut server, mut client) = session();
+        let frame = |len: usize, fill: u8| Bytes::from(vec![fill; len]);
+        let mut queue = SendQueue::default();
+        for f in [frame(10, 1), frame(20, 2), frame(5000, 3), frame(30, 4)] {
+            queue.push_unbounded(f);
+        }
+        let (mut gather, mut out) = (Vec::new(), Vec::new());
+        let covered = seal_queue(&mut server, &queue, &mut gather, &mut out, false).unwrap();
+        assert_eq!(covered, 5060);
+        // 10 + 20 gathered into one record, 5,000 sealed in place, 30 alone in place (each
+        // TLS 1.3 record adds a content-type byte and a 16-byte tag).
+        assert_eq!(records(&out), [30 + 17, 5000 + 17, 30 + 17]);
+        let mut expected = vec![1u8; 10];
+        expected.extend([2; 20]);
+        expected.extend([3; 5000]);
+        expected.extend([4; 30]);
+        assert_eq!(to_client(&mut client, &out), expected);
+
+        // One small frame: one record, and the gather buffer never touched.
+        let mut queue = SendQueue::default();
+        queue.push_unbounded(frame(64, 9));
+        let (mut gather, mut out) = (Vec::new(), Vec::new());
+        seal_queue(&mut server, &queue, &mut gather, &mut out, true).unwrap();
+        assert_eq!(gather.capacity(), 0, "a lone frame was copied");
+        // The frame's record, then close_notify (an alert: 2 bytes, sealed).
+        assert_eq!(records(&out), [64 + 17, 2 + 17]);
+        assert_eq!(to_client(&mut client, &out), vec![9; 64]);
+    }
+
+    #[test]
+    fn a_long_run_of_small_frames_fills_records_to_the_limit() {
+        let (mut server, mut client) = session();
+        let mut queue = SendQueue::default();
+        for i in 0..100u8 {
+            queue.push_unbounded(Bytes::from(vec![i; 1000]));
+        }
+        let (mut gather, mut out) = (Vec::new(), Vec::new());
+        seal_queue(&mut server, &queue, &mut gather, &mut out, false).unwrap();
+        // 16 frames of 1,000 bytes fit in 16 KiB of plaintext: 100 frames make 7 records.
+        let lengths = records(&out);
+        assert_eq!(lengths.len(), 7, "{lengths:?}");
+        assert!(lengths[..6].iter().all(|&l| l == 16_000 + 17));
+        let plain = to_client(&mut client, &out);
+        assert_eq!(plain.len(), 100_000);
+        assert!(plain
+            .chunks(1000)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8)));
+    }
 }
