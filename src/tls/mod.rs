@@ -13,5 +13,5 @@ pub(crate) mod testing;
 
 pub use config::{TlsAcceptor, TlsConfigError, TlsFiles};
 pub use session::{
-    Status, TlsError, TlsSession, MAX_INCOMING_BYTES, MAX_RECORD_OVERHEAD, MAX_RECORD_PLAINTEXT,
+    RecordBuf, Status, TlsError, TlsSession, MAX_INCOMING_BYTES, MAX_RECORD_OVERHEAD, MAX_RECORD_PLAINTEXT,
 };

@@ -30,6 +30,25 @@ pub const MAX_RECORD_PLAINTEXT: usize = 16 * 1024;
 /// content type and a 16-byte tag, for TLS 1.2's AES-GCM an 8-byte nonce and the tag.
 pub const MAX_RECORD_OVERHEAD: usize = 5 + 8 + 16 + 1;
 
+/// A growable byte buffer records are appended to: a `Vec<u8>`, or a `BytesMut` arena whose
+/// filled part is split off for a send.
+pub trait RecordBuf: std::ops::DerefMut<Target = [u8]> {
+    /// Grows or shrinks to `len` bytes (new bytes zeroed).
+    fn resize_to(&mut self, len: usize);
+}
+
+impl RecordBuf for Vec<u8> {
+    fn resize_to(&mut self, len: usize) {
+        self.resize(len, 0);
+    }
+}
+
+impl RecordBuf for bytes::BytesMut {
+    fn resize_to(&mut self, len: usize) {
+        self.resize(len, 0);
+    }
+}
+
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -199,7 +218,7 @@ impl TlsSession {
     /// # Errors
     ///
     /// The handshake is not over, or the session has failed.
-    pub fn encrypt(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), TlsError> {
+    pub fn encrypt(&mut self, plaintext: &[u8], out: &mut impl RecordBuf) -> Result<(), TlsError> {
         self.write(
             out,
             |traffic, buf| traffic.encrypt(plaintext, buf),
@@ -212,7 +231,7 @@ impl TlsSession {
     /// # Errors
     ///
     /// The handshake is not over, or the session has failed.
-    pub fn close_notify(&mut self, out: &mut Vec<u8>) -> Result<(), TlsError> {
+    pub fn close_notify(&mut self, out: &mut impl RecordBuf) -> Result<(), TlsError> {
         if std::mem::replace(&mut self.close_notify_sent, true) {
             return Ok(());
         }
@@ -221,7 +240,7 @@ impl TlsSession {
 
     fn write(
         &mut self,
-        out: &mut Vec<u8>,
+        out: &mut impl RecordBuf,
         mut f: impl FnMut(
             &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
             &mut [u8],
@@ -280,33 +299,33 @@ fn encrypt_size(error: EncryptError) -> Sized {
 
 /// Appends what `f` writes into a slice at the end of `out`, growing it as `f` asks.
 fn append(
-    out: &mut Vec<u8>,
+    out: &mut impl RecordBuf,
     f: impl FnMut(&mut [u8]) -> Result<usize, Sized>,
 ) -> Result<(), TlsError> {
     append_sized(out, 512, f)
 }
 
 fn append_sized(
-    out: &mut Vec<u8>,
+    out: &mut impl RecordBuf,
     guess: usize,
     mut f: impl FnMut(&mut [u8]) -> Result<usize, Sized>,
 ) -> Result<(), TlsError> {
     let start = out.len();
     let mut room = guess;
     loop {
-        out.resize(start + room, 0);
+        out.resize_to(start + room);
         match f(&mut out[start..]) {
             Ok(written) => {
-                out.truncate(start + written);
+                out.resize_to(start + written);
                 return Ok(());
             }
             Err(Sized::Need(required)) if required > room => room = required,
             Err(Sized::Need(_)) => {
-                out.truncate(start);
+                out.resize_to(start);
                 return Err(TlsError::Unexpected("buffer size"));
             }
             Err(Sized::Failed(error)) => {
-                out.truncate(start);
+                out.resize_to(start);
                 return Err(error);
             }
         }

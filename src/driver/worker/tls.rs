@@ -4,17 +4,21 @@
 //! In: ciphertext from the provided buffer ring goes to the session, which hands back the
 //! plaintext it carried; that runs through the same path as a plain connection's bytes.
 //! Out: the queue still holds plaintext frames (shared `Bytes`, encoded once per publish).
-//! At flush they are sealed, each receiver on its own, into one ciphertext buffer (small
-//! frames gathered into full records, a large one sealed straight from the shared frame),
-//! sent in one operation. The frames it covers stay queued, and the records' overhead is
-//! charged to the queue, until the kernel has taken every byte, so backpressure counts what
-//! goes on the wire. The buffer then goes back to a small per-worker pool: an idle TLS
-//! connection holds no record buffer.
+//! At flush they are sealed, each receiver on its own, into the worker's ciphertext arena
+//! (small frames gathered into full records, a large or lone one sealed straight from the
+//! shared frame), and each connection's part is split off the arena and sent in one
+//! operation. The frames it covers stay queued, and the records' overhead is charged to the
+//! queue, until the kernel has taken every byte, so backpressure counts what goes on the wire.
+//! The arena is a `BytesMut` in chunks of [`ARENA_CHUNK`]: the ciphertext of one flush turn's
+//! thousands of receivers lies in a few allocations, written and then read by the kernel in
+//! order, and a chunk is freed when the last send in it completes. An idle TLS connection
+//! holds no record buffer.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::{Bytes, BytesMut};
 use io_uring::opcode;
 use io_uring::types::{Fd, Fixed};
 use tracing::{debug, trace};
@@ -25,7 +29,7 @@ use crate::driver::service::{ConnId, Ctx};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::{CloseCode, Limits};
-use crate::tls::{Status, TlsAcceptor, TlsSession, MAX_RECORD_PLAINTEXT};
+use crate::tls::{RecordBuf, Status, TlsAcceptor, TlsSession, MAX_RECORD_PLAINTEXT};
 
 /// Plaintext sealed into one send at most: enough for a burst of frames to go out in one
 /// operation, small enough that a buffer does not pin much memory while the peer reads.
@@ -33,9 +37,11 @@ const MAX_PLAINTEXT_PER_SEND: usize = 256 * 1024;
 /// Frames below this are copied together into full records; larger ones are sealed in
 /// place (their records are full anyway).
 const GATHER_BELOW: usize = 4 * 1024;
-/// Ciphertext buffers kept for reuse, and the largest one kept.
-const SPARE_BUFFERS: usize = 256;
-const SPARE_MAX_CAPACITY: usize = 64 * 1024;
+/// The arena's allocation unit. A send not yet complete keeps its chunk alive, so this is
+/// also what a connection that stops reading can pin beyond its own backlog: small next to
+/// the 1 MiB `max_backlog_bytes` default, large enough that a fan-out to 10,000 receivers
+/// takes a few dozen allocations rather than 10,000.
+const ARENA_CHUNK: usize = 16 * 1024;
 
 /// The TLS side of one worker.
 pub(super) struct TlsLayer {
@@ -46,8 +52,8 @@ pub(super) struct TlsLayer {
     plain: Vec<u8>,
     /// Small frames gathered into one record.
     gather: Vec<u8>,
-    /// Ciphertext buffers no send holds, for reuse.
-    spare: Vec<Vec<u8>>,
+    /// Where ciphertext is sealed; each send's part is split off and frozen.
+    arena: BytesMut,
 }
 
 /// One connection's TLS state.
@@ -55,9 +61,9 @@ struct TlsConn {
     session: TlsSession,
     /// Handshake flights and alerts a receive produced, not yet in a send.
     replies: Vec<u8>,
-    /// The ciphertext of the send in flight (or partly sent): the kernel reads it until the
-    /// send completes, so it is neither moved nor freed before (see `on_send_tls`).
-    sending: Vec<u8>,
+    /// The ciphertext of the send in flight (or partly sent), a part of the arena: the kernel
+    /// reads it until the send completes, and this reference keeps it alive until then.
+    sending: Bytes,
     /// Bytes of `sending` the kernel has taken.
     sent: usize,
     /// Plaintext bytes at the front of the send queue that `sending` carries.
@@ -73,7 +79,7 @@ impl TlsLayer {
             conns: Vec::new(),
             plain: Vec::new(),
             gather: Vec::new(),
-            spare: Vec::new(),
+            arena: BytesMut::new(),
         }
     }
 
@@ -101,7 +107,7 @@ impl<S: Service> Worker<S> {
                 tls.conns[key] = Some(Box::new(TlsConn {
                     session,
                     replies: Vec::new(),
-                    sending: Vec::new(),
+                    sending: Bytes::new(),
                     sent: 0,
                     covered: 0,
                     charged: 0,
@@ -118,8 +124,8 @@ impl<S: Service> Worker<S> {
     /// The connection left the slab (nothing of it is in the kernel): its TLS state goes.
     pub(super) fn close_tls(&mut self, key: usize) {
         let Some(tls) = self.tls.as_mut() else { return };
-        if let Some(conn) = tls.conns.get_mut(key).and_then(Option::take) {
-            recycle(&mut tls.spare, conn.sending);
+        if let Some(slot) = tls.conns.get_mut(key) {
+            *slot = None;
         }
     }
 
@@ -233,7 +239,7 @@ impl<S: Service> Worker<S> {
         let TlsLayer {
             conns: states,
             gather,
-            spare,
+            arena,
             ..
         } = tls;
         let Some(state) = states.get_mut(key).and_then(|c| c.as_deref_mut()) else {
@@ -241,38 +247,32 @@ impl<S: Service> Worker<S> {
         };
         let conn = &mut self.conns[key];
         if state.sent == state.sending.len() {
-            // The replies' own allocation becomes the send buffer (and then goes to the pool),
-            // so a connection past its handshake keeps no buffer of it.
-            let mut buffer = if state.replies.is_empty() {
-                spare.pop().unwrap_or_default()
-            } else {
-                std::mem::take(&mut state.replies)
-            };
+            if arena.capacity() < ARENA_CHUNK / 4 {
+                arena.reserve(ARENA_CHUNK);
+            }
+            if !state.replies.is_empty() {
+                // Handshake flights: a connection past its handshake keeps no buffer of them.
+                arena.extend_from_slice(&std::mem::take(&mut state.replies));
+            }
             let mut covered = 0;
             if !state.session.is_handshaking() {
                 let closing = conn.ending == Ending::Flush;
-                match seal_queue(
-                    &mut state.session,
-                    &conn.queue,
-                    gather,
-                    &mut buffer,
-                    closing,
-                ) {
+                match seal_queue(&mut state.session, &conn.queue, gather, arena, closing) {
                     Ok(bytes) => covered = bytes,
                     Err(error) => {
                         debug!(key, %error, "TLS encrypt failed");
-                        recycle(spare, buffer);
+                        arena.clear();
                         return self.teardown(key);
                     }
                 }
             }
-            if buffer.is_empty() {
-                recycle(spare, buffer);
+            if arena.is_empty() {
                 if conn.ending == Ending::Flush {
                     self.shutdown_write(key);
                 }
                 return;
             }
+            let buffer = arena.split().freeze();
             state.charged = buffer.len().saturating_sub(covered);
             conn.queue.charge(state.charged);
             state.covered = covered;
@@ -289,10 +289,10 @@ impl<S: Service> Worker<S> {
         });
         conn.send_in_flight = true;
         trace!(key, len, "TLS send");
-        // `sending` belongs to the connection's boxed TLS state, which is neither touched
-        // nor freed before this send completes: `flush_tls` builds a new buffer only when
-        // the last one is fully sent, and the state goes only when the connection leaves
-        // the slab, which needs no send in flight.
+        // `sending` is a reference to its part of the arena, held by the connection's TLS
+        // state until this send completes: `flush_tls` replaces it only when it is fully
+        // sent, and the state goes only when the connection leaves the slab, which needs no
+        // send in flight. The arena never writes into a part it has split off.
         // SAFETY: the bytes the send reads stay put until its completion (see above).
         unsafe { self.push(&entry.user_data(ud)) };
     }
@@ -303,11 +303,7 @@ impl<S: Service> Worker<S> {
         let conn = &mut self.conns[key];
         conn.send_in_flight = false;
         let Some(tls) = self.tls.as_mut() else { return };
-        let TlsLayer {
-            conns: states,
-            spare,
-            ..
-        } = tls;
+        let TlsLayer { conns: states, .. } = tls;
         let Some(state) = states.get_mut(key).and_then(|c| c.as_deref_mut()) else {
             return;
         };
@@ -320,9 +316,9 @@ impl<S: Service> Worker<S> {
                 conn.queue.discharge(std::mem::take(&mut state.charged));
                 conn.queue.consume(std::mem::take(&mut state.covered));
                 state.sent = 0;
-                let buffer = std::mem::take(&mut state.sending);
+                // The last reference to a chunk frees it.
+                state.sending = Bytes::new();
                 let more = !conn.queue.is_empty() || !state.replies.is_empty();
-                recycle(spare, buffer);
                 if more || conn.ending == Ending::Flush {
                     self.mark_dirty(key);
                 }
@@ -367,17 +363,6 @@ impl<S: Service> Worker<S> {
     }
 }
 
-/// Keeps a ciphertext buffer no send holds for the next one, if the pool has room.
-fn recycle(spare: &mut Vec<Vec<u8>>, mut buffer: Vec<u8>) {
-    if buffer.capacity() > 0
-        && buffer.capacity() <= SPARE_MAX_CAPACITY
-        && spare.len() < SPARE_BUFFERS
-    {
-        buffer.clear();
-        spare.push(buffer);
-    }
-}
-
 /// Seals the frames at the front of `queue` into `out`, up to [`MAX_PLAINTEXT_PER_SEND`]:
 /// runs of small frames gathered into full records, large frames sealed in place. A small
 /// frame alone is sealed in place too: it is copied only to share a record with others. With
@@ -387,7 +372,7 @@ fn seal_queue(
     session: &mut TlsSession,
     queue: &SendQueue,
     gather: &mut Vec<u8>,
-    out: &mut Vec<u8>,
+    out: &mut impl RecordBuf,
     closing: bool,
 ) -> Result<usize, crate::tls::TlsError> {
     let mut covered = 0;
@@ -435,7 +420,7 @@ fn seal_run(
     session: &mut TlsSession,
     first: &mut Option<&[u8]>,
     gather: &mut Vec<u8>,
-    out: &mut Vec<u8>,
+    out: &mut impl RecordBuf,
 ) -> Result<(), crate::tls::TlsError> {
     if let Some(alone) = first.take() {
         return session.encrypt(alone, out);
@@ -447,7 +432,7 @@ fn seal_run(
 fn seal(
     session: &mut TlsSession,
     gather: &mut Vec<u8>,
-    out: &mut Vec<u8>,
+    out: &mut impl RecordBuf,
 ) -> Result<(), crate::tls::TlsError> {
     if gather.is_empty() {
         return Ok(());
