@@ -13,5 +13,6 @@ pub(crate) mod testing;
 
 pub use config::{TlsAcceptor, TlsConfigError, TlsFiles};
 pub use session::{
-    RecordBuf, Status, TlsError, TlsSession, MAX_INCOMING_BYTES, MAX_RECORD_OVERHEAD, MAX_RECORD_PLAINTEXT,
+    RecordBuf, Status, TlsError, TlsSession, MAX_INCOMING_BYTES, MAX_RECORD_OVERHEAD,
+    MAX_RECORD_PLAINTEXT,
 };
