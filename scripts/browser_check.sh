@@ -68,8 +68,9 @@ for _ in $(seq 1 300); do
     result=$(curl -s "http://127.0.0.1:$debug_port/json" 2>/dev/null | python3 -c '
 import json, sys
 try:
-    pages = [t for t in json.load(sys.stdin) if t.get("type") == "page"]
-    print(pages[0]["title"] if pages else "pending")
+    titles = [t.get("title", "") for t in json.load(sys.stdin) if t.get("type") == "page"]
+    done = [t for t in titles if t.startswith("echo=")]
+    print(done[0] if done else "pending")
 except Exception:
     print("pending")') || result=pending
     [ "$result" != pending ] && break

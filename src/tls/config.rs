@@ -74,6 +74,9 @@ impl TlsFiles {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         // One ticket is enough for a client to resume; each one costs a record per handshake.
         config.send_tls13_tickets = 1;
+        // A TLS 1.3 session past its handshake moves to uringcast's own record layer
+        // (`tls::record`), which takes over the traffic secrets.
+        config.enable_secret_extraction = true;
         Ok(Arc::new(config))
     }
 }

@@ -7,6 +7,7 @@
 //! owns. See `docs/ARCHITECTURE.md` for the copies per message.
 
 mod config;
+mod record;
 mod session;
 #[cfg(test)]
 pub(crate) mod testing;

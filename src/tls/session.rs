@@ -16,6 +16,8 @@ use rustls::unbuffered::{
 };
 use std::sync::Arc;
 
+use super::record::{self, Opened, Records};
+
 /// Ciphertext a session may hold while a record (or a handshake message spread over
 /// several records) is incomplete. TLS records carry at most 2^14 bytes of plaintext plus
 /// 2,048 of expansion (RFC 8446 §5.2, RFC 5246 §6.2.3), and a handshake message at most
@@ -75,9 +77,20 @@ pub enum Status {
     PeerClosed,
 }
 
+/// Who handles the records.
+enum Engine {
+    /// rustls: through the handshake, and for good on a TLS 1.2 session. Boxed, as the
+    /// other: an idle session holds only the one it uses.
+    Rustls(Box<UnbufferedServerConnection>),
+    /// A TLS 1.3 session past its handshake: [`Records`], with rustls out of the data path.
+    Records(Box<Records>),
+    /// A session whose take-over failed; nothing more goes through it.
+    Failed,
+}
+
 /// A server-side TLS session.
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    engine: Engine,
     /// Ciphertext received and not yet consumed: part of a record, or of a handshake message.
     incoming: Vec<u8>,
     peer_closed: bool,
@@ -101,7 +114,7 @@ impl TlsSession {
     /// rustls refuses the configuration.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
         Ok(Self {
-            conn: UnbufferedServerConnection::new(config)?,
+            engine: Engine::Rustls(Box::new(UnbufferedServerConnection::new(config)?)),
             incoming: Vec::new(),
             peer_closed: false,
             close_notify_sent: false,
@@ -113,9 +126,18 @@ impl TlsSession {
         self.incoming.len()
     }
 
-    /// Whether the handshake is over.
+    /// Whether the handshake is still going on.
     pub fn is_handshaking(&self) -> bool {
-        self.conn.is_handshaking()
+        match &self.engine {
+            Engine::Rustls(conn) => conn.is_handshaking(),
+            Engine::Records(_) | Engine::Failed => false,
+        }
+    }
+
+    /// Whether the records are sealed and opened by [`Records`] (a TLS 1.3 session past its
+    /// handshake) rather than by rustls.
+    pub fn is_taken_over(&self) -> bool {
+        matches!(self.engine, Engine::Records(_))
     }
 
     /// Takes ciphertext from the peer. The plaintext it carried is appended to `plain`, and
@@ -137,7 +159,15 @@ impl TlsSession {
             return Err(TlsError::Oversized(held));
         }
         self.incoming.extend_from_slice(input);
-        let result = self.process(plain, out);
+        let mut result = match &mut self.engine {
+            Engine::Rustls(_) => self.process(plain, out),
+            Engine::Records(_) => self.open(plain, out),
+            Engine::Failed => Err(TlsError::Unexpected("a failed session")),
+        };
+        if matches!(result, Ok(Status::Open)) && self.take_over()? && !self.incoming.is_empty() {
+            // What followed the handshake's last record is the record layer's now.
+            result = self.open(plain, out);
+        }
         if self.incoming.is_empty() {
             // Idle sessions keep no record buffer.
             self.incoming = Vec::new();
@@ -145,10 +175,50 @@ impl TlsSession {
         result
     }
 
+    /// A TLS 1.3 session that has finished its handshake (rustls has returned to
+    /// `WriteTraffic` with nothing left to send) moves to [`Records`]; returns whether it did.
+    fn take_over(&mut self) -> Result<bool, TlsError> {
+        let Engine::Rustls(conn) = &self.engine else {
+            return Ok(false);
+        };
+        if conn.is_handshaking()
+            || conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3)
+        {
+            return Ok(false);
+        }
+        let Engine::Rustls(conn) = std::mem::replace(&mut self.engine, Engine::Failed) else {
+            return Ok(false);
+        };
+        let (secrets, kernel) = conn.dangerous_into_kernel_connection()?;
+        self.engine = Engine::Records(Box::new(Records::new(secrets, kernel)?));
+        Ok(true)
+    }
+
+    fn open(&mut self, plain: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Status, TlsError> {
+        let Engine::Records(records) = &mut self.engine else {
+            return Err(TlsError::Unexpected("no record layer"));
+        };
+        let mut opened = Opened::default();
+        let used = records.open(&mut self.incoming, plain, out, &mut opened);
+        let used = used.inspect_err(|_| self.engine = Engine::Failed)?;
+        self.incoming.drain(..used);
+        if opened.peer_closed {
+            self.peer_closed = true;
+        }
+        Ok(if self.peer_closed {
+            Status::PeerClosed
+        } else {
+            Status::Open
+        })
+    }
+
     fn process(&mut self, plain: &mut Vec<u8>, out: &mut Vec<u8>) -> Result<Status, TlsError> {
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return Err(TlsError::Unexpected("rustls is out of the data path"));
+        };
         loop {
             let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+                conn.process_tls_records(&mut self.incoming);
             let step = match state {
                 Err(error) => Err(error.into()),
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -195,20 +265,10 @@ impl TlsSession {
                 Ok(Some(status)) => return Ok(status),
                 Ok(None) => {}
                 Err(error) => {
-                    self.flush_alert(out);
+                    flush_alert(conn, &mut self.incoming, out);
                     return Err(error);
                 }
             }
-        }
-    }
-
-    /// After an error rustls has queued an alert, handed out by the next call as handshake
-    /// data to encode; the session is dead after that.
-    fn flush_alert(&mut self, out: &mut Vec<u8>) {
-        // The same buffer: rustls remembers how much of it it has looked at.
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
-        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
-            let _ = append(out, |buf| encode.encode(buf).map_err(encode_size));
         }
     }
 
@@ -219,6 +279,9 @@ impl TlsSession {
     ///
     /// The handshake is not over, or the session has failed.
     pub fn encrypt(&mut self, plaintext: &[u8], out: &mut impl RecordBuf) -> Result<(), TlsError> {
+        if let Engine::Records(records) = &mut self.engine {
+            return records.seal(record::APPLICATION_DATA, plaintext, out);
+        }
         self.write(
             out,
             |traffic, buf| traffic.encrypt(plaintext, buf),
@@ -235,6 +298,9 @@ impl TlsSession {
         if std::mem::replace(&mut self.close_notify_sent, true) {
             return Ok(());
         }
+        if let Engine::Records(records) = &mut self.engine {
+            return records.close_notify(out);
+        }
         self.write(out, |traffic, buf| traffic.queue_close_notify(buf), 0)
     }
 
@@ -247,11 +313,13 @@ impl TlsSession {
         ) -> Result<usize, EncryptError>,
         plaintext_len: usize,
     ) -> Result<(), TlsError> {
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return Err(TlsError::Unexpected("a failed session"));
+        };
         loop {
             // Every complete record was consumed by `receive`, so what is left in `incoming`
             // is part of one: the session's state is what rustls asks to handle first.
-            let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+            let UnbufferedStatus { discard, state } = conn.process_tls_records(&mut self.incoming);
             debug_assert_eq!(discard, 0, "receive consumed every complete record");
             match state? {
                 ConnectionState::WriteTraffic(mut traffic) => {
@@ -268,6 +336,16 @@ impl TlsSession {
                 _ => return Err(TlsError::Unexpected("write before the handshake is over")),
             }
         }
+    }
+}
+
+/// After an error rustls has queued an alert, handed out by the next call as handshake data
+/// to encode; the session is dead after that. The same buffer goes in: rustls remembers how
+/// much of it it has looked at.
+fn flush_alert(conn: &mut UnbufferedServerConnection, incoming: &mut [u8], out: &mut Vec<u8>) {
+    let UnbufferedStatus { state, .. } = conn.process_tls_records(incoming);
+    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+        let _ = append(out, |buf| encode.encode(buf).map_err(encode_size));
     }
 }
 
@@ -348,6 +426,12 @@ mod tests {
             let mut server = TlsSession::new(server_config).unwrap();
             let mut client = client(&client_config);
             handshake(&mut server, &mut client, usize::MAX);
+            let tls13 = versions[0] == &rustls::version::TLS13;
+            assert_eq!(
+                server.is_taken_over(),
+                tls13,
+                "TLS 1.3 moves to the record layer"
+            );
             // Client to server, delivered one byte at a time.
             client
                 .writer()
@@ -447,5 +531,112 @@ mod tests {
         let mut out = Vec::new();
         assert!(server.encrypt(b"early", &mut out).is_err());
         assert!(out.is_empty());
+    }
+
+    fn open_session() -> (TlsSession, rustls::ClientConnection) {
+        let (server_config, client_config) = pair(&[&rustls::version::TLS13]);
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut client = client(&client_config);
+        handshake(&mut server, &mut client, usize::MAX);
+        assert!(server.is_taken_over());
+        (server, client)
+    }
+
+    fn round_trip(server: &mut TlsSession, client: &mut rustls::ClientConnection, what: &[u8]) {
+        client.writer().write_all(what).unwrap();
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        server
+            .receive(&from_client(client), &mut plain, &mut out)
+            .unwrap();
+        assert_eq!(plain, what);
+        // Anything the server owes (a KeyUpdate) goes out before its answer.
+        server.encrypt(what, &mut out).unwrap();
+        assert_eq!(to_client(client, &out), what);
+    }
+
+    /// A client's KeyUpdate asking for ours: the server takes the new receiving key at once,
+    /// sends its own KeyUpdate and seals with the new sending key from then on; both keep
+    /// reading each other.
+    #[test]
+    fn key_updates_from_the_client_are_followed() {
+        let (mut server, mut client) = open_session();
+        round_trip(&mut server, &mut client, b"before");
+        for round in 0..3 {
+            client.refresh_traffic_keys().unwrap();
+            round_trip(
+                &mut server,
+                &mut client,
+                format!("after {round}").as_bytes(),
+            );
+        }
+    }
+
+    /// Short of the AEAD's confidentiality limit the server rolls its own key.
+    #[test]
+    fn the_server_rolls_its_key_before_the_confidentiality_limit() {
+        let (mut server, mut client) = open_session();
+        if let Engine::Records(records) = &mut server.engine {
+            records.set_limit_for_test(3);
+        }
+        let mut out = Vec::new();
+        let mut expected = Vec::new();
+        for i in 0..10u8 {
+            server.encrypt(&[i; 100], &mut out).unwrap();
+            expected.extend([i; 100]);
+        }
+        assert_eq!(to_client(&mut client, &out), expected);
+    }
+
+    /// A record with a flipped bit: bad_record_mac, sealed (TLS 1.3 encrypts alerts), and the
+    /// session is dead. A plaintext record after the handshake: unexpected_message.
+    #[test]
+    fn tampered_and_plaintext_records_are_refused_with_an_alert() {
+        let (mut server, mut client) = open_session();
+        client.writer().write_all(b"hello").unwrap();
+        let mut record = from_client(&mut client);
+        let last = record.len() - 1;
+        record[last] ^= 1;
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        assert!(server.receive(&record, &mut plain, &mut out).is_err());
+        assert!(plain.is_empty());
+        // One sealed record (outer type application_data) holding the alert.
+        assert_eq!(out.first(), Some(&23));
+        let error = {
+            let mut bytes = &out[..];
+            client.read_tls(&mut bytes).unwrap();
+            client.process_new_packets().unwrap_err()
+        };
+        assert!(
+            error.to_string().contains("BadRecordMac"),
+            "the client saw {error}"
+        );
+        assert!(
+            server.encrypt(b"x", &mut Vec::new()).is_err(),
+            "a dead session seals"
+        );
+
+        let (mut server, _client) = open_session();
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        let plaintext_alert = [21, 3, 3, 0, 2, 1, 0];
+        assert!(server
+            .receive(&plaintext_alert, &mut plain, &mut out)
+            .is_err());
+        assert_eq!(out.first(), Some(&23));
+    }
+
+    /// An idle TLS 1.3 session after the take-over holds rustls's kernel connection and two
+    /// keys, not the handshake's state machine and buffers.
+    #[test]
+    fn a_taken_over_session_is_small() {
+        let inline = std::mem::size_of::<TlsSession>();
+        let records = std::mem::size_of::<Records>();
+        let rustls = std::mem::size_of::<UnbufferedServerConnection>();
+        eprintln!(
+            "TlsSession {inline} B inline, Records {records} B (key {} B, kernel connection {} B), rustls's connection {rustls} B",
+            std::mem::size_of::<ring::aead::LessSafeKey>(),
+            std::mem::size_of::<rustls::kernel::KernelConnection<rustls::server::ServerConnectionData>>()
+        );
+        assert!(inline <= 64, "TlsSession grew to {inline} bytes inline");
+        assert!(records <= 1_800, "Records grew to {records} bytes");
     }
 }

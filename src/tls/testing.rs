@@ -22,12 +22,14 @@ pub(crate) fn pair(
     let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let cert: CertificateDer<'static> = key.cert.der().clone();
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
-    let server = ServerConfig::builder_with_provider(provider())
+    let mut server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![cert.clone()], der)
         .unwrap();
+    // As `TlsFiles::load` sets it: TLS 1.3 sessions move to the record layer.
+    server.enable_secret_extraction = true;
     let mut roots = RootCertStore::empty();
     roots.add(cert).unwrap();
     let client = ClientConfig::builder_with_provider(provider())
