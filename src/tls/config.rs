@@ -64,7 +64,17 @@ impl TlsFiles {
             key: self.key.clone(),
             error: error.to_string(),
         };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        // The server's order, not the client's: AES-128-GCM first (RFC 8446 §9.1's mandatory
+        // suite, the one browsers prefer, 10 AES rounds to AES-256's 14 on every record of a
+        // fan-out), then AES-256-GCM, then ChaCha20-Poly1305.
+        let mut provider = rustls::crypto::ring::default_provider();
+        provider.cipher_suites.sort_by_key(|suite| match suite.suite() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+            _ => 3,
+        });
+        let provider = Arc::new(provider);
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(pair)?
@@ -72,6 +82,7 @@ impl TlsFiles {
             .with_single_cert(certs, key)
             .map_err(pair)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.ignore_client_order = true;
         // One ticket is enough for a client to resume; each one costs a record per handshake.
         config.send_tls13_tickets = 1;
         // A TLS 1.3 session past its handshake moves to uringcast's own record layer
