@@ -68,12 +68,14 @@ impl TlsFiles {
         // suite, the one browsers prefer, 10 AES rounds to AES-256's 14 on every record of a
         // fan-out), then AES-256-GCM, then ChaCha20-Poly1305.
         let mut provider = rustls::crypto::ring::default_provider();
-        provider.cipher_suites.sort_by_key(|suite| match suite.suite() {
-            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
-            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
-            rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
-            _ => 3,
-        });
+        provider
+            .cipher_suites
+            .sort_by_key(|suite| match suite.suite() {
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+                rustls::CipherSuite::TLS13_AES_256_GCM_SHA384 => 1,
+                rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => 2,
+                _ => 3,
+            });
         let provider = Arc::new(provider);
         let mut config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
