@@ -134,8 +134,8 @@ impl TlsSession {
         }
     }
 
-    /// Whether the records are sealed and opened by [`Records`] (a TLS 1.3 session past its
-    /// handshake) rather than by rustls.
+    /// Whether the records are sealed and opened by uringcast's own record layer (a TLS 1.3
+    /// session past its handshake) rather than by rustls.
     pub fn is_taken_over(&self) -> bool {
         matches!(self.engine, Engine::Records(_))
     }
