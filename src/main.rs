@@ -27,9 +27,9 @@ struct Cli {
     /// Largest message in bytes, summed across fragments; larger ones are closed with 1009.
     #[arg(long, default_value_t = config::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: u64,
-    /// Bytes one worker may hold in unfinished messages and request bodies, summed over its
-    /// connections; a connection whose next bytes do not fit is closed with 1013 (a request
-    /// body gets 503).
+    /// Bytes one worker may allocate for unfinished messages, request bodies and TLS records,
+    /// summed over its connections; a connection whose next bytes do not fit is closed with
+    /// 1013 (a request body gets 503).
     #[arg(long, default_value_t = config::DEFAULT_MAX_PENDING_BYTES)]
     max_pending_bytes: u64,
     /// Submission queue entries per worker ring (a power of two, 8 to 16384).

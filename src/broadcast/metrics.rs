@@ -154,7 +154,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     );
     family(
         "pending_bytes",
-        "Bytes held in unfinished messages and request bodies (bounded by --max-pending-bytes).",
+        "Bytes allocated for unfinished messages, request bodies and TLS records (bounded by --max-pending-bytes).",
         "gauge",
         &|w| load(&driver[w].pending_bytes),
     );

@@ -129,7 +129,7 @@ impl<D> Conn<D> {
     pub(crate) fn held_bytes(&self) -> usize {
         match &self.stage {
             Stage::Open(ws) => ws.buffered_bytes(),
-            Stage::Http { body, .. } => body.len(),
+            Stage::Http { body, .. } => body.capacity(),
             Stage::Handshake(_) | Stage::Answered => 0,
         }
     }

@@ -37,7 +37,8 @@ pub(crate) struct DriverConfig {
     /// Bytes of frames queued per connection, counting those of the send in flight until the
     /// kernel reports them sent; one frame of any size is admitted into an empty queue.
     pub max_backlog_bytes: usize,
-    /// Bytes one worker holds in unfinished messages and request bodies, over all connections.
+    /// Bytes one worker allocates for unfinished messages, request bodies and incomplete TLS
+    /// records, over all connections (the buffers' capacity).
     pub max_pending_bytes: u64,
     /// Time allowed to complete the opening handshake.
     pub handshake_timeout: Duration,

@@ -144,11 +144,12 @@ impl<M: Masking> WebSocket<M> {
         self.read_within(input, &mut unlimited)
     }
 
-    /// Payload bytes this connection holds in unfinished messages and control frames.
+    /// Bytes of memory this connection holds for unfinished messages and control frames: the
+    /// buffers' capacity, which is what they cost, not just what they hold.
     pub fn buffered_bytes(&self) -> usize {
         self.partial
             .as_ref()
-            .map_or(0, |p| p.message.len() + p.control.len())
+            .map_or(0, |p| p.message.capacity() + p.control.capacity())
     }
 
     /// Like [`read`](Self::read), buffering at most `budget` more bytes of an unfinished
@@ -280,7 +281,20 @@ impl<M: Masking> WebSocket<M> {
                 borrowed: true,
             }));
         }
-        let needed = chunk.len() as u64;
+        // The buffer grows by doubling (amortised linear copying), but never past the largest
+        // message allowed, and the budget is charged what the growth allocates, before it.
+        let limit = usize::try_from(self.decoder.max_message_bytes()).unwrap_or(usize::MAX);
+        let (len, capacity) = self
+            .partial
+            .as_ref()
+            .map_or((0, 0), |p| (p.message.len(), p.message.capacity()));
+        let wanted = len + chunk.len();
+        let grown = if wanted > capacity {
+            wanted.max(capacity.saturating_mul(2).min(limit))
+        } else {
+            capacity
+        };
+        let needed = (grown - capacity) as u64;
         if needed > *budget {
             return Err(ProtocolError::OverBudget {
                 needed,
@@ -289,6 +303,7 @@ impl<M: Masking> WebSocket<M> {
         }
         *budget -= needed;
         let partial = self.partial();
+        partial.message.reserve_exact(grown - len);
         partial.message.extend_from_slice(chunk);
         if opcode == OpCode::Text {
             let unchecked = &partial.message[partial.utf8_checked..];
@@ -460,6 +475,38 @@ mod tests {
     }
 
     const KEY: [u8; 4] = [1, 2, 3, 4];
+
+    /// The budget pays for what the buffer allocates: its capacity doubles as fragments
+    /// arrive (so copying stays linear), never past the largest message allowed.
+    #[test]
+    fn the_budget_is_charged_the_buffers_capacity() {
+        let mut ws = WebSocket::server(Limits {
+            max_message_bytes: 300,
+        });
+        let mut budget = 1_000;
+        let mut charged = Vec::new();
+        for (opcode, fin) in [
+            (OpCode::Binary, false),
+            (OpCode::Continuation, false),
+            (OpCode::Continuation, false),
+        ] {
+            let before = budget;
+            let mut fragment = client(opcode, fin, &[7; 100]);
+            assert!(matches!(
+                ws.read_within(&mut fragment, &mut budget).1,
+                Read::NeedMore
+            ));
+            charged.push((before - budget, ws.buffered_bytes()));
+        }
+        // 100, then doubled to 200, then 300 (not 400: no message may be larger).
+        assert_eq!(charged, [(100, 100), (100, 200), (100, 300)]);
+        let mut last = client(OpCode::Continuation, true, b"");
+        match ws.read_within(&mut last, &mut budget).1 {
+            Read::Message { payload, .. } => assert_eq!(payload.len(), 300),
+            other => panic!("expected the message, got {other:?}"),
+        }
+        assert_eq!(ws.buffered_bytes(), 0);
+    }
 
     #[test]
     fn a_budget_bounds_what_unfinished_messages_buffer() {

@@ -218,6 +218,11 @@ impl FrameDecoder {
         }
     }
 
+    /// The largest message allowed, summed across fragments.
+    pub fn max_message_bytes(&self) -> u64 {
+        self.max_message_bytes
+    }
+
     /// The opcode (Text or Binary) of the data message in progress, if any.
     pub fn message_opcode(&self) -> Option<OpCode> {
         self.message

@@ -312,12 +312,21 @@ pub(super) fn receive<S: Service>(
     } = &mut conn.stage
     {
         let take = (*remaining).min(data.len());
-        if take as u64 > *budget {
+        // As for a message: the body's buffer doubles up to its declared length, and the
+        // budget is charged what the growth allocates, before it.
+        let wanted = body.len() + take;
+        let grown = if wanted > body.capacity() {
+            wanted.max((body.capacity() * 2).min(body.len() + *remaining))
+        } else {
+            body.capacity()
+        };
+        let growth = (grown - body.capacity()) as u64;
+        if growth > *budget {
             ctx.stats
                 .pending_budget_closes
                 .fetch_add(1, Ordering::Relaxed);
             debug!(
-                take,
+                growth,
                 budget = *budget,
                 "request body over the worker's pending budget"
             );
@@ -332,7 +341,8 @@ pub(super) fn receive<S: Service>(
                 ),
             );
         }
-        *budget -= take as u64;
+        *budget -= growth;
+        body.reserve_exact(grown - body.len());
         body.extend_from_slice(&data[..take]);
         *remaining -= take;
         if *remaining > 0 {
