@@ -9,7 +9,10 @@ pub fn args(allowed: &[&str]) -> HashMap<String, String> {
     let mut it = std::env::args().skip(1);
     while let Some(name) = it.next() {
         let Some(key) = name.strip_prefix("--").filter(|k| allowed.contains(k)) else {
-            eprintln!("unknown argument {name:?}; allowed: --{}", allowed.join(" --"));
+            eprintln!(
+                "unknown argument {name:?}; allowed: --{}",
+                allowed.join(" --")
+            );
             std::process::exit(2);
         };
         let Some(value) = it.next() else {

@@ -185,7 +185,9 @@ fn main() {
         "server-pid",
         "seed",
     ]);
-    let Some(addr) = args.get("connect").map(|a| a.parse::<SocketAddr>().expect("--connect"))
+    let Some(addr) = args
+        .get("connect")
+        .map(|a| a.parse::<SocketAddr>().expect("--connect"))
     else {
         eprintln!("--connect ADDR is required");
         std::process::exit(2);
@@ -201,7 +203,11 @@ fn main() {
 
     // SAFETY: plain syscall.
     let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    assert!(ep >= 0, "epoll_create1: {}", std::io::Error::last_os_error());
+    assert!(
+        ep >= 0,
+        "epoll_create1: {}",
+        std::io::Error::last_os_error()
+    );
 
     let mut conns = Vec::with_capacity(n);
     for i in 0..n {
@@ -212,7 +218,13 @@ fn main() {
         stream.set_nonblocking(true).expect("nonblocking");
         let mut rbuf = vec![0u8; (64 * 1024).max(size + 14)];
         rbuf[..rest.len()].copy_from_slice(&rest);
-        epoll_ctl(ep, libc::EPOLL_CTL_ADD, stream.as_raw_fd(), libc::EPOLLIN as u32, i as u64);
+        epoll_ctl(
+            ep,
+            libc::EPOLL_CTL_ADD,
+            stream.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            i as u64,
+        );
         conns.push(Conn {
             stream,
             rbuf,
@@ -287,7 +299,12 @@ fn main() {
         if close_deadline.is_some_and(|d| now >= d) {
             for (i, c) in conns.iter_mut().enumerate() {
                 if c.state == State::Closing {
-                    fail(c, &mut stats, i, "no close frame from the server within 3 s");
+                    fail(
+                        c,
+                        &mut stats,
+                        i,
+                        "no close frame from the server within 3 s",
+                    );
                 }
             }
             break;
@@ -296,7 +313,12 @@ fn main() {
             for (i, c) in conns.iter_mut().enumerate() {
                 if c.state == State::Waiting {
                     let rtt = now - c.sent_at;
-                    fail(c, &mut stats, i, &format!("echo not received after {rtt:?}"));
+                    fail(
+                        c,
+                        &mut stats,
+                        i,
+                        &format!("echo not received after {rtt:?}"),
+                    );
                 }
             }
             break;
@@ -358,9 +380,10 @@ fn main() {
                 let (b0, b1) = (buf[0], buf[1]);
                 let (len, head) = match b1 & 0x7f {
                     126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-                    127 if buf.len() >= 10 => {
-                        (u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize, 10)
-                    }
+                    127 if buf.len() >= 10 => (
+                        u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                        10,
+                    ),
                     126 | 127 => break,
                     l => (l as usize, 2),
                 };
@@ -395,7 +418,8 @@ fn main() {
                         c.state = State::Done;
                     }
                     (0x8, _) => {
-                        let code = (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                        let code = (payload.len() >= 2)
+                            .then(|| u16::from_be_bytes([payload[0], payload[1]]));
                         let why = format!(
                             "unexpected close from server (code {code:?}, state {})",
                             state_name(&c.state)
