@@ -293,4 +293,83 @@ mod tests {
         let parts: Vec<&str> = split_outside_quotes("a; b=\"x;y\", c", ',').collect();
         assert_eq!(parts, ["a; b=\"x;y\"", " c"]);
     }
+
+    use proptest::prelude::*;
+
+    /// One parameter of an offer as a client might write it, valid or not.
+    fn parameter() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            Just("server_no_context_takeover"),
+            Just("client_no_context_takeover"),
+            Just("server_max_window_bits"),
+            Just("client_max_window_bits"),
+            Just("bogus"),
+        ];
+        let value = prop_oneof![
+            Just(None),
+            (0u8..20).prop_map(|b| Some(b.to_string())),
+            (0u8..20).prop_map(|b| Some(format!("\"{b}\""))),
+            Just(Some("010".to_string())),
+        ];
+        (name, value).prop_map(|(name, value)| match value {
+            Some(value) => format!("{name}={value}"),
+            None => name.to_string(),
+        })
+    }
+
+    proptest! {
+        /// Every combination of §7.1's parameters (and some that are not): an accepted offer
+        /// is one a reading of the RFC accepts, and what is agreed is within the offer.
+        #[test]
+        fn every_combination_is_accepted_only_when_valid(
+            params in proptest::collection::vec(parameter(), 0..5)
+        ) {
+            let offer = std::iter::once(EXTENSION.to_string())
+                .chain(params.iter().cloned())
+                .collect::<Vec<_>>()
+                .join("; ");
+            let result = one(&offer);
+            // The independent reading: each name at most once, known, with a value exactly
+            // where one is allowed, values 8..=15 without leading zeros, and no server window
+            // of 8.
+            let mut names = std::collections::HashSet::new();
+            let mut valid = true;
+            let (mut server, mut client) = (MAX_WINDOW_BITS, MAX_WINDOW_BITS);
+            for param in &params {
+                let (name, value) = match param.split_once('=') {
+                    Some((n, v)) => (n, Some(v.trim_matches('"'))),
+                    None => (param.as_str(), None),
+                };
+                valid &= names.insert(name);
+                let bits = value.and_then(|v| {
+                    (!v.starts_with('0')).then(|| v.parse::<u8>().ok()).flatten()
+                });
+                match (name, value) {
+                    ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
+                    ("server_max_window_bits", Some(_)) => match bits {
+                        Some(b @ 9..=15) => server = b,
+                        _ => valid = false,
+                    },
+                    ("client_max_window_bits", None) => {}
+                    ("client_max_window_bits", Some(_)) => match bits {
+                        Some(b @ 8..=15) => client = b,
+                        _ => valid = false,
+                    },
+                    _ => valid = false,
+                }
+            }
+            let expected = valid.then_some(Agreed {
+                server_window_bits: server,
+                client_window_bits: client,
+            });
+            prop_assert_eq!(result, expected, "{}", offer);
+            if let Some(agreed) = result {
+                let response = agreed.response();
+                prop_assert!(response.contains("server_no_context_takeover"));
+                prop_assert!(response.contains("client_no_context_takeover"));
+                // The response is itself an offer uringcast would take, with the same terms.
+                prop_assert_eq!(one(&response), Some(agreed));
+            }
+        }
+    }
 }
