@@ -383,28 +383,27 @@ fn hostile_tls_input_gets_an_alert_or_a_close() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_rotates_the_certificate_for_new_handshakes() -> Result<()> {
     let cert = TestCert::new("rotate")?;
-    let server = start(&cert, &["--mode", "echo", "--workers", "2"])?;
+    let tls = cert.args();
+    let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
+    args.extend(["--mode", "echo", "--workers", "2"]);
+    let server = Server::start_with_log(&args)?;
     let old = cert.client()?;
     let mut open = wss_connect(server.addr(), "/", Arc::clone(&old)).await?;
     let cert = cert.rotate()?;
     let new = cert.client()?;
-    let reloads = |config: &Arc<ClientConfig>, name: &str| -> Result<u64> {
+    let sighup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+    };
+    let counted = |config: &Arc<ClientConfig>, name: &str| -> Result<u64> {
         Ok(metric(server.addr(), config, name)?.iter().sum())
     };
-    ensure!(reloads(&old, "uringcast_tls_reloads_total")? == 0);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )?;
-    let deadline = Instant::now() + STEP;
-    // The reload is done when the server counts it; until then handshakes get the old pair.
-    while reloads(&new, "uringcast_tls_reloads_total").unwrap_or(0) == 0 {
-        ensure!(
-            Instant::now() < deadline,
-            "no reload counted within {STEP:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sighup()?;
+    // The server says when the reload took effect; until then handshakes get the old pair.
+    server.wait_for_log("TLS certificate reloaded", STEP)?;
+    ensure!(counted(&new, "uringcast_tls_reloads_total")? == 1);
     ensure!(
         wss_connect(server.addr(), "/", Arc::clone(&old))
             .await
@@ -421,17 +420,9 @@ async fn sighup_rotates_the_certificate_for_new_handshakes() -> Result<()> {
     }
     // A broken file: the reload is refused and counted, and the pair in use stays.
     std::fs::write(cert.key(), "not a key")?;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGHUP,
-    )?;
-    while reloads(&new, "uringcast_tls_reload_failures_total")? == 0 {
-        ensure!(
-            Instant::now() < deadline,
-            "no failed reload counted within {STEP:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    sighup()?;
+    server.wait_for_log("TLS reload failed", STEP)?;
+    ensure!(counted(&new, "uringcast_tls_reload_failures_total")? == 1);
     wss_connect(server.addr(), "/", Arc::clone(&new)).await?;
     Ok(())
 }
@@ -515,15 +506,15 @@ fn renegotiation_is_refused_with_an_alert() -> Result<()> {
     // `R` at the start of a line asks for renegotiation once the handshake is done; then
     // stdin stays open until the client has given up (it exits on the alert).
     stdin.write_all(b"R\n")?;
-    let output = std::thread::scope(|scope| {
-        let waiter = scope.spawn(|| child.wait_with_output());
-        let started = Instant::now();
-        while !waiter.is_finished() && started.elapsed() < STEP {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        drop(stdin);
-        waiter.join().expect("the waiter thread")
-    })?;
+    let (done, exited) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    // The client exits on the server's alert; its stdin stays open until then.
+    let output = exited
+        .recv_timeout(STEP)
+        .context("openssl s_client did not exit within the step")??;
+    drop(stdin);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

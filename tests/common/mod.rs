@@ -35,6 +35,8 @@ pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 pub struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The server's stderr, line by line, when started with [`Server::start_with_log`].
+    log: Option<mpsc::Receiver<String>>,
 }
 
 impl Server {
@@ -128,7 +130,47 @@ impl Server {
             addr.ip().is_loopback() && addr.port() != 0,
             "the server reported {addr}, expected 127.0.0.1 and a real port"
         );
-        Ok(Self { child, addr })
+        Ok(Self {
+            child,
+            addr,
+            log: None,
+        })
+    }
+
+    /// Like [`start`](Self::start) at log level `info`, keeping its stderr lines (still
+    /// echoed to ours) for [`wait_for_log`](Self::wait_for_log).
+    pub fn start_with_log(args: &[&str]) -> Result<Self> {
+        let mut server = Self::start_with(args, |cmd| {
+            cmd.stderr(Stdio::piped()).env("RUST_LOG", "info");
+        })?;
+        let stderr = server.child.stderr.take().expect("stderr is piped");
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                let _ = tx.send(line); // drained to the end even when nobody listens
+            }
+        });
+        server.log = Some(rx);
+        Ok(server)
+    }
+
+    /// Waits for the next stderr line containing `needle` (at most `limit`); returns it.
+    pub fn wait_for_log(&self, needle: &str, limit: Duration) -> Result<String> {
+        let log = self
+            .log
+            .as_ref()
+            .context("the server was not started with start_with_log")?;
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("no log line with {needle:?} within {limit:?}"),
+            }
+        }
     }
 
     /// The bound address from the `listening on` line.
