@@ -88,6 +88,17 @@ fn run_json(name: &str, args: &[&str]) -> (Output, Value) {
     (output, serde_json::from_str(&text).expect("valid JSON"))
 }
 
+/// A run that must succeed: its JSON report.
+fn run_ok(name: &str, args: &[&str]) -> Value {
+    let (output, json) = run_json(name, args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    json
+}
+
 fn assert_exact(json: &Value, connections: u64) {
     assert_eq!(json["connections"]["reached"], connections, "{json:#}");
     assert!(json["sent"].as_u64().unwrap() > 0, "{json:#}");
@@ -119,7 +130,7 @@ fn wss_echo_and_broadcast_are_exact() {
     let ca = cert.cert();
     let server = uringcast_tls(Mode::Echo, &cert, 1);
     let url = format!("wss://localhost:{}/", server.local_addr().port());
-    let (output, json) = run_json(
+    let json = run_ok(
         "echo",
         &[
             "echo",
@@ -136,18 +147,13 @@ fn wss_echo_and_broadcast_are_exact() {
             "1",
         ],
     );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
     assert_exact(&json, 20);
     assert_eq!(json["sent"], json["received"]);
     server.shutdown();
 
     let server = uringcast_tls(Mode::Broadcast, &cert, 2);
     let url = format!("wss://localhost:{}/room", server.local_addr().port());
-    let (output, json) = run_json(
+    let json = run_ok(
         "broadcast",
         &[
             "broadcast",
@@ -161,11 +167,6 @@ fn wss_echo_and_broadcast_are_exact() {
             "--duration",
             "1",
         ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
     );
     assert_exact(&json, 201);
     server.shutdown();
@@ -192,22 +193,12 @@ fn wss_connect_resumes_sessions_when_asked() {
         "--threads",
         "1",
     ];
-    let (output, full) = run_json("full", &base);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let full = run_ok("full", &base);
     assert_eq!(full["tls_resumed"], 0, "{full:#}");
     assert_eq!(full["tls_handshake_latency_us"]["count"], 40);
     let mut resuming = base.to_vec();
     resuming.push("--tls-resumption");
-    let (output, resumed) = run_json("resumed", &resuming);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let resumed = run_ok("resumed", &resuming);
     // A connection resumes with a ticket an earlier one received after its handshake: at
     // 40 connections a second each finds one (at thousands a second most start before any
     // ticket arrived, which is why resumption is a flag and the rate is low here).

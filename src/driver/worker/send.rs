@@ -32,16 +32,22 @@ impl<S: Service> Worker<S> {
                 self.mark_dirty(key);
             }
         } else {
-            match -result {
-                libc::EAGAIN | libc::EINTR | libc::ENOBUFS => self.mark_dirty(key),
-                libc::ECANCELED => {}
-                errno => {
-                    debug!(key, error = %io::Error::from_raw_os_error(errno), "send failed");
-                    self.teardown(key);
-                }
-            }
+            self.send_failed(key, -result);
         }
         self.maybe_remove(key);
+    }
+
+    /// A send (plain or TLS) ended with `errno`: try again, ignore a cancel, or give up on
+    /// the connection.
+    pub(super) fn send_failed(&mut self, key: usize, errno: i32) {
+        match errno {
+            libc::EAGAIN | libc::EINTR | libc::ENOBUFS => self.mark_dirty(key),
+            libc::ECANCELED => {}
+            errno => {
+                debug!(key, error = %io::Error::from_raw_os_error(errno), "send failed");
+                self.teardown(key);
+            }
+        }
     }
 
     pub(super) fn mark_dirty(&mut self, key: usize) {

@@ -326,14 +326,7 @@ impl<S: Service> Worker<S> {
                 self.mark_dirty(key);
             }
         } else {
-            match -result {
-                libc::EAGAIN | libc::EINTR | libc::ENOBUFS => self.mark_dirty(key),
-                libc::ECANCELED => {}
-                errno => {
-                    debug!(key, error = %std::io::Error::from_raw_os_error(errno), "TLS send failed");
-                    self.teardown(key);
-                }
-            }
+            self.send_failed(key, -result);
         }
         self.maybe_remove(key);
     }
