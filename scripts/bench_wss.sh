@@ -49,41 +49,31 @@ stop() { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
 url() { if [ "$1" = 1 ]; then echo "wss://localhost:$port/$2"; else echo "ws://127.0.0.1:$port/$2"; fi; }
 ca() { [ "$1" = 1 ] && echo "--ca $certs/ecdsa.pem" || true; }
 
+# One broadcast run over ws:// (tls 0) or wss:// (1): 10,000 subscribers, 64-byte messages.
+fanout() { # name tls publishers rate duration
+  next; start_uringcast broadcast "$2" ecdsa
+  # shellcheck disable=SC2046
+  timeout 180 taskset -c 1 "$load" broadcast "$(url "$2" topic)" $(ca "$2") --subscribers 10000 \
+    --publishers "$3" --rate "$4" --size 64 --duration "$5" --server-pid "$pid" --source "$src" \
+    --connect-rate 3000 --quiet --json "$out/$1-$2-$run.json" >/dev/null 2>&1 || true
+  stop
+  python3 - "$out/$1-$2-$run.json" "$1" "$run" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); s = d.get("server") or {}; c = d.get("client") or {}
+print(f"{sys.argv[2]} run {sys.argv[3]} {'wss' if sys.argv[4] == '1' else 'ws '} received {d['received']}/{d['expected']} "
+      f"missing {d['missing']} deliveries_per_s {d['throughput_per_s']:.0f} "
+      f"server_us_per_delivery {s.get('cpu_per_message_us') or 0:.2f} "
+      f"client_us_per_delivery {c.get('cpu_per_message_us') or 0:.2f} "
+      f"p50_ms {d['latency_us']['p50']/1000:.1f} p99_ms {d['latency_us']['p99']/1000:.1f}")
+PY
+}
+
 for run in $(seq 1 "$runs"); do
   if [[ $what == *broadcast* ]]; then
-    for tls in 0 1; do
-      next; start_uringcast broadcast "$tls" ecdsa
-      # shellcheck disable=SC2046
-      timeout 180 taskset -c 1 "$load" broadcast "$(url $tls topic)" $(ca $tls) --subscribers 10000 \
-        --publishers 1 --rate 10 --size 64 --duration 8 --server-pid "$pid" --source "$src" \
-        --connect-rate 3000 --quiet --json "$out/broadcast-$tls-$run.json" >/dev/null 2>&1 || true
-      stop
-      python3 - "$out/broadcast-$tls-$run.json" "$run" "$tls" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1])); s = d.get("server") or {}
-print(f"broadcast run {sys.argv[2]} {'wss' if sys.argv[3] == '1' else 'ws '} received {d['received']}/{d['expected']} "
-      f"missing {d['missing']} server_us_per_delivery {s.get('cpu_per_message_us') or 0:.2f} "
-      f"p50_ms {d['latency_us']['p50']/1000:.1f} p99_ms {d['latency_us']['p99']/1000:.1f}")
-PY
-    done
+    for tls in 0 1; do fanout broadcast "$tls" 1 10 8; done
   fi
   if [[ $what == *burst* ]]; then
-    for tls in 0 1; do
-      next; start_uringcast broadcast "$tls" ecdsa
-      # shellcheck disable=SC2046
-      timeout 180 taskset -c 1 "$load" broadcast "$(url $tls topic)" $(ca $tls) --subscribers 10000 \
-        --publishers 8 --rate 300 --size 64 --duration 5 --server-pid "$pid" --source "$src" \
-        --connect-rate 3000 --quiet --json "$out/burst-$tls-$run.json" >/dev/null 2>&1 || true
-      stop
-      python3 - "$out/burst-$tls-$run.json" "$run" "$tls" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1])); s = d.get("server") or {}
-print(f"burst run {sys.argv[2]} {'wss' if sys.argv[3] == '1' else 'ws '} deliveries_per_s {d['throughput_per_s']:.0f} "
-      f"missing {d['missing']} server_us_per_delivery {s.get('cpu_per_message_us') or 0:.2f} "
-      f"client_us_per_delivery {(d.get('client') or {}).get('cpu_per_message_us') or 0:.2f} "
-      f"p50_ms {d['latency_us']['p50']/1000:.1f} p99_ms {d['latency_us']['p99']/1000:.1f}")
-PY
-    done
+    for tls in 0 1; do fanout burst "$tls" 8 300 5; done
   fi
   if [[ $what == *idle* ]]; then
     for peer in uringcast bun; do
