@@ -112,51 +112,7 @@ struct TrafficArgs {
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
-    tls: TlsArgs,
-}
-
-/// Flags of `wss://` runs.
-#[derive(Args, Debug)]
-struct TlsArgs {
-    /// wss://: PEM certificates to trust (the server's own, or the CA that signed it).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// wss://: take any certificate (prints a warning): only for a test server whose
-    /// certificate you do not have.
-    #[arg(long)]
-    insecure: bool,
-    /// wss://: resume TLS sessions (tickets) instead of a full handshake for every
-    /// connection, to load the resumption path.
-    #[arg(long)]
-    tls_resumption: bool,
-}
-
-impl TlsArgs {
-    /// The TLS client configuration a `wss://` target needs; `None` for `ws://`.
-    fn config(
-        &self,
-        target: &target::Target,
-    ) -> Result<Option<std::sync::Arc<rustls::ClientConfig>>, LoadError> {
-        if !target.secure {
-            if self.ca.is_some() || self.insecure || self.tls_resumption {
-                return Err(LoadError::Usage(
-                    "--ca, --insecure and --tls-resumption are for wss:// URLs".into(),
-                ));
-            }
-            return Ok(None);
-        }
-        if self.insecure {
-            eprintln!(
-                "uringcast-load: warning: --insecure: the server's certificate is not verified"
-            );
-        }
-        let options = tls::TlsOptions {
-            ca: self.ca.clone(),
-            insecure: self.insecure,
-            resumption: self.tls_resumption,
-        };
-        options.client_config().map(Some)
-    }
+    tls: tls::TlsArgs,
 }
 
 #[derive(Args, Debug)]
@@ -259,7 +215,7 @@ struct ConnectArgs {
     #[arg(long)]
     quiet: bool,
     #[command(flatten)]
-    tls: TlsArgs,
+    tls: tls::TlsArgs,
 }
 
 /// Upper bounds that keep a run bounded: a typo must not become a week-long run.

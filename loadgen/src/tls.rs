@@ -1,9 +1,9 @@
-//! TLS for `wss://` targets: the client configuration the flags ask for (`--ca`,
+//! TLS for `wss://` targets: the flags (`--ca`,
 //! `--insecure`, `--tls-resumption`), and one connection's client session over the
 //! connection's own buffers.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -15,26 +15,54 @@ use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
+use clap::Args;
+
 use crate::error::LoadError;
 
-/// How a `wss://` run trusts the server.
-#[derive(Clone, Debug, Default)]
-pub struct TlsOptions {
-    /// PEM certificates to trust (the server's own, or its CA).
-    pub ca: Option<std::path::PathBuf>,
-    /// Trust any certificate.
-    pub insecure: bool,
-    /// Resume sessions (TLS 1.3 tickets, TLS 1.2 session ids) instead of a full handshake each.
-    pub resumption: bool,
+/// Flags of `wss://` runs.
+#[derive(Args, Debug)]
+pub struct TlsArgs {
+    /// wss://: PEM certificates to trust (the server's own, or the CA that signed it).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// wss://: take any certificate (prints a warning): only for a test server whose
+    /// certificate you do not have.
+    #[arg(long)]
+    insecure: bool,
+    /// wss://: resume TLS sessions (tickets) instead of a full handshake for every
+    /// connection, to load the resumption path.
+    #[arg(long)]
+    tls_resumption: bool,
 }
 
-impl TlsOptions {
+impl TlsArgs {
+    /// The TLS client configuration a `wss://` target needs; `None` for `ws://`.
+    pub fn config(
+        &self,
+        target: &crate::target::Target,
+    ) -> Result<Option<Arc<ClientConfig>>, LoadError> {
+        if !target.secure {
+            if self.ca.is_some() || self.insecure || self.tls_resumption {
+                return Err(LoadError::Usage(
+                    "--ca, --insecure and --tls-resumption are for wss:// URLs".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        if self.insecure {
+            eprintln!(
+                "uringcast-load: warning: --insecure: the server's certificate is not verified"
+            );
+        }
+        self.client_config().map(Some)
+    }
+
     /// The client configuration, shared by every connection of the run.
     ///
     /// # Errors
     ///
     /// Neither `--ca` nor `--insecure`, or a `--ca` file with no certificate.
-    pub fn client_config(&self) -> Result<Arc<ClientConfig>, LoadError> {
+    fn client_config(&self) -> Result<Arc<ClientConfig>, LoadError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
             .with_safe_default_protocol_versions()
@@ -55,7 +83,7 @@ impl TlsOptions {
                 .with_no_client_auth()
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        if !self.resumption {
+        if !self.tls_resumption {
             config.resumption = Resumption::disabled();
         }
         Ok(Arc::new(config))
