@@ -626,3 +626,46 @@ async fn ed25519_with_a_chain_and_rsa_keys_serve_wss() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Backpressure holds over TLS: a wss subscriber that never reads has its queue bounded by
+/// --max-backlog-bytes (ciphertext in flight included) and is closed as a slow consumer, while
+/// HTTPS publishes go on being accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_subscriber_that_never_reads_is_a_slow_consumer() -> Result<()> {
+    let cert = TestCert::new("slow")?;
+    let server = start(
+        &cert,
+        &[
+            "--mode",
+            "broadcast",
+            "--workers",
+            "1",
+            "--publish-token",
+            "t0ken",
+            "--max-backlog-bytes",
+            "65536",
+            "--max-message-bytes",
+            "1048576",
+        ],
+    )?;
+    let config = cert.client()?;
+    let _idle = wss_connect(server.addr(), "/feed", Arc::clone(&config)).await?;
+    let addr = server.addr();
+    let body = "x".repeat(60_000);
+    for round in 0..400 {
+        let request = format!(
+            "POST /publish/feed HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer t0ken\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let client = Arc::clone(&config);
+        let (status, _) =
+            tokio::task::spawn_blocking(move || https(addr, client, &request)).await??;
+        ensure!(status == 202, "publish {round}: {status}");
+        let closes = "uringcast_slow_consumer_closes_total";
+        if round % 10 == 9 && metric(addr, &config, closes)?.iter().sum::<u64>() == 1 {
+            return Ok(());
+        }
+    }
+    bail!("400 publishes of 60 KB and the subscriber that never reads was not closed")
+}
