@@ -68,8 +68,6 @@ struct TlsConn {
     sent: usize,
     /// Plaintext bytes at the front of the send queue that `sending` carries.
     covered: usize,
-    /// Record overhead charged to the send queue for `sending`.
-    charged: usize,
 }
 
 impl TlsLayer {
@@ -110,7 +108,6 @@ impl<S: Service> Worker<S> {
                     sending: Bytes::new(),
                     sent: 0,
                     covered: 0,
-                    charged: 0,
                 }));
                 true
             }
@@ -273,8 +270,8 @@ impl<S: Service> Worker<S> {
                 return;
             }
             let buffer = arena.split().freeze();
-            state.charged = buffer.len().saturating_sub(covered);
-            conn.queue.charge(state.charged);
+            // The records' overhead (and any handshake bytes) count against the backlog too.
+            conn.queue.charge(buffer.len().saturating_sub(covered));
             state.covered = covered;
             state.sending = buffer;
             state.sent = 0;
@@ -313,7 +310,8 @@ impl<S: Service> Worker<S> {
                 .fetch_add(result as u64, Ordering::Relaxed);
             state.sent += result as usize;
             if state.sent >= state.sending.len() {
-                conn.queue.discharge(std::mem::take(&mut state.charged));
+                conn.queue
+                    .discharge(state.sending.len().saturating_sub(state.covered));
                 conn.queue.consume(std::mem::take(&mut state.covered));
                 state.sent = 0;
                 // The last reference to a chunk frees it.
