@@ -116,7 +116,7 @@ impl<S: Service> Worker<S> {
                 }
                 // The worker's budget for unfinished messages and bodies: what this receive
                 // may copy is checked against it before the copy (STYLE §3).
-                let held_before = self.conns.get(key).map_or(0, Conn::held_bytes);
+                let held_before = self.held_bytes(key);
                 let mut budget = self
                     .config
                     .max_pending_bytes
@@ -125,7 +125,7 @@ impl<S: Service> Worker<S> {
                 let mut ctx = ctx!(self);
                 receive(&mut self.service, &mut ctx, key, data, limits, &mut budget);
                 self.bufs.push(bid);
-                let held_after = self.conns.get(key).map_or(0, Conn::held_bytes);
+                let held_after = self.held_bytes(key);
                 self.account_held(held_before, held_after);
             }
             filled.clear();

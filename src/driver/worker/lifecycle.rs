@@ -158,10 +158,10 @@ impl<S: Service> Worker<S> {
             return;
         }
         trace!(key, "removed");
-        let held = self.tls_held(key);
+        let held = self.held_bytes(key);
         self.close_tls(key);
-        let conn = self.conns.remove(key);
-        self.account_held(conn.held_bytes() + held, 0);
+        self.conns.remove(key);
+        self.account_held(held, 0);
         self.shared.stats[self.id]
             .connections
             .store(self.conns.len() as u64, Ordering::Relaxed);

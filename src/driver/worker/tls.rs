@@ -129,11 +129,7 @@ impl<S: Service> Worker<S> {
     /// Runs one receive buffer of ciphertext through the session, then its plaintext through
     /// the protocol core like a plain connection's bytes.
     pub(super) fn receive_tls(&mut self, key: usize, bid: u16, len: usize, limits: Limits) {
-        let held = |worker: &Self| {
-            let conn = worker.conns.get(key).map_or(0, |c| c.held_bytes());
-            conn + worker.tls.as_ref().map_or(0, |t| t.held_bytes(key))
-        };
-        let held_before = held(self);
+        let held_before = self.held_bytes(key);
         let ending = self.conns[key].ending;
         let room = self
             .config
@@ -209,7 +205,7 @@ impl<S: Service> Worker<S> {
         if let Some(tls) = self.tls.as_mut() {
             tls.plain = plain;
         }
-        self.account_held(held_before, held(self));
+        self.account_held(held_before, self.held_bytes(key));
     }
 
     /// Closes a connection for want of a resource: a close frame if it speaks WebSocket,
@@ -329,9 +325,11 @@ impl<S: Service> Worker<S> {
         self.maybe_remove(key);
     }
 
-    /// Ciphertext `key`'s session holds for an incomplete record.
-    pub(super) fn tls_held(&self, key: usize) -> usize {
-        self.tls.as_ref().map_or(0, |t| t.held_bytes(key))
+    /// What connection `key` takes from the worker's pending budget: its unfinished message
+    /// or body, and its TLS session's incomplete record.
+    pub(super) fn held_bytes(&self, key: usize) -> usize {
+        let conn = self.conns.get(key).map_or(0, |c| c.held_bytes());
+        conn + self.tls.as_ref().map_or(0, |t| t.held_bytes(key))
     }
 
     /// SIGHUP: new handshakes use the certificate and key as the files hold them now; open
