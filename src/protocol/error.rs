@@ -13,7 +13,8 @@ pub enum ProtocolError {
     /// A server sent a masked frame (§5.1).
     #[error("server frame is masked")]
     MaskedServerFrame,
-    /// RSV1-3 set with no extension negotiated (§5.2).
+    /// RSV1-3 set with no extension negotiated (§5.2), or RSV1 where permessage-deflate does
+    /// not allow it: a control frame or a continuation (RFC 7692 §6.1).
     #[error("reserved bits {0:#05b} set without an extension")]
     ReservedBits(u8),
     /// Opcode 0x3-0x7 or 0xB-0xF (§5.2).
@@ -54,6 +55,14 @@ pub enum ProtocolError {
     /// A close reason that is not UTF-8 (§5.5.1).
     #[error("close reason is not UTF-8")]
     InvalidCloseReason,
+    /// A compressed message whose DEFLATE data is broken (RFC 7692 §7.2.2).
+    #[error("invalid compressed data")]
+    InvalidCompressedData,
+    /// A compressed message that refers to data before it: the peer kept its compression
+    /// context across messages although `client_no_context_takeover` was agreed (RFC 7692
+    /// §7.1.1.2), breaking the negotiated parameters.
+    #[error("compressed data refers to an earlier message (context takeover was agreed off)")]
+    CompressedContextTakeover,
     /// Buffering the next bytes of an unfinished message would pass the budget the caller
     /// shares among its connections (not a fault of this peer's framing: try again later).
     #[error("no room to buffer {needed} more bytes of an unfinished message ({available} left)")]
@@ -79,9 +88,12 @@ impl ProtocolError {
             | Self::InterleavedDataFrame
             | Self::LengthOverflow
             | Self::CloseTooShort
-            | Self::InvalidCloseCode(_) => CloseCode::PROTOCOL_ERROR,
+            | Self::InvalidCloseCode(_)
+            | Self::CompressedContextTakeover => CloseCode::PROTOCOL_ERROR,
             Self::MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
-            Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_PAYLOAD,
+            Self::InvalidUtf8 | Self::InvalidCloseReason | Self::InvalidCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             Self::OverBudget { .. } => CloseCode::TRY_AGAIN_LATER,
         }
     }

@@ -9,19 +9,30 @@
 //!
 //! Offers are tried in the client's order; the first one uringcast can honour is accepted and
 //! the rest declined (§5.1). An offer is declined when it has an unknown, repeated or invalid
-//! parameter (§7.1), or when it asks for `server_max_window_bits=8`: zlib's raw deflate cannot
-//! use a 256-byte window (it silently uses 512), so uringcast could not keep that promise, and
-//! declining is what §7.1.2.1 allows a server that cannot.
+//! parameter (§7.1).
 //!
-//! This module decides; the handshake, the frame codec and the compressor are wired to it
-//! elsewhere.
+//! `server_max_window_bits=8` is accepted, but zlib's raw deflate cannot use a 256-byte window
+//! (it silently uses 512), so uringcast keeps that promise by never compressing what it sends
+//! on such a connection: a message with RSV1 clear is an uncompressed message (§6), which is
+//! always allowed, and the client's own compressed messages are still inflated. That serves
+//! the client better than declining the offer, which §7.1.2.1 would also allow.
+//!
+//! A client's side ([`parse_response`]) is the mirror: the server's answer to an offer of
+//! [`CLIENT_OFFER`].
 
 /// The extension's registered name.
 pub const EXTENSION: &str = "permessage-deflate";
 
 /// The smallest LZ77 window (bits) uringcast's compressor can honour: zlib's raw deflate
-/// turns 8 into 9.
+/// turns 8 into 9. A connection agreed at 8 gets uncompressed messages.
 pub const MIN_SERVER_WINDOW_BITS: u8 = 9;
+/// The smallest window RFC 7692 allows.
+pub const MIN_WINDOW_BITS: u8 = 8;
+
+/// What uringcast's client side offers: no context takeover on the server's side (so one
+/// inflater can serve every connection of a thread, as on the server), and any client window.
+pub const CLIENT_OFFER: &str =
+    "permessage-deflate; server_no_context_takeover; client_max_window_bits";
 /// The largest window RFC 7692 allows (and zlib's default).
 pub const MAX_WINDOW_BITS: u8 = 15;
 
@@ -35,6 +46,12 @@ pub struct Agreed {
 }
 
 impl Agreed {
+    /// Whether the server compresses what it sends: not at a window of 8 bits, which zlib
+    /// cannot keep to (see the module's documentation).
+    pub fn server_compresses(&self) -> bool {
+        self.server_window_bits >= MIN_SERVER_WINDOW_BITS
+    }
+
     /// The `Sec-WebSocket-Extensions` value of the response.
     pub fn response(&self) -> String {
         let mut value =
@@ -76,6 +93,81 @@ pub fn negotiate<'a>(headers: impl IntoIterator<Item = &'a [u8]>) -> Option<Agre
     None
 }
 
+/// The client's side: checks the server's `Sec-WebSocket-Extensions` values (every header, in
+/// order) against an offer of [`CLIENT_OFFER`] (RFC 7692 §7.1). `Ok(None)`: the server
+/// declined, and messages go uncompressed.
+///
+/// # Errors
+///
+/// What the response breaks: another extension, more than one, an unknown, repeated or invalid
+/// parameter, or no `server_no_context_takeover` although the offer asked for it (§7.1.1.1).
+/// The client must then fail the connection (§7.1).
+pub fn parse_response<'a>(
+    headers: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<Option<Agreed>, &'static str> {
+    let mut agreed = None;
+    for header in headers {
+        let text = std::str::from_utf8(header).map_err(|_| "extension header is not text")?;
+        for entry in split_outside_quotes(text, ',') {
+            if entry.trim().is_empty() {
+                continue;
+            }
+            let mut parts = split_outside_quotes(entry, ';');
+            let name = parts.next().map(str::trim).unwrap_or_default();
+            if !name.eq_ignore_ascii_case(EXTENSION) {
+                return Err("the server selected an extension that was not offered");
+            }
+            if agreed.is_some() {
+                return Err("the server selected permessage-deflate twice");
+            }
+            agreed = Some(accepted(parts)?);
+        }
+    }
+    Ok(agreed)
+}
+
+/// One response's parameters.
+fn accepted<'a>(params: impl Iterator<Item = &'a str>) -> Result<Agreed, &'static str> {
+    let mut seen = [false; 4];
+    let mut agreed = Agreed {
+        server_window_bits: MAX_WINDOW_BITS,
+        client_window_bits: MAX_WINDOW_BITS,
+    };
+    for param in params {
+        let (name, value) = match param.split_once('=') {
+            Some((name, value)) => (
+                name.trim(),
+                Some(unquote(value.trim()).ok_or("a badly quoted value")?),
+            ),
+            None => (param.trim(), None),
+        };
+        let index = match name.to_ascii_lowercase().as_str() {
+            "server_no_context_takeover" => 0,
+            "client_no_context_takeover" => 1,
+            "server_max_window_bits" => 2,
+            "client_max_window_bits" => 3,
+            _ => return Err("an unknown parameter"),
+        };
+        if std::mem::replace(&mut seen[index], true) {
+            return Err("a repeated parameter");
+        }
+        match (index, value) {
+            (0 | 1, None) => {}
+            (2, Some(bits)) => {
+                agreed.server_window_bits = window_bits(bits).ok_or("an invalid window size")?
+            }
+            (3, Some(bits)) => {
+                agreed.client_window_bits = window_bits(bits).ok_or("an invalid window size")?
+            }
+            _ => return Err("a parameter with a missing or unexpected value"),
+        }
+    }
+    if !seen[0] {
+        return Err("no server_no_context_takeover, which the offer asked for");
+    }
+    Ok(agreed)
+}
+
 /// One offer's parameters: the agreement, or `None` to decline it.
 fn accept<'a>(params: impl Iterator<Item = &'a str>) -> Option<Agreed> {
     let mut seen = [false; 4];
@@ -100,11 +192,8 @@ fn accept<'a>(params: impl Iterator<Item = &'a str>) -> Option<Agreed> {
             (0 | 1, None) => {}
             (0 | 1, Some(_)) => return None, // these take no value
             (2, Some(bits)) => {
-                let bits = window_bits(bits)?;
-                if bits < MIN_SERVER_WINDOW_BITS {
-                    return None; // 8: see the module's documentation
-                }
-                server_window_bits = bits;
+                // 8 is taken and kept by sending uncompressed (see the module's documentation).
+                server_window_bits = window_bits(bits)?;
             }
             (2, None) => return None, // a value is required in an offer (§7.1.2.1)
             (3, Some(bits)) => client_window_bits = window_bits(bits)?,
@@ -224,8 +313,11 @@ mod tests {
                 "PerMessage-Deflate; Server_Max_Window_Bits=\"12\"",
                 agreed(12, 15),
             ),
-            // zlib cannot keep a promise of 8 bits on its side: declined.
-            ("permessage-deflate; server_max_window_bits=8", None),
+            // Accepted; kept by sending uncompressed.
+            (
+                "permessage-deflate; server_max_window_bits=8",
+                agreed(8, 15),
+            ),
             // Malformed: declined, never guessed at.
             ("permessage-deflate; server_max_window_bits", None),
             ("permessage-deflate; server_max_window_bits=16", None),
@@ -258,7 +350,7 @@ mod tests {
     #[test]
     fn offers_are_tried_in_order() {
         assert_eq!(
-            one("permessage-deflate; server_max_window_bits=8, permessage-deflate; server_max_window_bits=10"),
+            one("permessage-deflate; server_max_window_bits=7, permessage-deflate; server_max_window_bits=10"),
             agreed(10, 15)
         );
         assert_eq!(
@@ -267,7 +359,7 @@ mod tests {
         );
         assert_eq!(
             negotiate([
-                b"permessage-deflate; server_max_window_bits=8".as_slice(),
+                b"permessage-deflate; server_max_window_bits=16".as_slice(),
                 b"permessage-deflate; client_max_window_bits=9".as_slice(),
             ]),
             agreed(15, 9)
@@ -286,6 +378,48 @@ mod tests {
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover; \
              server_max_window_bits=10; client_max_window_bits=12"
         );
+    }
+
+    /// A client's view: what a server may answer to [`CLIENT_OFFER`].
+    #[test]
+    fn responses_to_the_client_offer() {
+        let parse = |h: &str| parse_response([h.as_bytes()]);
+        let ok = |s, c| {
+            Ok(Some(Agreed {
+                server_window_bits: s,
+                client_window_bits: c,
+            }))
+        };
+        assert_eq!(parse_response(std::iter::empty()), Ok(None));
+        assert_eq!(parse(""), Ok(None));
+        assert_eq!(
+            parse("permessage-deflate; server_no_context_takeover"),
+            ok(15, 15)
+        );
+        assert_eq!(
+            parse(&agreed(10, 12).unwrap().response()),
+            ok(10, 12),
+            "uringcast's own answer"
+        );
+        // What Node's ws answers (it adds client_max_window_bits when offered one).
+        assert_eq!(
+            parse("permessage-deflate; server_no_context_takeover; client_max_window_bits=15"),
+            ok(15, 15)
+        );
+        for bad in [
+            "permessage-deflate",
+            "permessage-deflate; client_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; client_max_window_bits",
+            "permessage-deflate; server_no_context_takeover; server_max_window_bits=16",
+            "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
+            "permessage-deflate; server_no_context_takeover; x=1",
+            "permessage-deflate; server_no_context_takeover, permessage-deflate; server_no_context_takeover",
+            "x-webkit-deflate-frame",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        // The client offer is one a uringcast server takes.
+        assert_eq!(one(CLIENT_OFFER), agreed(15, 15));
     }
 
     #[test]
@@ -330,8 +464,7 @@ mod tests {
                 .join("; ");
             let result = one(&offer);
             // The independent reading: each name at most once, known, with a value exactly
-            // where one is allowed, values 8..=15 without leading zeros, and no server window
-            // of 8.
+            // where one is allowed, and values 8..=15 without leading zeros.
             let mut names = std::collections::HashSet::new();
             let mut valid = true;
             let (mut server, mut client) = (MAX_WINDOW_BITS, MAX_WINDOW_BITS);
@@ -347,7 +480,7 @@ mod tests {
                 match (name, value) {
                     ("server_no_context_takeover" | "client_no_context_takeover", None) => {}
                     ("server_max_window_bits", Some(_)) => match bits {
-                        Some(b @ 9..=15) => server = b,
+                        Some(b @ 8..=15) => server = b,
                         _ => valid = false,
                     },
                     ("client_max_window_bits", None) => {}
