@@ -40,6 +40,8 @@ pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 /// workers x 256 MiB (512 MiB on a 2-core machine) instead of connections x 16 MiB.
 pub const DEFAULT_MAX_PENDING_BYTES: u64 = 256 << 20;
 
+pub use crate::protocol::deflate::DEFAULT_MIN_BYTES as DEFAULT_DEFLATE_MIN_BYTES;
+
 /// 256 bytes of topic name: room for `tenant/channel/subchannel` paths, while a topic table
 /// of 100,000 names stays under 26 MB of names.
 pub const DEFAULT_MAX_TOPIC_BYTES: usize = 256;
@@ -210,6 +212,8 @@ impl Default for ServerBuilder {
                     ring_entries: DEFAULT_RING_ENTRIES,
                     direct_descriptors: true,
                     tls: None,
+                    deflate: false,
+                    deflate_min_bytes: DEFAULT_DEFLATE_MIN_BYTES,
                 },
             },
             tls_files: None,
@@ -285,6 +289,23 @@ impl ServerBuilder {
             cert: cert.into(),
             key: key.into(),
         });
+        self
+    }
+
+    /// Accepts permessage-deflate (RFC 7692) from clients that offer it (default off). Each
+    /// worker compresses a broadcast at most once per window size in use and shares the
+    /// compressed frame among its subscribers that negotiated it; no connection holds zlib
+    /// state between messages (no context takeover either way). Inflated messages are bound
+    /// by [`max_message_bytes`](Self::max_message_bytes).
+    pub fn deflate(mut self, on: bool) -> Self {
+        self.config.driver.deflate = on;
+        self
+    }
+
+    /// Messages shorter than this go uncompressed (default [`DEFAULT_DEFLATE_MIN_BYTES`]);
+    /// so does any message compression would not shrink.
+    pub fn deflate_min_bytes(mut self, bytes: usize) -> Self {
+        self.config.driver.deflate_min_bytes = bytes;
         self
     }
 

@@ -77,6 +77,15 @@ struct Cli {
     /// The private key for --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1; ECDSA, RSA or Ed25519).
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_key: Option<std::path::PathBuf>,
+    /// Accept permessage-deflate (RFC 7692) from clients that offer it. A broadcast is
+    /// compressed once per worker and shared; no connection keeps zlib state between
+    /// messages.
+    #[arg(long)]
+    deflate: bool,
+    /// With --deflate: messages shorter than this go uncompressed (so does any message that
+    /// compression would not shrink).
+    #[arg(long, default_value_t = config::DEFAULT_DEFLATE_MIN_BYTES, value_name = "BYTES")]
+    deflate_min_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -146,6 +155,8 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
         .ping_interval(Some(seconds("ping-interval", cli.ping_interval)?))
         .drain_timeout(seconds("drain-timeout", cli.drain_timeout)?)
         .direct_descriptors(!cli.plain_descriptors)
+        .deflate(cli.deflate)
+        .deflate_min_bytes(cli.deflate_min_bytes)
         .handle_signals(true);
     if let Some(workers) = cli.workers {
         builder = builder.workers(workers);

@@ -189,6 +189,31 @@ pub(crate) fn render(hub: &Hub) -> String {
         &|w| load(&driver[w].tls_failures),
     );
     family(
+        "deflate_upgrades_total",
+        "Connections that negotiated permessage-deflate (--deflate).",
+        "counter",
+        &|w| load(&driver[w].deflate_upgrades),
+    );
+    family(
+        "deflate_compressions_total",
+        "Messages compressed (once per worker and window size for a broadcast), including \
+         those sent plain because compression did not shrink them.",
+        "counter",
+        &|w| load(&driver[w].deflate_compressions),
+    );
+    family(
+        "deflate_frames_out_total",
+        "Frames queued compressed.",
+        "counter",
+        &|w| load(&driver[w].deflate_frames_out),
+    );
+    family(
+        "deflate_inflations_total",
+        "Compressed messages received and inflated.",
+        "counter",
+        &|w| load(&driver[w].deflate_inflations),
+    );
+    family(
         "timers",
         "Entries on the worker's timer wheel (about one per connection).",
         "gauge",

@@ -6,7 +6,9 @@
 //! count) to each local subscriber's queue and pushes one clone into every other worker's
 //! bounded mailbox, waking it through its eventfd only when it is not already due to wake.
 //! Each worker then fans out to its own subscribers; at the end of the loop turn every dirty
-//! connection gets one vectored send, however many frames it was given.
+//! connection gets one vectored send, however many frames it was given. With
+//! permessage-deflate, each worker compresses a publish the first time one of its subscribers
+//! needs it compressed (once per window size in use), and shares that frame too.
 
 mod endpoints;
 mod handler;
@@ -29,7 +31,7 @@ pub use metrics::BroadcastStats;
 use topic::{Subscriptions, Topics};
 
 use crate::config::{Config, SlowConsumer};
-use crate::driver::{Admission, ConnId, Ctx, SendError, Service};
+use crate::driver::{Admission, ConnId, Ctx, Outgoing, SendError, Service};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
@@ -105,8 +107,10 @@ impl<H: Handler> Broadcast<H> {
         };
         let stats = &self.hub.stats[self.worker];
         let mut delivered = 0;
+        // Compressed at most once here per window size, for every subscriber that takes it.
+        let mut message = Outgoing::new(frame.clone());
         for &sub in self.topics.subscribers(id) {
-            match ctx.send_frame(sub, frame.clone()) {
+            match ctx.send_message(sub, &mut message) {
                 Ok(()) => delivered += 1,
                 Err(SendError::Backlog) => match self.policy {
                     SlowConsumer::Disconnect => ctx.close_slow_consumer(sub),
@@ -373,7 +377,8 @@ impl<H: Handler> Broadcast<H> {
         for action in actions.list.drain(..) {
             match action {
                 handler::Action::Send(frame) => {
-                    if let Err(SendError::Backlog) = ctx.send_frame(conn, frame) {
+                    let mut message = Outgoing::new(frame);
+                    if let Err(SendError::Backlog) = ctx.send_message(conn, &mut message) {
                         ctx.close_slow_consumer(conn);
                     }
                 }

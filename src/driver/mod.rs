@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::sys::eventfd::EventFd;
 
 pub use features::Features;
-pub use service::{Admission, ConnId, Ctx, SendError, Service};
+pub use service::{Admission, ConnId, Ctx, Outgoing, SendError, Service};
 pub(crate) use timer::TICK;
 pub(crate) use worker::{run_worker, WorkerSetup};
 
@@ -56,6 +56,10 @@ pub(crate) struct DriverConfig {
     pub direct_descriptors: bool,
     /// The certificate for TLS on the listener, if it speaks TLS.
     pub tls: Option<std::sync::Arc<crate::tls::TlsAcceptor>>,
+    /// permessage-deflate is accepted from clients that offer it.
+    pub deflate: bool,
+    /// Messages under this many bytes go uncompressed.
+    pub deflate_min_bytes: usize,
 }
 
 /// Counters one worker keeps, read by any thread.
@@ -94,6 +98,15 @@ pub struct WorkerStats {
     /// TLS sessions that failed (a bad handshake, a protocol error, plaintext on the TLS
     /// port); each was closed, after an alert where rustls had one.
     pub tls_failures: AtomicU64,
+    /// Connections that negotiated permessage-deflate.
+    pub deflate_upgrades: AtomicU64,
+    /// Messages compressed (or tried and sent plain because compression did not shrink
+    /// them): once per worker and window size for a broadcast, however many subscribers.
+    pub deflate_compressions: AtomicU64,
+    /// Compressed messages received and inflated (or failed).
+    pub deflate_inflations: AtomicU64,
+    /// Frames queued compressed.
+    pub deflate_frames_out: AtomicU64,
 }
 
 /// State shared by the workers of one server.

@@ -4,11 +4,14 @@
 use bytes::Bytes;
 use slab::Slab;
 
+use std::sync::atomic::Ordering;
+
 use super::conn::{Conn, Ending, Stage};
 use super::timer::{TimerEntry, TimerWheel};
 use super::WorkerStats;
+use crate::protocol::deflate::{Deflater, Inflater, MIN_SERVER_WINDOW_BITS};
 use crate::protocol::handshake::Request;
-use crate::protocol::{CloseCode, OpCode};
+use crate::protocol::{CloseCode, FrameHeader, OpCode};
 
 /// A connection of one worker: its slab key and the slot's generation, so an id kept after
 /// the connection closed never reaches the next occupant of the slot.
@@ -111,6 +114,84 @@ pub struct Ctx<'a, D> {
     pub(crate) stats: &'a WorkerStats,
     pub(crate) worker: usize,
     pub(crate) shared: &'a super::Shared,
+    pub(crate) codec: &'a mut Codec,
+}
+
+/// The worker's permessage-deflate state: one compressor and one inflater for all its
+/// connections (RFC 7692 with no context takeover either way).
+#[derive(Debug)]
+pub(crate) struct Codec {
+    /// permessage-deflate is accepted from clients that offer it.
+    pub enabled: bool,
+    pub deflater: Deflater,
+    pub inflater: Inflater,
+}
+
+impl Codec {
+    pub(crate) fn new(enabled: bool, min_bytes: usize) -> Self {
+        Self {
+            enabled,
+            deflater: Deflater::new(min_bytes),
+            inflater: Inflater::new(),
+        }
+    }
+}
+
+/// One message on its way to any number of a worker's connections: the encoded frame, and
+/// its compressed forms, each made the first time a receiver needs it (one per window size
+/// in use), so a broadcast is compressed at most once per worker and window.
+#[derive(Debug)]
+pub struct Outgoing {
+    plain: Bytes,
+    /// Indexed by window bits - 9; `Some(None)`: tried, not worth it.
+    compressed: [Option<Option<Bytes>>; 7],
+}
+
+impl Outgoing {
+    /// A message as its encoded, uncompressed server frame.
+    pub fn new(frame: Bytes) -> Self {
+        Self {
+            plain: frame,
+            compressed: Default::default(),
+        }
+    }
+
+    /// The frame for a receiver that compresses with `window_bits`, if any.
+    fn frame_for(
+        &mut self,
+        window_bits: Option<u8>,
+        codec: &mut Codec,
+        stats: &WorkerStats,
+    ) -> Bytes {
+        let Some(bits) = window_bits.filter(|&b| b >= MIN_SERVER_WINDOW_BITS) else {
+            return self.plain.clone();
+        };
+        let slot = &mut self.compressed[usize::from(bits - MIN_SERVER_WINDOW_BITS)];
+        let compressed = slot.get_or_insert_with(|| {
+            let plain = &self.plain;
+            let Ok(Some((header, used))) = FrameHeader::parse(plain) else {
+                return None;
+            };
+            let whole_data = header.fin
+                && header.rsv == 0
+                && header.mask.is_none()
+                && matches!(header.opcode, OpCode::Text | OpCode::Binary);
+            if !whole_data || plain.len() - used < codec.deflater.min_bytes() {
+                return None;
+            }
+            stats.deflate_compressions.fetch_add(1, Ordering::Relaxed);
+            codec
+                .deflater
+                .frame(header.opcode, &plain[used..], bits, None)
+        });
+        match compressed {
+            Some(frame) => {
+                stats.deflate_frames_out.fetch_add(1, Ordering::Relaxed);
+                frame.clone()
+            }
+            None => self.plain.clone(),
+        }
+    }
 }
 
 impl<D> Ctx<'_, D> {
@@ -162,17 +243,35 @@ impl<D> Ctx<'_, D> {
         Ok(())
     }
 
-    /// Encodes and queues one message for a connection.
+    /// Queues a message for a connection: compressed if the connection negotiated
+    /// permessage-deflate and compression is worth it (made at most once per window size for
+    /// all the receivers `message` is given to), else its plain frame.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_frame`](Self::send_frame).
+    pub fn send_message(&mut self, id: ConnId, message: &mut Outgoing) -> Result<(), SendError> {
+        let conn = self.open_conn(id)?;
+        let bits = match &conn.stage {
+            Stage::Open(ws) => ws.send_window_bits(),
+            _ => None,
+        };
+        let frame = message.frame_for(bits, self.codec, self.stats);
+        self.send_frame(id, frame)
+    }
+
+    /// Encodes and queues one message for a connection, compressed where worthwhile (see
+    /// [`send_message`](Self::send_message)).
     ///
     /// # Errors
     ///
     /// As [`send_frame`](Self::send_frame).
     pub fn send(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.open_conn(id)?;
-        self.send_frame(
-            id,
-            crate::protocol::frame::encode_frame(opcode, true, payload, None),
-        )
+        let mut message = Outgoing::new(crate::protocol::frame::encode_frame(
+            opcode, true, payload, None,
+        ));
+        self.send_message(id, &mut message)
     }
 
     /// Starts the closing handshake (RFC 6455 §7.1.2); the connection is dropped if the peer

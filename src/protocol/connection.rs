@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 
 use super::close::{CloseCode, CloseState};
+use super::deflate::{Agreed, Deflater, Inflater};
 use super::error::ProtocolError;
 use super::frame::{close_payload, encode_frame, FrameDecoder, OpCode, Step};
 use super::{utf8, Limits, Role};
@@ -98,6 +99,9 @@ pub struct WebSocket<M: Masking = ServerSide> {
     /// The frame whose payload is arriving.
     frame: FrameInfo,
     close: CloseState,
+    /// permessage-deflate's terms, if it was negotiated (3 bytes: no zlib state here; the
+    /// compressor and the inflater belong to the thread).
+    deflate: Option<Agreed>,
     masking: M,
 }
 
@@ -121,8 +125,31 @@ impl<M: Masking> WebSocket<M> {
                 whole: true,
             },
             close: CloseState::Open,
+            deflate: None,
             masking,
         }
+    }
+
+    /// The connection negotiated permessage-deflate on these terms (RFC 7692): RSV1 marks
+    /// compressed messages, which [`read_within`](Self::read_within) inflates.
+    pub fn with_deflate(mut self, agreed: Agreed) -> Self {
+        self.decoder.allow_compression();
+        self.deflate = Some(agreed);
+        self
+    }
+
+    /// The permessage-deflate terms, if negotiated.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
+    }
+
+    /// The window this side compresses with, if it may compress what it sends.
+    pub fn send_window_bits(&self) -> Option<u8> {
+        let agreed = self.deflate?;
+        Some(match M::ROLE {
+            Role::Server => agreed.server_window_bits,
+            Role::Client => agreed.client_window_bits,
+        })
     }
 
     /// Where the closing handshake stands.
@@ -139,9 +166,13 @@ impl<M: Masking> WebSocket<M> {
     /// Reads from the start of `input`, unmasking in place. Returns how many bytes were
     /// consumed and what they produced; call again with the rest until [`Read::NeedMore`].
     /// Once the state is [`CloseState::Closed`] all input is discarded.
+    ///
+    /// A convenience for tests and tools: a compressed message gets a fresh inflater each
+    /// time. A server or a load generator shares one among its connections with
+    /// [`read_within`](Self::read_within).
     pub fn read<'a>(&mut self, input: &'a mut [u8]) -> (usize, Read<'a>) {
         let mut unlimited = u64::MAX;
-        self.read_within(input, &mut unlimited)
+        self.read_within(input, &mut unlimited, &mut Inflater::new())
     }
 
     /// Bytes of memory this connection holds for unfinished messages and control frames: the
@@ -156,7 +187,16 @@ impl<M: Masking> WebSocket<M> {
     /// message, and taking what it buffers from `budget`. A chunk that does not fit fails
     /// the connection with [`ProtocolError::OverBudget`] (close 1013) before it is copied,
     /// so a caller can bound the sum over many connections.
-    pub fn read_within<'a>(&mut self, input: &'a mut [u8], budget: &mut u64) -> (usize, Read<'a>) {
+    ///
+    /// A compressed message is inflated with `inflater` (shared by every connection of the
+    /// thread: no context survives a message), its output bounded by the message limit and
+    /// charged to `budget` while it grows; it is handed over as plain bytes.
+    pub fn read_within<'a>(
+        &mut self,
+        input: &'a mut [u8],
+        budget: &mut u64,
+        inflater: &mut Inflater,
+    ) -> (usize, Read<'a>) {
         if self.close == CloseState::Closed {
             return (input.len(), Read::NeedMore);
         }
@@ -189,7 +229,7 @@ impl<M: Masking> WebSocket<M> {
                         Ok(Some(done)) => {
                             // Re-borrow the chunk for the result: it lives as long as `input`.
                             let chunk: &'a [u8] = &input[start..start + len];
-                            return (pos, self.finish(done, chunk));
+                            return (pos, self.finish(done, chunk, budget, inflater));
                         }
                         Err(error) => return (input.len(), self.fail(error)),
                     }
@@ -220,6 +260,25 @@ impl<M: Masking> WebSocket<M> {
             payload,
             self.masking.next_mask(),
         ))
+    }
+
+    /// Like [`encode`](Self::encode), compressed with `deflater` when permessage-deflate was
+    /// negotiated and compression is worth it (the deflater decides; see
+    /// [`Deflater::frame`]).
+    pub fn encode_with(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        deflater: &mut Deflater,
+    ) -> Option<Bytes> {
+        if self.close != CloseState::Open {
+            return None;
+        }
+        let mask = self.masking.next_mask();
+        let compressed = self
+            .send_window_bits()
+            .and_then(|bits| deflater.frame(opcode, payload, bits, mask));
+        Some(compressed.unwrap_or_else(|| encode_frame(opcode, true, payload, mask)))
     }
 
     /// Encodes a ping (payload truncated to 125 bytes); `None` once closing.
@@ -268,10 +327,20 @@ impl<M: Masking> WebSocket<M> {
             return Ok(frame_done.then_some(Done {
                 opcode,
                 borrowed: whole,
+                compressed: false,
             }));
         }
         let message_done = frame_done && self.frame.fin;
+        let compressed = self.decoder.message_compressed();
         if whole && self.frame.starts_message && self.frame.fin {
+            if compressed {
+                // Inflated (and its text checked) when it is handed over.
+                return Ok(Some(Done {
+                    opcode,
+                    borrowed: true,
+                    compressed,
+                }));
+            }
             // The common case: a whole unfragmented message in one read, used in place.
             if opcode == OpCode::Text {
                 utf8::validate(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -279,6 +348,7 @@ impl<M: Masking> WebSocket<M> {
             return Ok(Some(Done {
                 opcode,
                 borrowed: true,
+                compressed: false,
             }));
         }
         // The buffer grows by doubling (amortised linear copying), but never past the largest
@@ -305,7 +375,7 @@ impl<M: Masking> WebSocket<M> {
         let partial = self.partial();
         partial.message.reserve_exact(grown - len);
         partial.message.extend_from_slice(chunk);
-        if opcode == OpCode::Text {
+        if opcode == OpCode::Text && !compressed {
             let unchecked = &partial.message[partial.utf8_checked..];
             partial.utf8_checked +=
                 utf8::validate_prefix(unchecked).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -317,11 +387,26 @@ impl<M: Masking> WebSocket<M> {
         Ok(message_done.then_some(Done {
             opcode,
             borrowed: false,
+            compressed,
         }))
     }
 
     /// Turns a completed frame or message into its [`Read`].
-    fn finish<'a>(&mut self, done: Done, chunk: &'a [u8]) -> Read<'a> {
+    fn finish<'a>(
+        &mut self,
+        done: Done,
+        chunk: &'a [u8],
+        budget: &mut u64,
+        inflater: &mut Inflater,
+    ) -> Read<'a> {
+        if done.compressed {
+            return self.inflated(
+                done.opcode,
+                done.borrowed.then_some(chunk),
+                budget,
+                inflater,
+            );
+        }
         let payload: Cow<'a, [u8]> = if done.borrowed {
             Cow::Borrowed(chunk)
         } else if done.opcode.is_control() {
@@ -341,6 +426,37 @@ impl<M: Masking> WebSocket<M> {
             OpCode::Pong => Read::Pong(payload),
             OpCode::Close => self.peer_closed(&payload),
             opcode => Read::Message { opcode, payload },
+        }
+    }
+
+    /// A compressed message is complete (in `chunk` if it arrived whole, else assembled):
+    /// inflate it within the message limit, then check its text (RFC 7692 §6.2).
+    fn inflated<'a>(
+        &mut self,
+        opcode: OpCode,
+        chunk: Option<&[u8]>,
+        budget: &mut u64,
+        inflater: &mut Inflater,
+    ) -> Read<'a> {
+        let assembled;
+        let compressed = match chunk {
+            Some(chunk) => chunk,
+            None => {
+                assembled = self.take_partial(|p| std::mem::take(&mut p.message));
+                &assembled[..]
+            }
+        };
+        let limit = usize::try_from(self.decoder.max_message_bytes()).unwrap_or(usize::MAX);
+        let payload = match inflater.inflate(compressed, limit, budget) {
+            Ok(payload) => payload,
+            Err(error) => return self.fail(error),
+        };
+        if opcode == OpCode::Text && utf8::validate(&payload).is_err() {
+            return self.fail(ProtocolError::InvalidUtf8);
+        }
+        Read::Message {
+            opcode,
+            payload: Cow::Owned(payload),
         }
     }
 
@@ -401,6 +517,8 @@ struct Done {
     opcode: OpCode,
     /// The payload is exactly the last chunk (it arrived whole), not the assembled buffer.
     borrowed: bool,
+    /// A data message with RSV1: to be inflated.
+    compressed: bool,
 }
 
 /// What the connection knows about the frame whose payload is arriving.
@@ -493,7 +611,8 @@ mod tests {
             let before = budget;
             let mut fragment = client(opcode, fin, &[7; 100]);
             assert!(matches!(
-                ws.read_within(&mut fragment, &mut budget).1,
+                ws.read_within(&mut fragment, &mut budget, &mut Inflater::new())
+                    .1,
                 Read::NeedMore
             ));
             charged.push((before - budget, ws.buffered_bytes()));
@@ -501,7 +620,10 @@ mod tests {
         // 100, then doubled to 200, then 300 (not 400: no message may be larger).
         assert_eq!(charged, [(100, 100), (100, 200), (100, 300)]);
         let mut last = client(OpCode::Continuation, true, b"");
-        match ws.read_within(&mut last, &mut budget).1 {
+        match ws
+            .read_within(&mut last, &mut budget, &mut Inflater::new())
+            .1
+        {
             Read::Message { payload, .. } => assert_eq!(payload.len(), 300),
             other => panic!("expected the message, got {other:?}"),
         }
@@ -514,7 +636,7 @@ mod tests {
         let mut ws = WebSocket::server(Limits::default());
         let mut first = client(OpCode::Text, false, &[b'a'; 100]);
         let mut budget = 99;
-        let (_, read) = ws.read_within(&mut first, &mut budget);
+        let (_, read) = ws.read_within(&mut first, &mut budget, &mut Inflater::new());
         match read {
             Read::Failed { error, reply } => {
                 assert_eq!(error.close_code(), CloseCode::TRY_AGAIN_LATER);
@@ -528,13 +650,15 @@ mod tests {
         let mut budget = 100;
         let mut first = client(OpCode::Text, false, &[b'a'; 100]);
         assert!(matches!(
-            ws.read_within(&mut first, &mut budget).1,
+            ws.read_within(&mut first, &mut budget, &mut Inflater::new())
+                .1,
             Read::NeedMore
         ));
         assert_eq!((budget, ws.buffered_bytes()), (0, 100));
         let mut whole = client(OpCode::Continuation, true, b"");
         assert!(matches!(
-            ws.read_within(&mut whole, &mut budget).1,
+            ws.read_within(&mut whole, &mut budget, &mut Inflater::new())
+                .1,
             Read::Message { .. }
         ));
         assert_eq!(ws.buffered_bytes(), 0);
@@ -542,7 +666,8 @@ mod tests {
         let mut single = client(OpCode::Binary, true, &[1; 500]);
         let mut none = 0;
         assert!(matches!(
-            ws.read_within(&mut single, &mut none).1,
+            ws.read_within(&mut single, &mut none, &mut Inflater::new())
+                .1,
             Read::Message { .. }
         ));
     }

@@ -3,6 +3,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::deflate::RSV1;
 use super::error::ProtocolError;
 use super::mask;
 use super::{Limits, Role};
@@ -204,6 +205,10 @@ pub struct FrameDecoder {
     /// Declared payload bytes of the message in progress, across its fragments so far.
     message_len: u64,
     max_message_bytes: u64,
+    /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
+    compression: bool,
+    /// The message in progress had RSV1 on its first frame.
+    message_compressed: bool,
 }
 
 impl FrameDecoder {
@@ -215,7 +220,20 @@ impl FrameDecoder {
             message: None,
             message_len: 0,
             max_message_bytes: limits.max_message_bytes,
+            compression: false,
+            message_compressed: false,
         }
+    }
+
+    /// Allows RSV1 on the first frame of a data message (RFC 7692 §6: permessage-deflate was
+    /// negotiated). It stays a protocol error on control frames and continuations.
+    pub fn allow_compression(&mut self) {
+        self.compression = true;
+    }
+
+    /// The data message in progress is compressed (its first frame had RSV1).
+    pub fn message_compressed(&self) -> bool {
+        self.message_compressed
     }
 
     /// The largest message allowed, summed across fragments.
@@ -307,7 +325,11 @@ impl FrameDecoder {
             (Role::Client, true) => return Err(ProtocolError::MaskedServerFrame),
             _ => {}
         }
-        if header.rsv != 0 {
+        // RSV1 marks a compressed message, on its first frame only (RFC 7692 §6.1).
+        let compressed = header.rsv == RSV1
+            && self.compression
+            && matches!(header.opcode, OpCode::Text | OpCode::Binary);
+        if header.rsv != 0 && !compressed {
             return Err(ProtocolError::ReservedBits(header.rsv));
         }
         if header.opcode.is_control() {
@@ -323,7 +345,10 @@ impl FrameDecoder {
             (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
             (OpCode::Continuation, Some(opcode)) => (opcode, self.message_len),
             (_, Some(_)) => return Err(ProtocolError::InterleavedDataFrame),
-            (opcode, None) => (opcode, 0),
+            (opcode, None) => {
+                self.message_compressed = compressed;
+                (opcode, 0)
+            }
         };
         let len = so_far.saturating_add(header.payload_len);
         if len > self.max_message_bytes {

@@ -12,6 +12,7 @@ use std::str;
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use sha1::{Digest, Sha1};
 
+use super::deflate::{self, Agreed};
 use super::http::{
     ensure_complete, parse_decimal, push_header, Head, HeadReader, Span, MAX_HEADERS,
 };
@@ -108,6 +109,9 @@ pub enum HandshakeError {
     /// Client side: the server selected an extension although none was offered (RFC 6455 §4.1).
     #[error("server selected an extension that was not offered")]
     UnrequestedExtension,
+    /// Client side: the server's permessage-deflate answer breaks RFC 7692 §7.1.
+    #[error("server's permessage-deflate response is invalid: {0}")]
+    BadExtension(&'static str),
     /// Client side: the server selected a subprotocol the client did not offer (RFC 6455 §4.1).
     #[error("server selected subprotocol {0:?}, which was not offered")]
     UnrequestedProtocol(String),
@@ -134,6 +138,7 @@ impl HandshakeError {
             Self::UnexpectedStatus(_)
             | Self::BadAccept
             | Self::UnrequestedExtension
+            | Self::BadExtension(_)
             | Self::UnrequestedProtocol(_) => 502,
         }
     }
@@ -343,6 +348,12 @@ impl Request {
         }
     }
 
+    /// The permessage-deflate offer uringcast would accept among the request's
+    /// `Sec-WebSocket-Extensions` (RFC 7692 §7.1; see [`deflate::negotiate`]), if any.
+    pub fn deflate_offer(&self) -> Option<Agreed> {
+        deflate::negotiate(self.head.values("sec-websocket-extensions"))
+    }
+
     /// Checks the opening handshake against RFC 6455 §4.2.1, in its order: GET, HTTP/1.1,
     /// `Host`, `Upgrade: websocket`, `Connection: upgrade` (tokens in comma lists, any case),
     /// the key, then `Sec-WebSocket-Version: 13`. `Sec-WebSocket-Extensions` is ignored: no
@@ -429,12 +440,21 @@ impl Upgrade {
     /// The 101 response (RFC 6455 §4.2.2 step 5). `protocol` is the selected subprotocol,
     /// one of [`Request::protocols`], or `None` to select none; no extension is ever selected.
     pub fn response(&self, protocol: Option<&str>) -> Vec<u8> {
+        self.response_with(protocol, None)
+    }
+
+    /// The 101 response, with permessage-deflate accepted on `deflate`'s terms (from
+    /// [`Request::deflate_offer`]) when given.
+    pub fn response_with(&self, protocol: Option<&str>, deflate: Option<&Agreed>) -> Vec<u8> {
         let mut head = String::from("HTTP/1.1 101 Switching Protocols\r\n");
         push_header(&mut head, "Upgrade", "websocket");
         push_header(&mut head, "Connection", "Upgrade");
         push_header(&mut head, "Sec-WebSocket-Accept", &self.accept);
         if let Some(protocol) = protocol {
             push_header(&mut head, "Sec-WebSocket-Protocol", protocol);
+        }
+        if let Some(agreed) = deflate {
+            push_header(&mut head, "Sec-WebSocket-Extensions", &agreed.response());
         }
         head.push_str("\r\n");
         head.into_bytes()
@@ -462,6 +482,8 @@ pub struct ClientHandshake {
     reader: HeadReader,
     accept: String,
     protocols: Vec<String>,
+    /// [`deflate::CLIENT_OFFER`] is among the extra headers: the server may accept it.
+    offered_deflate: bool,
 }
 
 impl ClientHandshake {
@@ -495,10 +517,15 @@ impl ClientHandshake {
             .filter(|protocol| !protocol.is_empty())
             .map(str::to_owned)
             .collect();
+        let offered_deflate = extra_headers.iter().any(|(name, value)| {
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                && value.to_ascii_lowercase().contains(deflate::EXTENSION)
+        });
         let handshake = Self {
             reader: HeadReader::new(DEFAULT_MAX_HEAD_BYTES),
             accept: accept_key(key.as_bytes()),
             protocols,
+            offered_deflate,
         };
         (handshake, request.into_bytes())
     }
@@ -546,11 +573,10 @@ impl ClientHandshake {
             Ok(Some(accept)) if accept == self.accept.as_bytes() => {}
             _ => return Err(HandshakeError::BadAccept),
         }
-        if response
-            .head
-            .values("sec-websocket-extensions")
-            .any(|value| !value.is_empty())
-        {
+        let mut extensions = response.head.values("sec-websocket-extensions");
+        if self.offered_deflate {
+            deflate::parse_response(extensions).map_err(HandshakeError::BadExtension)?;
+        } else if extensions.any(|value| !value.is_empty()) {
             return Err(HandshakeError::UnrequestedExtension);
         }
         if let Some(value) = response.header("sec-websocket-protocol") {
@@ -591,6 +617,14 @@ impl Response {
     /// Every header field in order of arrival, as (name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
         self.head.fields()
+    }
+
+    /// The permessage-deflate terms the server accepted, if it did (checked by
+    /// [`ClientHandshake::feed`] against an offer of [`deflate::CLIENT_OFFER`]).
+    pub fn deflate(&self) -> Option<Agreed> {
+        deflate::parse_response(self.head.values("sec-websocket-extensions"))
+            .ok()
+            .flatten()
     }
 
     /// The subprotocol the server selected in `Sec-WebSocket-Protocol` (RFC 6455 §4.2.2

@@ -272,9 +272,18 @@ pub(super) fn receive<S: Service>(
         match service.on_request(&request) {
             Admission::Upgrade { protocol } => match request.validate_upgrade() {
                 Ok(upgrade) => {
-                    conn.queue
-                        .push_unbounded(upgrade.response(protocol.as_deref()).into());
-                    conn.stage = Stage::Open(WebSocket::server(limits));
+                    let deflate = ctx.codec.enabled.then(|| request.deflate_offer()).flatten();
+                    conn.queue.push_unbounded(
+                        upgrade
+                            .response_with(protocol.as_deref(), deflate.as_ref())
+                            .into(),
+                    );
+                    let mut ws = WebSocket::server(limits);
+                    if let Some(agreed) = deflate {
+                        ws = ws.with_deflate(agreed);
+                        ctx.stats.deflate_upgrades.fetch_add(1, Ordering::Relaxed);
+                    }
+                    conn.stage = Stage::Open(ws);
                     conn.upgraded_now = true;
                     service.on_open(ctx, id, &request);
                 }
@@ -363,7 +372,11 @@ pub(super) fn receive<S: Service>(
         let Stage::Open(ws) = &mut conn.stage else {
             return;
         };
-        let (used, read) = ws.read_within(&mut data[pos..], budget);
+        let inflations = ctx.codec.inflater.inflations();
+        let (used, read) = ws.read_within(&mut data[pos..], budget, &mut ctx.codec.inflater);
+        if ctx.codec.inflater.inflations() != inflations {
+            ctx.stats.deflate_inflations.fetch_add(1, Ordering::Relaxed);
+        }
         pos += used;
         match read {
             Read::NeedMore => return,

@@ -60,6 +60,7 @@ macro_rules! ctx {
             stats: &$worker.shared.stats[$worker.id],
             worker: $worker.id,
             shared: &$worker.shared,
+            codec: &mut $worker.codec,
         }
     };
 }
@@ -181,6 +182,8 @@ struct Worker<S: Service> {
     ping_ticks: Option<Duration>,
     /// The drain timeout in ticks.
     drain_ticks: u32,
+    /// permessage-deflate's compressor and inflater, for all connections.
+    codec: crate::driver::service::Codec,
 }
 
 impl<S: Service> Worker<S> {
@@ -212,6 +215,7 @@ impl<S: Service> Worker<S> {
         // SAFETY: so the buffers outlive the registration (see above).
         let bufs = unsafe { BufRing::register(&ring, 0, count, size) }?;
         let start = Instant::now();
+        let codec = crate::driver::service::Codec::new(config.deflate, config.deflate_min_bytes);
         Ok(Self {
             ring: ManuallyDrop::new(ring),
             bufs: ManuallyDrop::new(bufs),
@@ -258,6 +262,7 @@ impl<S: Service> Worker<S> {
             cqes: Vec::with_capacity(1024),
             filled: Vec::new(),
             bundles: setup.features.recv_bundle,
+            codec,
             stop_deadline: None,
         })
     }

@@ -10,3 +10,6 @@ pub use negotiate::{
     negotiate, parse_response, Agreed, CLIENT_OFFER, EXTENSION, MAX_WINDOW_BITS,
     MIN_SERVER_WINDOW_BITS, MIN_WINDOW_BITS,
 };
+
+#[cfg(test)]
+mod wire_tests;
