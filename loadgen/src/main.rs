@@ -14,6 +14,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod capacity;
+mod cli;
 mod error;
 mod hgrm;
 mod interrupt;
@@ -29,13 +30,17 @@ mod uring;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::Parser as _;
 use serde_json::{json, Value};
 use uringcast::protocol::OpCode;
 
 use crate::capacity::{Capacity, SystemLimits};
+use crate::cli::{
+    positive, range, seconds, size_in_range, BroadcastArgs, Cli, ConnectArgs, EchoArgs, Scenario,
+    TrafficArgs, MAX_CONNECTIONS, MAX_HOLD_SECS, MAX_INFLIGHT, MAX_MESSAGE_RATE, MAX_RATE,
+    MAX_THREADS, MAX_TIMEOUT_SECS,
+};
 use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
 use crate::report::{Loop, TrafficReport};
 use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, PublishUrl, Publishing};
@@ -45,190 +50,6 @@ use crate::scenario::stamp::{Encoding, Stamper, BINARY_STAMP_BYTES};
 use crate::scenario::traffic::{self, NoSenders, ProgressStyle};
 use crate::uring::{ClientFeatures, RecvBuffers};
 
-/// A load generator for WebSocket servers on this machine (loopback only), on io_uring.
-#[derive(Parser, Debug)]
-#[command(name = "uringcast-load", version, about)]
-struct Cli {
-    #[command(subcommand)]
-    scenario: Scenario,
-}
-
-#[derive(Subcommand, Debug)]
-enum Scenario {
-    /// Open N WebSocket connections at a steady rate, hold them idle, then close them;
-    /// reports handshake latency and, with --server-pid, the server's memory and CPU cost.
-    Connect(ConnectArgs),
-    /// Send messages on C connections and check every echo byte for byte: closed loop with
-    /// --inflight P per connection, or open loop at --rate R messages/s in total.
-    Echo(EchoArgs),
-    /// N subscribers on a topic, K publishers sending R messages/s in total (over WebSocket,
-    /// or HTTP with --publish-url); every delivery checked for loss, order and content.
-    Broadcast(BroadcastArgs),
-}
-
-/// Flags of every message scenario.
-#[derive(Args, Debug)]
-struct TrafficArgs {
-    /// Seconds of traffic (after every connection is up).
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Client threads, each with its own ring, pinned round-robin to the CPUs the process may use (taskset narrows them).
-    #[arg(long, default_value_t = 1)]
-    threads: usize,
-    /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
-    /// [default: the kernel picks].
-    #[arg(long)]
-    source: Option<String>,
-    /// Server addresses to connect to instead of the URL's (same port, Host and path),
-    /// round-robin: a range 127.0.0.1-127.0.0.4, a comma list, or both. Each (source, target)
-    /// pair has its own ephemeral ports [default: the URL's address].
-    #[arg(long)]
-    target_addresses: Option<String>,
-    /// New connections per second while connecting, over all threads.
-    #[arg(long, default_value_t = traffic::DEFAULT_CONNECT_RATE)]
-    connect_rate: f64,
-    /// Seconds for a connection to reach a verified 101.
-    #[arg(long, default_value_t = connect::DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
-    handshake_timeout: f64,
-    /// Seconds to wait, after sending stops, for messages still in flight.
-    #[arg(long, default_value_t = traffic::DEFAULT_DRAIN_TIMEOUT_SECS)]
-    drain_timeout: f64,
-    /// Seconds for the closing handshakes at the end.
-    #[arg(long, default_value_t = connect::DEFAULT_CLOSE_TIMEOUT_SECS)]
-    close_timeout: f64,
-    /// The server's pid: report its CPU time and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// Also write the latency histogram as HdrHistogram percentile text (.hgrm, in ms).
-    #[arg(long)]
-    hdr: Option<PathBuf>,
-    /// Also draw the latency-by-percentile curve to this SVG file.
-    #[arg(long)]
-    plot: Option<PathBuf>,
-    /// No progress line on stderr.
-    #[arg(long)]
-    quiet: bool,
-    #[command(flatten)]
-    tls: tls::TlsArgs,
-}
-
-#[derive(Args, Debug)]
-#[command(group(ArgGroup::new("encoding").args(["text", "binary"])))]
-#[command(group(ArgGroup::new("pace").args(["inflight", "rate"])))]
-struct EchoArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
-    url: String,
-    /// Connections.
-    #[arg(long, default_value_t = echo::DEFAULT_CONNECTIONS)]
-    connections: u64,
-    /// Payload bytes per message (at least 24 binary, 48 text: the stamp).
-    #[arg(long, default_value_t = echo::DEFAULT_SIZE)]
-    size: usize,
-    /// Text messages (the payload is ASCII).
-    #[arg(long)]
-    text: bool,
-    /// Binary messages [the default].
-    #[arg(long)]
-    binary: bool,
-    /// Closed loop: messages in flight per connection [default: 1].
-    #[arg(long)]
-    inflight: Option<u32>,
-    /// Open loop: messages per second over all connections, on a fixed schedule.
-    #[arg(long)]
-    rate: Option<f64>,
-    #[command(flatten)]
-    traffic: TrafficArgs,
-}
-
-#[derive(Args, Debug)]
-struct BroadcastArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
-    url: String,
-    /// Subscribers on the topic.
-    #[arg(long, default_value_t = broadcast::DEFAULT_SUBSCRIBERS)]
-    subscribers: u64,
-    /// The topic's path, replacing the URL's [default: the URL's path].
-    #[arg(long)]
-    path: Option<String>,
-    /// Messages published per second, over all publishers.
-    #[arg(long, default_value_t = broadcast::DEFAULT_RATE)]
-    rate: f64,
-    /// Payload bytes per message (at least 24: publisher id, sequence number, send time).
-    #[arg(long, default_value_t = broadcast::DEFAULT_SIZE)]
-    size: usize,
-    /// Publishers; 0: someone else publishes (each subscriber then expects every sequence
-    /// number between the first and last it saw).
-    #[arg(long, default_value_t = broadcast::DEFAULT_PUBLISHERS)]
-    publishers: u64,
-    /// Publish with HTTP POST to this URL (http://127.0.0.1:PORT/publish/TOPIC) instead of
-    /// WebSocket connections.
-    #[arg(long)]
-    publish_url: Option<String>,
-    /// Bearer token for --publish-url.
-    #[arg(long, requires = "publish_url")]
-    publish_token: Option<String>,
-    #[command(flatten)]
-    traffic: TrafficArgs,
-}
-
-#[derive(Args, Debug)]
-struct ConnectArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
-    url: String,
-    /// Connections to open and hold.
-    #[arg(long, default_value_t = connect::DEFAULT_CONNECTIONS)]
-    connections: u64,
-    /// New connections per second during the ramp, over all threads.
-    #[arg(long, default_value_t = connect::DEFAULT_RATE)]
-    rate: f64,
-    /// Seconds to hold the connections after the ramp.
-    #[arg(long, default_value_t = connect::DEFAULT_HOLD_SECS)]
-    duration: f64,
-    /// Client threads, each with its own ring and direct descriptor table, pinned round-robin to the CPUs the process may use.
-    #[arg(long, default_value_t = connect::DEFAULT_THREADS)]
-    threads: usize,
-    /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
-    /// [default: the kernel picks].
-    #[arg(long)]
-    source: Option<String>,
-    /// Server addresses to connect to instead of the URL's (same port, Host and path),
-    /// round-robin: a range 127.0.0.1-127.0.0.4, a comma list, or both. Each (source, target)
-    /// pair has its own ephemeral ports [default: the URL's address].
-    #[arg(long)]
-    target_addresses: Option<String>,
-    /// Seconds for a connection to reach a verified 101.
-    #[arg(long, default_value_t = connect::DEFAULT_HANDSHAKE_TIMEOUT_SECS)]
-    handshake_timeout: f64,
-    /// Seconds for the closing handshake at the end.
-    #[arg(long, default_value_t = connect::DEFAULT_CLOSE_TIMEOUT_SECS)]
-    close_timeout: f64,
-    /// The server's pid: report its RSS and CPU time from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    json: Option<PathBuf>,
-    /// No progress lines on stderr.
-    #[arg(long)]
-    quiet: bool,
-    #[command(flatten)]
-    tls: tls::TlsArgs,
-}
-
-/// Upper bounds that keep a run bounded: a typo must not become a week-long run.
-const MAX_CONNECTIONS: u64 = 10_000_000;
-const MAX_THREADS: usize = 256;
-const MAX_RATE: f64 = 1_000_000.0;
-const MAX_HOLD_SECS: f64 = 86_400.0;
-const MAX_TIMEOUT_SECS: f64 = 600.0;
-
-/// The largest message: far above any broadcast payload, and what a client accepts.
-const MAX_SIZE: usize = 16 << 20;
-const MAX_MESSAGE_RATE: f64 = 100_000_000.0;
-const MAX_INFLIGHT: u32 = 100_000;
 /// Exit code of a run stopped by Ctrl-C (after its summary).
 const EXIT_INTERRUPTED: i32 = 130;
 
@@ -605,26 +426,6 @@ fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> 
     })
 }
 
-fn size_in_range(size: usize, min: usize, what: &str) -> Result<(), LoadError> {
-    if (min..=MAX_SIZE).contains(&size) {
-        Ok(())
-    } else {
-        Err(LoadError::Usage(format!(
-            "--size {size} is out of range: at least {min} bytes for {what}, at most {MAX_SIZE}"
-        )))
-    }
-}
-
-fn positive(flag: &str, value: f64, max: f64) -> Result<(), LoadError> {
-    if value.is_finite() && value > 0.0 && value <= max {
-        Ok(())
-    } else {
-        Err(LoadError::Usage(format!(
-            "{flag} {value} is out of range (more than 0, at most {max})"
-        )))
-    }
-}
-
 fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
     let target: target::Target = args.url.parse()?;
     let sources = parse_sources(args.source.as_deref(), &target)?;
@@ -780,19 +581,4 @@ fn check_reach(
         );
     }
     Ok(capacity)
-}
-
-fn range(flag: &str, value: f64, min: f64, max: f64) -> Result<(), LoadError> {
-    if value.is_finite() && (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err(LoadError::Usage(format!(
-            "{flag} {value} is out of range (at least {min}, at most {max})"
-        )))
-    }
-}
-
-fn seconds(flag: &str, value: f64, min: f64, max: f64) -> Result<Duration, LoadError> {
-    range(flag, value, min, max)?;
-    Ok(Duration::from_secs_f64(value))
 }
