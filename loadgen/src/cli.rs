@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::LoadError;
 use crate::scenario::{broadcast, connect, echo, traffic};
@@ -76,8 +76,32 @@ pub(crate) struct TrafficArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// What each message carries besides its stamp: `pattern`, an a..z filler (binary, or hex
+    /// with --text); `json`, a market-data tick in a text message, as compressible as a real
+    /// feed's (see --deflate).
+    #[arg(long, value_enum, default_value_t = Payload::Pattern)]
+    pub(crate) payload: Payload,
     #[command(flatten)]
     pub(crate) tls: tls::TlsArgs,
+}
+
+/// `--payload`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Payload {
+    /// The stamp, then `a..z` repeated.
+    Pattern,
+    /// A JSON tick: the stamp's numbers, a symbol, prices and a book, exactly --size bytes.
+    Json,
+}
+
+impl Payload {
+    /// The JSON report's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Pattern => "pattern",
+            Self::Json => "json",
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -89,9 +113,10 @@ pub(crate) struct EchoArgs {
     /// Connections.
     #[arg(long, default_value_t = echo::DEFAULT_CONNECTIONS)]
     pub(crate) connections: u64,
-    /// Payload bytes per message (at least 24 binary, 48 text: the stamp).
-    #[arg(long, default_value_t = echo::DEFAULT_SIZE)]
-    pub(crate) size: usize,
+    /// Payload bytes per message (at least 24 binary, 48 text: the stamp; 192 with
+    /// --payload json) [default: 64; 400 with --payload json].
+    #[arg(long)]
+    pub(crate) size: Option<usize>,
     /// Text messages (the payload is ASCII).
     #[arg(long)]
     pub(crate) text: bool,
@@ -121,9 +146,10 @@ pub(crate) struct BroadcastArgs {
     /// Messages published per second, over all publishers.
     #[arg(long, default_value_t = broadcast::DEFAULT_RATE)]
     pub(crate) rate: f64,
-    /// Payload bytes per message (at least 24: publisher id, sequence number, send time).
-    #[arg(long, default_value_t = broadcast::DEFAULT_SIZE)]
-    pub(crate) size: usize,
+    /// Payload bytes per message (at least 24: publisher id, sequence number, send time; 192
+    /// with --payload json) [default: 64; 400 with --payload json].
+    #[arg(long)]
+    pub(crate) size: Option<usize>,
     /// Publishers; 0: someone else publishes (each subscriber then expects every sequence
     /// number between the first and last it saw).
     #[arg(long, default_value_t = broadcast::DEFAULT_PUBLISHERS)]

@@ -37,16 +37,17 @@ use uringcast::protocol::OpCode;
 
 use crate::capacity::{Capacity, SystemLimits};
 use crate::cli::{
-    positive, range, seconds, size_in_range, BroadcastArgs, Cli, ConnectArgs, EchoArgs, Scenario,
-    TrafficArgs, MAX_CONNECTIONS, MAX_HOLD_SECS, MAX_INFLIGHT, MAX_MESSAGE_RATE, MAX_RATE,
-    MAX_THREADS, MAX_TIMEOUT_SECS,
+    positive, range, seconds, size_in_range, BroadcastArgs, Cli, ConnectArgs, EchoArgs, Payload,
+    Scenario, TrafficArgs, MAX_CONNECTIONS, MAX_HOLD_SECS, MAX_INFLIGHT, MAX_MESSAGE_RATE,
+    MAX_RATE, MAX_THREADS, MAX_TIMEOUT_SECS,
 };
 use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
 use crate::report::{Loop, TrafficReport};
 use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, PublishUrl, Publishing};
 use crate::scenario::connect;
 use crate::scenario::echo::{self, EchoWork, Pace};
-use crate::scenario::stamp::{Encoding, Stamper, BINARY_STAMP_BYTES};
+use crate::scenario::stamp::{Encoding, Stamper};
+use crate::scenario::tick;
 use crate::scenario::traffic::{self, NoSenders, ProgressStyle};
 use crate::uring::{ClientFeatures, RecvBuffers};
 
@@ -72,11 +73,18 @@ fn main() {
 }
 
 fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
-    let encoding = if args.text {
-        Encoding::Text
-    } else {
-        Encoding::Binary
-    };
+    if args.binary && args.traffic.payload == Payload::Json {
+        return Err(LoadError::Usage(
+            "--binary cannot be used with --payload json: a tick is a text message".into(),
+        ));
+    }
+    let (encoding, size) = payload(
+        args.traffic.payload,
+        args.text,
+        args.size,
+        echo::DEFAULT_SIZE,
+        "connection",
+    )?;
     let pace = match (args.inflight, args.rate) {
         (_, Some(rate)) => {
             positive("--rate", rate, MAX_MESSAGE_RATE)?;
@@ -93,23 +101,15 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
             Pace::Closed { inflight }
         }
     };
-    size_in_range(
-        args.size,
-        encoding.stamp_bytes(),
-        "the stamp (connection id, sequence number, send time)",
-    )?;
     let duration = args.traffic.duration.unwrap_or(echo::DEFAULT_DURATION_SECS);
     let prepared = prepare(&args.url, None, args.connections, &args.traffic, duration)?;
-    let stamper = Stamper::new(encoding, args.size);
-    let opcode = match encoding {
-        Encoding::Text => OpCode::Text,
-        Encoding::Binary => OpCode::Binary,
-    };
+    let stamper = Stamper::new(encoding, size);
+    let opcode = encoding.opcode();
     let t = &args.traffic;
     let settings_json = prepared.settings_json(t, duration, json!({
         "connections": args.connections,
-        "size": args.size,
-        "encoding": match encoding { Encoding::Text => "text", Encoding::Binary => "binary" },
+        "size": size,
+        "encoding": match opcode { OpCode::Text => "text", _ => "binary" },
         "inflight": match pace { Pace::Closed { inflight } => Some(inflight), Pace::Open { .. } => None },
         "rate": match pace { Pace::Open { rate } => Some(rate), Pace::Closed { .. } => None },
     }));
@@ -124,10 +124,11 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         "echo {}: {} connections, {} B {} messages, {pace_text}, {:.1} s, {} thread(s)",
         prepared.settings.target,
         args.connections,
-        args.size,
+        size,
         match encoding {
             Encoding::Text => "text",
             Encoding::Binary => "binary",
+            Encoding::Json => "JSON tick",
         },
         duration,
         prepared.settings.threads,
@@ -150,10 +151,12 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
 }
 
 fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
-    size_in_range(
+    let (encoding, size) = payload(
+        args.traffic.payload,
+        false,
         args.size,
-        BINARY_STAMP_BYTES,
-        "the stamp (publisher id, sequence number, send time)",
+        broadcast::DEFAULT_SIZE,
+        "publisher",
     )?;
     positive("--rate", args.rate, MAX_MESSAGE_RATE)?;
     range(
@@ -194,7 +197,7 @@ fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
         &args.traffic,
         duration,
     )?;
-    let stamper = Stamper::new(Encoding::Binary, args.size);
+    let stamper = Stamper::new(encoding, size);
     let t = &args.traffic;
     let settings_json = prepared.settings_json(
         t,
@@ -211,7 +214,7 @@ fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
             "publish_url": args.publish_url,
             "publish_token": args.publish_token.as_ref().map(|_| "(set)"),
             "rate": args.rate,
-            "size": args.size,
+            "size": size,
         }),
     );
     let who = match &publishing {
@@ -228,9 +231,15 @@ fn run_broadcast(args: BroadcastArgs) -> Result<i32, LoadError> {
         ),
         Publishing::External => "an outside publisher".to_owned(),
     };
-    let headline = format!(
-        "broadcast {}: {} subscribers, {who}, {} B messages, {:.1} s, {} thread(s), open loop",
-        prepared.settings.target, args.subscribers, args.size, duration, prepared.settings.threads,
+    let headline =
+        format!(
+        "broadcast {}: {} subscribers, {who}, {size} B {}messages, {:.1} s, {} thread(s), open \
+         loop",
+        prepared.settings.target,
+        args.subscribers,
+        if encoding == Encoding::Json { "JSON tick " } else { "" },
+        duration,
+        prepared.settings.threads,
     );
     let subscribers = args.subscribers;
     let rate = args.rate;
@@ -298,6 +307,7 @@ impl Prepared {
             "plot": t.plot,
             "quiet": t.quiet,
             "recv_bundle": self.features.recv_bundle,
+            "payload": t.payload.name(),
         });
         if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), specific) {
             all.extend(own);
@@ -490,6 +500,35 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
     } else {
         EXIT_FAILED
     })
+}
+
+/// The payload from `--payload`, `--text` and `--size` (`default` when not given), checked
+/// against its smallest; `sender` names whose id the stamp carries.
+fn payload(
+    payload: Payload,
+    text: bool,
+    size: Option<usize>,
+    default: usize,
+    sender: &str,
+) -> Result<(Encoding, usize), LoadError> {
+    let (encoding, size, what) = match payload {
+        Payload::Json => (
+            Encoding::Json,
+            size.unwrap_or(tick::DEFAULT_BYTES),
+            "a JSON tick with its stamp and no book".to_owned(),
+        ),
+        Payload::Pattern => (
+            if text {
+                Encoding::Text
+            } else {
+                Encoding::Binary
+            },
+            size.unwrap_or(default),
+            format!("the stamp ({sender} id, sequence number, send time)"),
+        ),
+    };
+    size_in_range(size, encoding.min_bytes(), &what)?;
+    Ok((encoding, size))
 }
 
 /// `--source`'s addresses (none: the kernel picks), which must be of the target's family.

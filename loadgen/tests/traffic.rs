@@ -452,6 +452,36 @@ fn echo_open_loop_text_writes_hdr_and_plot() {
     let _ = std::fs::remove_file(plot);
 }
 
+/// `--payload json`: JSON ticks in text messages of the default 400 bytes, checked byte for
+/// byte like the pattern, echoed by a server that does not know them.
+#[test]
+fn echo_json_ticks_against_tungstenite_are_exact() {
+    let _serial = serial();
+    let rt = runtime();
+    let addr = tungstenite_echo(&rt, None);
+    let url = format!("ws://{addr}/");
+    let json = run_json(
+        "echo-json",
+        &[
+            "echo",
+            &url,
+            "--connections",
+            "10",
+            "--inflight",
+            "2",
+            "--payload",
+            "json",
+            "--duration",
+            "0.5",
+        ],
+    );
+    assert_exact(&json, 10);
+    assert_eq!(json["sent"], json["received"]);
+    assert_eq!(json["settings"]["payload"], "json");
+    assert_eq!(json["settings"]["encoding"], "text");
+    assert_eq!(json["settings"]["size"], 400);
+}
+
 #[test]
 fn broadcast_against_tungstenite_is_exact() {
     let _serial = serial();
@@ -696,6 +726,25 @@ fn bad_flags_exit_2() {
         (
             vec!["broadcast", "ws://127.0.0.1:9/", "--size", "23"],
             "at least 24",
+        ),
+        (
+            vec![
+                "broadcast",
+                "ws://127.0.0.1:9/",
+                "--payload",
+                "json",
+                "--size",
+                "100",
+            ],
+            "at least 192",
+        ),
+        (
+            vec!["echo", "ws://127.0.0.1:9/", "--payload", "json", "--binary"],
+            "a tick is a text message",
+        ),
+        (
+            vec!["echo", "ws://127.0.0.1:9/", "--payload", "xml"],
+            "invalid value 'xml'",
         ),
         (
             vec!["broadcast", "ws://127.0.0.1:9/", "--path", "room"],

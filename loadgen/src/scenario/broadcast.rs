@@ -194,7 +194,7 @@ impl Workload for BroadcastWork {
                     sent_ns: due,
                 };
                 self.stamper.write(stamp, &mut self.scratch);
-                if out.send(p.conn, OpCode::Binary, &self.scratch) {
+                if out.send(p.conn, self.stamper.opcode(), &self.scratch) {
                     self.tally.sent += 1;
                 }
                 self.pubs[i].seq += 1;
@@ -551,8 +551,13 @@ impl HttpPublisher {
             self.stream = Some(BufReader::new(stream));
         }
         let reader = self.stream.as_mut().expect("set above");
+        // A text/* body is published as a text message, as a WebSocket publisher's would be.
+        let content_type = match self.stamper.opcode() {
+            OpCode::Text => "text/plain; charset=utf-8",
+            _ => "application/octet-stream",
+        };
         let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/octet-stream\r\n\
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
              Content-Length: {}\r\n",
             target.path,
             target.host,

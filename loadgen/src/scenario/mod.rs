@@ -4,6 +4,7 @@ pub mod broadcast;
 pub mod connect;
 pub mod echo;
 pub mod stamp;
+pub mod tick;
 pub mod traffic;
 
 /// Pins the calling thread to one of the CPUs the process may run on (round-robin by thread

@@ -5,12 +5,17 @@
 //! Binary layout (24 bytes, little endian): `id: u64, seq: u64, sent_ns: u64`. Text layout
 //! (48 bytes of lower-case hex, the same three numbers), so a text message is valid UTF-8. The
 //! filler is the alphabet `a..z` repeated from an offset given by `id + seq`, so a frame that
-//! arrives with another message's filler, truncated, or shifted fails the check.
+//! arrives with another message's filler, truncated, or shifted fails the check. A third
+//! encoding, a JSON market-data tick ([`tick`](super::tick)), carries the same three numbers in
+//! a text message of realistic, compressible content.
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds: the same clock in every process of the machine, so
 //! a stamp written by another process (the `floor_server` example) is comparable with ours.
 
 use nix::time::{clock_gettime, ClockId};
+use uringcast::protocol::OpCode;
+
+use super::tick;
 
 /// The smallest binary payload: three `u64`s.
 pub const BINARY_STAMP_BYTES: usize = 24;
@@ -26,14 +31,25 @@ pub enum Encoding {
     Binary,
     /// Lower-case hex digits, in a text message.
     Text,
+    /// A JSON tick ([`tick`]) in a text message (`--payload json`).
+    Json,
 }
 
 impl Encoding {
-    /// Bytes the stamp takes at the start of the payload.
-    pub fn stamp_bytes(self) -> usize {
+    /// The smallest payload: the stamp, or an empty-booked tick.
+    pub fn min_bytes(self) -> usize {
         match self {
             Self::Binary => BINARY_STAMP_BYTES,
             Self::Text => TEXT_STAMP_BYTES,
+            Self::Json => tick::MIN_BYTES,
+        }
+    }
+
+    /// The message type the payload goes in.
+    pub fn opcode(self) -> OpCode {
+        match self {
+            Self::Binary => OpCode::Binary,
+            Self::Text | Self::Json => OpCode::Text,
         }
     }
 }
@@ -54,7 +70,7 @@ pub struct Stamp {
 pub struct Stamper {
     encoding: Encoding,
     size: usize,
-    /// `a..z` repeated, long enough that any filler is one slice of it.
+    /// `a..z` repeated, long enough that any filler is one slice of it (empty for a tick).
     pattern: Vec<u8>,
 }
 
@@ -63,20 +79,28 @@ impl Stamper {
     ///
     /// # Panics
     ///
-    /// If `size` is smaller than the encoding's stamp (the CLI refuses that first).
+    /// If `size` is smaller than the encoding's smallest payload (the CLI refuses that first).
     pub fn new(encoding: Encoding, size: usize) -> Self {
         assert!(
-            size >= encoding.stamp_bytes(),
+            size >= encoding.min_bytes(),
             "payload smaller than its stamp"
         );
-        let pattern = (0..size + ALPHABET)
-            .map(|i| b'a' + (i % ALPHABET) as u8)
-            .collect();
+        let pattern = match encoding {
+            Encoding::Binary | Encoding::Text => (0..size + ALPHABET)
+                .map(|i| b'a' + (i % ALPHABET) as u8)
+                .collect(),
+            Encoding::Json => Vec::new(),
+        };
         Self {
             encoding,
             size,
             pattern,
         }
+    }
+
+    /// The message type of every payload.
+    pub fn opcode(&self) -> OpCode {
+        self.encoding.opcode()
     }
 
     /// Writes the payload for `stamp` into `out` (cleared first).
@@ -93,12 +117,16 @@ impl Stamper {
                     out.extend_from_slice(format_hex(value).as_slice());
                 }
             }
+            Encoding::Json => return tick::write(stamp, self.size, out),
         }
         out.extend_from_slice(self.filler(stamp));
     }
 
     /// Reads the stamp at the start of `payload`, if it has one.
     pub fn read(&self, payload: &[u8]) -> Option<Stamp> {
+        if self.encoding == Encoding::Json {
+            return tick::read(payload);
+        }
         let field = |i: usize| -> Option<u64> {
             match self.encoding {
                 Encoding::Binary => {
@@ -106,6 +134,7 @@ impl Stamper {
                     Some(u64::from_le_bytes(bytes.try_into().ok()?))
                 }
                 Encoding::Text => parse_hex(payload.get(i * 16..i * 16 + 16)?),
+                Encoding::Json => None,
             }
         };
         Some(Stamp {
@@ -117,14 +146,18 @@ impl Stamper {
 
     /// Whether `payload` is exactly the payload of `stamp`: its size, stamp and filler.
     pub fn matches(&self, stamp: Stamp, payload: &[u8]) -> bool {
+        if self.encoding == Encoding::Json {
+            return tick::matches(stamp, self.size, payload);
+        }
         payload.len() == self.size
             && self.read(payload) == Some(stamp)
-            && payload[self.encoding.stamp_bytes()..] == *self.filler(stamp)
+            && payload[self.encoding.min_bytes()..] == *self.filler(stamp)
     }
 
+    /// The pattern after the stamp (the stamp's length is the encoding's smallest payload).
     fn filler(&self, stamp: Stamp) -> &[u8] {
         let offset = (stamp.id.wrapping_add(stamp.seq) % ALPHABET as u64) as usize;
-        &self.pattern[offset..offset + self.size - self.encoding.stamp_bytes()]
+        &self.pattern[offset..offset + self.size - self.encoding.min_bytes()]
     }
 }
 
@@ -143,7 +176,8 @@ pub fn micros_between(from_ns: u64, to_ns: u64) -> u64 {
     (to_ns.saturating_sub(from_ns) / 1000).max(1)
 }
 
-fn format_hex(value: u64) -> [u8; 16] {
+/// `value` in 16 lower-case hex digits.
+pub(super) fn format_hex(value: u64) -> [u8; 16] {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = [0u8; 16];
     for (i, byte) in out.iter_mut().enumerate() {
@@ -174,6 +208,8 @@ mod tests {
             (Encoding::Binary, 100),
             (Encoding::Text, 48),
             (Encoding::Text, 1000),
+            (Encoding::Json, 192),
+            (Encoding::Json, 400),
         ] {
             let stamper = Stamper::new(encoding, size);
             let stamp = Stamp {
@@ -186,7 +222,7 @@ mod tests {
             assert_eq!(payload.len(), size);
             assert_eq!(stamper.read(&payload), Some(stamp));
             assert!(stamper.matches(stamp, &payload));
-            if encoding == Encoding::Text {
+            if encoding.opcode() == OpCode::Text {
                 assert!(std::str::from_utf8(&payload).is_ok());
             }
             // Any flipped byte, a truncation, or another message's payload fails.
