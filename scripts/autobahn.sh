@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the Autobahn|TestSuite 0.8.2 fuzzingclient (RFC 6455 conformance, cases 1.* to 10.*)
+# Runs the Autobahn|TestSuite 0.8.2 fuzzingclient (RFC 6455 conformance, cases 1.* to 10.*;
+# with AUTOBAHN_DEFLATE=1, permessage-deflate too: cases 1.* to 13.* against --deflate)
 # against uringcast in echo mode and fails unless every case is OK or INFORMATIONAL.
 #
 # Usage: scripts/autobahn.sh [--summary-md FILE] [--install-only] [--no-build] [-h|--help]
@@ -21,6 +22,9 @@
 #   AUTOBAHN_TLS=1       run over wss://: the server gets a self-signed certificate made here
 #                        (openssl) and the suite connects with TLS (it does not verify
 #                        certificates); reports go to target/autobahn-wss/
+#   AUTOBAHN_DEFLATE=1   start the server with --deflate and run cases 1.* to 13.* (12.* and
+#                        13.* are RFC 7692, permessage-deflate with every parameter); reports go
+#                        to target/autobahn-deflate/
 #   AUTOBAHN_URL         test this ws:// URL; no server is built or started
 #   AUTOBAHN_SERVER_CMD  start this shell command instead of target/release/uringcast; like
 #                        uringcast it must print `listening on HOST:PORT` on stdout when ready
@@ -37,13 +41,19 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PREFIX=${AUTOBAHN_PREFIX:-$HOME/.cache/uringcast-autobahn}
-CASES=${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*}
+DEFLATE=${AUTOBAHN_DEFLATE:-0}
+if [ "$DEFLATE" = 1 ]; then
+    CASES=${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*,12.*,13.*}
+else
+    CASES=${AUTOBAHN_CASES:-1.*,2.*,3.*,4.*,5.*,6.*,7.*,8.*,9.*,10.*}
+fi
 WSTEST_TIMEOUT=${AUTOBAHN_TIMEOUT:-1200}
 SUMMARY_MD=${AUTOBAHN_SUMMARY_MD:-}
 SERVER_START_TIMEOUT=30 # seconds to wait for `listening on`
 SERVER_STOP_TIMEOUT=15  # seconds to wait for the exit after SIGTERM
 TLS=${AUTOBAHN_TLS:-0}
 if [ "$TLS" = 1 ]; then WORK="$ROOT/target/autobahn-wss"; else WORK="$ROOT/target/autobahn"; fi
+[ "$DEFLATE" = 1 ] && WORK="$WORK-deflate"
 REPORTS="$WORK/reports"
 
 install_only=0
@@ -204,6 +214,7 @@ else
         [ -x "$target_dir/release/uringcast" ] || die "$target_dir/release/uringcast not found"
         server_cmd=("$target_dir/release/uringcast" --listen 127.0.0.1:0 --mode echo --workers 2
                     --max-message-bytes 16777216)
+        [ "$DEFLATE" = 1 ] && server_cmd+=(--deflate)
         if [ "$TLS" = 1 ]; then
             mkdir -p "$WORK/tls"
             openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
