@@ -159,6 +159,58 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
     group.finish();
 }
 
+/// A ticker message as dashboards send them: JSON that repeats its keys, `levels` book levels.
+fn json_tick(levels: usize) -> Vec<u8> {
+    let book: Vec<String> = (0..levels)
+        .map(|i| format!(r#"{{"price":{}.25,"size":{}}}"#, 101 + i, 100 * (i + 1)))
+        .collect();
+    format!(
+        r#"{{"type":"tick","symbol":"ACME","seq":123456,"bid":101.25,"ask":101.27,"ts":1764680000123,"book":[{}]}}"#,
+        book.join(",")
+    )
+    .into_bytes()
+}
+
+/// permessage-deflate: what one compression of a broadcast costs (once per worker, shared by
+/// every subscriber), and one inflation of a client's message; sizes are the plain message's.
+fn deflate_group(c: &mut Criterion) {
+    use uringcast::protocol::deflate::{Deflater, Inflater};
+    let mut group = c.benchmark_group("deflate");
+    for levels in [8, 100] {
+        let tick = json_tick(levels);
+        group.throughput(Throughput::Bytes(tick.len() as u64));
+        let mut deflater = Deflater::new(0);
+        let compressed = deflater.compress(&tick, 15);
+        eprintln!(
+            "deflate: a {}-byte JSON tick compresses to {} bytes ({:.2}x)",
+            tick.len(),
+            compressed.len(),
+            compressed.len() as f64 / tick.len() as f64
+        );
+        group.bench_function(BenchmarkId::new("compress_frame", tick.len()), |b| {
+            b.iter(|| {
+                black_box(deflater.frame(
+                    uringcast::protocol::OpCode::Text,
+                    black_box(&tick),
+                    15,
+                    None,
+                ))
+            })
+        });
+        let mut inflater = Inflater::new();
+        group.bench_function(BenchmarkId::new("inflate", tick.len()), |b| {
+            b.iter(|| {
+                black_box(
+                    inflater
+                        .inflate(black_box(&compressed), 1 << 20, &mut u64::MAX.clone())
+                        .expect("valid"),
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
 // ---------------------------------------------------------------------------------------------
 // decode/… and handshake/… groups go here: add each group's fn above this line and its name
 // to the `criterion_group!` list below.
@@ -170,6 +222,7 @@ criterion_group!(
     memcpy_group,
     utf8_group,
     decode_group,
-    handshake_group
+    handshake_group,
+    deflate_group
 );
 criterion_main!(benches);
