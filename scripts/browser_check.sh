@@ -2,7 +2,10 @@
 # Opens wss:// from headless Chromium (Debian's package, installed here if missing) against
 # uringcast over TLS, with a certificate made here and trusted by its public key
 # (--ignore-certificate-errors-spki-list trusts exactly that key, nothing else): the page
-# connects, sends, reads the echo, closes with 1000 and reports what it saw in the DOM.
+# connects (negotiating permessage-deflate, which Chromium offers by default and the server
+# accepts with --deflate), sends a compressible message, reads the echo, closes with 1000 and
+# reports what it saw in the DOM; the server's counters then show the message went compressed
+# both ways.
 #
 # Usage: scripts/browser_check.sh [--no-build]
 # Prints `SKIP browser_check: chromium missing` and exits 0 when Chromium cannot be installed;
@@ -37,7 +40,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -su
 spki=$(openssl x509 -pubkey -noout -in "$work/cert.pem" | openssl pkey -pubin -outform der \
     | openssl dgst -sha256 -binary | base64)
 timeout 120 target/release/uringcast --listen 127.0.0.1:0 --tls-cert "$work/cert.pem" \
-    --tls-key "$work/key.pem" --workers 1 >"$work/server.out" 2>"$work/server.err" &
+    --tls-key "$work/key.pem" --workers 1 --deflate >"$work/server.out" 2>"$work/server.err" &
 server_pid=$!
 for _ in $(seq 1 100); do grep -q '^listening on' "$work/server.out" && break; sleep 0.1; done
 port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$work/server.out")
@@ -47,11 +50,16 @@ cat >"$work/page.html" <<HTML
 <title>pending</title>
 <script>
 const ws = new WebSocket("wss://localhost:$port/");
+const message = "hello from chromium, ".repeat(20);
 let echo = "none";
-ws.onopen = () => ws.send("hello from chromium");
-ws.onmessage = (e) => { echo = e.data; ws.close(1000, "done"); };
+ws.onopen = () => ws.send(message);
+ws.onmessage = (e) => {
+  echo = e.data === message ? "same" : "different(" + e.data.length + ")";
+  ws.close(1000, "done");
+};
 ws.onclose = (e) => {
-  document.title = "echo=" + echo + ";close=" + e.code + ";clean=" + e.wasClean;
+  document.title = "echo=" + echo + ";extensions=" + ws.extensions + ";close=" + e.code +
+    ";clean=" + e.wasClean;
 };
 </script>
 HTML
@@ -80,8 +88,19 @@ kill "$chromium_pid" 2>/dev/null || true
 wait "$chromium_pid" 2>/dev/null || true
 chromium_pid=
 echo "browser_check: $("$CHROMIUM" --version 2>/dev/null | head -1): $result"
-if [ "$result" != "echo=hello from chromium;close=1000;clean=true" ]; then
-    echo "browser_check: FAILED (expected the echo and a clean close 1000)" >&2
+expected="echo=same;extensions=permessage-deflate; server_no_context_takeover; client_no_context_takeover;close=1000;clean=true"
+if [ "$result" != "$expected" ]; then
+    echo "browser_check: FAILED (expected the echo, permessage-deflate and a clean close 1000)" >&2
     grep -v dbus "$work/chromium.err" | tail -20 >&2 || true
+    exit 1
+fi
+# The server's side: Chromium's message arrived compressed and the echo left compressed.
+metrics=$(curl -sk "https://127.0.0.1:$port/metrics")
+count() { echo "$metrics" | awk -v n="$1" '$1 ~ "^"n"({|$)" {s += $2} END {print s + 0}'; }
+inflated=$(count uringcast_deflate_inflations_total)
+compressed=$(count uringcast_deflate_frames_out_total)
+echo "browser_check: server inflated $inflated message(s), sent $compressed compressed"
+if [ "$inflated" -lt 1 ] || [ "$compressed" -lt 1 ]; then
+    echo "browser_check: FAILED (the message did not go compressed both ways)" >&2
     exit 1
 fi
