@@ -81,6 +81,15 @@ pub(crate) struct TrafficArgs {
     /// feed's (see --deflate).
     #[arg(long, value_enum, default_value_t = Payload::Pattern)]
     pub(crate) payload: Payload,
+    /// Offer permessage-deflate (RFC 7692) on every connection and inflate what arrives
+    /// compressed; the report gives the connections that agreed, and the bytes on the wire
+    /// against the payload.
+    #[arg(long)]
+    pub(crate) deflate: bool,
+    /// With --deflate: compress what is sent too, on connections that agreed (messages of 128
+    /// bytes or more, when that makes them smaller) [default: sent plain, as RFC 7692 allows].
+    #[arg(long, requires = "deflate")]
+    pub(crate) deflate_send: bool,
     #[command(flatten)]
     pub(crate) tls: tls::TlsArgs,
 }
@@ -205,6 +214,10 @@ pub(crate) struct ConnectArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub(crate) quiet: bool,
+    /// Offer permessage-deflate (RFC 7692) on every connection; the report gives how many
+    /// agreed.
+    #[arg(long)]
+    pub(crate) deflate: bool,
     #[command(flatten)]
     pub(crate) tls: tls::TlsArgs,
 }

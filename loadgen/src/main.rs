@@ -48,7 +48,7 @@ use crate::scenario::connect;
 use crate::scenario::echo::{self, EchoWork, Pace};
 use crate::scenario::stamp::{Encoding, Stamper};
 use crate::scenario::tick;
-use crate::scenario::traffic::{self, NoSenders, ProgressStyle};
+use crate::scenario::traffic::{self, Deflate, NoSenders, ProgressStyle};
 use crate::uring::{ClientFeatures, RecvBuffers};
 
 /// Exit code of a run stopped by Ctrl-C (after its summary).
@@ -308,6 +308,8 @@ impl Prepared {
             "quiet": t.quiet,
             "recv_bundle": self.features.recv_bundle,
             "payload": t.payload.name(),
+            "deflate": t.deflate,
+            "deflate_send": t.deflate_send,
         });
         if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), specific) {
             all.extend(own);
@@ -371,6 +373,7 @@ fn prepare(
     Ok(Prepared {
         settings: traffic::Settings {
             tls: args.tls.config(&target)?,
+            deflate: Deflate::from_flags(args.deflate, args.deflate_send),
             target,
             connections,
             connect_rate: args.connect_rate,
@@ -473,6 +476,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
     )?;
     let settings = connect::Settings {
         tls: args.tls.config(&target)?,
+        deflate: args.deflate,
         target,
         connections: args.connections,
         rate: args.rate,

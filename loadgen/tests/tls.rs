@@ -270,3 +270,45 @@ fn an_untrusted_certificate_fails_every_handshake_unless_insecure() {
     );
     server.shutdown();
 }
+
+/// permessage-deflate over TLS: the wire bytes are the WebSocket bytes inside the session, so
+/// they show what compression saved, and every compressed echo is checked.
+#[test]
+fn wss_echo_with_deflate_counts_the_bytes_inside_tls() {
+    let _serial = serial();
+    let cert = Cert::new("deflate");
+    let ca = cert.cert();
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse().expect("an address"))
+        .workers(1)
+        .mode(Mode::Echo)
+        .ping_interval(None)
+        .tls(cert.cert(), cert.key())
+        .deflate(true)
+        .build()
+        .expect("a valid configuration");
+    let server = server::spawn(config).expect("the server starts");
+    let url = format!("wss://localhost:{}/", server.local_addr().port());
+    let json = run_ok(
+        "echo-deflate",
+        &[
+            "echo",
+            &url,
+            "--ca",
+            &ca,
+            "--payload",
+            "json",
+            "--deflate",
+            "--connections",
+            "10",
+            "--duration",
+            "0.5",
+        ],
+    );
+    assert_exact(&json, 10);
+    assert_eq!(json["deflate_connections"], 10, "{json:#}");
+    let wire = json["wire_bytes_in"].as_u64().unwrap();
+    let payload = json["payload_bytes_in"].as_u64().unwrap();
+    assert!(wire < payload, "{wire} wire bytes for {payload} of payload");
+    server.shutdown();
+}

@@ -134,6 +134,18 @@ fn assert_documented_keys(json: &Value, scenario: &str, pace: &str) {
         assert!(json["latency_us"][key].is_u64(), "latency_us.{key}");
     }
     assert!(json.get("server").is_some(), "server (object or null)");
+    assert_eq!(json["deflate_offered"], false, "deflate_offered");
+    assert_eq!(json["deflate_connections"], 0, "deflate_connections");
+    for key in ["wire_bytes_in", "payload_bytes_in"] {
+        assert!(json[key].as_u64().is_some_and(|n| n > 0), "{key}");
+    }
+    // HTTP publishers send nothing over WebSocket but closes.
+    for key in ["wire_bytes_out", "payload_bytes_out"] {
+        assert!(json[key].is_u64(), "{key}");
+    }
+    // Plain frames: every payload byte and a header besides.
+    let ratio = json["wire_ratio_in"].as_f64().expect("wire_ratio_in");
+    assert!(ratio > 1.0, "wire_ratio_in {ratio}");
 }
 
 /// A run where every message arrived once, intact, in order.

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{bytes_per_conn, mib, per_conn, Diagnostics, Failure, Failures, LatencySummary};
+use super::{bytes_per_conn, mib, per_conn, wire, Diagnostics, Failure, Failures, LatencySummary};
 use crate::capacity::Capacity;
+use crate::scenario::traffic::{Deflate, WireTally};
 
 /// The server's and the kernel's cost, from `/proc`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,6 +63,8 @@ pub struct SettingsSummary {
     pub close_timeout: Duration,
     /// Whether `IP_BIND_ADDRESS_NO_PORT` was set before binding.
     pub bind_no_port: bool,
+    /// Whether permessage-deflate was offered (`--deflate`).
+    pub deflate: bool,
 }
 
 /// Everything a `connect` run measured.
@@ -108,6 +111,8 @@ pub struct ConnectReport {
     pub client_rss_bytes: Option<u64>,
     /// Counters that should be 0.
     pub diagnostics: Diagnostics,
+    /// Connections that agreed to permessage-deflate, and the bytes after the handshakes.
+    pub wire: WireTally,
 }
 
 impl ConnectReport {
@@ -140,7 +145,7 @@ impl ConnectReport {
                 "slab_per_conn_bytes": u.slab_per_conn(self.reached),
             })
         });
-        json!({
+        let mut report = json!({
             "scenario": "connect",
             // The keys every scenario's report has; a connect run sends no messages.
             "loop": null,
@@ -167,6 +172,7 @@ impl ConnectReport {
                 "handshake_timeout_s": s.handshake_timeout.as_secs_f64(),
                 "close_timeout_s": s.close_timeout.as_secs_f64(),
                 "bind_address_no_port": s.bind_no_port,
+                "deflate": s.deflate,
             },
             "capacity": {
                 "slots_per_thread": self.capacity.slots_per_thread,
@@ -206,7 +212,13 @@ impl ConnectReport {
             })),
             "client": { "rss_bytes": self.client_rss_bytes },
             "diagnostics": self.diagnostics.json(),
-        })
+        });
+        wire::extend(&mut report, self.deflate(), &self.wire);
+        report
+    }
+
+    fn deflate(&self) -> Deflate {
+        Deflate::from_flags(self.settings.deflate, false)
     }
 
     /// The report as text.
@@ -309,6 +321,7 @@ impl ConnectReport {
             self.ramp.as_secs_f64(),
             self.hold.as_secs_f64()
         );
+        wire::write_deflate(&mut out, self.deflate(), &self.wire, self.established);
         self.diagnostics.write_if_any(&mut out, "warning");
         out
     }
@@ -341,6 +354,7 @@ mod tests {
                 handshake_timeout: Duration::from_secs(10),
                 close_timeout: Duration::from_secs(5),
                 bind_no_port: false,
+                deflate: false,
             },
             capacity: Capacity {
                 threads: 2,
@@ -377,6 +391,7 @@ mod tests {
             slab: Some((0, 97 * 1000)),
             client_rss_bytes: Some(1 << 20),
             diagnostics: Diagnostics::default(),
+            wire: WireTally::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod connect;
 mod traffic;
+mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

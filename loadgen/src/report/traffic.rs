@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{bytes_per_conn, mib, per_conn, Failure, Failures, LatencySummary};
+use super::{bytes_per_conn, mib, per_conn, wire, Failure, Failures, LatencySummary};
 use crate::scenario::traffic::{Outcome, Tally};
 
 /// How a message scenario paced its sends.
@@ -94,7 +94,7 @@ impl TrafficReport {
             }
             Value::Object(map)
         };
-        json!({
+        let mut report = json!({
             "scenario": self.scenario,
             "settings": self.settings,
             "loop": self.pace.name(),
@@ -135,7 +135,9 @@ impl TrafficReport {
                 "rss_bytes": o.client_rss_bytes,
             },
             "diagnostics": o.diagnostics.json(),
-        })
+        });
+        wire::extend(&mut report, o.deflate, &o.wire);
+        report
     }
 
     /// The report as text.
@@ -197,6 +199,8 @@ impl TrafficReport {
             "latency µs p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (n={})",
             l.p50, l.p90, l.p99, l.p999, l.p9999, l.max, l.count
         );
+        wire::write_deflate(&mut out, o.deflate, &o.wire, o.established);
+        wire::write_bytes(&mut out, &o.wire);
         if !o.tls_handshake.is_empty() {
             let h = LatencySummary::of(&o.tls_handshake);
             let u = LatencySummary::of(&o.handshake);

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use uringcast::protocol::OpCode;
 
-use super::traffic::{self, Expect, NoSenders, Outbox, Outcome, ProgressStyle, Tally, Workload};
+use super::traffic::{
+    self, Deflate, Expect, NoSenders, Outbox, Outcome, ProgressStyle, Tally, Workload,
+};
 use crate::capacity::Capacity;
 use crate::error::LoadError;
 use crate::report::{ConnectReport, LatencySummary, ServerUsage, SettingsSummary};
@@ -41,6 +43,8 @@ pub struct Settings {
     pub target: Target,
     /// `wss://`: the TLS client configuration.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Offer permessage-deflate on every connection (`--deflate`).
+    pub deflate: bool,
     /// Connections to open.
     pub connections: u64,
     /// New connections per second over all threads.
@@ -70,6 +74,8 @@ impl Settings {
         traffic::Settings {
             target: self.target.clone(),
             tls: self.tls.clone(),
+            // Nothing is sent: an offer is all there is to it.
+            deflate: Deflate::from_flags(self.deflate, false),
             connections: self.connections,
             connect_rate: self.rate,
             duration: self.hold,
@@ -116,6 +122,7 @@ pub fn run(
         handshake_timeout: settings.handshake_timeout,
         close_timeout: settings.close_timeout,
         bind_no_port: features.bind_no_port && !settings.sources.is_empty(),
+        deflate: settings.deflate,
     };
     Ok(report(summary, capacity, outcome))
 }
@@ -173,6 +180,7 @@ fn report(settings: SettingsSummary, capacity: Capacity, outcome: Outcome) -> Co
         slab: outcome.slab,
         client_rss_bytes: outcome.client_rss_bytes,
         diagnostics: outcome.diagnostics,
+        wire: outcome.wire,
     }
 }
 

@@ -198,6 +198,8 @@ impl Coordinator<'_> {
         }
         Ok(Outcome {
             tally: sum.tally,
+            deflate: settings.deflate,
+            wire: sum.wire,
             target: settings.connections,
             reached,
             held,

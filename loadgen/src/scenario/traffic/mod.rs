@@ -22,9 +22,11 @@
 //! connections and addresses each thread owns), [`workload`] (the scenario's side: what to send,
 //! how to check it), [`coordinator`] (the phases, driven from the calling thread), [`thread`]
 //! (one client thread's loop over its ring), [`conn`] and [`net`] (a thread's connections and
-//! their operations), [`recv`] (received bytes through the protocol core) and [`outcome`]
-//! (what a run measured).
+//! their operations), [`recv`] (received bytes through the protocol core), [`compression`]
+//! (permessage-deflate, and bytes on the wire against payload bytes) and [`outcome`] (what a
+//! run measured).
 
+mod compression;
 mod conn;
 mod coordinator;
 mod net;
@@ -42,6 +44,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use self::compression::{Deflate, WireTally};
 pub use self::outcome::{Outcome, ServerSamples, StopSample};
 pub use self::plan::Plan;
 pub use self::settings::{

@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use uringcast::protocol::handshake::ClientHandshake;
 use uringcast::protocol::CloseCode;
 
+use super::compression::Compression;
 use super::conn::{Conn, Connecting, Deadline, Slot};
 use super::plan::address_pair;
 use super::thread::ThreadSetup;
@@ -71,6 +72,8 @@ pub(super) struct Net {
     pub(super) tls_resumed: u64,
     /// Plaintext of the receive being handled (TLS).
     pub(super) tls_plain: Vec<u8>,
+    /// permessage-deflate and the byte counts.
+    pub(super) compression: Compression,
 }
 
 impl Net {
@@ -120,6 +123,7 @@ impl Net {
             tls_handshake: new_histogram(),
             tls_resumed: 0,
             tls_plain: Vec::new(),
+            compression: Compression::new(setup.settings.deflate),
         }
     }
 
@@ -157,7 +161,8 @@ impl Net {
 
     pub(super) fn open_one(&mut self, ops: &mut Ops, local: usize, now: Instant) {
         let key: [u8; 16] = rand::random();
-        let (handshake, request) = ClientHandshake::new(&self.host, &self.path, key, &[]);
+        let (handshake, request) =
+            ClientHandshake::new(&self.host, &self.path, key, self.compression.headers);
         let mut request = Bytes::from(request);
         let mut tls = None;
         if self.tls.is_some() {
@@ -408,6 +413,7 @@ impl Net {
             if o.queued.is_empty() && o.sending.is_none() {
                 self.dirty.push(index as u32);
             }
+            self.compression.tally.wire_bytes_out += frame.len() as u64;
             o.queued.push(frame);
         }
     }

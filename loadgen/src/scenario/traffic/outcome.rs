@@ -4,13 +4,17 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::{new_histogram, Tally};
+use super::{new_histogram, Deflate, Tally, WireTally};
 use crate::report::{Diagnostics, Failures};
 
 /// What a run measured, before it becomes a report.
 pub struct Outcome {
     /// Messages, merged over threads.
     pub tally: Tally,
+    /// What the run asked of permessage-deflate.
+    pub deflate: Deflate,
+    /// Bytes on the wire against payload bytes, and the connections that agreed to deflate.
+    pub wire: WireTally,
     /// Connections asked for.
     pub target: u64,
     /// Connections open when traffic started.
@@ -98,6 +102,7 @@ pub struct StopSample {
 /// What a thread measured.
 pub(super) struct ThreadResult {
     pub(super) tally: Tally,
+    pub(super) wire: WireTally,
     /// Open chain submitted to the verified 101, µs.
     pub(super) handshake: Histogram<u64>,
     /// Open chain submitted to the connect's completion (the TCP handshake), µs.
@@ -121,6 +126,7 @@ impl ThreadResult {
     pub(super) fn empty() -> Self {
         Self {
             tally: Tally::default(),
+            wire: WireTally::default(),
             handshake: new_histogram(),
             tcp_connect: new_histogram(),
             tls_handshake: new_histogram(),
@@ -139,6 +145,7 @@ impl ThreadResult {
     /// Adds another thread's figures.
     pub(super) fn merge(&mut self, other: &Self) {
         self.tally.merge(&other.tally);
+        self.wire.merge(&other.wire);
         // Same bounds and precision everywhere: adding cannot fail.
         let _ = self.handshake.add(&other.handshake);
         let _ = self.tcp_connect.add(&other.tcp_connect);

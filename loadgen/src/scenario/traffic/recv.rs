@@ -89,18 +89,24 @@ impl Net {
         if let Conn::Connecting(c) = &mut self.slots[index].conn {
             match c.handshake.feed(rest) {
                 Ok((_, None)) => return,
-                Ok((used, Some(_response))) => {
+                Ok((used, Some(response))) => {
                     self.handshake.saturating_record(micros_since(c.started));
                     self.established += 1;
                     self.connecting -= 1;
                     self.open += 1;
+                    let mut ws = WebSocket::new(
+                        ClientSide(random_mask as fn() -> [u8; 4]),
+                        Limits {
+                            max_message_bytes: MAX_MESSAGE_BYTES,
+                        },
+                    );
+                    // Verified by the handshake against our offer; `None`: the server declined.
+                    if let Some(agreed) = response.deflate() {
+                        ws = ws.with_deflate(agreed);
+                        self.compression.tally.deflate_connections += 1;
+                    }
                     self.slots[index].conn = Conn::Open(Box::new(Open {
-                        ws: WebSocket::new(
-                            ClientSide(random_mask as fn() -> [u8; 4]),
-                            Limits {
-                                max_message_bytes: MAX_MESSAGE_BYTES,
-                            },
-                        ),
+                        ws,
                         spill: Vec::new(),
                         queued: Vec::new(),
                         sending: None,
@@ -116,6 +122,9 @@ impl Net {
                     return;
                 }
             }
+        }
+        if matches!(self.slots[index].conn, Conn::Open(_)) {
+            self.compression.tally.wire_bytes_in += rest.len() as u64;
         }
         // A header split across buffers: complete it in the spill, at most 14 bytes at a time.
         while !rest.is_empty() {
@@ -159,11 +168,17 @@ impl Net {
             let Conn::Open(o) = &mut self.slots[index].conn else {
                 return input.len();
             };
-            let (used, read) = o.ws.read(&mut input[pos..]);
+            // The memory a message may take is bounded by its limit, not by a shared budget.
+            let mut budget = u64::MAX;
+            let inflater = &mut self.compression.inflater;
+            let (used, read) = o.ws.read_within(&mut input[pos..], &mut budget, inflater);
             pos += used;
             match read {
                 Read::NeedMore => return pos,
                 Read::Message { opcode, payload } => {
+                    let tally = &mut self.compression.tally;
+                    tally.messages_in += 1;
+                    tally.payload_bytes_in += payload.len() as u64;
                     work.message(index, opcode, &payload, now_ns, &mut Outbox { net: self });
                 }
                 Read::Pong(_) | Read::Ping { pong: None, .. } => {}

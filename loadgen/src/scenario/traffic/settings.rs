@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use super::Deflate;
 use crate::target::Target;
 use crate::uring::RecvBuffers;
 
@@ -22,6 +23,8 @@ pub struct Settings {
     pub target: Target,
     /// `wss://`: the TLS client configuration (trust, resumption) every connection uses.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// permessage-deflate: offered on every connection, and whether sends are compressed.
+    pub deflate: Deflate,
     /// Connections in all (echo connections, or subscribers plus publishers).
     pub connections: u64,
     /// New connections per second while connecting, over all threads.

@@ -297,6 +297,7 @@ impl<W: Workload> Thread<W> {
         drop(ring);
         ThreadResult {
             tally,
+            wire: net.compression.finish(),
             handshake: net.handshake,
             tcp_connect: net.tcp_connect,
             tls_handshake: net.tls_handshake,

@@ -153,7 +153,8 @@ impl Outbox<'_> {
         matches!(&self.net.slots[conn].conn, Conn::Open(o) if o.closing.is_none())
     }
 
-    /// Queues one message on `conn`, masked with a fresh key. False if it is not open.
+    /// Queues one message on `conn`, masked with a fresh key (and compressed with
+    /// `--deflate-send` where the connection agreed to it). False if it is not open.
     pub fn send(&mut self, conn: usize, opcode: OpCode, payload: &[u8]) -> bool {
         let Conn::Open(o) = &mut self.net.slots[conn].conn else {
             return false;
@@ -161,9 +162,15 @@ impl Outbox<'_> {
         if o.closing.is_some() {
             return false;
         }
-        let Some(frame) = o.ws.encode(opcode, payload) else {
+        let compression = &mut self.net.compression;
+        let frame = match compression.deflater.as_mut() {
+            Some(deflater) => o.ws.encode_with(opcode, payload, deflater),
+            None => o.ws.encode(opcode, payload),
+        };
+        let Some(frame) = frame else {
             return false;
         };
+        compression.sent(payload, &frame);
         self.net.queue(conn, frame);
         true
     }
