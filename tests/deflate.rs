@@ -373,6 +373,68 @@ fn compressions_per_publish_do_not_grow_with_subscribers() -> Result<()> {
     Ok(())
 }
 
+/// Subscribers that agreed on different server windows get frames compressed for their
+/// window: one compression per publish for each window size in use, not per subscriber.
+#[test]
+fn each_window_size_in_use_costs_one_compression() -> Result<()> {
+    let server = start(|b| b.mode(Mode::Broadcast).workers(1))?;
+    let addr = server.local_addr();
+    let offers = [
+        "permessage-deflate; server_max_window_bits=10",
+        "permessage-deflate; server_max_window_bits=10",
+        "permessage-deflate",
+        "permessage-deflate",
+        "permessage-deflate; server_max_window_bits=8", // kept by sending plain
+    ];
+    let mut clients = Vec::new();
+    for offer in offers {
+        let mut client = RawClient::connect(addr)?;
+        let mut request =
+            common::upgrade_request(addr, common::SAMPLE_KEY).replace("/chat", "/ticks");
+        request.truncate(request.len() - 2);
+        request.push_str(&format!("Sec-WebSocket-Extensions: {offer}\r\n\r\n"));
+        client.send(request.as_bytes())?;
+        ensure!(
+            client.read_http_head()?.status == 101,
+            "upgrade with {offer}"
+        );
+        clients.push(client);
+    }
+    wait_until(|| subscribers_of(&server, "ticks") == offers.len() as u64)?;
+    let before = total(&server, |w| &w.deflate_compressions);
+    let text = tick(5).repeat(3);
+    server.publish("ticks", OpCode::Text, text.as_bytes());
+    let mut frames = Vec::new();
+    for client in &mut clients {
+        frames.push(client.read_frame()?);
+    }
+    ensure!(
+        frames[0].payload == frames[1].payload,
+        "one frame for the 10-bit window"
+    );
+    ensure!(
+        frames[2].payload == frames[3].payload,
+        "one frame for the 15-bit window"
+    );
+    ensure!(
+        frames[4].rsv == 0 && frames[4].payload == text.as_bytes(),
+        "8 bits: plain"
+    );
+    for frame in &frames[..4] {
+        ensure!(frame.rsv == 0b100, "compressed: {frame:?}");
+        let plain = Inflater::new().inflate(&frame.payload, 1 << 20, &mut u64::MAX.clone())?;
+        ensure!(plain == text.as_bytes(), "inflates to the message");
+    }
+    let compressions = total(&server, |w| &w.deflate_compressions) - before;
+    ensure!(
+        compressions == 2,
+        "two window sizes in use, {compressions} compressions"
+    );
+    drop(clients);
+    server.shutdown();
+    Ok(())
+}
+
 /// A masked client frame with RSV1 set.
 fn masked_rsv1(opcode: OpCode, fin: bool, payload: &[u8]) -> Vec<u8> {
     let mut frame = client_frame(opcode, fin, payload);

@@ -87,6 +87,30 @@ fn the_rfc_frames() {
     }
 }
 
+/// RFC 7692 §7.2.3.2: a second "Hello" compressed with the first one's window. uringcast
+/// agrees to no context takeover, so the second message refers to bytes the inflater never
+/// saw: the peer broke the negotiated parameters, and gets 1002.
+#[test]
+fn the_rfc_shared_window_example_breaks_the_agreement() {
+    let mut client = WebSocket::new(ClientSide(|| KEY), Limits::default()).with_deflate(TERMS);
+    let mut inflater = Inflater::new();
+    let mut first = vec![0xc1, 0x07, 0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    assert!(matches!(
+        client
+            .read_within(&mut first, &mut u64::MAX.clone(), &mut inflater)
+            .1,
+        Read::Message { .. }
+    ));
+    let mut second = vec![0xc1, 0x05, 0xf2, 0x00, 0x11, 0x00, 0x00];
+    match client
+        .read_within(&mut second, &mut u64::MAX.clone(), &mut inflater)
+        .1
+    {
+        Read::Failed { error, .. } => assert_eq!(error.close_code(), CloseCode::PROTOCOL_ERROR),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn rsv1_is_allowed_only_where_the_rfc_allows_it() {
     let compressed = Deflater::new(0).compress(b"Hello", 15);
