@@ -530,7 +530,7 @@ fn an_upgraded_connection_keeps_one_timer_entry() -> Result<()> {
 /// engine found the queue full: a subscriber that stops reading a broadcast, and a
 /// connection that stops reading what its own handler sends it (echo).
 /// `WorkerStats::slow_consumer_closes` (the one series `/metrics` exports) counts both; the
-/// 1008 itself is checked end to end in `tests/broadcast.rs`.
+/// 1008 itself is checked end to end in `tests/broadcast/slow_consumer.rs`.
 #[test]
 fn slow_consumers_are_closed_and_counted_in_one_place() -> Result<()> {
     let config = Server::builder()
