@@ -19,6 +19,7 @@ pub mod broadcast;
 pub mod config;
 pub mod driver;
 mod modes;
+mod prefetch;
 pub mod protocol;
 pub mod server;
 pub mod tls;

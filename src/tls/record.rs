@@ -97,6 +97,13 @@ pub(crate) struct Records {
 }
 
 impl Records {
+    /// Starts loading the sealing key and sequence number, which the next seal reads (see
+    /// [`crate::prefetch`]).
+    pub(crate) fn prefetch_seal(&self) {
+        let seal: *const Direction = &self.seal;
+        crate::prefetch::lines(seal.cast(), std::mem::size_of::<Direction>());
+    }
+
     /// Takes over from rustls with the secrets it extracted.
     pub(crate) fn new(
         secrets: ExtractedSecrets,

@@ -126,6 +126,14 @@ impl TlsSession {
         self.incoming.len()
     }
 
+    /// Starts loading what sealing the next record reads, when uringcast's record layer
+    /// seals it (a hint for walks over many sessions; see [`crate::prefetch`]).
+    pub fn prefetch_seal(&self) {
+        if let Engine::Records(records) = &self.engine {
+            records.prefetch_seal();
+        }
+    }
+
     /// Whether the handshake is still going on.
     pub fn is_handshaking(&self) -> bool {
         match &self.engine {

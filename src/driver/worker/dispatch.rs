@@ -19,6 +19,10 @@ use crate::protocol::connection::Read;
 use crate::protocol::http::{http_response, reason_phrase};
 use crate::protocol::{Limits, ProtocolError, WebSocket};
 
+/// How many connections ahead a walk over many of them prefetches their TLS state: far enough
+/// for a cache miss to be served, near enough that the line is still there when it is used.
+pub(super) const PREFETCH_AHEAD: usize = 8;
+
 impl<S: Service> Worker<S> {
     pub(super) fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
@@ -32,7 +36,19 @@ impl<S: Service> Worker<S> {
             if cqes.is_empty() {
                 break;
             }
-            for &(user_data, result, flags) in &cqes {
+            for (i, &(user_data, result, flags)) in cqes.iter().enumerate() {
+                if let Some(tls) = self.tls.as_ref() {
+                    // A fan-out's send completions come in thousands: load the TLS state a
+                    // few completions ahead (see `TlsLayer::prefetch`).
+                    if let Some(ud) = cqes
+                        .get(i + PREFETCH_AHEAD)
+                        .and_then(|c| UserData::unpack(c.0))
+                    {
+                        if ud.kind == OpKind::Send {
+                            tls.prefetch(ud.key as usize);
+                        }
+                    }
+                }
                 self.complete(user_data, result, flags);
             }
         }

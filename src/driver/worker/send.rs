@@ -7,6 +7,7 @@ use io_uring::opcode;
 use io_uring::types::{Fd, Fixed};
 use tracing::{debug, trace};
 
+use super::dispatch::PREFETCH_AHEAD;
 use super::Worker;
 use crate::driver::conn::{Ending, SendVec, MAX_IOVECS};
 use crate::driver::user_data::{OpKind, UserData};
@@ -61,7 +62,18 @@ impl<S: Service> Worker<S> {
     /// Sends each dirty connection's queue, or shuts its write side once a final queue is out.
     pub(super) fn flush(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
-        for key in dirty.drain(..) {
+        for i in 0..dirty.len() {
+            let key = dirty[i];
+            if let Some(tls) = self.tls.as_ref() {
+                // As for completions: load the TLS state of a connection a few sends ahead,
+                // and the sealing key of one half as far.
+                if let Some(&ahead) = dirty.get(i + PREFETCH_AHEAD) {
+                    tls.prefetch(ahead);
+                }
+                if let Some(&ahead) = dirty.get(i + PREFETCH_AHEAD / 2) {
+                    tls.prefetch_seal(ahead);
+                }
+            }
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };
@@ -77,6 +89,7 @@ impl<S: Service> Worker<S> {
                 self.shutdown_write(key);
             }
         }
+        dirty.clear();
         // Keep anything listed meanwhile (nothing is today: a push never handles completions).
         let listed = std::mem::replace(&mut self.dirty, dirty);
         self.dirty.extend(listed);

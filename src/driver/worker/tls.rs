@@ -81,6 +81,25 @@ impl TlsLayer {
         }
     }
 
+    /// Asks the CPU to start loading `key`'s TLS state. A fan-out or a batch of send
+    /// completions walks thousands of connections in a row, each state a separate allocation
+    /// that is cold by then; loading it a few connections ahead hides most of that miss
+    /// (`docs/PERFORMANCE.md`, "wss").
+    pub(super) fn prefetch(&self, key: usize) {
+        if let Some(Some(state)) = self.conns.get(key) {
+            let state: *const TlsConn = &**state;
+            crate::prefetch::lines(state.cast(), std::mem::size_of::<TlsConn>());
+        }
+    }
+
+    /// The second step, half as far ahead: `key`'s state is in cache by now, so reading it to
+    /// find its session's sealing key costs no miss, and the key starts loading.
+    pub(super) fn prefetch_seal(&self, key: usize) {
+        if let Some(Some(state)) = self.conns.get(key) {
+            state.session.prefetch_seal();
+        }
+    }
+
     /// Ciphertext held for `key`'s incomplete record (part of the worker's pending budget).
     pub(super) fn held_bytes(&self, key: usize) -> usize {
         self.conns
