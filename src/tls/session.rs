@@ -127,7 +127,7 @@ impl TlsSession {
     }
 
     /// Starts loading what sealing the next record reads, when uringcast's record layer
-    /// seals it (a hint for walks over many sessions; see [`crate::prefetch`]).
+    /// seals it (a hint for walks over many sessions, as the driver makes in a fan-out).
     pub fn prefetch_seal(&self) {
         if let Engine::Records(records) = &self.engine {
             records.prefetch_seal();
