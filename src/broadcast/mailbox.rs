@@ -2,11 +2,12 @@
 //! and the wake that tells it to drain.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
+use super::uplink::Uplink;
 use super::BroadcastStats;
 
 /// Publishes waiting in one worker's mailbox, at most: past it a publish to that worker is
@@ -35,6 +36,8 @@ pub(crate) struct Hub {
     mailbox_bytes: Vec<AtomicUsize>,
     pub(crate) stats: Vec<BroadcastStats>,
     pub(crate) shared: Arc<crate::driver::Shared>,
+    /// Where this node's publishes and topics go beyond it (the broker link), if anywhere.
+    uplink: OnceLock<Arc<dyn Uplink>>,
 }
 
 impl Hub {
@@ -48,6 +51,29 @@ impl Hub {
             mailbox_bytes: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
             stats: (0..workers).map(|_| BroadcastStats::default()).collect(),
             shared,
+            uplink: OnceLock::new(),
+        }
+    }
+
+    /// Connects the uplink, once, before any worker starts.
+    pub(crate) fn set_uplink(&self, uplink: Arc<dyn Uplink>) {
+        for stats in &self.stats {
+            stats.topics.set_uplink(Arc::clone(&uplink));
+        }
+        if self.uplink.set(uplink).is_err() {
+            debug_assert!(false, "one uplink per server");
+        }
+    }
+
+    /// The uplink, if one is connected.
+    pub(crate) fn uplink(&self) -> Option<&Arc<dyn Uplink>> {
+        self.uplink.get()
+    }
+
+    /// A publish made on this node, delivered here already: off it goes to the uplink too.
+    pub(crate) fn publish_out(&self, topic: &Arc<str>, frame: &Bytes) {
+        if let Some(uplink) = self.uplink.get() {
+            uplink.publish(topic, frame);
         }
     }
 

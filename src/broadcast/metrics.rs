@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use super::uplink::Uplink;
 use super::Hub;
 
 /// Counters of the broadcast engine on one worker.
@@ -44,9 +45,13 @@ impl BroadcastStats {
 /// last one leaves; in between, joins and leaves only touch the topic's counter (see
 /// `topic::Topics`), so the lock is taken once per topic's lifetime on the worker, not once per
 /// subscription.
+///
+/// The same two moments tell the node's uplink (the broker link), when there is one, that the
+/// topic appeared on or left this worker.
 #[derive(Debug, Default)]
 pub(crate) struct TopicCounts {
     live: Mutex<HashMap<Arc<str>, Arc<AtomicU64>>>,
+    uplink: OnceLock<Arc<dyn Uplink>>,
 }
 
 impl TopicCounts {
@@ -56,13 +61,24 @@ impl TopicCounts {
         if let Ok(mut live) = self.live.lock() {
             live.insert(Arc::clone(name), Arc::clone(&counter));
         }
+        if let Some(uplink) = self.uplink.get() {
+            uplink.interest(name, true);
+        }
         counter
     }
 
+    /// Tells `uplink` of every topic that appears or leaves from now on.
+    pub(crate) fn set_uplink(&self, uplink: Arc<dyn Uplink>) {
+        let _ = self.uplink.set(uplink);
+    }
+
     /// Forgets a topic whose last subscriber on this worker left.
-    pub(crate) fn close(&self, name: &str) {
+    pub(crate) fn close(&self, name: &Arc<str>) {
         if let Ok(mut live) = self.live.lock() {
             live.remove(name);
+        }
+        if let Some(uplink) = self.uplink.get() {
+            uplink.interest(name, false);
         }
     }
 
@@ -249,6 +265,9 @@ pub(crate) fn render(hub: &Hub) -> String {
     family("subscriptions", "Subscriptions.", "gauge", &|w| {
         hub.stats[w].topics.total().1
     });
+    if let Some(uplink) = hub.uplink() {
+        uplink.render_metrics(&mut out);
+    }
     if let Some(tls) = &hub.shared.tls {
         // Server-wide: the certificate is one for all workers.
         for (name, help, value) in [

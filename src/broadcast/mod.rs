@@ -15,6 +15,7 @@ mod handler;
 mod mailbox;
 pub(crate) mod metrics;
 mod topic;
+pub(crate) mod uplink;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -92,6 +93,7 @@ impl<H: Handler> Broadcast<H> {
             None => Arc::from(topic),
         };
         self.hub.post(&name, &frame, Some(self.worker));
+        self.hub.publish_out(&name, &frame);
         self.fan_out(ctx, &name, &frame)
     }
 
