@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::broker::{BrokerConfig, BrokerUrl};
 use crate::driver::DriverConfig;
 use crate::protocol::handshake::DEFAULT_MAX_HEAD_BYTES;
 use crate::protocol::origin::AllowedOrigins;
@@ -102,6 +103,8 @@ pub struct Config {
     pub(crate) topic_limits: TopicLimits,
     /// What the io_uring workers need to know, and nothing more.
     pub(crate) driver: DriverConfig,
+    /// The broker that spreads topics over several nodes, if any.
+    pub(crate) broker: Option<BrokerConfig>,
 }
 
 impl Config {
@@ -163,6 +166,15 @@ pub enum ConfigError {
     /// The TLS certificate or key cannot be used.
     #[error("TLS: {0}")]
     Tls(#[from] TlsConfigError),
+    /// The `--broker` URL cannot be used.
+    #[error(transparent)]
+    BrokerUrl(#[from] crate::broker::BrokerUrlError),
+    /// The `--broker-prefix` cannot start a channel name.
+    #[error("--broker-prefix must be 1 to {max} bytes of A-Z a-z 0-9 _ - (got {value:?})", max = crate::broker::MAX_PREFIX_BYTES)]
+    BrokerPrefix {
+        /// The prefix given.
+        value: String,
+    },
     /// The per-worker budget could never hold one message of the largest size.
     #[error("--max-pending-bytes ({pending}) must be at least --max-message-bytes ({message})")]
     PendingBelowMessage {
@@ -179,6 +191,10 @@ pub struct ServerBuilder {
     config: Config,
     /// Read by `build`, which turns them into `config.driver.tls`.
     tls_files: Option<TlsFiles>,
+    /// Read by `build`, which turns them into `config.broker`.
+    broker_url: Option<String>,
+    broker_prefix: String,
+    broker_optional: bool,
 }
 
 impl Default for ServerBuilder {
@@ -198,6 +214,7 @@ impl Default for ServerBuilder {
                     max_subscriptions_per_connection: DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION,
                     max_topics_per_worker: DEFAULT_MAX_TOPICS_PER_WORKER,
                 },
+                broker: None,
                 driver: DriverConfig {
                     workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -217,6 +234,9 @@ impl Default for ServerBuilder {
                 },
             },
             tls_files: None,
+            broker_url: None,
+            broker_prefix: crate::broker::DEFAULT_PREFIX.to_owned(),
+            broker_optional: false,
         }
     }
 }
@@ -289,6 +309,31 @@ impl ServerBuilder {
             cert: cert.into(),
             key: key.into(),
         });
+        self
+    }
+
+    /// Spreads topics over every node that uses the same broker: `redis://HOST:PORT[/DB]`,
+    /// `redis+cluster://HOST:PORT[,HOST:PORT...]` (sharded pub/sub, Redis 7) or
+    /// `nats://HOST:PORT[,...]`. A node subscribes to a topic's channel while it has
+    /// subscribers to it, and every publish it makes also goes to the broker (see
+    /// `docs/BROKERS.md` for the channel names and the message format). Unreachable at start:
+    /// [`spawn`](crate::server::spawn) fails, unless [`broker_optional`](Self::broker_optional).
+    pub fn broker(mut self, url: impl Into<String>) -> Self {
+        self.broker_url = Some(url.into());
+        self
+    }
+
+    /// The first part of every channel name (default [`crate::broker::DEFAULT_PREFIX`]), so
+    /// that several deployments can share one broker.
+    pub fn broker_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.broker_prefix = prefix.into();
+        self
+    }
+
+    /// Start even when the broker cannot be reached (default `false`): local delivery only,
+    /// with a warning, while the link keeps trying in the background.
+    pub fn broker_optional(mut self, on: bool) -> Self {
+        self.broker_optional = on;
         self
     }
 
@@ -454,6 +499,17 @@ impl ServerBuilder {
             });
         }
         let mut config = self.config;
+        if let Some(url) = &self.broker_url {
+            if !BrokerConfig::valid_prefix(&self.broker_prefix) {
+                return Err(ConfigError::BrokerPrefix {
+                    value: self.broker_prefix,
+                });
+            }
+            let mut broker = BrokerConfig::new(url.parse::<BrokerUrl>()?);
+            broker.prefix = self.broker_prefix;
+            broker.optional = self.broker_optional;
+            config.broker = Some(broker);
+        }
         if let Some(files) = self.tls_files {
             config.driver.tls = Some(Arc::new(TlsAcceptor::new(files)?));
         }

@@ -7,6 +7,8 @@
 //! - [`tls`]: the sans-IO TLS layer (rustls over caller-owned buffers) for `wss://`.
 //! - [`driver`]: thread-per-core io_uring workers around the core: direct descriptors,
 //!   provided buffer rings, bounded send queues, one timer wheel per worker.
+//! - [`broker`]: scale-out across nodes: a link to Redis, Redis Cluster or NATS that is one
+//!   more outside publisher to the workers, on a thread of its own.
 //! - [`server`]: starts the workers for a [`Config`](config::Config) and a service.
 //!
 //! See `docs/ARCHITECTURE.md` for how a byte travels through them.
@@ -16,6 +18,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod broadcast;
+pub mod broker;
 pub mod config;
 pub mod driver;
 mod modes;

@@ -86,6 +86,18 @@ struct Cli {
     /// compression would not shrink).
     #[arg(long, default_value_t = config::DEFAULT_DEFLATE_MIN_BYTES, value_name = "BYTES")]
     deflate_min_bytes: usize,
+    /// Spread topics over every node on this broker: redis://HOST:PORT[/DB],
+    /// redis+cluster://HOST:PORT[,HOST:PORT...] (sharded pub/sub, Redis 7) or
+    /// nats://HOST:PORT[,...]. Unreachable at start: exit 2, unless --broker-optional.
+    #[arg(long, value_name = "URL", env = "URINGCAST_BROKER")]
+    broker: Option<String>,
+    /// The first part of every broker channel name: PREFIX:TOPIC on Redis, PREFIX.TOPIC on NATS.
+    #[arg(long, default_value = uringcast::broker::DEFAULT_PREFIX, value_name = "PREFIX")]
+    broker_prefix: String,
+    /// Start local-only, with a warning, when the broker cannot be reached; the link keeps
+    /// trying in the background.
+    #[arg(long, requires = "broker")]
+    broker_optional: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -109,10 +121,14 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} must be a non-negative number of seconds"))
 }
 
+/// The log filter without `RUST_LOG`. The broker clients' own logs stay out of it: while a
+/// broker is down they log every attempt, and the link reports the same errors rate-limited.
+const DEFAULT_LOG: &str = "info,redis=off,async_nats=off";
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -128,7 +144,12 @@ fn main() {
     };
     if let Err(error) = run(config) {
         eprintln!("uringcast: {error:#}");
-        std::process::exit(1);
+        // An unreachable broker is a setting to fix, like a bad flag: exit 2.
+        let broker = matches!(
+            error.downcast_ref::<server::StartError>(),
+            Some(server::StartError::Broker(_))
+        );
+        std::process::exit(if broker { 2 } else { 1 });
     }
 }
 
@@ -163,6 +184,12 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
     }
     if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
         builder = builder.tls(cert, key);
+    }
+    if let Some(url) = cli.broker {
+        builder = builder
+            .broker(url)
+            .broker_prefix(cli.broker_prefix)
+            .broker_optional(cli.broker_optional);
     }
     Ok(builder.build()?)
 }

@@ -48,6 +48,9 @@ pub enum StartError {
     /// The signalfd or eventfds could not be created.
     #[error("cannot set up signal handling: {0}")]
     Signals(#[source] io::Error),
+    /// The broker could not be reached (and it was not optional).
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
     /// A worker failed to build its ring, file table or buffer ring.
     #[error("worker {id} failed to start: {source}")]
     Worker {
@@ -68,6 +71,7 @@ pub struct ServerHandle {
     hub: Arc<Hub>,
     threads: Vec<JoinHandle<()>>,
     tls: Option<Arc<crate::tls::TlsAcceptor>>,
+    broker: Option<Arc<crate::broker::Link>>,
 }
 
 impl ServerHandle {
@@ -109,7 +113,10 @@ impl ServerHandle {
     /// mailbox is full drops it and counts the drop).
     pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> usize {
         let frame = crate::broadcast::frame(opcode, payload);
-        self.hub.post(&Arc::from(topic), &frame, None)
+        let topic = Arc::from(topic);
+        let posted = self.hub.post(&topic, &frame, None);
+        self.hub.publish_out(&topic, &frame);
+        posted
     }
 
     /// Reads the TLS certificate and key files again: new handshakes use the new pair, open
@@ -143,6 +150,11 @@ impl ServerHandle {
                 clean = false;
             }
         }
+        if let Some(link) = &self.broker {
+            // The workers are gone, their topics with them: the link has left every channel
+            // or leaves them now, and publishes what is still queued first.
+            link.stop();
+        }
         clean
             && self
                 .shared
@@ -166,7 +178,10 @@ impl Publisher {
             return 0;
         }
         let frame = crate::broadcast::frame(opcode, payload);
-        self.hub.post(&Arc::from(topic), &frame, None)
+        let topic = Arc::from(topic);
+        let posted = self.hub.post(&topic, &frame, None);
+        self.hub.publish_out(&topic, &frame);
+        posted
     }
 
     /// Whether the server is still running (no shutdown has begun).
@@ -224,6 +239,14 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
     shared.tls = config.driver.tls.clone();
     let shared = Arc::new(shared);
     let hub = Arc::new(Hub::new(Arc::clone(&shared)));
+    let broker = match &config.broker {
+        Some(broker) => Some(crate::broker::start(
+            broker,
+            &hub,
+            usize::try_from(config.driver.max_message_bytes).unwrap_or(usize::MAX),
+        )?),
+        None => None,
+    };
     let driver_config = Arc::new(config.driver.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -269,6 +292,7 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
         hub,
         threads,
         tls: config.driver.tls.clone(),
+        broker,
     };
     if let Some(error) = failure {
         handle.shutdown();

@@ -1,0 +1,551 @@
+//! The broker link: its thread, its bounded queues, and the one task that connects, keeps the
+//! broker's subscriptions in line with this node's topics, publishes, and delivers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use tracing::{debug, info, warn};
+
+use super::wire::{self, Sequence, Sequences};
+use super::{
+    backoff, random_u64, Broker, BrokerConfig, BrokerError, BrokerStats, BrokerUrl, Events,
+    Inbound, IO_TIMEOUT, QUEUE_CAPACITY, QUEUE_MAX_BYTES,
+};
+use crate::broadcast::uplink::Uplink;
+use crate::broadcast::Hub;
+
+/// Publishes the link sends per turn before it looks at what arrived, so neither direction
+/// starves the other.
+const BATCH: usize = 256;
+/// How soon a subscription the broker refused is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// Warnings about an unreachable broker, at most one per this.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The workers' side of the link: bounded queues and flags, touched from any thread without
+/// blocking. The link's task holds the other side.
+#[derive(Debug)]
+pub(crate) struct Link {
+    /// This node's id in the envelopes; the low 16 bits count resets of its sequence table.
+    node: u64,
+    outbound: ArrayQueue<(Arc<str>, Bytes)>,
+    outbound_bytes: AtomicUsize,
+    /// Workers holding each topic: the node wants a topic while any worker does.
+    interest: Mutex<HashMap<Arc<str>, usize>>,
+    interest_changed: AtomicBool,
+    wake: tokio::sync::Notify,
+    stopping: AtomicBool,
+    pub(crate) stats: Arc<BrokerStats>,
+    url: BrokerUrl,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Link {
+    fn new(url: &BrokerUrl) -> Self {
+        Self {
+            node: random_u64() & !0xFFFF,
+            outbound: ArrayQueue::new(QUEUE_CAPACITY),
+            outbound_bytes: AtomicUsize::new(0),
+            interest: Mutex::new(HashMap::new()),
+            interest_changed: AtomicBool::new(false),
+            wake: tokio::sync::Notify::new(),
+            stopping: AtomicBool::new(false),
+            stats: Arc::new(BrokerStats::default()),
+            url: url.clone(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Stops the link: what is queued is published, every subscription is dropped at the
+    /// broker, and the thread exits. Idempotent.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let thread = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                warn!("the broker link panicked");
+            }
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// The topics the node holds now.
+    fn wanted(&self) -> HashSet<Arc<str>> {
+        self.interest_changed.store(false, Ordering::Release);
+        self.interest
+            .lock()
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn take(&self) -> Option<(Arc<str>, Bytes)> {
+        let item = self.outbound.pop()?;
+        self.outbound_bytes
+            .fetch_sub(item.1.len(), Ordering::AcqRel);
+        Some(item)
+    }
+}
+
+impl Uplink for Link {
+    fn publish(&self, topic: &Arc<str>, frame: &Bytes) {
+        let len = frame.len();
+        let over = self.outbound_bytes.fetch_add(len, Ordering::AcqRel) + len > QUEUE_MAX_BYTES;
+        if over
+            || self
+                .outbound
+                .push((Arc::clone(topic), frame.clone()))
+                .is_err()
+        {
+            self.outbound_bytes.fetch_sub(len, Ordering::AcqRel);
+            BrokerStats::add(&self.stats.publish_drops, 1);
+            return;
+        }
+        self.wake.notify_one();
+    }
+
+    fn interest(&self, topic: &Arc<str>, held: bool) {
+        let Ok(mut map) = self.interest.lock() else {
+            return;
+        };
+        let changed = if held {
+            let workers = map.entry(Arc::clone(topic)).or_insert(0);
+            *workers += 1;
+            *workers == 1
+        } else {
+            match map.get_mut(topic) {
+                Some(workers) if *workers > 1 => {
+                    *workers -= 1;
+                    false
+                }
+                Some(_) => {
+                    map.remove(topic);
+                    true
+                }
+                None => false,
+            }
+        };
+        drop(map);
+        if changed {
+            self.interest_changed.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        super::render_metrics(&self.stats, &self.url, out);
+    }
+}
+
+/// Starts the link for `config` and waits for its first connection attempt: an unreachable
+/// broker is an error unless the broker is optional, when the link goes on trying in the
+/// background (with a warning) and the node starts local-only.
+pub(crate) fn start(
+    config: &BrokerConfig,
+    hub: &Arc<Hub>,
+    max_message_bytes: usize,
+) -> Result<Arc<Link>, BrokerError> {
+    let link = Arc::new(Link::new(&config.url));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let task_link = Arc::clone(&link);
+    let task_hub = Arc::clone(hub);
+    let url = config.url.clone();
+    let prefix = config.prefix.clone();
+    let thread = std::thread::Builder::new()
+        .name("uringcast-broker".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = ready_tx.send(Err(format!("cannot start its runtime: {error}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let (link, hub) = (task_link, task_hub);
+                let result = match url {
+                    BrokerUrl::Redis(url) => match super::redis::Redis::standalone(&url, prefix) {
+                        Ok(broker) => {
+                            Task::new(broker, link, hub, max_message_bytes)
+                                .run(ready_tx)
+                                .await;
+                            return;
+                        }
+                        Err(error) => error,
+                    },
+                    BrokerUrl::RedisCluster(nodes) => {
+                        match super::redis::Redis::cluster(&nodes, prefix) {
+                            Ok(broker) => {
+                                Task::new(broker, link, hub, max_message_bytes)
+                                    .run(ready_tx)
+                                    .await;
+                                return;
+                            }
+                            Err(error) => error,
+                        }
+                    }
+                    BrokerUrl::Nats(servers) => match super::nats::Nats::new(&servers, prefix) {
+                        Ok(broker) => {
+                            Task::new(broker, link, hub, max_message_bytes)
+                                .run(ready_tx)
+                                .await;
+                            return;
+                        }
+                        Err(error) => error,
+                    },
+                };
+                let _ = ready_tx.send(Err(result));
+            });
+        })
+        .map_err(BrokerError::Start)?;
+    if let Ok(mut slot) = link.thread.lock() {
+        *slot = Some(thread);
+    }
+    let first = ready_rx
+        .recv()
+        .unwrap_or_else(|_| Err("the link's thread ended".into()));
+    match first {
+        Ok(()) => {}
+        Err(message) if config.optional => {
+            warn!(
+                broker = %config.url,
+                %message,
+                "broker unreachable; starting local-only (--broker-optional), retrying in the background"
+            );
+        }
+        Err(message) => {
+            link.stop();
+            return Err(BrokerError::Unreachable {
+                url: config.url.to_string(),
+                message,
+            });
+        }
+    }
+    hub.set_uplink(Arc::clone(&link) as Arc<dyn Uplink>);
+    Ok(link)
+}
+
+/// The link's task: the broker client and everything only it touches.
+struct Task<B: Broker> {
+    broker: B,
+    link: Arc<Link>,
+    hub: Arc<Hub>,
+    max_message_bytes: usize,
+    /// Topics subscribed at the broker on the current connection.
+    subscribed: HashSet<Arc<str>>,
+    /// The last sequence number this node gave each topic it published to.
+    sent: HashMap<Arc<str>, u64>,
+    /// Resets of `sent`, the low bits of the node id: a receiver sees a new publisher.
+    epoch: u16,
+    received: Sequences,
+    /// A subscription change the broker refused, to be tried again.
+    retry_at: Option<tokio::time::Instant>,
+    last_warning: Option<Instant>,
+}
+
+impl<B: Broker> Task<B> {
+    fn new(broker: B, link: Arc<Link>, hub: Arc<Hub>, max_message_bytes: usize) -> Self {
+        Self {
+            broker,
+            link,
+            hub,
+            max_message_bytes,
+            subscribed: HashSet::new(),
+            sent: HashMap::new(),
+            epoch: 0,
+            received: Sequences::default(),
+            retry_at: None,
+            last_warning: None,
+        }
+    }
+
+    async fn run(mut self, ready: mpsc::Sender<Result<(), String>>) {
+        let stats = Arc::clone(&self.link.stats);
+        let (events, mut inbound, inbound_bytes) = Events::new(Arc::clone(&stats));
+        let lost = events.lost_signal();
+        let mut ready = Some(ready);
+        let mut attempt = 0u32;
+        let mut was_connected = false;
+        while !self.link.stopping() {
+            let connected =
+                match tokio::time::timeout(IO_TIMEOUT, self.broker.connect(&events)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {IO_TIMEOUT:?}")),
+                };
+            match connected {
+                Ok(()) => {
+                    if was_connected {
+                        BrokerStats::add(&stats.reconnects, 1);
+                    }
+                    info!(broker = %self.link.url, "broker connected");
+                    was_connected = true;
+                    attempt = 0;
+                    stats.connected.store(true, Ordering::Relaxed);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Ok(()));
+                    }
+                    self.subscribed.clear();
+                    self.link.interest_changed.store(true, Ordering::Release);
+                    self.connected(&mut inbound, &inbound_bytes, &lost).await;
+                    stats.connected.store(false, Ordering::Relaxed);
+                    self.set_subscribed_gauge();
+                    if self.link.stopping() {
+                        self.broker.close().await;
+                        break;
+                    }
+                    self.warn(format_args!("broker connection lost; reconnecting"));
+                    self.broker.close().await;
+                }
+                Err(message) => {
+                    stats.connected.store(false, Ordering::Relaxed);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Err(message.clone()));
+                    } else {
+                        self.warn(format_args!("broker unreachable: {message}"));
+                    }
+                }
+            }
+            let delay = backoff(attempt, random_u64());
+            attempt = attempt.saturating_add(1);
+            self.wait_out(delay).await;
+        }
+    }
+
+    /// Serves one connection until it is lost or the link stops.
+    async fn connected(
+        &mut self,
+        inbound: &mut tokio::sync::mpsc::Receiver<Inbound>,
+        inbound_bytes: &AtomicUsize,
+        lost: &tokio::sync::Notify,
+    ) {
+        let mut arrived = Vec::with_capacity(BATCH);
+        loop {
+            if self.link.stopping() {
+                // Out with what was published before the stop, then leave every channel.
+                while self.flush(usize::MAX).await.is_ok_and(|more| more) {}
+                let topics: Vec<Arc<str>> = self.subscribed.iter().cloned().collect();
+                for topic in topics {
+                    let channel = self.broker.channel(&topic);
+                    let _ =
+                        tokio::time::timeout(IO_TIMEOUT, self.broker.unsubscribe(&channel)).await;
+                    self.subscribed.remove(&topic);
+                }
+                return;
+            }
+            let more = match self.flush(BATCH).await {
+                Ok(more) => more,
+                Err(()) => return,
+            };
+            let due = self
+                .retry_at
+                .is_some_and(|at| at <= tokio::time::Instant::now());
+            if self.link.interest_changed.load(Ordering::Acquire) || due {
+                self.reconcile().await;
+                if !self.broker.is_connected() {
+                    return;
+                }
+            }
+            if more {
+                // Let what arrived in between through, without waiting.
+                tokio::task::yield_now().await;
+            }
+            let retry = self.retry_at;
+            tokio::select! {
+                biased;
+                () = lost.notified() => return,
+                () = self.link.wake.notified(), if !more => {}
+                n = inbound.recv_many(&mut arrived, BATCH) => {
+                    if n == 0 {
+                        return;
+                    }
+                    for message in arrived.drain(..) {
+                        inbound_bytes.fetch_sub(message.payload.len(), Ordering::AcqRel);
+                        self.deliver(message);
+                    }
+                }
+                () = sleep_until(retry) => {}
+                () = std::future::ready(()), if more => {}
+            }
+        }
+    }
+
+    /// Publishes up to `limit` queued messages; whether more are waiting, or `Err` when the
+    /// connection is gone.
+    async fn flush(&mut self, limit: usize) -> Result<bool, ()> {
+        let stats = Arc::clone(&self.link.stats);
+        for _ in 0..limit {
+            let Some((topic, frame)) = self.link.take() else {
+                return Ok(false);
+            };
+            let Some((opcode, payload)) = wire::split_frame(&frame) else {
+                debug_assert!(false, "an uplink frame is one the engine encoded");
+                continue;
+            };
+            let seq = self.next_seq(&topic);
+            let message = wire::encode(
+                opcode,
+                self.link.node | u64::from(self.epoch),
+                seq,
+                &payload,
+            );
+            let channel = self.broker.channel(&topic);
+            let sent = tokio::time::timeout(IO_TIMEOUT, self.broker.publish(&channel, message))
+                .await
+                .unwrap_or_else(|_| Err(format!("no answer within {IO_TIMEOUT:?}")));
+            match sent {
+                Ok(()) => BrokerStats::add(&stats.published, 1),
+                Err(message) => {
+                    BrokerStats::add(&stats.publish_failures, 1);
+                    if !self.broker.is_connected() {
+                        return Err(());
+                    }
+                    self.warn(format_args!("broker refused a publish: {message}"));
+                }
+            }
+        }
+        Ok(!self.link.outbound.is_empty())
+    }
+
+    fn next_seq(&mut self, topic: &Arc<str>) -> u64 {
+        if !self.sent.contains_key(topic) && self.sent.len() >= Sequences::MAX_ENTRIES {
+            // A fresh table under a fresh id: receivers start counting over instead of seeing
+            // sequence numbers go back.
+            self.sent.clear();
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        let seq = self.sent.entry(Arc::clone(topic)).or_insert(0);
+        *seq += 1;
+        *seq
+    }
+
+    /// Subscribes to the topics the node holds and not yet the broker, and the reverse.
+    async fn reconcile(&mut self) {
+        self.retry_at = None;
+        let wanted = self.link.wanted();
+        let add: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
+        let remove: Vec<Arc<str>> = self.subscribed.difference(&wanted).cloned().collect();
+        for topic in add {
+            let channel = self.broker.channel(&topic);
+            match tokio::time::timeout(IO_TIMEOUT, self.broker.subscribe(&channel)).await {
+                Ok(Ok(())) => {
+                    self.subscribed.insert(topic);
+                }
+                Ok(Err(message)) => self.refused("subscribe", &channel, &message),
+                Err(_) => self.refused("subscribe", &channel, "no answer"),
+            }
+        }
+        for topic in remove {
+            let channel = self.broker.channel(&topic);
+            match tokio::time::timeout(IO_TIMEOUT, self.broker.unsubscribe(&channel)).await {
+                Ok(Ok(())) => {
+                    self.subscribed.remove(&topic);
+                    self.received.forget(&topic);
+                }
+                Ok(Err(message)) => self.refused("unsubscribe", &channel, &message),
+                Err(_) => self.refused("unsubscribe", &channel, "no answer"),
+            }
+        }
+        self.set_subscribed_gauge();
+    }
+
+    fn refused(&mut self, what: &str, channel: &str, message: &str) {
+        self.retry_at = Some(tokio::time::Instant::now() + RETRY);
+        self.warn(format_args!(
+            "broker refused to {what} {channel:?}: {message}; trying again"
+        ));
+    }
+
+    fn set_subscribed_gauge(&self) {
+        self.link
+            .stats
+            .subscribed_topics
+            .store(self.subscribed.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Hands one message from the broker to the workers, unless it is this node's own, seen
+    /// before, or unreadable.
+    fn deliver(&mut self, message: Inbound) {
+        let stats = &self.link.stats;
+        let Some(topic) = self.broker.topic_of(&message.channel) else {
+            BrokerStats::add(&stats.malformed, 1);
+            return;
+        };
+        let envelope = match wire::decode(message.payload) {
+            Ok(envelope) if envelope.payload.len() as u64 <= self.max_message_bytes as u64 => {
+                envelope
+            }
+            Ok(_) | Err(_) => {
+                BrokerStats::add(&stats.malformed, 1);
+                return;
+            }
+        };
+        let topic: Arc<str> = Arc::from(topic);
+        if let Some((node, seq)) = envelope.origin {
+            if node & !0xFFFF == self.link.node {
+                BrokerStats::add(&stats.own_skipped, 1);
+                return;
+            }
+            match self.received.check(node, &topic, seq) {
+                Sequence::InOrder => {}
+                Sequence::Gap(missed) => BrokerStats::add(&stats.gaps, missed),
+                Sequence::Repeat => {
+                    BrokerStats::add(&stats.repeats, 1);
+                    return;
+                }
+            }
+        }
+        // Encoded once for the whole node; every worker shares it.
+        let frame = crate::broadcast::frame(envelope.opcode, &envelope.payload);
+        BrokerStats::add(&stats.received, 1);
+        self.hub.post(&topic, &frame, None);
+    }
+
+    /// Waits out a reconnection delay: publishes made meanwhile are counted as failed (the
+    /// node delivered them itself), and a stop ends the wait.
+    async fn wait_out(&mut self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            while let Some((topic, _)) = self.link.take() {
+                // Its number is spent, so that the other nodes see the gap.
+                self.next_seq(&topic);
+                BrokerStats::add(&self.link.stats.publish_failures, 1);
+            }
+            if self.link.stopping() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return,
+                () = self.link.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Logs a warning, at most one per [`WARN_EVERY`] (the rest at debug).
+    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self.last_warning.is_none_or(|at| now - at >= WARN_EVERY) {
+            self.last_warning = Some(now);
+            warn!(broker = %self.link.url, "{message}");
+        } else {
+            debug!(broker = %self.link.url, "{message}");
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

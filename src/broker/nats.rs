@@ -1,0 +1,188 @@
+//! NATS core subjects as a [`Broker`], through `async-nats`, the NATS maintainers' own client.
+//!
+//! The client reconnects by itself (with the link's backoff) and re-subscribes its
+//! subscriptions, so a lost server is not a lost link: publishes made while it is away fail
+//! and are counted, and the link's gauge follows the client's own connection events. It
+//! connects with `no_echo`, so the server does not send this node its own publishes back.
+//!
+//! A subject is `PREFIX.TOPIC`, the topic escaped so that it is one token: every byte outside
+//! `A-Z a-z 0-9 _ -` becomes `%XX` (`room-a` stays `room-a`, `/` becomes `%2F`), since `.`
+//! separates tokens, `*` and `>` are wildcards and spaces end a subject.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+
+use super::{backoff, random_u64, Broker, Events, IO_TIMEOUT};
+
+/// A NATS broker.
+pub(crate) struct Nats {
+    servers: Vec<async_nats::ServerAddr>,
+    prefix: String,
+    client: Option<async_nats::Client>,
+    /// Each subscription's reader, which forwards to the link's events; aborting it drops
+    /// the subscription, which unsubscribes.
+    readers: HashMap<String, tokio::task::JoinHandle<()>>,
+    /// Where the readers forward, from the last `connect`.
+    events: Option<Events>,
+}
+
+impl Nats {
+    /// The servers `HOST:PORT` each.
+    pub(crate) fn new(servers: &[String], prefix: String) -> Result<Self, String> {
+        let servers = servers
+            .iter()
+            .map(|s| {
+                format!("nats://{s}")
+                    .parse()
+                    .map_err(|e| format!("bad server {s:?}: {e}"))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self {
+            servers,
+            prefix,
+            client: None,
+            readers: HashMap::new(),
+            events: None,
+        })
+    }
+}
+
+impl Broker for Nats {
+    fn channel(&self, topic: &str) -> String {
+        let mut subject = String::with_capacity(self.prefix.len() + 1 + topic.len());
+        subject.push_str(&self.prefix);
+        subject.push('.');
+        for byte in topic.bytes() {
+            if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+                subject.push(char::from(byte));
+            } else {
+                let _ = write!(subject, "%{byte:02X}");
+            }
+        }
+        subject
+    }
+
+    fn topic_of(&self, channel: &[u8]) -> Option<String> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?;
+        let escaped = rest.strip_prefix(b".")?;
+        let mut topic = Vec::with_capacity(escaped.len());
+        let mut bytes = escaped.iter();
+        while let Some(&byte) = bytes.next() {
+            if byte == b'%' {
+                let hex = [*bytes.next()?, *bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                topic.push(u8::from_str_radix(hex, 16).ok()?);
+            } else {
+                topic.push(byte);
+            }
+        }
+        String::from_utf8(topic).ok()
+    }
+
+    async fn connect(&mut self, events: &Events) -> Result<(), String> {
+        self.close().await;
+        let callback_events = events.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name("uringcast")
+            .no_echo()
+            .connection_timeout(IO_TIMEOUT)
+            .max_reconnects(None)
+            .reconnect_delay_callback(|attempt| {
+                backoff(u32::try_from(attempt).unwrap_or(u32::MAX), random_u64())
+            })
+            .event_callback(move |event| {
+                let events = callback_events.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => events.connected(true),
+                        async_nats::Event::Disconnected => events.connected(false),
+                        _ => {}
+                    }
+                }
+            })
+            .connect(self.servers.as_slice())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.client = Some(client);
+        self.events = Some(events.clone());
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+        let client = self.client.as_ref().ok_or("not connected")?;
+        let mut subscriber = client
+            .subscribe(channel.to_owned())
+            .await
+            .map_err(|e| e.to_string())?;
+        let events = self.events.clone().ok_or("not connected")?;
+        let reader = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                events.message(
+                    Bytes::copy_from_slice(message.subject.as_bytes()),
+                    message.payload,
+                );
+            }
+        });
+        if let Some(old) = self.readers.insert(channel.to_owned(), reader) {
+            old.abort();
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+        if let Some(reader) = self.readers.remove(channel) {
+            reader.abort();
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, channel: &str, message: Bytes) -> Result<(), String> {
+        let client = self.client.as_ref().ok_or("not connected")?;
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Err("disconnected".into());
+        }
+        client
+            .publish(channel.to_owned(), message)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn is_connected(&self) -> bool {
+        // The client reconnects by itself: the link never needs to.
+        self.client.is_some()
+    }
+
+    async fn close(&mut self) {
+        for (_, reader) in self.readers.drain() {
+            reader.abort();
+        }
+        if let Some(client) = self.client.take() {
+            let _ = tokio::time::timeout(IO_TIMEOUT, client.flush()).await;
+            let _ = client.drain().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_is_one_token_and_maps_back() {
+        let nats = Nats::new(&["127.0.0.1:1".into()], "uc".into()).unwrap();
+        for (topic, subject) in [
+            ("room-a", "uc.room-a"),
+            ("/", "uc.%2F"),
+            ("a.b c*>", "uc.a%2Eb%20c%2A%3E"),
+            ("é", "uc.%C3%A9"),
+        ] {
+            assert_eq!(nats.channel(topic), subject);
+            assert_eq!(nats.topic_of(subject.as_bytes()).as_deref(), Some(topic));
+        }
+        assert_eq!(nats.topic_of(b"other.room"), None);
+        assert_eq!(nats.topic_of(b"uc.%4"), None, "a cut escape");
+    }
+}

@@ -1,0 +1,244 @@
+//! Redis as a [`Broker`]: standalone pub/sub (`PUBLISH`/`SUBSCRIBE`), and Redis Cluster's
+//! sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`, Redis 7), where each channel lives on the master
+//! of its slot so that a publish costs one shard, not the whole cluster.
+//!
+//! The `redis` crate (redis-rs) speaks RESP3, in which one multiplexed connection carries
+//! commands and subscription pushes together; for a cluster it routes each sharded command to
+//! the master of its channel's slot, follows `MOVED`, and re-subscribes a node's channels when it
+//! reconnects to that node. A channel is `PREFIX:TOPIC`, byte for byte.
+
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::cluster_async::ClusterConnection;
+use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
+
+use super::{Broker, Events, IO_TIMEOUT};
+
+/// A Redis broker: a standalone server or a cluster.
+pub(crate) struct Redis {
+    target: Target,
+    prefix: String,
+    connection: Option<Connection>,
+    /// Set by the push callback when the connection closes (standalone only).
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+enum Target {
+    Standalone(redis::Client),
+    Cluster(Vec<String>),
+}
+
+enum Connection {
+    Standalone(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl Redis {
+    /// A standalone server at `url` (`redis://HOST:PORT[/DB]`).
+    pub(crate) fn standalone(url: &str, prefix: String) -> Result<Self, String> {
+        let info: redis::ConnectionInfo = url
+            .into_connection_info()
+            .map_err(|e| format!("bad URL: {e}"))?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info.set_redis_settings(resp3);
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        Ok(Self::new(Target::Standalone(client), prefix))
+    }
+
+    /// A cluster reached through any of `seeds` (`HOST:PORT` each).
+    pub(crate) fn cluster(seeds: &[String], prefix: String) -> Result<Self, String> {
+        let nodes: Vec<String> = seeds.iter().map(|s| format!("redis://{s}")).collect();
+        // Checked here, so that a bad seed is a start-up error and not a retry loop.
+        redis::cluster::ClusterClient::new(nodes.clone()).map_err(|e| e.to_string())?;
+        Ok(Self::new(Target::Cluster(nodes), prefix))
+    }
+
+    fn new(target: Target, prefix: String) -> Self {
+        Self {
+            target,
+            prefix,
+            connection: None,
+            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+}
+
+use redis::IntoConnectionInfo as _;
+
+/// Turns the client's pushes into the link's events: messages, and the connection's end.
+fn on_push(events: &Events, up: &std::sync::atomic::AtomicBool, push: PushInfo) {
+    match push.kind {
+        PushKind::Message | PushKind::SMessage => {
+            let mut data = push.data.into_iter();
+            if let (Some(channel), Some(payload)) = (data.next(), data.next()) {
+                if let (Some(channel), Some(payload)) = (bulk(channel), bulk(payload)) {
+                    events.message(channel, payload);
+                }
+            }
+        }
+        PushKind::Disconnection => {
+            up.store(false, std::sync::atomic::Ordering::Release);
+            events.lost();
+        }
+        _ => {}
+    }
+}
+
+fn bulk(value: Value) -> Option<Bytes> {
+    match value {
+        Value::BulkString(bytes) => Some(Bytes::from(bytes)),
+        Value::SimpleString(text) => Some(Bytes::from(text)),
+        _ => None,
+    }
+}
+
+impl Redis {
+    /// An error's message; one that says the connection is broken marks it down, so that the
+    /// link re-makes it. For a cluster too: its client's own recovery retries without pause
+    /// while every node is down, so the link drops the client and waits out its backoff.
+    fn failed(&self, command: &str, error: &redis::RedisError) -> String {
+        if error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+        {
+            self.up.store(false, std::sync::atomic::Ordering::Release);
+        }
+        format!("{command}: {error}")
+    }
+}
+
+impl Broker for Redis {
+    fn channel(&self, topic: &str) -> String {
+        format!("{}:{topic}", self.prefix)
+    }
+
+    fn topic_of(&self, channel: &[u8]) -> Option<String> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?;
+        let topic = rest.strip_prefix(b":")?;
+        String::from_utf8(topic.to_vec()).ok()
+    }
+
+    async fn connect(&mut self, events: &Events) -> Result<(), String> {
+        self.connection = None;
+        let up = std::sync::Arc::clone(&self.up);
+        match &self.target {
+            Target::Standalone(client) => {
+                let events = events.clone();
+                let push_up = std::sync::Arc::clone(&up);
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(IO_TIMEOUT))
+                    .set_response_timeout(Some(IO_TIMEOUT))
+                    .set_push_sender(move |push: PushInfo| {
+                        on_push(&events, &push_up, push);
+                        Ok::<(), std::convert::Infallible>(())
+                    });
+                let connection = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.connection = Some(Connection::Standalone(connection));
+            }
+            Target::Cluster(nodes) => {
+                let events = events.clone();
+                // A cluster's client re-makes a node's connection and its subscriptions by
+                // itself, so a node's disconnection is not the loss of the whole link.
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .use_protocol(ProtocolVersion::RESP3)
+                    .connection_timeout(IO_TIMEOUT)
+                    .response_timeout(IO_TIMEOUT)
+                    .push_sender(move |push: PushInfo| {
+                        if push.kind != PushKind::Disconnection {
+                            on_push(&events, &std::sync::atomic::AtomicBool::new(true), push);
+                        }
+                        Ok::<(), std::convert::Infallible>(())
+                    })
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let mut connection = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // The seeds may answer while the cluster is down: ask it.
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !info.contains("cluster_state:ok") {
+                    return Err("cluster_state is not ok".into());
+                }
+                self.connection = Some(Connection::Cluster(connection));
+            }
+        }
+        up.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+        let result = match self.connection.as_mut() {
+            Some(Connection::Standalone(c)) => c.subscribe(channel).await,
+            Some(Connection::Cluster(c)) => c.ssubscribe(channel).await,
+            None => return Err("not connected".into()),
+        };
+        result.map_err(|e| self.failed("SUBSCRIBE", &e))
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+        let result = match self.connection.as_mut() {
+            Some(Connection::Standalone(c)) => c.unsubscribe(channel).await,
+            Some(Connection::Cluster(c)) => c.sunsubscribe(channel).await,
+            None => return Err("not connected".into()),
+        };
+        result.map_err(|e| self.failed("UNSUBSCRIBE", &e))
+    }
+
+    async fn publish(&mut self, channel: &str, message: Bytes) -> Result<(), String> {
+        let (command, result) = match self.connection.as_mut() {
+            Some(Connection::Standalone(c)) => (
+                "PUBLISH",
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(&message[..])
+                    .query_async::<i64>(c)
+                    .await,
+            ),
+            Some(Connection::Cluster(c)) => (
+                "SPUBLISH",
+                redis::cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(&message[..])
+                    .query_async::<i64>(c)
+                    .await,
+            ),
+            None => return Err("not connected".into()),
+        };
+        result.map(drop).map_err(|e| self.failed(command, &e))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connection.is_some() && self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn close(&mut self) {
+        self.connection = None;
+        self.up.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_is_the_prefix_and_the_topic() {
+        let redis = Redis::standalone("redis://127.0.0.1:1", "uc".into()).unwrap();
+        assert_eq!(redis.channel("room/a b"), "uc:room/a b");
+        assert_eq!(redis.topic_of(b"uc:room/a b").as_deref(), Some("room/a b"));
+        assert_eq!(redis.topic_of(b"other:room"), None);
+        assert_eq!(redis.topic_of(b"ucx:room"), None);
+    }
+}

@@ -1,0 +1,276 @@
+//! What crosses the broker: the envelope around each message (version 1), and the sequence
+//! numbers a receiving node checks for gaps.
+//!
+//! ```text
+//! UC1 <kind> <node> <seq>\n<payload>
+//! ```
+//!
+//! `kind` is `text` or `binary` (the WebSocket opcode), or `base64` (a binary payload written as
+//! base64, for a person at a terminal); `node` is the publishing node's id (16 hex digits) and
+//! `seq` its count of publishes to this topic, from 1. A hand-written message may leave out
+//! `node` and `seq` (`UC1 binary\n...`), and one that does not start with `UC1 ` at all is
+//! delivered as it is: a text message if it is UTF-8, else a binary one. So
+//! `redis-cli PUBLISH uringcast:room-a hello` reaches `ws://HOST/room-a` as the text `hello`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::protocol::OpCode;
+
+/// The first bytes of every envelope uringcast writes.
+pub(crate) const MAGIC: &[u8] = b"UC1 ";
+/// An envelope's first line, at most: the magic, a kind, 16 hex digits, a u64 and separators.
+const MAX_HEAD: usize = 64;
+
+/// A message as a broker carries it, decoded.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Envelope {
+    pub(crate) opcode: OpCode,
+    /// The publishing node and its sequence number for the topic, when the message has them.
+    pub(crate) origin: Option<(u64, u64)>,
+    pub(crate) payload: Bytes,
+}
+
+/// Why a message from the broker is not delivered.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("an envelope with a malformed first line")]
+    Head,
+    #[error("an envelope of kind {0:?}, which version 1 does not know")]
+    Kind(String),
+    #[error("a base64 payload that does not decode")]
+    Base64,
+    #[error("a text payload that is not UTF-8")]
+    Utf8,
+}
+
+/// Writes one envelope: the head, then the payload (one copy, into the broker's buffer).
+pub(crate) fn encode(opcode: OpCode, node: u64, seq: u64, payload: &[u8]) -> Bytes {
+    let kind = if opcode == OpCode::Text {
+        "text"
+    } else {
+        "binary"
+    };
+    let head = format!("UC1 {kind} {node:016x} {seq}\n");
+    let mut out = BytesMut::with_capacity(head.len() + payload.len());
+    out.put_slice(head.as_bytes());
+    out.put_slice(payload);
+    out.freeze()
+}
+
+/// Reads one message from the broker (the payload is a slice of `message`, not a copy, but
+/// for `base64`).
+pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
+    if !message.starts_with(MAGIC) {
+        let opcode = if simdutf8::basic::from_utf8(&message).is_ok() {
+            OpCode::Text
+        } else {
+            OpCode::Binary
+        };
+        return Ok(Envelope {
+            opcode,
+            origin: None,
+            payload: message,
+        });
+    }
+    let end = message
+        .iter()
+        .take(MAX_HEAD)
+        .position(|&b| b == b'\n')
+        .ok_or(WireError::Head)?;
+    let head = std::str::from_utf8(&message[MAGIC.len()..end]).map_err(|_| WireError::Head)?;
+    let mut fields = head.split(' ');
+    let kind = fields.next().ok_or(WireError::Head)?;
+    let origin = match (fields.next(), fields.next(), fields.next()) {
+        (None, _, _) => None,
+        (Some(node), Some(seq), None) => Some((
+            u64::from_str_radix(node, 16).map_err(|_| WireError::Head)?,
+            seq.parse().map_err(|_| WireError::Head)?,
+        )),
+        _ => return Err(WireError::Head),
+    };
+    let payload = message.slice(end + 1..);
+    let (opcode, payload) = match kind {
+        "text" => {
+            simdutf8::basic::from_utf8(&payload).map_err(|_| WireError::Utf8)?;
+            (OpCode::Text, payload)
+        }
+        "binary" => (OpCode::Binary, payload),
+        "base64" => {
+            let text: Vec<u8> = payload
+                .iter()
+                .copied()
+                .filter(|b| !b.is_ascii_whitespace())
+                .collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| WireError::Base64)?;
+            (OpCode::Binary, Bytes::from(bytes))
+        }
+        other => return Err(WireError::Kind(other.chars().take(16).collect())),
+    };
+    Ok(Envelope {
+        opcode,
+        origin,
+        payload,
+    })
+}
+
+/// The opcode and payload of a server frame encoded by `broadcast::frame` (FIN set, unmasked),
+/// the payload a slice of it.
+pub(crate) fn split_frame(frame: &Bytes) -> Option<(OpCode, Bytes)> {
+    let (&first, rest) = frame.split_first()?;
+    let opcode = OpCode::from_u8(first & 0x0F).ok()?;
+    let header = match rest.first()? & 0x7F {
+        126 => 4,
+        127 => 10,
+        _ => 2,
+    };
+    (frame.len() >= header).then(|| (opcode, frame.slice(header..)))
+}
+
+/// What a receiving node makes of a message's sequence number.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Sequence {
+    /// The next one, or the first seen from that node on that topic.
+    InOrder,
+    /// This many were skipped: lost between the publisher and here.
+    Gap(u64),
+    /// Seen before (or older than one seen): not delivered again.
+    Repeat,
+}
+
+/// The last sequence number seen per publishing node and topic, for the topics this node
+/// holds. Bounded: past [`Sequences::MAX_ENTRIES`] it starts over (gaps in the next message of
+/// each pair then go unseen, which is counted as a reset).
+#[derive(Debug, Default)]
+pub(crate) struct Sequences {
+    last: HashMap<(u64, Arc<str>), u64>,
+}
+
+impl Sequences {
+    /// Pairs of (node, topic) remembered at most.
+    pub(crate) const MAX_ENTRIES: usize = 1 << 16;
+
+    /// Checks and records `seq` from `node` on `topic`.
+    pub(crate) fn check(&mut self, node: u64, topic: &Arc<str>, seq: u64) -> Sequence {
+        if let Some(last) = self.last.get_mut(&(node, Arc::clone(topic))) {
+            return match seq.checked_sub(*last) {
+                Some(1) => {
+                    *last = seq;
+                    Sequence::InOrder
+                }
+                Some(0) | None => Sequence::Repeat,
+                Some(ahead) => {
+                    *last = seq;
+                    Sequence::Gap(ahead - 1)
+                }
+            };
+        }
+        if self.last.len() >= Self::MAX_ENTRIES {
+            self.last.clear();
+        }
+        self.last.insert((node, Arc::clone(topic)), seq);
+        Sequence::InOrder
+    }
+
+    /// Forgets a topic this node no longer subscribes to: after a resubscription its first
+    /// message starts over, rather than count what was sent while nobody here listened.
+    pub(crate) fn forget(&mut self, topic: &str) {
+        self.last.retain(|(_, t), _| &**t != topic);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_round_trips_text_and_binary() {
+        for (opcode, payload) in [
+            (OpCode::Text, &b"hello"[..]),
+            (OpCode::Binary, &[0, 1, 2, b'\n', 255][..]),
+            (OpCode::Text, &b""[..]),
+        ] {
+            let wire = encode(opcode, 0xdead_beef, 42, payload);
+            assert_eq!(
+                decode(wire).unwrap(),
+                Envelope {
+                    opcode,
+                    origin: Some((0xdead_beef, 42)),
+                    payload: Bytes::copy_from_slice(payload),
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn a_bare_message_is_text_if_utf8_else_binary() {
+        let text = decode(Bytes::from_static(b"hello")).unwrap();
+        assert_eq!((text.opcode, text.origin), (OpCode::Text, None));
+        let binary = decode(Bytes::from_static(&[0xff, 0xfe])).unwrap();
+        assert_eq!(binary.opcode, OpCode::Binary);
+        assert_eq!(&binary.payload[..], &[0xff, 0xfe]);
+    }
+
+    #[test]
+    fn a_person_can_type_the_kind() {
+        let typed = decode(Bytes::from_static(b"UC1 binary\nabc")).unwrap();
+        assert_eq!(
+            (typed.opcode, typed.origin, &typed.payload[..]),
+            (OpCode::Binary, None, &b"abc"[..])
+        );
+        let typed = decode(Bytes::from_static(b"UC1 base64\nAAH/\n")).unwrap();
+        assert_eq!(
+            (typed.opcode, &typed.payload[..]),
+            (OpCode::Binary, &[0, 1, 255][..])
+        );
+    }
+
+    #[test]
+    fn malformed_envelopes_are_refused() {
+        for (wire, error) in [
+            (&b"UC1 text"[..], WireError::Head),
+            (b"UC1 text zz 1\nx", WireError::Head),
+            (b"UC1 text 1\nx", WireError::Head),
+            (b"UC1 text 1 2 3\nx", WireError::Head),
+            (b"UC1 gzip\nx", WireError::Kind("gzip".into())),
+            (b"UC1 base64\n!!", WireError::Base64),
+            (b"UC1 text\n\xff", WireError::Utf8),
+        ] {
+            assert_eq!(decode(Bytes::from_static(wire)), Err(error), "{wire:?}");
+        }
+    }
+
+    #[test]
+    fn split_frame_finds_the_payload_at_every_length_class() {
+        for len in [0, 125, 126, 65_535, 65_536] {
+            let payload = vec![7u8; len];
+            let frame = crate::broadcast::frame(OpCode::Binary, &payload);
+            let (opcode, got) = split_frame(&frame).unwrap();
+            assert_eq!((opcode, got.len()), (OpCode::Binary, len));
+        }
+        let frame = crate::broadcast::frame(OpCode::Text, b"hi");
+        assert_eq!(
+            split_frame(&frame),
+            Some((OpCode::Text, Bytes::from_static(b"hi")))
+        );
+    }
+
+    #[test]
+    fn sequences_count_gaps_and_refuse_repeats() {
+        let mut seen = Sequences::default();
+        let topic: Arc<str> = Arc::from("t");
+        assert_eq!(seen.check(1, &topic, 5), Sequence::InOrder, "first seen");
+        assert_eq!(seen.check(1, &topic, 6), Sequence::InOrder);
+        assert_eq!(seen.check(1, &topic, 9), Sequence::Gap(2));
+        assert_eq!(seen.check(1, &topic, 9), Sequence::Repeat);
+        assert_eq!(seen.check(1, &topic, 3), Sequence::Repeat);
+        assert_eq!(seen.check(2, &topic, 1), Sequence::InOrder, "another node");
+        seen.forget("t");
+        assert_eq!(seen.check(1, &topic, 20), Sequence::InOrder, "starts over");
+    }
+}
