@@ -1,0 +1,107 @@
+//! The steady state: what a node publishes reaches every node's subscribers once, in order,
+//! and only on its topic; outside backends publish with the broker's own tools.
+
+use super::*;
+
+/// Messages from each publisher in the ordering test.
+const COUNT: usize = 200;
+
+/// A subscriber on node A (the publishing node) and one on node B receive each of a WebSocket
+/// publisher's and an HTTP publisher's messages exactly once and in each publisher's order;
+/// a subscriber of another topic on B receives none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_reaches_every_node_once_in_order_and_only_its_topic() -> Result<()> {
+    each_broker("delivery_in_order", |broker| async move {
+        let a = node(&broker, &[])?;
+        let b = node(&broker, &[])?;
+        let mut on_a = ws(a.addr(), "/room").await?;
+        let mut on_b = ws(b.addr(), "/room").await?;
+        let mut other_on_b = ws(b.addr(), "/other").await?;
+        wait_subscribed(a.addr(), 1).await?;
+        wait_subscribed(b.addr(), 2).await?;
+        // The WebSocket publisher is in the room too (rooms by path): it hears itself.
+        let mut publisher = ws(a.addr(), "/room").await?;
+        for i in 0..COUNT {
+            send(&mut publisher, &format!("ws:{i}")).await?;
+            if i % 10 == 0 {
+                publish_http(a.addr(), "room", &format!("http:{}", i / 10)).await?;
+            }
+        }
+        send(&mut publisher, "end").await?;
+        publish_http(a.addr(), "other", "other-end").await?;
+        for (who, sub) in [("A", &mut on_a), ("B", &mut on_b)] {
+            let (mut ws_next, mut http_next) = (0, 0);
+            loop {
+                let text = next_text(sub).await.with_context(|| format!("on {who}"))?;
+                if text == "end" {
+                    break;
+                }
+                if let Some(i) = text.strip_prefix("ws:") {
+                    ensure!(
+                        i == ws_next.to_string(),
+                        "{who}: {text} after ws:{ws_next}-1"
+                    );
+                    ws_next += 1;
+                } else if let Some(i) = text.strip_prefix("http:") {
+                    ensure!(
+                        i == http_next.to_string(),
+                        "{who}: {text}, expected http:{http_next}"
+                    );
+                    http_next += 1;
+                } else {
+                    bail!("{who} received {text:?}");
+                }
+            }
+            ensure!(
+                (ws_next, http_next) == (COUNT, COUNT / 10),
+                "{who} received {ws_next} WebSocket and {http_next} HTTP publishes"
+            );
+        }
+        // Isolation: the other topic's subscriber hears only its own marker.
+        ensure!(next_text(&mut other_on_b).await? == "other-end");
+        // Once, not twice: B got everything from the broker, A nothing (its own were skipped
+        // or, on NATS, never echoed).
+        let total = (COUNT + COUNT / 10 + 1) as u64;
+        ensure!(metric(b.addr(), "uringcast_broker_received_total").await? == total + 1);
+        ensure!(metric(a.addr(), "uringcast_broker_received_total").await? == 0);
+        // Counted when the broker acknowledges, which may follow B's delivery.
+        wait_metric(a.addr(), "uringcast_broker_published_total", |n| {
+            n == total + 1
+        })
+        .await?;
+        for node in [&a, &b] {
+            ensure!(metric(node.addr(), "uringcast_broker_gaps_total").await? == 0);
+            ensure!(metric(node.addr(), "uringcast_broker_connected").await? == 1);
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// A backend in another language publishes with `redis-cli PUBLISH` (or `SPUBLISH` on a
+/// cluster) or a NATS `PUB`: a bare UTF-8 payload arrives as text, `UC1 base64` as binary, on
+/// every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_backend_publishes_with_the_brokers_own_tools() -> Result<()> {
+    each_broker("outside_publish", |broker| async move {
+        let a = node(&broker, &[])?;
+        let b = node(&broker, &[])?;
+        let mut subs = [
+            ws(a.addr(), "/ticker").await?,
+            ws(b.addr(), "/ticker").await?,
+        ];
+        wait_subscribed(a.addr(), 1).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        broker.publish_raw("ticker", b"{\"px\":101.5}")?;
+        broker.publish_raw("ticker", b"UC1 base64\nAAH/")?;
+        for sub in &mut subs {
+            ensure!(next_text(sub).await? == "{\"px\":101.5}");
+            match next(sub).await? {
+                WsMessage::Binary(bytes) => ensure!(bytes[..] == [0, 1, 255]),
+                other => bail!("expected binary, got {other:?}"),
+            }
+        }
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,158 @@
+//! Faults: a broker that is not there at start, one that dies and comes back mid-run, and
+//! nodes that join and leave while traffic flows.
+
+use super::*;
+
+/// Unreachable at start: one line and exit 2; with `--broker-optional` the node starts
+/// local-only and delivers locally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_stops_the_start_unless_optional() -> Result<()> {
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    for url in [
+        format!("redis://127.0.0.1:{port}"),
+        format!("redis+cluster://127.0.0.1:{port}"),
+        format!("nats://127.0.0.1:{port}"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_uringcast"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--mode",
+                "broadcast",
+                "--broker",
+                &url,
+            ])
+            .env("RUST_LOG", "off")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(2),
+            "{url}: {:?} {stderr}",
+            out.status
+        );
+        ensure!(
+            stderr.lines().count() == 1 && stderr.contains(&url),
+            "{url}: not one line naming the broker: {stderr}"
+        );
+        let optional =
+            Server::start(&["--mode", "broadcast", "--broker", &url, "--broker-optional"])?;
+        let mut a = ws(optional.addr(), "/room").await?;
+        let mut b = ws(optional.addr(), "/room").await?;
+        send(&mut a, "local").await?;
+        ensure!(next_text(&mut b).await? == "local");
+        ensure!(metric(optional.addr(), "uringcast_broker_connected").await? == 0);
+    }
+    Ok(())
+}
+
+/// The broker killed mid-run: local delivery never stops, publishes meanwhile are counted as
+/// failed at the publisher and as a gap at the receiver, and once the broker is back (empty)
+/// the links resubscribe by themselves and cross-node delivery resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted() -> Result<()> {
+    each_broker("broker_restart", |mut broker| async move {
+        let a = node(&broker, &[])?;
+        let b = node(&broker, &[])?;
+        let mut publisher = ws(a.addr(), "/room").await?;
+        let mut on_a = ws(a.addr(), "/room").await?;
+        let mut on_b = ws(b.addr(), "/room").await?;
+        wait_subscribed(a.addr(), 1).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        send(&mut publisher, "before").await?;
+        ensure!(next_text(&mut on_a).await? == "before");
+        ensure!(next_text(&mut on_b).await? == "before");
+
+        broker.kill();
+        for i in 0..5 {
+            let text = format!("during:{i}");
+            send(&mut publisher, &text).await?;
+            ensure!(
+                next_text(&mut on_a).await? == text,
+                "local delivery stopped"
+            );
+        }
+        // Every publish made while the broker was away is accounted for at the publisher.
+        wait_metric(a.addr(), "uringcast_broker_publish_failures_total", |n| {
+            n == 5
+        })
+        .await?;
+
+        broker.restart()?;
+        // Probe until one crosses: the links reconnect with backoff (at most 5 s apart).
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut probe = 0;
+        let first = loop {
+            ensure!(
+                Instant::now() < deadline,
+                "cross-node delivery did not resume"
+            );
+            probe += 1;
+            send(&mut publisher, &format!("after:{probe}")).await?;
+            ensure!(next_text(&mut on_a).await? == format!("after:{probe}"));
+            match timeout(Duration::from_millis(200), next_text(&mut on_b)).await {
+                Ok(text) => break text?,
+                Err(_) => continue,
+            }
+        };
+        ensure!(first.starts_with("after:"), "B received {first:?}");
+        // B saw A's sequence jump over what never reached it.
+        let gaps = metric(b.addr(), "uringcast_broker_gaps_total").await?;
+        let failed = metric(a.addr(), "uringcast_broker_publish_failures_total").await?;
+        let lost_probes: u64 = first["after:".len()..].parse::<u64>()? - 1;
+        ensure!(
+            gaps == 5 + lost_probes && failed >= 5,
+            "B counted {gaps} missing, A {failed} failed, {lost_probes} probes before the first"
+        );
+        ensure!(metric(b.addr(), "uringcast_broker_connected").await? == 1);
+        Ok(())
+    })
+    .await
+}
+
+/// A third node joins while a publisher sends, receives from then on, and leaves: its
+/// subscriber gets 1001, the broker loses its subscription (Redis counts it), and the other
+/// nodes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_and_leave_while_traffic_flows() -> Result<()> {
+    each_broker("join_leave", |broker| async move {
+        let a = node(&broker, &[])?;
+        let b = node(&broker, &[])?;
+        let mut publisher = ws(a.addr(), "/room").await?;
+        let mut on_b = ws(b.addr(), "/room").await?;
+        wait_subscribed(b.addr(), 1).await?;
+        let baseline = broker.channel_subscribers("room")?;
+
+        let mut c = node(&broker, &["--drain-timeout", "1"])?;
+        let mut on_c = ws(c.addr(), "/room").await?;
+        wait_subscribed(c.addr(), 1).await?;
+        if let Some(before) = baseline {
+            ensure!(broker.channel_subscribers("room")? == Some(before + 1));
+        }
+        for i in 0..50 {
+            send(&mut publisher, &format!("m:{i}")).await?;
+        }
+        for i in 0..50 {
+            ensure!(next_text(&mut on_b).await? == format!("m:{i}"));
+            ensure!(next_text(&mut on_c).await? == format!("m:{i}"));
+        }
+        c.sigterm()?;
+        match next(&mut on_c).await? {
+            WsMessage::Close(Some(frame)) => ensure!(u16::from(frame.code) == 1001),
+            other => bail!("C's subscriber got {other:?}, expected close 1001"),
+        }
+        ensure!(c.wait_exit(STEP)?.success(), "C did not exit cleanly");
+        if let Some(before) = baseline {
+            ensure!(
+                broker.channel_subscribers("room")? == Some(before),
+                "C's subscription outlived it"
+            );
+        }
+        send(&mut publisher, "after-c").await?;
+        ensure!(next_text(&mut on_b).await? == "after-c");
+        Ok(())
+    })
+    .await
+}

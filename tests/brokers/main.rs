@@ -1,0 +1,175 @@
+//! Scale-out through real brokers: two or three `uringcast --mode broadcast` nodes on one
+//! Redis, Redis Cluster (three masters, sharded pub/sub) or NATS server, each test run against
+//! every one of them. Brokers come from Debian's packages (`scripts/brokers.sh install`); a
+//! missing one prints `SKIP`.
+//!
+//! Clients are tokio-tungstenite. "Never received" (no duplicate, no cross-topic leak) is shown
+//! by a marker sent afterwards along the same path: it must be the next thing that arrives.
+
+#[path = "../common/mod.rs"]
+mod common;
+mod delivery;
+mod faults;
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use common::{Server, Ws};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use support::{Broker, Kind};
+
+/// The bound on any one step.
+const STEP: Duration = Duration::from_secs(15);
+/// The publish token every node gets.
+const TOKEN: &str = "t0k3n";
+
+/// A broadcast node on `broker`, with two workers.
+fn node(broker: &Broker, extra: &[&str]) -> Result<Server> {
+    let url = broker.url();
+    let mut args = vec![
+        "--mode",
+        "broadcast",
+        "--workers",
+        "2",
+        "--publish-token",
+        TOKEN,
+        "--broker",
+        &url,
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+async fn ws(addr: SocketAddr, path: &str) -> Result<Ws> {
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = timeout(STEP, tokio_tungstenite::connect_async(url.as_str()))
+        .await
+        .with_context(|| format!("connecting to {url} timed out"))?
+        .with_context(|| format!("connecting to {url}"))?;
+    Ok(ws)
+}
+
+async fn send(ws: &mut Ws, text: &str) -> Result<()> {
+    timeout(STEP, ws.send(WsMessage::text(text)))
+        .await
+        .context("sending timed out")?
+        .context("sending")
+}
+
+/// The next data message, skipping pings and pongs.
+async fn next(ws: &mut Ws) -> Result<WsMessage> {
+    loop {
+        match timeout(STEP, ws.next()).await {
+            Err(_) => bail!("no message within {STEP:?}"),
+            Ok(None) => bail!("the stream ended"),
+            Ok(Some(message)) => match message.context("reading")? {
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => return Ok(other),
+            },
+        }
+    }
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String> {
+    match next(ws).await? {
+        WsMessage::Text(text) => Ok(text.to_string()),
+        other => bail!("expected text, got {other:?}"),
+    }
+}
+
+/// One HTTP request; the status and the body.
+async fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
+    let mut stream = timeout(STEP, TcpStream::connect(addr)).await??;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
+    let mut raw = Vec::new();
+    timeout(STEP, stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8(raw)?;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `POST /publish/{topic}` with a text body; it must be accepted.
+async fn publish_http(addr: SocketAddr, topic: &str, text: &str) -> Result<()> {
+    let (status, body) = http(addr, "POST", &format!("/publish/{topic}"), text.as_bytes()).await?;
+    ensure!(status == 202, "publish: {status} {body}");
+    Ok(())
+}
+
+/// The value of a broker metric on a node.
+async fn metric(addr: SocketAddr, name: &str) -> Result<u64> {
+    let (status, body) = http(addr, "GET", "/metrics", b"").await?;
+    ensure!(status == 200, "GET /metrics: {status}");
+    let line = body
+        .lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .ok_or_else(|| anyhow!("no {name} in /metrics"))?;
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value
+        .parse::<f64>()
+        .map(|v| v as u64)
+        .with_context(|| format!("{line:?}"))
+}
+
+/// Waits until `name` on the node satisfies `ok`. The server has no event for what its broker
+/// link did, so this reads its counters every 10 ms, for at most [`STEP`].
+async fn wait_metric(addr: SocketAddr, name: &str, ok: impl Fn(u64) -> bool) -> Result<u64> {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let value = metric(addr, name).await?;
+        if ok(value) {
+            return Ok(value);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{name} on {addr} stayed at {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the node's link holds `topics` subscriptions at the broker.
+async fn wait_subscribed(addr: SocketAddr, topics: u64) -> Result<()> {
+    wait_metric(addr, "uringcast_broker_subscribed_topics", |n| n == topics).await?;
+    Ok(())
+}
+
+/// Runs `test` against every broker kind installed.
+async fn each_broker<F, Fut>(name: &str, test: F) -> Result<()>
+where
+    F: Fn(Broker) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    for kind in Kind::ALL {
+        let Some(broker) = Broker::start(kind, name)? else {
+            continue;
+        };
+        test(broker)
+            .await
+            .with_context(|| format!("{name} with {kind:?}"))?;
+    }
+    Ok(())
+}
