@@ -38,6 +38,10 @@ pub(crate) struct Link {
     /// Workers holding each topic: the node wants a topic while any worker does.
     interest: Mutex<HashMap<Arc<str>, usize>>,
     interest_changed: AtomicBool,
+    /// Publishes dropped per topic (the queue was full) since the link last looked: their
+    /// sequence numbers are skipped, so that the other nodes count them as gaps.
+    dropped: Mutex<HashMap<Arc<str>, u64>>,
+    any_dropped: AtomicBool,
     wake: tokio::sync::Notify,
     stopping: AtomicBool,
     pub(crate) stats: Arc<BrokerStats>,
@@ -53,6 +57,8 @@ impl Link {
             outbound_bytes: AtomicUsize::new(0),
             interest: Mutex::new(HashMap::new()),
             interest_changed: AtomicBool::new(false),
+            dropped: Mutex::new(HashMap::new()),
+            any_dropped: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             stats: Arc::new(BrokerStats::default()),
@@ -107,6 +113,13 @@ impl Uplink for Link {
         {
             self.outbound_bytes.fetch_sub(len, Ordering::AcqRel);
             BrokerStats::add(&self.stats.publish_drops, 1);
+            if let Ok(mut dropped) = self.dropped.lock() {
+                // Bounded like the link's own table: past it, these gaps go unseen.
+                if dropped.len() < Sequences::MAX_ENTRIES || dropped.contains_key(topic) {
+                    *dropped.entry(Arc::clone(topic)).or_insert(0) += 1;
+                    self.any_dropped.store(true, Ordering::Release);
+                }
+            }
             return;
         }
         self.wake.notify_one();
@@ -384,40 +397,58 @@ impl<B: Broker> Task<B> {
     /// connection is gone.
     async fn flush(&mut self, limit: usize) -> Result<bool, ()> {
         let stats = Arc::clone(&self.link.stats);
-        for _ in 0..limit {
-            let Some((topic, frame)) = self.link.take() else {
+        let mut left = limit;
+        while left > 0 {
+            let mut batch = Vec::with_capacity(left.min(BATCH));
+            while batch.len() < left.min(BATCH) {
+                let Some((topic, frame)) = self.link.take() else {
+                    break;
+                };
+                let Some((opcode, payload)) = wire::split_frame(&frame) else {
+                    debug_assert!(false, "an uplink frame is one the engine encoded");
+                    continue;
+                };
+                let seq = self.next_seq(&topic);
+                let node = self.link.node | u64::from(self.epoch);
+                let message = wire::encode(opcode, node, seq, &payload);
+                batch.push((self.broker.channel(&topic), message));
+            }
+            if batch.is_empty() {
                 return Ok(false);
+            }
+            left -= batch.len();
+            let results = match tokio::time::timeout(IO_TIMEOUT, self.broker.publish(&batch)).await
+            {
+                Ok(results) => results,
+                Err(_) => vec![Err(format!("no answer within {IO_TIMEOUT:?}")); batch.len()],
             };
-            let Some((opcode, payload)) = wire::split_frame(&frame) else {
-                debug_assert!(false, "an uplink frame is one the engine encoded");
-                continue;
-            };
-            let seq = self.next_seq(&topic);
-            let message = wire::encode(
-                opcode,
-                self.link.node | u64::from(self.epoch),
-                seq,
-                &payload,
-            );
-            let channel = self.broker.channel(&topic);
-            let sent = tokio::time::timeout(IO_TIMEOUT, self.broker.publish(&channel, message))
-                .await
-                .unwrap_or_else(|_| Err(format!("no answer within {IO_TIMEOUT:?}")));
-            match sent {
-                Ok(()) => BrokerStats::add(&stats.published, 1),
-                Err(message) => {
-                    BrokerStats::add(&stats.publish_failures, 1);
-                    if !self.broker.is_connected() {
-                        return Err(());
-                    }
-                    self.warn(format_args!("broker refused a publish: {message}"));
+            let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+            BrokerStats::add(&stats.published, (batch.len() - failed.len()) as u64);
+            if let Some(message) = failed.first() {
+                BrokerStats::add(&stats.publish_failures, failed.len() as u64);
+                if !self.broker.is_connected() {
+                    return Err(());
                 }
+                self.warn(format_args!("broker refused a publish: {message}"));
             }
         }
         Ok(!self.link.outbound.is_empty())
     }
 
     fn next_seq(&mut self, topic: &Arc<str>) -> u64 {
+        if self.link.any_dropped.swap(false, Ordering::AcqRel) {
+            let dropped = self
+                .link
+                .dropped
+                .lock()
+                .map(|mut d| std::mem::take(&mut *d))
+                .unwrap_or_default();
+            for (topic, count) in dropped {
+                for _ in 0..count {
+                    self.next_seq(&topic);
+                }
+            }
+        }
         if !self.sent.contains_key(topic) && self.sent.len() >= Sequences::MAX_ENTRIES {
             // A fresh table under a fresh id: receivers start counting over instead of seeing
             // sequence numbers go back.

@@ -304,8 +304,9 @@ pub(crate) trait Broker {
     async fn subscribe(&mut self, channel: &str) -> Result<(), String>;
     /// Unsubscribes from one channel.
     async fn unsubscribe(&mut self, channel: &str) -> Result<(), String>;
-    /// Publishes one message.
-    async fn publish(&mut self, channel: &str, message: Bytes) -> Result<(), String>;
+    /// Publishes a batch of messages, in order (pipelined where the client can); one result
+    /// per message.
+    async fn publish(&mut self, batch: &[(String, Bytes)]) -> Vec<Result<(), String>>;
     /// Whether the connection is up (a client that reconnects by itself may be between tries).
     fn is_connected(&self) -> bool;
     /// Drops the connection (after unsubscribing, at shutdown).

@@ -139,15 +139,25 @@ impl Broker for Nats {
         Ok(())
     }
 
-    async fn publish(&mut self, channel: &str, message: Bytes) -> Result<(), String> {
-        let client = self.client.as_ref().ok_or("not connected")?;
-        if client.connection_state() != async_nats::connection::State::Connected {
-            return Err("disconnected".into());
+    async fn publish(&mut self, batch: &[(String, Bytes)]) -> Vec<Result<(), String>> {
+        let mut results = Vec::with_capacity(batch.len());
+        for (channel, message) in batch {
+            let result = match self.client.as_ref() {
+                None => Err("not connected".to_owned()),
+                Some(client)
+                    if client.connection_state() != async_nats::connection::State::Connected =>
+                {
+                    Err("disconnected".to_owned())
+                }
+                // Into the client's bounded queue, which its connection task writes out.
+                Some(client) => client
+                    .publish(channel.clone(), message.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            results.push(result);
         }
-        client
-            .publish(channel.to_owned(), message)
-            .await
-            .map_err(|e| e.to_string())
+        results
     }
 
     fn is_connected(&self) -> bool {

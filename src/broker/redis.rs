@@ -8,6 +8,7 @@
 //! reconnects to that node. A channel is `PREFIX:TOPIC`, byte for byte.
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use redis::aio::MultiplexedConnection;
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
@@ -85,6 +86,19 @@ fn on_push(events: &Events, up: &std::sync::atomic::AtomicBool, push: PushInfo) 
         }
         _ => {}
     }
+}
+
+/// Sends `command CHANNEL MESSAGE` for each item as one pipeline.
+async fn pipeline<'a>(
+    connection: &mut impl redis::aio::ConnectionLike,
+    command: &str,
+    items: impl Iterator<Item = &'a (String, Bytes)>,
+) -> Result<(), redis::RedisError> {
+    let mut pipe = redis::pipe();
+    for (channel, message) in items {
+        pipe.cmd(command).arg(channel).arg(&message[..]).ignore();
+    }
+    pipe.query_async::<()>(connection).await
 }
 
 fn bulk(value: Value) -> Option<Bytes> {
@@ -196,27 +210,46 @@ impl Broker for Redis {
         result.map_err(|e| self.failed("UNSUBSCRIBE", &e))
     }
 
-    async fn publish(&mut self, channel: &str, message: Bytes) -> Result<(), String> {
-        let (command, result) = match self.connection.as_mut() {
-            Some(Connection::Standalone(c)) => (
-                "PUBLISH",
-                redis::cmd("PUBLISH")
-                    .arg(channel)
-                    .arg(&message[..])
-                    .query_async::<i64>(c)
-                    .await,
-            ),
-            Some(Connection::Cluster(c)) => (
-                "SPUBLISH",
-                redis::cmd("SPUBLISH")
-                    .arg(channel)
-                    .arg(&message[..])
-                    .query_async::<i64>(c)
-                    .await,
-            ),
-            None => return Err("not connected".into()),
+    async fn publish(&mut self, batch: &[(String, Bytes)]) -> Vec<Result<(), String>> {
+        // A pipeline writes every command before the first reply is read, in order: one round
+        // trip per batch instead of one per publish.
+        let results: Vec<Result<(), redis::RedisError>> = match self.connection.as_ref() {
+            Some(Connection::Standalone(c)) => {
+                let result = pipeline(&mut c.clone(), "PUBLISH", batch.iter()).await;
+                batch.iter().map(|_| result.clone()).collect()
+            }
+            Some(Connection::Cluster(c)) => {
+                // One pipeline per channel (so per slot and master), in order; channels at once.
+                let mut channels: Vec<&str> = Vec::new();
+                for (channel, _) in batch {
+                    if !channels.contains(&channel.as_str()) {
+                        channels.push(channel);
+                    }
+                }
+                let per_channel = join_all(channels.iter().map(|&name| {
+                    let mut c = c.clone();
+                    async move {
+                        let items = batch.iter().filter(|(channel, _)| channel == name);
+                        (name, pipeline(&mut c, "SPUBLISH", items).await)
+                    }
+                }))
+                .await;
+                batch
+                    .iter()
+                    .map(|(channel, _)| {
+                        per_channel
+                            .iter()
+                            .find(|(name, _)| *name == channel)
+                            .map_or(Ok(()), |(_, result)| result.clone())
+                    })
+                    .collect()
+            }
+            None => return vec![Err("not connected".into()); batch.len()],
         };
-        result.map(drop).map_err(|e| self.failed(command, &e))
+        results
+            .into_iter()
+            .map(|r| r.map_err(|e| self.failed("PUBLISH", &e)))
+            .collect()
     }
 
     fn is_connected(&self) -> bool {

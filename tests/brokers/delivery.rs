@@ -4,7 +4,7 @@
 use super::*;
 
 /// Messages from each publisher in the ordering test.
-const COUNT: usize = 200;
+const COUNT: usize = 1000;
 
 /// A subscriber on node A (the publishing node) and one on node B receive each of a WebSocket
 /// publisher's and an HTTP publisher's messages exactly once and in each publisher's order;
