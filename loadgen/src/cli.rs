@@ -37,6 +37,11 @@ pub(crate) struct TrafficArgs {
     /// Seconds of traffic (after every connection is up).
     #[arg(long)]
     pub(crate) duration: Option<f64>,
+    /// Start the traffic at this wall-clock time (seconds since the Unix epoch, e.g.
+    /// $(($(date +%s)+5))), once every connection is up, so that several processes start
+    /// together; a time already past, before or after connecting, is refused (exit 2).
+    #[arg(long, value_name = "UNIX_TIME")]
+    pub(crate) start_at: Option<f64>,
     /// Client threads, each with its own ring, pinned round-robin to the CPUs the process may use (taskset narrows them).
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,

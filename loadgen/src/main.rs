@@ -18,6 +18,7 @@ mod cli;
 mod error;
 mod hgrm;
 mod interrupt;
+mod output;
 mod plot;
 mod procfs;
 mod report;
@@ -27,9 +28,8 @@ mod target;
 mod tls;
 mod uring;
 
-use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser as _;
 use serde_json::{json, Value};
@@ -294,6 +294,7 @@ impl Prepared {
         let mut settings = json!({
             "url": self.settings.target.to_string(),
             "duration_s": duration,
+            "start_at_unix_s": t.start_at,
             "threads": self.settings.threads,
             "sources": self.settings.sources.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "target_addresses": self.settings.targets.iter().map(ToString::to_string).collect::<Vec<_>>(),
@@ -344,6 +345,7 @@ fn prepare(
     range("--threads", args.threads as f64, 1.0, MAX_THREADS as f64)?;
     positive("--connect-rate", args.connect_rate, MAX_RATE)?;
     let duration = seconds("--duration", duration, 0.0, MAX_HOLD_SECS)?;
+    let start_at = args.start_at.map(start_at).transpose()?;
     let handshake_timeout = seconds(
         "--handshake-timeout",
         args.handshake_timeout,
@@ -378,6 +380,7 @@ fn prepare(
             connections,
             connect_rate: args.connect_rate,
             duration,
+            start_at,
             threads,
             sources,
             targets,
@@ -398,38 +401,41 @@ fn prepare(
     })
 }
 
+/// `--start-at`'s time, which must be ahead (at most a day).
+fn start_at(unix_s: f64) -> Result<SystemTime, LoadError> {
+    let now = SystemTime::now();
+    let at = UNIX_EPOCH + seconds("--start-at", unix_s, 0.0, f64::from(u32::MAX))?;
+    match at.duration_since(now) {
+        Ok(ahead) if ahead.as_secs_f64() <= MAX_HOLD_SECS => Ok(at),
+        Ok(ahead) => Err(LoadError::Usage(format!(
+            "--start-at {unix_s} is {:.0} s ahead, more than {MAX_HOLD_SECS} s",
+            ahead.as_secs_f64()
+        ))),
+        Err(past) => Err(LoadError::Usage(format!(
+            "--start-at {unix_s} is {:.3} s in the past: give a time after the connections are \
+             up, such as $(($(date +%s)+5))",
+            past.duration().as_secs_f64()
+        ))),
+    }
+}
+
 /// Receive buffers of 2 KiB: one small frame each, or with bundles a large one over several.
 const RECV_BUFFER_BYTES: usize = 2048;
 
 /// Prints the report and writes the files asked for; the exit code.
 fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> {
-    print!("{}", report.text());
-    let _ = std::io::stdout().flush();
-    let write = |path: &PathBuf, text: String| {
-        std::fs::write(path, text).map_err(|source| LoadError::Io {
-            what: format!("cannot write {}", path.display()),
-            source,
-        })
+    let files = output::Files {
+        json: args.json.as_deref(),
+        hdr: args.hdr.as_deref(),
+        plot: args.plot.as_deref(),
     };
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report.json()).expect("a JSON value serialises");
-        write(path, json + "\n")?;
-    }
-    if let Some(path) = &args.hdr {
-        write(path, hgrm::percentile_distribution(report.latency()))?;
-    }
-    if let Some(path) = &args.plot {
-        let title = format!(
-            "{} latency by percentile ({} loop)",
-            report.scenario,
-            report.pace.name()
-        );
-        let svg = plot::latency_svg(report.latency(), &title).map_err(|e| LoadError::Io {
-            what: format!("cannot draw {}", path.display()),
-            source: std::io::Error::other(e),
-        })?;
-        write(path, svg)?;
-    }
+    output::emit(
+        &report.text(),
+        &report.json(),
+        report.latency(),
+        &report.plot_title(),
+        files,
+    )?;
     Ok(if report.outcome.interrupted {
         EXIT_INTERRUPTED
     } else if report.clean() {
@@ -490,15 +496,12 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         progress: !args.quiet,
     };
     let report = connect::run(&settings, features, capacity)?;
-    print!("{}", report.text());
-    let _ = std::io::stdout().flush();
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report.json()).expect("a JSON value serialises");
-        std::fs::write(path, json + "\n").map_err(|source| LoadError::Io {
-            what: format!("cannot write {}", path.display()),
-            source,
-        })?;
-    }
+    let files = output::Files {
+        json: args.json.as_deref(),
+        ..output::Files::default()
+    };
+    let (text, json) = (report.text(), report.json());
+    output::emit(&text, &json, &report.histograms.handshake, "", files)?;
     Ok(if report.target_reached() {
         EXIT_OK
     } else {

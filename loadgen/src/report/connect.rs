@@ -3,9 +3,12 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{bytes_per_conn, mib, per_conn, wire, Diagnostics, Failure, Failures, LatencySummary};
+use super::{
+    bytes_per_conn, histograms, mib, per_conn, wire, Diagnostics, Failure, Failures, LatencySummary,
+};
 use crate::capacity::Capacity;
 use crate::scenario::traffic::{Deflate, WireTally};
 
@@ -67,6 +70,20 @@ pub struct SettingsSummary {
     pub deflate: bool,
 }
 
+/// The latency histograms behind a [`ConnectReport`]'s summaries, µs, kept so that reports of
+/// several processes add exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectHistograms {
+    /// Connect submitted to the verified 101.
+    pub handshake: Histogram<u64>,
+    /// Connect submitted to the connect's completion.
+    pub tcp_connect: Histogram<u64>,
+    /// `wss://`: TCP connected to TLS established.
+    pub tls_handshake: Histogram<u64>,
+    /// Our close frame queued to the server's FIN.
+    pub closing: Histogram<u64>,
+}
+
 /// Everything a `connect` run measured.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConnectReport {
@@ -113,6 +130,10 @@ pub struct ConnectReport {
     pub diagnostics: Diagnostics,
     /// Connections that agreed to permessage-deflate, and the bytes after the handshakes.
     pub wire: WireTally,
+    /// The histograms the latency summaries were taken from.
+    pub histograms: ConnectHistograms,
+    /// Wall-clock time the hold started, seconds since the Unix epoch.
+    pub started_at_unix_s: f64,
 }
 
 impl ConnectReport {
@@ -196,6 +217,7 @@ impl ConnectReport {
                 "closed_forced": self.closed_forced,
                 "closed_abandoned": self.closed_abandoned,
             },
+            "started_at_unix_s": self.started_at_unix_s,
             "duration_s": self.duration.as_secs_f64(),
             "ramp_s": self.ramp.as_secs_f64(),
             "hold_s": self.hold.as_secs_f64(),
@@ -212,6 +234,12 @@ impl ConnectReport {
             })),
             "client": { "rss_bytes": self.client_rss_bytes },
             "diagnostics": self.diagnostics.json(),
+            "histograms": histograms::json(&[
+                ("latency_us", &self.histograms.handshake),
+                ("connect_latency_us", &self.histograms.tcp_connect),
+                ("tls_handshake_latency_us", &self.histograms.tls_handshake),
+                ("close_latency_us", &self.histograms.closing),
+            ]),
         });
         wire::extend(&mut report, self.deflate(), &self.wire);
         report
@@ -329,8 +357,6 @@ impl ConnectReport {
 
 #[cfg(test)]
 mod tests {
-    use hdrhistogram::Histogram;
-
     use super::*;
 
     fn report() -> ConnectReport {
@@ -392,6 +418,13 @@ mod tests {
             client_rss_bytes: Some(1 << 20),
             diagnostics: Diagnostics::default(),
             wire: WireTally::default(),
+            histograms: ConnectHistograms {
+                handshake: histogram.clone(),
+                tcp_connect: histogram.clone(),
+                tls_handshake: histogram.clone(),
+                closing: histogram,
+            },
+            started_at_unix_s: 1.0e9,
         }
     }
 

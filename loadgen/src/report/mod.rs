@@ -3,6 +3,7 @@
 //! modules.
 
 mod connect;
+pub mod histograms;
 mod traffic;
 mod wire;
 
@@ -12,7 +13,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-pub use self::connect::{ConnectReport, ServerUsage, SettingsSummary};
+pub use self::connect::{ConnectHistograms, ConnectReport, ServerUsage, SettingsSummary};
 pub use self::traffic::{Loop, TrafficReport};
 
 /// Why a connection never reached a verified 101.
@@ -79,6 +80,21 @@ impl Failures {
     /// All failures.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()
+    }
+
+    /// Failures from their counts by kind and their details (a report read back).
+    pub fn from_counts(
+        counts: impl IntoIterator<Item = (Failure, u64)>,
+        details: BTreeMap<String, u64>,
+    ) -> Self {
+        let mut failures = Self {
+            details,
+            ..Self::default()
+        };
+        for (kind, count) in counts {
+            failures.counts[kind as usize] += count;
+        }
+        failures
     }
 
     /// Adds another thread's failures.

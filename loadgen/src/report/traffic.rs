@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-use super::{bytes_per_conn, mib, per_conn, wire, Failure, Failures, LatencySummary};
+use super::{bytes_per_conn, histograms, mib, per_conn, wire, Failure, Failures, LatencySummary};
 use crate::scenario::traffic::{Outcome, Tally};
 
 /// How a message scenario paced its sends.
@@ -66,6 +66,15 @@ impl TrafficReport {
             && o.diagnostics.threads_missing == 0
     }
 
+    /// The title of the `--plot` curve.
+    pub fn plot_title(&self) -> String {
+        format!(
+            "{} latency by percentile ({} loop)",
+            self.scenario,
+            self.pace.name()
+        )
+    }
+
     /// The latency histogram (µs).
     pub fn latency(&self) -> &Histogram<u64> {
         &self.outcome.tally.latency
@@ -118,6 +127,7 @@ impl TrafficReport {
             "out_of_order": t.out_of_order,
             "corrupt": t.corrupt,
             "publish_errors": o.sender_errors,
+            "started_at_unix_s": o.started_at_unix_s,
             "duration_s": o.duration.as_secs_f64(),
             "throughput_per_s": self.throughput(),
             "interrupted": o.interrupted,
@@ -135,6 +145,13 @@ impl TrafficReport {
                 "rss_bytes": o.client_rss_bytes,
             },
             "diagnostics": o.diagnostics.json(),
+            "histograms": histograms::json(&[
+                ("latency_us", &t.latency),
+                ("handshake_latency_us", &o.handshake),
+                ("connect_latency_us", &o.tcp_connect),
+                ("tls_handshake_latency_us", &o.tls_handshake),
+                ("close_latency_us", &o.closing),
+            ]),
         });
         wire::extend(&mut report, o.deflate, &o.wire);
         report

@@ -16,10 +16,12 @@ pub(super) fn json(deflate: Deflate, wire: &WireTally) -> Map<String, Value> {
         ("wire_bytes_in", json!(wire.wire_bytes_in)),
         ("payload_bytes_in", json!(wire.payload_bytes_in)),
         ("wire_ratio_in", json!(wire.ratio_in())),
+        ("messages_in", json!(wire.messages_in)),
         ("messages_compressed_in", json!(wire.compressed_in)),
         ("wire_bytes_out", json!(wire.wire_bytes_out)),
         ("payload_bytes_out", json!(wire.payload_bytes_out)),
         ("wire_ratio_out", json!(wire.ratio_out())),
+        ("messages_out", json!(wire.messages_out)),
         ("messages_compressed_out", json!(wire.compressed_out)),
     ]
     .into_iter()

@@ -17,7 +17,9 @@ use super::traffic::{
 };
 use crate::capacity::Capacity;
 use crate::error::LoadError;
-use crate::report::{ConnectReport, LatencySummary, ServerUsage, SettingsSummary};
+use crate::report::{
+    ConnectHistograms, ConnectReport, LatencySummary, ServerUsage, SettingsSummary,
+};
 use crate::target::Target;
 use crate::uring::{ClientFeatures, RecvBuffers};
 
@@ -79,6 +81,7 @@ impl Settings {
             connections: self.connections,
             connect_rate: self.rate,
             duration: self.hold,
+            start_at: None,
             threads: self.threads,
             sources: self.sources.clone(),
             targets: self.targets.clone(),
@@ -181,6 +184,13 @@ fn report(settings: SettingsSummary, capacity: Capacity, outcome: Outcome) -> Co
         client_rss_bytes: outcome.client_rss_bytes,
         diagnostics: outcome.diagnostics,
         wire: outcome.wire,
+        started_at_unix_s: outcome.started_at_unix_s,
+        histograms: ConnectHistograms {
+            handshake: outcome.handshake,
+            tcp_connect: outcome.tcp_connect,
+            tls_handshake: outcome.tls_handshake,
+            closing: outcome.closing,
+        },
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::outcome::ThreadResult;
 use super::{
@@ -86,11 +86,21 @@ impl Coordinator<'_> {
 
         // Traffic.
         let client_before = procfs::own_cpu_ticks();
-        let go = Instant::now() + GO_DELAY;
-        let go_ns = stamp::now_ns() + GO_DELAY.as_nanos() as u64;
+        let until_go = self.until_go()?;
+        let go = Instant::now() + until_go;
+        let go_ns = stamp::now_ns() + until_go.as_nanos() as u64;
         self.broadcast(|| Command::Go(go_ns));
         senders.go(go_ns);
         std::thread::sleep(go.saturating_duration_since(Instant::now()));
+        // The wall clock and the monotonic one may differ by a hair: the start recorded is
+        // never before the one asked for.
+        if let Some(early) = settings
+            .start_at
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        {
+            std::thread::sleep(early);
+        }
+        let started_at_unix_s = unix_seconds(SystemTime::now());
         let server_go = settings
             .server_pid
             .and_then(|pid| ProcessSample::read(pid).ok());
@@ -216,6 +226,7 @@ impl Coordinator<'_> {
             closing: sum.closing,
             ramp: connected_at.saturating_duration_since(start),
             duration: stopped_at.saturating_duration_since(go),
+            started_at_unix_s,
             elapsed: finished.saturating_duration_since(start),
             interrupted,
             server,
@@ -225,6 +236,51 @@ impl Coordinator<'_> {
             diagnostics: sum.diagnostics,
             sender_errors: senders.errors(),
         })
+    }
+
+    /// How long from now traffic starts: [`GO_DELAY`], or with `--start-at` what is left of
+    /// the wait for it, once this has waited until `GO_DELAY` before it (watching the threads
+    /// and Ctrl-C, which ends the wait).
+    ///
+    /// # Errors
+    ///
+    /// [`LoadError::Usage`] when the time has passed by the time the connections are up: a
+    /// late start would not be together with the other processes, so the run is refused.
+    fn until_go(&mut self) -> Result<Duration, LoadError> {
+        let Some(at) = self.settings.start_at else {
+            return Ok(GO_DELAY);
+        };
+        if self.settings.progress != ProgressStyle::Off {
+            if let Ok(left) = at.duration_since(SystemTime::now()) {
+                eprintln!(
+                    "uringcast-load: connections up; traffic starts at {:.3} (in {:.1} s)",
+                    unix_seconds(at),
+                    left.as_secs_f64()
+                );
+            }
+        }
+        loop {
+            let left = at.duration_since(SystemTime::now()).map_err(|late| {
+                LoadError::Usage(format!(
+                    "--start-at {:.3} passed {:.3} s before traffic could start (connections \
+                     took until then): give a later time",
+                    unix_seconds(at),
+                    late.duration().as_secs_f64()
+                ))
+            })?;
+            if interrupt::requested() {
+                return Ok(Duration::ZERO);
+            }
+            if left <= GO_DELAY {
+                return Ok(left);
+            }
+            match self.events.recv_timeout((left - GO_DELAY).min(POLL)) {
+                Ok(Event::Failed(id, source)) => return Err(LoadError::Thread { id, source }),
+                Ok(Event::Finished(r)) => self.results.push(*r),
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(thread_vanished()),
+            }
+        }
     }
 
     /// Waits for every thread to finish closing. Each gives up on its closes after the close
@@ -399,6 +455,12 @@ fn settle_cpu(pid: u32) -> Option<u64> {
         last = now;
     }
     Some(last)
+}
+
+/// Seconds since the Unix epoch (0 for a clock set before it).
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
 }
 
 fn thread_vanished() -> LoadError {

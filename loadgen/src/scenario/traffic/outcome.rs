@@ -50,6 +50,9 @@ pub struct Outcome {
     pub ramp: Duration,
     /// Time with traffic (Go to Stop).
     pub duration: Duration,
+    /// Wall-clock time of Go, seconds since the Unix epoch: with `--start-at`, never before
+    /// the time asked for.
+    pub started_at_unix_s: f64,
     /// Time from the first connection until every thread had closed, or was given up on.
     pub elapsed: Duration,
     /// Ctrl-C stopped the run early.

@@ -1,7 +1,7 @@
 //! What a run is asked to do.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::Deflate;
 use crate::target::Target;
@@ -31,6 +31,9 @@ pub struct Settings {
     pub connect_rate: f64,
     /// Time with traffic.
     pub duration: Duration,
+    /// `--start-at`: traffic starts at this wall-clock time, once every connection is up
+    /// (`None`: as soon as they are).
+    pub start_at: Option<SystemTime>,
     /// Client threads (at most `connections`).
     pub threads: usize,
     /// Source addresses, round-robin; empty: the kernel picks.
