@@ -29,6 +29,26 @@ pub(crate) enum Scenario {
     /// N subscribers on a topic, K publishers sending R messages/s in total (over WebSocket,
     /// or HTTP with --publish-url); every delivery checked for loss, order and content.
     Broadcast(BroadcastArgs),
+    /// Combine the --json reports of several runs of one scenario (processes or machines run
+    /// together, see --start-at) into one report: counts summed, latency histograms added.
+    Merge(MergeArgs),
+}
+
+/// `merge`'s flags.
+#[derive(Args, Debug)]
+pub(crate) struct MergeArgs {
+    /// The --json reports to combine, all of the same scenario and settings.
+    #[arg(required = true)]
+    pub(crate) reports: Vec<PathBuf>,
+    /// Also write the merged report as JSON to this file.
+    #[arg(long)]
+    pub(crate) json: Option<PathBuf>,
+    /// Also write the merged latency histogram as HdrHistogram percentile text (.hgrm, in ms).
+    #[arg(long)]
+    pub(crate) hdr: Option<PathBuf>,
+    /// Also draw the merged latency-by-percentile curve to this SVG file.
+    #[arg(long)]
+    pub(crate) plot: Option<PathBuf>,
 }
 
 /// Flags of every message scenario.

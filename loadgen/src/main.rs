@@ -18,6 +18,7 @@ mod cli;
 mod error;
 mod hgrm;
 mod interrupt;
+mod merge;
 mod output;
 mod plot;
 mod procfs;
@@ -61,6 +62,7 @@ fn main() {
         Scenario::Connect(args) => run_connect(args),
         Scenario::Echo(args) => run_echo(args),
         Scenario::Broadcast(args) => run_broadcast(args),
+        Scenario::Merge(args) => merge::run(&args),
     };
     let code = match result {
         Ok(code) => code,
@@ -436,13 +438,18 @@ fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> 
         &report.plot_title(),
         files,
     )?;
-    Ok(if report.outcome.interrupted {
+    Ok(exit_code(report))
+}
+
+/// The exit code of a message scenario's report (a run's, or a merge of runs).
+fn exit_code(report: &TrafficReport) -> i32 {
+    if report.outcome.interrupted {
         EXIT_INTERRUPTED
     } else if report.clean() {
         EXIT_OK
     } else {
         EXIT_FAILED
-    })
+    }
 }
 
 fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {

@@ -1,0 +1,367 @@
+//! `uringcast-load merge`: the `--json` reports of several runs of one scenario (processes or
+//! machines started together with `--start-at`) read back and added into one report, printed
+//! and written like a single run's.
+//!
+//! Counts sum; latency histograms, carried losslessly in each report's `histograms`, add count
+//! by count, so the merged percentiles are those of every sample together. Reports must agree
+//! on whatever makes their sum mean something (see [`SAME`]); connection counts, threads and
+//! addresses may differ, and sum or gather.
+
+mod outcome;
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use self::outcome::{add, deflate, missing, zero, Fields};
+use crate::cli::MergeArgs;
+use crate::error::LoadError;
+use crate::output;
+use crate::report::{Loop, TrafficReport};
+use crate::scenario::traffic::ServerSamples;
+
+/// Settings every report must share, by scenario: the shape of the traffic (the URL's scheme
+/// and path are checked besides). What is per process (connection counts, threads, addresses,
+/// timeouts, output files) may differ.
+const SAME: &[(&str, &[&str])] = &[
+    (
+        "echo",
+        &[
+            "duration_s",
+            "payload",
+            "encoding",
+            "size",
+            "inflight",
+            "rate",
+            "deflate",
+            "deflate_send",
+        ],
+    ),
+    (
+        "broadcast",
+        &[
+            "duration_s",
+            "path",
+            "publish",
+            "payload",
+            "size",
+            "deflate",
+            "deflate_send",
+        ],
+    ),
+];
+
+/// Settings that add up, by scenario (broadcast's `rate` is each process's total).
+const SUMMED: &[(&str, &[&str])] = &[
+    ("echo", &["connections", "threads"]),
+    (
+        "broadcast",
+        &["subscribers", "publishers", "rate", "threads"],
+    ),
+];
+
+/// Runs `merge`: reads, checks and adds the reports, prints the result and writes the files
+/// asked for; the exit code a single run with those figures would have had.
+///
+/// # Errors
+///
+/// [`LoadError::Io`] for a report that cannot be read or a file that cannot be written;
+/// [`LoadError::Usage`] for a report that is not JSON, lacks a figure or a histogram, or
+/// disagrees with the first on a setting.
+pub fn run(args: &MergeArgs) -> Result<i32, LoadError> {
+    let mut reports = Vec::with_capacity(args.reports.len());
+    for path in &args.reports {
+        if args.reports.iter().filter(|p| *p == path).count() > 1 {
+            return Err(LoadError::Usage(format!(
+                "{} is given twice: its counts would be added twice",
+                path.display()
+            )));
+        }
+        reports.push((path.display().to_string(), read(path)?));
+    }
+    let (report, mut json) = merge(&reports)?;
+    if let Value::Object(map) = &mut json {
+        let settings = map.get_mut("settings").and_then(Value::as_object_mut);
+        if let Some(settings) = settings {
+            let name = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+            settings.insert("json".into(), name(&args.json).into());
+            settings.insert("hdr".into(), name(&args.hdr).into());
+            settings.insert("plot".into(), name(&args.plot).into());
+        }
+    }
+    let files = output::Files {
+        json: args.json.as_deref(),
+        hdr: args.hdr.as_deref(),
+        plot: args.plot.as_deref(),
+    };
+    output::emit(
+        &report.text(),
+        &json,
+        report.latency(),
+        &report.plot_title(),
+        files,
+    )?;
+    Ok(crate::exit_code(&report))
+}
+
+/// A report file as JSON.
+fn read(path: &Path) -> Result<Value, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        what: format!("cannot read {}", path.display()),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        LoadError::Usage(format!(
+            "{}: not a uringcast-load --json report: {e}",
+            path.display()
+        ))
+    })
+}
+
+/// Adds `reports` (name, JSON): the merged report, and its JSON with `merged_from` (each
+/// report's name, start and counts).
+///
+/// # Errors
+///
+/// [`LoadError::Usage`] naming the report and the field: a scenario other than echo or
+/// broadcast, a setting that differs from the first report's, a figure or histogram missing or
+/// unreadable.
+pub fn merge(reports: &[(String, Value)]) -> Result<(TrafficReport, Value), LoadError> {
+    let Some((first_name, first)) = reports.first() else {
+        return Err(LoadError::Usage("no report to merge".into()));
+    };
+    let scenario = match first["scenario"].as_str() {
+        Some("echo") => "echo",
+        Some("broadcast") => "broadcast",
+        Some(other) => {
+            return Err(LoadError::Usage(format!(
+                "{first_name}: a {other} report: merge adds echo and broadcast reports"
+            )))
+        }
+        None => {
+            return Err(LoadError::Usage(format!(
+                "{first_name}: no scenario: not a uringcast-load --json report"
+            )))
+        }
+    };
+    for (name, report) in &reports[1..] {
+        agree(first_name, first, name, report, scenario)?;
+    }
+    let pace = match first["loop"].as_str() {
+        Some("open") => Loop::Open,
+        Some("closed") => Loop::Closed,
+        _ => return Err(missing(first_name, "loop (\"open\" or \"closed\")")),
+    };
+    let mut outcome = zero(deflate(&first["settings"]));
+    let mut span: Option<(f64, f64)> = None;
+    let mut merged_from = Vec::with_capacity(reports.len());
+    for (name, report) in reports {
+        let one = Fields::new(name, report).outcome()?;
+        let start = one.started_at_unix_s;
+        let end = start + one.duration.as_secs_f64();
+        span = Some(span.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+        merged_from.push(json!({
+            "report": name,
+            "started_at_unix_s": start,
+            "duration_s": one.duration.as_secs_f64(),
+            "connections": one.target,
+            "received": one.tally.received,
+        }));
+        add(&mut outcome, one, name)?;
+    }
+    // The merged traffic spans from the first start to the last end: with --start-at, about
+    // one run's duration, so that the throughput is the sum of the processes'.
+    let (start, end) = span.unwrap_or_default();
+    outcome.started_at_unix_s = start;
+    outcome.duration = Duration::try_from_secs_f64(end - start).unwrap_or_default();
+    outcome.server = server(reports);
+    let settings = settings(reports, scenario);
+    let report = TrafficReport {
+        scenario,
+        headline: headline(scenario, &settings, reports.len()),
+        settings,
+        pace,
+        unit: if scenario == "echo" {
+            "echoes"
+        } else {
+            "deliveries"
+        },
+        outcome,
+    };
+    let mut json = report.json();
+    if let Value::Object(map) = &mut json {
+        map.insert("merged_from".into(), Value::Array(merged_from));
+    }
+    Ok((report, json))
+}
+
+/// Refuses `report` unless it is of `scenario` and shares `first`'s settings of [`SAME`], its
+/// loop and its URL's scheme and path.
+fn agree(
+    first_name: &str,
+    first: &Value,
+    name: &str,
+    report: &Value,
+    scenario: &str,
+) -> Result<(), LoadError> {
+    let differ = |field: &str, mine: &Value, theirs: &Value| {
+        LoadError::Usage(format!(
+            "{name}: {field} is {theirs}, but {first_name} has {mine}: reports of different \
+             settings do not add up"
+        ))
+    };
+    for key in ["scenario", "loop"] {
+        if report[key] != first[key] {
+            return Err(differ(key, &first[key], &report[key]));
+        }
+    }
+    let (mine, theirs) = (&first["settings"], &report["settings"]);
+    let url = |settings: &Value| -> [Value; 2] {
+        settings["url"]
+            .as_str()
+            .map_or([Value::Null, Value::Null], |url| {
+                let (scheme, path) = scheme_and_path(url);
+                [scheme.into(), path.into()]
+            })
+    };
+    for ((field, mine), theirs) in ["scheme", "path"].iter().zip(url(mine)).zip(url(theirs)) {
+        if mine != theirs {
+            return Err(differ(&format!("settings.url's {field}"), &mine, &theirs));
+        }
+    }
+    for key in by_scenario(SAME, scenario) {
+        if mine[key] != theirs[key] {
+            return Err(differ(&format!("settings.{key}"), &mine[key], &theirs[key]));
+        }
+    }
+    Ok(())
+}
+
+/// `ws` and `/path` of `ws://host:port/path` (the host may differ between machines).
+fn scheme_and_path(url: &str) -> (&str, &str) {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    (scheme, rest.find('/').map_or("/", |at| &rest[at..]))
+}
+
+fn by_scenario(
+    table: &[(&str, &'static [&'static str])],
+    scenario: &str,
+) -> &'static [&'static str] {
+    table
+        .iter()
+        .find(|(s, _)| *s == scenario)
+        .map_or(&[], |(_, keys)| keys)
+}
+
+/// The merged `settings`: the first report's, with [`SUMMED`] summed, address lists gathered,
+/// and what differs between reports (start time, server pid) `null`.
+fn settings(reports: &[(String, Value)], scenario: &str) -> Value {
+    let mut merged = reports[0].1["settings"].clone();
+    let Some(map) = merged.as_object_mut() else {
+        return merged;
+    };
+    for key in by_scenario(SUMMED, scenario) {
+        let values = reports.iter().map(|(_, r)| &r["settings"][*key]);
+        let sum = if values.clone().all(Value::is_u64) {
+            values.filter_map(Value::as_u64).sum::<u64>().into()
+        } else {
+            values.filter_map(Value::as_f64).sum::<f64>().into()
+        };
+        map.insert((*key).to_owned(), sum);
+    }
+    for key in ["sources", "target_addresses"] {
+        let mut all: Vec<Value> = Vec::new();
+        for (_, report) in reports {
+            for address in report["settings"][key].as_array().into_iter().flatten() {
+                if !all.contains(address) {
+                    all.push(address.clone());
+                }
+            }
+        }
+        map.insert(key.to_owned(), Value::Array(all));
+    }
+    for key in ["start_at_unix_s", "server_pid", "url"] {
+        if reports
+            .iter()
+            .any(|(_, r)| r["settings"][key] != reports[0].1["settings"][key])
+        {
+            map.insert(key.to_owned(), Value::Null);
+        }
+    }
+    merged
+}
+
+/// The merged report's first line, from the merged settings.
+fn headline(scenario: &str, s: &Value, reports: usize) -> String {
+    let url = s["url"].as_str().unwrap_or("(several hosts)");
+    let size = &s["size"];
+    let seconds = s["duration_s"].as_f64().unwrap_or_default();
+    let threads = &s["threads"];
+    let text = if scenario == "echo" {
+        let pace = match (s["inflight"].as_u64(), &s["rate"]) {
+            (Some(inflight), _) => format!("closed loop, {inflight} in flight per connection"),
+            (None, rate) => format!("open loop at {rate} messages/s"),
+        };
+        let kind = match (s["payload"].as_str(), s["encoding"].as_str()) {
+            (Some("json"), _) => "JSON tick",
+            (_, Some(encoding)) => encoding,
+            _ => "",
+        };
+        format!(
+            "echo {url}: {} connections, {size} B {kind} messages, {pace}, {seconds:.1} s, \
+             {threads} thread(s)",
+            s["connections"]
+        )
+    } else {
+        format!(
+            "broadcast {url}: {} subscribers, {} {} publisher(s) at {} messages/s in total, \
+             {size} B {}messages, {seconds:.1} s, {threads} thread(s), open loop",
+            s["subscribers"],
+            s["publishers"],
+            s["publish"].as_str().unwrap_or("?"),
+            s["rate"],
+            if s["payload"] == "json" {
+                "JSON tick "
+            } else {
+                ""
+            },
+        )
+    };
+    format!("{text}; {reports} reports merged")
+}
+
+/// The server's figures, when every report sampled the same server (`--server-pid`): each
+/// process measured all of it over nearly the same time, so CPU and RSS are the largest
+/// reading (RSS before connecting the smallest), not a sum. Reports of several servers, or
+/// some without, give none.
+fn server(reports: &[(String, Value)]) -> Option<ServerSamples> {
+    let servers: Vec<&Value> = reports.iter().map(|(_, r)| &r["server"]).collect();
+    let pid = servers.first()?["pid"].as_u64()?;
+    if servers.iter().any(|s| s["pid"].as_u64() != Some(pid)) {
+        if servers.iter().any(|s| !s.is_null()) {
+            eprintln!(
+                "uringcast-load: server figures left out: the reports did not all sample one \
+                 server (--server-pid)"
+            );
+        }
+        return None;
+    }
+    let max = |key: &str| servers.iter().filter_map(|s| s[key].as_u64()).max();
+    Some(ServerSamples {
+        pid: u32::try_from(pid).ok()?,
+        cpu_s: servers
+            .iter()
+            .filter_map(|s| s["cpu_s"].as_f64())
+            .fold(0.0, f64::max),
+        rss_before_bytes: servers
+            .iter()
+            .filter_map(|s| s["rss_before_bytes"].as_u64())
+            .min()?,
+        rss_connected_bytes: max("rss_connected_bytes")?,
+        rss_bytes: max("rss_bytes")?,
+        stop: Err("not kept in a --json report".into()),
+    })
+}

@@ -1,0 +1,266 @@
+//! Reports built as a run builds them, serialised, read back and merged.
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use super::merge;
+use super::outcome::zero;
+use crate::error::{LoadError, EXIT_USAGE};
+use crate::report::{histograms, Failure, Loop, TrafficReport};
+use crate::scenario::traffic::{new_histogram, Deflate};
+
+/// An echo run's settings, as `run_echo` writes them (the keys `merge` reads).
+fn settings(connections: u64, size: u64) -> Value {
+    json!({
+        "url": "ws://127.0.0.1:9001/echo",
+        "duration_s": 2.0,
+        "start_at_unix_s": 1.7e9,
+        "threads": 1,
+        "sources": ["127.0.0.1"],
+        "target_addresses": [],
+        "payload": "stamp",
+        "deflate": false,
+        "deflate_send": false,
+        "connections": connections,
+        "size": size,
+        "encoding": "text",
+        "inflight": 4,
+        "rate": null,
+    })
+}
+
+/// An echo report of `connections` connections whose latencies are `values`, as JSON.
+fn report(connections: u64, values: &[u64], settings: Value) -> Value {
+    let mut outcome = zero(Deflate::Off);
+    for &v in values {
+        outcome.tally.record(v);
+        outcome.handshake.record(v / 2 + 1).unwrap();
+    }
+    let n = values.len() as u64;
+    outcome.tally.sent = n + 1;
+    outcome.tally.received = n;
+    outcome.tally.expected = n;
+    outcome.tally.missing = 1;
+    outcome.target = connections;
+    outcome.reached = connections;
+    outcome.established = connections;
+    outcome.closed_clean = connections;
+    outcome.failed.add(Failure::Reset, "connect: reset".into());
+    outcome.wire.wire_bytes_in = 10 * n;
+    outcome.wire.messages_in = n;
+    outcome.duration = std::time::Duration::from_secs(2);
+    outcome.started_at_unix_s = 1.7e9;
+    outcome.client_cpu_s = 0.5;
+    outcome.client_rss_bytes = Some(1000);
+    outcome.diagnostics.cq_overflow = 1;
+    TrafficReport {
+        scenario: "echo",
+        settings,
+        pace: Loop::Closed,
+        headline: String::new(),
+        unit: "echoes",
+        outcome,
+    }
+    .json()
+}
+
+/// Latencies spread over several orders of magnitude, deterministic.
+fn values(seed: u64, n: usize) -> Vec<u64> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            1 + (x >> 33) % 10u64.pow(1 + (x >> 60) as u32 % 7)
+        })
+        .collect()
+}
+
+fn named(reports: Vec<Value>) -> Vec<(String, Value)> {
+    reports
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| (format!("r{i}.json"), r))
+        .collect()
+}
+
+fn refusal(reports: Vec<Value>) -> String {
+    match merge(&named(reports)) {
+        Ok(_) => panic!("merged what should be refused"),
+        Err(e) => {
+            assert!(matches!(e, LoadError::Usage(_)), "{e:?}");
+            assert_eq!(e.exit_code(), EXIT_USAGE);
+            let message = e.to_string();
+            assert!(!message.contains('\n'), "one line: {message}");
+            message
+        }
+    }
+}
+
+#[test]
+fn merged_histogram_is_that_of_all_samples() {
+    let (a, b) = (values(1, 5000), values(2, 3000));
+    let mut all = new_histogram();
+    for v in a.iter().chain(&b) {
+        all.record(*v).unwrap();
+    }
+    let (merged, json) = merge(&named(vec![
+        report(10, &a, settings(10, 64)),
+        report(6, &b, settings(6, 64)),
+    ]))
+    .unwrap();
+    let latency: &Histogram<u64> = merged.latency();
+    assert_eq!(latency.len(), 8000);
+    assert_eq!(latency.min(), all.min());
+    assert_eq!(latency.max(), all.max());
+    for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 1.0] {
+        assert_eq!(
+            latency.value_at_quantile(q),
+            all.value_at_quantile(q),
+            "q {q}"
+        );
+    }
+    assert_eq!(*latency, all);
+    // The JSON written carries the same histogram and summary.
+    assert_eq!(histograms::read(&json, "latency_us").unwrap(), all);
+    assert_eq!(json["latency_us"]["count"], 8000);
+    assert_eq!(json["latency_us"]["p99"], all.value_at_quantile(0.99));
+    assert_eq!(
+        json["handshake_latency_us"]["count"], 8000,
+        "every histogram adds"
+    );
+    // A merged report merges again, to the same histogram.
+    let (again, _) = merge(&named(vec![json])).unwrap();
+    assert_eq!(*again.latency(), all);
+}
+
+#[test]
+fn counts_sum_and_connection_counts_may_differ() {
+    let (merged, json) = merge(&named(vec![
+        report(10, &values(3, 100), settings(10, 64)),
+        report(6, &values(4, 50), settings(6, 64)),
+    ]))
+    .unwrap();
+    assert_eq!(json["received"], 150);
+    assert_eq!(json["sent"], 152);
+    assert_eq!(json["missing"], 2);
+    assert_eq!(json["connections"]["target"], 16);
+    assert_eq!(json["connections"]["reached"], 16);
+    assert_eq!(json["connections"]["closed_clean"], 16);
+    assert_eq!(json["connections"]["failed"]["reset"], 2);
+    assert_eq!(json["connections"]["failure_details"]["connect: reset"], 2);
+    assert_eq!(json["wire_bytes_in"], 1500);
+    assert_eq!(json["messages_in"], 150);
+    assert_eq!(json["client"]["cpu_s"], 1.0);
+    assert_eq!(json["client"]["rss_bytes"], 2000);
+    assert_eq!(json["diagnostics"]["cq_overflow"], 2);
+    assert_eq!(json["settings"]["connections"], 16);
+    assert_eq!(json["settings"]["threads"], 2);
+    assert_eq!(json["settings"]["size"], 64);
+    assert_eq!(json["duration_s"], 2.0);
+    assert_eq!(json["merged_from"].as_array().unwrap().len(), 2);
+    assert_eq!(json["merged_from"][1]["received"], 50);
+    // Two processes over the same 2 s: the throughput is the sum of theirs.
+    assert!((merged.throughput() - 75.0).abs() < 1e-9);
+    let text = merged.text();
+    assert!(
+        text.starts_with("echo ws://127.0.0.1:9001/echo: 16 connections, 64 B text messages"),
+        "{text}"
+    );
+    assert!(text.contains("2 reports merged"), "{text}");
+    assert!(text.contains("messages  sent 152 received 150 expected 150: missing 2"));
+    assert!(text.contains("(n=150)"), "{text}");
+}
+
+#[test]
+fn a_settings_mismatch_is_refused_naming_the_field() {
+    let message = refusal(vec![
+        report(10, &values(5, 10), settings(10, 64)),
+        report(10, &values(6, 10), settings(10, 128)),
+    ]);
+    assert!(message.contains("settings.size"), "{message}");
+    assert!(
+        message.contains("64") && message.contains("128"),
+        "{message}"
+    );
+    assert!(message.starts_with("r1.json"), "{message}");
+
+    let mut other_path = settings(10, 64);
+    other_path["url"] = "ws://10.0.0.2:9001/other".into();
+    let message = refusal(vec![
+        report(10, &values(5, 10), settings(10, 64)),
+        report(10, &values(6, 10), other_path),
+    ]);
+    assert!(message.contains("settings.url's path"), "{message}");
+    assert!(message.contains("\"/echo\"") && message.contains("\"/other\""));
+
+    let mut open = report(10, &values(6, 10), settings(10, 64));
+    open["loop"] = "open".into();
+    let message = refusal(vec![report(10, &values(5, 10), settings(10, 64)), open]);
+    assert!(message.contains("loop is \"open\""), "{message}");
+
+    // Another host with the same path is the same server reached from elsewhere: accepted.
+    let mut other_host = settings(10, 64);
+    other_host["url"] = "ws://10.0.0.2:9001/echo".into();
+    let (_, json) = merge(&named(vec![
+        report(10, &values(5, 10), settings(10, 64)),
+        report(10, &values(6, 10), other_host),
+    ]))
+    .unwrap();
+    assert!(json["settings"]["url"].is_null());
+}
+
+#[test]
+fn a_report_of_another_scenario_is_refused() {
+    let mut broadcast = report(10, &values(6, 10), settings(10, 64));
+    broadcast["scenario"] = "broadcast".into();
+    let message = refusal(vec![
+        report(10, &values(5, 10), settings(10, 64)),
+        broadcast,
+    ]);
+    assert!(message.contains("scenario is \"broadcast\""), "{message}");
+    assert!(message.contains("\"echo\""), "{message}");
+
+    let mut connect = report(10, &values(5, 10), settings(10, 64));
+    connect["scenario"] = "connect".into();
+    let message = refusal(vec![connect]);
+    assert!(message.contains("a connect report"), "{message}");
+}
+
+#[test]
+fn a_corrupt_or_missing_histogram_is_a_clear_error() {
+    let good = || report(10, &values(5, 10), settings(10, 64));
+
+    let mut corrupt = good();
+    corrupt["histograms"]["latency_us"] = "bm90IGEgaGlzdG9ncmFt".into();
+    let message = refusal(vec![good(), corrupt]);
+    assert!(message.starts_with("r1.json: histograms.latency_us: not an HdrHistogram"));
+
+    let mut not_base64 = good();
+    not_base64["histograms"]["close_latency_us"] = "*** not base64 ***".into();
+    let message = refusal(vec![not_base64]);
+    assert!(
+        message.contains("histograms.close_latency_us: not base64"),
+        "{message}"
+    );
+
+    let mut without = good();
+    without["histograms"]
+        .as_object_mut()
+        .unwrap()
+        .remove("handshake_latency_us");
+    let message = refusal(vec![good(), without]);
+    assert!(
+        message.contains("no histograms.handshake_latency_us"),
+        "{message}"
+    );
+
+    let mut old = good();
+    old.as_object_mut().unwrap().remove("histograms");
+    let message = refusal(vec![old]);
+    assert!(message.contains("no `histograms`"), "{message}");
+
+    let mut no_count = good();
+    no_count.as_object_mut().unwrap().remove("received");
+    let message = refusal(vec![good(), no_count]);
+    assert!(message.contains("no received"), "{message}");
+}
