@@ -438,18 +438,13 @@ fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> 
         &report.plot_title(),
         files,
     )?;
-    Ok(exit_code(report))
-}
-
-/// The exit code of a message scenario's report (a run's, or a merge of runs).
-fn exit_code(report: &TrafficReport) -> i32 {
-    if report.outcome.interrupted {
+    Ok(if report.outcome.interrupted {
         EXIT_INTERRUPTED
     } else if report.clean() {
         EXIT_OK
     } else {
         EXIT_FAILED
-    }
+    })
 }
 
 fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {

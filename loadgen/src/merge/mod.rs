@@ -1,5 +1,5 @@
-//! `uringcast-load merge`: the `--json` reports of several runs of one scenario (processes or
-//! machines started together with `--start-at`) read back and added into one report, printed
+//! `uringcast-load merge`: the `--json` reports of several runs of one scenario (processes
+//! started together with `--start-at`) read back and added into one report, printed
 //! and written like a single run's.
 //!
 //! Counts sum; latency histograms, carried losslessly in each report's `histograms`, add count
@@ -18,13 +18,13 @@ use serde_json::{json, Value};
 
 use self::outcome::{add, deflate, missing, zero, Fields};
 use crate::cli::MergeArgs;
-use crate::error::LoadError;
+use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
 use crate::output;
 use crate::report::{Loop, TrafficReport};
 use crate::scenario::traffic::ServerSamples;
 
 /// Settings every report must share, by scenario: the shape of the traffic (the URL's scheme
-/// and path are checked besides). What is per process (connection counts, threads, addresses,
+/// and path are checked besides, and echo's open-loop rate per connection). What is per process (connection counts, threads, addresses,
 /// timeouts, output files) may differ.
 const SAME: &[(&str, &[&str])] = &[
     (
@@ -35,7 +35,6 @@ const SAME: &[(&str, &[&str])] = &[
             "encoding",
             "size",
             "inflight",
-            "rate",
             "deflate",
             "deflate_send",
         ],
@@ -56,7 +55,7 @@ const SAME: &[(&str, &[&str])] = &[
 
 /// Settings that add up, by scenario (broadcast's `rate` is each process's total).
 const SUMMED: &[(&str, &[&str])] = &[
-    ("echo", &["connections", "threads"]),
+    ("echo", &["connections", "rate", "threads"]),
     (
         "broadcast",
         &["subscribers", "publishers", "rate", "threads"],
@@ -64,7 +63,8 @@ const SUMMED: &[(&str, &[&str])] = &[
 ];
 
 /// Runs `merge`: reads, checks and adds the reports, prints the result and writes the files
-/// asked for; the exit code a single run with those figures would have had.
+/// asked for; the exit code: 0 when the runs together were clean (every connection up, every
+/// message once, intact, in order), 1 when not.
 ///
 /// # Errors
 ///
@@ -104,7 +104,12 @@ pub fn run(args: &MergeArgs) -> Result<i32, LoadError> {
         &report.plot_title(),
         files,
     )?;
-    Ok(crate::exit_code(&report))
+    // An interrupted run among them makes it 1, not 130: this process was not interrupted.
+    Ok(if report.clean() && !report.outcome.interrupted {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
 }
 
 /// A report file as JSON.
@@ -237,10 +242,32 @@ fn agree(
             return Err(differ(&format!("settings.{key}"), &mine[key], &theirs[key]));
         }
     }
+    // Echo's --rate is over all of a process's connections: what must match is each
+    // connection's share.
+    let per_connection = |s: &Value| {
+        let (rate, connections) = (s["rate"].as_f64()?, s["connections"].as_f64()?);
+        (connections > 0.0).then(|| rate / connections)
+    };
+    if scenario == "echo" {
+        let (a, b) = (per_connection(mine), per_connection(theirs));
+        let same = match (a, b) {
+            (Some(a), Some(b)) => (a - b).abs() <= 1e-9 * a.abs().max(b.abs()),
+            (a, b) => a == b,
+        };
+        if !same {
+            let value = |v: Option<f64>| v.map_or(Value::Null, Value::from);
+            return Err(differ(
+                "settings.rate per connection (rate / connections)",
+                &value(a),
+                &value(b),
+            ));
+        }
+    }
     Ok(())
 }
 
-/// `ws` and `/path` of `ws://host:port/path` (the host may differ between machines).
+/// `ws` and `/path` of `ws://host:port/path` (the host may be written differently:
+/// `localhost`, `127.0.0.1`, or another loopback address of the same server).
 fn scheme_and_path(url: &str) -> (&str, &str) {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     (scheme, rest.find('/').map_or("/", |at| &rest[at..]))

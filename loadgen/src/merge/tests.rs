@@ -185,7 +185,7 @@ fn a_settings_mismatch_is_refused_naming_the_field() {
     assert!(message.starts_with("r1.json"), "{message}");
 
     let mut other_path = settings(10, 64);
-    other_path["url"] = "ws://10.0.0.2:9001/other".into();
+    other_path["url"] = "ws://127.0.0.2:9001/other".into();
     let message = refusal(vec![
         report(10, &values(5, 10), settings(10, 64)),
         report(10, &values(6, 10), other_path),
@@ -198,9 +198,30 @@ fn a_settings_mismatch_is_refused_naming_the_field() {
     let message = refusal(vec![report(10, &values(5, 10), settings(10, 64)), open]);
     assert!(message.contains("loop is \"open\""), "{message}");
 
-    // Another host with the same path is the same server reached from elsewhere: accepted.
+    // Echo's --rate is the process's total: each connection's share must match.
+    let open = |connections: u64, rate: f64| {
+        let mut s = settings(connections, 64);
+        s["inflight"] = Value::Null;
+        s["rate"] = rate.into();
+        let mut r = report(connections, &values(7, 10), s);
+        r["loop"] = "open".into();
+        r
+    };
+    let (_, json) = merge(&named(vec![open(10, 1000.0), open(6, 600.0)])).unwrap();
+    assert_eq!(json["settings"]["rate"], 1600.0);
+    let message = refusal(vec![open(10, 1000.0), open(6, 1000.0)]);
+    assert!(
+        message.contains("settings.rate per connection"),
+        "{message}"
+    );
+    assert!(
+        message.contains("100.0") && message.contains("166.66"),
+        "{message}"
+    );
+
+    // Another loopback address with the same path: the same server (--target-addresses), accepted.
     let mut other_host = settings(10, 64);
-    other_host["url"] = "ws://10.0.0.2:9001/echo".into();
+    other_host["url"] = "ws://127.0.0.2:9001/echo".into();
     let (_, json) = merge(&named(vec![
         report(10, &values(5, 10), settings(10, 64)),
         report(10, &values(6, 10), other_host),
