@@ -23,9 +23,11 @@ use crate::output;
 use crate::report::{Loop, TrafficReport};
 use crate::scenario::traffic::ServerSamples;
 
-/// Settings every report must share, by scenario: the shape of the traffic (the URL's scheme
-/// and path are checked besides, and echo's open-loop rate per connection). What is per process (connection counts, threads, addresses,
-/// timeouts, output files) may differ.
+/// Settings every report must share, by scenario: the shape of the traffic. Checked besides:
+/// the URL's scheme, echo's URL path and its open-loop rate per connection. What is per process
+/// (connection counts, threads, addresses, timeouts, output files) may differ, and so may
+/// broadcast's topic (the URL's path): processes that each publish on one topic would see each
+/// other's messages as duplicates, so several broadcast processes take a topic each.
 const SAME: &[(&str, &[&str])] = &[
     (
         "echo",
@@ -43,7 +45,6 @@ const SAME: &[(&str, &[&str])] = &[
         "broadcast",
         &[
             "duration_s",
-            "path",
             "publish",
             "payload",
             "size",
@@ -232,7 +233,9 @@ fn agree(
                 [scheme.into(), path.into()]
             })
     };
-    for ((field, mine), theirs) in ["scheme", "path"].iter().zip(url(mine)).zip(url(theirs)) {
+    let parts = ["scheme", "path"].iter().zip(url(mine)).zip(url(theirs));
+    // Broadcast's topic is its path: it may differ (see SAME).
+    for ((field, mine), theirs) in parts.take(if scenario == "echo" { 2 } else { 1 }) {
         if mine != theirs {
             return Err(differ(&format!("settings.url's {field}"), &mine, &theirs));
         }
@@ -310,7 +313,7 @@ fn settings(reports: &[(String, Value)], scenario: &str) -> Value {
         }
         map.insert(key.to_owned(), Value::Array(all));
     }
-    for key in ["start_at_unix_s", "server_pid", "url"] {
+    for key in ["start_at_unix_s", "server_pid", "url", "path"] {
         if reports
             .iter()
             .any(|(_, r)| r["settings"][key] != reports[0].1["settings"][key])
@@ -323,14 +326,16 @@ fn settings(reports: &[(String, Value)], scenario: &str) -> Value {
 
 /// The merged report's first line, from the merged settings.
 fn headline(scenario: &str, s: &Value, reports: usize) -> String {
-    let url = s["url"].as_str().unwrap_or("(several hosts)");
+    let url = s["url"].as_str().unwrap_or("(several URLs)");
     let size = &s["size"];
     let seconds = s["duration_s"].as_f64().unwrap_or_default();
     let threads = &s["threads"];
+    // As a run prints its --rate: 50, not 50.0.
+    let rate = s["rate"].as_f64().unwrap_or_default();
     let text = if scenario == "echo" {
-        let pace = match (s["inflight"].as_u64(), &s["rate"]) {
-            (Some(inflight), _) => format!("closed loop, {inflight} in flight per connection"),
-            (None, rate) => format!("open loop at {rate} messages/s"),
+        let pace = match s["inflight"].as_u64() {
+            Some(inflight) => format!("closed loop, {inflight} in flight per connection"),
+            None => format!("open loop at {rate} messages/s"),
         };
         let kind = match (s["payload"].as_str(), s["encoding"].as_str()) {
             (Some("json"), _) => "JSON tick",
@@ -344,12 +349,15 @@ fn headline(scenario: &str, s: &Value, reports: usize) -> String {
         )
     } else {
         format!(
-            "broadcast {url}: {} subscribers, {} {} publisher(s) at {} messages/s in total, \
+            "broadcast {url}: {} subscribers, {} {} publisher(s) at {rate} messages/s in total, \
              {size} B {}messages, {seconds:.1} s, {threads} thread(s), open loop",
             s["subscribers"],
             s["publishers"],
-            s["publish"].as_str().unwrap_or("?"),
-            s["rate"],
+            match s["publish"].as_str() {
+                Some("websocket") => "WebSocket",
+                Some("http") => "HTTP",
+                _ => "outside",
+            },
             if s["payload"] == "json" {
                 "JSON tick "
             } else {

@@ -241,6 +241,36 @@ fn a_report_of_another_scenario_is_refused() {
     assert!(message.contains("scenario is \"broadcast\""), "{message}");
     assert!(message.contains("\"echo\""), "{message}");
 
+    // Broadcast processes take a topic each: their paths may differ; their size may not.
+    let broadcast = |topic: &str, size: u64| {
+        let mut s = settings(10, size);
+        s["url"] = format!("ws://127.0.0.1:9001/{topic}").into();
+        s["path"] = format!("/{topic}").into();
+        s["subscribers"] = 9.into();
+        s["publishers"] = 1.into();
+        s["publish"] = "websocket".into();
+        s["rate"] = 50.0.into();
+        let mut r = report(10, &values(8, 10), s);
+        r["scenario"] = "broadcast".into();
+        r["loop"] = "open".into();
+        r
+    };
+    let (merged, json) = merge(&named(vec![broadcast("a", 64), broadcast("b", 64)])).unwrap();
+    assert_eq!(json["settings"]["subscribers"], 18);
+    assert_eq!(json["settings"]["rate"], 100.0);
+    assert!(json["settings"]["path"].is_null());
+    assert_eq!(merged.unit, "deliveries");
+    let text = merged.text();
+    assert!(
+        text.starts_with(
+            "broadcast (several URLs): 18 subscribers, 2 WebSocket publisher(s) at 100 \
+             messages/s in total"
+        ),
+        "{text}"
+    );
+    let message = refusal(vec![broadcast("a", 64), broadcast("b", 128)]);
+    assert!(message.contains("settings.size is 128"), "{message}");
+
     let mut connect = report(10, &values(5, 10), settings(10, 64));
     connect["scenario"] = "connect".into();
     let message = refusal(vec![connect]);
