@@ -105,3 +105,51 @@ async fn an_outside_backend_publishes_with_the_brokers_own_tools() -> Result<()>
     })
     .await
 }
+
+/// On a Redis Cluster, topics whose channels hash to slots of three different masters each
+/// reach every node: each channel is subscribed on its own master only (sharded pub/sub), and
+/// a publish costs that one shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_topics_on_three_masters_each_reach_every_node() -> Result<()> {
+    let Some(broker) = Broker::start(Kind::Cluster, "cluster_slots")? else {
+        return Ok(());
+    };
+    // `redis-cli --cluster create` splits the slots in three equal ranges: one topic each.
+    let mut topics: [Option<String>; 3] = Default::default();
+    for i in 0..200 {
+        let topic = format!("feed-{i}");
+        let third = usize::from(broker.slot(&topic)?) * 3 / 16384;
+        topics[third].get_or_insert(topic);
+        if topics.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let topics: Vec<String> = topics.into_iter().flatten().collect();
+    ensure!(topics.len() == 3, "no topic for every third of the slots");
+    let a = node(&broker, &[])?;
+    let b = node(&broker, &[])?;
+    let mut subs = Vec::new();
+    for topic in &topics {
+        subs.push(ws(b.addr(), &format!("/{topic}")).await?);
+    }
+    wait_subscribed(b.addr(), 3).await?;
+    let mut owners = Vec::new();
+    for topic in &topics {
+        let holders = broker.shard_holders(topic)?;
+        ensure!(holders.len() == 1, "{topic} is subscribed on {holders:?}");
+        owners.push(holders[0]);
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    ensure!(
+        owners.len() == 3,
+        "the three topics share masters: {owners:?}"
+    );
+    for topic in &topics {
+        publish_http(a.addr(), topic, &format!("to {topic}")).await?;
+    }
+    for (topic, sub) in topics.iter().zip(&mut subs) {
+        ensure!(next_text(sub).await? == format!("to {topic}"));
+    }
+    Ok(())
+}

@@ -74,11 +74,22 @@ async fn a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted() 
                 "local delivery stopped"
             );
         }
-        // Every publish made while the broker was away is accounted for at the publisher.
-        wait_metric(a.addr(), "uringcast_broker_publish_failures_total", |n| {
-            n == 5
-        })
-        .await?;
+        // Every publish is accounted for at the publisher: handed to the broker or failed
+        // (a NATS client may take one or two before it notices the loss; those are lost
+        // after the hand-over, and only the receivers' gap count sees them).
+        let deadline = Instant::now() + STEP;
+        loop {
+            let published = metric(a.addr(), "uringcast_broker_published_total").await?;
+            let failed = metric(a.addr(), "uringcast_broker_publish_failures_total").await?;
+            if published + failed == 6 && failed >= 1 {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "A: {published} published and {failed} failed of 6"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
 
         broker.restart()?;
         // Probe until one crosses: the links reconnect with backoff (at most 5 s apart).
@@ -103,7 +114,7 @@ async fn a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted() 
         let failed = metric(a.addr(), "uringcast_broker_publish_failures_total").await?;
         let lost_probes: u64 = first["after:".len()..].parse::<u64>()? - 1;
         ensure!(
-            gaps == 5 + lost_probes && failed >= 5,
+            gaps == 5 + lost_probes && failed >= 1,
             "B counted {gaps} missing, A {failed} failed, {lost_probes} probes before the first"
         );
         ensure!(metric(b.addr(), "uringcast_broker_connected").await? == 1);

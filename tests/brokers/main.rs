@@ -44,7 +44,10 @@ fn node(broker: &Broker, extra: &[&str]) -> Result<Server> {
         &url,
     ];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    // The broker clients log every reconnection attempt; the link's own warnings say enough.
+    Server::start_with(&args, |cmd| {
+        cmd.env("RUST_LOG", "warn,redis=off,async_nats=off");
+    })
 }
 
 async fn ws(addr: SocketAddr, path: &str) -> Result<Ws> {

@@ -209,6 +209,39 @@ impl Broker {
         Ok(Some(total))
     }
 
+    /// The hash slot of `topic`'s channel (`CLUSTER KEYSLOT`), on a cluster.
+    pub(crate) fn slot(&self, topic: &str) -> Result<u16> {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.ports[0].to_string()])
+            .args(["CLUSTER", "KEYSLOT", &format!("uringcast:{topic}")])
+            .output()?;
+        let text = String::from_utf8(out.stdout)?;
+        text.trim()
+            .parse()
+            .with_context(|| format!("CLUSTER KEYSLOT: {text:?}"))
+    }
+
+    /// The masters (by port) that count a subscriber on `topic`'s shard channel.
+    pub(crate) fn shard_holders(&self, topic: &str) -> Result<Vec<u16>> {
+        let mut holders = Vec::new();
+        for port in &self.ports {
+            let out = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["PUBSUB", "SHARDNUMSUB", &format!("uringcast:{topic}")])
+                .output()?;
+            let text = String::from_utf8(out.stdout)?;
+            let count: u64 = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.trim().parse().ok())
+                .with_context(|| format!("PUBSUB SHARDNUMSUB: {text:?}"))?;
+            if count > 0 {
+                holders.push(*port);
+            }
+        }
+        Ok(holders)
+    }
+
     fn launch_all(&mut self) -> Result<()> {
         for i in 0..self.ports.len() {
             let child = self.launch(i)?;
