@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Scale-out figures (docs/PERFORMANCE.md, "Scale-out through a broker"), each configuration
+# interleaved within every run. The receiving node B is pinned to core 0 alone; the publishing
+# node A, the brokers and the load generators share core 1.
+#   fanout   10,000 subscribers on B, 10 publishes/s of 64 B, 8 s:
+#            local     B has no broker; the publisher is a WebSocket client of B
+#            redis     the publisher is a client of node A; A and B share a standalone Redis
+#            nats      the same through NATS
+#            B's CPU µs per delivery (from /proc, via --server-pid) and delivery latency p50/p99
+#            (same-node for local, cross-node for the others).
+#   ceiling  publishes/s through A's broker link to one subscriber on B, 4 s per step, rates
+#            doubling from 25,000/s: the highest rate with nothing lost anywhere (load
+#            generator: missing 0; A: no publish drop or failure; B: no gap or drop); and the
+#            broker process's own CPU µs per publish at each step (from /proc).
+# Usage: scripts/bench_brokers.sh [RUNS=3] [WHAT=fanout,ceiling]
+# Needs redis-server and nats-server (scripts/brokers.sh install). Loopback only; every run
+# is bounded in count and time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+what=${2:-fanout,ceiling}
+out=${OUT:-$(mktemp -d /tmp/bench_brokers.XXXX)}; mkdir -p "$out"
+cargo build --release -q -p uringcast -p uringcast-loadgen
+load=target/release/uringcast-load
+server=target/release/uringcast
+scripts/brokers.sh start "$out/brokers" >"$out/brokers.env"
+trap 'scripts/brokers.sh stop "$out/brokers" >/dev/null 2>&1 || true; kill $(jobs -p) 2>/dev/null || true' EXIT
+# shellcheck disable=SC1091
+. <(grep -v '^SKIP' "$out/brokers.env")
+for pid in ${REDIS_PID:-} ${NATS_PID:-}; do taskset -pc 1 "$pid" >/dev/null; done
+echo "output in $out"
+
+port=9800
+next() { port=$((port + 2)); src="127.0.0.$((130 + port % 100))"; }
+wait_listen() { for _ in $(seq 1 100); do ss -ltn "sport = :$1" | grep -q LISTEN && return; sleep 0.1; done; }
+node() { # core port broker-url-or-empty -> pid in $node_pid
+  local broker=(); [ -n "$3" ] && broker=(--broker "$3")
+  taskset -c "$1" "$server" --listen "127.0.0.1:$2" --mode broadcast --workers 1 --ping-interval 0 \
+    "${broker[@]}" >"$out/node-$2.log" 2>&1 &
+  node_pid=$!; wait_listen "$2"
+}
+stop() { for p in "$@"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
+metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 ~ "^"n"({|$)" { s += $2 } END { printf "%d", s }'; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+summary() { # json label
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); s = d.get("server") or {}
+print(f"{sys.argv[2]:<8} received {d['received']}/{d['expected']} missing {d['missing']} "
+      f"B_us_per_delivery {s.get('cpu_per_message_us') or 0:.3f} "
+      f"p50_ms {d['latency_us']['p50']/1000:.2f} p99_ms {d['latency_us']['p99']/1000:.2f}")
+PY
+}
+
+fanout() { # label broker-url-or-empty
+  next
+  local b=$port a=$((port + 1))
+  node 0 "$b" "$2"; local b_pid=$node_pid
+  if [ -z "$2" ]; then
+    timeout 120 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$b/ticks" --subscribers 10000 \
+      --publishers 1 --rate 10 --duration 8 --server-pid "$b_pid" --source "$src" \
+      --connect-rate 5000 --quiet --json "$out/fanout-$1-$run.json" >/dev/null 2>&1 || true
+    stop "$b_pid"
+  else
+    node 1 "$a" "$2"; local a_pid=$node_pid
+    # The publisher runs from before the subscribers connect until after they stop counting.
+    timeout 120 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$a/ticks" --subscribers 1 \
+      --publishers 1 --rate 10 --duration 16 --quiet >/dev/null 2>&1 &
+    local pub=$!
+    timeout 120 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$b/ticks" --subscribers 10000 \
+      --publishers 0 --duration 8 --server-pid "$b_pid" --source "$src" --connect-rate 5000 \
+      --quiet --json "$out/fanout-$1-$run.json" >/dev/null 2>&1 || true
+    stop "$pub" "$a_pid" "$b_pid"
+  fi
+  summary "$out/fanout-$1-$run.json" "$1"
+}
+
+ceiling() { # label broker-url broker-pid
+  local rate
+  for rate in 25000 50000 100000 200000; do
+    next
+    local b=$port a=$((port + 1))
+    node 0 "$b" "$2"; local b_pid=$node_pid
+    node 1 "$a" "$2"; local a_pid=$node_pid
+    timeout 60 taskset -c 0 "$load" broadcast "ws://127.0.0.1:$b/flood" --subscribers 1 \
+      --publishers 0 --duration 7 --quiet --json "$out/ceiling-$1-$rate-$run.json" >/dev/null 2>&1 &
+    local sub=$!
+    for _ in $(seq 1 100); do # until the subscriber is on B and B subscribed at the broker
+      [ "$(metric "$b" uringcast_broker_subscribed_topics)" -ge 1 ] && break; sleep 0.05
+    done
+    local t0; t0=$(cpu_ticks "$3")
+    local p0; p0=$(metric "$a" uringcast_broker_published_total)
+    timeout 60 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$a/flood" --subscribers 1 \
+      --publishers 4 --rate "$rate" --duration 4 --quiet --json "$out/ceiling-pub-$1-$rate-$run.json" \
+      >/dev/null 2>&1 || true
+    wait "$sub" || true
+    local t1; t1=$(cpu_ticks "$3")
+    local published=$(( $(metric "$a" uringcast_broker_published_total) - p0 ))
+    local lost_a=$(( $(metric "$a" uringcast_broker_publish_drops_total) + $(metric "$a" uringcast_broker_publish_failures_total) ))
+    local lost_b=$(( $(metric "$b" uringcast_broker_gaps_total) + $(metric "$b" uringcast_broker_receive_drops_total) + $(metric "$b" uringcast_mailbox_drops_total) ))
+    stop "$a_pid" "$b_pid"
+    python3 - "$out/ceiling-$1-$rate-$run.json" "$1" "$rate" "$published" "$lost_a" "$lost_b" \
+      "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+label, rate, published, lost_a, lost_b, t0, t1, hz = sys.argv[2:]
+published = int(published); cpu_s = (int(t1) - int(t0)) / int(hz)
+ok = d["missing"] == 0 and int(lost_a) == 0 and int(lost_b) == 0 and d["received"] > 0
+print(f"ceiling {label:<6} rate {int(rate):>6}/s published {published} received {d['received']} "
+      f"missing {d['missing']} lost_at_A {lost_a} lost_at_B {lost_b} "
+      f"broker_us_per_publish {cpu_s * 1e6 / max(published, 1):.2f} {'OK' if ok else 'LOSS'}")
+PY
+  done
+}
+
+for run in $(seq 1 "$runs"); do
+  echo "== run $run"
+  if [[ $what == *fanout* ]]; then
+    fanout local ""
+    [ -n "${REDIS_URL:-}" ] && fanout redis "$REDIS_URL"
+    [ -n "${NATS_URL:-}" ] && fanout nats "$NATS_URL"
+  fi
+  if [[ $what == *ceiling* ]]; then
+    [ -n "${REDIS_URL:-}" ] && ceiling redis "$REDIS_URL" "$REDIS_PID"
+    [ -n "${NATS_URL:-}" ] && ceiling nats "$NATS_URL" "$NATS_PID"
+  fi
+done
