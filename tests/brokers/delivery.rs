@@ -153,3 +153,44 @@ async fn cluster_topics_on_three_masters_each_reach_every_node() -> Result<()> {
     }
     Ok(())
 }
+
+/// An embedder's `ServerHandle::publish` (and a `Publisher` on another thread) goes through
+/// the broker like any publish: an in-process node A publishes, a subscriber on node B hears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedding_handle_publishes_through_the_broker() -> Result<()> {
+    each_broker("handle_publish", |broker| async move {
+        let config = uringcast::server::Server::builder()
+            .listen("127.0.0.1:0".parse()?)
+            .workers(2)
+            .mode(uringcast::config::Mode::Broadcast)
+            .broker(broker.url())
+            .build()?;
+        let a = uringcast::server::spawn(config)?;
+        let b = node(&broker, &[])?;
+        let mut on_b = ws(b.addr(), "/news").await?;
+        wait_subscribed(b.addr(), 1).await?;
+        a.publish(
+            "news",
+            uringcast::protocol::OpCode::Text,
+            b"from the handle",
+        );
+        let publisher = a.publisher();
+        std::thread::spawn(move || {
+            publisher.publish(
+                "news",
+                uringcast::protocol::OpCode::Binary,
+                b"\x00from a thread",
+            )
+        })
+        .join()
+        .map_err(|_| anyhow!("the publishing thread panicked"))?;
+        ensure!(next_text(&mut on_b).await? == "from the handle");
+        match next(&mut on_b).await? {
+            WsMessage::Binary(bytes) => ensure!(&bytes[..] == b"\x00from a thread"),
+            other => bail!("expected binary, got {other:?}"),
+        }
+        ensure!(a.shutdown(), "A did not stop clean");
+        Ok(())
+    })
+    .await
+}
