@@ -185,41 +185,20 @@ pub(crate) fn start(
                     return;
                 }
             };
-            runtime.block_on(async move {
-                let (link, hub) = (task_link, task_hub);
-                let result = match url {
-                    BrokerUrl::Redis(url) => match super::redis::Redis::standalone(&url, prefix) {
-                        Ok(broker) => {
-                            Task::new(broker, link, hub, max_message_bytes)
-                                .run(ready_tx)
-                                .await;
-                            return;
-                        }
-                        Err(error) => error,
-                    },
-                    BrokerUrl::RedisCluster(nodes) => {
-                        match super::redis::Redis::cluster(&nodes, prefix) {
-                            Ok(broker) => {
-                                Task::new(broker, link, hub, max_message_bytes)
-                                    .run(ready_tx)
-                                    .await;
-                                return;
-                            }
-                            Err(error) => error,
-                        }
-                    }
-                    BrokerUrl::Nats(servers) => match super::nats::Nats::new(&servers, prefix) {
-                        Ok(broker) => {
-                            Task::new(broker, link, hub, max_message_bytes)
-                                .run(ready_tx)
-                                .await;
-                            return;
-                        }
-                        Err(error) => error,
-                    },
-                };
-                let _ = ready_tx.send(Err(result));
-            });
+            let drive = Drive {
+                runtime: &runtime,
+                link: task_link,
+                hub: task_hub,
+                max_message_bytes,
+                ready: ready_tx,
+            };
+            match url {
+                BrokerUrl::Redis(url) => drive.run(super::redis::Redis::standalone(&url, prefix)),
+                BrokerUrl::RedisCluster(nodes) => {
+                    drive.run(super::redis::Redis::cluster(&nodes, prefix));
+                }
+                BrokerUrl::Nats(servers) => drive.run(super::nats::Nats::new(&servers, prefix)),
+            }
         })
         .map_err(BrokerError::Start)?;
     if let Ok(mut slot) = link.thread.lock() {
@@ -247,6 +226,29 @@ pub(crate) fn start(
     }
     hub.set_uplink(Arc::clone(&link) as Arc<dyn Uplink>);
     Ok(link)
+}
+
+/// What the link's thread needs to run a task for whichever broker the URL names.
+struct Drive<'r> {
+    runtime: &'r tokio::runtime::Runtime,
+    link: Arc<Link>,
+    hub: Arc<Hub>,
+    max_message_bytes: usize,
+    ready: mpsc::Sender<Result<(), String>>,
+}
+
+impl Drive<'_> {
+    /// Runs the link's task on `broker` until the link stops; a client that could not be made
+    /// is the first connection attempt's failure.
+    fn run<B: Broker>(self, broker: Result<B, String>) {
+        match broker {
+            Ok(broker) => {
+                let task = Task::new(broker, self.link, self.hub, self.max_message_bytes);
+                self.runtime.block_on(task.run(self.ready));
+            }
+            Err(error) => drop(self.ready.send(Err(error))),
+        }
+    }
 }
 
 /// The link's task: the broker client and everything only it touches.
