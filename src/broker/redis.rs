@@ -80,8 +80,9 @@ fn on_push(events: &Events, up: &std::sync::atomic::AtomicBool, push: PushInfo) 
                 }
             }
         }
-        PushKind::Disconnection => {
-            up.store(false, std::sync::atomic::Ordering::Release);
+        // Only while this connection is the current one: a connection the link already
+        // replaced has had its flag cleared, and its late news must not end the new one.
+        PushKind::Disconnection if up.swap(false, std::sync::atomic::Ordering::AcqRel) => {
             events.lost();
         }
         _ => {}
@@ -137,7 +138,9 @@ impl Broker for Redis {
     }
 
     async fn connect(&mut self, events: &Events) -> Result<(), String> {
-        self.connection = None;
+        self.close().await;
+        // A flag of its own for each connection (see `on_push`).
+        self.up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let up = std::sync::Arc::clone(&self.up);
         match &self.target {
             Target::Standalone(client) => {
