@@ -273,4 +273,28 @@ mod tests {
         seen.forget("t");
         assert_eq!(seen.check(1, &topic, 20), Sequence::InOrder, "starts over");
     }
+
+    proptest::proptest! {
+        /// Whatever a broker hands over, decoding answers without panicking, and a payload
+        /// it returns is never longer than the message.
+        #[test]
+        fn any_message_decodes_or_is_refused(message in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let len = message.len();
+            if let Ok(envelope) = decode(Bytes::from(message)) {
+                proptest::prop_assert!(envelope.payload.len() <= len);
+            }
+        }
+
+        /// What uringcast writes, it reads back: any payload, node and sequence number.
+        #[test]
+        fn every_envelope_round_trips(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            node in proptest::prelude::any::<u64>(),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let envelope = decode(encode(OpCode::Binary, node, seq, &payload)).unwrap();
+            proptest::prop_assert_eq!(envelope.origin, Some((node, seq)));
+            proptest::prop_assert_eq!(&envelope.payload[..], &payload[..]);
+        }
+    }
 }
