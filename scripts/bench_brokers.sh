@@ -3,9 +3,10 @@
 # interleaved within every run. The receiving node B is pinned to core 0 alone; the publishing
 # node A, the brokers and the load generators share core 1.
 #   fanout   10,000 subscribers on B, 10 publishes/s of 64 B, 8 s:
-#            local     B has no broker; the publisher is a WebSocket client of B
-#            redis     the publisher is a client of node A; A and B share a standalone Redis
-#            nats      the same through NATS
+#            local       B has no broker; the publisher is a WebSocket client of B
+#            redis-same  B on a standalone Redis; the publisher is a client of B (same node)
+#            redis       the publisher is a client of node A; A and B share the Redis (cross-node)
+#            nats-same, nats   the same through NATS
 #            B's CPU µs per delivery (from /proc, via --server-pid) and delivery latency p50/p99
 #            (same-node for local, cross-node for the others).
 #   ceiling  publishes/s through A's broker link to one subscriber on B, 4 s per step, rates
@@ -46,17 +47,17 @@ summary() { # json label
   python3 - "$1" "$2" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); s = d.get("server") or {}
-print(f"{sys.argv[2]:<8} received {d['received']}/{d['expected']} missing {d['missing']} "
+print(f"{sys.argv[2]:<10} received {d['received']}/{d['expected']} missing {d['missing']} "
       f"B_us_per_delivery {s.get('cpu_per_message_us') or 0:.3f} "
       f"p50_ms {d['latency_us']['p50']/1000:.2f} p99_ms {d['latency_us']['p99']/1000:.2f}")
 PY
 }
 
-fanout() { # label broker-url-or-empty
+fanout() { # label broker-url-or-empty same|cross
   next
   local b=$port a=$((port + 1))
   node 0 "$b" "$2"; local b_pid=$node_pid
-  if [ -z "$2" ]; then
+  if [ "$3" = same ]; then
     timeout 120 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$b/ticks" --subscribers 10000 \
       --publishers 1 --rate 10 --duration 8 --server-pid "$b_pid" --source "$src" \
       --connect-rate 5000 --quiet --json "$out/fanout-$1-$run.json" >/dev/null 2>&1 || true
@@ -120,9 +121,11 @@ PY
 for run in $(seq 1 "$runs"); do
   echo "== run $run"
   if [[ $what == *fanout* ]]; then
-    fanout local ""
-    [ -n "${REDIS_URL:-}" ] && fanout redis "$REDIS_URL"
-    [ -n "${NATS_URL:-}" ] && fanout nats "$NATS_URL"
+    fanout local "" same
+    [ -n "${REDIS_URL:-}" ] && fanout redis-same "$REDIS_URL" same
+    [ -n "${REDIS_URL:-}" ] && fanout redis "$REDIS_URL" cross
+    [ -n "${NATS_URL:-}" ] && fanout nats-same "$NATS_URL" same
+    [ -n "${NATS_URL:-}" ] && fanout nats "$NATS_URL" cross
   fi
   if [[ $what == *ceiling* ]]; then
     [ -n "${REDIS_URL:-}" ] && ceiling redis "$REDIS_URL" "$REDIS_PID"

@@ -60,10 +60,12 @@ except (OSError, ValueError):
 c, s = d["connections"], d.get("server") or {}
 failed = sum(c["failed"].values()) if isinstance(c["failed"], dict) else c["failed"]
 fmt = lambda v: "-" if v is None else f"{v:,.0f}"
+kinds = {k: v for k, v in c["failed"].items() if v} if isinstance(c["failed"], dict) else {}
 print(f"run {run}: reached {c['reached']:,} of {d['settings']['connections']:,}, failed {failed}; "
       f"server RSS {s.get('rss_before_bytes', 0) / 2**20:.1f} -> {s.get('rss_bytes', 0) / 2**20:.1f} MiB, "
       f"{fmt(s.get('rss_per_conn_bytes'))} B per connection; kernel slab "
-      f"{fmt(s.get('slab_per_conn_bytes'))} B per connection (both ends); load generator exit {rc}")
+      f"{fmt(s.get('slab_per_conn_bytes'))} B per connection (both ends); load generator exit {rc}"
+      + (f"; failures {kinds} {c.get('failure_details')}" if kinds else ""))
 PY
   rm -f "$out" "$json"
 done
