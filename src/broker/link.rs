@@ -582,3 +582,63 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link::new(&"redis://127.0.0.1:1".parse().expect("a valid URL"))
+    }
+
+    #[test]
+    fn a_topic_is_wanted_while_any_worker_holds_it() {
+        let link = link();
+        let topic: Arc<str> = Arc::from("room");
+        link.interest(&topic, true);
+        assert!(
+            link.interest_changed.load(Ordering::Acquire),
+            "0 -> 1 worker"
+        );
+        assert!(link.wanted().contains(&topic));
+        link.interest(&topic, true);
+        assert!(
+            !link.interest_changed.load(Ordering::Acquire),
+            "1 -> 2: no news"
+        );
+        link.interest(&topic, false);
+        assert!(
+            !link.interest_changed.load(Ordering::Acquire),
+            "2 -> 1: no news"
+        );
+        assert!(link.wanted().contains(&topic));
+        link.interest(&topic, false);
+        assert!(
+            link.interest_changed.load(Ordering::Acquire),
+            "1 -> 0 workers"
+        );
+        assert!(link.wanted().is_empty());
+        link.interest(&topic, false);
+        assert!(link.wanted().is_empty(), "an extra leave is ignored");
+    }
+
+    #[test]
+    fn the_outbound_queue_is_bounded_and_its_drops_are_remembered_per_topic() {
+        let link = link();
+        let topic: Arc<str> = Arc::from("t");
+        let frame = crate::broadcast::frame(crate::protocol::OpCode::Text, b"x");
+        for _ in 0..QUEUE_CAPACITY {
+            link.publish(&topic, &frame);
+        }
+        assert_eq!(link.stats.publish_drops.load(Ordering::Relaxed), 0);
+        link.publish(&topic, &frame);
+        link.publish(&topic, &frame);
+        assert_eq!(link.stats.publish_drops.load(Ordering::Relaxed), 2);
+        assert_eq!(link.dropped.lock().unwrap().get(&topic), Some(&2));
+        // Bytes bound too: one frame over the whole budget never fits.
+        let big = Bytes::from(vec![0u8; QUEUE_MAX_BYTES + 1]);
+        assert!(link.take().is_some());
+        link.publish(&topic, &big);
+        assert_eq!(link.stats.publish_drops.load(Ordering::Relaxed), 3);
+    }
+}
