@@ -50,7 +50,7 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    fn new(url: &BrokerUrl) -> Self {
+    pub(super) fn new(url: &BrokerUrl) -> Self {
         Self {
             node: random_u64() & !0xFFFF,
             outbound: ArrayQueue::new(QUEUE_CAPACITY),
@@ -78,6 +78,25 @@ impl Link {
                 warn!("the broker link panicked");
             }
         }
+    }
+
+    /// Hands the link its thread, for [`stop`](Self::stop) to join.
+    pub(super) fn set_thread(&self, thread: JoinHandle<()>) {
+        if let Ok(mut slot) = self.thread.lock() {
+            *slot = Some(thread);
+        }
+    }
+
+    /// Records `count` publishes to `topic` as dropped at a full queue, as `publish` does.
+    #[cfg(test)]
+    pub(super) fn note_drops_for_test(&self, topic: &Arc<str>, count: u64) {
+        *self
+            .dropped
+            .lock()
+            .unwrap()
+            .entry(Arc::clone(topic))
+            .or_insert(0) += count;
+        self.any_dropped.store(true, Ordering::Release);
     }
 
     fn stopping(&self) -> bool {
@@ -201,9 +220,7 @@ pub(crate) fn start(
             }
         })
         .map_err(BrokerError::Start)?;
-    if let Ok(mut slot) = link.thread.lock() {
-        *slot = Some(thread);
-    }
+    link.set_thread(thread);
     let first = ready_rx
         .recv()
         .unwrap_or_else(|_| Err("the link's thread ended".into()));
@@ -252,7 +269,7 @@ impl Drive<'_> {
 }
 
 /// The link's task: the broker client and everything only it touches.
-struct Task<B: Broker> {
+pub(super) struct Task<B: Broker> {
     broker: B,
     link: Arc<Link>,
     hub: Arc<Hub>,
@@ -270,7 +287,7 @@ struct Task<B: Broker> {
 }
 
 impl<B: Broker> Task<B> {
-    fn new(broker: B, link: Arc<Link>, hub: Arc<Hub>, max_message_bytes: usize) -> Self {
+    pub(super) fn new(broker: B, link: Arc<Link>, hub: Arc<Hub>, max_message_bytes: usize) -> Self {
         Self {
             broker,
             link,
@@ -285,7 +302,7 @@ impl<B: Broker> Task<B> {
         }
     }
 
-    async fn run(mut self, ready: mpsc::Sender<Result<(), String>>) {
+    pub(super) async fn run(mut self, ready: mpsc::Sender<Result<(), String>>) {
         let stats = Arc::clone(&self.link.stats);
         let (events, mut inbound, inbound_bytes) = Events::new(Arc::clone(&stats));
         let lost = events.lost_signal();

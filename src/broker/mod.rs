@@ -23,6 +23,8 @@
 //! implementation, and the workers do not change.
 
 mod link;
+#[cfg(test)]
+mod memory;
 mod nats;
 mod redis;
 mod wire;

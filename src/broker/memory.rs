@@ -1,0 +1,219 @@
+//! Tests of the link's task against an in-memory broker: two nodes' links, no sockets. The
+//! workers are stood in for by each node's `Hub`: interest is announced as a worker would, and
+//! what the link delivers is read back from worker 0's mailbox after its eventfd wakes.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::link::{Link, Task};
+use super::{wire, Broker, Events};
+use crate::broadcast::uplink::Uplink as _;
+use crate::broadcast::Hub;
+use crate::protocol::OpCode;
+
+/// The broker: channels and who listens, and whether it is up.
+#[derive(Clone, Default)]
+struct Bus {
+    subscribers: Arc<Mutex<HashMap<String, Vec<(usize, Events)>>>>,
+    down: Arc<AtomicBool>,
+}
+
+struct MemoryBroker {
+    bus: Bus,
+    id: usize,
+    events: Option<Events>,
+}
+
+impl Broker for MemoryBroker {
+    fn channel(&self, topic: &str) -> String {
+        format!("p:{topic}")
+    }
+
+    fn topic_of(&self, channel: &[u8]) -> Option<String> {
+        let topic = channel.strip_prefix(b"p:")?;
+        String::from_utf8(topic.to_vec()).ok()
+    }
+
+    async fn connect(&mut self, events: &Events) -> Result<(), String> {
+        if self.bus.down.load(Ordering::Acquire) {
+            return Err("down".into());
+        }
+        self.events = Some(events.clone());
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+        let events = self.events.clone().ok_or("not connected")?;
+        let mut subscribers = self.bus.subscribers.lock().unwrap();
+        subscribers
+            .entry(channel.to_owned())
+            .or_default()
+            .push((self.id, events));
+        Ok(())
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+        let mut subscribers = self.bus.subscribers.lock().unwrap();
+        if let Some(list) = subscribers.get_mut(channel) {
+            list.retain(|(id, _)| *id != self.id);
+        }
+        Ok(())
+    }
+
+    async fn publish(&mut self, batch: &[(String, Bytes)]) -> Vec<Result<(), String>> {
+        let subscribers = self.bus.subscribers.lock().unwrap();
+        batch
+            .iter()
+            .map(|(channel, message)| {
+                if self.bus.down.load(Ordering::Acquire) {
+                    return Err("down".to_owned());
+                }
+                for (_, events) in subscribers.get(channel).into_iter().flatten() {
+                    events.message(Bytes::from(channel.clone()), message.clone());
+                }
+                Ok(())
+            })
+            .collect()
+    }
+
+    fn is_connected(&self) -> bool {
+        self.events.is_some()
+    }
+
+    async fn close(&mut self) {
+        self.events = None;
+        let mut subscribers = self.bus.subscribers.lock().unwrap();
+        for list in subscribers.values_mut() {
+            list.retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+/// One node: its hub (one worker) and its link, whose task runs on a thread of its own.
+struct Node {
+    hub: Arc<Hub>,
+    link: Arc<Link>,
+    shared: Arc<crate::driver::Shared>,
+}
+
+impl Node {
+    fn start(bus: &Bus, id: usize) -> Self {
+        let shared = Arc::new(crate::driver::Shared::new(1).expect("an eventfd"));
+        let hub = Arc::new(Hub::new(Arc::clone(&shared)));
+        let link = Arc::new(Link::new(&"redis://127.0.0.1:1".parse().expect("a URL")));
+        let broker = MemoryBroker {
+            bus: bus.clone(),
+            id,
+            events: None,
+        };
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (task_link, task_hub) = (Arc::clone(&link), Arc::clone(&hub));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(Task::new(broker, task_link, task_hub, 1 << 20).run(ready_tx));
+        });
+        link.set_thread(thread);
+        ready_rx
+            .recv()
+            .expect("a first attempt")
+            .expect("connected");
+        Self { hub, link, shared }
+    }
+
+    /// The next frame the link handed to the worker: waits on the worker's eventfd.
+    fn next_frame(&self) -> Bytes {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(mail) = self.hub.take(0) {
+                return mail.frame;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "nothing delivered within 10 s");
+            let waker = &self.shared.wakers[0];
+            let mut fds = [nix::poll::PollFd::new(
+                waker.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            let _ = waker.read();
+            self.hub.wake_pending[0].store(false, Ordering::Release);
+        }
+    }
+
+    /// Waits until the link has `n` topics subscribed at the broker: it reports no event for
+    /// that, so this reads its gauge every millisecond, for at most 10 s.
+    fn wait_subscribed(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.link.stats.subscribed_topics.load(Ordering::Relaxed) != n {
+            assert!(Instant::now() < deadline, "not subscribed to {n} topics");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.link.stop();
+    }
+}
+
+fn payload(frame: &Bytes) -> Bytes {
+    wire::split_frame(frame).expect("a frame").1
+}
+
+#[test]
+fn a_publish_crosses_to_the_node_that_holds_the_topic_once() {
+    let bus = Bus::default();
+    let (a, b) = (Node::start(&bus, 1), Node::start(&bus, 2));
+    let topic: Arc<str> = Arc::from("room");
+    b.link.interest(&topic, true);
+    a.link.interest(&topic, true); // A holds it too: its own publishes come back to it
+    b.wait_subscribed(1);
+    a.wait_subscribed(1);
+    for text in ["one", "two", "three"] {
+        a.link.publish(
+            &topic,
+            &crate::broadcast::frame(OpCode::Text, text.as_bytes()),
+        );
+    }
+    for text in ["one", "two", "three"] {
+        assert_eq!(&payload(&b.next_frame())[..], text.as_bytes());
+    }
+    // A publishes once more: when B has it, A has had its three echoes back, all skipped.
+    a.link
+        .publish(&topic, &crate::broadcast::frame(OpCode::Text, b"four"));
+    assert_eq!(&payload(&b.next_frame())[..], b"four");
+    assert!(a.hub.take(0).is_none(), "A delivered its own publish twice");
+    assert_eq!(b.link.stats.received.load(Ordering::Relaxed), 4);
+    assert_eq!(b.link.stats.gaps.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn interest_follows_the_workers_and_drops_show_as_gaps() {
+    let bus = Bus::default();
+    let (a, b) = (Node::start(&bus, 1), Node::start(&bus, 2));
+    let topic: Arc<str> = Arc::from("feed");
+    b.link.interest(&topic, true);
+    b.wait_subscribed(1);
+    let frame = |text: &str| crate::broadcast::frame(OpCode::Binary, text.as_bytes());
+    a.link.publish(&topic, &frame("first"));
+    assert_eq!(&payload(&b.next_frame())[..], b"first");
+    // Two publishes dropped at A's full queue: their sequence numbers are spent.
+    a.link.note_drops_for_test(&topic, 2);
+    a.link.publish(&topic, &frame("after"));
+    assert_eq!(&payload(&b.next_frame())[..], b"after");
+    assert_eq!(b.link.stats.gaps.load(Ordering::Relaxed), 2);
+    // B's last worker leaves: B unsubscribes, and the bus stops sending it anything.
+    b.link.interest(&topic, false);
+    b.wait_subscribed(0);
+    assert!(bus.subscribers.lock().unwrap()["p:feed"].is_empty());
+}
