@@ -16,10 +16,13 @@ use crate::broadcast::uplink::Uplink as _;
 use crate::broadcast::Hub;
 use crate::protocol::OpCode;
 
+/// Each channel's listeners: a node's id and where its client reports.
+type Channels = HashMap<String, Vec<(usize, Events)>>;
+
 /// The broker: channels and who listens, and whether it is up.
 #[derive(Clone, Default)]
 struct Bus {
-    subscribers: Arc<Mutex<HashMap<String, Vec<(usize, Events)>>>>,
+    subscribers: Arc<Mutex<Channels>>,
     down: Arc<AtomicBool>,
 }
 
