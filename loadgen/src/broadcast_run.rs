@@ -5,9 +5,10 @@ use serde_json::json;
 use crate::cli::{positive, range, BroadcastArgs, MAX_CONNECTIONS, MAX_MESSAGE_RATE};
 use crate::error::LoadError;
 use crate::report::{Loop, TrafficReport};
-use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, PublishUrl, Publishing};
+use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, Nodes, PublishUrl, Publishing};
 use crate::scenario::stamp::{Encoding, Stamper};
-use crate::scenario::traffic::{self, NoSenders};
+use crate::scenario::traffic::{self, NoSenders, Split};
+use crate::target::Target;
 use crate::{finish, payload, prepare};
 
 /// Runs `broadcast`; the exit code.
@@ -46,18 +47,41 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         Publishing::WebSocket { publishers } => publishers,
         _ => 0,
     };
+    if args.publisher_url.is_some() && ws_publishers == 0 {
+        return Err(LoadError::Usage(
+            "--publisher-url needs WebSocket publishers (--publishers 1 or more)".into(),
+        ));
+    }
     let duration = args
         .traffic
         .duration
         .unwrap_or(broadcast::DEFAULT_DURATION_SECS);
     let connections = args.subscribers + ws_publishers;
-    let prepared = prepare(
+    let mut prepared = prepare(
         &args.url,
         args.path.as_deref(),
         connections,
         &args.traffic,
         duration,
     )?;
+    if let Some(url) = &args.publisher_url {
+        prepared.settings.split = Some(Split {
+            from: args.subscribers,
+            target: publisher_target(url, &prepared.settings.target)?,
+        });
+    }
+    let publisher_target = prepared.settings.split.as_ref().map(|s| s.target.clone());
+    // Deliveries by node: when subscribers spread over several servers, or publish elsewhere.
+    let nodes =
+        (prepared.settings.targets.len() > 1 || publisher_target.is_some()).then(|| Nodes {
+            addresses: prepared
+                .settings
+                .targets
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            sources: prepared.settings.sources.len(),
+        });
     let stamper = Stamper::new(encoding, size);
     let t = &args.traffic;
     let settings_json = prepared.settings_json(
@@ -73,6 +97,7 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
                 Publishing::External => "external",
             },
             "publish_url": args.publish_url,
+            "publisher_url": publisher_target.as_ref().map(ToString::to_string),
             "publish_token": args.publish_token.as_ref().map(|_| "(set)"),
             "rate": args.rate,
             "size": size,
@@ -80,8 +105,12 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
     );
     let who = match &publishing {
         Publishing::WebSocket { publishers } => {
+            let at = publisher_target
+                .as_ref()
+                .map(|t| format!(" on {t}"))
+                .unwrap_or_default();
             format!(
-                "{publishers} WebSocket publisher(s) at {} messages/s in total",
+                "{publishers} WebSocket publisher(s){at} at {} messages/s in total",
                 args.rate
             )
         }
@@ -113,6 +142,7 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
             work_publishing.clone(),
             rate,
             work_stamper.clone(),
+            nodes.as_ref(),
         )
     };
     let mut http = publish_url.map(|url| {
@@ -140,4 +170,73 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         outcome,
     };
     finish(&report, t)
+}
+
+/// `--publisher-url`'s target: another node, so of the subscribers' scheme (one TLS setup) and
+/// on their topic. Without a path it takes the subscribers' (query included); with one, its
+/// topic (the path without the query) must be theirs, or no message would reach them.
+fn publisher_target(url: &str, subscribers: &Target) -> Result<Target, LoadError> {
+    let mut target: Target = url.parse()?;
+    if target.secure != subscribers.secure {
+        return Err(LoadError::Usage(format!(
+            "--publisher-url {url}: the subscribers' URL is {}, the publishers' must be too",
+            if subscribers.secure {
+                "wss://"
+            } else {
+                "ws://"
+            }
+        )));
+    }
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    if !after_scheme.contains(['/', '?']) {
+        target.path.clone_from(&subscribers.path);
+        return Ok(target);
+    }
+    let topic = |path: &str| path.split('?').next().unwrap_or_default().to_owned();
+    let (theirs, ours) = (topic(&target.path), topic(&subscribers.path));
+    if theirs != ours {
+        return Err(LoadError::Usage(format!(
+            "--publisher-url {url}: topic {theirs} is not the subscribers' {ours}, so every \
+             message would be missing; give their path or none (it defaults to theirs)"
+        )));
+    }
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subscribers(url: &str) -> Target {
+        url.parse().unwrap()
+    }
+
+    #[test]
+    fn the_publisher_url_takes_the_subscribers_topic() {
+        let subs = subscribers("ws://127.0.0.2:9001/room?token=s");
+        // No path: the subscribers' path and query; the URL's own address and Host.
+        let t = publisher_target("ws://127.0.0.1:9002", &subs).unwrap();
+        assert_eq!(t.path, "/room?token=s");
+        assert_eq!(t.addr, "127.0.0.1:9002".parse().unwrap());
+        assert_eq!(t.host, "127.0.0.1:9002");
+        // The same topic, another query: kept as written.
+        let t = publisher_target("ws://localhost:9002/room?token=p", &subs).unwrap();
+        assert_eq!(t.path, "/room?token=p");
+        // The root written out is the root topic, which is not /room.
+        let error = publisher_target("ws://127.0.0.1:9002/", &subs).unwrap_err();
+        assert_eq!(error.exit_code(), crate::error::EXIT_USAGE);
+        let message = error.to_string();
+        assert!(
+            message.contains("topic / is not the subscribers' /room"),
+            "{message}"
+        );
+        assert!(!message.contains('\n'));
+        assert!(publisher_target("ws://127.0.0.1:9002/other", &subs).is_err());
+        // Another scheme, or a host off this machine: refused.
+        let message = publisher_target("wss://127.0.0.1:9002/room", &subs)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("must be too"), "{message}");
+        assert!(publisher_target("ws://10.0.0.1:9002/room", &subs).is_err());
+    }
 }

@@ -255,6 +255,7 @@ fn prepare(
             threads,
             sources,
             targets,
+            split: None,
             handshake_timeout,
             close_timeout,
             drain_timeout,

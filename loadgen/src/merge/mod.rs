@@ -156,6 +156,7 @@ pub fn merge(reports: &[(String, Value)]) -> Result<(TrafficReport, Value), Load
     for (name, report) in &reports[1..] {
         agree(first_name, first, name, report, scenario)?;
     }
+    same_nodes_or_none(reports)?;
     let pace = match first["loop"].as_str() {
         Some("open") => Loop::Open,
         Some("closed") => Loop::Closed,
@@ -269,6 +270,21 @@ fn agree(
     Ok(())
 }
 
+/// Refuses reports of which some count deliveries by node (`nodes`) and some do not: the
+/// merged nodes would not add up to the merged total.
+fn same_nodes_or_none(reports: &[(String, Value)]) -> Result<(), LoadError> {
+    let has_nodes = |report: &Value| report["nodes"].is_array();
+    let with = reports.iter().find(|(_, r)| has_nodes(r));
+    let without = reports.iter().find(|(_, r)| !has_nodes(r));
+    if let (Some((with, _)), Some((without, _))) = (with, without) {
+        return Err(LoadError::Usage(format!(
+            "{with} counts deliveries by node (nodes) but {without} does not: their nodes would \
+             not add up to the total; merge them in separate groups"
+        )));
+    }
+    Ok(())
+}
+
 /// `ws` and `/path` of `ws://host:port/path` (the host may be written differently:
 /// `localhost`, `127.0.0.1`, or another loopback address of the same server).
 fn scheme_and_path(url: &str) -> (&str, &str) {
@@ -313,7 +329,13 @@ fn settings(reports: &[(String, Value)], scenario: &str) -> Value {
         }
         map.insert(key.to_owned(), Value::Array(all));
     }
-    for key in ["start_at_unix_s", "server_pid", "url", "path"] {
+    for key in [
+        "start_at_unix_s",
+        "server_pid",
+        "url",
+        "path",
+        "publisher_url",
+    ] {
         if reports
             .iter()
             .any(|(_, r)| r["settings"][key] != reports[0].1["settings"][key])

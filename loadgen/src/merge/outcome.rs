@@ -7,8 +7,8 @@ use hdrhistogram::Histogram;
 use serde_json::Value;
 
 use crate::error::LoadError;
-use crate::report::{histograms, Diagnostics, Failure, Failures};
-use crate::scenario::traffic::{new_histogram, Deflate, Outcome, Tally, WireTally};
+use crate::report::{histograms, node_key, Diagnostics, Failure, Failures};
+use crate::scenario::traffic::{new_histogram, Deflate, NodeTally, Outcome, Tally, WireTally};
 
 /// `--deflate` and `--deflate-send` from a report's settings.
 pub(super) fn deflate(settings: &Value) -> Deflate {
@@ -173,6 +173,29 @@ impl<'a> Fields<'a> {
         Ok(histogram)
     }
 
+    /// The deliveries by node (`nodes`, absent or `null` as none), each with its histogram.
+    fn nodes(&self) -> Result<Vec<NodeTally>, LoadError> {
+        let Some(nodes) = self.get("/nodes").and_then(Value::as_array) else {
+            return Ok(Vec::new());
+        };
+        let mut all = Vec::with_capacity(nodes.len());
+        for i in 0..nodes.len() {
+            let at = |key: &str| format!("/nodes/{i}/{key}");
+            let address = self
+                .get(&at("address"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| missing(self.name, &format!("nodes.{i}.address (a string)")))?;
+            let mut node = NodeTally::new(address.to_owned());
+            node.subscribers = self.u64(&at("subscribers"))?;
+            node.received = self.u64(&at("received"))?;
+            node.expected = self.u64(&at("expected"))?;
+            node.missing = self.u64(&at("missing"))?;
+            node.latency = self.histogram(&node_key(address))?;
+            all.push(node);
+        }
+        Ok(all)
+    }
+
     /// The report as an [`Outcome`].
     pub(super) fn outcome(&self) -> Result<Outcome, LoadError> {
         let mut failed = Vec::with_capacity(Failure::ALL.len());
@@ -195,6 +218,7 @@ impl<'a> Fields<'a> {
                 corrupt: self.u64("/corrupt")?,
                 latency,
                 interval: new_histogram(),
+                nodes: self.nodes()?,
             },
             deflate: deflate(&self.report["settings"]),
             wire: WireTally {

@@ -7,7 +7,7 @@ use super::merge;
 use super::outcome::zero;
 use crate::error::{LoadError, EXIT_USAGE};
 use crate::report::{histograms, Failure, Loop, TrafficReport};
-use crate::scenario::traffic::{new_histogram, Deflate};
+use crate::scenario::traffic::{new_histogram, Deflate, NodeTally};
 
 /// An echo run's settings, as `run_echo` writes them (the keys `merge` reads).
 fn settings(connections: u64, size: u64) -> Value {
@@ -314,4 +314,92 @@ fn a_corrupt_or_missing_histogram_is_a_clear_error() {
     no_count.as_object_mut().unwrap().remove("received");
     let message = refusal(vec![good(), no_count]);
     assert!(message.contains("no received"), "{message}");
+}
+
+/// A broadcast report whose subscribers spread over `nodes`: (address, latencies) each.
+fn node_report(nodes: &[(&str, &[u64])]) -> Value {
+    let mut outcome = zero(Deflate::Off);
+    for (address, latencies) in nodes {
+        let mut node = NodeTally::new((*address).to_owned());
+        node.subscribers = 1;
+        node.received = latencies.len() as u64;
+        node.expected = latencies.len() as u64 + 1;
+        node.missing = 1;
+        for &l in *latencies {
+            outcome.tally.record(l);
+            node.latency.record(l).unwrap();
+        }
+        outcome.tally.received += node.received;
+        outcome.tally.expected += node.expected;
+        outcome.tally.missing += 1;
+        outcome.tally.nodes.push(node);
+    }
+    outcome.duration = std::time::Duration::from_secs(2);
+    let mut s = settings(nodes.len() as u64, 64);
+    s["subscribers"] = nodes.len().into();
+    s["publishers"] = 1.into();
+    s["publish"] = "websocket".into();
+    s["rate"] = 50.0.into();
+    TrafficReport {
+        scenario: "broadcast",
+        settings: s,
+        pace: Loop::Open,
+        headline: String::new(),
+        unit: "deliveries",
+        outcome,
+    }
+    .json()
+}
+
+#[test]
+fn nodes_merge_by_address_with_their_histograms() {
+    let (a, b, c) = (values(1, 300), values(2, 200), values(3, 100));
+    let first = node_report(&[("127.0.0.1:9001", &a), ("127.0.0.2:9001", &b)]);
+    let second = node_report(&[("127.0.0.2:9001", &c)]);
+    assert_eq!(first["nodes"][1]["latency_us"]["count"], 200);
+    let (merged, json) = merge(&named(vec![first, second])).unwrap();
+    let nodes = json["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0]["address"], "127.0.0.1:9001");
+    assert_eq!(nodes[1]["address"], "127.0.0.2:9001");
+    assert_eq!(nodes[1]["subscribers"], 2);
+    assert_eq!(nodes[1]["received"], 300);
+    assert_eq!(nodes[1]["missing"], 2);
+    // Exact: the merged node histogram is that of its samples from both reports.
+    let mut exact = new_histogram();
+    for v in b.iter().chain(&c) {
+        exact.record(*v).unwrap();
+    }
+    let merged_node = &merged.outcome.tally.nodes[1].latency;
+    assert_eq!(merged_node, &exact);
+    assert_eq!(
+        nodes[1]["latency_us"]["p99"],
+        exact.value_at_quantile(0.99),
+        "{json:#}"
+    );
+    let counts: u64 = nodes
+        .iter()
+        .map(|n| n["latency_us"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counts, json["latency_us"]["count"].as_u64().unwrap());
+    assert!(merged
+        .text()
+        .contains("node      127.0.0.2:9001: 2 subscribers, received 300"));
+
+    // A report without nodes among ones with: refused, in one line.
+    let plain = node_report(&[]);
+    assert!(plain["nodes"].is_null());
+    let message = refusal(vec![node_report(&[("127.0.0.1:9001", &a)]), plain]);
+    assert!(message.contains("r1.json does not"), "{message}");
+    // A node without its histogram: a clear error.
+    let mut lost = node_report(&[("127.0.0.1:9001", &a)]);
+    lost["histograms"]
+        .as_object_mut()
+        .unwrap()
+        .remove("latency_us@127.0.0.1:9001");
+    let message = refusal(vec![lost]);
+    assert!(
+        message.contains("no histograms.latency_us@127.0.0.1:9001"),
+        "{message}"
+    );
 }

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 pub use self::connect::{ConnectHistograms, ConnectReport, ServerUsage, SettingsSummary};
-pub use self::traffic::{Loop, TrafficReport};
+pub use self::traffic::{node_key, Loop, TrafficReport};
 
 /// Why a connection never reached a verified 101.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -6,7 +6,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::{bytes_per_conn, histograms, mib, per_conn, wire, Failure, Failures, LatencySummary};
-use crate::scenario::traffic::{Outcome, Tally};
+use crate::scenario::traffic::{NodeTally, Outcome, Tally};
 
 /// How a message scenario paced its sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +103,20 @@ impl TrafficReport {
             }
             Value::Object(map)
         };
+        let node_keys: Vec<String> = t.nodes.iter().map(|n| node_key(&n.address)).collect();
+        let mut named_histograms = vec![
+            ("latency_us", &t.latency),
+            ("handshake_latency_us", &o.handshake),
+            ("connect_latency_us", &o.tcp_connect),
+            ("tls_handshake_latency_us", &o.tls_handshake),
+            ("close_latency_us", &o.closing),
+        ];
+        named_histograms.extend(
+            node_keys
+                .iter()
+                .map(String::as_str)
+                .zip(t.nodes.iter().map(|n| &n.latency)),
+        );
         let mut report = json!({
             "scenario": self.scenario,
             "settings": self.settings,
@@ -145,13 +159,8 @@ impl TrafficReport {
                 "rss_bytes": o.client_rss_bytes,
             },
             "diagnostics": o.diagnostics.json(),
-            "histograms": histograms::json(&[
-                ("latency_us", &t.latency),
-                ("handshake_latency_us", &o.handshake),
-                ("connect_latency_us", &o.tcp_connect),
-                ("tls_handshake_latency_us", &o.tls_handshake),
-                ("close_latency_us", &o.closing),
-            ]),
+            "nodes": (!t.nodes.is_empty()).then(|| nodes_json(&t.nodes)),
+            "histograms": histograms::json(&named_histograms),
         });
         wire::extend(&mut report, o.deflate, &o.wire);
         report
@@ -216,6 +225,25 @@ impl TrafficReport {
             "latency µs p50 {} p90 {} p99 {} p99.9 {} p99.99 {} max {} (n={})",
             l.p50, l.p90, l.p99, l.p999, l.p9999, l.max, l.count
         );
+        for n in &t.nodes {
+            let l = LatencySummary::of(&n.latency);
+            let _ = writeln!(
+                out,
+                "node      {}: {} subscribers, received {} expected {} missing {}; latency µs p50 {} \
+                 p90 {} p99 {} p99.9 {} max {} (n={})",
+                n.address,
+                n.subscribers,
+                n.received,
+                n.expected,
+                n.missing,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                l.count
+            );
+        }
         wire::write_deflate(&mut out, o.deflate, &o.wire, o.established);
         wire::write_bytes(&mut out, &o.wire);
         if !o.tls_handshake.is_empty() {
@@ -264,4 +292,26 @@ impl TrafficReport {
         o.diagnostics.write_if_any(&mut out, "note");
         out
     }
+}
+
+/// The key of node `address`'s latency histogram in the report's `histograms`.
+pub fn node_key(address: &str) -> String {
+    format!("latency_us@{address}")
+}
+
+/// The report's `nodes`: each server address's subscribers, deliveries and latency.
+fn nodes_json(nodes: &[NodeTally]) -> Value {
+    nodes
+        .iter()
+        .map(|n| {
+            json!({
+                "address": n.address,
+                "subscribers": n.subscribers,
+                "received": n.received,
+                "expected": n.expected,
+                "missing": n.missing,
+                "latency_us": LatencySummary::of(&n.latency).json(),
+            })
+        })
+        .collect()
 }

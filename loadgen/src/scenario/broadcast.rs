@@ -23,7 +23,7 @@ use uringcast::protocol::OpCode;
 
 pub use self::http::{HttpSenders, PublishUrl};
 use super::stamp::{self, Stamp, Stamper};
-use super::traffic::{Expect, Outbox, Plan, Tally, Workload};
+use super::traffic::{target_of, Expect, NodeTally, Outbox, Plan, Tally, Workload};
 
 /// 1,000 subscribers.
 pub const DEFAULT_SUBSCRIBERS: u64 = 1000;
@@ -78,6 +78,8 @@ pub struct BroadcastWork {
     stamper: Stamper,
     /// Per local connection: the subscriber's windows, by publisher id; `None` for a publisher.
     subs: Vec<Option<Vec<SeqWindow>>>,
+    /// With [`Nodes`]: per local connection, the index of its node in `tally.nodes`.
+    node_of: Vec<usize>,
     /// This thread's WebSocket publishers.
     pubs: Vec<Publisher>,
     /// The schedule's interval for one publisher, ns.
@@ -98,22 +100,50 @@ struct Publisher {
     offset_ns: f64,
 }
 
+/// The server addresses subscribers spread over, to count deliveries by node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nodes {
+    /// The run's target addresses (`IP:PORT`), in order.
+    pub addresses: Vec<String>,
+    /// Source addresses (0: the kernel picks): with the targets, they decide each connection's.
+    pub sources: usize,
+}
+
 impl BroadcastWork {
     /// A thread's share: global connections below `subscribers` subscribe, the next ones
     /// publish (when `publishing` is over WebSocket) at `rate` messages per second in total.
+    /// With `nodes`, deliveries are also counted by the address each subscriber connects to.
     pub fn new(
         plan: Plan,
         subscribers: u64,
         publishing: Publishing,
         rate: f64,
         stamper: Stamper,
+        nodes: Option<&Nodes>,
     ) -> Self {
         let k = publishing.publishers().max(1);
         let interval_ns = 1e9 * k as f64 / rate;
         let mut subs = Vec::with_capacity(plan.count as usize);
         let mut pubs = Vec::new();
+        let mut tally = Tally::default();
+        let mut node_of = Vec::new();
+        if let Some(nodes) = nodes {
+            tally.nodes = nodes
+                .addresses
+                .iter()
+                .cloned()
+                .map(NodeTally::new)
+                .collect();
+        }
         for local in 0..plan.count as usize {
             let global = plan.global(local);
+            if let Some(nodes) = nodes {
+                let node = target_of(global, nodes.sources, nodes.addresses.len());
+                if global < subscribers {
+                    tally.nodes[node].subscribers += 1;
+                }
+                node_of.push(node);
+            }
             if global < subscribers {
                 subs.push(Some(Vec::new()));
             } else {
@@ -131,12 +161,13 @@ impl BroadcastWork {
             publishing,
             stamper,
             subs,
+            node_of,
             pubs,
             interval_ns,
             start_ns: 0,
             running: false,
             last_delivery_ns: 0,
-            tally: Tally::default(),
+            tally,
             scratch: Vec::new(),
         }
     }
@@ -202,6 +233,10 @@ impl Workload for BroadcastWork {
             return;
         };
         self.tally.received += 1;
+        let node = self.node_of.get(conn).copied();
+        if let Some(n) = node {
+            self.tally.nodes[n].received += 1;
+        }
         self.last_delivery_ns = now_ns;
         let Some(stamp) = self
             .stamper
@@ -221,8 +256,11 @@ impl Workload for BroadcastWork {
                 if late {
                     self.tally.out_of_order += 1;
                 }
-                self.tally
-                    .record(stamp::micros_between(stamp.sent_ns, now_ns));
+                let micros = stamp::micros_between(stamp.sent_ns, now_ns);
+                self.tally.record(micros);
+                if let Some(n) = node {
+                    self.tally.nodes[n].latency.saturating_record(micros);
+                }
             }
         }
     }
@@ -261,21 +299,33 @@ impl Workload for BroadcastWork {
 
     fn finish(&mut self, expect: &Expect, open_at_go: &[bool]) -> Tally {
         let mut tally = self.tally.clone();
-        let mut expected = 0;
-        let mut unique = 0;
-        for (sub, open) in self.subs.iter().zip(open_at_go) {
+        // (expected, unique) of the whole thread, then of each node.
+        let mut total = (0, 0);
+        let mut by_node = vec![(0, 0); tally.nodes.len()];
+        for (conn, (sub, open)) in self.subs.iter().zip(open_at_go).enumerate() {
             let Some(windows) = sub else { continue };
-            unique += windows.iter().map(|w| w.unique).sum::<u64>();
+            // A subscriber that was not open at Go is expected to have nothing, and what it
+            // got anyway does not make up for what another one missed.
             if !open {
                 continue;
             }
-            expected += match self.publishing {
+            let unique = windows.iter().map(|w| w.unique).sum::<u64>();
+            let expected = match self.publishing {
                 Publishing::External => windows.iter().map(SeqWindow::span).sum::<u64>(),
                 _ => expect.per_publisher.iter().sum::<u64>(),
             };
+            let node = self.node_of.get(conn).and_then(|n| by_node.get_mut(*n));
+            for count in std::iter::once(&mut total).chain(node) {
+                count.0 += expected;
+                count.1 += unique;
+            }
         }
-        tally.expected = expected;
-        tally.missing = expected.saturating_sub(unique);
+        tally.expected = total.0;
+        tally.missing = total.0.saturating_sub(total.1);
+        for (node, (expected, unique)) in tally.nodes.iter_mut().zip(by_node) {
+            node.expected = expected;
+            node.missing = expected.saturating_sub(unique);
+        }
         tally
     }
 }
@@ -392,11 +442,59 @@ mod tests {
             Publishing::WebSocket { publishers: 2 },
             100.0,
             stamper,
+            None,
         );
         assert_eq!(w.subs.iter().filter(|s| s.is_some()).count(), 2);
         assert_eq!(w.pubs.len(), 2);
         assert_eq!(w.interval_ns, 2e7);
         assert_eq!(w.pubs[1].offset_ns, 1e7);
         assert_eq!(w.published(), vec![0, 0]);
+    }
+
+    #[test]
+    fn deliveries_count_by_the_node_each_subscriber_connects_to() {
+        let stamper = Stamper::new(super::super::stamp::Encoding::Binary, 64);
+        // One thread: 5 subscribers over 2 addresses (0, 1, 0, 1, 0), then a publisher.
+        let plan = Plan {
+            first: 0,
+            step: 1,
+            count: 6,
+        };
+        let nodes = Nodes {
+            addresses: vec!["127.0.0.1:9".into(), "127.0.0.2:9".into()],
+            sources: 0,
+        };
+        let mut w = BroadcastWork::new(
+            plan,
+            5,
+            Publishing::WebSocket { publishers: 1 },
+            100.0,
+            stamper,
+            Some(&nodes),
+        );
+        let subscribers: Vec<u64> = w.tally.nodes.iter().map(|n| n.subscribers).collect();
+        assert_eq!(subscribers, [3, 2]);
+        assert_eq!(w.node_of, [0, 1, 0, 1, 0, 1]);
+        // The publisher sent 4; subscriber 0 got them all, 1 got 3, 2 got 2 and closed before
+        // traffic (nothing expected of it), 3 got none, 4 got 4.
+        for (conn, got) in [(0, 4), (1, 3), (2, 2), (4, 4)] {
+            let windows = w.subs[conn].as_mut().unwrap();
+            windows.push(SeqWindow::default());
+            for seq in 0..got {
+                windows[0].record(seq);
+            }
+        }
+        let expect = Expect {
+            per_publisher: vec![4],
+        };
+        let tally = w.finish(&expect, &[true, true, false, true, true, true]);
+        assert_eq!((tally.expected, tally.missing), (16, 5));
+        let by_node: Vec<(u64, u64)> = tally
+            .nodes
+            .iter()
+            .map(|n| (n.expected, n.missing))
+            .collect();
+        // Node 0: subscribers 0, 2 (closed: not counted), 4. Node 1: subscribers 1 and 3.
+        assert_eq!(by_node, [(8, 0), (8, 5)]);
     }
 }

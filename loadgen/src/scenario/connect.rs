@@ -85,6 +85,7 @@ impl Settings {
             threads: self.threads,
             sources: self.sources.clone(),
             targets: self.targets.clone(),
+            split: None,
             handshake_timeout: self.handshake_timeout,
             close_timeout: self.close_timeout,
             drain_timeout: Duration::ZERO,

@@ -46,11 +46,15 @@ use std::time::{Duration, Instant};
 
 pub use self::compression::{Deflate, WireTally};
 pub use self::outcome::{Outcome, ServerSamples, StopSample};
+pub use self::plan::target_of;
 pub use self::plan::Plan;
 pub use self::settings::{
-    ProgressStyle, Settings, DEFAULT_CONNECT_RATE, DEFAULT_DRAIN_TIMEOUT_SECS, MAX_MESSAGE_BYTES,
+    ProgressStyle, Settings, Split, DEFAULT_CONNECT_RATE, DEFAULT_DRAIN_TIMEOUT_SECS,
+    MAX_MESSAGE_BYTES,
 };
-pub use self::workload::{new_histogram, Expect, NoSenders, Outbox, Senders, Tally, Workload};
+pub use self::workload::{
+    new_histogram, Expect, NoSenders, NodeTally, Outbox, Senders, Tally, Workload,
+};
 
 use self::coordinator::{Coordinator, ProgressLine};
 use self::outcome::ThreadResult;

@@ -16,7 +16,7 @@ use super::conn::{Conn, Connecting, Deadline, Slot};
 use super::plan::address_pair;
 use super::thread::ThreadSetup;
 use super::tls::SlotTls;
-use super::{new_histogram, Plan, Progress, Workload};
+use super::{new_histogram, Plan, Progress, Split, Workload};
 use crate::report::{Diagnostics, Failure, Failures};
 use crate::uring::user_data::OpKind;
 use crate::uring::{BeforeClose, Completion, Ops};
@@ -34,6 +34,8 @@ pub(super) struct Net {
     pub(super) sources: usize,
     /// Server addresses (at least one).
     pub(super) targets: usize,
+    /// Connections from a global index on go to another server: ring target `targets`.
+    pub(super) split: Option<Split>,
     /// New connections per second over all threads.
     pub(super) rate: f64,
     pub(super) handshake_timeout: Duration,
@@ -86,6 +88,7 @@ impl Net {
             path: setup.settings.target.path.clone(),
             sources: setup.settings.sources.len(),
             targets: setup.settings.targets.len().max(1),
+            split: setup.settings.split.clone(),
             rate: setup.settings.connect_rate,
             handshake_timeout: setup.settings.handshake_timeout,
             close_timeout: setup.settings.close_timeout,
@@ -161,13 +164,22 @@ impl Net {
 
     pub(super) fn open_one(&mut self, ops: &mut Ops, local: usize, now: Instant) {
         let key: [u8; 16] = rand::random();
-        let (handshake, request) =
-            ClientHandshake::new(&self.host, &self.path, key, self.compression.headers);
+        let global = self.plan.global(local);
+        let (source, mut target) = address_pair(global, self.sources, self.targets);
+        let (host, path, server_name) = match &self.split {
+            Some(split) if global >= split.from => {
+                target = self.targets;
+                let t = &split.target;
+                (&t.host, &t.path, &t.server_name)
+            }
+            _ => (&self.host, &self.path, &self.server_name),
+        };
+        let (handshake, request) = ClientHandshake::new(host, path, key, self.compression.headers);
         let mut request = Bytes::from(request);
         let mut tls = None;
         if self.tls.is_some() {
             // wss://: the chain sends the ClientHello; the request waits for the handshake.
-            match SlotTls::start(self, request) {
+            match SlotTls::start(self, server_name, request) {
                 Ok((session, hello)) => {
                     tls = Some(session);
                     request = hello;
@@ -178,8 +190,6 @@ impl Net {
                 }
             }
         }
-        let global = self.plan.global(local);
-        let (source, target) = address_pair(global, self.sources, self.targets);
         let slot = &mut self.slots[local];
         slot.tls = tls;
         match ops.open(

@@ -40,6 +40,13 @@ pub(super) fn address_pair(global: u64, sources: usize, targets: usize) -> (Opti
     (source, target)
 }
 
+/// The index in [`Settings::targets`](super::Settings::targets) of global connection `global`
+/// (a subscriber's node), with `sources` source addresses and `targets` server addresses: as
+/// [`address_pair`] picks it.
+pub fn target_of(global: u64, sources: usize, targets: usize) -> usize {
+    address_pair(global, sources, targets).1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,8 @@ pub struct Settings {
     pub sources: Vec<IpAddr>,
     /// Server addresses, round-robin over each source's connections (at least one: the URL's).
     pub targets: Vec<SocketAddr>,
+    /// Connections from a global index on that go elsewhere (broadcast's `--publisher-url`).
+    pub split: Option<Split>,
     /// Time for a connection to reach a verified 101.
     pub handshake_timeout: Duration,
     /// Time for the closing handshake at the end.
@@ -62,6 +64,24 @@ impl Settings {
     pub fn threads_used(&self) -> usize {
         self.threads.clamp(1, self.connections.max(1) as usize)
     }
+
+    /// Every address a ring connects to: [`targets`](Self::targets), then the split's, whose
+    /// index is `targets.len()`.
+    pub fn ring_targets(&self) -> Vec<SocketAddr> {
+        let mut all = self.targets.clone();
+        all.extend(self.split.as_ref().map(|s| s.target.addr));
+        all
+    }
+}
+
+/// Global connections `from` and above connect to `target` (its address, `Host`, path and TLS
+/// name) rather than to the run's target addresses; the ones below keep to those.
+#[derive(Clone, Debug)]
+pub struct Split {
+    /// The first global connection index that goes to `target`.
+    pub from: u64,
+    /// Where those go; of the same scheme as the run's target (one TLS configuration).
+    pub target: Target,
 }
 
 /// What the coordinator prints on stderr while a run goes on.

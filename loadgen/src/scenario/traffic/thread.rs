@@ -34,7 +34,7 @@ impl ThreadSetup {
         let ring = match ClientRing::new(
             self.features,
             slots,
-            &self.settings.targets,
+            &self.settings.ring_targets(),
             &self.settings.sources,
             self.settings.recv,
         ) {

@@ -32,9 +32,14 @@ pub(super) struct SlotTls {
 
 impl SlotTls {
     /// A session for a new connection: returns it and the ClientHello the open chain sends.
-    pub(super) fn start(net: &Net, request: Bytes) -> Result<(Box<Self>, Bytes), String> {
+    /// `server_name` is the name the server's certificate must carry.
+    pub(super) fn start(
+        net: &Net,
+        server_name: &str,
+        request: Bytes,
+    ) -> Result<(Box<Self>, Bytes), String> {
         let config = net.tls.as_ref().ok_or("no TLS configuration")?;
-        let (session, hello) = ClientTls::start(config, &net.server_name)?;
+        let (session, hello) = ClientTls::start(config, server_name)?;
         let tls = Box::new(Self {
             session,
             out: Vec::new(),

@@ -27,6 +27,50 @@ pub struct Tally {
     pub latency: Histogram<u64>,
     /// The same, since the last progress line (not summed).
     pub interval: Histogram<u64>,
+    /// Broadcast over several server addresses, or with `--publisher-url`: the deliveries by
+    /// the address each subscriber connected to; empty otherwise.
+    pub nodes: Vec<NodeTally>,
+}
+
+/// The deliveries to the subscribers of one server address (a "node").
+#[derive(Clone, Debug)]
+pub struct NodeTally {
+    /// The address, as `IP:PORT`.
+    pub address: String,
+    /// Subscribers planned on this address.
+    pub subscribers: u64,
+    /// Deliveries these subscribers received (as [`Tally::received`]).
+    pub received: u64,
+    /// Messages they should have received (as [`Tally::expected`]).
+    pub expected: u64,
+    /// Expected messages they never received.
+    pub missing: u64,
+    /// Latency of each checked delivery, µs.
+    pub latency: Histogram<u64>,
+}
+
+impl NodeTally {
+    /// Nothing counted yet on `address`.
+    pub fn new(address: String) -> Self {
+        Self {
+            address,
+            subscribers: 0,
+            received: 0,
+            expected: 0,
+            missing: 0,
+            latency: new_histogram(),
+        }
+    }
+
+    /// Adds another count of the same address.
+    pub fn merge(&mut self, other: &Self) {
+        self.subscribers += other.subscribers;
+        self.received += other.received;
+        self.expected += other.expected;
+        self.missing += other.missing;
+        // Same bounds and precision everywhere: adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+    }
 }
 
 impl Default for Tally {
@@ -41,6 +85,7 @@ impl Default for Tally {
             corrupt: 0,
             latency: new_histogram(),
             interval: new_histogram(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -63,6 +108,12 @@ impl Tally {
         self.corrupt += other.corrupt;
         // Same bounds and precision everywhere: adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        for node in &other.nodes {
+            match self.nodes.iter_mut().find(|n| n.address == node.address) {
+                Some(mine) => mine.merge(node),
+                None => self.nodes.push(node.clone()),
+            }
+        }
     }
 
     /// Counts that mean something went wrong.
@@ -197,5 +248,54 @@ mod tests {
         assert_eq!(a.sent, 7);
         assert_eq!(a.errors(), 1);
         assert_eq!(a.latency.len(), 2);
+    }
+
+    #[test]
+    fn nodes_merge_by_address() {
+        let node = |address: &str, subscribers, latency: &[u64]| {
+            let mut n = NodeTally::new(address.to_owned());
+            n.subscribers = subscribers;
+            n.received = latency.len() as u64;
+            for l in latency {
+                n.latency.record(*l).unwrap();
+            }
+            n
+        };
+        let mut a = Tally {
+            nodes: vec![
+                node("127.0.0.1:1", 2, &[10, 20]),
+                node("127.0.0.2:1", 1, &[30]),
+            ],
+            ..Tally::default()
+        };
+        let b = Tally {
+            nodes: vec![
+                node("127.0.0.2:1", 3, &[40, 50]),
+                node("127.0.0.3:1", 1, &[]),
+            ],
+            ..Tally::default()
+        };
+        a.merge(&b);
+        let got: Vec<(&str, u64, u64, u64)> = a
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.address.as_str(),
+                    n.subscribers,
+                    n.received,
+                    n.latency.len(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1:1", 2, 2, 2),
+                ("127.0.0.2:1", 4, 3, 3),
+                ("127.0.0.3:1", 1, 0, 0)
+            ]
+        );
+        assert_eq!(a.nodes[1].latency.max(), 50);
     }
 }
