@@ -95,15 +95,28 @@ pub type Topics = Arc<Mutex<HashMap<String, Vec<UnboundedSender<Message>>>>>;
 /// A broadcast server on tokio-tungstenite: the path is the topic; every message a connection
 /// sends goes to every connection on its path, the sender included (as uringcast does). A
 /// connection joins its topic before its 101 is sent, so it misses nothing published after.
-#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
 pub fn tungstenite_broadcast(runtime: &Runtime) -> SocketAddr {
     let listener = runtime
         .block_on(TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("an address");
-    let topics: Topics = Arc::default();
+    serve_broadcast(runtime, listener, Arc::default(), Arc::default());
+    addr
+}
+
+/// Serves [`tungstenite_broadcast`] on `listener` with the topics `topics` (several listeners
+/// sharing them are one server on several addresses), counting accepted connections in
+/// `accepted`.
+#[allow(clippy::result_large_err)] // the handshake callback's error type is tungstenite's
+pub fn serve_broadcast(
+    runtime: &Runtime,
+    listener: TcpListener,
+    topics: Topics,
+    accepted: Arc<AtomicU64>,
+) {
     runtime.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::Relaxed);
             let topics = Arc::clone(&topics);
             tokio::spawn(async move {
                 let _ = stream.set_nodelay(true);
@@ -155,7 +168,6 @@ pub fn tungstenite_broadcast(runtime: &Runtime) -> SocketAddr {
             });
         }
     });
-    addr
 }
 
 pub fn runtime() -> Runtime {

@@ -1,0 +1,374 @@
+//! `broadcast` over several server nodes: subscribers spread over two addresses get delivery
+//! latency per node, `--publisher-url` sends the publishers to another server, and (when
+//! `redis-server` is installed) a publisher on one uringcast node reaches subscribers on
+//! another through Redis, with nothing missing.
+
+#[path = "traffic/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+#[path = "traffic/peers.rs"]
+#[allow(dead_code)]
+mod peers;
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio_tungstenite::tungstenite::Message;
+use uringcast::config::Mode;
+use uringcast::server::{self, Server, ServerHandle};
+
+use self::harness::{assert_exact, describe, load, run_json, serial};
+use self::peers::{runtime, serve_broadcast, Topics};
+
+const REDIS: &str = "/usr/bin/redis-server";
+
+/// One tungstenite broadcast server listening on 127.0.0.1:P and 127.0.0.2:P, its topics
+/// shared: the port, and each address's accepted connections.
+fn two_address_broadcast(rt: &Runtime) -> (u16, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let first = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let port = first.local_addr().expect("an address").port();
+    let second = rt
+        .block_on(TcpListener::bind(("127.0.0.2", port)))
+        .expect("127.0.0.2 takes the same port");
+    let topics: Topics = Arc::default();
+    let (on_first, on_second) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    serve_broadcast(rt, first, Arc::clone(&topics), Arc::clone(&on_first));
+    serve_broadcast(rt, second, topics, Arc::clone(&on_second));
+    (port, on_first, on_second)
+}
+
+/// The report's `nodes`, checked against its totals: counts and histograms add up exactly.
+fn nodes_adding_up(json: &Value) -> Vec<Value> {
+    let nodes = json["nodes"].as_array().expect("nodes").clone();
+    let sum = |key: &dyn Fn(&Value) -> u64| nodes.iter().map(key).sum::<u64>();
+    assert_eq!(
+        sum(&|n| n["received"].as_u64().unwrap()),
+        json["received"].as_u64().unwrap(),
+        "{json:#}"
+    );
+    assert_eq!(
+        sum(&|n| n["latency_us"]["count"].as_u64().unwrap()),
+        json["latency_us"]["count"].as_u64().unwrap(),
+        "{json:#}"
+    );
+    assert_eq!(
+        sum(&|n| n["expected"].as_u64().unwrap()),
+        json["expected"].as_u64().unwrap()
+    );
+    assert_eq!(
+        sum(&|n| n["missing"].as_u64().unwrap()),
+        json["missing"].as_u64().unwrap()
+    );
+    assert_eq!(
+        sum(&|n| n["subscribers"].as_u64().unwrap()),
+        json["settings"]["subscribers"].as_u64().unwrap()
+    );
+    for n in &nodes {
+        let address = n["address"].as_str().expect("address");
+        assert!(
+            json["histograms"][format!("latency_us@{address}")].is_string(),
+            "{address}'s histogram"
+        );
+        for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
+            assert!(n["latency_us"][key].is_u64(), "{address}: latency_us.{key}");
+        }
+    }
+    nodes
+}
+
+#[test]
+fn subscribers_over_two_addresses_get_latency_per_node() {
+    let _serial = serial();
+    let rt = runtime();
+    let (port, on_first, on_second) = two_address_broadcast(&rt);
+    let url = format!("ws://127.0.0.1:{port}/room");
+    let json = run_json(
+        "nodes-two",
+        &[
+            "broadcast",
+            &url,
+            "--target-addresses",
+            "127.0.0.1-127.0.0.2",
+            "--subscribers",
+            "20",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_exact(&json, 22);
+    let nodes = nodes_adding_up(&json);
+    let got: Vec<(&str, u64)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n["address"].as_str().unwrap(),
+                n["subscribers"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let (a, b) = (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"));
+    assert_eq!(got, [(a.as_str(), 10), (b.as_str(), 10)]);
+    for n in &nodes {
+        assert_eq!(n["missing"], 0);
+        assert!(n["received"].as_u64().unwrap() > 0, "{n}");
+    }
+    // 10 subscribers on each, and the 2 publishers round-robin too.
+    assert_eq!(on_first.load(Ordering::Relaxed), 11);
+    assert_eq!(on_second.load(Ordering::Relaxed), 11);
+    assert!(json["settings"]["publisher_url"].is_null());
+}
+
+#[test]
+fn publishers_connect_to_the_publisher_url() {
+    let _serial = serial();
+    let rt = runtime();
+    let (port, on_first, on_second) = two_address_broadcast(&rt);
+    let url = format!("ws://127.0.0.1:{port}/room");
+    // No path: the publishers take the subscribers' topic.
+    let publisher_url = format!("ws://127.0.0.2:{port}");
+    let args = [
+        "broadcast",
+        &url,
+        "--publisher-url",
+        &publisher_url,
+        "--subscribers",
+        "12",
+        "--publishers",
+        "3",
+        "--rate",
+        "150",
+        "--duration",
+        "1",
+    ];
+    let json = run_json("nodes-publisher-url", &args);
+    assert_exact(&json, 15);
+    // Every subscriber on the URL's address, every publisher on the other one.
+    assert_eq!(on_first.load(Ordering::Relaxed), 12);
+    assert_eq!(on_second.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        json["settings"]["publisher_url"],
+        format!("ws://127.0.0.2:{port}/room")
+    );
+    let nodes = nodes_adding_up(&json);
+    assert_eq!(nodes.len(), 1, "{json:#}");
+    assert_eq!(nodes[0]["address"], format!("127.0.0.1:{port}"));
+    assert_eq!(nodes[0]["subscribers"], 12);
+
+    // The text report has the node's line.
+    let output = load(&args[..]);
+    assert!(output.status.success(), "{}", describe(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(&format!("node      127.0.0.1:{port}: 12 subscribers")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("publisher(s) on ws://127.0.0.2:{port}/room")));
+}
+
+#[test]
+fn a_publisher_url_that_misses_the_topic_is_refused() {
+    for (extra, says) in [
+        (
+            vec!["--publisher-url", "ws://127.0.0.1:9/other"],
+            "topic /other is not the subscribers' /room",
+        ),
+        (
+            vec!["--publisher-url", "wss://127.0.0.1:9/room"],
+            "must be too",
+        ),
+        (
+            vec!["--publisher-url", "ws://127.0.0.1:9", "--publishers", "0"],
+            "needs WebSocket publishers",
+        ),
+        (
+            vec![
+                "--publisher-url",
+                "ws://127.0.0.1:9",
+                "--publish-url",
+                "http://127.0.0.1:9/publish/room",
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let mut args = vec!["broadcast", "ws://127.0.0.1:9/room", "--quiet"];
+        args.extend(extra);
+        let output = load(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        if !says.contains("used with") {
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        }
+    }
+}
+
+/// A `redis-server` on a free port, stopped on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    /// Starts one and waits (at most 10 s) for it to say it accepts connections.
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut child = Command::new(REDIS)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts");
+        let stdout = child.stdout.take().expect("its stdout");
+        let (tx, rx) = mpsc::channel();
+        // Reads to the end, so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let redis = Self { child, port };
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("redis-server ready within 10 s");
+        redis
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn node(listen: SocketAddr, broker: &str) -> ServerHandle {
+    let config = Server::builder()
+        .listen(listen)
+        .workers(1)
+        .mode(Mode::Broadcast)
+        .ping_interval(None)
+        .broker(broker)
+        .build()
+        .expect("a valid configuration");
+    server::spawn(config).expect("the node starts")
+}
+
+/// Holds a subscriber on `to` (so its node keeps the topic's channel) once a message published
+/// on `from` has reached it through the broker: the link is up both ways. Its deliveries are
+/// read and dropped until the returned sender is dropped.
+fn wait_for_the_link(rt: &Runtime, from: &str, to: &str) -> tokio::sync::oneshot::Sender<()> {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    rt.block_on(async move {
+        let (mut subscriber, _) = tokio_tungstenite::connect_async(&to).await.expect("on B");
+        let (mut publisher, _) = tokio_tungstenite::connect_async(&from).await.expect("on A");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        'probe: loop {
+            assert!(
+                Instant::now() < deadline,
+                "no probe crossed the broker in 10 s"
+            );
+            publisher.send(Message::text("probe")).await.expect("send");
+            let wait = tokio::time::sleep(Duration::from_millis(200));
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    got = subscriber.next() => match got {
+                        Some(Ok(Message::Text(t))) if t.as_str() == "probe" => break 'probe,
+                        Some(Ok(_)) => {}
+                        other => panic!("the subscriber on B ended: {other:?}"),
+                    },
+                    () = &mut wait => continue 'probe,
+                }
+            }
+        }
+        drop(publisher);
+        tokio::spawn(async move {
+            let mut done = done_rx;
+            loop {
+                tokio::select! {
+                    _ = &mut done => break,
+                    got = subscriber.next() => if !matches!(got, Some(Ok(_))) { break },
+                }
+            }
+            let _ = subscriber.close(None).await;
+        });
+    });
+    done_tx
+}
+
+#[test]
+fn a_publisher_on_one_node_reaches_subscribers_on_another_through_redis() {
+    if !std::path::Path::new(REDIS).exists() {
+        println!("SKIP a_publisher_on_one_node_reaches_subscribers_on_another_through_redis: redis-server missing");
+        return;
+    }
+    let _serial = serial();
+    let redis = Redis::start();
+    let broker = format!("redis://127.0.0.1:{}", redis.port);
+    let a = node("127.0.0.1:0".parse().unwrap(), &broker);
+    let port = a.local_addr().port();
+    let b = node(SocketAddr::from(([127, 0, 0, 2], port)), &broker);
+    let rt = runtime();
+    let (on_a, on_b) = (
+        format!("ws://127.0.0.1:{port}/room"),
+        format!("ws://127.0.0.2:{port}/room"),
+    );
+    let hold = wait_for_the_link(&rt, &on_a, &on_b);
+    // Subscribers on both nodes, publishers on A: B's get everything through Redis.
+    let json = run_json(
+        "nodes-redis",
+        &[
+            "broadcast",
+            &on_b,
+            "--target-addresses",
+            "127.0.0.1,127.0.0.2",
+            "--publisher-url",
+            &on_a,
+            "--subscribers",
+            "20",
+            "--publishers",
+            "2",
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+        ],
+    );
+    drop(hold);
+    assert_exact(&json, 22);
+    let nodes = nodes_adding_up(&json);
+    assert_eq!(nodes.len(), 2);
+    let on_b = nodes
+        .iter()
+        .find(|n| n["address"] == format!("127.0.0.2:{port}"))
+        .expect("node B");
+    assert_eq!(on_b["subscribers"], 10);
+    assert_eq!(on_b["missing"], 0, "{json:#}");
+    // Every message each subscriber on B expected: 2 publishers' sends, to each of 10.
+    assert_eq!(on_b["received"], on_b["expected"]);
+    assert_eq!(
+        on_b["expected"].as_u64().unwrap(),
+        10 * json["sent"].as_u64().unwrap()
+    );
+    b.shutdown();
+    a.shutdown();
+}
