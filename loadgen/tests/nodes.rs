@@ -45,7 +45,8 @@ fn two_address_broadcast(rt: &Runtime) -> (u16, Arc<AtomicU64>, Arc<AtomicU64>) 
     (port, on_first, on_second)
 }
 
-/// The report's `nodes`, checked against its totals: counts and histograms add up exactly.
+/// The `nodes` of an exact run, checked against its totals: counts and histograms add up
+/// exactly, and each node's latencies are those of its own deliveries.
 fn nodes_adding_up(json: &Value) -> Vec<Value> {
     let nodes = json["nodes"].as_array().expect("nodes").clone();
     let sum = |key: &dyn Fn(&Value) -> u64| nodes.iter().map(key).sum::<u64>();
@@ -76,6 +77,10 @@ fn nodes_adding_up(json: &Value) -> Vec<Value> {
         assert!(
             json["histograms"][format!("latency_us@{address}")].is_string(),
             "{address}'s histogram"
+        );
+        assert_eq!(
+            n["latency_us"]["count"], n["received"],
+            "{address}: {json:#}"
         );
         for key in ["p50", "p90", "p99", "p999", "p9999", "max"] {
             assert!(n["latency_us"][key].is_u64(), "{address}: latency_us.{key}");
@@ -354,6 +359,15 @@ fn a_publisher_on_one_node_reaches_subscribers_on_another_through_redis() {
         ],
     );
     drop(hold);
+    // The publishers published on A (and the probe), none on B.
+    let publishes = |node: &ServerHandle| -> u64 {
+        node.broadcast_stats()
+            .iter()
+            .map(|s| s.publishes.load(Ordering::Relaxed))
+            .sum()
+    };
+    assert_eq!(publishes(&b), 0);
+    assert!(publishes(&a) > json["sent"].as_u64().unwrap());
     assert_exact(&json, 22);
     let nodes = nodes_adding_up(&json);
     assert_eq!(nodes.len(), 2);
