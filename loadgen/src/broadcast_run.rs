@@ -57,6 +57,17 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         .duration
         .unwrap_or(broadcast::DEFAULT_DURATION_SECS);
     let connections = args.subscribers + ws_publishers;
+    // Checked before anything is set up: a publisher URL that misses the topic is a usage error.
+    let publisher = match &args.publisher_url {
+        Some(url) => {
+            let mut subscribers: Target = args.url.parse()?;
+            if let Some(path) = &args.path {
+                subscribers.path.clone_from(path);
+            }
+            Some(publisher_target(url, &subscribers)?)
+        }
+        None => None,
+    };
     let mut prepared = prepare(
         &args.url,
         args.path.as_deref(),
@@ -64,12 +75,10 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         &args.traffic,
         duration,
     )?;
-    if let Some(url) = &args.publisher_url {
-        prepared.settings.split = Some(Split {
-            from: args.subscribers,
-            target: publisher_target(url, &prepared.settings.target)?,
-        });
-    }
+    prepared.settings.split = publisher.map(|target| Split {
+        from: args.subscribers,
+        target,
+    });
     let publisher_target = prepared.settings.split.as_ref().map(|s| s.target.clone());
     // Deliveries by node: when subscribers spread over several servers, or publish elsewhere.
     let nodes =

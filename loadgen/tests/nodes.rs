@@ -215,6 +215,8 @@ fn a_publisher_url_that_misses_the_topic_is_refused() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         if !says.contains("used with") {
             assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+            // Refused before anything is set up.
+            assert!(output.stdout.is_empty(), "{}", describe(&output));
         }
     }
 }
