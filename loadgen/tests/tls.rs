@@ -312,3 +312,50 @@ fn wss_echo_with_deflate_counts_the_bytes_inside_tls() {
     assert!(wire < payload, "{wire} wire bytes for {payload} of payload");
     server.shutdown();
 }
+
+#[test]
+fn wss_publishers_go_to_the_publisher_url_with_its_own_name() {
+    let _serial = serial();
+    let cert = Cert::new("publisher-url");
+    let ca = cert.cert();
+    let server = uringcast_tls(Mode::Broadcast, &cert, 1);
+    let port = server.local_addr().port();
+    let url = format!("wss://localhost:{port}/room");
+    let args = |publisher_url: &str| -> Vec<String> {
+        [
+            "broadcast",
+            &url,
+            "--publisher-url",
+            publisher_url,
+            "--ca",
+            &ca,
+            "--subscribers",
+            "20",
+            "--publishers",
+            "2",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let good = args(&format!("wss://localhost:{port}"));
+    let good: Vec<&str> = good.iter().map(String::as_str).collect();
+    let json = run_ok("publisher-url", &good);
+    assert_exact(&json, 22);
+    assert_eq!(json["nodes"][0]["subscribers"], 20, "{json:#}");
+    assert_eq!(json["nodes"][0]["received"], json["received"]);
+
+    // The certificate names localhost only: publishers sent to 127.0.0.1 check that name,
+    // and fail, while the subscribers still connect to localhost.
+    let bad = args(&format!("wss://127.0.0.1:{port}/room"));
+    let bad: Vec<&str> = bad.iter().map(String::as_str).collect();
+    let (output, json) = run_json("publisher-url-name", &bad);
+    assert_eq!(output.status.code(), Some(1), "{json:#}");
+    assert_eq!(json["connections"]["reached"], 20, "{json:#}");
+    assert_eq!(json["connections"]["established"], 20, "{json:#}");
+    assert_eq!(json["sent"], 0);
+    server.shutdown();
+}
