@@ -33,7 +33,10 @@ echo "output in $out"
 
 port=9800
 next() { port=$((port + 2)); src="127.0.0.$((130 + port % 100))"; }
-wait_listen() { for _ in $(seq 1 100); do ss -ltn "sport = :$1" | grep -q LISTEN && return; sleep 0.1; done; }
+wait_listen() {
+  for _ in $(seq 1 100); do ss -ltn "sport = :$1" | grep -q LISTEN && return; sleep 0.1; done
+  echo "bench_brokers: nothing listens on port $1 after 10 s" >&2; exit 1
+}
 node() { # core port broker-url-or-empty -> pid in $node_pid
   local broker=(); [ -n "$3" ] && broker=(--broker "$3")
   taskset -c "$1" "$server" --listen "127.0.0.1:$2" --mode broadcast --workers 1 --ping-interval 0 \

@@ -24,6 +24,8 @@ use crate::broadcast::Hub;
 const BATCH: usize = 256;
 /// How soon a subscription the broker refused is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+/// A connection that stayed up this long resets the reconnection backoff.
+const STABLE: Duration = Duration::from_secs(5);
 /// Warnings about an unreachable broker, at most one per this.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -276,6 +278,8 @@ pub(super) struct Task<B: Broker> {
     max_message_bytes: usize,
     /// Topics subscribed at the broker on the current connection.
     subscribed: HashSet<Arc<str>>,
+    /// Topics subscribed on the connection before this one, until the first reconcile.
+    held_before: HashSet<Arc<str>>,
     /// The last sequence number this node gave each topic it published to.
     sent: HashMap<Arc<str>, u64>,
     /// Resets of `sent`, the low bits of the node id: a receiver sees a new publisher.
@@ -294,6 +298,7 @@ impl<B: Broker> Task<B> {
             hub,
             max_message_bytes,
             subscribed: HashSet::new(),
+            held_before: HashSet::new(),
             sent: HashMap::new(),
             epoch: 0,
             received: Sequences::default(),
@@ -322,14 +327,19 @@ impl<B: Broker> Task<B> {
                     }
                     info!(broker = %self.link.url, "broker connected");
                     was_connected = true;
-                    attempt = 0;
                     stats.connected.store(true, Ordering::Relaxed);
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Ok(()));
                     }
-                    self.subscribed.clear();
+                    self.held_before = std::mem::take(&mut self.subscribed);
                     self.link.interest_changed.store(true, Ordering::Release);
+                    let since = Instant::now();
                     self.connected(&mut inbound, &inbound_bytes, &lost).await;
+                    if since.elapsed() >= STABLE {
+                        // Backoff starts over only after a connection that held: one that
+                        // dies at once keeps backing off.
+                        attempt = 0;
+                    }
                     stats.connected.store(false, Ordering::Relaxed);
                     self.set_subscribed_gauge();
                     if self.link.stopping() {
@@ -354,7 +364,9 @@ impl<B: Broker> Task<B> {
         }
     }
 
-    /// Serves one connection until it is lost or the link stops.
+    /// Serves one connection until it is lost or the link stops. Each turn reads what
+    /// arrived, then publishes a batch, then follows the interest, and waits only when none of
+    /// them has work: a node that publishes steadily still reads what others publish.
     async fn connected(
         &mut self,
         inbound: &mut tokio::sync::mpsc::Receiver<Inbound>,
@@ -364,16 +376,21 @@ impl<B: Broker> Task<B> {
         let mut arrived = Vec::with_capacity(BATCH);
         loop {
             if self.link.stopping() {
-                // Out with what was published before the stop, then leave every channel.
-                while self.flush(usize::MAX).await.is_ok_and(|more| more) {}
-                let topics: Vec<Arc<str>> = self.subscribed.iter().cloned().collect();
-                for topic in topics {
-                    let channel = self.broker.channel(&topic);
-                    let _ =
-                        tokio::time::timeout(IO_TIMEOUT, self.broker.unsubscribe(&channel)).await;
-                    self.subscribed.remove(&topic);
-                }
+                // At most one IO_TIMEOUT for the whole goodbye: a broker that stopped
+                // answering must not hold the server's shutdown.
+                let _ = tokio::time::timeout(IO_TIMEOUT, self.leave()).await;
                 return;
+            }
+            while arrived.len() < BATCH {
+                match inbound.try_recv() {
+                    Ok(message) => arrived.push(message),
+                    Err(_) => break,
+                }
+            }
+            let read = !arrived.is_empty();
+            for message in arrived.drain(..) {
+                inbound_bytes.fetch_sub(message.payload.len(), Ordering::AcqRel);
+                self.deliver(message);
             }
             let more = match self.flush(BATCH).await {
                 Ok(more) => more,
@@ -382,33 +399,42 @@ impl<B: Broker> Task<B> {
             let due = self
                 .retry_at
                 .is_some_and(|at| at <= tokio::time::Instant::now());
-            if self.link.interest_changed.load(Ordering::Acquire) || due {
-                self.reconcile().await;
-                if !self.broker.is_connected() {
-                    return;
-                }
+            if (self.link.interest_changed.load(Ordering::Acquire) || due)
+                && (!self.reconcile().await || !self.broker.is_connected())
+            {
+                return;
             }
-            if more {
-                // Let what arrived in between through, without waiting.
+            if more || read {
+                // Work is waiting: let the clients' own tasks run, then go round again.
                 tokio::task::yield_now().await;
+                continue;
             }
             let retry = self.retry_at;
             tokio::select! {
                 biased;
-                () = lost.notified() => return,
-                () = self.link.wake.notified(), if !more => {}
-                n = inbound.recv_many(&mut arrived, BATCH) => {
-                    if n == 0 {
-                        return;
-                    }
-                    for message in arrived.drain(..) {
-                        inbound_bytes.fetch_sub(message.payload.len(), Ordering::AcqRel);
-                        self.deliver(message);
-                    }
-                }
+                // A permit left by a connection already replaced is stale: go on.
+                () = lost.notified() => if !self.broker.is_connected() {
+                    return;
+                },
+                n = inbound.recv_many(&mut arrived, BATCH) => if n == 0 {
+                    return;
+                },
+                () = self.link.wake.notified() => {}
                 () = sleep_until(retry) => {}
-                () = std::future::ready(()), if more => {}
             }
+        }
+    }
+
+    /// At a stop: out with what was published before it, then leave every channel.
+    async fn leave(&mut self) {
+        while self.flush(BATCH).await.is_ok_and(|more| more) {}
+        let topics: Vec<Arc<str>> = self.subscribed.iter().cloned().collect();
+        for topic in topics {
+            let channel = self.broker.channel(&topic);
+            if self.broker.unsubscribe(&channel).await.is_err() {
+                return;
+            }
+            self.subscribed.remove(&topic);
         }
     }
 
@@ -436,10 +462,12 @@ impl<B: Broker> Task<B> {
                 return Ok(false);
             }
             left -= batch.len();
-            let results = match tokio::time::timeout(IO_TIMEOUT, self.broker.publish(&batch)).await
-            {
-                Ok(results) => results,
-                Err(_) => vec![Err(format!("no answer within {IO_TIMEOUT:?}")); batch.len()],
+            let Ok(results) = tokio::time::timeout(IO_TIMEOUT, self.broker.publish(&batch)).await
+            else {
+                // A broker that stops answering is as good as lost: make the connection anew.
+                BrokerStats::add(&stats.publish_failures, batch.len() as u64);
+                self.warn(format_args!("broker gave no answer within {IO_TIMEOUT:?}"));
+                return Err(());
             };
             let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
             BrokerStats::add(&stats.published, (batch.len() - failed.len()) as u64);
@@ -463,8 +491,9 @@ impl<B: Broker> Task<B> {
                 .map(|mut d| std::mem::take(&mut *d))
                 .unwrap_or_default();
             for (topic, count) in dropped {
-                for _ in 0..count {
-                    self.next_seq(&topic);
+                let seq = self.next_seq(&topic);
+                if let Some(last) = self.sent.get_mut(&topic) {
+                    *last = seq + count - 1;
                 }
             }
         }
@@ -480,9 +509,17 @@ impl<B: Broker> Task<B> {
     }
 
     /// Subscribes to the topics the node holds and not yet the broker, and the reverse.
-    async fn reconcile(&mut self) {
+    /// Returns `false` when the broker stopped answering (the connection is then re-made).
+    async fn reconcile(&mut self) -> bool {
         self.retry_at = None;
         let wanted = self.link.wanted();
+        // Topics held before a reconnection and no longer wanted: their sequences go, or a
+        // later subscription would count what was published meanwhile as gaps.
+        for topic in std::mem::take(&mut self.held_before) {
+            if !wanted.contains(&topic) {
+                self.received.forget(&topic);
+            }
+        }
         let add: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
         let remove: Vec<Arc<str>> = self.subscribed.difference(&wanted).cloned().collect();
         for topic in add {
@@ -492,7 +529,10 @@ impl<B: Broker> Task<B> {
                     self.subscribed.insert(topic);
                 }
                 Ok(Err(message)) => self.refused("subscribe", &channel, &message),
-                Err(_) => self.refused("subscribe", &channel, "no answer"),
+                Err(_) => {
+                    self.refused("subscribe", &channel, "no answer");
+                    return false;
+                }
             }
         }
         for topic in remove {
@@ -503,10 +543,14 @@ impl<B: Broker> Task<B> {
                     self.received.forget(&topic);
                 }
                 Ok(Err(message)) => self.refused("unsubscribe", &channel, &message),
-                Err(_) => self.refused("unsubscribe", &channel, "no answer"),
+                Err(_) => {
+                    self.refused("unsubscribe", &channel, "no answer");
+                    return false;
+                }
             }
         }
         self.set_subscribed_gauge();
+        true
     }
 
     fn refused(&mut self, what: &str, channel: &str, message: &str) {
@@ -540,7 +584,11 @@ impl<B: Broker> Task<B> {
                 return;
             }
         };
-        let topic: Arc<str> = Arc::from(topic);
+        let Some(topic) = self.subscribed.get(topic.as_str()).cloned() else {
+            // Left (or not yet re-made after a reconnection): nobody here wants it, and
+            // recording its sequence would make a gap of what follows a later subscription.
+            return;
+        };
         if let Some((node, seq)) = envelope.origin {
             if node & !0xFFFF == self.link.node {
                 BrokerStats::add(&stats.own_skipped, 1);

@@ -85,7 +85,7 @@ impl Broker for MemoryBroker {
     }
 
     fn is_connected(&self) -> bool {
-        self.events.is_some()
+        self.events.is_some() && !self.bus.down.load(Ordering::Acquire)
     }
 
     async fn close(&mut self) {
@@ -94,6 +94,21 @@ impl Broker for MemoryBroker {
         for list in subscribers.values_mut() {
             list.retain(|(id, _)| *id != self.id);
         }
+    }
+}
+
+impl Bus {
+    /// The broker dies: every client hears of it, and nothing gets through until `revive`.
+    fn kill(&self) {
+        self.down.store(true, Ordering::Release);
+        let mut subscribers = self.subscribers.lock().unwrap();
+        for (_, events) in subscribers.drain().flat_map(|(_, list)| list) {
+            events.lost();
+        }
+    }
+
+    fn revive(&self) {
+        self.down.store(false, Ordering::Release);
     }
 }
 
@@ -152,20 +167,26 @@ impl Node {
         }
     }
 
-    /// Waits until the link has `n` topics subscribed at the broker: it reports no event for
-    /// that, so this reads its gauge every millisecond, for at most 10 s.
+    /// Waits until the link has `n` topics subscribed at the broker.
     fn wait_subscribed(&self, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.link.stats.subscribed_topics.load(Ordering::Relaxed) != n {
-            assert!(Instant::now() < deadline, "not subscribed to {n} topics");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let gauge = &self.link.stats.subscribed_topics;
+        wait_for(|| gauge.load(Ordering::Relaxed) == n, "the subscriptions");
     }
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
         self.link.stop();
+    }
+}
+
+/// Waits until `done`: the link reports no event for what its counters count, so this reads
+/// them every millisecond, for at most 10 s.
+fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 10 s");
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -191,11 +212,16 @@ fn a_publish_crosses_to_the_node_that_holds_the_topic_once() {
     for text in ["one", "two", "three"] {
         assert_eq!(&payload(&b.next_frame())[..], text.as_bytes());
     }
-    // A publishes once more: when B has it, A has had its three echoes back, all skipped.
     a.link
         .publish(&topic, &crate::broadcast::frame(OpCode::Text, b"four"));
     assert_eq!(&payload(&b.next_frame())[..], b"four");
+    // A gets its four echoes back: all skipped, none handed to its worker.
+    wait_for(
+        || a.link.stats.own_skipped.load(Ordering::Relaxed) == 4,
+        "A's echoes",
+    );
     assert!(a.hub.take(0).is_none(), "A delivered its own publish twice");
+    assert_eq!(a.link.stats.received.load(Ordering::Relaxed), 0);
     assert_eq!(b.link.stats.received.load(Ordering::Relaxed), 4);
     assert_eq!(b.link.stats.gaps.load(Ordering::Relaxed), 0);
 }
@@ -219,4 +245,49 @@ fn interest_follows_the_workers_and_drops_show_as_gaps() {
     b.link.interest(&topic, false);
     b.wait_subscribed(0);
     assert!(bus.subscribers.lock().unwrap()["p:feed"].is_empty());
+}
+
+#[test]
+fn a_lost_broker_is_rejoined_and_what_was_lost_is_counted_at_both_ends() {
+    let bus = Bus::default();
+    let (a, b) = (Node::start(&bus, 1), Node::start(&bus, 2));
+    let topic: Arc<str> = Arc::from("t");
+    b.link.interest(&topic, true);
+    b.wait_subscribed(1);
+    let frame = |text: &str| crate::broadcast::frame(OpCode::Text, text.as_bytes());
+    a.link.publish(&topic, &frame("before"));
+    assert_eq!(&payload(&b.next_frame())[..], b"before");
+    bus.kill();
+    for _ in 0..3 {
+        a.link.publish(&topic, &frame("during"));
+    }
+    let failures = &a.link.stats.publish_failures;
+    wait_for(
+        || failures.load(Ordering::Relaxed) == 3,
+        "A's failed publishes",
+    );
+    bus.revive();
+    // Both links come back by themselves (backoff of 50 ms to 200 ms) and B subscribes again.
+    wait_for(
+        || {
+            bus.subscribers
+                .lock()
+                .unwrap()
+                .get("p:t")
+                .is_some_and(|l| !l.is_empty())
+        },
+        "B's subscription after the broker came back",
+    );
+    wait_for(
+        || a.link.stats.reconnects.load(Ordering::Relaxed) == 1,
+        "A's link",
+    );
+    a.link.publish(&topic, &frame("after"));
+    assert_eq!(&payload(&b.next_frame())[..], b"after");
+    assert_eq!(
+        b.link.stats.gaps.load(Ordering::Relaxed),
+        3,
+        "B saw the hole"
+    );
+    assert!(b.link.stats.reconnects.load(Ordering::Relaxed) >= 1);
 }

@@ -70,7 +70,7 @@ impl FromStr for BrokerUrl {
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         let error = |why| BrokerUrlError {
-            url: url.to_owned(),
+            url: redact_url(url),
             why,
         };
         let (scheme, rest) = url
@@ -98,13 +98,36 @@ impl FromStr for BrokerUrl {
     }
 }
 
+/// The URL without its credentials (`user:password@` becomes `***@`): what logs, errors and
+/// metrics show.
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Redis(url) => f.write_str(url),
-            Self::RedisCluster(hosts) => write!(f, "redis+cluster://{}", hosts.join(",")),
-            Self::Nats(hosts) => write!(f, "nats://{}", hosts.join(",")),
+        let url = match self {
+            Self::Redis(url) => url.clone(),
+            Self::RedisCluster(hosts) => format!("redis+cluster://{}", hosts.join(",")),
+            Self::Nats(hosts) => format!("nats://{}", hosts.join(",")),
+        };
+        f.write_str(&redact_url(&url))
+    }
+}
+
+/// A URL as given, each host's credentials redacted.
+fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let hosts: Vec<String> = rest.split(',').map(redact).collect();
+            format!("{scheme}://{}", hosts.join(","))
         }
+        None => redact(url),
+    }
+}
+
+/// `user:password@host...` as `***@host...`.
+fn redact(authority: &str) -> String {
+    let host_end = authority.find('/').unwrap_or(authority.len());
+    match authority[..host_end].rfind('@') {
+        Some(at) => format!("***{}", &authority[at..]),
+        None => authority.to_owned(),
     }
 }
 
@@ -277,9 +300,13 @@ impl Events {
         }
     }
 
-    /// The client's connection is up or down (for clients that reconnect by themselves).
+    /// The client's connection is up or down (for clients that reconnect by themselves); a
+    /// return after a loss counts as a reconnection.
     pub(crate) fn connected(&self, up: bool) {
-        self.stats.connected.store(up, Ordering::Relaxed);
+        let was = self.stats.connected.swap(up, Ordering::Relaxed);
+        if up && !was {
+            BrokerStats::add(&self.stats.reconnects, 1);
+        }
     }
 
     /// The connection is gone and the client will not re-make it: the link will.
@@ -369,6 +396,10 @@ mod tests {
         }
         let url: BrokerUrl = "nats://a:1,b:2".parse().unwrap();
         assert_eq!(url.to_string(), "nats://a:1,b:2");
+        let secret: BrokerUrl = "redis://:hunter2@h:6379/0".parse().unwrap();
+        assert_eq!(secret.to_string(), "redis://***@h:6379/0");
+        let secret: BrokerUrl = "nats://u:hunter2@a:1,b:2".parse().unwrap();
+        assert_eq!(secret.to_string(), "nats://***@a:1,b:2");
     }
 
     #[test]

@@ -88,6 +88,9 @@ impl Broker for Nats {
         let client = async_nats::ConnectOptions::new()
             .name("uringcast")
             .no_echo()
+            // Messages a subscription holds before its reader takes them (default 65,536):
+            // the reader forwards at once into the link's own bounded queue.
+            .subscription_capacity(1024)
             .connection_timeout(IO_TIMEOUT)
             .max_reconnects(None)
             .reconnect_delay_callback(|attempt| {

@@ -139,8 +139,9 @@ impl Broker for Redis {
 
     async fn connect(&mut self, events: &Events) -> Result<(), String> {
         self.close().await;
-        // A flag of its own for each connection (see `on_push`).
-        self.up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // A flag of its own for each connection (see `on_push`), up from the start so that a
+        // disconnection while connecting is reported too.
+        self.up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let up = std::sync::Arc::clone(&self.up);
         match &self.target {
             Target::Standalone(client) => {

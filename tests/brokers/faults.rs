@@ -161,6 +161,17 @@ async fn nodes_join_and_leave_while_traffic_flows() -> Result<()> {
             ensure!(next_text(&mut on_b).await? == format!("m:{i}"));
             ensure!(next_text(&mut on_c).await? == format!("m:{i}"));
         }
+        // C's last subscriber leaves while C runs: C unsubscribes at the broker.
+        timeout(STEP, on_c.close(None)).await??;
+        wait_subscribed(c.addr(), 0).await?;
+        if let Some(before) = baseline {
+            ensure!(
+                broker.channel_subscribers("room")? == Some(before),
+                "C stayed subscribed after its last subscriber left"
+            );
+        }
+        let mut on_c = ws(c.addr(), "/room").await?;
+        wait_subscribed(c.addr(), 1).await?;
         c.sigterm()?;
         match next(&mut on_c).await? {
             WsMessage::Close(Some(frame)) => ensure!(u16::from(frame.code) == 1001),
