@@ -67,14 +67,12 @@ fanout() { # label broker-url-or-empty same|cross
     stop "$b_pid"
   else
     node 1 "$a" "$2"; local a_pid=$node_pid
-    # The publisher runs from before the subscribers connect until after they stop counting.
-    timeout 120 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$a/ticks" --subscribers 1 \
-      --publishers 1 --rate 10 --duration 16 --quiet >/dev/null 2>&1 &
-    local pub=$!
+    # One load generator: its publisher on node A (--publisher-url), its subscribers on B.
     timeout 120 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$b/ticks" --subscribers 10000 \
-      --publishers 0 --duration 8 --server-pid "$b_pid" --source "$src" --connect-rate 5000 \
-      --quiet --json "$out/fanout-$1-$run.json" >/dev/null 2>&1 || true
-    stop "$pub" "$a_pid" "$b_pid"
+      --publisher-url "ws://127.0.0.1:$a/ticks" --publishers 1 --rate 10 --duration 8 \
+      --server-pid "$b_pid" --source "$src" --connect-rate 5000 --quiet \
+      --json "$out/fanout-$1-$run.json" >/dev/null 2>&1 || true
+    stop "$a_pid" "$b_pid"
   fi
   summary "$out/fanout-$1-$run.json" "$1"
 }
@@ -92,22 +90,28 @@ ceiling() { # label broker-url broker-pid
     for _ in $(seq 1 100); do # until the subscriber is on B and B subscribed at the broker
       [ "$(metric "$b" uringcast_broker_subscribed_topics)" -ge 1 ] && break; sleep 0.05
     done
-    local t0; t0=$(cpu_ticks "$3")
-    local p0; p0=$(metric "$a" uringcast_broker_published_total)
     timeout 60 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$a/flood" --subscribers 1 \
       --publishers 4 --rate "$rate" --duration 4 --quiet --json "$out/ceiling-pub-$1-$rate-$run.json" \
-      >/dev/null 2>&1 || true
+      >/dev/null 2>&1 &
+    local pub=$!
+    # The broker's CPU and A's publishes over the middle 2 s of the 4 s of traffic (the
+    # publishers connect within the first).
+    sleep 1.5
+    local t0 p0; t0=$(cpu_ticks "$3"); p0=$(metric "$a" uringcast_broker_published_total)
+    sleep 2
+    local t1 p1; t1=$(cpu_ticks "$3"); p1=$(metric "$a" uringcast_broker_published_total)
+    wait "$pub" || true
     wait "$sub" || true
-    local t1; t1=$(cpu_ticks "$3")
-    local published=$(( $(metric "$a" uringcast_broker_published_total) - p0 ))
+    local published=$(metric "$a" uringcast_broker_published_total)
+    local window=$((p1 - p0))
     local lost_a=$(( $(metric "$a" uringcast_broker_publish_drops_total) + $(metric "$a" uringcast_broker_publish_failures_total) ))
     local lost_b=$(( $(metric "$b" uringcast_broker_gaps_total) + $(metric "$b" uringcast_broker_receive_drops_total) + $(metric "$b" uringcast_mailbox_drops_total) ))
     stop "$a_pid" "$b_pid"
     python3 - "$out/ceiling-$1-$rate-$run.json" "$1" "$rate" "$published" "$lost_a" "$lost_b" \
-      "$t0" "$t1" "$(getconf CLK_TCK)" <<'PY'
+      "$t0" "$t1" "$(getconf CLK_TCK)" "$window" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-label, rate, published, lost_a, lost_b, t0, t1, hz = sys.argv[2:]
+label, rate, published, lost_a, lost_b, t0, t1, hz, window = sys.argv[2:]
 published = int(published); cpu_s = (int(t1) - int(t0)) / int(hz)
 # The publishing side shares core 1 with node A and the broker: a step counts only if it
 # reached 95% of its rate.
@@ -115,7 +119,7 @@ reached = published >= 0.95 * int(rate) * 4
 ok = d["missing"] == 0 and int(lost_a) == 0 and int(lost_b) == 0 and d["received"] > 0 and reached
 print(f"ceiling {label:<6} rate {int(rate):>6}/s published {published} received {d['received']} "
       f"missing {d['missing']} lost_at_A {lost_a} lost_at_B {lost_b} "
-      f"broker_us_per_publish {cpu_s * 1e6 / max(published, 1):.2f} "
+      f"broker_us_per_publish {cpu_s * 1e6 / max(int(window), 1):.2f} "
       f"{'OK' if ok else ('LOSS' if reached else 'RATE-NOT-REACHED')}")
 PY
   done

@@ -7,8 +7,8 @@
 //!
 //! - **Out:** every publish a node makes (WebSocket, HTTP, handle, handler) is delivered to the
 //!   node's own subscribers at once, as without a broker, and a reference to its encoded frame
-//!   goes into the link's bounded queue ([`Link`]). The link wraps it in a versioned envelope
-//!   ([`wire`]) with the node's id and a per-topic sequence number and publishes it.
+//!   goes into the link's bounded queue (`Link`). The link wraps it in a versioned envelope
+//!   (`wire.rs`) with the node's id and a per-topic sequence number and publishes it.
 //! - **In:** the link subscribes to a topic's channel when the topic gets its first subscriber
 //!   on this node and unsubscribes after its last, so a node receives only the topics it
 //!   serves. A message from the broker is decoded, dropped if this node published it, checked
@@ -18,7 +18,7 @@
 //!   every live topic subscribed again; publishes made meanwhile are delivered locally and
 //!   counted as failed. Nothing here blocks a worker.
 //!
-//! Each broker is a [`Broker`] (`redis.rs`, `nats.rs`): connect, subscribe, unsubscribe,
+//! Each broker is a `Broker` (`redis.rs`, `nats.rs`): connect, subscribe, unsubscribe,
 //! publish, and its own naming of a topic's channel. Another engine is one more
 //! implementation, and the workers do not change.
 
