@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::link::{Link, Task};
+use super::link::Link;
+use super::task::Task;
 use super::{wire, Broker, Events};
 use crate::broadcast::uplink::Uplink as _;
 use crate::broadcast::Hub;

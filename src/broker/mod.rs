@@ -29,6 +29,7 @@ mod memory;
 mod nats;
 mod redis;
 mod stats;
+mod task;
 mod url;
 mod wire;
 

@@ -1,0 +1,403 @@
+//! The link's task: the one async task, on the link's own thread, that connects to the
+//! broker, keeps its subscriptions in line with the node's topics, publishes what the workers
+//! queued, and hands what arrives to the workers.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::link::Link;
+use super::wire::{self, Sequence, Sequences};
+use super::{backoff, random_u64, Broker, BrokerStats, Events, Inbound, IO_TIMEOUT};
+use crate::broadcast::Hub;
+
+/// Publishes the link sends per turn before it looks at what arrived, so neither direction
+/// starves the other.
+const BATCH: usize = 256;
+/// How soon a subscription the broker refused is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+/// A connection that stayed up this long resets the reconnection backoff.
+const STABLE: Duration = Duration::from_secs(5);
+/// Warnings about an unreachable broker, at most one per this.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The link's task: the broker client and everything only it touches.
+pub(super) struct Task<B: Broker> {
+    broker: B,
+    link: Arc<Link>,
+    hub: Arc<Hub>,
+    max_message_bytes: usize,
+    /// Topics subscribed at the broker on the current connection.
+    subscribed: HashSet<Arc<str>>,
+    /// Topics subscribed on the connection before this one, until the first reconcile.
+    held_before: HashSet<Arc<str>>,
+    /// The last sequence number this node gave each topic it published to.
+    sent: HashMap<Arc<str>, u64>,
+    /// Resets of `sent`, the low bits of the node id: a receiver sees a new publisher.
+    epoch: u16,
+    received: Sequences,
+    /// A subscription change the broker refused, to be tried again.
+    retry_at: Option<tokio::time::Instant>,
+    last_warning: Option<Instant>,
+}
+
+impl<B: Broker> Task<B> {
+    pub(super) fn new(broker: B, link: Arc<Link>, hub: Arc<Hub>, max_message_bytes: usize) -> Self {
+        Self {
+            broker,
+            link,
+            hub,
+            max_message_bytes,
+            subscribed: HashSet::new(),
+            held_before: HashSet::new(),
+            sent: HashMap::new(),
+            epoch: 0,
+            received: Sequences::default(),
+            retry_at: None,
+            last_warning: None,
+        }
+    }
+
+    pub(super) async fn run(mut self, ready: mpsc::Sender<Result<(), String>>) {
+        let stats = Arc::clone(&self.link.stats);
+        let (events, mut inbound, inbound_bytes) = Events::new(Arc::clone(&stats));
+        let lost = events.lost_signal();
+        let mut ready = Some(ready);
+        let mut attempt = 0u32;
+        let mut was_connected = false;
+        while !self.link.stopping() {
+            let connected =
+                match tokio::time::timeout(IO_TIMEOUT, self.broker.connect(&events)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(format!("no answer within {IO_TIMEOUT:?}")),
+                };
+            match connected {
+                Ok(()) => {
+                    if was_connected {
+                        BrokerStats::add(&stats.reconnects, 1);
+                    }
+                    info!(broker = %self.link.url, "broker connected");
+                    was_connected = true;
+                    stats.connected.store(true, Ordering::Relaxed);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Ok(()));
+                    }
+                    self.held_before = std::mem::take(&mut self.subscribed);
+                    self.link.interest_changed.store(true, Ordering::Release);
+                    let since = Instant::now();
+                    self.connected(&mut inbound, &inbound_bytes, &lost).await;
+                    if since.elapsed() >= STABLE {
+                        // Backoff starts over only after a connection that held: one that
+                        // dies at once keeps backing off.
+                        attempt = 0;
+                    }
+                    stats.connected.store(false, Ordering::Relaxed);
+                    self.set_subscribed_gauge();
+                    if self.link.stopping() {
+                        self.broker.close().await;
+                        break;
+                    }
+                    self.warn(format_args!("broker connection lost; reconnecting"));
+                    self.broker.close().await;
+                }
+                Err(message) => {
+                    stats.connected.store(false, Ordering::Relaxed);
+                    if let Some(ready) = ready.take() {
+                        let _ = ready.send(Err(message.clone()));
+                    } else {
+                        self.warn(format_args!("broker unreachable: {message}"));
+                    }
+                }
+            }
+            let delay = backoff(attempt, random_u64());
+            attempt = attempt.saturating_add(1);
+            self.wait_out(delay).await;
+        }
+    }
+
+    /// Serves one connection until it is lost or the link stops. Each turn reads what
+    /// arrived, then publishes a batch, then follows the interest, and waits only when none of
+    /// them has work: a node that publishes steadily still reads what others publish.
+    async fn connected(
+        &mut self,
+        inbound: &mut tokio::sync::mpsc::Receiver<Inbound>,
+        inbound_bytes: &AtomicUsize,
+        lost: &tokio::sync::Notify,
+    ) {
+        let mut arrived = Vec::with_capacity(BATCH);
+        loop {
+            if self.link.stopping() {
+                // At most one IO_TIMEOUT for the whole goodbye: a broker that stopped
+                // answering must not hold the server's shutdown.
+                let _ = tokio::time::timeout(IO_TIMEOUT, self.leave()).await;
+                return;
+            }
+            while arrived.len() < BATCH {
+                match inbound.try_recv() {
+                    Ok(message) => arrived.push(message),
+                    Err(_) => break,
+                }
+            }
+            let read = !arrived.is_empty();
+            for message in arrived.drain(..) {
+                inbound_bytes.fetch_sub(message.payload.len(), Ordering::AcqRel);
+                self.deliver(message);
+            }
+            let more = match self.flush(BATCH).await {
+                Ok(more) => more,
+                Err(()) => return,
+            };
+            let due = self
+                .retry_at
+                .is_some_and(|at| at <= tokio::time::Instant::now());
+            if (self.link.interest_changed.load(Ordering::Acquire) || due)
+                && (!self.reconcile().await || !self.broker.is_connected())
+            {
+                return;
+            }
+            if more || read {
+                // Work is waiting: let the clients' own tasks run, then go round again.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let retry = self.retry_at;
+            tokio::select! {
+                biased;
+                // A permit left by a connection already replaced is stale: go on.
+                () = lost.notified() => if !self.broker.is_connected() {
+                    return;
+                },
+                n = inbound.recv_many(&mut arrived, BATCH) => if n == 0 {
+                    return;
+                },
+                () = self.link.wake.notified() => {}
+                () = sleep_until(retry) => {}
+            }
+        }
+    }
+
+    /// At a stop: out with what was published before it, then leave every channel.
+    async fn leave(&mut self) {
+        while self.flush(BATCH).await.is_ok_and(|more| more) {}
+        let topics: Vec<Arc<str>> = self.subscribed.iter().cloned().collect();
+        for topic in topics {
+            let channel = self.broker.channel(&topic);
+            if self.broker.unsubscribe(&channel).await.is_err() {
+                return;
+            }
+            self.subscribed.remove(&topic);
+        }
+    }
+
+    /// Publishes up to `limit` queued messages; whether more are waiting, or `Err` when the
+    /// connection is gone.
+    async fn flush(&mut self, limit: usize) -> Result<bool, ()> {
+        let stats = Arc::clone(&self.link.stats);
+        let mut left = limit;
+        while left > 0 {
+            let mut batch = Vec::with_capacity(left.min(BATCH));
+            while batch.len() < left.min(BATCH) {
+                let Some((topic, frame)) = self.link.take() else {
+                    break;
+                };
+                let Some((opcode, payload)) = wire::split_frame(&frame) else {
+                    debug_assert!(false, "an uplink frame is one the engine encoded");
+                    continue;
+                };
+                let seq = self.next_seq(&topic);
+                let node = self.link.node | u64::from(self.epoch);
+                let message = wire::encode(opcode, node, seq, &payload);
+                batch.push((self.broker.channel(&topic), message));
+            }
+            if batch.is_empty() {
+                return Ok(false);
+            }
+            left -= batch.len();
+            let Ok(results) = tokio::time::timeout(IO_TIMEOUT, self.broker.publish(&batch)).await
+            else {
+                // A broker that stops answering is as good as lost: make the connection anew.
+                BrokerStats::add(&stats.publish_failures, batch.len() as u64);
+                self.warn(format_args!("broker gave no answer within {IO_TIMEOUT:?}"));
+                return Err(());
+            };
+            let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+            BrokerStats::add(&stats.published, (batch.len() - failed.len()) as u64);
+            if let Some(message) = failed.first() {
+                BrokerStats::add(&stats.publish_failures, failed.len() as u64);
+                if !self.broker.is_connected() {
+                    return Err(());
+                }
+                self.warn(format_args!("broker refused a publish: {message}"));
+            }
+        }
+        Ok(!self.link.outbound.is_empty())
+    }
+
+    fn next_seq(&mut self, topic: &Arc<str>) -> u64 {
+        if self.link.any_dropped.swap(false, Ordering::AcqRel) {
+            let dropped = self
+                .link
+                .dropped
+                .lock()
+                .map(|mut d| std::mem::take(&mut *d))
+                .unwrap_or_default();
+            for (topic, count) in dropped {
+                let seq = self.next_seq(&topic);
+                if let Some(last) = self.sent.get_mut(&topic) {
+                    *last = seq + count - 1;
+                }
+            }
+        }
+        if !self.sent.contains_key(topic) && self.sent.len() >= Sequences::MAX_ENTRIES {
+            // A fresh table under a fresh id: receivers start counting over instead of seeing
+            // sequence numbers go back.
+            self.sent.clear();
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        let seq = self.sent.entry(Arc::clone(topic)).or_insert(0);
+        *seq += 1;
+        *seq
+    }
+
+    /// Subscribes to the topics the node holds and not yet the broker, and the reverse.
+    /// Returns `false` when the broker stopped answering (the connection is then re-made).
+    async fn reconcile(&mut self) -> bool {
+        self.retry_at = None;
+        let wanted = self.link.wanted();
+        // Topics held before a reconnection and no longer wanted: their sequences go, or a
+        // later subscription would count what was published meanwhile as gaps.
+        for topic in std::mem::take(&mut self.held_before) {
+            if !wanted.contains(&topic) {
+                self.received.forget(&topic);
+            }
+        }
+        let add: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
+        let remove: Vec<Arc<str>> = self.subscribed.difference(&wanted).cloned().collect();
+        for topic in add {
+            let channel = self.broker.channel(&topic);
+            match tokio::time::timeout(IO_TIMEOUT, self.broker.subscribe(&channel)).await {
+                Ok(Ok(())) => {
+                    self.subscribed.insert(topic);
+                }
+                Ok(Err(message)) => self.refused("subscribe", &channel, &message),
+                Err(_) => {
+                    self.refused("subscribe", &channel, "no answer");
+                    return false;
+                }
+            }
+        }
+        for topic in remove {
+            let channel = self.broker.channel(&topic);
+            match tokio::time::timeout(IO_TIMEOUT, self.broker.unsubscribe(&channel)).await {
+                Ok(Ok(())) => {
+                    self.subscribed.remove(&topic);
+                    self.received.forget(&topic);
+                }
+                Ok(Err(message)) => self.refused("unsubscribe", &channel, &message),
+                Err(_) => {
+                    self.refused("unsubscribe", &channel, "no answer");
+                    return false;
+                }
+            }
+        }
+        self.set_subscribed_gauge();
+        true
+    }
+
+    fn refused(&mut self, what: &str, channel: &str, message: &str) {
+        self.retry_at = Some(tokio::time::Instant::now() + RETRY);
+        self.warn(format_args!(
+            "broker refused to {what} {channel:?}: {message}; trying again"
+        ));
+    }
+
+    fn set_subscribed_gauge(&self) {
+        self.link
+            .stats
+            .subscribed_topics
+            .store(self.subscribed.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Hands one message from the broker to the workers, unless it is this node's own, seen
+    /// before, or unreadable.
+    fn deliver(&mut self, message: Inbound) {
+        let stats = &self.link.stats;
+        let Some(topic) = self.broker.topic_of(&message.channel) else {
+            BrokerStats::add(&stats.malformed, 1);
+            return;
+        };
+        let envelope = match wire::decode(message.payload) {
+            Ok(envelope) if envelope.payload.len() as u64 <= self.max_message_bytes as u64 => {
+                envelope
+            }
+            Ok(_) | Err(_) => {
+                BrokerStats::add(&stats.malformed, 1);
+                return;
+            }
+        };
+        let Some(topic) = self.subscribed.get(topic.as_str()).cloned() else {
+            // Left (or not yet re-made after a reconnection): nobody here wants it, and
+            // recording its sequence would make a gap of what follows a later subscription.
+            return;
+        };
+        if let Some((node, seq)) = envelope.origin {
+            if node & !0xFFFF == self.link.node {
+                BrokerStats::add(&stats.own_skipped, 1);
+                return;
+            }
+            match self.received.check(node, &topic, seq) {
+                Sequence::InOrder => {}
+                Sequence::Gap(missed) => BrokerStats::add(&stats.gaps, missed),
+                Sequence::Repeat => {
+                    BrokerStats::add(&stats.repeats, 1);
+                    return;
+                }
+            }
+        }
+        // Encoded once for the whole node; every worker shares it.
+        let frame = crate::broadcast::frame(envelope.opcode, &envelope.payload);
+        BrokerStats::add(&stats.received, 1);
+        self.hub.post(&topic, &frame, None);
+    }
+
+    /// Waits out a reconnection delay: publishes made meanwhile are counted as failed (the
+    /// node delivered them itself), and a stop ends the wait.
+    async fn wait_out(&mut self, delay: Duration) {
+        let until = tokio::time::Instant::now() + delay;
+        loop {
+            while let Some((topic, _)) = self.link.take() {
+                // Its number is spent, so that the other nodes see the gap.
+                self.next_seq(&topic);
+                BrokerStats::add(&self.link.stats.publish_failures, 1);
+            }
+            if self.link.stopping() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => return,
+                () = self.link.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Logs a warning, at most one per [`WARN_EVERY`] (the rest at debug).
+    fn warn(&mut self, message: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self.last_warning.is_none_or(|at| now - at >= WARN_EVERY) {
+            self.last_warning = Some(now);
+            warn!(broker = %self.link.url, "{message}");
+        } else {
+            debug!(broker = %self.link.url, "{message}");
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
