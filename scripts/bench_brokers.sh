@@ -13,13 +13,15 @@
 #            from 25,000/s to 150,000/s: the highest rate reached (95%) with nothing lost anywhere
 #            (load generator: missing 0; A: no publish drop or failure; B: no gap or drop); the
 #            broker process's own CPU µs per publish at each step (from /proc).
-# Usage: scripts/bench_brokers.sh [RUNS=3] [WHAT=fanout,ceiling]
+#   latency  the broker's own hop: 100 subscribers on B, 1,000 publishes/s of 64 B, 5 s; local
+#            (same node, no broker) against cross-node through Redis and NATS: p50/p99/p99.9.
+# Usage: scripts/bench_brokers.sh [RUNS=3] [WHAT=fanout,ceiling,latency]
 # Needs redis-server and nats-server (scripts/brokers.sh install). Loopback only; every run
 # is bounded in count and time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-what=${2:-fanout,ceiling}
+what=${2:-fanout,ceiling,latency}
 out=${OUT:-$(mktemp -d /tmp/bench_brokers.XXXX)}; mkdir -p "$out"
 cargo build --release -q -p uringcast -p uringcast-loadgen
 load=target/release/uringcast-load
@@ -75,6 +77,26 @@ fanout() { # label broker-url-or-empty same|cross
     stop "$a_pid" "$b_pid"
   fi
   summary "$out/fanout-$1-$run.json" "$1"
+}
+
+hop() { # label broker-url-or-empty
+  next
+  local b=$port a=$((port + 1)) cross=()
+  node 0 "$b" "$2"; local b_pid=$node_pid a_pid=
+  if [ -n "$2" ]; then
+    node 1 "$a" "$2"; a_pid=$node_pid
+    cross=(--publisher-url "ws://127.0.0.1:$a/hop")
+  fi
+  timeout 60 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$b/hop" --subscribers 100 \
+    "${cross[@]}" --publishers 1 --rate 1000 --duration 5 --source "$src" --quiet \
+    --json "$out/hop-$1-$run.json" >/dev/null 2>&1 || true
+  stop $a_pid "$b_pid"
+  python3 - "$out/hop-$1-$run.json" "$1" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1])); l = d["latency_us"]
+print(f"hop {sys.argv[2]:<6} received {d['received']}/{d['expected']} missing {d['missing']} "
+      f"p50_us {l['p50']} p99_us {l['p99']} p99.9_us {l['p999']}")
+PY
 }
 
 ceiling() { # label broker-url broker-pid
@@ -133,6 +155,11 @@ for run in $(seq 1 "$runs"); do
     [ -n "${REDIS_URL:-}" ] && fanout redis "$REDIS_URL" cross
     [ -n "${NATS_URL:-}" ] && fanout nats-same "$NATS_URL" same
     [ -n "${NATS_URL:-}" ] && fanout nats "$NATS_URL" cross
+  fi
+  if [[ $what == *latency* ]]; then
+    hop local ""
+    [ -n "${REDIS_URL:-}" ] && hop redis "$REDIS_URL"
+    [ -n "${NATS_URL:-}" ] && hop nats "$NATS_URL"
   fi
   if [[ $what == *ceiling* ]]; then
     [ -n "${REDIS_URL:-}" ] && ceiling redis "$REDIS_URL" "$REDIS_PID"
