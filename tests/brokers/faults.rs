@@ -1,6 +1,9 @@
 //! Faults: a broker that is not there at start, one that dies and comes back mid-run, and
 //! nodes that join and leave while traffic flows.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use super::*;
 
 /// Unreachable at start: one line and exit 2; with `--broker-optional` the node starts
@@ -148,18 +151,39 @@ async fn nodes_join_and_leave_while_traffic_flows() -> Result<()> {
         wait_subscribed(b.addr(), 1).await?;
         let baseline = broker.channel_subscribers("room")?;
 
+        // A publisher on A sends m:0, m:1, ... every 2 ms until told to stop, then "end".
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let traffic = tokio::spawn(async move {
+            let mut sent = 0u64;
+            while !flag.load(Ordering::Acquire) {
+                send(&mut publisher, &format!("m:{sent}")).await?;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            send(&mut publisher, "end").await?;
+            anyhow::Ok((sent, publisher))
+        });
+
+        // C joins mid-stream: from its first message on, it gets every one, in order.
         let mut c = node(&broker, &["--drain-timeout", "1"])?;
         let mut on_c = ws(c.addr(), "/room").await?;
         wait_subscribed(c.addr(), 1).await?;
         if let Some(before) = baseline {
             ensure!(broker.channel_subscribers("room")? == Some(before + 1));
         }
-        for i in 0..50 {
-            send(&mut publisher, &format!("m:{i}")).await?;
-        }
-        for i in 0..50 {
-            ensure!(next_text(&mut on_b).await? == format!("m:{i}"));
-            ensure!(next_text(&mut on_c).await? == format!("m:{i}"));
+        let number = |text: String| -> Result<u64> {
+            Ok(text
+                .strip_prefix("m:")
+                .ok_or_else(|| anyhow!("{text:?}"))?
+                .parse()?)
+        };
+        let first = number(next_text(&mut on_c).await?)?;
+        for k in 1..50 {
+            ensure!(
+                number(next_text(&mut on_c).await?)? == first + k,
+                "C skipped one"
+            );
         }
         // C's last subscriber leaves while C runs: C unsubscribes at the broker.
         timeout(STEP, on_c.close(None)).await??;
@@ -170,12 +194,19 @@ async fn nodes_join_and_leave_while_traffic_flows() -> Result<()> {
                 "C stayed subscribed after its last subscriber left"
             );
         }
+        // C leaves altogether, with a subscriber: it says 1001 and exits clean.
         let mut on_c = ws(c.addr(), "/room").await?;
         wait_subscribed(c.addr(), 1).await?;
         c.sigterm()?;
-        match next(&mut on_c).await? {
-            WsMessage::Close(Some(frame)) => ensure!(u16::from(frame.code) == 1001),
-            other => bail!("C's subscriber got {other:?}, expected close 1001"),
+        loop {
+            match next(&mut on_c).await? {
+                WsMessage::Close(Some(frame)) => {
+                    ensure!(u16::from(frame.code) == 1001);
+                    break;
+                }
+                WsMessage::Text(_) => continue, // traffic still flowing
+                other => bail!("C's subscriber got {other:?}, expected close 1001"),
+            }
         }
         ensure!(c.wait_exit(STEP)?.success(), "C did not exit cleanly");
         if let Some(before) = baseline {
@@ -184,8 +215,16 @@ async fn nodes_join_and_leave_while_traffic_flows() -> Result<()> {
                 "C's subscription outlived it"
             );
         }
-        send(&mut publisher, "after-c").await?;
-        ensure!(next_text(&mut on_b).await? == "after-c");
+        // B, there all along, got every message in order through both changes.
+        stop.store(true, Ordering::Release);
+        let (sent, _publisher) = traffic.await??;
+        for i in 0..sent {
+            ensure!(
+                next_text(&mut on_b).await? == format!("m:{i}"),
+                "B at m:{i}"
+            );
+        }
+        ensure!(next_text(&mut on_b).await? == "end");
         Ok(())
     })
     .await
