@@ -40,15 +40,33 @@ pub(crate) struct MergeArgs {
     /// The --json reports to combine, all of the same scenario and settings.
     #[arg(required = true)]
     pub(crate) reports: Vec<PathBuf>,
-    /// Also write the merged report as JSON to this file.
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// The files a report can also be written to, for a run and for a merge of runs.
+#[derive(Args, Debug)]
+pub(crate) struct OutputArgs {
+    /// Also write the report as JSON to this file.
     #[arg(long)]
     pub(crate) json: Option<PathBuf>,
-    /// Also write the merged latency histogram as HdrHistogram percentile text (.hgrm, in ms).
+    /// Also write the latency histogram as HdrHistogram percentile text (.hgrm, in ms).
     #[arg(long)]
     pub(crate) hdr: Option<PathBuf>,
-    /// Also draw the merged latency-by-percentile curve to this SVG file.
+    /// Also draw the latency-by-percentile curve to this SVG file.
     #[arg(long)]
     pub(crate) plot: Option<PathBuf>,
+}
+
+impl OutputArgs {
+    /// The files, for `output::emit`.
+    pub(crate) fn files(&self) -> crate::output::Files<'_> {
+        crate::output::Files {
+            json: self.json.as_deref(),
+            hdr: self.hdr.as_deref(),
+            plot: self.plot.as_deref(),
+        }
+    }
 }
 
 /// Flags of every message scenario.
@@ -89,15 +107,8 @@ pub(crate) struct TrafficArgs {
     /// The server's pid: report its CPU time and RSS from /proc.
     #[arg(long)]
     pub(crate) server_pid: Option<u32>,
-    /// Also write the report as JSON to this file.
-    #[arg(long)]
-    pub(crate) json: Option<PathBuf>,
-    /// Also write the latency histogram as HdrHistogram percentile text (.hgrm, in ms).
-    #[arg(long)]
-    pub(crate) hdr: Option<PathBuf>,
-    /// Also draw the latency-by-percentile curve to this SVG file.
-    #[arg(long)]
-    pub(crate) plot: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
     /// No progress line on stderr.
     #[arg(long)]
     pub(crate) quiet: bool,

@@ -174,9 +174,9 @@ impl Prepared {
             "drain_timeout_s": t.drain_timeout,
             "close_timeout_s": t.close_timeout,
             "server_pid": t.server_pid,
-            "json": t.json,
-            "hdr": t.hdr,
-            "plot": t.plot,
+            "json": t.output.json,
+            "hdr": t.output.hdr,
+            "plot": t.output.plot,
             "quiet": t.quiet,
             "recv_bundle": self.features.recv_bundle,
             "payload": t.payload.name(),
@@ -296,11 +296,7 @@ const RECV_BUFFER_BYTES: usize = 2048;
 
 /// Prints the report and writes the files asked for; the exit code.
 fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> {
-    let files = output::Files {
-        json: args.json.as_deref(),
-        hdr: args.hdr.as_deref(),
-        plot: args.plot.as_deref(),
-    };
+    let files = args.output.files();
     output::emit(
         &report.text(),
         &report.json(),

@@ -88,16 +88,12 @@ pub fn run(args: &MergeArgs) -> Result<i32, LoadError> {
         let settings = map.get_mut("settings").and_then(Value::as_object_mut);
         if let Some(settings) = settings {
             let name = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
-            settings.insert("json".into(), name(&args.json).into());
-            settings.insert("hdr".into(), name(&args.hdr).into());
-            settings.insert("plot".into(), name(&args.plot).into());
+            settings.insert("json".into(), name(&args.output.json).into());
+            settings.insert("hdr".into(), name(&args.output.hdr).into());
+            settings.insert("plot".into(), name(&args.output.plot).into());
         }
     }
-    let files = output::Files {
-        json: args.json.as_deref(),
-        hdr: args.hdr.as_deref(),
-        plot: args.plot.as_deref(),
-    };
+    let files = args.output.files();
     output::emit(
         &report.text(),
         &json,
