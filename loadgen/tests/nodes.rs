@@ -278,33 +278,38 @@ fn node(listen: SocketAddr, broker: &str) -> ServerHandle {
     server::spawn(config).expect("the node starts")
 }
 
-/// Holds a subscriber on `to` (so its node keeps the topic's channel) once a message published
-/// on `from` has reached it through the broker: the link is up both ways. Its deliveries are
-/// read and dropped until the returned sender is dropped.
-fn wait_for_the_link(rt: &Runtime, from: &str, to: &str) -> tokio::sync::oneshot::Sender<()> {
+/// Connects a subscriber on `to` (node `b`), waits until `b`'s link holds the topic at the
+/// broker, then checks that one probe published on `from` reaches it through the broker. The
+/// subscriber's deliveries are read and dropped until the returned sender is dropped.
+fn wait_for_the_link(
+    rt: &Runtime,
+    b: &ServerHandle,
+    from: &str,
+    to: &str,
+) -> tokio::sync::oneshot::Sender<()> {
     let (from, to) = (from.to_owned(), to.to_owned());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     rt.block_on(async move {
         let (mut subscriber, _) = tokio_tungstenite::connect_async(&to).await.expect("on B");
-        let (mut publisher, _) = tokio_tungstenite::connect_async(&from).await.expect("on A");
+        // The link reports no event when it has subscribed: read its gauge, bounded.
         let deadline = Instant::now() + Duration::from_secs(10);
-        'probe: loop {
-            assert!(
-                Instant::now() < deadline,
-                "no probe crossed the broker in 10 s"
-            );
-            publisher.send(Message::text("probe")).await.expect("send");
-            let wait = tokio::time::sleep(Duration::from_millis(200));
-            tokio::pin!(wait);
-            loop {
-                tokio::select! {
-                    got = subscriber.next() => match got {
-                        Some(Ok(Message::Text(t))) if t.as_str() == "probe" => break 'probe,
-                        Some(Ok(_)) => {}
-                        other => panic!("the subscriber on B ended: {other:?}"),
-                    },
-                    () = &mut wait => continue 'probe,
-                }
+        while !b
+            .metrics()
+            .contains("uringcast_broker_subscribed_topics{broker=\"redis\"} 1")
+        {
+            assert!(Instant::now() < deadline, "B did not subscribe in 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (mut publisher, _) = tokio_tungstenite::connect_async(&from).await.expect("on A");
+        publisher.send(Message::text("probe")).await.expect("send");
+        loop {
+            let got = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+                .await
+                .expect("the probe crossed the broker within 10 s");
+            match got {
+                Some(Ok(Message::Text(t))) if t.as_str() == "probe" => break,
+                Some(Ok(_)) => {}
+                other => panic!("the subscriber on B ended: {other:?}"),
             }
         }
         drop(publisher);
@@ -339,7 +344,7 @@ fn a_publisher_on_one_node_reaches_subscribers_on_another_through_redis() {
         format!("ws://127.0.0.1:{port}/room"),
         format!("ws://127.0.0.2:{port}/room"),
     );
-    let hold = wait_for_the_link(&rt, &on_a, &on_b);
+    let hold = wait_for_the_link(&rt, &b, &on_a, &on_b);
     // Subscribers on both nodes, publishers on A: B's get everything through Redis.
     let json = run_json(
         "nodes-redis",
