@@ -80,19 +80,15 @@ async fn a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted() 
         // Every publish is accounted for at the publisher: handed to the broker or failed
         // (a NATS client may take one or two before it notices the loss; those are lost
         // after the hand-over, and only the receivers' gap count sees them).
-        let deadline = Instant::now() + STEP;
-        loop {
-            let published = metric(a.addr(), "uringcast_broker_published_total").await?;
-            let failed = metric(a.addr(), "uringcast_broker_publish_failures_total").await?;
-            if published + failed == 6 && failed >= 1 {
-                break;
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "A: {published} published and {failed} failed of 6"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_metrics(
+            a.addr(),
+            &[
+                "uringcast_broker_published_total",
+                "uringcast_broker_publish_failures_total",
+            ],
+            |v| v[0] + v[1] == 6 && v[1] >= 1,
+        )
+        .await?;
 
         broker.restart()?;
         // Probe until one crosses: the links reconnect with backoff (at most 5 s apart).

@@ -137,18 +137,32 @@ async fn metric(addr: SocketAddr, name: &str) -> Result<u64> {
         .with_context(|| format!("{line:?}"))
 }
 
-/// Waits until `name` on the node satisfies `ok`. The server has no event for what its broker
-/// link did, so this reads its counters every 10 ms, for at most [`STEP`].
+/// Waits until `name` on the node satisfies `ok`.
 async fn wait_metric(addr: SocketAddr, name: &str, ok: impl Fn(u64) -> bool) -> Result<u64> {
+    let values = wait_metrics(addr, &[name], |v| ok(v[0])).await?;
+    Ok(values[0])
+}
+
+/// Waits until the values of `names` on the node, together, satisfy `ok`. The server has no
+/// event for what its broker link did, so this reads its counters every 10 ms, for at most
+/// [`STEP`].
+async fn wait_metrics(
+    addr: SocketAddr,
+    names: &[&str],
+    ok: impl Fn(&[u64]) -> bool,
+) -> Result<Vec<u64>> {
     let deadline = Instant::now() + STEP;
     loop {
-        let value = metric(addr, name).await?;
-        if ok(value) {
-            return Ok(value);
+        let mut values = Vec::with_capacity(names.len());
+        for name in names {
+            values.push(metric(addr, name).await?);
+        }
+        if ok(&values) {
+            return Ok(values);
         }
         ensure!(
             Instant::now() < deadline,
-            "{name} on {addr} stayed at {value}"
+            "{names:?} on {addr} stayed at {values:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
