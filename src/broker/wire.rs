@@ -18,7 +18,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::OpCode;
+use crate::protocol::{FrameHeader, OpCode};
 
 /// The first bytes of every envelope uringcast writes.
 pub(crate) const MAGIC: &[u8] = b"UC1 ";
@@ -122,14 +122,9 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
 /// The opcode and payload of a server frame encoded by `broadcast::frame` (FIN set, unmasked),
 /// the payload a slice of it.
 pub(crate) fn split_frame(frame: &Bytes) -> Option<(OpCode, Bytes)> {
-    let (&first, rest) = frame.split_first()?;
-    let opcode = OpCode::from_u8(first & 0x0F).ok()?;
-    let header = match rest.first()? & 0x7F {
-        126 => 4,
-        127 => 10,
-        _ => 2,
-    };
-    (frame.len() >= header).then(|| (opcode, frame.slice(header..)))
+    let (header, len) = FrameHeader::parse(frame).ok()??;
+    let whole = len as u64 + header.payload_len == frame.len() as u64;
+    (whole && header.mask.is_none()).then(|| (header.opcode, frame.slice(len..)))
 }
 
 /// What a receiving node makes of a message's sequence number.
