@@ -282,10 +282,27 @@ pub(crate) fn render(hub: &Hub) -> String {
                 &tls.reload_failures,
             ),
         ] {
-            let _ = writeln!(out, "# HELP uringcast_{name} {help}");
-            let _ = writeln!(out, "# TYPE uringcast_{name} counter");
-            let _ = writeln!(out, "uringcast_{name} {}", load(value));
+            server_wide(&mut out, name, help, "counter", "", load(value));
         }
     }
     out
+}
+
+/// Appends one family with a single sample, not per worker: its HELP and TYPE lines, then
+/// `uringcast_NAME{LABELS} VALUE` (`labels` as `key="value"`, or empty).
+pub(crate) fn server_wide(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    kind: &str,
+    labels: &str,
+    value: u64,
+) {
+    let _ = writeln!(out, "# HELP uringcast_{name} {help}");
+    let _ = writeln!(out, "# TYPE uringcast_{name} {kind}");
+    if labels.is_empty() {
+        let _ = writeln!(out, "uringcast_{name} {value}");
+    } else {
+        let _ = writeln!(out, "uringcast_{name}{{{labels}}} {value}");
+    }
 }

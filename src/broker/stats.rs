@@ -41,7 +41,6 @@ impl BrokerStats {
 
 /// Appends the link's counters to `/metrics`.
 pub(crate) fn render_metrics(stats: &BrokerStats, url: &BrokerUrl, out: &mut String) {
-    use std::fmt::Write as _;
     let kind = match url {
         BrokerUrl::Redis(_) => "redis",
         BrokerUrl::RedisCluster(_) => "redis-cluster",
@@ -62,10 +61,9 @@ pub(crate) fn render_metrics(stats: &BrokerStats, url: &BrokerUrl, out: &mut Str
         ("broker_receive_drops_total", "Messages from the broker dropped because the link's inbound queue was full.", "counter", load(&stats.receive_drops)),
         ("broker_reconnects_total", "Connections to the broker re-made after a loss.", "counter", load(&stats.reconnects)),
     ];
+    let labels = format!("broker=\"{kind}\"");
     for (name, help, type_, value) in families {
-        let _ = writeln!(out, "# HELP uringcast_{name} {help}");
-        let _ = writeln!(out, "# TYPE uringcast_{name} {type_}");
-        let _ = writeln!(out, "uringcast_{name}{{broker=\"{kind}\"}} {value}");
+        crate::broadcast::metrics::server_wide(out, name, help, type_, &labels, value);
     }
 }
 
