@@ -203,10 +203,12 @@ fn publisher_target(url: &str, subscribers: &Target) -> Result<Target, LoadError
     }
     let topic = |path: &str| path.split('?').next().unwrap_or_default().to_owned();
     let (theirs, ours) = (topic(&target.path), topic(&subscribers.path));
-    if theirs != ours {
+    // `/publish/<topic>` is the publish-only path of the benchmark's URL convention.
+    if theirs != ours && theirs != format!("/publish{ours}") {
         return Err(LoadError::Usage(format!(
             "--publisher-url {url}: topic {theirs} is not the subscribers' {ours}, so every \
-             message would be missing; give their path or none (it defaults to theirs)"
+             message would be missing; give their path, /publish{ours} or none (it defaults \
+             to theirs)"
         )));
     }
     Ok(target)
@@ -241,6 +243,13 @@ mod tests {
         );
         assert!(!message.contains('\n'));
         assert!(publisher_target("ws://127.0.0.1:9002/other", &subs).is_err());
+        // The publish-only path of the same topic, and of the root topic.
+        let t = publisher_target("ws://127.0.0.1:9002/publish/room", &subs).unwrap();
+        assert_eq!(t.path, "/publish/room");
+        assert!(publisher_target("ws://127.0.0.1:9002/publish/other", &subs).is_err());
+        assert!(publisher_target("ws://127.0.0.1:9002/publishroom", &subs).is_err());
+        let root = subscribers("ws://127.0.0.2:9001/");
+        assert!(publisher_target("ws://127.0.0.1:9002/publish/", &root).is_ok());
         // Another scheme, or a host off this machine: refused.
         let message = publisher_target("wss://127.0.0.1:9002/room", &subs)
             .unwrap_err()

@@ -205,8 +205,10 @@ pub(crate) struct BroadcastArgs {
     pub(crate) publish_url: Option<String>,
     /// The WebSocket publishers connect to this URL, another node of the cluster
     /// (ws://HOST:PORT[/PATH], or wss:// when the URL is), rather than to the subscribers'
-    /// address(es). Its path defaults to the subscribers' topic; a different topic is refused.
-    /// The report then gives delivery latency per subscriber address.
+    /// address(es). Its path defaults to the subscribers' topic; it may be the topic's
+    /// publish-only path /publish/TOPIC (joins nothing, so the publishers do not receive their
+    /// own messages); a different topic is refused. The report then gives delivery latency per
+    /// subscriber address.
     #[arg(long, value_name = "URL", conflicts_with = "publish_url")]
     pub(crate) publisher_url: Option<String>,
     /// Bearer token for --publish-url.

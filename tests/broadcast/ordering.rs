@@ -72,6 +72,38 @@ pub(crate) async fn topics_are_isolated_across_workers() -> Result<()> {
     Ok(())
 }
 
+/// A publish-only connection (`/publish/<topic>`) reaches the room without joining it.
+///
+/// One worker, so a publish is fanned out within the turn that reads it: had the publisher
+/// joined the room, its own message and the subscriber's would be queued to it before the
+/// pong that answers its later ping. The pong must be the first thing it receives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_publish_only_connection_never_receives_its_own_messages() -> Result<()> {
+    let server = InProcess::start(1, RoomsByPath)?;
+    let addr = server.local_addr();
+    let mut subscriber = ws_at(addr, "/room").await?;
+    let mut publisher = ws_at(addr, "/publish/room").await?;
+    send_text(&mut publisher, "from the feed").await?;
+    ensure!(next_text(&mut subscriber).await? == "from the feed");
+    send_text(&mut subscriber, "from the room").await?;
+    ensure!(next_text(&mut subscriber).await? == "from the room");
+    ensure!(
+        server.broadcast_stats()[0].topic_count("room") == 1,
+        "the publisher must not count as a subscriber"
+    );
+    timeout(
+        STEP,
+        publisher.send(WsMessage::Ping(b"marker".to_vec().into())),
+    )
+    .await
+    .context("sending the ping timed out")??;
+    match timeout(STEP, publisher.next()).await {
+        Ok(Some(Ok(WsMessage::Pong(payload)))) => ensure!(&payload[..] == b"marker"),
+        other => bail!("the publisher's first frame should be the pong, got {other:?}"),
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. per-receiver order, two workers, publishers on both
 // ---------------------------------------------------------------------------------------------
