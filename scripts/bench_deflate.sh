@@ -17,12 +17,9 @@ out=${OUT:-$(mktemp -d /tmp/bench_deflate.XXXX)}; mkdir -p "$out"
 cargo build --release -q --workspace
 load=target/release/uringcast-load
 server=target/release/uringcast
-node_dir=target/peers/node
-if [[ $what == *idle* ]] && [ ! -d "$node_dir/node_modules/ws" ]; then
-  mkdir -p "$node_dir"
-  cp scripts/peers/node/package.json "$node_dir/"
-  (cd "$node_dir" && npm install --no-audit --no-fund --silent >/dev/null)
-fi
+# shellcheck source=peers/install.sh
+. scripts/peers/install.sh
+if [[ $what == *idle* ]]; then peer_install node; fi
 port=9700
 next() { port=$((port + 1)); src="127.0.0.$((130 + port % 100))"; }
 wait_listen() { for _ in $(seq 1 100); do ss -ltn "sport = :$1" | grep -q LISTEN && return; sleep 0.1; done; }
@@ -33,7 +30,7 @@ start_uringcast() { # mode deflate(0/1)
   pid=$!; wait_listen "$port"
 }
 start_node() { # deflate(0/1)
-  NODE_PATH="$node_dir/node_modules" PORT=$port DEFLATE=$1 taskset -c 0 node scripts/peers/node/ws_server.js \
+  NODE_PATH="$node_path" PORT=$port MODE=echo DEFLATE=$1 taskset -c 0 node scripts/peers/node/server.js \
     >"$out/node.log" 2>&1 &
   pid=$!; wait_listen "$port"
 }

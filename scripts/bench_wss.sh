@@ -24,12 +24,9 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
   "${leaf[@]}" -keyout "$certs/ecdsa.key" -out "$certs/ecdsa.pem" 2>/dev/null
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   "${leaf[@]}" -keyout "$certs/rsa.key" -out "$certs/rsa.pem" 2>/dev/null
-bun=target/peers/bun/node_modules/.bin/bun
-if [[ $what == *idle* || $what == *handshakes* ]] && [ ! -x "$bun" ]; then
-  mkdir -p target/peers/bun
-  cp scripts/peers/bun/package.json target/peers/bun/
-  (cd target/peers/bun && npm install --no-audit --no-fund --silent >/dev/null)
-fi
+# shellcheck source=peers/install.sh
+. scripts/peers/install.sh
+if [[ $what == *idle* || $what == *handshakes* ]]; then peer_install bun; fi
 port=9500
 next() { port=$((port + 1)); src="127.0.0.$((130 + port % 100))"; }
 wait_listen() { for _ in $(seq 1 100); do ss -ltn "sport = :$1" | grep -q LISTEN && return; sleep 0.1; done; }
@@ -41,7 +38,7 @@ start_uringcast() { # mode tls(0/1) cert
   pid=$!; wait_listen "$port"
 }
 start_bun() { # cert
-  CERT="$certs/$1.pem" KEY="$certs/$1.key" PORT=$port taskset -c 0 "$bun" scripts/peers/bun/wss_server.js \
+  CERT="$certs/$1.pem" KEY="$certs/$1.key" PORT=$port MODE=echo taskset -c 0 "$bun" scripts/peers/bun/server.js \
     >"$out/bun.log" 2>&1 &
   pid=$!; wait_listen "$port"
 }
