@@ -9,8 +9,9 @@
 // Limits as for every server in the benchmark: messages up to 16 MiB (`maxPayloadLength`), and
 // a socket with more than 1 MiB waiting to be sent is closed (`backpressureLimit`,
 // `closeOnBackpressureLimit`). No idle timeout and no pings (uringcast runs with
-// --ping-interval 0); no compression.
-// Env: PORT (0: any), MODE=broadcast|echo (broadcast), CERT and KEY (PEM files: wss://).
+// --ping-interval 0).
+// Env: PORT (0: any), MODE=broadcast|echo (broadcast), CERT and KEY (PEM files: wss://),
+// DEFLATE=1 (permessage-deflate with Bun's defaults).
 const echo = process.env.MODE === "echo";
 const tls = process.env.CERT
   ? { cert: Bun.file(process.env.CERT), key: Bun.file(process.env.KEY) }
@@ -37,7 +38,7 @@ const server = Bun.serve({
     closeOnBackpressureLimit: true,
     idleTimeout: 0,
     sendPings: false,
-    perMessageDeflate: false,
+    perMessageDeflate: process.env.DEFLATE === "1",
     open(ws) {
       if (!echo && !ws.data.publishOnly) ws.subscribe(ws.data.topic);
     },

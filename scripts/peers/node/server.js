@@ -11,6 +11,9 @@
 // consumer. No pings (uringcast runs with --ping-interval 0).
 // Env: PORT (required), MODE=broadcast|echo (broadcast), DEFLATE=1 (permessage-deflate with
 // ws's defaults: a zlib stream per socket with context takeover, messages of 1 KiB and more).
+// CERT and KEY (PEM files): wss:// through an https.Server, as ws's README shows.
+const fs = require("fs");
+const https = require("https");
 const { WebSocketServer, WebSocket } = require("ws");
 
 const port = Number(process.env.PORT);
@@ -18,13 +21,23 @@ const echo = process.env.MODE === "echo";
 const BACKPRESSURE_LIMIT = 1024 * 1024;
 const topics = new Map(); // topic -> Set of subscribed sockets
 
-const wss = new WebSocketServer({
-  host: "127.0.0.1",
-  port,
+const options = {
   perMessageDeflate: process.env.DEFLATE === "1",
   maxPayload: 16 * 1024 * 1024,
   clientTracking: false,
-});
+};
+let wss;
+if (process.env.CERT) {
+  const server = https.createServer({
+    cert: fs.readFileSync(process.env.CERT),
+    key: fs.readFileSync(process.env.KEY),
+  });
+  wss = new WebSocketServer({ ...options, server });
+  server.listen(port, "127.0.0.1", () => console.log(`listening on 127.0.0.1:${port}`));
+} else {
+  wss = new WebSocketServer({ ...options, host: "127.0.0.1", port });
+  wss.on("listening", () => console.log(`listening on 127.0.0.1:${port}`));
+}
 
 function roomOf(url) {
   const publishOnly = url.startsWith("/publish/");
@@ -63,4 +76,3 @@ wss.on("connection", (ws, req) => {
   }
   ws.on("message", (data, isBinary) => publish(topic, data, isBinary));
 });
-wss.on("listening", () => console.log(`listening on 127.0.0.1:${port}`));

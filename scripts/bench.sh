@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# uringcast beside the WebSocket servers people pick, in one command: Bun (uWebSockets), Node
+# `ws` 8, fastwebsockets and tokio-tungstenite (scripts/peers/README.md says how each is set up),
+# and for broadcast the write() floor (loadgen/examples/floor_server.rs). Everything is driven
+# by uringcast-load; each server runs pinned to core 0, the load generator to core 1.
+#
+#   scripts/bench.sh [--quick] [--reps N] [--only S1,S2] [--servers A,B] [--out DIR] [--page FILE]
+#
+# Scenarios (--only picks some): idle, broadcast, inflight, sweep, echo, handshakes, wss,
+# deflate. Each repetition runs every scenario, and within a scenario every server, in an
+# order rotated from one repetition to the next (interleaved runs: the machine's noise falls
+# on all alike). The report takes medians over the repetitions and per-repetition ratios.
+# --quick runs every scenario once at small scale (a few minutes). The run's files (every
+# report's JSON, the commands, the servers' logs) go to --out (target/bench/<time>);
+# docs/BENCHMARKS.md and the plots in docs/bench/ are written from them by
+# scripts/bench_report.py (--page elsewhere writes the page there and its plots beside it).
+#
+# Builds uringcast, its load generator and floor server, and scripts/peers; installs Bun and
+# Node ws from npm into target/peers (scripts/peers/install.sh). Loopback only; every process
+# is bounded by `timeout`, and every server started is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+quick=0 reps="" only="idle,broadcast,inflight,sweep,echo,handshakes,wss,deflate"
+servers="uringcast,bun,node,fastwebsockets,tungstenite" out="" page=docs/BENCHMARKS.md
+while [ $# -gt 0 ]; do
+  case $1 in
+    --quick) quick=1 ;;
+    --reps) reps=$2; shift ;;
+    --only) only=$2; shift ;;
+    --servers) servers=$2; shift ;;
+    --out) out=$2; shift ;;
+    --page) page=$2; shift ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+if [ "$quick" = 1 ]; then
+  reps=${reps:-1}
+  idle_n=2000 subs=2000 sweep_ns="500 1000 2000" secs=3 sweep_secs=2 echo_secs=3 hs_n=2000
+else
+  reps=${reps:-3}
+  idle_n=19000 subs=10000 sweep_ns="1000 5000 10000 19000" secs=8 sweep_secs=5 echo_secs=8 hs_n=6000
+fi
+case $reps in ''|*[!0-9]*|0) echo "bench.sh: --reps takes a positive number" >&2; exit 2 ;; esac
+out=${out:-target/bench/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out/runs" "$out/bin" "$out/logs"
+out=$(cd "$out" && pwd)
+IFS=, read -r -a server_list <<<"$servers"
+
+# --- build and install --------------------------------------------------------------------
+echo "building uringcast, uringcast-load and floor_server (release)..." >&2
+timeout 1800 cargo build --release -q --workspace --examples
+# Run copies: a rebuild during the run cannot swap a binary under it.
+cp target/release/uringcast target/release/uringcast-load target/release/examples/floor_server "$out/bin/"
+if [[ ,$servers, == *,fastwebsockets,* || ,$servers, == *,tungstenite,* ]]; then
+  echo "building scripts/peers (release)..." >&2
+  (cd scripts/peers && timeout 1800 cargo build --release -q --bin fastwebsockets-echo --bin tungstenite-echo)
+  cp scripts/peers/target/release/fastwebsockets-echo scripts/peers/target/release/tungstenite-echo "$out/bin/"
+fi
+# shellcheck source=peers/install.sh
+. scripts/peers/install.sh
+if [[ ,$servers, == *,bun,* ]]; then peer_install bun; fi
+if [[ ,$servers, == *,node,* ]]; then peer_install node; fi
+bin=$out/bin load=$out/bin/uringcast-load
+bun_bin=$root/$bun node_modules_dir=$root/$node_path
+
+certs=$out/certs; mkdir -p "$certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$certs/key.pem" -out "$certs/cert.pem" 2>/dev/null
+
+# --- what this run is ---------------------------------------------------------------------
+{
+  echo "started $(date -u -Is)"
+  echo "quick $quick"
+  echo "reps $reps"
+  echo "scale idle=$idle_n subscribers=$subs sweep=${sweep_ns// /,} secs=$secs sweep_secs=$sweep_secs echo_secs=$echo_secs handshakes=$hs_n"
+  echo "uringcast $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src loadgen Cargo.toml || echo '+changes')"
+  echo "kernel $(uname -r)"
+  echo "cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cpus"
+  echo "loadavg_start $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "rustc $(rustc --version | cut -d' ' -f2)"
+  [ -x "$bun_bin" ] && echo "bun $("$bun_bin" --version)"
+  echo "node $(node --version)"
+  [ -d "$node_modules_dir/ws" ] && echo "ws $(node -p "require('$node_modules_dir/ws/package.json').version")"
+  (cd scripts/peers && cargo tree -e normal --depth 1 --offline 2>/dev/null) |
+    sed -n 's/^[├└]── \(tokio\|tokio-tungstenite\|fastwebsockets\|hyper\) v\([^ ]*\).*/crate \1 \2/p'
+} >"$out/run.txt"
+lscpu >"$out/lscpu.txt"
+
+# --- servers ------------------------------------------------------------------------------
+port=$((20000 + RANDOM % 20000)) pid="" src=""
+next_port() { port=$((port + 1)); src="127.0.0.$((10 + port % 200))"; }
+wait_listen() { # port pid
+  for _ in $(seq 1 200); do
+    ss -Hltn "sport = :$1" | grep -q LISTEN && return 0
+    kill -0 "$2" 2>/dev/null || return 1
+    sleep 0.05
+  done
+  return 1
+}
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# server_cmd NAME MODE VARIANT: the command line, pinned to core 0 (MODE broadcast|echo;
+# VARIANT plain|wss|deflate). Printed into commands.txt as well.
+server_cmd() {
+  local name=$1 mode=$2 variant=$3 env=() flags=()
+  case $name in
+    uringcast)
+      [ "$variant" = wss ] && flags=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
+      [ "$variant" = deflate ] && flags=(--deflate)
+      echo "$bin/uringcast --listen 127.0.0.1:$port --mode $mode --workers 1 --ping-interval 0 ${flags[*]}" ;;
+    bun|node)
+      env=(PORT="$port" MODE="$mode")
+      [ "$variant" = wss ] && env+=(CERT="$certs/cert.pem" KEY="$certs/key.pem")
+      [ "$variant" = deflate ] && env+=(DEFLATE=1)
+      if [ "$name" = bun ]; then
+        echo "env ${env[*]} $bun_bin $root/scripts/peers/bun/server.js"
+      else
+        echo "env ${env[*]} NODE_PATH=$node_modules_dir node $root/scripts/peers/node/server.js"
+      fi ;;
+    fastwebsockets|tungstenite)
+      echo "$bin/$name-echo --listen 127.0.0.1:$port --threads 1 --mode $mode" ;;
+    floor) return 1 ;;
+  esac
+}
+# Which servers take part in a variant: TLS and compression only where the peer has them.
+serves() { # name variant
+  case $2 in
+    plain) return 0 ;;
+    wss|deflate) [[ $1 == uringcast || $1 == bun || $1 == node ]] ;;
+  esac
+}
+start_server() { # name mode variant log
+  local cmd; cmd=$(server_cmd "$1" "$2" "$3")
+  echo "rep $rep server $1: taskset -c 0 $cmd" >>"$commands"
+  # shellcheck disable=SC2086
+  taskset -c 0 $cmd >"$4" 2>&1 &
+  pid=$!
+  if ! wait_listen "$port" "$pid"; then
+    echo "$1 did not start listening on $port:" >&2; tail -5 "$4" >&2
+    stop_server; return 1
+  fi
+}
+stop_server() { [ -n "$pid" ] && { kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }; pid=""; }
+
+# url VARIANT PATH: where the load generator connects; tls_flags VARIANT: what it adds.
+url() { if [ "$1" = wss ]; then echo "wss://localhost:$port$2"; else echo "ws://127.0.0.1:$port$2"; fi; }
+tls_flags() { [ "$1" = wss ] && echo "--ca $certs/cert.pem" || true; }
+
+# load SCENARIO NAME REP ARGS...: one load-generator run, its JSON in runs/SCENARIO/NAME-REP.json
+# and one line in index.tsv (scenario name rep status).
+load() {
+  local scenario=$1 name=$2 rep=$3; shift 3
+  local dir=$out/runs/$scenario; mkdir -p "$dir"
+  local json=$dir/$name-$rep.json status=ok rc=0
+  echo "rep $rep load $scenario $name: taskset -c 1 uringcast-load $* --threads 1 --quiet --json $json" >>"$commands"
+  timeout 300 taskset -c 1 "$load" "$@" --threads 1 --quiet --json "$json" >"$dir/$name-$rep.txt" 2>&1 || rc=$?
+  # A report is kept whatever the exit status (a loss or a server that closes without a close
+  # frame, as the floor does, exits non-zero): the report script reads what went wrong from it.
+  [ -s "$json" ] || status="failed (exit $rc)"
+  printf '%s\t%s\t%s\t%s\n' "$scenario" "$name" "$rep" "$status" >>"$out/index.tsv"
+  printf '  %-18s %-15s rep %s %s\n' "$scenario" "$name" "$rep" "$status" >&2
+}
+# one SCENARIO NAME REP MODE VARIANT ARGS...: start NAME on $port (the caller moved to a new
+# port with next_port and built ARGS with it), run the load against it, stop it.
+one() {
+  local scenario=$1 name=$2 rep=$3 mode=$4 variant=$5; shift 5
+  if ! start_server "$name" "$mode" "$variant" "$out/logs/$scenario-$name-$rep.log"; then
+    printf '%s\t%s\t%s\t%s\n' "$scenario" "$name" "$rep" "start-failed" >>"$out/index.tsv"
+    return
+  fi
+  load "$scenario" "$name" "$rep" "$@" --source "$src" --server-pid "$pid"
+  stop_server
+}
+
+# --- scenarios ----------------------------------------------------------------------------
+# Each takes the repetition number and runs every server once, in rotated order.
+rotated() { # rep: the server list starting at (rep - 1) mod n
+  local n=${#server_list[@]} k
+  for k in $(seq 0 $((n - 1))); do echo "${server_list[$(((k + $1 - 1) % n))]}"; done
+}
+
+idle() { # rep [variant]
+  local variant=${2:-plain} extra=() name
+  [ "$variant" = deflate ] && extra=(--deflate)
+  for name in $(rotated "$1"); do
+    serves "$name" "$variant" || continue
+    next_port
+    # shellcheck disable=SC2046
+    one "idle-$variant" "$name" "$1" broadcast "$variant" connect "$(url "$variant" /idle)" $(tls_flags "$variant") \
+      "${extra[@]}" --connections "$idle_n" --rate 5000 --duration 2
+  done
+}
+
+# fanout SCENARIO REP N SECS VARIANT: N subscribers, 10 publishes/s of 64 B (a 2 KiB JSON
+# tick with deflate), one publisher on the publish-only path; and the floor on plain runs.
+fanout() {
+  local scenario=$1 rep=$2 n=$3 secs=$4 variant=$5 name extra=(--size 64)
+  [ "$variant" = deflate ] && extra=(--deflate --payload json --size 2048)
+  for name in $(rotated "$rep") floor; do
+    if [ "$name" = floor ]; then
+      [ "$variant" = plain ] || continue
+      floor "$scenario" "$rep" "$n" "$secs"; continue
+    fi
+    serves "$name" "$variant" || continue
+    next_port
+    # shellcheck disable=SC2046
+    one "$scenario" "$name" "$rep" broadcast "$variant" broadcast "$(url "$variant" /topic)" $(tls_flags "$variant") \
+      --publisher-url "$(url "$variant" /publish/topic)" "${extra[@]}" --subscribers "$n" \
+      --publishers 1 --rate 10 --duration "$secs" --connect-rate 5000
+  done
+}
+# The write() floor: one pre-encoded frame write()n to each socket; it measures its own CPU
+# over its sending period (the load generator's window would not match it).
+floor() { # scenario rep n secs
+  next_port
+  local log=$out/runs/$1/floor-$2.floor.txt; mkdir -p "$out/runs/$1"
+  local cmd=("$bin/floor_server" --listen "127.0.0.1:$port" --connections "$3" --rate 10 --size 64
+             --start-delay 1 --max-seconds "$(($4 + $3 / 5000 + 4))")
+  echo "rep $rep server floor: taskset -c 0 ${cmd[*]}" >>"$commands"
+  taskset -c 0 "${cmd[@]}" >"$log" 2>&1 &
+  pid=$!
+  wait_listen "$port" "$pid" || { echo "floor did not start" >&2; stop_server; return; }
+  load "$1" floor "$2" broadcast "ws://127.0.0.1:$port/" --subscribers "$3" --publishers 0 \
+    --duration "$4" --connect-rate 5000 --source "$src"
+  wait "$pid" 2>/dev/null || true; pid=""
+}
+
+inflight() { # rep
+  local p name
+  for p in 1 8; do
+    for name in $(rotated "$1"); do
+      next_port
+      one "inflight-$p" "$name" "$1" broadcast plain broadcast "$(url plain /topic)" \
+        --publisher-url "$(url plain /publish/topic)" --subscribers "$subs" --publishers "$p" \
+        --inflight "$p" --size 64 --duration "$secs" --connect-rate 5000
+    done
+  done
+}
+
+echo_cpu() { # rep
+  local name
+  for name in $(rotated "$1"); do
+    next_port
+    one echo "$name" "$1" echo plain echo "$(url plain /echo)" --connections 100 --size 32 \
+      --binary --inflight 1 --duration "$echo_secs"
+  done
+}
+
+handshakes() { # rep
+  local name
+  for name in $(rotated "$1"); do
+    next_port
+    one handshakes "$name" "$1" broadcast plain connect "$(url plain /hs)" --connections "$hs_n" \
+      --rate 20000 --duration 0.5
+  done
+}
+
+# --- the run ------------------------------------------------------------------------------
+commands=$out/commands.txt; : >"$commands"; : >"$out/index.tsv"
+has() { [[ ",$only," == *",$1,"* ]]; }
+started=$(date +%s)
+for rep in $(seq 1 "$reps"); do
+  echo "repetition $rep of $reps" >&2
+  if has idle; then idle "$rep"; fi
+  if has broadcast; then fanout "broadcast-$subs" "$rep" "$subs" "$secs" plain; fi
+  if has inflight; then inflight "$rep"; fi
+  if has sweep; then
+    for n in $sweep_ns; do
+      # The main broadcast scenario is the sweep's point at its subscriber count.
+      [ "$n" = "$subs" ] && has broadcast && continue
+      fanout "broadcast-$n" "$rep" "$n" "$sweep_secs" plain
+    done
+  fi
+  if has echo; then echo_cpu "$rep"; fi
+  if has handshakes; then handshakes "$rep"; fi
+  if has wss; then idle "$rep" wss; fanout "broadcast-wss" "$rep" "$subs" "$secs" wss; fi
+  if has deflate; then idle "$rep" deflate; fanout "broadcast-deflate" "$rep" "$subs" "$secs" deflate; fi
+done
+{
+  echo "loadavg_end $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "seconds $(($(date +%s) - started))"
+} >>"$out/run.txt"
+echo "runs done in $(($(date +%s) - started)) s; results in $out" >&2
+
+python3 scripts/bench_report.py "$out" --page "$page" --load "$load"
