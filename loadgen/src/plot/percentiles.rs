@@ -1,6 +1,6 @@
-//! `--plot FILE.svg`: the latency-by-percentile curve, as HdrHistogram's plotter draws it: the
-//! x axis is `1/(1-p)` on a log scale, labelled in percentiles (90%, 99%, 99.9%, ...), so each
-//! "nine" gets the same width and the tail is as visible as the median.
+//! The latency-by-percentile curve, as HdrHistogram's plotter draws it: the x axis is `1/(1-p)`
+//! on a log scale, labelled in percentiles (90%, 99%, 99.9%, ...), so each "nine" gets the same
+//! width and the tail is as visible as the median.
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
