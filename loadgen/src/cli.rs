@@ -32,6 +32,73 @@ pub(crate) enum Scenario {
     /// Combine the --json reports of several runs of one scenario (processes or machines run
     /// together, see --start-at) into one report: counts summed, latency histograms added.
     Merge(MergeArgs),
+    /// Draw a comparison chart to SVG: latency-by-percentile curves from several --json
+    /// reports (`plot latency`), or lines from a series,x,y CSV (`plot lines`).
+    Plot(PlotArgs),
+}
+
+/// `plot`'s charts.
+#[derive(Args, Debug)]
+pub(crate) struct PlotArgs {
+    #[command(subcommand)]
+    pub(crate) kind: PlotKind,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum PlotKind {
+    /// One latency-by-percentile curve per NAME=REPORT.json, from the report's lossless
+    /// histogram, on one chart (x: percentile on a 1/(1-p) log scale, y: ms), with a legend.
+    Latency(PlotLatencyArgs),
+    /// One line with point markers per series of a CSV with the header `series,x,y` (rows of
+    /// a series in any order; series in order of first appearance), with a legend.
+    Lines(PlotLinesArgs),
+}
+
+/// `plot latency`'s flags.
+#[derive(Args, Debug)]
+pub(crate) struct PlotLatencyArgs {
+    /// The SVG file to write.
+    #[arg(value_name = "OUT.svg")]
+    pub(crate) out: PathBuf,
+    /// A curve: its legend name, =, a --json report of `echo`, `broadcast`, `connect` or
+    /// `merge`.
+    #[arg(value_name = "NAME=REPORT.json", required = true)]
+    pub(crate) curves: Vec<String>,
+    /// The chart's title.
+    #[arg(long, default_value = "latency by percentile")]
+    pub(crate) title: String,
+    /// The report's histogram to draw (a key of its `histograms`): `latency_us` is the
+    /// delivery or echo latency, or `connect`'s handshake; also `handshake_latency_us`,
+    /// `connect_latency_us`, `tls_handshake_latency_us`, `close_latency_us`.
+    #[arg(long, value_name = "KEY", default_value = "latency_us")]
+    pub(crate) histogram: String,
+}
+
+/// `plot lines`' flags.
+#[derive(Args, Debug)]
+pub(crate) struct PlotLinesArgs {
+    /// The SVG file to write.
+    #[arg(value_name = "OUT.svg")]
+    pub(crate) out: PathBuf,
+    /// The data: a header `series,x,y`, then one row per point (no quoting: a name holds no
+    /// comma).
+    #[arg(long, value_name = "DATA.csv")]
+    pub(crate) csv: PathBuf,
+    /// The chart's title [default: none].
+    #[arg(long, default_value = "")]
+    pub(crate) title: String,
+    /// The x axis's description.
+    #[arg(long, value_name = "X", default_value = "x")]
+    pub(crate) x_label: String,
+    /// The y axis's description.
+    #[arg(long, value_name = "Y", default_value = "y")]
+    pub(crate) y_label: String,
+    /// A log x axis (every x must be above 0).
+    #[arg(long)]
+    pub(crate) log_x: bool,
+    /// The y axis includes 0.
+    #[arg(long)]
+    pub(crate) y_from_zero: bool,
 }
 
 /// `merge`'s flags.

@@ -3,7 +3,8 @@
 //!
 //! Scenarios: `connect` (open N idle connections at a rate, hold, close), `echo` (messages
 //! echoed and checked byte for byte, closed or open loop) and `broadcast` (subscribers checking
-//! every delivery of publishers' messages). Every run is bounded in count and time, targets
+//! every delivery of publishers' messages). `merge` adds reports; `plot` draws comparison
+//! charts from reports or CSV. Every run is bounded in count and time, targets
 //! loopback addresses only, and stops by itself.
 //!
 //! Exit codes: 0 when the run reached its target (and, for messages, every one arrived once,
@@ -63,6 +64,7 @@ fn main() {
         Scenario::Echo(args) => run_echo(args),
         Scenario::Broadcast(args) => broadcast_run::run(args),
         Scenario::Merge(args) => merge::run(&args),
+        Scenario::Plot(args) => plot::command::run(&args),
     };
     let code = match result {
         Ok(code) => code,

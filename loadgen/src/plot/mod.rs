@@ -1,6 +1,9 @@
-//! SVG charts: the latency-by-percentile curve ([`percentiles`]) of a run or of several, drawn
-//! by one function ([`svg`]) with one look: size, fonts, mesh, colours and legend.
+//! SVG charts: the latency-by-percentile curve ([`percentiles`]) of a run or of several, and a
+//! line chart of any series ([`lines`]), drawn by one function ([`svg`]) with one look: size,
+//! fonts, mesh, colours and legend. `uringcast-load plot` ([`command`]) draws either from files.
 
+pub mod command;
+pub mod lines;
 pub mod percentiles;
 
 use std::ops::Range;
@@ -42,9 +45,11 @@ pub struct Chart<'a> {
     pub markers: bool,
 }
 
-/// An x axis's range and scale (a linear one comes with the first chart that needs it).
+/// An x axis's range and scale.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Axis {
+    /// Evenly spaced values.
+    Linear(Range<f64>),
     /// Evenly spaced powers of ten; the range must be positive.
     Log(Range<f64>),
 }
@@ -60,6 +65,7 @@ pub fn svg(chart: &Chart<'_>, series: &[Series]) -> Result<String, String> {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         match &chart.x {
+            Axis::Linear(x) => draw(&root, chart, x.clone(), series)?,
             Axis::Log(x) => draw(&root, chart, x.clone().log_scale(), series)?,
         }
         root.present().map_err(|e| e.to_string())?;
