@@ -138,13 +138,17 @@ pub fn lines_svg(series: &[Series], axes: LineAxes<'_>) -> Result<String, String
     } else {
         Axis::Linear(padded(x_low, x_high, false))
     };
+    let mut y = padded(y_low, y_high, axes.y_from_zero);
+    // Room above the data for the legend (upper left), a row per series: no line runs under it.
+    y.end += (y.end - y.start) * (LEGEND_ROW_SHARE * series.len() as f64 + LEGEND_PAD_SHARE);
     let chart = Chart {
         title: axes.title,
         x_label: axes.x_label,
         y_label: axes.y_label,
         x,
-        y: padded(y_low, y_high, axes.y_from_zero),
-        x_ticks: None,
+        y,
+        x_ticks: Some(&|x| super::decimal(*x)),
+        y_ticks: Some(&|y| super::decimal(*y)),
         markers: true,
     };
     super::svg(&chart, series)
@@ -157,6 +161,10 @@ pub fn non_positive_x(series: &[Series]) -> Option<f64> {
         .flat_map(|one| one.points.iter().map(|point| point.0))
         .find(|x| *x <= 0.0)
 }
+
+/// The legend's height per series, and its padding, as shares of the data's y span.
+const LEGEND_ROW_SHARE: f64 = 0.06;
+const LEGEND_PAD_SHARE: f64 = 0.04;
 
 /// The factor a log axis reaches beyond the smallest and largest x, so no marker sits on an
 /// edge.

@@ -41,6 +41,8 @@ pub struct Chart<'a> {
     pub y: Range<f64>,
     /// How x tick labels read; plotters' own numbers when `None`.
     pub x_ticks: Option<&'a dyn Fn(&f64) -> String>,
+    /// How y tick labels read; plotters' own numbers when `None`.
+    pub y_ticks: Option<&'a dyn Fn(&f64) -> String>,
     /// Draw a marker on each point, not only the line through them.
     pub markers: bool,
 }
@@ -79,6 +81,18 @@ pub fn colour(index: usize) -> RGBColor {
     RGBColor(r, g, b)
 }
 
+/// `x` with at most six decimals and none that end in 0: 100 → "100", 0.25 → "0.25",
+/// 0.1 + 0.2 → "0.3".
+pub fn decimal(x: f64) -> String {
+    let text = format!("{x:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
 /// Draws on `root` with an x axis of any scale: a log axis is another coordinate type.
 fn draw<X>(
     root: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
@@ -104,6 +118,9 @@ where
     mesh.x_desc(chart.x_label).y_desc(chart.y_label);
     if let Some(ticks) = chart.x_ticks {
         mesh.x_label_formatter(ticks);
+    }
+    if let Some(ticks) = chart.y_ticks {
+        mesh.y_label_formatter(ticks);
     }
     mesh.draw().map_err(|e| e.to_string())?;
     for (index, one) in series.iter().enumerate() {
@@ -138,4 +155,20 @@ where
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimals_end_in_a_significant_digit() {
+        assert_eq!(decimal(100.0), "100");
+        assert_eq!(decimal(10_000.0), "10000");
+        assert_eq!(decimal(0.25), "0.25");
+        assert_eq!(decimal(0.1 + 0.2), "0.3");
+        assert_eq!(decimal(99.9), "99.9");
+        assert_eq!(decimal(-1.5), "-1.5");
+        assert_eq!(decimal(-0.0000001), "0");
+    }
 }

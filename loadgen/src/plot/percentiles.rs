@@ -45,6 +45,7 @@ pub fn latency_curves_svg(
         x: Axis::Log(1.0..max_x),
         y: 0.0..max_y,
         x_ticks: Some(&|x| percentile_label(*x)),
+        y_ticks: None,
         markers: false,
     };
     super::svg(&chart, &series)
@@ -70,10 +71,7 @@ fn curve(histogram: &Histogram<u64>) -> Vec<(f64, f64)> {
 
 /// The percentile an x of `1/(1-p)` stands for: 10 → "90%", 1000 → "99.9%".
 fn percentile_label(x: f64) -> String {
-    let p = 100.0 * (1.0 - 1.0 / x.max(1.0));
-    let text = format!("{p:.6}");
-    let text = text.trim_end_matches('0').trim_end_matches('.');
-    format!("{text}%")
+    format!("{}%", super::decimal(100.0 * (1.0 - 1.0 / x.max(1.0))))
 }
 
 #[cfg(test)]
