@@ -57,7 +57,7 @@ pub(crate) enum PlotKind {
 /// `plot latency`'s flags.
 #[derive(Args, Debug)]
 pub(crate) struct PlotLatencyArgs {
-    /// The SVG file to write.
+    /// The SVG file to write (its name must end in .svg).
     #[arg(value_name = "OUT.svg")]
     pub(crate) out: PathBuf,
     /// A curve: its legend name, =, a --json report of `echo`, `broadcast`, `connect` or
@@ -77,7 +77,7 @@ pub(crate) struct PlotLatencyArgs {
 /// `plot lines`' flags.
 #[derive(Args, Debug)]
 pub(crate) struct PlotLinesArgs {
-    /// The SVG file to write.
+    /// The SVG file to write (its name must end in .svg).
     #[arg(value_name = "OUT.svg")]
     pub(crate) out: PathBuf,
     /// The data: a header `series,x,y`, then one row per point (no quoting: a name holds no

@@ -76,6 +76,15 @@ fn two_echo_reports_draw_two_named_curves() {
         (vec!["=a.json"], "NAME=REPORT.json"),
         (vec![&one, &one], "given twice"),
     ];
+    // OUT.svg forgotten: the first report would be the output.
+    let output = load(&["plot", "latency", &one, &four]);
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_USAGE),
+        "{}",
+        describe(&output)
+    );
+    assert!(reports[0].exists() && reports[1].exists());
     for (args, why) in refusals {
         let mut all = vec!["plot", "latency", text(&svg_path)];
         all.extend(args);

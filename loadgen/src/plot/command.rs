@@ -17,14 +17,20 @@ use crate::report::histograms;
 ///
 /// # Errors
 ///
-/// [`LoadError::Usage`] for a malformed or repeated `NAME=REPORT.json`, a file that is not a
+/// [`LoadError::Usage`] for an output not named `*.svg`, a malformed or repeated
+/// `NAME=REPORT.json`, a file that is not a
 /// report or lacks the histogram asked for (or has no samples in it), bad CSV (naming the
 /// line) or an x of 0 or below with `--log-x`; [`LoadError::Io`] for a file that cannot be
 /// read, drawn or written.
 pub fn run(args: &PlotArgs) -> Result<i32, LoadError> {
-    let (out, svg) = match &args.kind {
-        PlotKind::Latency(latency) => (&latency.out, latency_chart(latency)?),
-        PlotKind::Lines(lines) => (&lines.out, lines_chart(lines)?),
+    let out = match &args.kind {
+        PlotKind::Latency(latency) => &latency.out,
+        PlotKind::Lines(lines) => &lines.out,
+    };
+    svg_name(out)?;
+    let svg = match &args.kind {
+        PlotKind::Latency(latency) => latency_chart(latency)?,
+        PlotKind::Lines(lines) => lines_chart(lines)?,
     };
     std::fs::write(out, svg).map_err(|source| LoadError::Io {
         what: format!("cannot write {}", out.display()),
@@ -83,6 +89,22 @@ fn lines_chart(args: &PlotLinesArgs) -> Result<String, LoadError> {
     lines::lines_svg(&series, axes).map_err(|e| cannot_draw(&args.out, e))
 }
 
+/// Refuses an output that does not end in `.svg`: with OUT.svg forgotten, the first
+/// `NAME=REPORT.json` would be taken for it, and a report could be overwritten.
+fn svg_name(out: &Path) -> Result<(), LoadError> {
+    let is_svg = out
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("svg"));
+    if is_svg {
+        Ok(())
+    } else {
+        Err(LoadError::Usage(format!(
+            "{}: the chart's file name must end in .svg (it comes first: plot KIND OUT.svg ...)",
+            out.display()
+        )))
+    }
+}
+
 /// `NAME=PATH` split at its first `=`; both parts must be there.
 fn name_and_path(curve: &str) -> Result<(&str, &str), LoadError> {
     match curve.split_once('=') {
@@ -126,6 +148,16 @@ mod tests {
             let error = name_and_path(bad).unwrap_err();
             assert_eq!(error.exit_code(), crate::error::EXIT_USAGE, "{bad}");
             assert!(error.to_string().contains("NAME=REPORT.json"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_chart_is_an_svg_file() {
+        assert!(svg_name(Path::new("out/echo.svg")).is_ok());
+        assert!(svg_name(Path::new("ECHO.SVG")).is_ok());
+        for bad in ["a=report.json", "report.json", "svg", ".svg"] {
+            let error = svg_name(Path::new(bad)).unwrap_err();
+            assert_eq!(error.exit_code(), crate::error::EXIT_USAGE, "{bad}");
         }
     }
 }
