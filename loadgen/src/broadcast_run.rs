@@ -1,11 +1,18 @@
 //! `uringcast-load broadcast`: its flags checked, its run set up and started, its report.
 
+use std::sync::Arc;
+
 use serde_json::json;
 
-use crate::cli::{positive, range, BroadcastArgs, MAX_CONNECTIONS, MAX_MESSAGE_RATE};
+use crate::cli::{
+    positive, range, seconds, BroadcastArgs, MAX_CONNECTIONS, MAX_INFLIGHT, MAX_MESSAGE_RATE,
+    MAX_TIMEOUT_SECS,
+};
 use crate::error::LoadError;
 use crate::report::{Loop, TrafficReport};
-use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, Nodes, PublishUrl, Publishing};
+use crate::scenario::broadcast::{
+    self, BroadcastWork, ClosedLoop, HttpSenders, Nodes, Pace, PublishUrl, Publishing,
+};
 use crate::scenario::stamp::{Encoding, Stamper};
 use crate::scenario::traffic::{self, NoSenders, Split};
 use crate::target::Target;
@@ -20,7 +27,8 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         broadcast::DEFAULT_SIZE,
         "publisher",
     )?;
-    positive("--rate", args.rate, MAX_MESSAGE_RATE)?;
+    let rate = args.rate.unwrap_or(broadcast::DEFAULT_RATE);
+    positive("--rate", rate, MAX_MESSAGE_RATE)?;
     range(
         "--subscribers",
         args.subscribers as f64,
@@ -52,6 +60,16 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
             "--publisher-url needs WebSocket publishers (--publishers 1 or more)".into(),
         ));
     }
+    let inflight = args
+        .inflight
+        .map(|p| closed_loop_share(p, &publishing))
+        .transpose()?;
+    let publish_timeout = seconds(
+        "--publish-timeout",
+        args.publish_timeout,
+        0.001,
+        MAX_TIMEOUT_SECS,
+    )?;
     let duration = args
         .traffic
         .duration
@@ -108,7 +126,9 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
             "publish_url": args.publish_url,
             "publisher_url": publisher_target.as_ref().map(ToString::to_string),
             "publish_token": args.publish_token.as_ref().map(|_| "(set)"),
-            "rate": args.rate,
+            "rate": inflight.is_none().then_some(rate),
+            "inflight": inflight,
+            "publish_timeout_s": inflight.map(|_| args.publish_timeout),
             "size": size,
         }),
     );
@@ -118,30 +138,46 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
                 .as_ref()
                 .map(|t| format!(" on {t}"))
                 .unwrap_or_default();
-            format!(
-                "{publishers} WebSocket publisher(s){at} at {} messages/s in total",
-                args.rate
-            )
+            match inflight {
+                Some(p) => format!("{publishers} WebSocket publisher(s){at} with {p} in flight"),
+                None => {
+                    format!("{publishers} WebSocket publisher(s){at} at {rate} messages/s in total")
+                }
+            }
         }
         Publishing::Http { publishers } => format!(
-            "{publishers} HTTP publisher(s) to {} at {} messages/s in total",
+            "{publishers} HTTP publisher(s) to {} at {rate} messages/s in total",
             args.publish_url.as_deref().unwrap_or(""),
-            args.rate
         ),
         Publishing::External => "an outside publisher".to_owned(),
     };
-    let headline =
-        format!(
-        "broadcast {}: {} subscribers, {who}, {size} B {}messages, {:.1} s, {} thread(s), open \
+    let headline = format!(
+        "broadcast {}: {} subscribers, {who}, {size} B {}messages, {:.1} s, {} thread(s), {} \
          loop",
         prepared.settings.target,
         args.subscribers,
-        if encoding == Encoding::Json { "JSON tick " } else { "" },
+        if encoding == Encoding::Json {
+            "JSON tick "
+        } else {
+            ""
+        },
         duration,
         prepared.settings.threads,
+        if inflight.is_some() { "closed" } else { "open" },
     );
     let subscribers = args.subscribers;
-    let rate = args.rate;
+    let closed = inflight.map(|p| {
+        Arc::new(ClosedLoop::new(
+            u64::from(p),
+            ws_publishers,
+            subscribers,
+            publish_timeout,
+        ))
+    });
+    let pace = match &closed {
+        Some(shared) => Pace::Closed(Arc::clone(shared)),
+        None => Pace::Open { rate },
+    };
     let work_publishing = publishing.clone();
     let work_stamper = stamper.clone();
     let work = move |_, plan| {
@@ -149,7 +185,7 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
             plan,
             subscribers,
             work_publishing.clone(),
-            rate,
+            pace.clone(),
             work_stamper.clone(),
             nodes.as_ref(),
         )
@@ -173,12 +209,39 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
     let report = TrafficReport {
         scenario: "broadcast",
         settings: settings_json,
-        pace: Loop::Open,
+        pace: if closed.is_some() {
+            Loop::Closed
+        } else {
+            Loop::Open
+        },
         headline,
         unit: "deliveries",
         outcome,
+        closed_loop: closed.map(|shared| shared.tally()),
     };
     finish(&report, t)
+}
+
+/// `--inflight P` checked against who publishes: P itself, when every WebSocket publisher
+/// gets at least one publish in flight.
+fn closed_loop_share(inflight: u32, publishing: &Publishing) -> Result<u32, LoadError> {
+    range(
+        "--inflight",
+        f64::from(inflight),
+        1.0,
+        f64::from(MAX_INFLIGHT),
+    )?;
+    match publishing {
+        Publishing::WebSocket { publishers } if u64::from(inflight) >= *publishers => Ok(inflight),
+        Publishing::WebSocket { publishers } => Err(LoadError::Usage(format!(
+            "--inflight {inflight} is fewer than --publishers {publishers}: each publisher needs \
+             at least one publish in flight"
+        ))),
+        Publishing::Http { .. } | Publishing::External => Err(LoadError::Usage(
+            "--inflight needs WebSocket publishers (--publishers 1 or more, no --publish-url)"
+                .into(),
+        )),
+    }
 }
 
 /// `--publisher-url`'s target: another node, so of the subscribers' scheme (one TLS setup) and

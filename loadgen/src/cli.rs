@@ -27,7 +27,8 @@ pub(crate) enum Scenario {
     /// --inflight P per connection, or open loop at --rate R messages/s in total.
     Echo(EchoArgs),
     /// N subscribers on a topic, K publishers sending R messages/s in total (over WebSocket,
-    /// or HTTP with --publish-url); every delivery checked for loss, order and content.
+    /// or HTTP with --publish-url), or keeping --inflight P publishes in flight in all;
+    /// every delivery checked for loss, order and content.
     Broadcast(BroadcastArgs),
     /// Combine the --json reports of several runs of one scenario (processes or machines run
     /// together, see --start-at) into one report: counts summed, latency histograms added.
@@ -246,6 +247,7 @@ pub(crate) struct EchoArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(ArgGroup::new("pace").args(["inflight", "rate"])))]
 pub(crate) struct BroadcastArgs {
     /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
     pub(crate) url: String,
@@ -255,9 +257,19 @@ pub(crate) struct BroadcastArgs {
     /// The topic's path, replacing the URL's [default: the URL's path].
     #[arg(long)]
     pub(crate) path: Option<String>,
-    /// Messages published per second, over all publishers.
-    #[arg(long, default_value_t = broadcast::DEFAULT_RATE)]
-    pub(crate) rate: f64,
+    /// Open loop: messages published per second over all publishers, on a fixed schedule
+    /// [default: 10].
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Closed loop: publishes in flight over all WebSocket publishers (at least one each);
+    /// a publisher sends its next as soon as one has reached every open subscriber.
+    #[arg(long)]
+    pub(crate) inflight: Option<u32>,
+    /// With --inflight: seconds before a publish that has not reached every open subscriber
+    /// is given up on (its slot freed; what never arrived still counts as missing).
+    #[arg(long, value_name = "SECS", requires = "inflight",
+          default_value_t = broadcast::DEFAULT_PUBLISH_TIMEOUT_SECS)]
+    pub(crate) publish_timeout: f64,
     /// Payload bytes per message (at least 24: publisher id, sequence number, send time; 192
     /// with --payload json) [default: 64; 400 with --payload json].
     #[arg(long)]

@@ -150,6 +150,7 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         headline,
         unit: "echoes",
         outcome,
+        closed_loop: None,
     };
     finish(&report, t)
 }

@@ -193,6 +193,8 @@ pub fn merge(reports: &[(String, Value)]) -> Result<(TrafficReport, Value), Load
             "deliveries"
         },
         outcome,
+        // Closed-loop broadcast reports are not merged yet.
+        closed_loop: None,
     };
     let mut json = report.json();
     if let Value::Object(map) = &mut json {

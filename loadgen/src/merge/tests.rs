@@ -60,6 +60,7 @@ fn report(connections: u64, values: &[u64], settings: Value) -> Value {
         headline: String::new(),
         unit: "echoes",
         outcome,
+        closed_loop: None,
     }
     .json()
 }
@@ -347,6 +348,7 @@ fn node_report(nodes: &[(&str, &[u64])]) -> Value {
         headline: String::new(),
         unit: "deliveries",
         outcome,
+        closed_loop: None,
     }
     .json()
 }

@@ -6,6 +6,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 use super::{bytes_per_conn, histograms, mib, per_conn, wire, Failure, Failures, LatencySummary};
+use crate::scenario::broadcast::ClosedLoopTally;
 use crate::scenario::traffic::{NodeTally, Outcome, Tally};
 
 /// How a message scenario paced its sends.
@@ -41,6 +42,8 @@ pub struct TrafficReport {
     pub unit: &'static str,
     /// The measurements.
     pub outcome: Outcome,
+    /// Broadcast with `--inflight`: its publishes completed, timed out, and most outstanding.
+    pub closed_loop: Option<ClosedLoopTally>,
 }
 
 impl TrafficReport {
@@ -64,6 +67,16 @@ impl TrafficReport {
             && t.errors() == 0
             && o.sender_errors == 0
             && o.diagnostics.threads_missing == 0
+    }
+
+    /// Messages sent per second of traffic (publishes, for broadcast).
+    pub fn sent_per_s(&self) -> f64 {
+        let seconds = self.outcome.duration.as_secs_f64();
+        if seconds > 0.0 {
+            self.outcome.tally.sent as f64 / seconds
+        } else {
+            0.0
+        }
     }
 
     /// The title of the `--plot` curve.
@@ -144,6 +157,14 @@ impl TrafficReport {
             "started_at_unix_s": o.started_at_unix_s,
             "duration_s": o.duration.as_secs_f64(),
             "throughput_per_s": self.throughput(),
+            "sent_per_s": self.sent_per_s(),
+            "closed_loop": self.closed_loop.map(|c| json!({
+                "inflight": c.inflight,
+                "publish_timeout_s": c.timeout_s,
+                "completed": c.completed,
+                "timed_out": c.timed_out,
+                "max_outstanding": c.max_outstanding,
+            })),
             "interrupted": o.interrupted,
             "latency_us": LatencySummary::of(&t.latency).json(),
             "handshake_latency_us": LatencySummary::of(&o.handshake).json(),
@@ -219,6 +240,19 @@ impl TrafficReport {
             self.unit,
             o.duration.as_secs_f64()
         );
+        if let Some(c) = &self.closed_loop {
+            let _ = writeln!(
+                out,
+                "publish   {:.0}/s, closed loop: {} in flight, at most {} outstanding; {} \
+                 completed, {} timed out after {} s",
+                self.sent_per_s(),
+                c.inflight,
+                c.max_outstanding,
+                c.completed,
+                c.timed_out,
+                c.timeout_s
+            );
+        }
         let l = LatencySummary::of(&t.latency);
         let _ = writeln!(
             out,

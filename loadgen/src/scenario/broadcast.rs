@@ -8,20 +8,28 @@
 //! does, and each subscriber expects every sequence number between the first and the last it
 //! saw from each publisher.
 //!
-//! Publishing is always open loop: message `s` of publisher `p` is due at
+//! Publishing is open loop by default: message `s` of publisher `p` is due at
 //! `start + (s + p / K) * K / R`, whatever the server does, and each payload carries that
-//! scheduled time; a subscriber's latency runs from it (coordinated omission). Each subscriber
+//! scheduled time; a subscriber's latency runs from it (coordinated omission). With
+//! `--inflight P` it is closed loop ([`closed_loop`]): P publishes in flight over the K
+//! WebSocket publishers, the next sent as soon as one has reached every open subscriber (or
+//! was given up on), and each payload carries its actual send time. Each subscriber
 //! keeps, per publisher, a 512-message window of the sequence numbers it received: a number
 //! seen twice is `duplicated`, one below the highest seen is `out_of_order`, a payload that is
 //! not exactly what its stamp says is `corrupt`, and `missing` is what was published while the
 //! subscriber was open minus what it received once. Only subscribers count deliveries: what a
 //! publisher receives (its own messages) is parsed and dropped.
 
+mod closed_loop;
 mod http;
 mod seq_window;
 
+use std::sync::Arc;
+
 use uringcast::protocol::OpCode;
 
+use self::closed_loop::Window;
+pub use self::closed_loop::{ClosedLoop, ClosedLoopTally, DEFAULT_PUBLISH_TIMEOUT_SECS};
 pub use self::http::{HttpSenders, PublishUrl};
 pub use self::seq_window::{Seen, SeqWindow};
 use super::stamp::{self, Stamp, Stamper};
@@ -44,6 +52,23 @@ pub const MAX_EXTERNAL_PUBLISHERS: u64 = 64;
 const QUIET_NS: u64 = 250_000_000;
 /// Sends scheduled per loop turn at most.
 const MAX_SENDS_PER_TURN: u64 = 4096;
+/// Closed loop over several threads: how often a publisher's thread looks for publishes that
+/// other threads' subscribers completed (its ring sleeps until then if nothing else arrives).
+const REMOTE_POLL_NS: u64 = 50_000;
+/// Closed loop: how often a thread counts its subscribers that closed.
+const RECOUNT_NS: u64 = 20_000_000;
+
+/// How the WebSocket publishers pace their sends.
+#[derive(Clone, Debug)]
+pub enum Pace {
+    /// `--rate R`: messages per second over all publishers, on a fixed schedule.
+    Open {
+        /// R.
+        rate: f64,
+    },
+    /// `--inflight P`: publishes in flight in all, shared by every thread.
+    Closed(Arc<ClosedLoop>),
+}
 
 /// Who publishes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,8 +107,16 @@ pub struct BroadcastWork {
     node_of: Vec<usize>,
     /// This thread's WebSocket publishers.
     pubs: Vec<Publisher>,
-    /// The schedule's interval for one publisher, ns.
+    /// The schedule's interval for one publisher, ns (open loop).
     interval_ns: f64,
+    /// Closed loop: the shared counts; the index in `pubs` of each local publisher by id; the
+    /// subscribers of this thread last found open, and when to count them again.
+    closed: Option<Arc<ClosedLoop>>,
+    local_pubs: Vec<Option<usize>>,
+    open_subs: u64,
+    recount_ns: u64,
+    /// Other threads' subscribers may complete this thread's publishes.
+    remote: bool,
     start_ns: u64,
     running: bool,
     last_delivery_ns: u64,
@@ -98,6 +131,8 @@ struct Publisher {
     seq: u64,
     /// The schedule's offset of this publisher, so K publishers interleave evenly.
     offset_ns: f64,
+    /// Closed loop: its publishes in flight.
+    window: Option<Window>,
 }
 
 /// The server addresses subscribers spread over, to count deliveries by node.
@@ -111,18 +146,22 @@ pub struct Nodes {
 
 impl BroadcastWork {
     /// A thread's share: global connections below `subscribers` subscribe, the next ones
-    /// publish (when `publishing` is over WebSocket) at `rate` messages per second in total.
-    /// With `nodes`, deliveries are also counted by the address each subscriber connects to.
+    /// publish (when `publishing` is over WebSocket) as `pace` says. With `nodes`, deliveries
+    /// are also counted by the address each subscriber connects to.
     pub fn new(
         plan: Plan,
         subscribers: u64,
         publishing: Publishing,
-        rate: f64,
+        pace: Pace,
         stamper: Stamper,
         nodes: Option<&Nodes>,
     ) -> Self {
         let k = publishing.publishers().max(1);
-        let interval_ns = 1e9 * k as f64 / rate;
+        let (interval_ns, closed) = match pace {
+            Pace::Open { rate } => (1e9 * k as f64 / rate, None),
+            Pace::Closed(shared) => (0.0, Some(shared)),
+        };
+        let mut local_pubs = Vec::new();
         let mut subs = Vec::with_capacity(plan.count as usize);
         let mut pubs = Vec::new();
         let mut tally = Tally::default();
@@ -149,14 +188,20 @@ impl BroadcastWork {
             } else {
                 subs.push(None);
                 let id = global - subscribers;
+                if local_pubs.len() <= id as usize {
+                    local_pubs.resize(id as usize + 1, None);
+                }
+                local_pubs[id as usize] = Some(pubs.len());
                 pubs.push(Publisher {
                     conn: local,
                     id,
                     seq: 0,
                     offset_ns: interval_ns * id as f64 / k as f64,
+                    window: closed.as_ref().map(|c| c.window(id)),
                 });
             }
         }
+        let open_subs = subs.iter().filter(|s| s.is_some()).count() as u64;
         Self {
             publishing,
             stamper,
@@ -164,6 +209,11 @@ impl BroadcastWork {
             node_of,
             pubs,
             interval_ns,
+            closed,
+            local_pubs,
+            open_subs,
+            recount_ns: 0,
+            remote: plan.step > 1,
             start_ns: 0,
             running: false,
             last_delivery_ns: 0,
@@ -176,6 +226,75 @@ impl BroadcastWork {
         self.start_ns + (p.offset_ns + p.seq as f64 * self.interval_ns) as u64
     }
 
+    /// Closed loop: every publisher retires what finished and sends what it may; returns when
+    /// to look again.
+    fn due_closed(&mut self, now_ns: u64, out: &mut Outbox<'_>) -> Option<u64> {
+        if now_ns < self.start_ns {
+            return Some(self.start_ns);
+        }
+        if now_ns >= self.recount_ns {
+            self.recount(out);
+            self.recount_ns = now_ns + RECOUNT_NS;
+        }
+        let mut next: Option<u64> = None;
+        for i in 0..self.pubs.len() {
+            if let Some(deadline) = self.pump(i, now_ns, out) {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        if self.remote && next.is_some() {
+            next = next.map(|n| n.min(now_ns + REMOTE_POLL_NS));
+        }
+        next
+    }
+
+    /// Closed loop: retires publisher `i`'s finished publishes, oldest first, and sends as many
+    /// as its window takes; returns when its oldest in flight times out, if any is.
+    fn pump(&mut self, i: usize, now_ns: u64, out: &mut Outbox<'_>) -> Option<u64> {
+        let shared = self.closed.as_deref()?;
+        let p = &mut self.pubs[i];
+        let window = p.window.as_mut()?;
+        window.retire(shared, p.seq, now_ns);
+        if self.running && now_ns >= self.start_ns && out.is_open(p.conn) {
+            loop {
+                // The payload carries the actual send time: there is no schedule.
+                let sent_ns = stamp::now_ns();
+                if !window.admit(shared, p.seq, sent_ns) {
+                    break;
+                }
+                let stamp = Stamp {
+                    id: p.id,
+                    seq: p.seq,
+                    sent_ns,
+                };
+                self.stamper.write(stamp, &mut self.scratch);
+                if out.send(p.conn, self.stamper.opcode(), &self.scratch) {
+                    self.tally.sent += 1;
+                }
+                p.seq += 1;
+            }
+        }
+        window.deadline(shared, p.seq)
+    }
+
+    /// Closed loop: tells the other threads how many of this thread's subscribers closed since
+    /// the last count, so that no publish waits for them.
+    fn recount(&mut self, out: &Outbox<'_>) {
+        let Some(shared) = self.closed.as_deref() else {
+            return;
+        };
+        let open = self
+            .subs
+            .iter()
+            .enumerate()
+            .filter(|(conn, sub)| sub.is_some() && out.is_open(*conn))
+            .count() as u64;
+        if open < self.open_subs {
+            shared.subscribers_closed(self.open_subs - open);
+            self.open_subs = open;
+        }
+    }
+
     /// The most publisher ids a subscriber tracks.
     fn id_limit(&self) -> u64 {
         match self.publishing {
@@ -186,15 +305,21 @@ impl BroadcastWork {
 }
 
 impl Workload for BroadcastWork {
-    fn start(&mut self, start_ns: u64, _: &mut Outbox<'_>) {
+    fn start(&mut self, start_ns: u64, out: &mut Outbox<'_>) {
         self.start_ns = start_ns;
         self.running = true;
         self.last_delivery_ns = start_ns;
+        if self.closed.is_some() {
+            self.recount(out);
+        }
     }
 
     fn due(&mut self, now_ns: u64, out: &mut Outbox<'_>) -> Option<u64> {
         if !self.running {
             return None;
+        }
+        if self.closed.is_some() {
+            return self.due_closed(now_ns, out);
         }
         let mut next: Option<u64> = None;
         for i in 0..self.pubs.len() {
@@ -226,7 +351,14 @@ impl Workload for BroadcastWork {
         next
     }
 
-    fn message(&mut self, conn: usize, _: OpCode, payload: &[u8], now_ns: u64, _: &mut Outbox<'_>) {
+    fn message(
+        &mut self,
+        conn: usize,
+        _: OpCode,
+        payload: &[u8],
+        now_ns: u64,
+        out: &mut Outbox<'_>,
+    ) {
         let limit = self.id_limit();
         let Some(windows) = self.subs[conn].as_mut() else {
             // A publisher hearing its own messages: not a delivery.
@@ -260,6 +392,14 @@ impl Workload for BroadcastWork {
                 self.tally.record(micros);
                 if let Some(n) = node {
                     self.tally.nodes[n].latency.saturating_record(micros);
+                }
+                if let Some(shared) = &self.closed {
+                    shared.delivered(stamp.id, stamp.seq);
+                    // Perhaps the last delivery of a local publisher's publish: if so, its next
+                    // goes now rather than at the next loop turn.
+                    if let Some(&Some(i)) = self.local_pubs.get(id) {
+                        self.pump(i, now_ns, out);
+                    }
                 }
             }
         }
@@ -347,7 +487,7 @@ mod tests {
             plan,
             2,
             Publishing::WebSocket { publishers: 2 },
-            100.0,
+            Pace::Open { rate: 100.0 },
             stamper,
             None,
         );
@@ -375,7 +515,7 @@ mod tests {
             plan,
             5,
             Publishing::WebSocket { publishers: 1 },
-            100.0,
+            Pace::Open { rate: 100.0 },
             stamper,
             Some(&nodes),
         );
