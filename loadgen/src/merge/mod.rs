@@ -21,6 +21,7 @@ use crate::cli::MergeArgs;
 use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
 use crate::output;
 use crate::report::{Loop, TrafficReport};
+use crate::scenario::broadcast::ClosedLoopTally;
 use crate::scenario::traffic::ServerSamples;
 
 /// Settings every report must share, by scenario: the shape of the traffic. Checked besides:
@@ -46,6 +47,7 @@ const SAME: &[(&str, &[&str])] = &[
         &[
             "duration_s",
             "publish",
+            "inflight",
             "payload",
             "size",
             "deflate",
@@ -182,6 +184,7 @@ pub fn merge(reports: &[(String, Value)]) -> Result<(TrafficReport, Value), Load
     outcome.duration = Duration::try_from_secs_f64(end - start).unwrap_or_default();
     outcome.server = server(reports);
     let settings = settings(reports, scenario);
+    let closed_loop = closed_loop(reports)?;
     let report = TrafficReport {
         scenario,
         headline: headline(scenario, &settings, reports.len()),
@@ -193,8 +196,7 @@ pub fn merge(reports: &[(String, Value)]) -> Result<(TrafficReport, Value), Load
             "deliveries"
         },
         outcome,
-        // Closed-loop broadcast reports are not merged yet.
-        closed_loop: None,
+        closed_loop,
     };
     let mut json = report.json();
     if let Value::Object(map) = &mut json {
@@ -268,6 +270,42 @@ fn agree(
     Ok(())
 }
 
+/// Broadcast's `closed_loop` figures added: each process kept its own P in flight, so the
+/// sums (of P, of completions and timeouts, of each process's most outstanding) bound the
+/// whole. `None` for open-loop reports (`agree` made the loops match).
+fn closed_loop(reports: &[(String, Value)]) -> Result<Option<ClosedLoopTally>, LoadError> {
+    let mut total: Option<ClosedLoopTally> = None;
+    for (name, report) in reports {
+        let c = &report["closed_loop"];
+        if c.is_null() {
+            continue;
+        }
+        let count = |key: &str| {
+            c[key]
+                .as_u64()
+                .ok_or_else(|| missing(name, &format!("closed_loop.{key}")))
+        };
+        let one = ClosedLoopTally {
+            inflight: count("inflight")?,
+            timeout_s: c["publish_timeout_s"].as_f64().unwrap_or_default(),
+            completed: count("completed")?,
+            timed_out: count("timed_out")?,
+            max_outstanding: count("max_outstanding")?,
+        };
+        total = Some(match total {
+            None => one,
+            Some(t) => ClosedLoopTally {
+                inflight: t.inflight + one.inflight,
+                timeout_s: t.timeout_s.max(one.timeout_s),
+                completed: t.completed + one.completed,
+                timed_out: t.timed_out + one.timed_out,
+                max_outstanding: t.max_outstanding + one.max_outstanding,
+            },
+        });
+    }
+    Ok(total)
+}
+
 /// Refuses reports of which some count deliveries by node (`nodes`) and some do not: the
 /// merged nodes would not add up to the merged total.
 fn same_nodes_or_none(reports: &[(String, Value)]) -> Result<(), LoadError> {
@@ -309,6 +347,9 @@ fn settings(reports: &[(String, Value)], scenario: &str) -> Value {
     };
     for key in by_scenario(SUMMED, scenario) {
         let values = reports.iter().map(|(_, r)| &r["settings"][*key]);
+        if values.clone().all(Value::is_null) {
+            continue;
+        }
         let sum = if values.clone().all(Value::is_u64) {
             values.filter_map(Value::as_u64).sum::<u64>().into()
         } else {
@@ -368,9 +409,18 @@ fn headline(scenario: &str, s: &Value, reports: usize) -> String {
             s["connections"]
         )
     } else {
+        let pace = match s["inflight"].as_u64() {
+            Some(inflight) => format!("with {inflight} in flight each run"),
+            None => format!("at {rate} messages/s in total"),
+        };
+        let pace_name = if s["inflight"].is_u64() {
+            "closed"
+        } else {
+            "open"
+        };
         format!(
-            "broadcast {url}: {} subscribers, {} {} publisher(s) at {rate} messages/s in total, \
-             {size} B {}messages, {seconds:.1} s, {threads} thread(s), open loop",
+            "broadcast {url}: {} subscribers, {} {} publisher(s) {pace}, {size} B {}messages, \
+             {seconds:.1} s, {threads} thread(s), {pace_name} loop",
             s["subscribers"],
             s["publishers"],
             match s["publish"].as_str() {

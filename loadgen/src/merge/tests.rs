@@ -251,6 +251,7 @@ fn a_report_of_another_scenario_is_refused() {
         s["publishers"] = 1.into();
         s["publish"] = "websocket".into();
         s["rate"] = 50.0.into();
+        s["inflight"] = Value::Null;
         let mut r = report(10, &values(8, 10), s);
         r["scenario"] = "broadcast".into();
         r["loop"] = "open".into();
@@ -341,6 +342,7 @@ fn node_report(nodes: &[(&str, &[u64])]) -> Value {
     s["publishers"] = 1.into();
     s["publish"] = "websocket".into();
     s["rate"] = 50.0.into();
+    s["inflight"] = Value::Null;
     TrafficReport {
         scenario: "broadcast",
         settings: s,
@@ -404,4 +406,50 @@ fn nodes_merge_by_address_with_their_histograms() {
         message.contains("no histograms.latency_us@127.0.0.1:9001"),
         "{message}"
     );
+}
+
+/// A closed-loop broadcast report with P = `inflight` and `timed_out` publishes given up on.
+fn closed_loop_report(inflight: u64, timed_out: u64) -> Value {
+    let mut report = node_report(&[]);
+    report["loop"] = "closed".into();
+    let s = &mut report["settings"];
+    s["rate"] = Value::Null;
+    s["inflight"] = inflight.into();
+    report["closed_loop"] = json!({
+        "inflight": inflight,
+        "publish_timeout_s": 5.0,
+        "completed": 100,
+        "timed_out": timed_out,
+        "max_outstanding": inflight,
+    });
+    report
+}
+
+#[test]
+fn closed_loop_broadcasts_merge_only_with_the_same_inflight() {
+    let (merged, json) = merge(&named(vec![
+        closed_loop_report(8, 1),
+        closed_loop_report(8, 2),
+    ]))
+    .unwrap();
+    assert_eq!(json["loop"], "closed");
+    assert_eq!(json["settings"]["inflight"], 8);
+    assert!(json["settings"]["rate"].is_null(), "{json:#}");
+    let c = &json["closed_loop"];
+    for (key, sum) in [
+        ("inflight", 16),
+        ("completed", 200),
+        ("timed_out", 3),
+        ("max_outstanding", 16),
+    ] {
+        assert_eq!(c[key], sum, "{key}: {json:#}");
+    }
+    assert!(merged.text().contains("closed loop: 16 in flight"));
+    assert!(merged.headline.contains("with 8 in flight each run"));
+
+    let message = refusal(vec![closed_loop_report(8, 0), closed_loop_report(1, 0)]);
+    assert!(message.contains("settings.inflight is 1"), "{message}");
+    // Open and closed loop do not add up either.
+    let message = refusal(vec![closed_loop_report(8, 0), node_report(&[])]);
+    assert!(message.contains("loop is \"open\""), "{message}");
 }
