@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::net::TcpListener;
 use uringcast::config::Mode;
 
@@ -310,14 +309,17 @@ fn broadcast_against_uringcast_is_exact_over_websocket_and_http() {
 }
 
 /// A server that stops for 200 ms every second: the open loop's p99 shows the stall (latency
-/// from the scheduled send), and the closed loop's throughput falls against the same server
-/// without stalls.
+/// from the scheduled send); the closed loop hides it from its percentiles (the few messages
+/// in flight wait, the rest are never sent) but not from its longest wait.
+///
+/// (It compared the closed loop's throughput with a steady server's, < 0.9x; on two cores
+/// shared with builds the two runs' rates moved more than the stall did, and it failed on
+/// unchanged code. The longest wait is a property of one run.)
 #[test]
-fn a_stalling_server_shows_in_open_loop_latency_and_closed_loop_throughput() {
+fn a_stalling_server_shows_in_open_loop_latency_and_the_closed_loops_longest_wait() {
     let _serial = serial();
     let rt = runtime();
     let stalling = tungstenite_echo(&rt, Some(stall_flag(&rt)));
-    let steady = tungstenite_echo(&rt, None);
 
     let path = temp("stall-open", "json");
     let output = load(&[
@@ -358,19 +360,14 @@ fn a_stalling_server_shows_in_open_loop_latency_and_closed_loop_throughput() {
             ],
         )
     };
-    let steady = closed(steady, "stall-closed-steady");
     let stalled = closed(stalling, "stall-closed-stalled");
     assert_exact(&stalled, 10);
-    let rate = |j: &Value| j["throughput_per_s"].as_f64().unwrap();
+    // 2 s of traffic hold at least one 200 ms stall: the messages in flight then wait it out.
+    let longest = stalled["latency_us"]["max"].as_u64().unwrap();
     assert!(
-        rate(&stalled) < 0.9 * rate(&steady),
-        "closed loop: {} echoes/s stalling vs {} steady",
-        rate(&stalled),
-        rate(&steady)
+        longest >= 150_000,
+        "closed loop: the longest wait {longest} µs hides a 200 ms stall"
     );
-    // The closed loop hides most of the stall from its percentiles: the few messages in
-    // flight wait, the rest are never sent.
-    assert!(stalled["sent"].as_u64().unwrap() < steady["sent"].as_u64().unwrap());
 }
 
 #[test]
