@@ -1,7 +1,12 @@
-//! Shared bits of the peer echo servers and the echo client: argument parsing and the
-//! tokio runtime every peer server runs on.
+//! Shared bits of the peer servers and the echo client: argument parsing, the tokio runtime
+//! every peer server runs on, and for the broadcast mode the URL convention, the limits and the
+//! topic map every peer server shares.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures_channel::{mpsc, oneshot};
 
 /// `--name value` pairs from the command line; exits with a message on anything else.
 pub fn args(allowed: &[&str]) -> HashMap<String, String> {
@@ -58,4 +63,143 @@ pub fn announce(addr: std::net::SocketAddr) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "listening on {addr}");
     let _ = out.flush();
+}
+
+/// What a peer server does with its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every Text or Binary message goes back to its sender.
+    Echo,
+    /// Publish/subscribe by URL path; see [`Route`].
+    Broadcast,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "echo" => Ok(Mode::Echo),
+            "broadcast" => Ok(Mode::Broadcast),
+            _ => Err(()),
+        }
+    }
+}
+
+/// Largest message a peer server accepts (16 MiB), the same for every server in the benchmark.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// Most bytes a subscriber may have queued but not yet written (1 MiB): a publish that would
+/// take it past this closes it as a slow consumer.
+pub const MAX_QUEUED_BYTES: usize = 1 << 20;
+
+/// What an upgrade's path asks for, by the convention every server in the benchmark follows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// `/<topic>`: subscribed to the topic, and what it sends is published to it (so it gets
+    /// its own messages back too).
+    Subscribe(String),
+    /// `/publish/<topic>`: subscribed to nothing; what it sends goes to the topic's subscribers.
+    Publish(String),
+}
+
+impl Route {
+    /// The route of a request path (without its query): `/room` subscribes to `room`,
+    /// `/publish/room` publishes to it; `/` and `/publish/` name the root topic `/`.
+    pub fn of_path(path: &str) -> Route {
+        fn topic(path: &str) -> String {
+            match path.strip_prefix('/') {
+                Some("") | None => "/".to_owned(),
+                Some(topic) => topic.to_owned(),
+            }
+        }
+        match path.strip_prefix("/publish") {
+            Some(rest) if rest.starts_with('/') => Route::Publish(topic(rest)),
+            _ => Route::Subscribe(topic(path)),
+        }
+    }
+}
+
+/// One subscriber in a [`Topics`] map: its unbounded sender, the bytes it has queued (its
+/// writer subtracts what it has handed to the socket) and its kill switch, whose drop (when a
+/// publish takes the subscriber out of the map for being too slow) ends the connection.
+struct Subscriber<M> {
+    tx: mpsc::UnboundedSender<M>,
+    queued: Arc<AtomicUsize>,
+    _kill: oneshot::Sender<()>,
+}
+
+/// The peers of every topic, after tokio-tungstenite's examples/server.rs (a map of peers
+/// behind a mutex, each with an unbounded sender a publish clones the message into), keyed by
+/// topic and then by a connection id.
+pub struct Topics<M> {
+    topics: Mutex<HashMap<String, HashMap<u64, Subscriber<M>>>>,
+    next_id: AtomicU64,
+}
+
+impl<M> Default for Topics<M> {
+    fn default() -> Self {
+        Topics {
+            topics: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A connection's place in a [`Topics`] map; `killed` resolves (cancelled) when a publish took
+/// it out for going past [`MAX_QUEUED_BYTES`].
+pub struct Subscription {
+    pub id: u64,
+    pub killed: oneshot::Receiver<()>,
+}
+
+impl<M: Clone> Topics<M> {
+    /// Adds a subscriber to `topic`.
+    pub fn subscribe(
+        &self,
+        topic: &str,
+        tx: mpsc::UnboundedSender<M>,
+        queued: Arc<AtomicUsize>,
+    ) -> Subscription {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (kill, killed) = oneshot::channel();
+        let subscriber = Subscriber {
+            tx,
+            queued,
+            _kill: kill,
+        };
+        let mut topics = self.topics.lock().unwrap();
+        topics
+            .entry(topic.to_owned())
+            .or_default()
+            .insert(id, subscriber);
+        Subscription { id, killed }
+    }
+
+    /// Removes a subscriber (if a publish has not already done so).
+    pub fn unsubscribe(&self, topic: &str, id: u64) {
+        let mut topics = self.topics.lock().unwrap();
+        if let Some(peers) = topics.get_mut(topic) {
+            peers.remove(&id);
+            if peers.is_empty() {
+                topics.remove(topic);
+            }
+        }
+    }
+
+    /// Queues a clone of `message` (`len` payload bytes) for every subscriber of `topic`. One
+    /// whose queue would go past [`MAX_QUEUED_BYTES`] is taken out of the map instead, which
+    /// drops its kill switch: its connection ends, and its queue with it.
+    pub fn publish(&self, topic: &str, message: &M, len: usize) {
+        let mut topics = self.topics.lock().unwrap();
+        let Some(peers) = topics.get_mut(topic) else {
+            return;
+        };
+        peers.retain(|_, peer| {
+            if peer.queued.load(Ordering::Relaxed) + len > MAX_QUEUED_BYTES {
+                return false;
+            }
+            peer.queued.fetch_add(len, Ordering::Relaxed);
+            peer.tx.unbounded_send(message.clone()).is_ok()
+        });
+    }
 }
