@@ -52,7 +52,7 @@ IFS=, read -r -a server_list <<<"$servers"
 
 # --- build and install --------------------------------------------------------------------
 echo "building uringcast, uringcast-load and floor_server (release)..." >&2
-timeout 1800 cargo build --release -q --workspace --examples
+timeout 1800 cargo build --release -q --workspace --bins --examples
 # Run copies: a rebuild during the run cannot swap a binary under it.
 cp target/release/uringcast target/release/uringcast-load target/release/examples/floor_server "$out/bin/"
 if [[ ,$servers, == *,fastwebsockets,* || ,$servers, == *,tungstenite,* ]]; then

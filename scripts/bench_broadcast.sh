@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}; subs=${2:-10000}; rate=${3:-10}
 out=${OUT:-$(mktemp -d /tmp/bench_broadcast.XXXX)}
-cargo build --release -q --workspace --examples
+cargo build --release -q --workspace --bins --examples
 load=target/release/uringcast-load
 port=9311
 for run in $(seq 1 "$runs"); do
