@@ -48,22 +48,33 @@ case $reps in ''|*[!0-9]*|0) echo "bench.sh: --reps takes a positive number" >&2
 out=${out:-target/bench/$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$out/runs" "$out/bin" "$out/logs"
 out=$(cd "$out" && pwd)
-IFS=, read -r -a server_list <<<"$servers"
 
 # --- build and install --------------------------------------------------------------------
 echo "building uringcast, uringcast-load and floor_server (release)..." >&2
 timeout 1800 cargo build --release -q --workspace --bins --examples
 # Run copies: a rebuild during the run cannot swap a binary under it.
 cp target/release/uringcast target/release/uringcast-load target/release/examples/floor_server "$out/bin/"
+# A peer that cannot be built or installed is left out of the run, and says so.
+skip() { # name what
+  echo "SKIP bench $1: $2 missing" >&2
+  servers=$(tr ',' '\n' <<<"$servers" | grep -vx "$1" | paste -sd, -)
+}
 if [[ ,$servers, == *,fastwebsockets,* || ,$servers, == *,tungstenite,* ]]; then
   echo "building scripts/peers (release)..." >&2
-  (cd scripts/peers && timeout 1800 cargo build --release -q --bin fastwebsockets-echo --bin tungstenite-echo)
-  cp scripts/peers/target/release/fastwebsockets-echo scripts/peers/target/release/tungstenite-echo "$out/bin/"
+  if (cd scripts/peers && timeout 1800 cargo build --release -q --bin fastwebsockets-echo --bin tungstenite-echo); then
+    cp scripts/peers/target/release/fastwebsockets-echo scripts/peers/target/release/tungstenite-echo "$out/bin/"
+  else
+    skip fastwebsockets "scripts/peers build"; skip tungstenite "scripts/peers build"
+  fi
 fi
 # shellcheck source=peers/install.sh
 . scripts/peers/install.sh
-if [[ ,$servers, == *,bun,* ]]; then peer_install bun; fi
-if [[ ,$servers, == *,node,* ]]; then peer_install node; fi
+if [[ ,$servers, == *,bun,* ]]; then peer_install bun || true; [ -x "$bun" ] || skip bun "bun (npm install)"; fi
+if [[ ,$servers, == *,node,* ]]; then
+  peer_install node || true
+  command -v node >/dev/null && [ -d "$node_path/ws" ] || skip node "node or its ws (npm install)"
+fi
+IFS=, read -r -a server_list <<<"$servers"
 bin=$out/bin load=$out/bin/uringcast-load
 bun_bin=$root/$bun node_modules_dir=$root/$node_path
 
@@ -290,3 +301,9 @@ done
 echo "runs done in $(($(date +%s) - started)) s; results in $out" >&2
 
 python3 scripts/bench_report.py "$out" --page "$page" --load "$load"
+# A run that left no report is an error of the benchmark itself (a loss is a result, and the
+# page shows it).
+if grep -v $'\tok$' "$out/index.tsv" >&2; then
+  echo "bench.sh: the runs above left no report (see $out/runs and $out/logs)" >&2
+  exit 1
+fi
