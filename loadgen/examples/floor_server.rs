@@ -27,13 +27,17 @@
 // The io_uring mode pushes SQEs that point at this process's memory.
 #![allow(unsafe_code)]
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::time::{clock_gettime, ClockId};
 use uringcast::driver::ring;
+
+#[path = "floor/handshake.rs"]
+mod handshake;
+use handshake::handshake;
 
 const STAMP_BYTES: usize = 24;
 const ALPHABET: u64 = 26;
@@ -264,37 +268,6 @@ impl UringSender {
             .submitter()
             .register_files_update(index as u32, &[-1]);
     }
-}
-
-/// Reads the upgrade request and answers 101; `None` for a request that is not an upgrade.
-fn handshake(stream: TcpStream) -> io::Result<Option<TcpStream>> {
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream);
-    let mut key = None;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(None);
-        }
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("sec-websocket-key") {
-                key = Some(value.trim().to_owned());
-            }
-        }
-    }
-    let Some(key) = key else { return Ok(None) };
-    let mut stream = reader.into_inner();
-    let accept = uringcast::protocol::handshake::accept_key(key.as_bytes());
-    write!(
-        stream,
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\n\r\n"
-    )?;
-    Ok(Some(stream))
 }
 
 /// Appends one unmasked binary frame: publisher 0, `seq`, `sent_ns`, then the filler.
