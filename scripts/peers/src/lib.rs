@@ -65,6 +65,36 @@ pub fn announce(addr: std::net::SocketAddr) {
     let _ = out.flush();
 }
 
+/// The TLS acceptor `--tls-cert FILE --tls-key FILE` ask for (PEM; rustls on ring, TLS 1.3 and
+/// 1.2, ALPN `http/1.1`, as tokio-rustls' server example sets it up), or `None` without them;
+/// exits with a message on a bad file.
+pub fn tls_acceptor(args: &HashMap<String, String>) -> Option<tokio_rustls::TlsAcceptor> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio_rustls::rustls::{crypto::ring, ServerConfig};
+    let (cert, key) = match (args.get("tls-cert"), args.get("tls-key")) {
+        (None, None) => return None,
+        (Some(cert), Some(key)) => (cert, key),
+        _ => fail("--tls-cert and --tls-key go together"),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .unwrap_or_else(|e| fail(&format!("--tls-cert {cert}: {e}")));
+    let key = PrivateKeyDer::from_pem_file(key)
+        .unwrap_or_else(|e| fail(&format!("--tls-key {key}: {e}")));
+    let mut config = ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .and_then(|builder| builder.with_no_client_auth().with_single_cert(chain, key))
+        .unwrap_or_else(|e| fail(&format!("TLS: {e}")));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("{message}");
+    std::process::exit(2);
+}
+
 /// What a peer server does with its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {

@@ -26,7 +26,9 @@
 //! connections run as ordinary tasks, not `unconstrained` as in the echo example, so that a
 //! publisher whose socket always has data cannot starve the subscribers' writers.
 //!
-//! `fastwebsockets-echo --listen 127.0.0.1:0 --threads 1 [--mode broadcast]`
+//! With `--tls-cert FILE --tls-key FILE` it speaks wss:// (tokio-rustls under hyper).
+//!
+//! `fastwebsockets-echo --listen 127.0.0.1:0 --threads 1 [--mode broadcast] [--tls-cert F --tls-key F]`
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -162,12 +164,42 @@ async fn server_upgrade_broadcast(
     Ok(response)
 }
 
+/// Serves HTTP/1.1 on `io` (a TCP or TLS stream) until the upgrade, as hyper's examples do.
+async fn serve_http<I>(io: I, mode: Mode, topics: Arc<Topics<Outgoing>>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let io = hyper_util::rt::TokioIo::new(io);
+    let builder = http1::Builder::new();
+    let conn = match mode {
+        Mode::Echo => {
+            builder
+                .serve_connection(io, service_fn(server_upgrade))
+                .with_upgrades()
+                .await
+        }
+        Mode::Broadcast => {
+            builder
+                .serve_connection(
+                    io,
+                    service_fn(move |req| server_upgrade_broadcast(req, topics.clone())),
+                )
+                .with_upgrades()
+                .await
+        }
+    };
+    if let Err(e) = conn {
+        eprintln!("http error: {e:?}");
+    }
+}
+
 fn main() {
-    let args = uringcast_peers::args(&["listen", "threads", "mode"]);
+    let args = uringcast_peers::args(&["listen", "threads", "mode", "tls-cert", "tls-key"]);
     let listen: std::net::SocketAddr =
         uringcast_peers::arg(&args, "listen", "127.0.0.1:0".parse().unwrap());
     let threads: usize = uringcast_peers::arg(&args, "threads", 1);
     let mode: Mode = uringcast_peers::arg(&args, "mode", Mode::Echo);
+    let tls = uringcast_peers::tls_acceptor(&args);
     uringcast_peers::runtime(threads).block_on(async move {
         let listener = TcpListener::bind(listen).await.expect("bind");
         uringcast_peers::announce(listener.local_addr().expect("local_addr"));
@@ -181,31 +213,14 @@ fn main() {
                 }
             };
             let _ = stream.set_nodelay(true);
-            let topics = topics.clone();
+            let (tls, topics) = (tls.clone(), topics.clone());
             tokio::spawn(async move {
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let builder = http1::Builder::new();
-                let conn = match mode {
-                    Mode::Echo => {
-                        builder
-                            .serve_connection(io, service_fn(server_upgrade))
-                            .with_upgrades()
-                            .await
-                    }
-                    Mode::Broadcast => {
-                        builder
-                            .serve_connection(
-                                io,
-                                service_fn(move |req| {
-                                    server_upgrade_broadcast(req, topics.clone())
-                                }),
-                            )
-                            .with_upgrades()
-                            .await
-                    }
-                };
-                if let Err(e) = conn {
-                    eprintln!("http error: {e:?}");
+                match tls {
+                    None => serve_http(stream, mode, topics).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => serve_http(stream, mode, topics).await,
+                        Err(e) => eprintln!("TLS handshake failed: {e}"),
+                    },
                 }
             });
         }

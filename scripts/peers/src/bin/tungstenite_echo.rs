@@ -23,20 +23,23 @@
 //! consumer: it leaves the topic, its queue is dropped and its socket closed. TCP_NODELAY is set
 //! in both modes.
 //!
-//! `tungstenite-echo --listen 127.0.0.1:0 --threads 1 [--mode broadcast]`
+//! With `--tls-cert FILE --tls-key FILE` it speaks wss:// (tokio-rustls in front of the same
+//! code).
+//!
+//! `tungstenite-echo --listen 127.0.0.1:0 --threads 1 [--mode broadcast] [--tls-cert F --tls-key F]`
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::{future, SinkExt, StreamExt, TryStreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use uringcast_peers::{Mode, Route, Topics};
 
-async fn serve(stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S) {
     let mut ws = match tokio_tungstenite::accept_async(stream).await {
         Ok(ws) => ws,
         Err(e) => {
@@ -62,8 +65,10 @@ async fn serve(stream: TcpStream) {
     }
 }
 
-async fn serve_broadcast(stream: TcpStream, topics: Arc<Topics<Message>>) {
-    let _ = stream.set_nodelay(true);
+async fn serve_broadcast<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    topics: Arc<Topics<Message>>,
+) {
     let mut path = String::new();
     // The Err type (an HTTP response) is the one tungstenite's `Callback` trait asks for.
     #[allow(clippy::result_large_err)]
@@ -119,27 +124,37 @@ async fn serve_broadcast(stream: TcpStream, topics: Arc<Topics<Message>>) {
 }
 
 fn main() {
-    let args = uringcast_peers::args(&["listen", "threads", "mode"]);
+    let args = uringcast_peers::args(&["listen", "threads", "mode", "tls-cert", "tls-key"]);
     let listen: std::net::SocketAddr =
         uringcast_peers::arg(&args, "listen", "127.0.0.1:0".parse().unwrap());
     let threads: usize = uringcast_peers::arg(&args, "threads", 1);
     let mode: Mode = uringcast_peers::arg(&args, "mode", Mode::Echo);
+    let tls = uringcast_peers::tls_acceptor(&args);
     uringcast_peers::runtime(threads).block_on(async move {
         let listener = TcpListener::bind(listen).await.expect("bind");
         uringcast_peers::announce(listener.local_addr().expect("local_addr"));
         let topics = Arc::new(Topics::default());
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => match mode {
-                    Mode::Echo => {
-                        tokio::spawn(serve(stream));
-                    }
-                    Mode::Broadcast => {
-                        tokio::spawn(serve_broadcast(stream, topics.clone()));
-                    }
-                },
-                Err(e) => eprintln!("accept failed: {e}"),
-            }
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    eprintln!("accept failed: {e}");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (tls, topics) = (tls.clone(), topics.clone());
+            tokio::spawn(async move {
+                match (tls, mode) {
+                    (None, Mode::Echo) => serve(stream).await,
+                    (None, Mode::Broadcast) => serve_broadcast(stream, topics).await,
+                    (Some(tls), mode) => match tls.accept(stream).await {
+                        Ok(stream) if mode == Mode::Echo => serve(stream).await,
+                        Ok(stream) => serve_broadcast(stream, topics).await,
+                        Err(e) => eprintln!("TLS handshake failed: {e}"),
+                    },
+                }
+            });
         }
     });
 }
