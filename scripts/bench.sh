@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # uringcast beside the WebSocket servers people pick, in one command: Bun (uWebSockets), Node
 # `ws` 8, fastwebsockets and tokio-tungstenite (scripts/peers/README.md says how each is set up),
-# and for broadcast the write() floor (loadgen/examples/floor_server.rs). Everything is driven
+# and the write() floors (loadgen/examples/floor_server.rs for broadcast, echo_floor.rs for
+# echo). Everything is driven
 # by uringcast-load; each server runs pinned to core 0, the load generator to core 1.
 #
 #   scripts/bench.sh [--quick] [--reps N] [--only S1,S2] [--servers A,B] [--out DIR] [--page FILE]
@@ -42,7 +43,7 @@ if [ "$quick" = 1 ]; then
   idle_n=2000 subs=2000 sweep_ns="500 1000 2000" secs=3 sweep_secs=2 echo_secs=3 hs_n=2000
 else
   reps=${reps:-3}
-  idle_n=19000 subs=10000 sweep_ns="1000 5000 10000 19000" secs=8 sweep_secs=5 echo_secs=8 hs_n=6000
+  idle_n=19000 subs=10000 sweep_ns="1000 5000 10000 19000" secs=8 sweep_secs=5 echo_secs=8 hs_n=10000
 fi
 case $reps in ''|*[!0-9]*|0) echo "bench.sh: --reps takes a positive number" >&2; exit 2 ;; esac
 out=${out:-target/bench/$(date +%Y%m%d-%H%M%S)}
@@ -53,7 +54,8 @@ out=$(cd "$out" && pwd)
 echo "building uringcast, uringcast-load and floor_server (release)..." >&2
 timeout 1800 cargo build --release -q --workspace --bins --examples
 # Run copies: a rebuild during the run cannot swap a binary under it.
-cp target/release/uringcast target/release/uringcast-load target/release/examples/floor_server "$out/bin/"
+cp target/release/uringcast target/release/uringcast-load target/release/examples/floor_server \
+  target/release/examples/echo_floor "$out/bin/"
 # A peer that cannot be built or installed is left out of the run, and says so.
 skip() { # name what
   echo "SKIP bench $1: $2 missing" >&2
@@ -136,15 +138,17 @@ server_cmd() {
         echo "env ${env[*]} NODE_PATH=$node_modules_dir node $root/scripts/peers/node/server.js"
       fi ;;
     fastwebsockets|tungstenite)
-      echo "$bin/$name-echo --listen 127.0.0.1:$port --threads 1 --mode $mode" ;;
+      [ "$variant" = wss ] && flags=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
+      echo "$bin/$name-echo --listen 127.0.0.1:$port --threads 1 --mode $mode ${flags[*]}" ;;
     floor) return 1 ;;
   esac
 }
-# Which servers take part in a variant: TLS and compression only where the peer has them.
+# Which servers take part in a variant: compression only where the library has it
+# (tungstenite 0.30 and fastwebsockets 0.10 have no permessage-deflate).
 serves() { # name variant
   case $2 in
-    plain) return 0 ;;
-    wss|deflate) [[ $1 == uringcast || $1 == bun || $1 == node ]] ;;
+    plain|wss) return 0 ;;
+    deflate) [[ $1 == uringcast || $1 == bun || $1 == node ]] ;;
   esac
 }
 start_server() { # name mode variant log
@@ -256,12 +260,20 @@ inflight() { # rep
 }
 
 echo_cpu() { # rep
-  local name
+  local name args=(--connections 100 --size 32 --binary --inflight 1 --duration "$echo_secs")
   for name in $(rotated "$1"); do
     next_port
-    one echo "$name" "$1" echo plain echo "$(url plain /echo)" --connections 100 --size 32 \
-      --binary --inflight 1 --duration "$echo_secs"
+    one echo "$name" "$1" echo plain echo "$(url plain /echo)" "${args[@]}"
   done
+  # The echo floor (loadgen/examples/echo_floor.rs): read, unmask, write back; nothing else.
+  next_port
+  local cmd=("$bin/echo_floor" --listen "127.0.0.1:$port" --max-seconds "$((echo_secs + 60))")
+  echo "rep $rep server floor: taskset -c 0 ${cmd[*]}" >>"$commands"
+  taskset -c 0 "${cmd[@]}" >"$out/logs/echo-floor-$1.log" 2>&1 &
+  pid=$!
+  wait_listen "$port" "$pid" || { echo "echo_floor did not start" >&2; stop_server; return; }
+  load echo floor "$1" echo "$(url plain /echo)" "${args[@]}" --source "$src" --server-pid "$pid"
+  wait "$pid" 2>/dev/null || true; pid=""
 }
 
 handshakes() { # rep

@@ -63,7 +63,7 @@ class Run:
         """The figure of every repetition (None where the run failed), and notes on trouble."""
         out, notes = [], set()
         for rep in range(1, self.reps + 1):
-            if server == "floor" and figure == "cpu":
+            if server == "floor" and figure == "cpu" and scenario.startswith("broadcast"):
                 out.append(self.floor_us(scenario, rep))
                 continue
             d = self.report(scenario, server, rep)
@@ -78,7 +78,8 @@ class Run:
                 notes.add(f"missing {d.get('missing', 0)} of {d.get('expected', 0)}")
             conns = d.get("connections") or {}
             failed = sum(v for v in (conns.get("failed") or {}).values() if isinstance(v, int))
-            if failed or conns.get("dropped"):
+            # The broadcast floor closes without a close frame: "dropped" is its way to end.
+            if failed or (conns.get("dropped") and not (server == "floor" and scenario.startswith("broadcast"))):
                 notes.add(f"{failed} failed, {conns.get('dropped', 0)} dropped connections")
             out.append(FIGURES[figure][1](d))
         return out, notes
@@ -178,12 +179,14 @@ SCENARIOS = [
     ("inflight-1", "Deliveries/s, 1 publish in flight", ["rate", "cpu", "p50", "p99", "client"],
      "As above with one publisher and one publish in flight."),
     ("echo", "Echo CPU per message", ["cpu", "rate", "p50", "p99", "p999"],
-     "100 connections, 32-byte binary messages, one in flight per connection (closed loop)."),
+     "100 connections, 32-byte binary messages, one in flight per connection (closed loop). "
+     "The write() floor here is `echo_floor`: one epoll thread that reads, unmasks and writes "
+     "back each frame, nothing else."),
     ("handshakes", "WebSocket handshakes per CPU-second", ["hs", "p50", "p99"],
      "{hs} connections opened at up to 20,000/s (TCP connect, upgrade request, verified 101); "
      "server CPU over the connecting phase; latency is the upgrade's."),
     ("idle-wss", "Idle memory over wss://", ["rss", "slab"],
-     "As the idle scenario, over TLS 1.3 (ECDSA P-256) with the same peers where they speak TLS."),
+     "As the idle scenario, over TLS 1.3 (ECDSA P-256); the Rust peers through tokio-rustls."),
     ("broadcast-wss", "Broadcast over wss://", ["cpu", "p50", "p99", "rate"],
      "As the broadcast scenario, over TLS 1.3."),
     ("idle-deflate", "Idle memory with permessage-deflate", ["rss", "slab"],
@@ -200,7 +203,7 @@ GOALS = [
     ("broadcast-{subs}", "cpu", 0.9, "broadcast CPU per delivery ≤ 0.9× the best peer"),
     ("inflight-8", "rate", 2.0, "deliveries/s with 8 in flight ≥ 2× the best peer"),
     ("inflight-1", "rate", 1.3, "deliveries/s with 1 in flight ≥ 1.3× the best peer"),
-    ("echo", "cpu", 1.0, "echo CPU per message below every peer"),
+    ("echo", "cpu", 1.0, "echo CPU per message below every peer and ≤ the write() floor"),
     ("broadcast-{subs}", "p99", 0.8, "broadcast p99 latency ≤ 0.8× the best peer"),
 ]
 
@@ -284,7 +287,11 @@ def main():
             continue
         lower = FIGURES[figure][3]
         if figure == "cpu" and scenario == "echo":
-            met = r < 1.0
+            floor = median(run.values("echo", "floor", "cpu")[0])
+            ours = median(run.values("echo", "uringcast", "cpu")[0])
+            met = r < 1.0 and floor is not None and ours is not None and ours <= floor
+            if floor is not None and ours is not None:
+                text += f" (and ≤ the echo floor: {ours:.2f} against {floor:.2f} µs)"
         else:
             met = r <= bound if lower else r >= bound
         w(f"| {text} | {LABEL[best]} | {r:.2f}× | {', '.join(f'{x:.2f}' for x in per)} | "
@@ -309,7 +316,8 @@ def main():
                 continue
             row = []
             for f in figures:
-                if server == "floor" and f != "cpu" and f not in ("p50", "p99", "p999", "rate"):
+                # The broadcast floor sends on its own schedule: its deliveries/s says nothing.
+                if server == "floor" and f not in ("cpu", "p50", "p99", "p999") and not (f == "rate" and scenario == "echo"):
                     row.append("–")
                     continue
                 text, m = cell(run, scenario, server, f)
@@ -367,8 +375,6 @@ def main():
             continue
         series = []
         for server in servers:
-            if server == "floor" and not scenario.startswith("broadcast"):
-                continue
             rep = median_rep(run, scenario, server, "p99")
             if rep is not None:
                 series.append(f"{LABEL[server]}={os.path.join(a.run, 'runs', scenario, f'{server}-{rep}.json')}")
