@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,17 +20,22 @@ use crate::protocol::OpCode;
 /// Each channel's listeners: a node's id and where its client reports.
 type Channels = HashMap<String, Vec<(usize, Events)>>;
 
-/// The broker: channels and who listens, and whether it is up.
+/// The broker: channels and who listens, whether it is up, and how many times it died.
 #[derive(Clone, Default)]
 struct Bus {
     subscribers: Arc<Mutex<Channels>>,
     down: Arc<AtomicBool>,
+    deaths: Arc<AtomicU64>,
 }
 
+/// One node's client. Like a real client's connection, the one it made dies with the broker
+/// and stays dead after the broker comes back (`life` is the broker's death count when it
+/// connected): only a new `connect` makes it live again.
 struct MemoryBroker {
     bus: Bus,
     id: usize,
     events: Option<Events>,
+    life: u64,
 }
 
 impl Broker for MemoryBroker {
@@ -48,10 +53,14 @@ impl Broker for MemoryBroker {
             return Err("down".into());
         }
         self.events = Some(events.clone());
+        self.life = self.bus.deaths.load(Ordering::Acquire);
         Ok(())
     }
 
     async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+        if !self.is_connected() {
+            return Err("not connected".into());
+        }
         let events = self.events.clone().ok_or("not connected")?;
         let mut subscribers = self.bus.subscribers.lock().unwrap();
         subscribers
@@ -86,7 +95,9 @@ impl Broker for MemoryBroker {
     }
 
     fn is_connected(&self) -> bool {
-        self.events.is_some() && !self.bus.down.load(Ordering::Acquire)
+        self.events.is_some()
+            && !self.bus.down.load(Ordering::Acquire)
+            && self.life == self.bus.deaths.load(Ordering::Acquire)
     }
 
     async fn close(&mut self) {
@@ -102,6 +113,7 @@ impl Bus {
     /// The broker dies: every client hears of it, and nothing gets through until `revive`.
     fn kill(&self) {
         self.down.store(true, Ordering::Release);
+        self.deaths.fetch_add(1, Ordering::AcqRel);
         let mut subscribers = self.subscribers.lock().unwrap();
         for (_, events) in subscribers.drain().flat_map(|(_, list)| list) {
             events.lost();
@@ -129,6 +141,7 @@ impl Node {
             bus: bus.clone(),
             id,
             events: None,
+            life: 0,
         };
         let (ready_tx, ready_rx) = mpsc::channel();
         let (task_link, task_hub) = (Arc::clone(&link), Arc::clone(&hub));
@@ -291,4 +304,25 @@ fn a_lost_broker_is_rejoined_and_what_was_lost_is_counted_at_both_ends() {
         "B saw the hole"
     );
     assert!(b.link.stats.reconnects.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn a_broker_back_before_the_link_noticed_its_death_is_still_rejoined() {
+    // The loss is heard after the broker is up again: the old connection must still count
+    // as dead (it is, for a real client), and the subscription be made anew.
+    let bus = Bus::default();
+    let (a, b) = (Node::start(&bus, 1), Node::start(&bus, 2));
+    let topic: Arc<str> = Arc::from("t");
+    b.link.interest(&topic, true);
+    b.wait_subscribed(1);
+    bus.kill();
+    bus.revive();
+    wait_for(
+        || b.link.stats.reconnects.load(Ordering::Relaxed) == 1,
+        "B's link",
+    );
+    b.wait_subscribed(1);
+    let frame = crate::broadcast::frame(OpCode::Text, b"after");
+    a.link.publish(&topic, &frame);
+    assert_eq!(&payload(&b.next_frame())[..], b"after");
 }
