@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Which kernel caches an idle WebSocket connection occupies, per server: the benchmark's idle
+# scenario (scripts/bench.sh) reports the kernel slab's growth per connection as one number;
+# this splits it by slab cache, from /proc/slabinfo before and while N connections are held.
+#
+#   scripts/bench_slab.sh [--server uringcast|bun|node] [--connections N] [--out DIR]
+#
+# Writes DIR/summary.txt: the caches that grew by at least 16 bytes per connection, in bytes
+# per connection (objects × object size; both ends of each loopback connection, since the
+# load generator's sockets are on this machine too). Needs root for /proc/slabinfo. Uses the
+# release binaries and the peers scripts/bench.sh built and installed. Loopback only;
+# everything is bounded by `timeout`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+server=uringcast n=10000 out=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --server) server=$2; shift ;;
+    --connections) n=$2; shift ;;
+    --out) out=$2; shift ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench_slab.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+[ -r /proc/slabinfo ] || { echo "SKIP bench_slab: a readable /proc/slabinfo missing" >&2; exit 0; }
+out=${out:-target/bench/slab-$server}
+mkdir -p "$out"
+load=$root/target/release/uringcast-load
+[ -x "$load" ] || timeout 1800 cargo build --release -q --workspace --bins
+port=$((20000 + RANDOM % 20000))
+# shellcheck source=peers/install.sh
+. scripts/peers/install.sh
+case $server in
+  uringcast)
+    cmd=("$root/target/release/uringcast" --listen "127.0.0.1:$port" --mode broadcast --workers 1 --ping-interval 0) ;;
+  bun)
+    peer_install bun
+    cmd=(env PORT="$port" MODE=broadcast "$root/$bun" "$root/scripts/peers/bun/server.js") ;;
+  node)
+    peer_install node
+    cmd=(env PORT="$port" MODE=broadcast NODE_PATH="$root/$node_path" node "$root/scripts/peers/node/server.js") ;;
+  *) echo "bench_slab.sh: --server takes uringcast, bun or node" >&2; exit 2 ;;
+esac
+pid="" lpid=""
+cleanup() { kill $pid $lpid 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT
+# No `timeout` in front: $! must be the server itself (for --server-pid); it stops on exit.
+taskset -c 0 "${cmd[@]}" >"$out/server.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 200); do ss -Hltn "sport = :$port" | grep -q LISTEN && break; sleep 0.05; done
+slab() { awk 'NR > 2 { print $1, $2 * $4 }' /proc/slabinfo | sort; }
+slab >"$out/before.txt"
+hold=$((n / 5000 + 30))
+timeout 300 taskset -c 1 "$load" connect "ws://127.0.0.1:$port/idle" --connections "$n" --rate 5000 \
+  --duration "$hold" --threads 1 --quiet --source 127.0.0.9 >"$out/load.txt" 2>&1 &
+lpid=$!
+# Held: every connection established at the server's end (the upgrade follows within
+# milliseconds; the second look, a second on, is what the server settled to).
+for _ in $(seq 1 600); do
+  [ "$(ss -Htn state established "sport = :$port" | wc -l)" -ge "$n" ] && break
+  kill -0 "$lpid" 2>/dev/null || { echo "the load generator stopped early:" >&2; cat "$out/load.txt" >&2; exit 1; }
+  sleep 0.1
+done
+sleep 1
+slab >"$out/held.txt"
+open=$(ss -Htn state established "sport = :$port" | wc -l)
+{
+  echo "# scripts/bench_slab.sh --server $server --connections $n"
+  echo "server: taskset -c 0 ${cmd[*]}"
+  echo "kernel $(uname -r); $open connections open at the server when sampled"
+  echo
+  echo "slab cache                        bytes per connection"
+  join "$out/before.txt" "$out/held.txt" |
+    awk -v n="$open" '{ d = ($3 - $2) / n; if (d >= 16) printf "%-32s %8.0f\n", $1, d }' | sort -k2 -rn
+  join "$out/before.txt" "$out/held.txt" |
+    awk -v n="$open" '{ t += ($3 - $2) / n } END { printf "%-32s %8.0f\n", "all caches (net)", t }'
+} >"$out/summary.txt"
+cat "$out/summary.txt"
