@@ -42,26 +42,11 @@ load=$root/target/release/uringcast-load
 [ -x "$load" ] || timeout 1800 cargo build --release -q --workspace --bins --examples
 port=$((20000 + RANDOM % 20000))
 connect=$((subs / 5000 + 2))
-case $server in
-  floor)
-    cmd=("$root/target/release/examples/floor_server" --listen "127.0.0.1:$port" --connections "$subs"
-         --rate "$rate" --size 64 --start-delay 1 --max-seconds $((secs + connect + 4))) ;;
-  uringcast)
-    cmd=("$root/target/release/uringcast" --listen "127.0.0.1:$port" --mode broadcast --workers 1 --ping-interval 0) ;;
-  bun)
-    # shellcheck source=peers/install.sh
-    . scripts/peers/install.sh
-    peer_install bun
-    cmd=(env PORT="$port" MODE=broadcast "$root/$bun" "$root/scripts/peers/bun/server.js") ;;
-  *) echo "bench_profile.sh: --server takes uringcast, bun or floor" >&2; exit 2 ;;
-esac
-pid="" lpid=""
-cleanup() { kill $pid $lpid 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-# No `timeout` in front: $! must be the server itself (for --server-pid); it stops on exit.
-taskset -c 0 "${cmd[@]}" >"$out/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 200); do ss -Hltn "sport = :$port" | grep -q LISTEN && break; sleep 0.05; done
+case $server in uringcast|bun|floor) ;; *) echo "bench_profile.sh: --server takes uringcast, bun or floor" >&2; exit 2 ;; esac
+# shellcheck source=bench_server.sh
+. scripts/bench_server.sh
+start_pinned_server "$server" "$port" "$out/server.log" --connections "$subs" --rate "${rate:-0}" \
+  --size 64 --start-delay 1 --max-seconds $((secs + connect + 4))
 if [ "$server" = floor ]; then
   publish=(--publishers 0)  # the floor publishes by itself
 elif [ -n "$rate" ]; then
@@ -82,7 +67,7 @@ after=$(cpu)
 wait "$lpid" || true; lpid=""
 {
   echo "# scripts/bench_profile.sh --server $server --${rate:+rate $rate}${inflight:+inflight $inflight} --subscribers $subs --seconds $secs"
-  echo "server: taskset -c 0 ${cmd[*]}"
+  echo "server: $server_line"
   echo "load:   taskset -c 1 uringcast-load broadcast ws://127.0.0.1:$port/topic ${publish[*]} --subscribers $subs --size 64"
   echo "kernel $(uname -r); $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
   echo

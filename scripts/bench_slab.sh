@@ -30,26 +30,10 @@ mkdir -p "$out"
 load=$root/target/release/uringcast-load
 [ -x "$load" ] || timeout 1800 cargo build --release -q --workspace --bins
 port=$((20000 + RANDOM % 20000))
-# shellcheck source=peers/install.sh
-. scripts/peers/install.sh
-case $server in
-  uringcast)
-    cmd=("$root/target/release/uringcast" --listen "127.0.0.1:$port" --mode broadcast --workers 1 --ping-interval 0) ;;
-  bun)
-    peer_install bun
-    cmd=(env PORT="$port" MODE=broadcast "$root/$bun" "$root/scripts/peers/bun/server.js") ;;
-  node)
-    peer_install node
-    cmd=(env PORT="$port" MODE=broadcast NODE_PATH="$root/$node_path" node "$root/scripts/peers/node/server.js") ;;
-  *) echo "bench_slab.sh: --server takes uringcast, bun or node" >&2; exit 2 ;;
-esac
-pid="" lpid=""
-cleanup() { kill $pid $lpid 2>/dev/null || true; wait 2>/dev/null || true; }
-trap cleanup EXIT
-# No `timeout` in front: $! must be the server itself (for --server-pid); it stops on exit.
-taskset -c 0 "${cmd[@]}" >"$out/server.log" 2>&1 &
-pid=$!
-for _ in $(seq 1 200); do ss -Hltn "sport = :$port" | grep -q LISTEN && break; sleep 0.05; done
+case $server in uringcast|bun|node) ;; *) echo "bench_slab.sh: --server takes uringcast, bun or node" >&2; exit 2 ;; esac
+# shellcheck source=bench_server.sh
+. scripts/bench_server.sh
+start_pinned_server "$server" "$port" "$out/server.log"
 slab() { awk 'NR > 2 { print $1, $2 * $4 }' /proc/slabinfo | sort; }
 slab >"$out/before.txt"
 hold=$((n / 5000 + 30))
@@ -68,7 +52,7 @@ slab >"$out/held.txt"
 open=$(ss -Htn state established "sport = :$port" | wc -l)
 {
   echo "# scripts/bench_slab.sh --server $server --connections $n"
-  echo "server: taskset -c 0 ${cmd[*]}"
+  echo "server: $server_line"
   echo "kernel $(uname -r); $open connections open at the server when sampled"
   echo
   echo "slab cache                        bytes per connection"
