@@ -3,12 +3,13 @@
 # uringcast-load on core 1, as scripts/bench.sh runs them, with `perf record` (software clock,
 # call graphs) over both cores for a few seconds in the middle of the run.
 #
-#   scripts/bench_profile.sh [--server uringcast|bun|floor] [--inflight P | --rate R]
+#   scripts/bench_profile.sh [--server uringcast|bun|floor] [--inflight P | --rate R] [--wss]
 #                            [--subscribers N] [--seconds S] [--out DIR]
 #
 # --inflight P (8 unless --rate): P publishers, P publishes in flight (the "in flight"
 # scenarios). --rate R: one publisher at R publishes/s (the broadcast scenario is --rate 10);
 # the floor (loadgen/examples/floor_server.rs, one write() per socket) takes only --rate.
+# --wss: over TLS 1.3 (a fresh ECDSA P-256 certificate), as the benchmark's wss variant.
 #
 # Writes DIR/summary.txt: each core's busy share (from /proc/stat), the load generator's
 # report of the run, and the top symbols per core (self time, kernel and user alike), plus
@@ -17,16 +18,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-server=uringcast inflight="" rate="" subs=10000 secs=4 out=""
+server=uringcast inflight="" rate="" wss=0 subs=10000 secs=4 out=""
 while [ $# -gt 0 ]; do
   case $1 in
     --server) server=$2; shift ;;
     --inflight) inflight=$2; shift ;;
     --rate) rate=$2; shift ;;
+    --wss) wss=1 ;;
     --subscribers) subs=$2; shift ;;
     --seconds) secs=$2; shift ;;
     --out) out=$2; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_profile.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,8 +38,17 @@ command -v perf >/dev/null || { echo "SKIP bench_profile: perf missing" >&2; exi
 [ -z "$rate" ] && inflight=${inflight:-8}
 [ "$server" = floor ] && [ -z "$rate" ] && { echo "bench_profile.sh: the floor takes --rate" >&2; exit 2; }
 shape=${rate:+rate-$rate}${inflight:+inflight-$inflight}
+[ "$wss" = 1 ] && shape+=-wss
 out=${out:-target/bench/profile-$server-$shape}
 mkdir -p "$out"
+base="ws://127.0.0.1" tls_load=()
+if [ "$wss" = 1 ]; then
+  [ "$server" = floor ] && { echo "bench_profile.sh: the floor has no wss" >&2; exit 2; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+    -keyout "$out/key.pem" -out "$out/cert.pem" 2>/dev/null
+  tls_cert=$out/cert.pem tls_key=$out/key.pem base="wss://localhost" tls_load=(--ca "$out/cert.pem")
+fi
 load=$root/target/release/uringcast-load
 [ -x "$load" ] || timeout 1800 cargo build --release -q --workspace --bins --examples
 port=$((20000 + RANDOM % 20000))
@@ -50,11 +61,11 @@ start_pinned_server "$server" "$port" "$out/server.log" --connections "$subs" --
 if [ "$server" = floor ]; then
   publish=(--publishers 0)  # the floor publishes by itself
 elif [ -n "$rate" ]; then
-  publish=(--publisher-url "ws://127.0.0.1:$port/publish/topic" --publishers 1 --rate "$rate")
+  publish=(--publisher-url "$base:$port/publish/topic" --publishers 1 --rate "$rate")
 else
-  publish=(--publisher-url "ws://127.0.0.1:$port/publish/topic" --publishers "$inflight" --inflight "$inflight")
+  publish=(--publisher-url "$base:$port/publish/topic" --publishers "$inflight" --inflight "$inflight")
 fi
-timeout 300 taskset -c 1 "$load" broadcast "ws://127.0.0.1:$port/topic" "${publish[@]}" \
+timeout 300 taskset -c 1 "$load" broadcast "$base:$port/topic" "${tls_load[@]}" "${publish[@]}" \
   --subscribers "$subs" --size 64 --duration $((secs + 4)) --connect-rate 5000 --threads 1 --quiet \
   --source 127.0.0.9 --server-pid "$pid" --json "$out/load.json" >"$out/load.txt" 2>&1 &
 lpid=$!
@@ -66,9 +77,9 @@ perf record -q -a -C 0,1 -g -F 1999 -o "$out/perf.data" -- sleep "$secs" 2>"$out
 after=$(cpu)
 wait "$lpid" || true; lpid=""
 {
-  echo "# scripts/bench_profile.sh --server $server --${rate:+rate $rate}${inflight:+inflight $inflight} --subscribers $subs --seconds $secs"
+  echo "# scripts/bench_profile.sh --server $server --${rate:+rate $rate}${inflight:+inflight $inflight}$([ "$wss" = 1 ] && echo " --wss") --subscribers $subs --seconds $secs"
   echo "server: $server_line"
-  echo "load:   taskset -c 1 uringcast-load broadcast ws://127.0.0.1:$port/topic ${publish[*]} --subscribers $subs --size 64"
+  echo "load:   taskset -c 1 uringcast-load broadcast $base:$port/topic ${tls_load[*]} ${publish[*]} --subscribers $subs --size 64"
   echo "kernel $(uname -r); $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
   echo
   echo "busy share of each core while perf recorded:"
