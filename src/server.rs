@@ -100,6 +100,16 @@ impl ServerHandle {
         crate::broadcast::metrics::render(&self.hub)
     }
 
+    /// Waits until the broker link holds `topics` subscriptions at the broker (one per topic
+    /// some connection here holds), at most `timeout`: from then on, what other nodes publish
+    /// on those topics reaches this node. Returns whether it came to that; `false` at once
+    /// without a broker. The same count is `uringcast_broker_subscribed_topics` in `/metrics`.
+    pub fn wait_broker_subscriptions(&self, topics: usize, timeout: std::time::Duration) -> bool {
+        self.broker
+            .as_ref()
+            .is_some_and(|link| link.wait_subscribed(topics as u64, timeout))
+    }
+
     /// A cloneable publisher for other threads, usable while another thread waits on
     /// [`wait`](Self::wait) or [`shutdown`](Self::shutdown).
     pub fn publisher(&self) -> Publisher {

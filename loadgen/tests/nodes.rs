@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::Value;
@@ -287,19 +287,17 @@ fn wait_for_the_link(
     from: &str,
     to: &str,
 ) -> tokio::sync::oneshot::Sender<()> {
-    let (from, to) = (from.to_owned(), to.to_owned());
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut subscriber = rt.block_on(async {
+        let (subscriber, _) = tokio_tungstenite::connect_async(to).await.expect("on B");
+        subscriber
+    });
+    assert!(
+        b.wait_broker_subscriptions(1, Duration::from_secs(10)),
+        "B did not subscribe at the broker in 10 s"
+    );
+    let from = from.to_owned();
     rt.block_on(async move {
-        let (mut subscriber, _) = tokio_tungstenite::connect_async(&to).await.expect("on B");
-        // The link reports no event when it has subscribed: read its gauge, bounded.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !b
-            .metrics()
-            .contains("uringcast_broker_subscribed_topics{broker=\"redis\"} 1")
-        {
-            assert!(Instant::now() < deadline, "B did not subscribe in 10 s");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         let (mut publisher, _) = tokio_tungstenite::connect_async(&from).await.expect("on A");
         publisher.send(Message::text("probe")).await.expect("send");
         loop {

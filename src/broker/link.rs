@@ -3,8 +3,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -37,6 +38,10 @@ pub(crate) struct Link {
     pub(super) wake: tokio::sync::Notify,
     stopping: AtomicBool,
     pub(crate) stats: Arc<BrokerStats>,
+    /// Topics subscribed at the broker, as the gauge in `stats`, with a signal for those who
+    /// wait on it ([`wait_subscribed`](Self::wait_subscribed)).
+    subscribed: Mutex<u64>,
+    subscribed_changed: Condvar,
     pub(super) url: BrokerUrl,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -54,6 +59,8 @@ impl Link {
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             stats: Arc::new(BrokerStats::default()),
+            subscribed: Mutex::new(0),
+            subscribed_changed: Condvar::new(),
             url: url.clone(),
             thread: Mutex::new(None),
         }
@@ -70,6 +77,37 @@ impl Link {
                 warn!("the broker link panicked");
             }
         }
+    }
+
+    /// The link's task has `topics` subscribed at the broker now: sets the gauge and wakes
+    /// whoever waits for a count.
+    pub(super) fn set_subscribed(&self, topics: u64) {
+        self.stats
+            .subscribed_topics
+            .store(topics, Ordering::Relaxed);
+        if let Ok(mut count) = self.subscribed.lock() {
+            *count = topics;
+            self.subscribed_changed.notify_all();
+        }
+    }
+
+    /// Waits until `topics` are subscribed at the broker, at most `timeout`; whether they are.
+    pub(crate) fn wait_subscribed(&self, topics: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let Ok(mut count) = self.subscribed.lock() else {
+            return false;
+        };
+        while *count != topics {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            count = match self.subscribed_changed.wait_timeout(count, left) {
+                Ok((count, _)) => count,
+                Err(_) => return false,
+            };
+        }
+        true
     }
 
     /// Hands the link its thread, for [`stop`](Self::stop) to join.
@@ -317,5 +355,23 @@ mod tests {
         assert!(link.take().is_some());
         link.publish(&topic, &big);
         assert_eq!(link.stats.publish_drops.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_waiter_for_the_subscription_count_is_woken_by_the_task_and_bounded_by_its_timeout() {
+        let link = Arc::new(link());
+        assert!(link.wait_subscribed(0, Duration::ZERO), "none at first");
+        assert!(!link.wait_subscribed(1, Duration::from_millis(20)));
+        let waiting = Arc::clone(&link);
+        let waiter =
+            std::thread::spawn(move || waiting.wait_subscribed(2, Duration::from_secs(10)));
+        link.set_subscribed(1);
+        link.set_subscribed(2);
+        assert!(waiter.join().unwrap(), "woken at 2");
+        assert_eq!(
+            link.stats.subscribed_topics.load(Ordering::Relaxed),
+            2,
+            "the gauge"
+        );
     }
 }

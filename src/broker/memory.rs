@@ -183,8 +183,10 @@ impl Node {
 
     /// Waits until the link has `n` topics subscribed at the broker.
     fn wait_subscribed(&self, n: u64) {
-        let gauge = &self.link.stats.subscribed_topics;
-        wait_for(|| gauge.load(Ordering::Relaxed) == n, "the subscriptions");
+        assert!(
+            self.link.wait_subscribed(n, Duration::from_secs(10)),
+            "the subscriptions: not {n} within 10 s"
+        );
     }
 }
 

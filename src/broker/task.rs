@@ -315,10 +315,7 @@ impl<B: Broker> Task<B> {
     }
 
     fn set_subscribed_gauge(&self) {
-        self.link
-            .stats
-            .subscribed_topics
-            .store(self.subscribed.len() as u64, Ordering::Relaxed);
+        self.link.set_subscribed(self.subscribed.len() as u64);
     }
 
     /// Hands one message from the broker to the workers, unless it is this node's own, seen
