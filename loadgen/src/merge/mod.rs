@@ -11,7 +11,7 @@ mod outcome;
 #[cfg(test)]
 mod tests;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -20,7 +20,7 @@ use self::outcome::{add, deflate, missing, zero, Fields};
 use crate::cli::MergeArgs;
 use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
 use crate::output;
-use crate::report::{Loop, TrafficReport};
+use crate::report::{self, Loop, TrafficReport};
 use crate::scenario::broadcast::ClosedLoopTally;
 use crate::scenario::traffic::ServerSamples;
 
@@ -83,7 +83,7 @@ pub fn run(args: &MergeArgs) -> Result<i32, LoadError> {
                 path.display()
             )));
         }
-        reports.push((path.display().to_string(), read(path)?));
+        reports.push((path.display().to_string(), report::read_json(path)?));
     }
     let (report, mut json) = merge(&reports)?;
     if let Value::Object(map) = &mut json {
@@ -108,20 +108,6 @@ pub fn run(args: &MergeArgs) -> Result<i32, LoadError> {
         EXIT_OK
     } else {
         EXIT_FAILED
-    })
-}
-
-/// A report file as JSON.
-fn read(path: &Path) -> Result<Value, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        what: format!("cannot read {}", path.display()),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        LoadError::Usage(format!(
-            "{}: not a uringcast-load --json report: {e}",
-            path.display()
-        ))
     })
 }
 

@@ -5,13 +5,12 @@
 use std::path::Path;
 
 use hdrhistogram::Histogram;
-use serde_json::Value;
 
 use super::lines::{self, LineAxes};
 use super::percentiles;
 use crate::cli::{PlotArgs, PlotKind, PlotLatencyArgs, PlotLinesArgs};
 use crate::error::{LoadError, EXIT_OK};
-use crate::report::histograms;
+use crate::report::{self, histograms};
 
 /// Runs `plot`: reads the inputs, draws the chart and writes it; the exit code, 0.
 ///
@@ -50,7 +49,7 @@ fn latency_chart(args: &PlotLatencyArgs) -> Result<String, LoadError> {
         }
         let path = Path::new(path);
         let key = &args.histogram;
-        let histogram = histograms::read(&read_report(path)?, key)
+        let histogram = histograms::read(&report::read_json(path)?, key)
             .map_err(|e| LoadError::Usage(format!("{}: {e}", path.display())))?;
         if histogram.is_empty() {
             return Err(LoadError::Usage(format!(
@@ -113,20 +112,6 @@ fn name_and_path(curve: &str) -> Result<(&str, &str), LoadError> {
             "{curve:?} is not NAME=REPORT.json (a curve's legend name, =, a --json report)"
         ))),
     }
-}
-
-/// A `--json` report.
-fn read_report(path: &Path) -> Result<Value, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
-        what: format!("cannot read {}", path.display()),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| {
-        LoadError::Usage(format!(
-            "{}: not a uringcast-load --json report: {e}",
-            path.display()
-        ))
-    })
 }
 
 fn cannot_draw(out: &Path, error: String) -> LoadError {

@@ -9,12 +9,32 @@ mod wire;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::Path;
 
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
 pub use self::connect::{ConnectHistograms, ConnectReport, ServerUsage, SettingsSummary};
 pub use self::traffic::{node_key, Loop, TrafficReport};
+use crate::error::LoadError;
+
+/// A `--json` report read back from its file (for `merge` and `plot`).
+///
+/// # Errors
+///
+/// The file cannot be read ([`LoadError::Io`]) or is not JSON ([`LoadError::Usage`]).
+pub fn read_json(path: &Path) -> Result<Value, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        what: format!("cannot read {}", path.display()),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| {
+        LoadError::Usage(format!(
+            "{}: not a uringcast-load --json report: {e}",
+            path.display()
+        ))
+    })
+}
 
 /// Why a connection never reached a verified 101.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
