@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::cli::{
-    positive, range, seconds, BroadcastArgs, MAX_CONNECTIONS, MAX_INFLIGHT, MAX_MESSAGE_RATE,
+    inflight_in_range, positive, range, seconds, BroadcastArgs, MAX_CONNECTIONS, MAX_MESSAGE_RATE,
     MAX_TIMEOUT_SECS,
 };
 use crate::error::LoadError;
@@ -225,12 +225,7 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
 /// `--inflight P` checked against who publishes: P itself, when every WebSocket publisher
 /// gets at least one publish in flight.
 fn closed_loop_share(inflight: u32, publishing: &Publishing) -> Result<u32, LoadError> {
-    range(
-        "--inflight",
-        f64::from(inflight),
-        1.0,
-        f64::from(MAX_INFLIGHT),
-    )?;
+    inflight_in_range(inflight)?;
     match publishing {
         Publishing::WebSocket { publishers } if u64::from(inflight) >= *publishers => Ok(inflight),
         Publishing::WebSocket { publishers } => Err(LoadError::Usage(format!(

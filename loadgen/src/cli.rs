@@ -387,6 +387,16 @@ pub(crate) fn range(flag: &str, value: f64, min: f64, max: f64) -> Result<(), Lo
     }
 }
 
+/// `--inflight` (echo and broadcast): 1 to [`MAX_INFLIGHT`].
+pub(crate) fn inflight_in_range(inflight: u32) -> Result<(), LoadError> {
+    range(
+        "--inflight",
+        f64::from(inflight),
+        1.0,
+        f64::from(MAX_INFLIGHT),
+    )
+}
+
 pub(crate) fn seconds(flag: &str, value: f64, min: f64, max: f64) -> Result<Duration, LoadError> {
     range(flag, value, min, max)?;
     Ok(Duration::from_secs_f64(value))

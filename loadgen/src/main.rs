@@ -40,8 +40,8 @@ use uringcast::protocol::OpCode;
 
 use crate::capacity::{Capacity, SystemLimits};
 use crate::cli::{
-    positive, range, seconds, size_in_range, Cli, ConnectArgs, EchoArgs, Payload, Scenario,
-    TrafficArgs, MAX_CONNECTIONS, MAX_HOLD_SECS, MAX_INFLIGHT, MAX_MESSAGE_RATE, MAX_RATE,
+    inflight_in_range, positive, range, seconds, size_in_range, Cli, ConnectArgs, EchoArgs,
+    Payload, Scenario, TrafficArgs, MAX_CONNECTIONS, MAX_HOLD_SECS, MAX_MESSAGE_RATE, MAX_RATE,
     MAX_THREADS, MAX_TIMEOUT_SECS,
 };
 use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
@@ -96,12 +96,7 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         }
         (inflight, None) => {
             let inflight = inflight.unwrap_or(echo::DEFAULT_INFLIGHT);
-            range(
-                "--inflight",
-                f64::from(inflight),
-                1.0,
-                f64::from(MAX_INFLIGHT),
-            )?;
+            inflight_in_range(inflight)?;
             Pace::Closed { inflight }
         }
     };
