@@ -23,6 +23,19 @@ fn text(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 temp path")
 }
 
+/// A refusal: exit 2 and one line on stderr that says `why`.
+fn assert_refused(output: &std::process::Output, why: &str) {
+    assert_eq!(
+        output.status.code(),
+        Some(EXIT_USAGE),
+        "{}",
+        describe(output)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(why), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+}
+
 #[test]
 fn two_echo_reports_draw_two_named_curves() {
     let _serial = serial();
@@ -88,16 +101,7 @@ fn two_echo_reports_draw_two_named_curves() {
     for (args, why) in refusals {
         let mut all = vec!["plot", "latency", text(&svg_path)];
         all.extend(args);
-        let output = load(&all);
-        assert_eq!(
-            output.status.code(),
-            Some(EXIT_USAGE),
-            "{}",
-            describe(&output)
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(why), "{stderr}");
-        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert_refused(&load(&all), why);
         assert!(!svg_path.exists(), "no SVG after a refusal");
     }
     for report in &reports {
@@ -140,13 +144,6 @@ fn a_csv_draws_one_line_per_series_and_bad_rows_are_named() {
     std::fs::write(&csv, "series,x,y\nuringcast,1000,0.9\nuWS,many,1.1\n").expect("rewritten");
     let output = load(&["plot", "lines", text(&svg_path), "--csv", text(&csv)]);
     let _ = std::fs::remove_file(&csv);
-    assert_eq!(
-        output.status.code(),
-        Some(EXIT_USAGE),
-        "{}",
-        describe(&output)
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("line 3: x \"many\""), "{stderr}");
+    assert_refused(&output, "line 3: x \"many\"");
     assert!(!svg_path.exists());
 }
