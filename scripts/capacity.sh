@@ -10,7 +10,8 @@
 # ~28,000 ephemeral ports of one address pair (12,500 connections per pair).
 #
 # Usage: scripts/capacity.sh [N=100000] [RUNS=1] [RATE=5000] [HOLD_SECONDS=10]
-# Loopback only; every run is bounded (ramp at RATE/s, then HOLD_SECONDS, then close).
+# Loopback only; every run is bounded (ramp at RATE/s, then HOLD_SECONDS, then close). Exits 1
+# if a run did not hold all N connections (or left no report).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-100000}
@@ -34,6 +35,7 @@ sources=$(((n + 12499) / 12500))
 first=$((2 + RANDOM % 40)) # fresh addresses per invocation: less TIME_WAIT left from the last
 source="127.0.0.$first-127.0.0.$((first + sources - 1))"
 timeout_s=$((n / rate + hold + 120))
+status=0
 echo "capacity: $n connections; server --workers $tables, load generator --threads $tables, sources $source; RLIMIT_NOFILE $limit"
 
 for run in $(seq 1 "$runs"); do
@@ -52,13 +54,13 @@ for run in $(seq 1 "$runs"); do
   set -e
   kill "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  python3 - "$json" "$run" "$rc" <<'PY'
+  python3 - "$json" "$run" "$rc" <<'PY' || status=1
 import json, sys
 path, run, rc = sys.argv[1], sys.argv[2], int(sys.argv[3])
 try:
     d = json.load(open(path))
 except (OSError, ValueError):
-    print(f"run {run}: no report (load generator exit {rc})"); sys.exit(0)
+    print(f"run {run}: no report (load generator exit {rc})"); sys.exit(1)
 c, s = d["connections"], d.get("server") or {}
 failed = sum(c["failed"].values()) if isinstance(c["failed"], dict) else c["failed"]
 fmt = lambda v: "-" if v is None else f"{v:,.0f}"
@@ -68,6 +70,8 @@ print(f"run {run}: reached {c['reached']:,} of {d['settings']['connections']:,},
       f"{fmt(s.get('rss_per_conn_bytes'))} B per connection; kernel slab "
       f"{fmt(s.get('slab_per_conn_bytes'))} B per connection (both ends); load generator exit {rc}"
       + (f"; failures {kinds} {c.get('failure_details')}" if kinds else ""))
+sys.exit(0 if c["reached"] == d["settings"]["connections"] else 1)
 PY
   rm -f "$out" "$json"
 done
+exit "$status"
