@@ -38,9 +38,9 @@ pub(crate) struct Link {
     pub(super) wake: tokio::sync::Notify,
     stopping: AtomicBool,
     pub(crate) stats: Arc<BrokerStats>,
-    /// Topics subscribed at the broker, as the gauge in `stats`, with a signal for those who
-    /// wait on it ([`wait_subscribed`](Self::wait_subscribed)).
-    subscribed: Mutex<u64>,
+    /// Signals a change of `stats.subscribed_topics` to those who wait on it
+    /// ([`wait_subscribed`](Self::wait_subscribed)); the gauge is the count.
+    subscribed_lock: Mutex<()>,
     subscribed_changed: Condvar,
     pub(super) url: BrokerUrl,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -59,7 +59,7 @@ impl Link {
             wake: tokio::sync::Notify::new(),
             stopping: AtomicBool::new(false),
             stats: Arc::new(BrokerStats::default()),
-            subscribed: Mutex::new(0),
+            subscribed_lock: Mutex::new(()),
             subscribed_changed: Condvar::new(),
             url: url.clone(),
             thread: Mutex::new(None),
@@ -82,28 +82,28 @@ impl Link {
     /// The link's task has `topics` subscribed at the broker now: sets the gauge and wakes
     /// whoever waits for a count.
     pub(super) fn set_subscribed(&self, topics: u64) {
+        // Stored under the lock, so that a waiter between its check and its wait misses nothing.
+        let _guard = self.subscribed_lock.lock();
         self.stats
             .subscribed_topics
             .store(topics, Ordering::Relaxed);
-        if let Ok(mut count) = self.subscribed.lock() {
-            *count = topics;
-            self.subscribed_changed.notify_all();
-        }
+        self.subscribed_changed.notify_all();
     }
 
     /// Waits until `topics` are subscribed at the broker, at most `timeout`; whether they are.
     pub(crate) fn wait_subscribed(&self, topics: u64, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let Ok(mut count) = self.subscribed.lock() else {
+        let gauge = &self.stats.subscribed_topics;
+        let Ok(mut guard) = self.subscribed_lock.lock() else {
             return false;
         };
-        while *count != topics {
+        while gauge.load(Ordering::Relaxed) != topics {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
             }
-            count = match self.subscribed_changed.wait_timeout(count, left) {
-                Ok((count, _)) => count,
+            guard = match self.subscribed_changed.wait_timeout(guard, left) {
+                Ok((guard, _)) => guard,
                 Err(_) => return false,
             };
         }
