@@ -424,7 +424,7 @@ impl<S: Service> Worker<S> {
 
     /// Submits the queued entries without waiting and without handling any completion;
     /// returns whether the kernel took them.
-    fn submit_queued(&mut self) -> bool {
+    pub(super) fn submit_queued(&mut self) -> bool {
         let error = match self.ring.submit() {
             Ok(_) => return true,
             Err(error) => error,

@@ -13,6 +13,12 @@ use crate::driver::conn::{Ending, SendVec, MAX_IOVECS};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 
+/// In a flush, TLS sends are submitted as soon as this many wait in the submission queue. The
+/// kernel copies each ciphertext when it runs the send: in a batch this small the records are
+/// still in cache, sealed microseconds before, where a full queue of 4,096 sends would find
+/// them evicted by the sealing of the rest (`docs/PERFORMANCE.md`, "wss").
+const TLS_SUBMIT_BATCH: usize = 32;
+
 impl<S: Service> Worker<S> {
     pub(super) fn on_send(&mut self, key: usize, result: i32) {
         if self.is_tls() {
@@ -83,6 +89,9 @@ impl<S: Service> Worker<S> {
             }
             if self.tls.is_some() {
                 self.flush_tls(key);
+                if self.ring.submission().len() >= TLS_SUBMIT_BATCH {
+                    self.submit_queued();
+                }
             } else if !conn.queue.is_empty() {
                 self.submit_send(key);
             } else if conn.ending == Ending::Flush {
