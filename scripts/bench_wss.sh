@@ -3,7 +3,8 @@
 # core 1 (docs/PERFORMANCE.md, "wss"):
 #   broadcast   uringcast --workers 1, ws:// and wss://: 10,000 subscribers, 10 publishes/s,
 #               64 B; server CPU µs per delivery (the load generator reads /proc)
-#   burst       the same with 8 publishers at 300 publishes/s in all: deliveries/s
+#   burst       the most deliveries/s: the same with 8 publishers keeping 8 publishes in
+#               flight (a closed loop: each publishes again once every subscriber has its last)
 #   idle        RSS per idle connection at 10,000 wss:// connections: uringcast and Bun
 #   handshakes  full TLS handshakes (and upgrades) per server CPU-second, ECDSA P-256 and
 #               RSA 2048 certificates: uringcast and Bun
@@ -47,11 +48,11 @@ url() { if [ "$1" = 1 ]; then echo "wss://localhost:$port/$2"; else echo "ws://1
 ca() { [ "$1" = 1 ] && echo "--ca $certs/ecdsa.pem" || true; }
 
 # One broadcast run over ws:// (tls 0) or wss:// (1): 10,000 subscribers, 64-byte messages.
-fanout() { # name tls publishers rate duration
+fanout() { # name tls publishers pace duration (pace: --rate R in all, or --inflight P)
   next; start_uringcast broadcast "$2" ecdsa
   # shellcheck disable=SC2046
   timeout 180 taskset -c 1 "$load" broadcast "$(url "$2" topic)" $(ca "$2") --subscribers 10000 \
-    --publishers "$3" --rate "$4" --size 64 --duration "$5" --server-pid "$pid" --source "$src" \
+    --publishers "$3" $4 --size 64 --duration "$5" --server-pid "$pid" --source "$src" \
     --connect-rate 3000 --quiet --json "$out/$1-$2-$run.json" >/dev/null 2>&1 || true
   stop
   python3 - "$out/$1-$2-$run.json" "$1" "$run" "$2" <<'PY'
@@ -67,10 +68,10 @@ PY
 
 for run in $(seq 1 "$runs"); do
   if [[ $what == *broadcast* ]]; then
-    for tls in 0 1; do fanout broadcast "$tls" 1 10 8; done
+    for tls in 0 1; do fanout broadcast "$tls" 1 "--rate 10" 8; done
   fi
   if [[ $what == *burst* ]]; then
-    for tls in 0 1; do fanout burst "$tls" 8 300 5; done
+    for tls in 0 1; do fanout burst "$tls" 8 "--inflight 8" 5; done
   fi
   if [[ $what == *idle* ]]; then
     for peer in uringcast bun; do
