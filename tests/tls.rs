@@ -254,6 +254,43 @@ async fn wss_broadcast_reaches_both_workers() -> Result<()> {
     Ok(())
 }
 
+/// A fan-out to more wss subscribers than the driver submits at once (its TLS sends go to the
+/// kernel in batches of 32 during a flush): every subscriber gets every message, whole and in
+/// order, whether a flush seals one frame or several for a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_fan_out_wider_than_a_submit_batch_arrives_whole_and_in_order() -> Result<()> {
+    const SUBSCRIBERS: usize = 150;
+    const MESSAGES: usize = 40;
+    let cert = TestCert::new("fanout")?;
+    let server = start(&cert, &["--mode", "broadcast", "--workers", "1"])?;
+    let config = cert.client()?;
+    let mut subscribers = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        subscribers.push(wss_connect(server.addr(), "/room", Arc::clone(&config)).await?);
+    }
+    let mut publisher = wss_connect(server.addr(), "/publish/room", Arc::clone(&config)).await?;
+    // The publishes go out back to back, so some flushes find several frames per connection.
+    for n in 0..MESSAGES {
+        timeout(STEP, publisher.feed(Message::text(format!("message {n}")))).await??;
+    }
+    timeout(STEP, publisher.flush()).await??;
+    let readers = subscribers.into_iter().enumerate().map(|(i, mut ws)| {
+        tokio::spawn(async move {
+            for n in 0..MESSAGES {
+                match next_data(&mut ws).await? {
+                    Message::Text(text) if text.as_str() == format!("message {n}") => {}
+                    other => bail!("subscriber {i}, message {n}: got {other:?}"),
+                }
+            }
+            Ok(())
+        })
+    });
+    for reader in readers.collect::<Vec<_>>() {
+        reader.await??;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_publish_needs_the_token() -> Result<()> {
     let cert = TestCert::new("publish")?;
