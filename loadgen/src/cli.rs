@@ -220,6 +220,8 @@ impl Payload {
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("encoding").args(["text", "binary"])))]
 #[command(group(ArgGroup::new("pace").args(["inflight", "rate"])))]
+// The help text names URL parts in brackets, which rustdoc would take for links.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct EchoArgs {
     /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
     pub(crate) url: String,
@@ -248,6 +250,8 @@ pub(crate) struct EchoArgs {
 
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("pace").args(["inflight", "rate"])))]
+// The help text names URL parts in brackets, which rustdoc would take for links.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct BroadcastArgs {
     /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
     pub(crate) url: String,
@@ -298,6 +302,8 @@ pub(crate) struct BroadcastArgs {
 }
 
 #[derive(Args, Debug)]
+// The help text names URL parts in brackets, which rustdoc would take for links.
+#[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct ConnectArgs {
     /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
     pub(crate) url: String,

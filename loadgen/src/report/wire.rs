@@ -29,7 +29,7 @@ pub(super) fn json(deflate: Deflate, wire: &WireTally) -> Map<String, Value> {
     .collect()
 }
 
-/// Adds [`json`]'s keys to a report's top level.
+/// Adds [`json()`]'s keys to a report's top level.
 pub(super) fn extend(report: &mut Value, deflate: Deflate, wire: &WireTally) {
     if let Value::Object(map) = report {
         map.extend(json(deflate, wire));

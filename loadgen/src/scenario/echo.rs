@@ -8,7 +8,7 @@
 //! the stall by slowing the sender down (coordinated omission).
 //!
 //! Each payload carries the connection's global index, a per-connection sequence number and
-//! its send time ([`stamp`](super::stamp)). An echo is checked against the record of what was
+//! its send time ([`stamp`]). An echo is checked against the record of what was
 //! sent: its opcode and every byte must match (else `corrupt`); a sequence number already
 //! answered is `duplicated`; one that overtakes an earlier message still in flight is
 //! `out_of_order`; messages never answered by the end of the drain are `missing`.

@@ -6,7 +6,7 @@
 //! (48 bytes of lower-case hex, the same three numbers), so a text message is valid UTF-8. The
 //! filler is the alphabet `a..z` repeated from an offset given by `id + seq`, so a frame that
 //! arrives with another message's filler, truncated, or shifted fails the check. A third
-//! encoding, a JSON market-data tick ([`tick`](super::tick)), carries the same three numbers in
+//! encoding, a JSON market-data tick ([`tick`]), carries the same three numbers in
 //! a text message of realistic, compressible content.
 //!
 //! Times are `CLOCK_MONOTONIC` nanoseconds: the same clock in every process of the machine, so

@@ -2,7 +2,7 @@
 //! the payloads it carried.
 //!
 //! With `--deflate` every connection offers
-//! [`CLIENT_OFFER`](uringcast::protocol::deflate::CLIENT_OFFER); a server that accepts it may
+//! [`CLIENT_OFFER`]; a server that accepts it may
 //! compress what it sends. One [`Inflater`] per thread serves all of its connections: the offer
 //! asks for `server_no_context_takeover`, so nothing of one message is needed for the next.
 //! With `--deflate-send` one [`Deflater`] per thread compresses what the thread sends on the
