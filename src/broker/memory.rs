@@ -26,6 +26,8 @@ struct Bus {
     subscribers: Arc<Mutex<Channels>>,
     down: Arc<AtomicBool>,
     deaths: Arc<AtomicU64>,
+    /// Subscribe requests received: round trips, for a real broker.
+    subscribe_requests: Arc<AtomicU64>,
 }
 
 /// One node's client. Like a real client's connection, the one it made dies with the broker
@@ -57,23 +59,28 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
         if !self.is_connected() {
             return Err("not connected".into());
         }
+        self.bus.subscribe_requests.fetch_add(1, Ordering::AcqRel);
         let events = self.events.clone().ok_or("not connected")?;
         let mut subscribers = self.bus.subscribers.lock().unwrap();
-        subscribers
-            .entry(channel.to_owned())
-            .or_default()
-            .push((self.id, events));
+        for channel in channels {
+            subscribers
+                .entry(channel.clone())
+                .or_default()
+                .push((self.id, events.clone()));
+        }
         Ok(())
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+    async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), String> {
         let mut subscribers = self.bus.subscribers.lock().unwrap();
-        if let Some(list) = subscribers.get_mut(channel) {
-            list.retain(|(id, _)| *id != self.id);
+        for channel in channels {
+            if let Some(list) = subscribers.get_mut(channel) {
+                list.retain(|(id, _)| *id != self.id);
+            }
         }
         Ok(())
     }
@@ -327,4 +334,45 @@ fn a_broker_back_before_the_link_noticed_its_death_is_still_rejoined() {
     let frame = crate::broadcast::frame(OpCode::Text, b"after");
     a.link.publish(&topic, &frame);
     assert_eq!(&payload(&b.next_frame())[..], b"after");
+}
+
+#[test]
+fn a_node_with_many_topics_subscribes_them_again_in_a_few_requests() {
+    const TOPICS: usize = 3000;
+    let bus = Bus::default();
+    let (a, b) = (Node::start(&bus, 1), Node::start(&bus, 2));
+    let topics: Vec<Arc<str>> = (0..TOPICS)
+        .map(|i| Arc::from(format!("room-{i}")))
+        .collect();
+    for topic in &topics {
+        b.link.interest(topic, true);
+    }
+    b.wait_subscribed(TOPICS as u64);
+    let held = |bus: &Bus| {
+        let subscribers = bus.subscribers.lock().unwrap();
+        subscribers
+            .values()
+            .filter(|l| l.iter().any(|(id, _)| *id == 2))
+            .count()
+    };
+    assert_eq!(held(&bus), TOPICS);
+    // After a reconnection every topic is wanted at once: one request per batch, where one
+    // per topic would be 3,000 round trips before the last topic flows again.
+    let before = bus.subscribe_requests.load(Ordering::Acquire);
+    bus.kill();
+    bus.revive();
+    wait_for(
+        || held(&bus) == TOPICS,
+        "B's subscriptions after the broker came back",
+    );
+    let requests = bus.subscribe_requests.load(Ordering::Acquire) - before;
+    // 3,000 topics in batches of 1,024: three requests.
+    assert_eq!(super::SUBSCRIBE_BATCH, 1024);
+    assert!(
+        requests <= 3,
+        "{requests} subscribe requests for {TOPICS} topics"
+    );
+    let frame = crate::broadcast::frame(OpCode::Text, b"last");
+    a.link.publish(&topics[TOPICS - 1], &frame);
+    assert_eq!(&payload(&b.next_frame())[..], b"last");
 }

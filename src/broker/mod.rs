@@ -64,6 +64,10 @@ pub enum BrokerError {
 pub(crate) const QUEUE_CAPACITY: usize = 1 << 16;
 /// Bytes the link's inbound queue holds at most.
 pub(crate) const QUEUE_MAX_BYTES: usize = 64 << 20;
+/// Channels subscribed (or unsubscribed) per request: a node that serves 10,000 topics
+/// subscribes them all again after a reconnection in 10 round trips rather than 10,000, and
+/// no single command grows past a few hundred KiB.
+pub(crate) const SUBSCRIBE_BATCH: usize = 1024;
 /// How long a connection attempt or a request may take before the broker counts as lost.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -77,10 +81,12 @@ pub(crate) trait Broker {
     fn topic_of(&self, channel: &[u8]) -> Option<String>;
     /// Connects; what arrives from now on goes to `events`.
     async fn connect(&mut self, events: &Events) -> Result<(), String>;
-    /// Subscribes to one channel.
-    async fn subscribe(&mut self, channel: &str) -> Result<(), String>;
-    /// Unsubscribes from one channel.
-    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String>;
+    /// Subscribes to a batch of channels (at most [`SUBSCRIBE_BATCH`]) in as few round trips
+    /// as the broker allows. All or nothing for the link: after an error it tries the whole
+    /// batch again, which is harmless for the channels that did take.
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), String>;
+    /// Unsubscribes from a batch of channels, as [`subscribe`](Self::subscribe).
+    async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), String>;
     /// Publishes a batch of messages, in order (pipelined where the client can); one result
     /// per message.
     async fn publish(&mut self, batch: &[(String, Bytes)]) -> Vec<Result<(), String>>;

@@ -48,6 +48,28 @@ impl Nats {
             events: None,
         })
     }
+
+    /// Subscribes to one subject, with a task that forwards what arrives on it.
+    async fn subscribe_one(&mut self, channel: &str) -> Result<(), String> {
+        let client = self.client.as_ref().ok_or("not connected")?;
+        let mut subscriber = client
+            .subscribe(channel.to_owned())
+            .await
+            .map_err(|e| e.to_string())?;
+        let events = self.events.clone().ok_or("not connected")?;
+        let reader = tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                events.message(
+                    Bytes::copy_from_slice(message.subject.as_bytes()),
+                    message.payload,
+                );
+            }
+        });
+        if let Some(old) = self.readers.insert(channel.to_owned(), reader) {
+            old.abort();
+        }
+        Ok(())
+    }
 }
 
 impl Broker for Nats {
@@ -114,30 +136,19 @@ impl Broker for Nats {
         Ok(())
     }
 
-    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
-        let client = self.client.as_ref().ok_or("not connected")?;
-        let mut subscriber = client
-            .subscribe(channel.to_owned())
-            .await
-            .map_err(|e| e.to_string())?;
-        let events = self.events.clone().ok_or("not connected")?;
-        let reader = tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
-                events.message(
-                    Bytes::copy_from_slice(message.subject.as_bytes()),
-                    message.payload,
-                );
-            }
-        });
-        if let Some(old) = self.readers.insert(channel.to_owned(), reader) {
-            old.abort();
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
+        // A NATS SUB has no reply: the client queues each one for its connection task.
+        for channel in channels {
+            self.subscribe_one(channel).await?;
         }
         Ok(())
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
-        if let Some(reader) = self.readers.remove(channel) {
-            reader.abort();
+    async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), String> {
+        for channel in channels {
+            if let Some(reader) = self.readers.remove(channel) {
+                reader.abort();
+            }
         }
         Ok(())
     }

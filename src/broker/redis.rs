@@ -196,19 +196,32 @@ impl Broker for Redis {
         Ok(())
     }
 
-    async fn subscribe(&mut self, channel: &str) -> Result<(), String> {
+    async fn subscribe(&mut self, channels: &[String]) -> Result<(), String> {
         let result = match self.connection.as_mut() {
-            Some(Connection::Standalone(c)) => c.subscribe(channel).await,
-            Some(Connection::Cluster(c)) => c.ssubscribe(channel).await,
+            // One SUBSCRIBE names them all: one round trip.
+            Some(Connection::Standalone(c)) => c.subscribe(channels).await,
+            // SSUBSCRIBE takes channels of one slot only: one command per channel, all sent
+            // at once (each to its master), so still one round trip in all.
+            Some(Connection::Cluster(c)) => {
+                each_channel(c, channels, |mut c, channel| async move {
+                    c.ssubscribe(channel).await
+                })
+                .await
+            }
             None => return Err("not connected".into()),
         };
         result.map_err(|e| self.failed("SUBSCRIBE", &e))
     }
 
-    async fn unsubscribe(&mut self, channel: &str) -> Result<(), String> {
+    async fn unsubscribe(&mut self, channels: &[String]) -> Result<(), String> {
         let result = match self.connection.as_mut() {
-            Some(Connection::Standalone(c)) => c.unsubscribe(channel).await,
-            Some(Connection::Cluster(c)) => c.sunsubscribe(channel).await,
+            Some(Connection::Standalone(c)) => c.unsubscribe(channels).await,
+            Some(Connection::Cluster(c)) => {
+                each_channel(c, channels, |mut c, channel| async move {
+                    c.sunsubscribe(channel).await
+                })
+                .await
+            }
             None => return Err("not connected".into()),
         };
         result.map_err(|e| self.failed("UNSUBSCRIBE", &e))
@@ -264,6 +277,27 @@ impl Broker for Redis {
         self.connection = None;
         self.up.store(false, std::sync::atomic::Ordering::Release);
     }
+}
+
+/// Runs `command` for each channel at once on clones of the cluster's connection (which
+/// share its node connections); the first error, if any.
+async fn each_channel<'a, F, Fut>(
+    connection: &ClusterConnection,
+    channels: &'a [String],
+    command: F,
+) -> redis::RedisResult<()>
+where
+    F: Fn(ClusterConnection, &'a str) -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<()>>,
+{
+    join_all(
+        channels
+            .iter()
+            .map(|channel| command(connection.clone(), channel.as_str())),
+    )
+    .await
+    .into_iter()
+    .collect()
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@ use tracing::{debug, info, warn};
 
 use super::link::Link;
 use super::wire::{self, Sequence, Sequences};
-use super::{backoff, random_u64, Broker, BrokerStats, Events, Inbound, IO_TIMEOUT};
+use super::{
+    backoff, random_u64, Broker, BrokerStats, Events, Inbound, IO_TIMEOUT, SUBSCRIBE_BATCH,
+};
 use crate::broadcast::Hub;
 
 /// Publishes the link sends per turn before it looks at what arrived, so neither direction
@@ -183,12 +185,14 @@ impl<B: Broker> Task<B> {
     async fn leave(&mut self) {
         while self.flush(BATCH).await.is_ok_and(|more| more) {}
         let topics: Vec<Arc<str>> = self.subscribed.iter().cloned().collect();
-        for topic in topics {
-            let channel = self.broker.channel(&topic);
-            if self.broker.unsubscribe(&channel).await.is_err() {
+        for topics in topics.chunks(SUBSCRIBE_BATCH) {
+            let channels: Vec<String> = topics.iter().map(|t| self.broker.channel(t)).collect();
+            if self.broker.unsubscribe(&channels).await.is_err() {
                 return;
             }
-            self.subscribed.remove(&topic);
+            for topic in topics {
+                self.subscribed.remove(topic);
+            }
         }
     }
 
@@ -276,29 +280,29 @@ impl<B: Broker> Task<B> {
         }
         let add: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
         let remove: Vec<Arc<str>> = self.subscribed.difference(&wanted).cloned().collect();
-        for topic in add {
-            let channel = self.broker.channel(&topic);
-            match tokio::time::timeout(IO_TIMEOUT, self.broker.subscribe(&channel)).await {
-                Ok(Ok(())) => {
-                    self.subscribed.insert(topic);
-                }
-                Ok(Err(message)) => self.refused("subscribe", &channel, &message),
+        for topics in add.chunks(SUBSCRIBE_BATCH) {
+            let channels: Vec<String> = topics.iter().map(|t| self.broker.channel(t)).collect();
+            match tokio::time::timeout(IO_TIMEOUT, self.broker.subscribe(&channels)).await {
+                Ok(Ok(())) => self.subscribed.extend(topics.iter().cloned()),
+                Ok(Err(message)) => self.refused("subscribe", &channels, &message),
                 Err(_) => {
-                    self.refused("subscribe", &channel, "no answer");
+                    self.refused("subscribe", &channels, "no answer");
                     return false;
                 }
             }
         }
-        for topic in remove {
-            let channel = self.broker.channel(&topic);
-            match tokio::time::timeout(IO_TIMEOUT, self.broker.unsubscribe(&channel)).await {
+        for topics in remove.chunks(SUBSCRIBE_BATCH) {
+            let channels: Vec<String> = topics.iter().map(|t| self.broker.channel(t)).collect();
+            match tokio::time::timeout(IO_TIMEOUT, self.broker.unsubscribe(&channels)).await {
                 Ok(Ok(())) => {
-                    self.subscribed.remove(&topic);
-                    self.received.forget(&topic);
+                    for topic in topics {
+                        self.subscribed.remove(topic);
+                        self.received.forget(topic);
+                    }
                 }
-                Ok(Err(message)) => self.refused("unsubscribe", &channel, &message),
+                Ok(Err(message)) => self.refused("unsubscribe", &channels, &message),
                 Err(_) => {
-                    self.refused("unsubscribe", &channel, "no answer");
+                    self.refused("unsubscribe", &channels, "no answer");
                     return false;
                 }
             }
@@ -307,10 +311,19 @@ impl<B: Broker> Task<B> {
         true
     }
 
-    fn refused(&mut self, what: &str, channel: &str, message: &str) {
+    fn refused(&mut self, what: &str, channels: &[String], message: &str) {
         self.retry_at = Some(tokio::time::Instant::now() + RETRY);
+        let (first, more) = (
+            channels.first().map_or("", String::as_str),
+            channels.len() - 1,
+        );
+        let others = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
         self.warn(format_args!(
-            "broker refused to {what} {channel:?}: {message}; trying again"
+            "broker refused to {what} {first:?}{others}: {message}; trying again"
         ));
     }
 
