@@ -139,11 +139,15 @@ pub(crate) enum Sequence {
 }
 
 /// The last sequence number seen per publishing node and topic, for the topics this node
-/// holds. Bounded: past [`Sequences::MAX_ENTRIES`] it starts over (gaps in the next message of
-/// each pair then go unseen, which is counted as a reset).
+/// holds. Bounded: past [`Sequences::MAX_ENTRIES`] (node, topic) pairs it starts over (gaps in
+/// the next message of each pair then go unseen, which is counted as a reset). Keyed by topic
+/// first, so a message looks its topic up without a new reference to it, and forgetting a
+/// topic is one removal, not a scan of every pair.
 #[derive(Debug, Default)]
 pub(crate) struct Sequences {
-    last: HashMap<(u64, Arc<str>), u64>,
+    last: HashMap<Arc<str>, HashMap<u64, u64>>,
+    /// Pairs held, over all topics.
+    entries: usize,
 }
 
 impl Sequences {
@@ -152,7 +156,7 @@ impl Sequences {
 
     /// Checks and records `seq` from `node` on `topic`.
     pub(crate) fn check(&mut self, node: u64, topic: &Arc<str>, seq: u64) -> Sequence {
-        if let Some(last) = self.last.get_mut(&(node, Arc::clone(topic))) {
+        if let Some(last) = self.last.get_mut(&**topic).and_then(|n| n.get_mut(&node)) {
             return match seq.checked_sub(*last) {
                 Some(1) => {
                     *last = seq;
@@ -165,17 +169,24 @@ impl Sequences {
                 }
             };
         }
-        if self.last.len() >= Self::MAX_ENTRIES {
+        if self.entries >= Self::MAX_ENTRIES {
             self.last.clear();
+            self.entries = 0;
         }
-        self.last.insert((node, Arc::clone(topic)), seq);
+        self.last
+            .entry(Arc::clone(topic))
+            .or_default()
+            .insert(node, seq);
+        self.entries += 1;
         Sequence::InOrder
     }
 
     /// Forgets a topic this node no longer subscribes to: after a resubscription its first
     /// message starts over, rather than count what was sent while nobody here listened.
     pub(crate) fn forget(&mut self, topic: &str) {
-        self.last.retain(|(_, t), _| &**t != topic);
+        if let Some(nodes) = self.last.remove(topic) {
+            self.entries -= nodes.len();
+        }
     }
 }
 
@@ -267,6 +278,49 @@ mod tests {
         assert_eq!(seen.check(2, &topic, 1), Sequence::InOrder, "another node");
         seen.forget("t");
         assert_eq!(seen.check(1, &topic, 20), Sequence::InOrder, "starts over");
+    }
+
+    #[test]
+    fn forgetting_a_topic_drops_it_for_every_node_and_nothing_else() {
+        let mut seen = Sequences::default();
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        for node in 1..=3 {
+            seen.check(node, &a, 10);
+            seen.check(node, &b, 10);
+        }
+        assert_eq!(seen.entries, 6);
+        seen.forget("a");
+        seen.forget("never held");
+        assert_eq!(seen.entries, 3);
+        for node in 1..=3 {
+            assert_eq!(seen.check(node, &a, 50), Sequence::InOrder, "a starts over");
+            assert_eq!(
+                seen.check(node, &b, 10),
+                Sequence::Repeat,
+                "b is remembered"
+            );
+        }
+        assert_eq!(seen.entries, 6);
+    }
+
+    #[test]
+    fn the_table_starts_over_past_its_bound() {
+        let mut seen = Sequences::default();
+        let topic: Arc<str> = Arc::from("t");
+        for node in 0..Sequences::MAX_ENTRIES as u64 {
+            seen.check(node, &topic, 1);
+        }
+        assert_eq!(seen.entries, Sequences::MAX_ENTRIES);
+        assert_eq!(seen.check(0, &topic, 1), Sequence::Repeat, "still held");
+        // One pair more: the table is cleared first, so the bound holds.
+        let other: Arc<str> = Arc::from("u");
+        assert_eq!(seen.check(7, &other, 5), Sequence::InOrder);
+        assert_eq!(seen.entries, 1);
+        assert_eq!(
+            seen.check(0, &topic, 1),
+            Sequence::InOrder,
+            "forgotten at the reset"
+        );
     }
 
     proptest::proptest! {
