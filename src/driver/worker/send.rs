@@ -89,7 +89,9 @@ impl<S: Service> Worker<S> {
             }
             if self.tls.is_some() {
                 self.flush_tls(key);
-                if self.ring.submission().len() >= TLS_SUBMIT_BATCH {
+                // Not while entries wait for room: the queue was full and a submit failed, and
+                // the turn's own submit tries again.
+                if self.unsubmitted.is_empty() && self.ring.submission().len() >= TLS_SUBMIT_BATCH {
                     self.submit_queued();
                 }
             } else if !conn.queue.is_empty() {
