@@ -360,11 +360,11 @@ fn a_node_with_many_topics_subscribes_them_again_in_a_few_requests() {
     // per topic would be 3,000 round trips before the last topic flows again.
     let before = bus.subscribe_requests.load(Ordering::Acquire);
     bus.kill();
+    // While the broker is away the link holds nothing there, and says so.
+    b.wait_subscribed(0);
     bus.revive();
-    wait_for(
-        || held(&bus) == TOPICS,
-        "B's subscriptions after the broker came back",
-    );
+    b.wait_subscribed(TOPICS as u64);
+    assert_eq!(held(&bus), TOPICS);
     let requests = bus.subscribe_requests.load(Ordering::Acquire) - before;
     // 3,000 topics in batches of 1,024: three requests.
     assert_eq!(super::SUBSCRIBE_BATCH, 1024);

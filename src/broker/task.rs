@@ -34,7 +34,7 @@ pub(super) struct Task<B: Broker> {
     max_message_bytes: usize,
     /// Topics subscribed at the broker on the current connection.
     subscribed: HashSet<Arc<str>>,
-    /// Topics subscribed on the connection before this one, until the first reconcile.
+    /// Topics subscribed on a connection that was lost, until the next one's first reconcile.
     held_before: HashSet<Arc<str>>,
     /// The last sequence number this node gave each topic it published to.
     sent: HashMap<Arc<str>, u64>,
@@ -87,7 +87,6 @@ impl<B: Broker> Task<B> {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Ok(()));
                     }
-                    self.held_before = std::mem::take(&mut self.subscribed);
                     self.link.interest_changed.store(true, Ordering::Release);
                     let since = Instant::now();
                     self.connected(&mut inbound, &inbound_bytes, &lost).await;
@@ -97,6 +96,10 @@ impl<B: Broker> Task<B> {
                         attempt = 0;
                     }
                     stats.connected.store(false, Ordering::Relaxed);
+                    // Nothing is subscribed at a broker this node is not connected to: the
+                    // gauge (and `wait_broker_subscriptions`) say 0 until the next connection's
+                    // reconcile subscribes the topics again.
+                    self.held_before.extend(self.subscribed.drain());
                     self.set_subscribed_gauge();
                     if self.link.stopping() {
                         self.broker.close().await;
