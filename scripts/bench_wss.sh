@@ -50,7 +50,8 @@ ca() { [ "$1" = 1 ] && echo "--ca $certs/ecdsa.pem" || true; }
 # One broadcast run over ws:// (tls 0) or wss:// (1): 10,000 subscribers, 64-byte messages.
 fanout() { # name tls publishers pace duration (pace: --rate R in all, or --inflight P)
   next; start_uringcast broadcast "$2" ecdsa
-  # shellcheck disable=SC2046
+  # $4 is split on purpose (a flag and its value).
+  # shellcheck disable=SC2046,SC2086
   timeout 180 taskset -c 1 "$load" broadcast "$(url "$2" topic)" $(ca "$2") --subscribers 10000 \
     --publishers "$3" $4 --size 64 --duration "$5" --server-pid "$pid" --source "$src" \
     --connect-rate 3000 --quiet --json "$out/$1-$2-$run.json" >/dev/null 2>&1 || true
