@@ -117,6 +117,28 @@ pub(crate) struct Actions {
     pub list: Vec<Action>,
     /// Subscriptions refused during the call, for the worker's counter.
     pub refused: u64,
+    /// What the subscriptions in `list` add to the connection's and the worker's counts.
+    pub pending: Pending,
+}
+
+impl Actions {
+    /// Empties the actions for the next call, keeping the list's allocation.
+    pub(crate) fn clear(&mut self) {
+        self.list.clear();
+        self.refused = 0;
+        self.pending = Pending::default();
+    }
+}
+
+/// What the subscriptions a handler call asked for so far add to the limits' counts: kept as
+/// the call goes, so that each [`Connection::subscribe`] is checked in constant time however
+/// many came before it in the same call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Pending {
+    /// Subscriptions the connection does not hold yet.
+    pub subscriptions: usize,
+    /// Of those, the topics the worker does not hold yet.
+    pub new_topics: usize,
 }
 
 /// Why [`Connection::subscribe`] refused a topic. Each refusal is counted in
@@ -159,10 +181,11 @@ pub(crate) struct Gate<'a> {
 }
 
 impl Gate<'_> {
-    /// Whether subscribing to `topic` after the `pending` actions stays within the limits.
-    /// Pending subscriptions are counted as if each were new (a topic asked for twice in one
-    /// call counts twice), so a subscription allowed here is never refused when applied.
-    pub(crate) fn check(&self, topic: &str, pending: &[Action]) -> Result<(), SubscribeError> {
+    /// Whether subscribing to `topic` after the `pending` subscriptions stays within the
+    /// limits; if it does, `pending` counts it. Pending subscriptions are counted as if each
+    /// were new (a topic asked for twice in one call counts twice), so a subscription allowed
+    /// here is never refused when applied.
+    pub(crate) fn check(&self, topic: &str, pending: &mut Pending) -> Result<(), SubscribeError> {
         let limits = self.limits;
         if topic.len() > limits.max_topic_bytes {
             return Err(SubscribeError::TopicTooLong {
@@ -178,27 +201,19 @@ impl Gate<'_> {
         if held(topic) {
             return Ok(());
         }
-        let (mut subscriptions, mut new_topics) = (self.subs.len(), 0);
-        for action in pending {
-            if let Action::Subscribe(name) = action {
-                if !held(name) {
-                    subscriptions += 1;
-                    new_topics += usize::from(self.topics.id(name).is_none());
-                }
-            }
-        }
-        if subscriptions >= limits.max_subscriptions_per_connection {
+        if self.subs.len() + pending.subscriptions >= limits.max_subscriptions_per_connection {
             return Err(SubscribeError::TooManySubscriptions {
                 max: limits.max_subscriptions_per_connection,
             });
         }
-        if self.topics.id(topic).is_none()
-            && self.topics.count() + new_topics >= limits.max_topics_per_worker
-        {
+        let new_topic = self.topics.id(topic).is_none();
+        if new_topic && self.topics.count() + pending.new_topics >= limits.max_topics_per_worker {
             return Err(SubscribeError::TooManyTopics {
                 max: limits.max_topics_per_worker,
             });
         }
+        pending.subscriptions += 1;
+        pending.new_topics += usize::from(new_topic);
         Ok(())
     }
 }
@@ -257,7 +272,7 @@ impl<'a, D> Connection<'a, D> {
     /// connection is not subscribed, and a refusal by a limit is counted.
     pub fn subscribe(&mut self, topic: &str) -> Result<(), SubscribeError> {
         let verdict = match &self.gate {
-            Some(gate) => gate.check(topic, &self.actions.list),
+            Some(gate) => gate.check(topic, &mut self.actions.pending),
             None => Err(SubscribeError::Closed),
         };
         match verdict {

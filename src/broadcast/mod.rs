@@ -144,7 +144,7 @@ impl<H: Handler> Broadcast<H> {
             subs: &state.subs,
         };
         let stats = &self.hub.stats[self.worker];
-        if let Err(refusal) = gate.check(topic, &[]) {
+        if let Err(refusal) = gate.check(topic, &mut handler::Pending::default()) {
             // Checked when the handler asked, so only a caller inside the engine gets here.
             stats.subscribe_refusals.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%refusal, "subscription refused");
@@ -339,8 +339,7 @@ impl<H: Handler> Broadcast<H> {
         mut actions: handler::Actions,
         callback: &'static str,
     ) {
-        actions.list.clear();
-        actions.refused = 0;
+        actions.clear();
         self.scratch_actions = actions;
         self.handler_panicked(callback);
         ctx.close(conn, CloseCode::INTERNAL_ERROR, "internal error");
@@ -396,6 +395,7 @@ impl<H: Handler> Broadcast<H> {
                 handler::Action::Close(code, reason) => ctx.close(conn, code, &reason),
             }
         }
+        actions.clear();
         self.scratch_actions = actions;
     }
 }
