@@ -28,8 +28,8 @@ pub(crate) struct Link {
     pub(super) node: u64,
     pub(super) outbound: ArrayQueue<(Arc<str>, Bytes)>,
     outbound_bytes: AtomicUsize,
-    /// Workers holding each topic: the node wants a topic while any worker does.
-    interest: Mutex<HashMap<Arc<str>, usize>>,
+    /// Workers holding each topic, and which topics changed since the task last looked.
+    interest: Mutex<Interest>,
     pub(super) interest_changed: AtomicBool,
     /// Publishes dropped per topic (the queue was full) since the link last looked: their
     /// sequence numbers are skipped, so that the other nodes count them as gaps.
@@ -52,7 +52,7 @@ impl Link {
             node: random_u64() & !0xFFFF,
             outbound: ArrayQueue::new(QUEUE_CAPACITY),
             outbound_bytes: AtomicUsize::new(0),
-            interest: Mutex::new(HashMap::new()),
+            interest: Mutex::new(Interest::default()),
             interest_changed: AtomicBool::new(false),
             dropped: Mutex::new(HashMap::new()),
             any_dropped: AtomicBool::new(false),
@@ -133,13 +133,27 @@ impl Link {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// The topics the node holds now.
-    pub(super) fn wanted(&self) -> HashSet<Arc<str>> {
+    /// What changed in the node's interest since the task last asked. The lock the workers
+    /// take is held for the changes only (every held topic only after an overflow), so a
+    /// node holding many topics does not stall a worker that joins one.
+    pub(super) fn take_changes(&self) -> InterestChanges {
         self.interest_changed.store(false, Ordering::Release);
-        self.interest
-            .lock()
-            .map(|map| map.keys().cloned().collect())
-            .unwrap_or_default()
+        let Ok(mut interest) = self.interest.lock() else {
+            return InterestChanges::Some(Vec::new());
+        };
+        if std::mem::take(&mut interest.overflowed) {
+            return InterestChanges::All(interest.held.keys().cloned().collect());
+        }
+        let changed = std::mem::take(&mut interest.changed);
+        InterestChanges::Some(
+            changed
+                .into_iter()
+                .map(|topic| {
+                    let held = interest.held.contains_key(&topic);
+                    (topic, held)
+                })
+                .collect(),
+        )
     }
 
     pub(super) fn take(&self) -> Option<(Arc<str>, Bytes)> {
@@ -175,27 +189,11 @@ impl Uplink for Link {
     }
 
     fn interest(&self, topic: &Arc<str>, held: bool) {
-        let Ok(mut map) = self.interest.lock() else {
+        let Ok(mut interest) = self.interest.lock() else {
             return;
         };
-        let changed = if held {
-            let workers = map.entry(Arc::clone(topic)).or_insert(0);
-            *workers += 1;
-            *workers == 1
-        } else {
-            match map.get_mut(topic) {
-                Some(workers) if *workers > 1 => {
-                    *workers -= 1;
-                    false
-                }
-                Some(_) => {
-                    map.remove(topic);
-                    true
-                }
-                None => false,
-            }
-        };
-        drop(map);
+        let changed = interest.count(topic, held);
+        drop(interest);
         if changed {
             self.interest_changed.store(true, Ordering::Release);
             self.wake.notify_one();
@@ -205,6 +203,64 @@ impl Uplink for Link {
     fn render_metrics(&self, out: &mut String) {
         super::render_metrics(&self.stats, &self.url, out);
     }
+}
+
+/// Changes in [`Interest::changed`] kept before they are given up for one resynchronisation:
+/// a node whose link is away (or slow) while clients churn through topics holds at most this
+/// many names beyond the topics themselves.
+pub(super) const CHANGES_MAX: usize = 16_384;
+
+/// The node's interest, as the workers report it.
+#[derive(Debug, Default)]
+struct Interest {
+    /// Workers holding each topic: the node wants a topic while any worker does.
+    held: HashMap<Arc<str>, usize>,
+    /// Topics that went from no worker to one, or from one to none, since the task last took
+    /// the changes; at most [`CHANGES_MAX`].
+    changed: HashSet<Arc<str>>,
+    /// More changed than `changed` may hold: the task takes every held topic instead.
+    overflowed: bool,
+}
+
+impl Interest {
+    /// One worker took up (`held`) or gave up `topic`; whether the node's interest changed.
+    fn count(&mut self, topic: &Arc<str>, held: bool) -> bool {
+        let changed = if held {
+            let workers = self.held.entry(Arc::clone(topic)).or_insert(0);
+            *workers += 1;
+            *workers == 1
+        } else {
+            match self.held.get_mut(topic) {
+                Some(workers) if *workers > 1 => {
+                    *workers -= 1;
+                    false
+                }
+                Some(_) => {
+                    self.held.remove(topic);
+                    true
+                }
+                None => false,
+            }
+        };
+        if changed && !self.overflowed {
+            if self.changed.len() < CHANGES_MAX || self.changed.contains(topic) {
+                self.changed.insert(Arc::clone(topic));
+            } else {
+                self.overflowed = true;
+                self.changed = HashSet::new();
+            }
+        }
+        changed
+    }
+}
+
+/// What changed in the node's interest since the link's task last asked.
+#[derive(Debug)]
+pub(super) enum InterestChanges {
+    /// These topics, each with whether the node wants it now.
+    Some(Vec<(Arc<str>, bool)>),
+    /// Too many changes to list: every topic the node wants now.
+    All(HashSet<Arc<str>>),
 }
 
 /// Starts the link for `config` and waits for its first connection attempt: an unreachable
@@ -306,35 +362,84 @@ mod tests {
         Link::new(&"redis://127.0.0.1:1".parse().expect("a valid URL"))
     }
 
+    /// The changes the task is handed, which must be a list.
+    fn changes(link: &Link) -> Vec<(Arc<str>, bool)> {
+        match link.take_changes() {
+            InterestChanges::Some(mut changes) => {
+                changes.sort();
+                changes
+            }
+            InterestChanges::All(all) => {
+                panic!("a list was expected, got all {} topics", all.len())
+            }
+        }
+    }
+
     #[test]
     fn a_topic_is_wanted_while_any_worker_holds_it() {
         let link = link();
         let topic: Arc<str> = Arc::from("room");
+        let news = || link.interest_changed.load(Ordering::Acquire);
         link.interest(&topic, true);
-        assert!(
-            link.interest_changed.load(Ordering::Acquire),
-            "0 -> 1 worker"
-        );
-        assert!(link.wanted().contains(&topic));
+        assert!(news(), "0 -> 1 worker");
+        assert_eq!(changes(&link), [(Arc::clone(&topic), true)]);
         link.interest(&topic, true);
-        assert!(
-            !link.interest_changed.load(Ordering::Acquire),
-            "1 -> 2: no news"
-        );
+        assert!(!news(), "1 -> 2: no news");
         link.interest(&topic, false);
-        assert!(
-            !link.interest_changed.load(Ordering::Acquire),
-            "2 -> 1: no news"
-        );
-        assert!(link.wanted().contains(&topic));
+        assert!(!news(), "2 -> 1: no news");
+        assert_eq!(changes(&link), []);
         link.interest(&topic, false);
-        assert!(
-            link.interest_changed.load(Ordering::Acquire),
-            "1 -> 0 workers"
-        );
-        assert!(link.wanted().is_empty());
+        assert!(news(), "1 -> 0 workers");
+        assert_eq!(changes(&link), [(Arc::clone(&topic), false)]);
         link.interest(&topic, false);
-        assert!(link.wanted().is_empty(), "an extra leave is ignored");
+        assert!(!news(), "an extra leave is ignored");
+        assert_eq!(changes(&link), []);
+    }
+
+    #[test]
+    fn only_the_topics_that_changed_are_handed_over_each_with_its_state_now() {
+        let link = link();
+        let topics: Vec<Arc<str>> = (0..1000).map(|i| Arc::from(format!("t{i}"))).collect();
+        for topic in &topics {
+            link.interest(topic, true);
+        }
+        assert_eq!(changes(&link).len(), 1000);
+        // One topic joins, one leaves, and one comes and goes before the task looks: three
+        // changes, not the 1,000 topics held.
+        let (new, brief): (Arc<str>, Arc<str>) = (Arc::from("new"), Arc::from("brief"));
+        link.interest(&new, true);
+        link.interest(&topics[0], false);
+        link.interest(&brief, true);
+        link.interest(&brief, false);
+        assert_eq!(
+            changes(&link),
+            [(brief, false), (new, true), (Arc::clone(&topics[0]), false)]
+        );
+    }
+
+    #[test]
+    fn past_the_change_limit_the_list_is_given_up_for_every_held_topic_once() {
+        let link = link();
+        let kept: Arc<str> = Arc::from("kept");
+        link.interest(&kept, true);
+        for i in 0..CHANGES_MAX {
+            let topic: Arc<str> = Arc::from(format!("brief-{i}"));
+            link.interest(&topic, true);
+            link.interest(&topic, false);
+        }
+        {
+            let interest = link.interest.lock().unwrap();
+            assert!(interest.overflowed);
+            assert!(
+                interest.changed.is_empty(),
+                "the list is dropped, not grown"
+            );
+        }
+        match link.take_changes() {
+            InterestChanges::All(all) => assert_eq!(all, HashSet::from([kept])),
+            other => panic!("every held topic was expected, got {other:?}"),
+        }
+        assert_eq!(changes(&link), [], "and then lists again");
     }
 
     #[test]

@@ -28,6 +28,8 @@ struct Bus {
     deaths: Arc<AtomicU64>,
     /// Subscribe requests received: round trips, for a real broker.
     subscribe_requests: Arc<AtomicU64>,
+    /// Subscribe requests are refused (as an ACL would) while this is set.
+    refuse: Arc<AtomicBool>,
 }
 
 /// One node's client. Like a real client's connection, the one it made dies with the broker
@@ -64,6 +66,9 @@ impl Broker for MemoryBroker {
             return Err("not connected".into());
         }
         self.bus.subscribe_requests.fetch_add(1, Ordering::AcqRel);
+        if self.bus.refuse.load(Ordering::Acquire) {
+            return Err("refused".into());
+        }
         let events = self.events.clone().ok_or("not connected")?;
         let mut subscribers = self.bus.subscribers.lock().unwrap();
         for channel in channels {
@@ -211,6 +216,18 @@ fn wait_for(done: impl Fn() -> bool, what: &str) {
         assert!(Instant::now() < deadline, "{what}: not within 10 s");
         std::thread::sleep(Duration::from_millis(1));
     }
+}
+
+/// The topics node `id` is subscribed to at the bus, sorted.
+fn held_by(bus: &Bus, id: usize) -> Vec<String> {
+    let subscribers = bus.subscribers.lock().unwrap();
+    let mut topics: Vec<String> = subscribers
+        .iter()
+        .filter(|(_, list)| list.iter().any(|(node, _)| *node == id))
+        .filter_map(|(channel, _)| channel.strip_prefix("p:").map(str::to_owned))
+        .collect();
+    topics.sort();
+    topics
 }
 
 fn payload(frame: &Bytes) -> Bytes {
@@ -375,4 +392,53 @@ fn a_node_with_many_topics_subscribes_them_again_in_a_few_requests() {
     let frame = crate::broadcast::frame(OpCode::Text, b"last");
     a.link.publish(&topics[TOPICS - 1], &frame);
     assert_eq!(&payload(&b.next_frame())[..], b"last");
+}
+
+#[test]
+fn a_refused_subscription_is_tried_again() {
+    let bus = Bus::default();
+    let b = Node::start(&bus, 2);
+    bus.refuse.store(true, Ordering::Release);
+    b.link.interest(&Arc::from("guarded"), true);
+    wait_for(
+        || bus.subscribe_requests.load(Ordering::Acquire) >= 1,
+        "the first subscribe request",
+    );
+    assert!(held_by(&bus, 2).is_empty());
+    bus.refuse.store(false, Ordering::Release);
+    // Nothing else changes: only the retry (after a second) can subscribe it.
+    b.wait_subscribed(1);
+    assert_eq!(held_by(&bus, 2), ["guarded"]);
+}
+
+#[test]
+fn churn_past_the_change_limit_while_the_broker_is_away_ends_in_the_topics_held() {
+    let bus = Bus::default();
+    let b = Node::start(&bus, 2);
+    let first: Vec<Arc<str>> = (0..10).map(|i| Arc::from(format!("first-{i}"))).collect();
+    for topic in &first {
+        b.link.interest(topic, true);
+    }
+    b.wait_subscribed(10);
+    bus.kill();
+    b.wait_subscribed(0);
+    // While the broker is away: half the first topics are left, more than the link lists come
+    // and go, and two new ones stay. The link gives up its list for every held topic.
+    for topic in &first[..5] {
+        b.link.interest(topic, false);
+    }
+    for i in 0..=super::link::CHANGES_MAX {
+        let topic: Arc<str> = Arc::from(format!("brief-{i}"));
+        b.link.interest(&topic, true);
+        b.link.interest(&topic, false);
+    }
+    for topic in ["later-0", "later-1"] {
+        b.link.interest(&Arc::from(topic), true);
+    }
+    bus.revive();
+    b.wait_subscribed(7);
+    let mut expected: Vec<String> = first[5..].iter().map(|t| t.to_string()).collect();
+    expected.extend(["later-0".to_owned(), "later-1".to_owned()]);
+    expected.sort();
+    assert_eq!(held_by(&bus, 2), expected);
 }

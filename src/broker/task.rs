@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::link::Link;
+use super::link::{InterestChanges, Link};
 use super::wire::{self, Sequence, Sequences};
 use super::{
     backoff, random_u64, Broker, BrokerStats, Events, Inbound, IO_TIMEOUT, SUBSCRIBE_BATCH,
@@ -32,6 +32,11 @@ pub(super) struct Task<B: Broker> {
     link: Arc<Link>,
     hub: Arc<Hub>,
     max_message_bytes: usize,
+    /// The topics the node wants, as of the last changes taken from the link.
+    wanted: HashSet<Arc<str>>,
+    /// Topics whose subscription at the broker may differ from `wanted`: the ones changed,
+    /// refused, or not yet subscribed on a new connection. A reconcile looks at these only.
+    dirty: HashSet<Arc<str>>,
     /// Topics subscribed at the broker on the current connection.
     subscribed: HashSet<Arc<str>>,
     /// Topics subscribed on a connection that was lost, until the next one's first reconcile.
@@ -53,6 +58,8 @@ impl<B: Broker> Task<B> {
             link,
             hub,
             max_message_bytes,
+            wanted: HashSet::new(),
+            dirty: HashSet::new(),
             subscribed: HashSet::new(),
             held_before: HashSet::new(),
             sent: HashMap::new(),
@@ -87,6 +94,8 @@ impl<B: Broker> Task<B> {
                     if let Some(ready) = ready.take() {
                         let _ = ready.send(Ok(()));
                     }
+                    // Nothing is subscribed on a new connection: every wanted topic is to do.
+                    self.dirty.extend(self.wanted.iter().cloned());
                     self.link.interest_changed.store(true, Ordering::Release);
                     let since = Instant::now();
                     self.connected(&mut inbound, &inbound_bytes, &lost).await;
@@ -269,25 +278,77 @@ impl<B: Broker> Task<B> {
         *seq
     }
 
-    /// Subscribes to the topics the node holds and not yet the broker, and the reverse.
-    /// Returns `false` when the broker stopped answering (the connection is then re-made).
+    /// The topics to subscribe and to unsubscribe now: those whose interest changed since the
+    /// link was last asked (taken into `wanted`), and those left `dirty`.
+    fn take_work(&mut self) -> (Vec<Arc<str>>, Vec<Arc<str>>) {
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        match self.link.take_changes() {
+            InterestChanges::Some(changes) => {
+                // The list names each topic once; what it names leaves `dirty`, so that no
+                // topic is asked for twice.
+                for (topic, held) in changes {
+                    if !self.dirty.is_empty() {
+                        self.dirty.remove(&topic);
+                    }
+                    if held {
+                        self.wanted.insert(Arc::clone(&topic));
+                    } else {
+                        self.wanted.remove(&topic);
+                    }
+                    self.sort(topic, held, &mut add, &mut remove);
+                }
+            }
+            InterestChanges::All(all) => {
+                // Anything may have changed: every topic wanted before or now, or subscribed.
+                self.dirty.extend(self.wanted.drain());
+                self.dirty.extend(self.subscribed.iter().cloned());
+                self.wanted = all;
+                self.dirty.extend(self.wanted.iter().cloned());
+            }
+        }
+        for topic in std::mem::take(&mut self.dirty) {
+            let wanted = self.wanted.contains(&topic);
+            self.sort(topic, wanted, &mut add, &mut remove);
+        }
+        (add, remove)
+    }
+
+    /// Puts `topic` in `add` if it is `wanted` and not subscribed, in `remove` if the reverse.
+    fn sort(
+        &self,
+        topic: Arc<str>,
+        wanted: bool,
+        add: &mut Vec<Arc<str>>,
+        remove: &mut Vec<Arc<str>>,
+    ) {
+        match (wanted, self.subscribed.contains(&topic)) {
+            (true, false) => add.push(topic),
+            (false, true) => remove.push(topic),
+            _ => {}
+        }
+    }
+
+    /// Subscribes to the topics the node holds and not yet the broker, and the reverse,
+    /// looking only at the topics that may differ. Returns `false` when the broker stopped
+    /// answering (the connection is then re-made, and every wanted topic looked at again).
     async fn reconcile(&mut self) -> bool {
         self.retry_at = None;
-        let wanted = self.link.wanted();
+        let (add, remove) = self.take_work();
         // Topics held before a reconnection and no longer wanted: their sequences go, or a
         // later subscription would count what was published meanwhile as gaps.
         for topic in std::mem::take(&mut self.held_before) {
-            if !wanted.contains(&topic) {
+            if !self.wanted.contains(&topic) {
                 self.received.forget(&topic);
             }
         }
-        let add: Vec<Arc<str>> = wanted.difference(&self.subscribed).cloned().collect();
-        let remove: Vec<Arc<str>> = self.subscribed.difference(&wanted).cloned().collect();
         for topics in add.chunks(SUBSCRIBE_BATCH) {
             let channels: Vec<String> = topics.iter().map(|t| self.broker.channel(t)).collect();
             match tokio::time::timeout(IO_TIMEOUT, self.broker.subscribe(&channels)).await {
                 Ok(Ok(())) => self.subscribed.extend(topics.iter().cloned()),
-                Ok(Err(message)) => self.refused("subscribe", &channels, &message),
+                Ok(Err(message)) => {
+                    self.dirty.extend(topics.iter().cloned());
+                    self.refused("subscribe", &channels, &message);
+                }
                 Err(_) => {
                     self.refused("subscribe", &channels, "no answer");
                     return false;
@@ -303,7 +364,10 @@ impl<B: Broker> Task<B> {
                         self.received.forget(topic);
                     }
                 }
-                Ok(Err(message)) => self.refused("unsubscribe", &channels, &message),
+                Ok(Err(message)) => {
+                    self.dirty.extend(topics.iter().cloned());
+                    self.refused("unsubscribe", &channels, &message);
+                }
                 Err(_) => {
                     self.refused("unsubscribe", &channels, "no answer");
                     return false;
