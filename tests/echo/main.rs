@@ -4,6 +4,7 @@
 //! to it with tokio-tungstenite (an independent implementation) or with the raw TCP client of
 //! `common`, which builds frames by hand for the malformed cases.
 
+#[path = "../common/mod.rs"]
 mod common;
 
 use std::net::SocketAddr;
