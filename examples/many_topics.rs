@@ -20,7 +20,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use uringcast::broadcast::{Connection, Handler, Message};
+use uringcast::protocol::frame::encode_frame;
 use uringcast::protocol::handshake::Request;
+use uringcast::protocol::OpCode;
 use uringcast::server::{spawn_with, Server};
 
 /// Subscribes every connection to topics `t0` to `t{N-1}`, and to the topic each text
@@ -72,7 +74,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut one_more_ms = Vec::with_capacity(EXTRA);
     for i in 0..EXTRA {
         let started = Instant::now();
-        client.write_all(&text_frame(format!("extra-{i}").as_bytes()))?;
+        // A client frame must be masked (RFC 6455 §5.3); any key will do.
+        let topic = format!("extra-{i}");
+        client.write_all(&encode_frame(
+            OpCode::Text,
+            true,
+            topic.as_bytes(),
+            Some([7; 4]),
+        ))?;
         if !server.wait_broker_subscriptions(topics + i + 1, Duration::from_secs(10)) {
             return Err(format!("topic extra-{i} not subscribed within 10 s").into());
         }
@@ -89,16 +98,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Topics asked for one at a time once the N are held.
 const EXTRA: usize = 21;
-
-/// A client's text frame (RFC 6455 §5.2), masked with the key 0 so that the payload is sent
-/// as it is. `payload` is shorter than 126 bytes.
-fn text_frame(payload: &[u8]) -> Vec<u8> {
-    let len = u8::try_from(payload.len()).expect("a short payload");
-    assert!(len < 126, "a short payload");
-    let mut frame = vec![0x81, 0x80 | len, 0, 0, 0, 0];
-    frame.extend_from_slice(payload);
-    frame
-}
 
 /// Opens a WebSocket connection (the handshake only; it stays open while the value lives).
 fn upgrade(addr: SocketAddr) -> std::io::Result<TcpStream> {

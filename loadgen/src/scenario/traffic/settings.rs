@@ -55,7 +55,9 @@ pub struct Settings {
     /// Provided receive buffers per thread.
     pub recv: RecvBuffers,
     /// With `server_pid`: after the close, watch the server's CPU until it goes idle (up to
-    /// 10 s more) for [`StopSample::close_cpu_s`](super::outcome::StopSample::close_cpu_s); a run that does not report it saves the wait.
+    /// 10 s more) for
+    /// [`StopSample::close_cpu_s`](super::outcome::StopSample::close_cpu_s); a run that does
+    /// not report it saves the wait.
     pub close_cpu: bool,
 }
 
