@@ -24,5 +24,6 @@ pub mod driver;
 mod modes;
 mod prefetch;
 pub mod protocol;
+pub mod pusher;
 pub mod server;
 pub mod tls;
