@@ -8,7 +8,8 @@ use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
 use super::uplink::Uplink;
-use super::BroadcastStats;
+use super::{BroadcastStats, Peer};
+use crate::protocol::CloseCode;
 
 /// Publishes waiting in one worker's mailbox, at most: past it a publish to that worker is
 /// dropped and counted rather than queued without bound.
@@ -23,6 +24,10 @@ pub const MAILBOX_MAX_BYTES: usize = 64 << 20;
 pub(crate) struct Mail {
     pub(crate) topic: Arc<str>,
     pub(crate) frame: Bytes,
+    /// A subscriber this publish skips (the connection that made it), if any.
+    pub(crate) except: Option<Peer>,
+    /// Instead of sending `frame`, close every subscriber with this code and reason.
+    pub(crate) close: Option<Arc<(CloseCode, Box<str>)>>,
 }
 
 /// What the workers of one server share for broadcasting.
@@ -79,6 +84,19 @@ impl Hub {
 
     /// Hands a frame to every worker but `except`; returns how many took it.
     pub(crate) fn post(&self, topic: &Arc<str>, frame: &Bytes, except: Option<usize>) -> usize {
+        self.post_with(topic, frame, except, None, None)
+    }
+
+    /// [`post`](Self::post), skipping the subscriber `peer` or, with `close`, closing every
+    /// subscriber instead of sending.
+    pub(crate) fn post_with(
+        &self,
+        topic: &Arc<str>,
+        frame: &Bytes,
+        except: Option<usize>,
+        peer: Option<Peer>,
+        close: Option<&Arc<(CloseCode, Box<str>)>>,
+    ) -> usize {
         let mut posted = 0;
         for (worker, mailbox) in self.mailboxes.iter().enumerate() {
             if Some(worker) == except {
@@ -87,6 +105,8 @@ impl Hub {
             let mail = Mail {
                 topic: Arc::clone(topic),
                 frame: frame.clone(),
+                except: peer,
+                close: close.cloned(),
             };
             let bytes = &self.mailbox_bytes[worker];
             let over =

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use handler::{Connection, Decision, Handler, Message, SubscribeError};
+pub use handler::{
+    Connection, Decision, Handler, HttpCall, HttpHead, Message, Peer, SubscribeError,
+};
 pub(crate) use mailbox::Hub;
 use mailbox::Mail;
 pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
@@ -86,23 +88,75 @@ impl<H: Handler> Broadcast<H> {
         topic: &str,
         frame: Bytes,
     ) -> usize {
-        let stats = &self.hub.stats[self.worker];
-        stats.publishes.fetch_add(1, Ordering::Relaxed);
-        let name: Arc<str> = match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
-            Some(name) => Arc::clone(name),
-            None => Arc::from(topic),
-        };
-        self.hub.post(&name, &frame, Some(self.worker));
-        self.hub.publish_out(&name, &frame);
-        self.fan_out(ctx, &name, &frame)
+        self.publish_except(ctx, topic, frame, None)
     }
 
-    /// Queues `frame` for every local subscriber of `topic`, applying the slow-consumer policy.
+    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is.
+    fn publish_except(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        topic: &str,
+        frame: Bytes,
+        except: Option<Peer>,
+    ) -> usize {
+        let stats = &self.hub.stats[self.worker];
+        stats.publishes.fetch_add(1, Ordering::Relaxed);
+        let name = self.topic_name(topic);
+        self.hub
+            .post_with(&name, &frame, Some(self.worker), except, None);
+        self.hub.publish_out(&name, &frame);
+        let local = except.filter(|p| p.worker == self.worker).map(|p| p.conn);
+        self.fan_out(ctx, &name, &frame, local)
+    }
+
+    /// The topic's shared name when this worker holds it, a new one otherwise.
+    fn topic_name(&self, topic: &str) -> Arc<str> {
+        match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
+            Some(name) => Arc::clone(name),
+            None => Arc::from(topic),
+        }
+    }
+
+    /// Closes every subscriber of `topic` on every worker of this node.
+    fn close_subscribers(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        topic: &str,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        let name = self.topic_name(topic);
+        let close = Arc::new((code, Box::from(reason)));
+        self.hub
+            .post_with(&name, &Bytes::new(), Some(self.worker), None, Some(&close));
+        self.close_local(ctx, &name, code, reason);
+    }
+
+    /// Closes this worker's subscribers of `topic`.
+    fn close_local(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        topic: &str,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        let Some(id) = self.topics.id(topic) else {
+            return;
+        };
+        let subscribers: Vec<ConnId> = self.topics.subscribers(id).to_vec();
+        for sub in subscribers {
+            ctx.close(sub, code, reason);
+        }
+    }
+
+    /// Queues `frame` for every local subscriber of `topic` but `except`, applying the
+    /// slow-consumer policy.
     fn fan_out(
         &mut self,
         ctx: &mut Ctx<'_, ConnState<H::Data>>,
         topic: &str,
         frame: &Bytes,
+        except: Option<ConnId>,
     ) -> usize {
         let Some(id) = self.topics.id(topic) else {
             return 0;
@@ -112,6 +166,9 @@ impl<H: Handler> Broadcast<H> {
         // Compressed at most once here per window size, for every subscriber that takes it.
         let mut message = Outgoing::new(frame.clone());
         for &sub in self.topics.subscribers(id) {
+            if Some(sub) == except {
+                continue;
+            }
             match ctx.send_message(sub, &mut message) {
                 Ok(()) => delivered += 1,
                 Err(SendError::Backlog) => match self.policy {
@@ -193,7 +250,18 @@ impl<H: Handler> Service for Broadcast<H> {
             || request.header("sec-websocket-key").is_some()
             || request.header("sec-websocket-version").is_some();
         if !websocket {
-            return self.endpoints.admit(request);
+            let handler = &mut self.handler;
+            match catch_unwind(AssertUnwindSafe(|| handler.on_http_head(request))) {
+                Ok(Some(HttpHead::Read { max_body_bytes })) => {
+                    return Admission::Http { max_body_bytes }
+                }
+                Ok(Some(HttpHead::Respond(response))) => return Admission::Respond(response),
+                Ok(None) => return self.endpoints.admit(request),
+                Err(_) => {
+                    self.handler_panicked("on_http_head");
+                    return Admission::Reject(500);
+                }
+            }
         }
         if !self.origins.allows(request.header("origin")) {
             // Cross-site WebSocket hijacking: a page of another site, with the user's cookies.
@@ -225,7 +293,8 @@ impl<H: Handler> Service for Broadcast<H> {
                 topics: &self.topics,
                 subs: &state.subs,
             };
-            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate));
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
+                .on_worker(self.worker);
             let handler = &mut self.handler;
             if catch_unwind(AssertUnwindSafe(|| {
                 handler.on_open(&mut connection, request)
@@ -255,7 +324,8 @@ impl<H: Handler> Service for Broadcast<H> {
                 topics: &self.topics,
                 subs: &state.subs,
             };
-            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate));
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
+                .on_worker(self.worker);
             let handler = &mut self.handler;
             let message = Message { opcode, payload };
             if catch_unwind(AssertUnwindSafe(|| {
@@ -280,7 +350,8 @@ impl<H: Handler> Service for Broadcast<H> {
             );
         }
         let mut actions = handler::Actions::default();
-        let mut connection = Connection::new(conn, &mut data.user, &mut actions, None);
+        let mut connection =
+            Connection::new(conn, &mut data.user, &mut actions, None).on_worker(self.worker);
         let handler = &mut self.handler;
         if catch_unwind(AssertUnwindSafe(|| handler.on_close(&mut connection))).is_err() {
             // The connection is gone already; what the handler asked for before it panicked
@@ -290,8 +361,14 @@ impl<H: Handler> Service for Broadcast<H> {
         }
         // A closed connection can still publish (a "left the room" message), nothing else.
         for action in actions.list {
-            if let handler::Action::Publish(topic, frame) = action {
-                self.publish(ctx, &topic, frame);
+            match action {
+                handler::Action::Publish(topic, frame) => {
+                    self.publish(ctx, &topic, frame);
+                }
+                handler::Action::PublishExcept(topic, frame, except) => {
+                    self.publish_except(ctx, &topic, frame, except);
+                }
+                _ => {}
             }
         }
     }
@@ -302,6 +379,28 @@ impl<H: Handler> Service for Broadcast<H> {
         request: &Request,
         body: &[u8],
     ) -> Vec<u8> {
+        let mut actions = handler::Actions::default();
+        let handler = &mut self.handler;
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            handler.on_http(&mut HttpCall::new(&mut actions), request, body)
+        }));
+        match served {
+            Ok(Some(response)) => {
+                self.apply_http(ctx, actions);
+                return response;
+            }
+            Ok(None) => {}
+            Err(_) => {
+                self.handler_panicked("on_http");
+                return crate::protocol::handshake::http_response(
+                    500,
+                    "Internal Server Error",
+                    &[],
+                    None,
+                    b"",
+                );
+            }
+        }
         match self.endpoints.route(request, body, &self.hub) {
             endpoints::Routed::Response(response) => response,
             endpoints::Routed::Publish { topic, frame } => {
@@ -322,7 +421,15 @@ impl<H: Handler> Service for Broadcast<H> {
             mail.push(item);
         }
         for item in mail.drain(..) {
-            self.fan_out(ctx, &item.topic, &item.frame);
+            if let Some(close) = &item.close {
+                self.close_local(ctx, &item.topic, close.0, &close.1);
+                continue;
+            }
+            let except = item
+                .except
+                .filter(|p| p.worker == self.worker)
+                .map(|p| p.conn);
+            self.fan_out(ctx, &item.topic, &item.frame, except);
         }
         self.scratch_mail = mail;
     }
@@ -393,10 +500,38 @@ impl<H: Handler> Broadcast<H> {
                     self.publish(ctx, &topic, frame);
                 }
                 handler::Action::Close(code, reason) => ctx.close(conn, code, &reason),
+                handler::Action::PublishExcept(topic, frame, except) => {
+                    self.publish_except(ctx, &topic, frame, except);
+                }
+                handler::Action::CloseSubscribers(topic, code, reason) => {
+                    self.close_subscribers(ctx, &topic, code, &reason);
+                }
             }
         }
         actions.clear();
         self.scratch_actions = actions;
+    }
+
+    /// Carries out what a handler serving an HTTP request asked for: publishes and closes.
+    fn apply_http(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, actions: handler::Actions) {
+        for action in actions.list {
+            match action {
+                handler::Action::Publish(topic, frame) => {
+                    self.publish(ctx, &topic, frame);
+                }
+                handler::Action::PublishExcept(topic, frame, except) => {
+                    self.publish_except(ctx, &topic, frame, except);
+                }
+                handler::Action::CloseSubscribers(topic, code, reason) => {
+                    self.close_subscribers(ctx, &topic, code, &reason);
+                }
+                // An HTTP request has no connection to send to or subscribe.
+                handler::Action::Send(_)
+                | handler::Action::Subscribe(_)
+                | handler::Action::Unsubscribe(_)
+                | handler::Action::Close(..) => {}
+            }
+        }
     }
 }
 
