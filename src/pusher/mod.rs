@@ -11,3 +11,14 @@ pub mod message;
 pub mod presence;
 pub mod rate;
 pub mod signing;
+
+mod api;
+mod handler;
+pub mod socket_id;
+pub mod state;
+
+pub use handler::{codes, Node, Pusher, PusherConn};
+
+/// The longest engine topic the mode makes: `APP_ID:CHANNEL` with a 100-byte app id and a
+/// 200-byte channel, or a 128-byte user id behind `#server-to-user-`.
+pub const MAX_TOPIC_BYTES: usize = 320;
