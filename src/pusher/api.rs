@@ -55,7 +55,7 @@ impl<'a> Route<'a> {
 /// Decides from the head: `None` for paths outside `/apps/`, an error response, or how much
 /// body to read.
 pub(crate) fn head(node: &Node, request: &Request) -> Option<HttpHead> {
-    request.path().strip_prefix("/apps/")?;
+    ours(request.path())?;
     Some(match check(node, request) {
         Ok((app, route, _)) => HttpHead::Read {
             max_body_bytes: match route {
@@ -79,7 +79,7 @@ pub(crate) fn serve(
     request: &Request,
     body: &[u8],
 ) -> Option<Vec<u8>> {
-    request.path().strip_prefix("/apps/")?;
+    ours(request.path())?;
     let (app, route, signed) = match check(node, request) {
         Ok(checked) => checked,
         Err(response) => return Some(response),
@@ -118,17 +118,34 @@ pub(crate) fn serve(
     })
 }
 
+/// Whether the API serves this path: `/apps/…`, and `/users/…` (see [`check`]).
+fn ours(path: &str) -> Option<()> {
+    (path.starts_with("/apps/") || path.starts_with("/users/")).then_some(())
+}
+
 /// Finds the app and route, and checks the signature of the head.
+///
+/// The Python SDK (pusher 3.3) sends `terminate_connections` to `/users/{id}/…` without
+/// the `/apps/{app_id}` prefix; such a path names its app by the signed `auth_key`.
 fn check<'r>(
     node: &'r Node,
     request: &'r Request,
 ) -> Result<(&'r App, Route<'r>, SignedHead), Vec<u8>> {
-    let rest = request.path().strip_prefix("/apps/").unwrap_or_default();
-    let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
-    let app = node
-        .apps
-        .by_id(id)
-        .ok_or_else(|| text(404, "unknown app id"))?;
+    let path = request.path();
+    let (app, rest) = if let Some(rest) = path.strip_prefix("/apps/") {
+        let (id, rest) = rest.split_once('/').unwrap_or((rest, ""));
+        (node.apps.by_id(id), rest)
+    } else {
+        let query = signing::parse_query(request.query().unwrap_or_default()).unwrap_or_default();
+        let key = query
+            .iter()
+            .find(|(k, _)| k == "auth_key")
+            .map(|(_, v)| v.as_str());
+        let rest = path.strip_prefix('/').unwrap_or_default();
+        let app = key.and_then(|key| node.apps.by_key(key));
+        (app, if rest.starts_with("users/") { rest } else { "" })
+    };
+    let app = app.ok_or_else(|| text(404, "unknown app"))?;
     let (route, method) = Route::parse(rest).ok_or_else(|| text(404, "unknown API path"))?;
     if request.method() != method {
         return Err(text(405, &format!("use {method}")));
@@ -336,11 +353,15 @@ fn users(node: &Node, app: &App, name: &str) -> Vec<u8> {
     ok(&json!({ "users": users }))
 }
 
+/// The driver closes the connection after each response: say so, or a keep-alive client
+/// (Node's default agent) sends its next request into the closed socket.
+const CLOSE: &[(&str, &str)] = &[("Connection", "close")];
+
 fn ok(body: &serde_json::Value) -> Vec<u8> {
     http_response(
         200,
         "OK",
-        &[],
+        CLOSE,
         Some("application/json"),
         body.to_string().as_bytes(),
     )
@@ -350,7 +371,7 @@ fn text(status: u16, message: &str) -> Vec<u8> {
     http_response(
         status,
         reason_phrase(status),
-        &[],
+        CLOSE,
         Some("text/plain; charset=utf-8"),
         format!("{message}\n").as_bytes(),
     )

@@ -1,0 +1,452 @@
+//! Integration tests of `--mode pusher`: the binary on `127.0.0.1:0`, driven by raw
+//! WebSocket and HTTP clients here, and by the real clients (pusher-js and the `pusher` Node
+//! SDK in Node, the Python `pusher` SDK) that `scripts/pusher_clients.sh` installs into
+//! `target/pusher-clients/`. Without node or those packages, those tests print `SKIP` and
+//! pass without checking anything.
+//!
+//! Every wait is a read or a child-process wait bounded by a timeout; nothing sleeps.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::*;
+use serde_json::{json, Value};
+use uringcast::protocol::OpCode;
+use uringcast::pusher::auth::sign;
+
+const APP_ID: &str = "42";
+const KEY: &str = "test-key";
+const SECRET: &str = "test-secret";
+
+fn pusher_server(extra: &[&str]) -> Result<Server> {
+    let mut args = vec![
+        "--mode",
+        "pusher",
+        "--workers",
+        "2",
+        "--app-id",
+        APP_ID,
+        "--app-key",
+        KEY,
+    ];
+    args.extend_from_slice(extra);
+    Server::start_with(&args, |cmd| {
+        cmd.env("URINGCAST_APP_SECRET", SECRET);
+    })
+}
+
+/// A raw WebSocket client on `path`.
+fn connect(server: &Server, path: &str) -> Result<RawClient> {
+    let addr = server.addr();
+    let mut client = RawClient::connect(addr)?;
+    let request =
+        upgrade_request(addr, SAMPLE_KEY).replacen("GET /chat ", &format!("GET {path} "), 1);
+    client.send(request.as_bytes())?;
+    let head = client.read_http_head()?;
+    ensure!(head.status == 101, "expected 101, got:\n{}", head.raw);
+    Ok(client)
+}
+
+fn read_json(client: &mut RawClient) -> Result<Value> {
+    let (_, payload) = client.read_message()?;
+    serde_json::from_slice(&payload).context("a message that is not JSON")
+}
+
+fn send_json(client: &mut RawClient, value: &Value) -> Result<()> {
+    client.send(&client_frame(
+        OpCode::Text,
+        true,
+        value.to_string().as_bytes(),
+    ))
+}
+
+/// Connects as a Pusher client and returns it with its socket id.
+fn established(server: &Server) -> Result<(RawClient, String)> {
+    let mut client = connect(
+        server,
+        &format!("/app/{KEY}?protocol=7&client=js&version=8.4.0"),
+    )?;
+    let message = read_json(&mut client)?;
+    ensure!(
+        message["event"] == "pusher:connection_established",
+        "{message}"
+    );
+    let data: Value = serde_json::from_str(message["data"].as_str().unwrap_or_default())?;
+    let socket_id = data["socket_id"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        socket_id.split_once('.').is_some_and(|(a, b)| !a.is_empty()
+            && !b.is_empty()
+            && (a.to_owned() + b).bytes().all(|c| c.is_ascii_digit())),
+        "socket_id {socket_id:?}"
+    );
+    ensure!(data["activity_timeout"] == 120, "{data}");
+    Ok((client, socket_id))
+}
+
+fn subscribe_private(
+    client: &mut RawClient,
+    socket_id: &str,
+    channel: &str,
+    data: Option<&str>,
+) -> Result<Value> {
+    let to_sign = match data {
+        Some(data) => format!("{socket_id}:{channel}:{data}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    let auth = format!("{KEY}:{}", sign(SECRET, &to_sign));
+    let mut body = json!({"channel": channel, "auth": auth});
+    if let Some(data) = data {
+        body["channel_data"] = data.into();
+    }
+    send_json(client, &json!({"event": "pusher:subscribe", "data": body}))?;
+    read_json(client)
+}
+
+#[test]
+fn an_unknown_key_closes_with_4001() -> Result<()> {
+    let server = pusher_server(&[])?;
+    let mut client = connect(&server, "/app/nope?protocol=7")?;
+    let error = read_json(&mut client)?;
+    ensure!(
+        error["event"] == "pusher:error" && error["data"]["code"] == 4001,
+        "{error}"
+    );
+    ensure!(client.expect_close()?.close_code() == Some(4001));
+    Ok(())
+}
+
+#[test]
+fn old_missing_and_bad_protocols_close_with_their_codes() -> Result<()> {
+    let server = pusher_server(&[])?;
+    for (query, code) in [("?protocol=6", 4007), ("", 4008), ("?protocol=x", 4006)] {
+        let mut client = connect(&server, &format!("/app/{KEY}{query}"))?;
+        ensure!(client.expect_close()?.close_code() == Some(code), "{query}");
+    }
+    // A path that is not /app/KEY is no WebSocket of ours.
+    let mut raw = RawClient::connect(server.addr())?;
+    raw.send(upgrade_request(server.addr(), SAMPLE_KEY).as_bytes())?;
+    ensure!(raw.read_http_head()?.status == 404);
+    Ok(())
+}
+
+#[test]
+fn ping_pong_and_socket_ids_differ() -> Result<()> {
+    let server = pusher_server(&[])?;
+    let (mut a, id_a) = established(&server)?;
+    let (_b, id_b) = established(&server)?;
+    ensure!(id_a != id_b);
+    send_json(&mut a, &json!({"event": "pusher:ping", "data": {}}))?;
+    ensure!(read_json(&mut a)?["event"] == "pusher:pong");
+    // Not JSON: an error, and the connection stays.
+    a.send(&client_frame(OpCode::Text, true, b"nonsense"))?;
+    ensure!(read_json(&mut a)?["event"] == "pusher:error");
+    send_json(&mut a, &json!({"event": "pusher:ping", "data": {}}))?;
+    ensure!(read_json(&mut a)?["event"] == "pusher:pong");
+    Ok(())
+}
+
+#[test]
+fn private_auth_is_checked_and_client_events_are_rate_limited() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("uringcast-pusher-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let apps = dir.join("apps.json");
+    std::fs::write(
+        &apps,
+        json!({"apps": [{"id": APP_ID, "key": KEY, "secret": SECRET,
+                         "limits": {"client_events_per_second": 2}}]})
+        .to_string(),
+    )?;
+    let server = Server::start(&[
+        "--mode",
+        "pusher",
+        "--workers",
+        "2",
+        "--apps",
+        apps.to_str().unwrap_or_default(),
+    ])?;
+    let (mut a, id_a) = established(&server)?;
+    let (mut b, id_b) = established(&server)?;
+    // Another socket's signature is refused.
+    let stolen = subscribe_private(&mut a, &id_b, "private-x", None)?;
+    ensure!(
+        stolen["event"] == "pusher:subscription_error" && stolen["data"]["status"] == 401,
+        "{stolen}"
+    );
+    ensure!(
+        subscribe_private(&mut a, &id_a, "private-x", None)?["event"]
+            == "pusher_internal:subscription_succeeded"
+    );
+    ensure!(
+        subscribe_private(&mut b, &id_b, "private-x", None)?["event"]
+            == "pusher_internal:subscription_succeeded"
+    );
+    // A public channel takes no client events.
+    send_json(
+        &mut a,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "public"}}),
+    )?;
+    ensure!(read_json(&mut a)?["event"] == "pusher_internal:subscription_succeeded");
+    send_json(
+        &mut a,
+        &json!({"event": "client-x", "channel": "public", "data": {}}),
+    )?;
+    ensure!(read_json(&mut a)?["event"] == "pusher:error");
+    // Two per second pass, the third is refused with 4301.
+    for n in 0..3 {
+        send_json(
+            &mut a,
+            &json!({"event": "client-x", "channel": "private-x", "data": {"n": n}}),
+        )?;
+    }
+    let limited = read_json(&mut a)?;
+    ensure!(
+        limited["event"] == "pusher:error" && limited["data"]["code"] == 4301,
+        "{limited}"
+    );
+    for n in 0..2 {
+        let got = read_json(&mut b)?;
+        ensure!(
+            got == json!({"event": "client-x", "channel": "private-x", "data": {"n": n}}),
+            "{got}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
+    let server = pusher_server(&[])?;
+    let mut client = RawClient::connect(server.addr())?;
+    // A head that promises a megabyte, with no body at all: the answer cannot wait for it.
+    let head = format!(
+        "POST /apps/{APP_ID}/events?auth_key={KEY}&auth_timestamp=1&auth_version=1.0&auth_signature=00 HTTP/1.1\r\n\
+         Host: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
+    );
+    client.send(head.as_bytes())?;
+    let response = client.read_http_head()?;
+    ensure!(response.status == 401, "{}", response.raw);
+    let mut client = RawClient::connect(server.addr())?;
+    client.send(b"GET /apps/999/channels HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    ensure!(client.read_http_head()?.status == 404);
+    // The engine's own endpoints are still served.
+    let mut client = RawClient::connect(server.addr())?;
+    client.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    ensure!(client.read_http_head()?.status == 200);
+    Ok(())
+}
+
+#[test]
+fn missing_app_settings_exit_2_with_one_line() -> Result<()> {
+    for args in [
+        vec!["--mode", "pusher"],
+        vec!["--mode", "pusher", "--app-id", "1", "--app-key", "k"],
+        vec![
+            "--mode",
+            "pusher",
+            "--app-id",
+            "a:b",
+            "--app-key",
+            "k",
+            "--app-secret",
+            "s",
+        ],
+        vec!["--mode", "pusher", "--apps", "/nonexistent/apps.json"],
+        vec!["--mode", "echo", "--app-id", "1"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_uringcast"))
+            .args(&args)
+            .env_remove("URINGCAST_APP_SECRET")
+            .stdin(Stdio::null())
+            .output()?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.code() == Some(2),
+            "{args:?}: {:?}",
+            output.status
+        );
+        ensure!(stderr.trim().lines().count() == 1, "{args:?}: {stderr}");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real clients
+// ---------------------------------------------------------------------------------------------
+
+/// Where scripts/pusher_clients.sh installed the clients.
+fn clients_dir() -> PathBuf {
+    std::env::var_os("PUSHER_CLIENTS").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/pusher-clients"),
+        PathBuf::from,
+    )
+}
+
+/// The reason to skip, when node or the npm packages are missing.
+fn node_missing() -> Option<String> {
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status();
+    if !node.is_ok_and(|s| s.success()) {
+        return Some("node is not installed".into());
+    }
+    let modules = clients_dir().join("node_modules");
+    for package in ["pusher-js", "pusher"] {
+        if !modules.join(package).is_dir() {
+            return Some(format!(
+                "{package} is not in {} (run scripts/pusher_clients.sh)",
+                modules.display()
+            ));
+        }
+    }
+    None
+}
+
+/// Runs a client script against `server` and checks that it printed `ok NAME`.
+fn run_client(server: &Server, program: &str, args: &[&str], expect: &str) -> Result<()> {
+    let mut child = Command::new(program)
+        .args(args)
+        .env("NODE_PATH", clients_dir().join("node_modules"))
+        .env("PUSHER_HOST", "127.0.0.1")
+        .env("PUSHER_PORT", server.addr().port().to_string())
+        .env("PUSHER_APP_ID", APP_ID)
+        .env("PUSHER_KEY", KEY)
+        .env("PUSHER_SECRET", SECRET)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {program} {args:?}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("{program} {args:?} did not finish in 60 s");
+        }
+        // A child-process wait with an upper bound: std has no timed wait.
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .map(|mut s| s.read_to_string(&mut stdout));
+    ensure!(
+        status.success(),
+        "{program} {args:?} failed ({status}):\n{stdout}"
+    );
+    ensure!(
+        stdout.lines().any(|l| l == expect),
+        "no {expect:?} in:\n{stdout}"
+    );
+    Ok(())
+}
+
+fn pusher_js(scenario: &str) -> Result<()> {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIP pusher_js_{scenario}: {reason}");
+        return Ok(());
+    }
+    let server = pusher_server(&[])?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/clients.js");
+    run_client(
+        &server,
+        "node",
+        &[script, scenario],
+        &format!("ok {scenario}"),
+    )
+}
+
+#[test]
+fn pusher_js_public_channels() -> Result<()> {
+    pusher_js("public")
+}
+
+#[test]
+fn pusher_js_private_channels_and_client_events() -> Result<()> {
+    pusher_js("private")
+}
+
+#[test]
+fn pusher_js_presence_counts_users_not_tabs() -> Result<()> {
+    pusher_js("presence")
+}
+
+#[test]
+fn pusher_js_cache_channels() -> Result<()> {
+    pusher_js("cache")
+}
+
+#[test]
+fn pusher_js_signin_user_events_and_terminate() -> Result<()> {
+    pusher_js("signin")
+}
+
+#[test]
+fn pusher_node_sdk_batches_and_signing() -> Result<()> {
+    pusher_js("batch")
+}
+
+#[test]
+fn python_sdk_http_api() -> Result<()> {
+    let python = clients_dir().join("venv/bin/python");
+    if !python.is_file() {
+        eprintln!(
+            "SKIP python_sdk_http_api: no {} (run scripts/pusher_clients.sh)",
+            python.display()
+        );
+        return Ok(());
+    }
+    let server = pusher_server(&[])?;
+    let (mut client, socket_id) = established(&server)?;
+    let member = r#"{"user_id":"py-user","user_info":{"lang":"python"}}"#;
+    let ok = subscribe_private(&mut client, &socket_id, "presence-py", Some(member))?;
+    ensure!(
+        ok["event"] == "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let user_data = r#"{"id":"py-user"}"#;
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, &format!("{socket_id}::user::{user_data}"))
+    );
+    send_json(
+        &mut client,
+        &json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+    )?;
+    ensure!(read_json(&mut client)?["event"] == "pusher:signin_success");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/py/api.py");
+    run_client(
+        &server,
+        python.to_str().unwrap_or_default(),
+        &[script],
+        "ok api",
+    )?;
+    // What Python published arrived, in order, and terminate closed the connection with 4009.
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        let message = read_json(&mut client)?;
+        events.push((message["event"].clone(), message["data"].clone()));
+    }
+    ensure!(
+        events
+            == vec![
+                (json!("from-python"), json!(r#"{"n": 1}"#)),
+                (json!("batch-1"), json!("one")),
+                (json!("batch-2"), json!("two")),
+            ],
+        "{events:?}"
+    );
+    ensure!(client.expect_close()?.close_code() == Some(4009));
+    Ok(())
+}
