@@ -96,8 +96,8 @@ pub(crate) fn serve(
     };
     Some(match route {
         Route::Events => match serde_json::from_slice::<Event>(body) {
-            Ok(event) => match trigger(node, call, app, event) {
-                Ok(info) => ok(&info),
+            Ok(event) => match check_event(node, app, &event) {
+                Ok(checked) => ok(&publish(node, call, app, checked)),
                 Err((status, message)) => text(status, &message),
             },
             Err(error) => text(400, &format!("bad event JSON: {error}")),
@@ -179,13 +179,16 @@ struct Event {
     info: Option<String>,
 }
 
-/// Publishes one event to its channels; returns the `info` asked for.
-fn trigger(
-    node: &Node,
-    call: &mut HttpCall<'_>,
-    app: &App,
-    event: Event,
-) -> Result<serde_json::Value, (u16, String)> {
+/// An event that passed every check, ready to publish.
+struct Checked<'e> {
+    event: &'e Event,
+    /// Each channel, parsed (`None` for a user's `#server-to-user-` channel).
+    channels: Vec<(&'e str, Option<Channel<'e>>)>,
+    except: Option<crate::broadcast::Peer>,
+}
+
+/// Checks one event against the app's limits, publishing nothing.
+fn check_event<'e>(node: &Node, app: &App, event: &'e Event) -> Result<Checked<'e>, (u16, String)> {
     let limits = &app.limits;
     if event.name.is_empty() || event.name.len() > 200 {
         return Err((400, "name must be 1 to 200 bytes".into()));
@@ -196,25 +199,25 @@ fn trigger(
             format!("data is over {} bytes", limits.max_event_data_bytes),
         ));
     }
-    let channels = match (event.channel, event.channels) {
-        (Some(one), None) => vec![one],
+    let names: &[String] = match (&event.channel, &event.channels) {
+        (Some(one), None) => std::slice::from_ref(one),
         (None, Some(many)) => many,
         _ => return Err((400, "give channel or channels".into())),
     };
-    if channels.is_empty() || channels.len() > limits.max_event_channels {
+    if names.is_empty() || names.len() > limits.max_event_channels {
         return Err((
             400,
             format!("give 1 to {} channels", limits.max_event_channels),
         ));
     }
-    let mut parsed = Vec::with_capacity(channels.len());
-    for name in &channels {
+    let mut channels = Vec::with_capacity(names.len());
+    for name in names {
         let user_channel = name
             .strip_prefix(USER_CHANNEL_PREFIX)
             .is_some_and(|id| !id.is_empty() && id.len() <= super::handler::MAX_USER_ID_BYTES);
         match Channel::parse(name) {
-            Ok(channel) => parsed.push((name.as_str(), Some(channel))),
-            Err(_) if user_channel => parsed.push((name.as_str(), None)),
+            Ok(channel) => channels.push((name.as_str(), Some(channel))),
+            Err(_) if user_channel => channels.push((name.as_str(), None)),
             Err(error) => return Err((400, format!("channel {name:?}: {error}"))),
         }
     }
@@ -225,10 +228,31 @@ fn trigger(
         Some(id) => socket_id::decode(node.tag, id),
         None => None,
     };
+    Ok(Checked {
+        event,
+        channels,
+        except,
+    })
+}
+
+/// Publishes a checked event to its channels, each encoded once; returns the `info` asked
+/// for.
+fn publish(
+    node: &Node,
+    call: &mut HttpCall<'_>,
+    app: &App,
+    checked: Checked<'_>,
+) -> serde_json::Value {
+    let event = checked.event;
     let mut info = serde_json::Map::new();
-    for (name, channel) in parsed {
+    for (name, channel) in checked.channels {
         let encoded = message::encode_event(&event.name, name, Data::Text(&event.data), None);
-        call.publish_except(&topic(app, name), OpCode::Text, encoded.as_bytes(), except);
+        call.publish_except(
+            &topic(app, name),
+            OpCode::Text,
+            encoded.as_bytes(),
+            checked.except,
+        );
         let mut state = node.state(app);
         if channel.is_some_and(|c| c.is_cache()) {
             state.cache(name, encoded);
@@ -250,11 +274,11 @@ fn trigger(
             info.insert(name.to_owned(), entry.into());
         }
     }
-    Ok(if event.info.is_some() {
+    if event.info.is_some() {
         json!({ "channels": info })
     } else {
         json!({})
-    })
+    }
 }
 
 fn batch(node: &Node, call: &mut HttpCall<'_>, app: &App, body: &[u8]) -> Vec<u8> {
@@ -276,29 +300,27 @@ fn batch(node: &Node, call: &mut HttpCall<'_>, app: &App, body: &[u8]) -> Vec<u8
         );
     }
     // Every event is checked before any is published: a batch is all or nothing.
+    let mut checked = Vec::with_capacity(batch.len());
     for event in &batch {
         if event.channels.is_some() {
             return text(400, "a batch event names one channel");
         }
-        if event.data.len() > app.limits.max_event_data_bytes {
-            return text(
-                413,
-                &format!("data is over {} bytes", app.limits.max_event_data_bytes),
-            );
-        }
-    }
-    let mut results = Vec::with_capacity(batch.len());
-    for event in batch {
-        match trigger(node, call, app, event) {
-            Ok(info) => results.push(
-                info.get("channels")
-                    .and_then(|c| c.as_object())
-                    .and_then(|c| c.values().next().cloned())
-                    .unwrap_or_else(|| json!({})),
-            ),
+        match check_event(node, app, event) {
+            Ok(ok) => checked.push(ok),
             Err((status, message)) => return text(status, &message),
         }
     }
+    let results: Vec<serde_json::Value> = checked
+        .into_iter()
+        .map(|event| {
+            let info = publish(node, call, app, event);
+            // A batch answers each event's one channel's info, or `{}`.
+            info.get("channels")
+                .and_then(|c| c.as_object())
+                .and_then(|c| c.values().next().cloned())
+                .unwrap_or_else(|| json!({}))
+        })
+        .collect();
     ok(&json!({ "batch": results }))
 }
 

@@ -242,6 +242,14 @@ const scenarios = {
     // More than ten events in a batch is a 400, and nothing is published.
     const eleven = Array.from({ length: 11 }, (_, i) => ({ channel: 'b-one', name: 'x', data: i }));
     await assert.rejects(sdk.triggerBatch(eleven), (e) => e.status === 400);
+    // One bad event refuses the whole batch: the good one before it is not published.
+    const seen = record(c1);
+    const bad = [{ channel: 'b-one', name: 'early', data: 1 }, { channel: 'bad name', name: 'x', data: 1 }];
+    await assert.rejects(sdk.triggerBatch(bad), (e) => e.status === 400);
+    const marker = next(c1, 'marker');
+    await sdk.trigger('b-one', 'marker', 1);
+    await marker;
+    assert.deepStrictEqual(seen.filter((e) => e.event === 'early'), []);
     // A wrong secret is a 401.
     const wrong = new PusherServer({ appId: env.PUSHER_APP_ID, key: env.PUSHER_KEY, secret: 'wrong', host, port: String(port), useTLS: false });
     await assert.rejects(wrong.trigger('b-one', 'x', 1), (e) => e.status === 401);
