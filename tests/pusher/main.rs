@@ -398,6 +398,21 @@ fn pusher_node_sdk_batches_and_signing() -> Result<()> {
 }
 
 #[test]
+fn laravel_echo_private_presence_and_whispers() -> Result<()> {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIP laravel_echo_private_presence_and_whispers: {reason}");
+        return Ok(());
+    }
+    if !clients_dir().join("node_modules/laravel-echo").is_dir() {
+        eprintln!("SKIP laravel_echo_private_presence_and_whispers: laravel-echo is not installed (run scripts/pusher_clients.sh)");
+        return Ok(());
+    }
+    let server = pusher_server(&[])?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/echo.js");
+    run_client(&server, "node", &[script], "ok echo")
+}
+
+#[test]
 fn python_sdk_http_api() -> Result<()> {
     let python = clients_dir().join("venv/bin/python");
     if !python.is_file() {
