@@ -25,4 +25,5 @@ mod modes;
 mod prefetch;
 pub mod protocol;
 pub mod server;
+pub mod sse;
 pub mod tls;
