@@ -12,6 +12,8 @@
 
 mod endpoints;
 mod handler;
+#[cfg(test)]
+mod harness;
 pub mod history;
 mod mailbox;
 pub(crate) mod metrics;
