@@ -53,6 +53,33 @@ pub const DEFAULT_MAX_SUBSCRIPTIONS_PER_CONNECTION: usize = 256;
 /// the names and lists a flood of distinct subscriptions can make a worker hold.
 pub const DEFAULT_MAX_TOPICS_PER_WORKER: usize = 100_000;
 
+/// No history unless asked for: positions and kept publications cost memory and a lock per
+/// publish, which a pure fan-out does not need.
+pub const DEFAULT_HISTORY: usize = 0;
+/// Five minutes of history: long enough for a phone to switch networks or a laptop to wake,
+/// short enough that a stale client is told to reload rather than flooded (Centrifugo's
+/// `history_ttl` examples use the same order).
+pub const DEFAULT_HISTORY_TTL: Duration = Duration::from_secs(300);
+/// 64 MiB of kept publications per node: 64,000 messages of 1 KiB, or 300 of history for
+/// 200 topics of 1 KiB ticks, on a machine where one worker's receive budget alone is
+/// 256 MiB; past it the node's oldest publications go first, so a burst on one topic cannot
+/// grow memory without bound.
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 << 20;
+/// 300 publications replayed at most per recovery, as Centrifugo's default: a client further
+/// behind is told "not recovered" and reloads its state, which is cheaper than a replay flood
+/// after a mass reconnect.
+pub const DEFAULT_MAX_RECOVER: usize = 300;
+/// Streams (topics with a position) kept per node at most: an empty one costs about 100
+/// bytes, so a flood of subscriptions to distinct topics costs at most ~100 MB.
+pub const DEFAULT_HISTORY_MAX_STREAMS: usize = 1 << 20;
+
+/// History and recovery settings, when history is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HistoryConfig {
+    pub limits: crate::broadcast::HistoryLimits,
+    pub max_recover: usize,
+}
+
 /// Limits on what clients (through the handler) can make the topic table hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TopicLimits {
@@ -105,6 +132,10 @@ pub struct Config {
     pub(crate) driver: DriverConfig,
     /// The broker that spreads topics over several nodes, if any.
     pub(crate) broker: Option<BrokerConfig>,
+    /// Positions and history (`--history N`, N > 0), if on.
+    pub(crate) history: Option<HistoryConfig>,
+    /// Server-Sent Events on `GET /<topic>` with `Accept: text/event-stream`.
+    pub(crate) sse: bool,
 }
 
 impl Config {
@@ -195,6 +226,11 @@ pub struct ServerBuilder {
     broker_url: Option<String>,
     broker_prefix: String,
     broker_optional: bool,
+    /// Read by `build`, which turns them into `config.history`.
+    history: usize,
+    history_ttl: Duration,
+    history_max_bytes: usize,
+    max_recover: usize,
 }
 
 impl Default for ServerBuilder {
@@ -215,6 +251,8 @@ impl Default for ServerBuilder {
                     max_topics_per_worker: DEFAULT_MAX_TOPICS_PER_WORKER,
                 },
                 broker: None,
+                history: None,
+                sse: true,
                 driver: DriverConfig {
                     workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -237,6 +275,10 @@ impl Default for ServerBuilder {
             broker_url: None,
             broker_prefix: crate::broker::DEFAULT_PREFIX.to_owned(),
             broker_optional: false,
+            history: DEFAULT_HISTORY,
+            history_ttl: DEFAULT_HISTORY_TTL,
+            history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
+            max_recover: DEFAULT_MAX_RECOVER,
         }
     }
 }
@@ -419,6 +461,43 @@ impl ServerBuilder {
         self
     }
 
+    /// Publications kept per topic for recovery (default [`DEFAULT_HISTORY`]; 0 turns
+    /// positions, history and recovery off). With history on, every publish to a topic gets
+    /// the next offset of the topic's stream, and a subscriber that presents its last
+    /// position gets exactly what it missed, or is told it cannot (see
+    /// `Connection::subscribe_from`, and the SSE `Last-Event-ID`).
+    pub fn history(mut self, entries_per_topic: usize) -> Self {
+        self.history = entries_per_topic;
+        self
+    }
+
+    /// How long a publication is kept for recovery (default [`DEFAULT_HISTORY_TTL`]).
+    pub fn history_ttl(mut self, ttl: Duration) -> Self {
+        self.history_ttl = ttl;
+        self
+    }
+
+    /// Bytes of publications kept on the node over all topics (default
+    /// [`DEFAULT_HISTORY_MAX_BYTES`]); past it the oldest go first.
+    pub fn history_max_bytes(mut self, bytes: usize) -> Self {
+        self.history_max_bytes = bytes;
+        self
+    }
+
+    /// Publications replayed at most by one recovery (default [`DEFAULT_MAX_RECOVER`]);
+    /// further behind is "not recovered".
+    pub fn max_recover(mut self, count: usize) -> Self {
+        self.max_recover = count;
+        self
+    }
+
+    /// Serves Server-Sent Events (default `true`): `GET /<topic>` with
+    /// `Accept: text/event-stream` streams the topic, as a receive-only subscriber.
+    pub fn sse(mut self, on: bool) -> Self {
+        self.config.sse = on;
+        self
+    }
+
     /// Validates every setting.
     ///
     /// # Errors
@@ -499,6 +578,46 @@ impl ServerBuilder {
             });
         }
         let mut config = self.config;
+        if self.history > 0 {
+            let counts: [(&str, u64, u64, u64); 3] = [
+                ("history", self.history as u64, 1, 1 << 20),
+                (
+                    "history-max-bytes",
+                    self.history_max_bytes as u64,
+                    1,
+                    1 << 44,
+                ),
+                ("max-recover", self.max_recover as u64, 1, 1 << 20),
+            ];
+            for (name, value, min, max) in counts {
+                if !(min..=max).contains(&value) {
+                    return Err(ConfigError::OutOfRange {
+                        name,
+                        value,
+                        min,
+                        max,
+                    });
+                }
+            }
+            let (min, max) = (Duration::from_secs(1), Duration::from_secs(30 * 24 * 3600));
+            if !(min..=max).contains(&self.history_ttl) {
+                return Err(ConfigError::DurationOutOfRange {
+                    name: "history-ttl",
+                    value: self.history_ttl,
+                    min,
+                    max,
+                });
+            }
+            config.history = Some(HistoryConfig {
+                limits: crate::broadcast::HistoryLimits {
+                    entries_per_topic: self.history,
+                    ttl: self.history_ttl,
+                    max_bytes: self.history_max_bytes,
+                    max_streams: DEFAULT_HISTORY_MAX_STREAMS,
+                },
+                max_recover: self.max_recover,
+            });
+        }
         if let Some(url) = &self.broker_url {
             if !BrokerConfig::valid_prefix(&self.broker_prefix) {
                 return Err(ConfigError::BrokerPrefix {

@@ -26,4 +26,5 @@ mod prefetch;
 pub mod protocol;
 pub mod pusher;
 pub mod server;
+pub mod sse;
 pub mod tls;

@@ -98,6 +98,24 @@ struct Cli {
     /// trying in the background.
     #[arg(long, requires = "broker")]
     broker_optional: bool,
+    /// Publications kept per topic for recovery; 0 turns positions, history and recovery
+    /// off. With it on, every publish gets a position EPOCH:OFFSET in its topic, SSE events
+    /// carry it as their id, and a client that reconnects gets exactly what it missed or
+    /// an explicit "not recovered".
+    #[arg(long, default_value_t = config::DEFAULT_HISTORY, value_name = "N")]
+    history: usize,
+    /// Seconds a publication is kept for recovery.
+    #[arg(long, default_value_t = config::DEFAULT_HISTORY_TTL.as_secs_f64(), value_name = "S")]
+    history_ttl: f64,
+    /// Bytes of publications kept on the node over all topics; past it the oldest go first.
+    #[arg(long, default_value_t = config::DEFAULT_HISTORY_MAX_BYTES, value_name = "B")]
+    history_max_bytes: usize,
+    /// Publications replayed at most by one recovery; further behind is "not recovered".
+    #[arg(long, default_value_t = config::DEFAULT_MAX_RECOVER, value_name = "N")]
+    max_recover: usize,
+    /// Do not serve Server-Sent Events (GET /<topic> with Accept: text/event-stream).
+    #[arg(long)]
+    no_sse: bool,
     /// With --mode pusher: the app's id, in the HTTP API's paths (/apps/ID/...).
     #[arg(long, value_name = "ID", conflicts_with = "apps")]
     app_id: Option<String>,
@@ -236,6 +254,12 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
         .direct_descriptors(!cli.plain_descriptors)
         .deflate(cli.deflate)
         .deflate_min_bytes(cli.deflate_min_bytes)
+        .history(cli.history)
+        .history_ttl(seconds("history-ttl", cli.history_ttl)?)
+        .history_max_bytes(cli.history_max_bytes)
+        .max_recover(cli.max_recover)
+        // Server-Sent Events read any topic unauthenticated: never a Pusher app's channels.
+        .sse(!cli.no_sse && !pusher)
         .handle_signals(true);
     if let Some(workers) = cli.workers {
         builder = builder.workers(workers);

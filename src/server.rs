@@ -120,13 +120,9 @@ impl ServerHandle {
 
     /// Publishes a message to every subscriber of `topic` on every worker, from any thread.
     /// The frame is encoded once. Returns the workers it was handed to (a worker whose
-    /// mailbox is full drops it and counts the drop).
-    pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> usize {
-        let frame = crate::broadcast::frame(opcode, payload);
-        let topic = Arc::from(topic);
-        let posted = self.hub.post(&topic, &frame, None);
-        self.hub.publish_out(&topic, &frame);
-        posted
+    /// mailbox is full drops it and counts the drop) and, with history on, its position.
+    pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> Published {
+        publish(&self.hub, topic, opcode, payload)
     }
 
     /// Reads the TLS certificate and key files again: new handshakes use the new pair, open
@@ -183,20 +179,38 @@ pub struct Publisher {
 impl Publisher {
     /// Publishes a message to every subscriber of `topic` on every worker; the frame is
     /// encoded once. Returns the workers it was handed to (0 once the server has stopped).
-    pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> usize {
+    pub fn publish(&self, topic: &str, opcode: OpCode, payload: &[u8]) -> Published {
         if !self.is_running() {
-            return 0;
+            return Published {
+                workers: 0,
+                position: None,
+            };
         }
-        let frame = crate::broadcast::frame(opcode, payload);
-        let topic = Arc::from(topic);
-        let posted = self.hub.post(&topic, &frame, None);
-        self.hub.publish_out(&topic, &frame);
-        posted
+        publish(&self.hub, topic, opcode, payload)
     }
 
     /// Whether the server is still running (no shutdown has begun).
     pub fn is_running(&self) -> bool {
         !self.hub.stopping()
+    }
+}
+
+/// What a publish from outside the workers did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The workers it was handed to (0 once the server has stopped).
+    pub workers: usize,
+    /// Its position in the topic's stream, with history on.
+    pub position: Option<crate::broadcast::Position>,
+}
+
+fn publish(hub: &Hub, topic: &str, opcode: OpCode, payload: &[u8]) -> Published {
+    let topic: Arc<str> = Arc::from(topic);
+    let (publication, workers) =
+        hub.publish(&topic, opcode, bytes::Bytes::copy_from_slice(payload), None);
+    Published {
+        workers,
+        position: publication.position(),
     }
 }
 
@@ -248,7 +262,11 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
     let mut shared = Shared::new(config.driver.workers).map_err(StartError::Signals)?;
     shared.tls = config.driver.tls.clone();
     let shared = Arc::new(shared);
-    let hub = Arc::new(Hub::new(Arc::clone(&shared)));
+    let log = config.history.map(|history| {
+        Arc::new(crate::broadcast::history::LocalLog::new(history.limits))
+            as Arc<dyn crate::broadcast::Log>
+    });
+    let hub = Arc::new(Hub::with_log(Arc::clone(&shared), log));
     let broker = match &config.broker {
         Some(broker) => Some(crate::broker::start(
             broker,

@@ -188,7 +188,7 @@ fn publish_and_read(
     frame: &[u8],
     buf: &mut [u8],
 ) -> Result<()> {
-    let workers = server.publish(TOPIC, OpCode::Text, PAYLOAD);
+    let workers = server.publish(TOPIC, OpCode::Text, PAYLOAD).workers;
     ensure!(
         workers == 1,
         "the publish reached {workers} workers, expected 1"

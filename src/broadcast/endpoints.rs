@@ -1,10 +1,12 @@
 //! The plain HTTP endpoints served on the WebSocket port: `POST /publish/<topic>`,
-//! `GET /healthz` and `GET /metrics`.
+//! `GET /history/<topic>`, `GET /healthz` and `GET /metrics`.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::history::{Log, Recovery};
+use super::publication::Position;
 use super::Hub;
 use crate::config::Config;
 use crate::driver::Admission;
@@ -14,7 +16,17 @@ use crate::protocol::OpCode;
 /// What an HTTP request turned into.
 pub(crate) enum Routed {
     Response(Vec<u8>),
-    Publish { topic: Box<str>, frame: Bytes },
+    Publish {
+        topic: Box<str>,
+        opcode: OpCode,
+        payload: Bytes,
+    },
+    /// `GET /history/<topic>?since=EPOCH:OFFSET&limit=N`, authorized.
+    History {
+        topic: Box<str>,
+        since: Option<Position>,
+        limit: usize,
+    },
 }
 
 /// The plain HTTP endpoints: `POST /publish/<topic>`, `GET /healthz`, `GET /metrics`.
@@ -39,6 +51,10 @@ impl Endpoints {
     pub(crate) fn admit(&self, request: &Request) -> Admission {
         match (request.method(), request.path()) {
             ("GET", "/healthz" | "/metrics") => Admission::Http { max_body_bytes: 0 },
+            ("GET", path) if path.starts_with("/history/") => match self.authorize(request) {
+                Ok(()) => Admission::Http { max_body_bytes: 0 },
+                Err(refusal) => Admission::Respond(refusal),
+            },
             ("POST", path) if path.starts_with("/publish/") => match self.authorize(request) {
                 Ok(()) => Admission::Http {
                     max_body_bytes: self.max_publish_bytes,
@@ -85,6 +101,9 @@ impl Endpoints {
             "/healthz" | "/metrics" => (405, "Method Not Allowed", Some("GET"), "use GET\n"),
             p if p.starts_with("/publish/") => {
                 (405, "Method Not Allowed", Some("POST"), "use POST\n")
+            }
+            p if p.starts_with("/history/") => {
+                (405, "Method Not Allowed", Some("GET"), "use GET\n")
             }
             _ => (404, "Not Found", None, "not found\n"),
         };
@@ -139,7 +158,33 @@ impl Endpoints {
                 };
                 Routed::Publish {
                     topic: topic.into(),
-                    frame: super::frame(opcode, body),
+                    opcode,
+                    payload: Bytes::copy_from_slice(body),
+                }
+            }
+            ("GET", path) if path.starts_with("/history/") => {
+                if let Err(refusal) = self.authorize(request) {
+                    return Routed::Response(refusal);
+                }
+                let query = request.query().unwrap_or("");
+                let since = match crate::sse::request::query_value(query, "since") {
+                    None => None,
+                    Some(value) => match value.parse::<Position>() {
+                        Ok(position) => Some(position),
+                        Err(_) => return text(400, "Bad Request", "since= must be EPOCH:OFFSET\n"),
+                    },
+                };
+                let limit = match crate::sse::request::query_value(query, "limit") {
+                    None => usize::MAX,
+                    Some(value) => match value.parse::<usize>() {
+                        Ok(limit) => limit,
+                        Err(_) => return text(400, "Bad Request", "limit= must be a count\n"),
+                    },
+                };
+                Routed::History {
+                    topic: super::topic_of_path(&path["/history".len()..]).into(),
+                    since,
+                    limit,
                 }
             }
             (_, "/healthz" | "/metrics") => text(405, "Method Not Allowed", "use GET\n"),
@@ -150,9 +195,16 @@ impl Endpoints {
         }
     }
 
-    /// The answer to an accepted publish: 202 with the subscribers reached.
-    pub(crate) fn published(reached: u64) -> Vec<u8> {
-        let body = format!("{{\"subscribers\":{reached}}}\n");
+    /// The answer to an accepted publish: 202 with the subscribers reached, and the
+    /// publication's position when history is on.
+    pub(crate) fn published(reached: u64, position: Option<Position>) -> Vec<u8> {
+        let body = match position {
+            Some(p) => format!(
+                "{{\"subscribers\":{reached},\"epoch\":\"{}\",\"offset\":{}}}\n",
+                p.epoch, p.offset
+            ),
+            None => format!("{{\"subscribers\":{reached}}}\n"),
+        };
         http_response(
             202,
             "Accepted",
@@ -160,6 +212,63 @@ impl Endpoints {
             Some("application/json"),
             body.as_bytes(),
         )
+    }
+}
+
+impl Endpoints {
+    /// The answer to `GET /history/<topic>`: the publications after `since` as JSON, all of
+    /// them or, when that is not possible, none and `"recovered":false`, with the topic's
+    /// current position either way. Text payloads are strings; binary ones are base64 with
+    /// `"binary":true`. 404 when the server keeps no history.
+    pub(crate) fn history(
+        &self,
+        log: Option<&dyn Log>,
+        topic: &str,
+        since: Option<Position>,
+        limit: usize,
+    ) -> Vec<u8> {
+        use base64::Engine as _;
+        let Some(log) = log else {
+            return http_response(
+                404,
+                "Not Found",
+                &[],
+                Some("text/plain; charset=utf-8"),
+                b"history is off: start with --history N\n",
+            );
+        };
+        let recovery = log.read(topic, since, limit);
+        let head = recovery.head();
+        let (recovered, publications) = match recovery {
+            Recovery::Recovered { publications, .. } => (true, publications),
+            Recovery::NotRecovered { .. } => (false, Vec::new()),
+        };
+        let publications: Vec<serde_json::Value> = publications
+            .iter()
+            .map(|p| {
+                let offset = p.position().map_or(0, |p| p.offset);
+                match std::str::from_utf8(p.payload()) {
+                    Ok(text) if p.opcode() == OpCode::Text => {
+                        serde_json::json!({"offset": offset, "data": text})
+                    }
+                    _ => serde_json::json!({
+                        "offset": offset,
+                        "binary": true,
+                        "data": base64::engine::general_purpose::STANDARD.encode(p.payload()),
+                    }),
+                }
+            })
+            .collect();
+        let body = serde_json::json!({
+            "topic": topic,
+            "recovered": recovered,
+            "epoch": head.epoch.as_str(),
+            "offset": head.offset,
+            "publications": publications,
+        });
+        let mut body = body.to_string();
+        body.push('\n');
+        http_response(200, "OK", &[], Some("application/json"), body.as_bytes())
     }
 }
 

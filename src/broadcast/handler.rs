@@ -1,7 +1,11 @@
 //! The embedder's side: the [`Handler`] trait and the [`Connection`] it acts through.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use super::history::{Log, Recovery};
+use super::publication::Position;
 use super::topic::{Subscriptions, Topics};
 use crate::config::TopicLimits;
 use crate::driver::ConnId;
@@ -176,7 +180,8 @@ impl<'a> HttpCall<'a> {
     ) {
         self.actions.list.push(Action::PublishExcept(
             topic.into(),
-            super::frame(opcode, payload),
+            opcode,
+            Bytes::copy_from_slice(payload),
             except,
         ));
     }
@@ -192,15 +197,43 @@ impl<'a> HttpCall<'a> {
 /// One requested action, carried out in order once the handler returns.
 #[derive(Debug)]
 pub(crate) enum Action {
-    Send(Bytes),
+    /// A message to this connection: its encoded frame, and its payload (a slice of it).
+    Send {
+        opcode: OpCode,
+        frame: Bytes,
+        payload: Bytes,
+    },
     Subscribe(Box<str>),
+    /// A subscription from a position, with what the log held after it when asked.
+    SubscribeFrom(Box<str>, Box<Recovery>),
     Unsubscribe(Box<str>),
-    Publish(Box<str>, Bytes),
+    Publish(Box<str>, OpCode, Bytes),
     Close(CloseCode, Box<str>),
     /// A publish that skips one subscriber.
-    PublishExcept(Box<str>, Bytes, Option<Peer>),
+    PublishExcept(Box<str>, OpCode, Bytes, Option<Peer>),
     /// Closes every subscriber of a topic, on every worker.
     CloseSubscribers(Box<str>, CloseCode, Box<str>),
+}
+
+/// What [`Connection::subscribe_from`] could give a connection of what it missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resumed {
+    /// Everything after the position is sent first, then live publications: no gap and no
+    /// duplicate. `replayed` publications were missed.
+    Exact {
+        /// Publications sent from history.
+        replayed: usize,
+    },
+    /// The position cannot be served exactly (another epoch, older than the history kept,
+    /// more than `max_recover` behind, or unknown): only live publications follow, from
+    /// `head`, the topic's position now.
+    NotRecovered {
+        /// The topic's current position.
+        head: Position,
+    },
+    /// The server keeps no history (`--history 0`): subscribed, live publications only.
+    NoHistory,
 }
 
 #[derive(Debug, Default)]
@@ -269,6 +302,8 @@ pub(crate) struct Gate<'a> {
     pub limits: TopicLimits,
     pub topics: &'a Topics,
     pub subs: &'a Subscriptions,
+    /// The log, when history is on, and how far behind a recovery may be.
+    pub log: Option<(&'a Arc<dyn Log>, usize)>,
 }
 
 impl Gate<'_> {
@@ -364,9 +399,13 @@ impl<'a, D> Connection<'a, D> {
 
     /// Sends a message to this connection.
     pub fn send(&mut self, opcode: OpCode, payload: &[u8]) {
-        self.actions
-            .list
-            .push(Action::Send(super::frame(opcode, payload)));
+        let frame = super::frame(opcode, payload);
+        let payload = frame.slice(frame.len() - payload.len()..);
+        self.actions.list.push(Action::Send {
+            opcode,
+            frame,
+            payload,
+        });
     }
 
     /// Subscribes this connection to a topic (already subscribed is `Ok`).
@@ -390,6 +429,56 @@ impl<'a, D> Connection<'a, D> {
         verdict
     }
 
+    /// Subscribes this connection to a topic from a position it presents (the last
+    /// publication it has), and says whether what it missed can be given to it exactly.
+    ///
+    /// With [`Resumed::Exact`], the publications after `since` are sent to the connection
+    /// when the call returns, before any live one, with no gap and no duplicate. Otherwise
+    /// only live publications follow. `since` of `None` subscribes from now, and tells the
+    /// topic's current position. The publications' positions are
+    /// [`Publication::position`](super::Publication::position); for a connection already
+    /// subscribed, nothing is replayed.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Self::subscribe).
+    pub fn subscribe_from(
+        &mut self,
+        topic: &str,
+        since: Option<Position>,
+    ) -> Result<Resumed, SubscribeError> {
+        let verdict = match &self.gate {
+            Some(gate) => gate
+                .check(topic, &mut self.actions.pending)
+                .map(|()| gate.log),
+            None => Err(SubscribeError::Closed),
+        };
+        let log = match verdict {
+            Ok(log) => log,
+            Err(error) => {
+                if error != SubscribeError::Closed {
+                    self.actions.refused += 1;
+                }
+                return Err(error);
+            }
+        };
+        let Some((log, max_recover)) = log else {
+            self.actions.list.push(Action::Subscribe(topic.into()));
+            return Ok(Resumed::NoHistory);
+        };
+        let recovery = log.read(topic, since, max_recover);
+        let resumed = match &recovery {
+            Recovery::Recovered { publications, .. } => Resumed::Exact {
+                replayed: publications.len(),
+            },
+            Recovery::NotRecovered { head } => Resumed::NotRecovered { head: *head },
+        };
+        self.actions
+            .list
+            .push(Action::SubscribeFrom(topic.into(), Box::new(recovery)));
+        Ok(resumed)
+    }
+
     /// Unsubscribes this connection from a topic.
     pub fn unsubscribe(&mut self, topic: &str) {
         self.actions.list.push(Action::Unsubscribe(topic.into()));
@@ -398,9 +487,11 @@ impl<'a, D> Connection<'a, D> {
     /// Publishes a message to every subscriber of a topic on every worker (this connection
     /// included, if it is subscribed).
     pub fn publish(&mut self, topic: &str, opcode: OpCode, payload: &[u8]) {
-        self.actions
-            .list
-            .push(Action::Publish(topic.into(), super::frame(opcode, payload)));
+        self.actions.list.push(Action::Publish(
+            topic.into(),
+            opcode,
+            Bytes::copy_from_slice(payload),
+        ));
     }
 
     /// Publishes to every subscriber of a topic on every worker but this connection (a
@@ -409,7 +500,8 @@ impl<'a, D> Connection<'a, D> {
         let peer = self.peer();
         self.actions.list.push(Action::PublishExcept(
             topic.into(),
-            super::frame(opcode, payload),
+            opcode,
+            Bytes::copy_from_slice(payload),
             Some(peer),
         ));
     }

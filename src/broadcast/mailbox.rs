@@ -7,9 +7,11 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 
+use super::history::Log;
+use super::publication::Publication;
 use super::uplink::Uplink;
 use super::{BroadcastStats, Peer};
-use crate::protocol::CloseCode;
+use crate::protocol::OpCode;
 
 /// Publishes waiting in one worker's mailbox, at most: past it a publish to that worker is
 /// dropped and counted rather than queued without bound.
@@ -19,16 +21,8 @@ pub const MAILBOX_CAPACITY: usize = 1 << 16;
 /// largest default message.
 pub const MAILBOX_MAX_BYTES: usize = 64 << 20;
 
-/// One publish crossing to another worker: the topic and the frame, encoded once.
-#[derive(Debug)]
-pub(crate) struct Mail {
-    pub(crate) topic: Arc<str>,
-    pub(crate) frame: Bytes,
-    /// A subscriber this publish skips (the connection that made it), if any.
-    pub(crate) except: Option<Peer>,
-    /// Instead of sending `frame`, close every subscriber with this code and reason.
-    pub(crate) close: Option<Arc<(CloseCode, Box<str>)>>,
-}
+/// One publish crossing to a worker: the publication, shared by every worker.
+pub(crate) type Mail = Arc<Publication>;
 
 /// What the workers of one server share for broadcasting.
 #[derive(Debug)]
@@ -43,10 +37,19 @@ pub(crate) struct Hub {
     pub(crate) shared: Arc<crate::driver::Shared>,
     /// Where this node's publishes and topics go beyond it (the broker link), if anywhere.
     uplink: OnceLock<Arc<dyn Uplink>>,
+    /// The source of positions and the store of history, when history is on.
+    pub(crate) log: Option<Arc<dyn Log>>,
 }
 
 impl Hub {
+    /// A hub without history.
+    #[cfg(test)]
     pub(crate) fn new(shared: Arc<crate::driver::Shared>) -> Self {
+        Self::with_log(shared, None)
+    }
+
+    /// A hub whose publishes get positions from `log`, when given.
+    pub(crate) fn with_log(shared: Arc<crate::driver::Shared>, log: Option<Arc<dyn Log>>) -> Self {
         let workers = shared.wakers.len();
         Self {
             mailboxes: (0..workers)
@@ -57,6 +60,7 @@ impl Hub {
             stats: (0..workers).map(|_| BroadcastStats::default()).collect(),
             shared,
             uplink: OnceLock::new(),
+            log,
         }
     }
 
@@ -75,44 +79,70 @@ impl Hub {
         self.uplink.get()
     }
 
-    /// A publish made on this node, delivered here already: off it goes to the uplink too.
-    pub(crate) fn publish_out(&self, topic: &Arc<str>, frame: &Bytes) {
-        if let Some(uplink) = self.uplink.get() {
-            uplink.publish(topic, frame);
-        }
-    }
-
-    /// Hands a frame to every worker but `except`; returns how many took it.
-    pub(crate) fn post(&self, topic: &Arc<str>, frame: &Bytes, except: Option<usize>) -> usize {
-        self.post_with(topic, frame, except, None, None)
-    }
-
-    /// [`post`](Self::post), skipping the subscriber `peer` or, with `close`, closing every
-    /// subscriber instead of sending.
-    pub(crate) fn post_with(
+    /// Publishes a message made on this node (by `local`, a worker, or from outside the
+    /// workers): it gets its position from the log when history is on, goes to the
+    /// workers' mailboxes, and to the uplink. Returns the publication and how many workers
+    /// took it.
+    ///
+    /// Without history the publishing worker's own subscribers are left to it (it fans out
+    /// at once, without a round through its mailbox). With history every worker, `local`
+    /// included, gets it through its mailbox, posted while the log holds the topic's order:
+    /// `local` must then drain its mailbox for its own subscribers.
+    pub(crate) fn publish(
         &self,
         topic: &Arc<str>,
-        frame: &Bytes,
-        except: Option<usize>,
-        peer: Option<Peer>,
-        close: Option<&Arc<(CloseCode, Box<str>)>>,
-    ) -> usize {
+        opcode: OpCode,
+        payload: Bytes,
+        local: Option<usize>,
+    ) -> (Arc<Publication>, usize) {
+        self.publish_except(topic, opcode, payload, local, None)
+    }
+
+    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is on this
+    /// node (the broker link carries no exclusion: it is a connection of this node).
+    pub(crate) fn publish_except(
+        &self,
+        topic: &Arc<str>,
+        opcode: OpCode,
+        payload: Bytes,
+        local: Option<usize>,
+        except: Option<Peer>,
+    ) -> (Arc<Publication>, usize) {
         let mut posted = 0;
+        let publication = match &self.log {
+            Some(log) => log.append(topic, opcode, payload, &mut |p| {
+                if let Some(peer) = except {
+                    p.exclude(peer);
+                }
+                posted = self.post(p, None);
+            }),
+            None => {
+                let publication = Publication::new(Arc::clone(topic), opcode, payload, None);
+                if let Some(peer) = except {
+                    publication.exclude(peer);
+                }
+                posted = self.post(&publication, local);
+                publication
+            }
+        };
+        if let Some(uplink) = self.uplink.get() {
+            uplink.publish(&publication);
+        }
+        (publication, posted)
+    }
+
+    /// Hands a publication to every worker but `except`; returns how many took it.
+    pub(crate) fn post(&self, publication: &Arc<Publication>, except: Option<usize>) -> usize {
+        let mut posted = 0;
+        let len = publication.frame().len();
         for (worker, mailbox) in self.mailboxes.iter().enumerate() {
             if Some(worker) == except {
                 continue;
             }
-            let mail = Mail {
-                topic: Arc::clone(topic),
-                frame: frame.clone(),
-                except: peer,
-                close: close.cloned(),
-            };
             let bytes = &self.mailbox_bytes[worker];
-            let over =
-                bytes.fetch_add(frame.len(), Ordering::AcqRel) + frame.len() > MAILBOX_MAX_BYTES;
-            if over || mailbox.push(mail).is_err() {
-                bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+            let over = bytes.fetch_add(len, Ordering::AcqRel) + len > MAILBOX_MAX_BYTES;
+            if over || mailbox.push(Arc::clone(publication)).is_err() {
+                bytes.fetch_sub(len, Ordering::AcqRel);
                 self.stats[worker]
                     .mailbox_drops
                     .fetch_add(1, Ordering::Relaxed);
@@ -129,7 +159,7 @@ impl Hub {
     /// Takes the oldest publish from `worker`'s mailbox.
     pub(crate) fn take(&self, worker: usize) -> Option<Mail> {
         let mail = self.mailboxes[worker].pop()?;
-        self.mailbox_bytes[worker].fetch_sub(mail.frame.len(), Ordering::AcqRel);
+        self.mailbox_bytes[worker].fetch_sub(mail.frame().len(), Ordering::AcqRel);
         Some(mail)
     }
 
@@ -152,22 +182,20 @@ mod tests {
     fn a_mailbox_is_bounded_in_bytes_as_well_as_in_count() {
         let shared = Arc::new(crate::driver::Shared::new(2).expect("two eventfds"));
         let hub = Hub::new(shared);
-        let topic: Arc<str> = Arc::from("t");
-        let frame = Bytes::from(vec![0u8; MAILBOX_MAX_BYTES / 4]);
+        // A frame of a quarter of the bound, its header included.
+        let payload = Bytes::from(vec![0u8; MAILBOX_MAX_BYTES / 4 - 10]);
+        let frame = Publication::new(Arc::from("t"), OpCode::Binary, payload, None);
+        assert_eq!(frame.frame().len(), MAILBOX_MAX_BYTES / 4);
         for _ in 0..4 {
-            assert_eq!(hub.post(&topic, &frame, Some(0)), 1, "fits");
+            assert_eq!(hub.post(&frame, Some(0)), 1, "fits");
         }
         assert_eq!(
-            hub.post(&topic, &frame, Some(0)),
+            hub.post(&frame, Some(0)),
             0,
             "a fifth is over the byte bound"
         );
         assert_eq!(hub.stats[1].mailbox_drops.load(Ordering::Relaxed), 1);
         assert!(hub.take(1).is_some());
-        assert_eq!(
-            hub.post(&topic, &frame, Some(0)),
-            1,
-            "room again after a take"
-        );
+        assert_eq!(hub.post(&frame, Some(0)), 1, "room again after a take");
     }
 }

@@ -28,6 +28,18 @@ pub struct BroadcastStats {
     pub mailbox_drops: AtomicU64,
     /// Payload bytes of messages received.
     pub bytes_in: AtomicU64,
+    /// Recoveries that gave a subscriber exactly what it missed.
+    pub recoveries_exact: AtomicU64,
+    /// Recoveries that could not (the subscriber was told "not recovered").
+    pub recoveries_failed: AtomicU64,
+    /// Publications sent from history by recoveries.
+    pub replayed: AtomicU64,
+    /// Gaps in a topic's positions on this worker (a full mailbox) filled from history.
+    pub gaps_filled: AtomicU64,
+    /// Gaps that history could not fill: the topic's subscribers here were sent a reset.
+    pub gaps_reported: AtomicU64,
+    /// Server-Sent Event streams opened.
+    pub streams_opened: AtomicU64,
     /// Subscribers per topic on this worker; written by the worker, read by HTTP publishes.
     pub(crate) topics: TopicCounts,
 }
@@ -265,6 +277,45 @@ pub(crate) fn render(hub: &Hub) -> String {
     family("subscriptions", "Subscriptions.", "gauge", &|w| {
         hub.stats[w].topics.total().1
     });
+    family(
+        "sse_streams_opened_total",
+        "Server-Sent Event streams opened.",
+        "counter",
+        &|w| load(&hub.stats[w].streams_opened),
+    );
+    if let Some(log) = &hub.log {
+        family(
+            "recoveries_exact_total",
+            "Subscriptions from a position that got exactly what they missed.",
+            "counter",
+            &|w| load(&hub.stats[w].recoveries_exact),
+        );
+        family(
+            "recoveries_not_recovered_total",
+            "Subscriptions from a position that could not be served exactly (told so).",
+            "counter",
+            &|w| load(&hub.stats[w].recoveries_failed),
+        );
+        family(
+            "replayed_total",
+            "Publications sent from history by recoveries.",
+            "counter",
+            &|w| load(&hub.stats[w].replayed),
+        );
+        family(
+            "gaps_filled_total",
+            "Gaps in a topic's positions on a worker filled from history.",
+            "counter",
+            &|w| load(&hub.stats[w].gaps_filled),
+        );
+        family(
+            "gaps_reported_total",
+            "Gaps history could not fill: the topic's subscribers there were sent a reset.",
+            "counter",
+            &|w| load(&hub.stats[w].gaps_reported),
+        );
+        log.render_metrics(&mut out);
+    }
     if let Some(uplink) = hub.uplink() {
         uplink.render_metrics(&mut out);
     }

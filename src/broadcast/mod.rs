@@ -12,8 +12,13 @@
 
 mod endpoints;
 mod handler;
+#[cfg(test)]
+mod harness;
+pub mod history;
 mod mailbox;
 pub(crate) mod metrics;
+pub mod publication;
+mod stream;
 mod topic;
 pub(crate) mod uplink;
 
@@ -25,13 +30,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 pub use handler::{
-    Connection, Decision, Handler, HttpCall, HttpHead, Message, Peer, SubscribeError,
+    Connection, Decision, Handler, HttpCall, HttpHead, Message, Peer, Resumed, SubscribeError,
 };
+pub use history::{HistoryLimits, Log, Recovery};
 pub(crate) use mailbox::Hub;
 use mailbox::Mail;
 pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
 pub use metrics::BroadcastStats;
-use topic::{Subscriptions, Topics};
+pub use publication::{Epoch, Position, Publication};
+use topic::{Subscriptions, TopicId, Topics};
 
 use crate::config::{Config, SlowConsumer};
 use crate::driver::{Admission, ConnId, Ctx, Outgoing, SendError, Service};
@@ -61,6 +68,10 @@ pub(crate) struct Broadcast<H: Handler> {
     last_panic_warning: Option<Instant>,
     limits: crate::config::TopicLimits,
     origins: crate::protocol::origin::AllowedOrigins,
+    /// Publications replayed at most by one recovery.
+    max_recover: usize,
+    /// Server-Sent Events are served.
+    sse: bool,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -77,47 +88,54 @@ impl<H: Handler> Broadcast<H> {
             last_panic_warning: None,
             limits: config.topic_limits,
             origins: config.allowed_origins.clone(),
+            max_recover: config.history.map_or(0, |h| h.max_recover),
+            sse: config.sse,
         }
     }
 
-    /// Publishes an encoded frame: local fan-out now, other workers through their mailboxes.
-    /// Returns the subscribers reached on this worker.
+    /// Publishes a message: with history, it gets its position and reaches this worker's
+    /// subscribers through its own mailbox, in offset order with every other publish to the
+    /// topic; without, local fan-out now and other workers through their mailboxes.
     fn publish(
         &mut self,
         ctx: &mut Ctx<'_, ConnState<H::Data>>,
         topic: &str,
-        frame: Bytes,
-    ) -> usize {
-        self.publish_except(ctx, topic, frame, None)
+        opcode: OpCode,
+        payload: Bytes,
+    ) -> Arc<Publication> {
+        self.publish_except(ctx, topic, opcode, payload, None)
     }
 
-    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is.
+    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is on this
+    /// node: the publication is still encoded once, and the excluded connection is passed
+    /// over by its id during its worker's fan-out.
     fn publish_except(
         &mut self,
         ctx: &mut Ctx<'_, ConnState<H::Data>>,
         topic: &str,
-        frame: Bytes,
+        opcode: OpCode,
+        payload: Bytes,
         except: Option<Peer>,
-    ) -> usize {
+    ) -> Arc<Publication> {
         let stats = &self.hub.stats[self.worker];
         stats.publishes.fetch_add(1, Ordering::Relaxed);
-        let name = self.topic_name(topic);
-        self.hub
-            .post_with(&name, &frame, Some(self.worker), except, None);
-        self.hub.publish_out(&name, &frame);
-        let local = except.filter(|p| p.worker == self.worker).map(|p| p.conn);
-        self.fan_out(ctx, &name, &frame, local)
-    }
-
-    /// The topic's shared name when this worker holds it, a new one otherwise.
-    fn topic_name(&self, topic: &str) -> Arc<str> {
-        match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
+        let name: Arc<str> = match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
             Some(name) => Arc::clone(name),
             None => Arc::from(topic),
+        };
+        let (publication, _) =
+            self.hub
+                .publish_except(&name, opcode, payload, Some(self.worker), except);
+        if self.hub.log.is_some() {
+            self.drain_mailbox(ctx);
+        } else {
+            self.fan_out(ctx, &publication);
         }
+        publication
     }
 
-    /// Closes every subscriber of `topic` on every worker of this node.
+    /// Closes every subscriber of `topic` on every worker of this node, through the
+    /// mailboxes so that it stays in order with the publishes before it.
     fn close_subscribers(
         &mut self,
         ctx: &mut Ctx<'_, ConnState<H::Data>>,
@@ -125,46 +143,76 @@ impl<H: Handler> Broadcast<H> {
         code: CloseCode,
         reason: &str,
     ) {
-        let name = self.topic_name(topic);
-        let close = Arc::new((code, Box::from(reason)));
-        self.hub
-            .post_with(&name, &Bytes::new(), Some(self.worker), None, Some(&close));
-        self.close_local(ctx, &name, code, reason);
-    }
-
-    /// Closes this worker's subscribers of `topic`.
-    fn close_local(
-        &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
-        topic: &str,
-        code: CloseCode,
-        reason: &str,
-    ) {
-        let Some(id) = self.topics.id(topic) else {
-            return;
+        let name: Arc<str> = match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
+            Some(name) => Arc::clone(name),
+            None => Arc::from(topic),
         };
-        let subscribers: Vec<ConnId> = self.topics.subscribers(id).to_vec();
-        for sub in subscribers {
-            ctx.close(sub, code, reason);
-        }
+        let closing = Publication::closing(name, code, reason);
+        self.hub.post(&closing, Some(self.worker));
+        self.fan_out(ctx, &closing);
     }
 
-    /// Queues `frame` for every local subscriber of `topic` but `except`, applying the
-    /// slow-consumer policy.
-    fn fan_out(
-        &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
-        topic: &str,
-        frame: &Bytes,
-        except: Option<ConnId>,
-    ) -> usize {
-        let Some(id) = self.topics.id(topic) else {
+    /// Fans out everything waiting in this worker's mailbox.
+    fn drain_mailbox(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>) {
+        let mut mail = std::mem::take(&mut self.scratch_mail);
+        while let Some(item) = self.hub.take(self.worker) {
+            mail.push(item);
+        }
+        for item in mail.drain(..) {
+            self.fan_out(ctx, &item);
+        }
+        self.scratch_mail = mail;
+    }
+
+    /// Queues a publication for every local subscriber of its topic, applying the
+    /// slow-consumer policy. With a position, a publication this worker's subscribers have
+    /// already been given is skipped, and one that follows a gap is preceded by what the gap
+    /// held (from the log) or by a reset, so subscribers never see a topic out of order.
+    fn fan_out(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, publication: &Mail) -> usize {
+        let Some(id) = self.topics.id(publication.topic()) else {
             return 0;
         };
+        if let Some((code, reason)) = publication.close_reason() {
+            // A closing publication (`close_subscribers`): no frame, no position.
+            let subscribers: Vec<ConnId> = self.topics.subscribers(id).to_vec();
+            for sub in subscribers {
+                ctx.close(sub, code, reason);
+            }
+            return 0;
+        }
+        if let Some(position) = publication.position() {
+            let before = Position {
+                offset: position.offset - 1,
+                ..position
+            };
+            self.advance(ctx, id, before);
+            if self
+                .topics
+                .cursor(id)
+                .is_some_and(|c| c.epoch == position.epoch && c.offset >= position.offset)
+            {
+                return 0;
+            }
+            self.topics.set_cursor(id, position);
+        }
+        self.deliver(ctx, id, publication)
+    }
+
+    /// Sends a publication to every local subscriber of topic `id`, with no position check.
+    fn deliver(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        id: TopicId,
+        publication: &Mail,
+    ) -> usize {
         let stats = &self.hub.stats[self.worker];
         let mut delivered = 0;
         // Compressed at most once here per window size, for every subscriber that takes it.
-        let mut message = Outgoing::new(frame.clone());
+        let mut message = outgoing(publication);
+        let except = publication
+            .except()
+            .filter(|p| p.worker == self.worker)
+            .map(|p| p.conn);
         for &sub in self.topics.subscribers(id) {
             if Some(sub) == except {
                 continue;
@@ -199,6 +247,7 @@ impl<H: Handler> Broadcast<H> {
             limits: self.limits,
             topics: &self.topics,
             subs: &state.subs,
+            log: None,
         };
         let stats = &self.hub.stats[self.worker];
         if let Err(refusal) = gate.check(topic, &mut handler::Pending::default()) {
@@ -207,9 +256,18 @@ impl<H: Handler> Broadcast<H> {
             tracing::debug!(%refusal, "subscription refused");
             return false;
         }
-        let (_, new) = self
+        let known = self.topics.id(topic).is_some();
+        let (id, new) = self
             .topics
             .subscribe(conn, &mut state.subs, topic, &stats.topics);
+        if !known {
+            // New on this worker: its subscribers start from the stream's head; what the
+            // mailbox still holds of the topic up to there is not for them.
+            if let Some(log) = &self.hub.log {
+                let head = log.read(topic, None, 0).head();
+                self.topics.set_cursor(id, head);
+            }
+        }
         new
     }
 
@@ -256,12 +314,18 @@ impl<H: Handler> Service for Broadcast<H> {
                     return Admission::Http { max_body_bytes }
                 }
                 Ok(Some(HttpHead::Respond(response))) => return Admission::Respond(response),
-                Ok(None) => return self.endpoints.admit(request),
+                Ok(None) => {}
                 Err(_) => {
                     self.handler_panicked("on_http_head");
                     return Admission::Reject(500);
                 }
             }
+            if self.sse && crate::sse::is_event_stream(request) {
+                if let Some(admission) = self.admit_stream(request) {
+                    return admission;
+                }
+            }
+            return self.endpoints.admit(request);
         }
         if !self.origins.allows(request.header("origin")) {
             // Cross-site WebSocket hijacking: a page of another site, with the user's cookies.
@@ -286,12 +350,16 @@ impl<H: Handler> Service for Broadcast<H> {
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
+        if ctx.is_stream(conn) {
+            return self.open_stream(ctx, conn, request);
+        }
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
             let gate = handler::Gate {
                 limits: self.limits,
                 topics: &self.topics,
                 subs: &state.subs,
+                log: self.hub.log.as_ref().map(|log| (log, self.max_recover)),
             };
             let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
                 .on_worker(self.worker);
@@ -323,6 +391,7 @@ impl<H: Handler> Service for Broadcast<H> {
                 limits: self.limits,
                 topics: &self.topics,
                 subs: &state.subs,
+                log: self.hub.log.as_ref().map(|log| (log, self.max_recover)),
             };
             let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
                 .on_worker(self.worker);
@@ -349,6 +418,10 @@ impl<H: Handler> Service for Broadcast<H> {
                 counts,
             );
         }
+        if ctx.is_stream(conn) {
+            // An event stream is the engine's own: the handler never saw it open.
+            return;
+        }
         let mut actions = handler::Actions::default();
         let mut connection =
             Connection::new(conn, &mut data.user, &mut actions, None).on_worker(self.worker);
@@ -362,11 +435,11 @@ impl<H: Handler> Service for Broadcast<H> {
         // A closed connection can still publish (a "left the room" message), nothing else.
         for action in actions.list {
             match action {
-                handler::Action::Publish(topic, frame) => {
-                    self.publish(ctx, &topic, frame);
+                handler::Action::Publish(topic, opcode, payload) => {
+                    self.publish(ctx, &topic, opcode, payload);
                 }
-                handler::Action::PublishExcept(topic, frame, except) => {
-                    self.publish_except(ctx, &topic, frame, except);
+                handler::Action::PublishExcept(topic, opcode, payload, except) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except);
                 }
                 _ => {}
             }
@@ -403,35 +476,34 @@ impl<H: Handler> Service for Broadcast<H> {
         }
         match self.endpoints.route(request, body, &self.hub) {
             endpoints::Routed::Response(response) => response,
-            endpoints::Routed::Publish { topic, frame } => {
+            endpoints::Routed::Publish {
+                topic,
+                opcode,
+                payload,
+            } => {
                 // Subscribers as counted when the publish left: the other workers deliver it
                 // in their next turn.
                 let reached = self.hub.subscriber_count(&topic);
-                self.publish(ctx, &topic, frame);
-                endpoints::Endpoints::published(reached)
+                let publication = self.publish(ctx, &topic, opcode, payload);
+                endpoints::Endpoints::published(reached, publication.position())
             }
+            endpoints::Routed::History {
+                topic,
+                since,
+                limit,
+            } => self.endpoints.history(
+                self.hub.log.as_deref(),
+                &topic,
+                since,
+                limit.min(self.max_recover),
+            ),
         }
     }
 
     fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
         // Clear first: a publish racing with the drain then wakes us again rather than waiting.
         self.hub.wake_pending[self.worker].store(false, Ordering::Release);
-        let mut mail = std::mem::take(&mut self.scratch_mail);
-        while let Some(item) = self.hub.take(self.worker) {
-            mail.push(item);
-        }
-        for item in mail.drain(..) {
-            if let Some(close) = &item.close {
-                self.close_local(ctx, &item.topic, close.0, &close.1);
-                continue;
-            }
-            let except = item
-                .except
-                .filter(|p| p.worker == self.worker)
-                .map(|p| p.conn);
-            self.fan_out(ctx, &item.topic, &item.frame, except);
-        }
-        self.scratch_mail = mail;
+        self.drain_mailbox(ctx);
     }
 }
 
@@ -484,8 +556,12 @@ impl<H: Handler> Broadcast<H> {
         }
         for action in actions.list.drain(..) {
             match action {
-                handler::Action::Send(frame) => {
-                    let mut message = Outgoing::new(frame);
+                handler::Action::Send {
+                    opcode,
+                    frame,
+                    payload,
+                } => {
+                    let mut message = Outgoing::new(opcode, payload, frame);
                     if let Err(SendError::Backlog) = ctx.send_message(conn, &mut message) {
                         ctx.close_slow_consumer(conn);
                     }
@@ -493,15 +569,18 @@ impl<H: Handler> Broadcast<H> {
                 handler::Action::Subscribe(topic) => {
                     self.subscribe(ctx, conn, &topic);
                 }
+                handler::Action::SubscribeFrom(topic, recovery) => {
+                    self.subscribe_from(ctx, conn, &topic, *recovery);
+                }
                 handler::Action::Unsubscribe(topic) => {
                     self.unsubscribe(ctx, conn, &topic);
                 }
-                handler::Action::Publish(topic, frame) => {
-                    self.publish(ctx, &topic, frame);
+                handler::Action::Publish(topic, opcode, payload) => {
+                    self.publish(ctx, &topic, opcode, payload);
                 }
                 handler::Action::Close(code, reason) => ctx.close(conn, code, &reason),
-                handler::Action::PublishExcept(topic, frame, except) => {
-                    self.publish_except(ctx, &topic, frame, except);
+                handler::Action::PublishExcept(topic, opcode, payload, except) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except);
                 }
                 handler::Action::CloseSubscribers(topic, code, reason) => {
                     self.close_subscribers(ctx, &topic, code, &reason);
@@ -516,23 +595,172 @@ impl<H: Handler> Broadcast<H> {
     fn apply_http(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, actions: handler::Actions) {
         for action in actions.list {
             match action {
-                handler::Action::Publish(topic, frame) => {
-                    self.publish(ctx, &topic, frame);
+                handler::Action::Publish(topic, opcode, payload) => {
+                    self.publish(ctx, &topic, opcode, payload);
                 }
-                handler::Action::PublishExcept(topic, frame, except) => {
-                    self.publish_except(ctx, &topic, frame, except);
+                handler::Action::PublishExcept(topic, opcode, payload, except) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except);
                 }
                 handler::Action::CloseSubscribers(topic, code, reason) => {
                     self.close_subscribers(ctx, &topic, code, &reason);
                 }
                 // An HTTP request has no connection to send to or subscribe.
-                handler::Action::Send(_)
+                handler::Action::Send { .. }
                 | handler::Action::Subscribe(_)
+                | handler::Action::SubscribeFrom(..)
                 | handler::Action::Unsubscribe(_)
                 | handler::Action::Close(..) => {}
             }
         }
     }
+}
+
+impl<H: Handler> Broadcast<H> {
+    /// Brings this worker's subscribers of topic `id` to `target`: what lies between their
+    /// cursor and it is given to them from the log, or, if the log no longer has it (or the
+    /// stream has a new epoch), they are told with a reset that they cannot have it. Counted
+    /// as a gap filled or reported.
+    fn advance(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, target: Position) {
+        let Some(cursor) = self.topics.cursor(id) else {
+            self.topics.set_cursor(id, target);
+            return;
+        };
+        if cursor.epoch == target.epoch && cursor.offset >= target.offset {
+            return;
+        }
+        let stats = &self.hub.stats[self.worker];
+        let log = self.hub.log.clone();
+        let name = self.topics.name(id).cloned();
+        let recovery = match (log, name, cursor.epoch == target.epoch) {
+            (Some(log), Some(name), true) => Some(log.read(&name, Some(cursor), usize::MAX)),
+            _ => None,
+        };
+        match recovery {
+            Some(Recovery::Recovered { publications, .. }) => {
+                stats.gaps_filled.fetch_add(1, Ordering::Relaxed);
+                for publication in publications
+                    .iter()
+                    .filter(|p| p.position().is_some_and(|p| p.offset <= target.offset))
+                {
+                    self.deliver(ctx, id, publication);
+                }
+            }
+            Some(Recovery::NotRecovered { .. }) | None => {
+                stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
+                self.reset(ctx, id, target);
+            }
+        }
+        self.topics.set_cursor(id, target);
+    }
+
+    /// Tells this worker's subscribers of topic `id` that what came before `head` is lost to
+    /// them: an SSE `reset` event on each event stream. (A WebSocket in rooms by path has no
+    /// message for it; a handler learns it from [`Connection::subscribe_from`].)
+    fn reset(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+        let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
+        for &sub in self.topics.subscribers(id) {
+            if ctx.is_stream(sub) {
+                if let Err(SendError::Backlog) = ctx.send_frame(sub, event.clone()) {
+                    ctx.close_slow_consumer(sub);
+                }
+            }
+        }
+    }
+
+    /// Subscribes `conn` to `topic` and gives it what `recovery` (read from the log just
+    /// before, on this thread) holds for it. This worker's other subscribers are first
+    /// brought to the same head, so the topic's cursor here is the head the recovery was read
+    /// at: what the mailbox still holds up to it is skipped, and what follows reaches every
+    /// subscriber, `conn` included, once and in order.
+    fn subscribe_from(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        topic: &str,
+        recovery: Recovery,
+    ) -> bool {
+        let head = recovery.head();
+        if let Some(id) = self.topics.id(topic) {
+            self.advance(ctx, id, head);
+        }
+        let already = self
+            .topics
+            .id(topic)
+            .zip(ctx.data(conn))
+            .is_some_and(|(id, state)| state.subs.contains(id));
+        if already {
+            return false;
+        }
+        if !self.subscribe(ctx, conn, topic) {
+            return false;
+        }
+        let Some(id) = self.topics.id(topic) else {
+            return false;
+        };
+        // New on this worker (`subscribe` set the cursor to the head it read, which may be
+        // later than this recovery's): the recovery's head is the one the replay reaches.
+        if self.topics.subscribers(id).len() == 1 {
+            self.topics.set_cursor(id, head);
+        }
+        let stats = &self.hub.stats[self.worker];
+        match recovery {
+            Recovery::Recovered {
+                mut publications, ..
+            } => {
+                stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
+                // The worker's other subscribers may be past the head read for `conn` (a
+                // publish applied earlier in the same handler call): `conn` needs that span
+                // too, since the mailbox will not bring it again.
+                if let (Some(cursor), Some(log)) = (self.topics.cursor(id), &self.hub.log) {
+                    if cursor.epoch == head.epoch && cursor.offset > head.offset {
+                        if let Recovery::Recovered {
+                            publications: more, ..
+                        } = log.read(topic, Some(head), usize::MAX)
+                        {
+                            publications.extend(more.into_iter().filter(|p| {
+                                p.position().is_some_and(|p| p.offset <= cursor.offset)
+                            }));
+                        }
+                    }
+                }
+                for publication in &publications {
+                    let mut message = outgoing(publication);
+                    match ctx.send_message(conn, &mut message) {
+                        Ok(()) => {}
+                        Err(SendError::Backlog) => {
+                            ctx.close_slow_consumer(conn);
+                            break;
+                        }
+                        Err(SendError::Closed) => break,
+                    }
+                }
+                stats
+                    .replayed
+                    .fetch_add(publications.len() as u64, Ordering::Relaxed);
+            }
+            Recovery::NotRecovered { head } => {
+                stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                if ctx.is_stream(conn) {
+                    let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
+                    if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {
+                        ctx.close_slow_consumer(conn);
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A publication as the driver sends it: its frame, and what its other formats are made
+/// from (with its position as an SSE id).
+fn outgoing(publication: &Publication) -> Outgoing {
+    Outgoing::new(
+        publication.opcode(),
+        publication.payload().clone(),
+        publication.frame().clone(),
+    )
+    .with_event_id(publication.position().and_then(crate::sse::EventId::new))
 }
 
 /// The topic a path names: the path without its leading `/`, and `/` for the root, so that

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::metrics::TopicCounts;
+use super::publication::Position;
 use crate::driver::ConnId;
 
 /// A topic's index in [`Topics`].
@@ -54,6 +55,9 @@ struct Topic {
     subscribers: Vec<ConnId>,
     /// `subscribers.len()`, shared with [`TopicCounts`] for readers on other threads.
     live: Arc<AtomicU64>,
+    /// With history on: the position of the last publication this worker's subscribers of
+    /// the topic have been given (everything up to it, or told it is lost).
+    cursor: Option<Position>,
 }
 
 /// The topics of one worker.
@@ -88,6 +92,18 @@ impl Topics {
         self.topics.get(topic as usize).map(|t| &t.name)
     }
 
+    /// With history on, how far this worker's subscribers of a topic have been brought.
+    pub(crate) fn cursor(&self, topic: TopicId) -> Option<Position> {
+        self.topics.get(topic as usize).and_then(|t| t.cursor)
+    }
+
+    /// Records how far this worker's subscribers of a topic have been brought.
+    pub(crate) fn set_cursor(&mut self, topic: TopicId, position: Position) {
+        if let Some(t) = self.topics.get_mut(topic as usize) {
+            t.cursor = Some(position);
+        }
+    }
+
     /// Subscribes `conn`; returns the topic's id and whether this was new for the connection.
     pub(crate) fn subscribe(
         &mut self,
@@ -104,6 +120,7 @@ impl Topics {
                     live: counts.open(&name),
                     name: Arc::clone(&name),
                     subscribers: Vec::new(),
+                    cursor: None,
                 };
                 let id = match self.free.pop() {
                     Some(id) => {

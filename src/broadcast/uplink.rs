@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use super::publication::Publication;
 
 /// Something outside the workers that takes this node's publishes and follows its topics.
 /// Every method is called on a worker's thread (or a publishing thread), so none may block.
 pub(crate) trait Uplink: Send + Sync + std::fmt::Debug {
-    /// A publish this node made: the topic and its encoded frame (a reference, not a copy).
-    fn publish(&self, topic: &Arc<str>, frame: &Bytes);
+    /// A publish this node made (a reference, not a copy).
+    fn publish(&self, publication: &Arc<Publication>);
     /// A topic got its first subscriber on a worker (`held`), or lost its last one there.
     fn interest(&self, topic: &Arc<str>, held: bool);
     /// Appends the uplink's counters to `/metrics`, in the Prometheus text format.

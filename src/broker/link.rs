@@ -7,7 +7,6 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use tracing::warn;
 
@@ -18,7 +17,7 @@ use super::{
     QUEUE_MAX_BYTES,
 };
 use crate::broadcast::uplink::Uplink;
-use crate::broadcast::Hub;
+use crate::broadcast::{Hub, Publication};
 
 /// The workers' side of the link: bounded queues and flags, touched from any thread without
 /// blocking. The link's task holds the other side.
@@ -26,7 +25,7 @@ use crate::broadcast::Hub;
 pub(crate) struct Link {
     /// This node's id in the envelopes; the low 16 bits count resets of its sequence table.
     pub(super) node: u64,
-    pub(super) outbound: ArrayQueue<(Arc<str>, Bytes)>,
+    pub(super) outbound: ArrayQueue<Arc<Publication>>,
     outbound_bytes: AtomicUsize,
     /// Workers holding each topic, and which topics changed since the task last looked.
     interest: Mutex<Interest>,
@@ -156,24 +155,20 @@ impl Link {
         )
     }
 
-    pub(super) fn take(&self) -> Option<(Arc<str>, Bytes)> {
+    pub(super) fn take(&self) -> Option<Arc<Publication>> {
         let item = self.outbound.pop()?;
         self.outbound_bytes
-            .fetch_sub(item.1.len(), Ordering::AcqRel);
+            .fetch_sub(item.payload().len(), Ordering::AcqRel);
         Some(item)
     }
 }
 
 impl Uplink for Link {
-    fn publish(&self, topic: &Arc<str>, frame: &Bytes) {
-        let len = frame.len();
+    fn publish(&self, publication: &Arc<Publication>) {
+        let topic = publication.topic();
+        let len = publication.payload().len();
         let over = self.outbound_bytes.fetch_add(len, Ordering::AcqRel) + len > QUEUE_MAX_BYTES;
-        if over
-            || self
-                .outbound
-                .push((Arc::clone(topic), frame.clone()))
-                .is_err()
-        {
+        if over || self.outbound.push(Arc::clone(publication)).is_err() {
             self.outbound_bytes.fetch_sub(len, Ordering::AcqRel);
             BrokerStats::add(&self.stats.publish_drops, 1);
             if let Ok(mut dropped) = self.dropped.lock() {
@@ -357,6 +352,7 @@ impl Drive<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn link() -> Link {
         Link::new(&"redis://127.0.0.1:1".parse().expect("a valid URL"))
@@ -446,19 +442,27 @@ mod tests {
     fn the_outbound_queue_is_bounded_and_its_drops_are_remembered_per_topic() {
         let link = link();
         let topic: Arc<str> = Arc::from("t");
-        let frame = crate::broadcast::frame(crate::protocol::OpCode::Text, b"x");
+        let publication = |payload: Bytes| {
+            Publication::new(
+                Arc::clone(&topic),
+                crate::protocol::OpCode::Text,
+                payload,
+                None,
+            )
+        };
+        let frame = publication(Bytes::from_static(b"x"));
         for _ in 0..QUEUE_CAPACITY {
-            link.publish(&topic, &frame);
+            link.publish(&frame);
         }
         assert_eq!(link.stats.publish_drops.load(Ordering::Relaxed), 0);
-        link.publish(&topic, &frame);
-        link.publish(&topic, &frame);
+        link.publish(&frame);
+        link.publish(&frame);
         assert_eq!(link.stats.publish_drops.load(Ordering::Relaxed), 2);
         assert_eq!(link.dropped.lock().unwrap().get(&topic), Some(&2));
         // Bytes bound too: one frame over the whole budget never fits.
-        let big = Bytes::from(vec![0u8; QUEUE_MAX_BYTES + 1]);
+        let big = publication(Bytes::from(vec![0u8; QUEUE_MAX_BYTES + 1]));
         assert!(link.take().is_some());
-        link.publish(&topic, &big);
+        link.publish(&big);
         assert_eq!(link.stats.publish_drops.load(Ordering::Relaxed), 3);
     }
 

@@ -12,9 +12,9 @@ use bytes::Bytes;
 
 use super::link::Link;
 use super::task::Task;
-use super::{wire, Broker, Events};
+use super::{Broker, Events};
 use crate::broadcast::uplink::Uplink as _;
-use crate::broadcast::Hub;
+use crate::broadcast::{Hub, Publication};
 use crate::protocol::OpCode;
 
 /// Each channel's listeners: a node's id and where its client reports.
@@ -177,7 +177,7 @@ impl Node {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(mail) = self.hub.take(0) {
-                return mail.frame;
+                return mail.payload().clone();
             }
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(!left.is_zero(), "nothing delivered within 10 s");
@@ -230,8 +230,14 @@ fn held_by(bus: &Bus, id: usize) -> Vec<String> {
     topics
 }
 
-fn payload(frame: &Bytes) -> Bytes {
-    wire::split_frame(frame).expect("a frame").1
+/// A publication made on a node, as the engine hands it to the link.
+fn publication(topic: &Arc<str>, opcode: OpCode, text: &[u8]) -> Arc<Publication> {
+    Publication::new(
+        Arc::clone(topic),
+        opcode,
+        Bytes::copy_from_slice(text),
+        None,
+    )
 }
 
 #[test]
@@ -244,17 +250,14 @@ fn a_publish_crosses_to_the_node_that_holds_the_topic_once() {
     b.wait_subscribed(1);
     a.wait_subscribed(1);
     for text in ["one", "two", "three"] {
-        a.link.publish(
-            &topic,
-            &crate::broadcast::frame(OpCode::Text, text.as_bytes()),
-        );
+        a.link
+            .publish(&publication(&topic, OpCode::Text, text.as_bytes()));
     }
     for text in ["one", "two", "three"] {
-        assert_eq!(&payload(&b.next_frame())[..], text.as_bytes());
+        assert_eq!(&b.next_frame()[..], text.as_bytes());
     }
-    a.link
-        .publish(&topic, &crate::broadcast::frame(OpCode::Text, b"four"));
-    assert_eq!(&payload(&b.next_frame())[..], b"four");
+    a.link.publish(&publication(&topic, OpCode::Text, b"four"));
+    assert_eq!(&b.next_frame()[..], b"four");
     // A gets its four echoes back: all skipped, none handed to its worker.
     wait_for(
         || a.link.stats.own_skipped.load(Ordering::Relaxed) == 4,
@@ -273,13 +276,13 @@ fn interest_follows_the_workers_and_drops_show_as_gaps() {
     let topic: Arc<str> = Arc::from("feed");
     b.link.interest(&topic, true);
     b.wait_subscribed(1);
-    let frame = |text: &str| crate::broadcast::frame(OpCode::Binary, text.as_bytes());
-    a.link.publish(&topic, &frame("first"));
-    assert_eq!(&payload(&b.next_frame())[..], b"first");
+    let frame = |text: &str| publication(&topic, OpCode::Binary, text.as_bytes());
+    a.link.publish(&frame("first"));
+    assert_eq!(&b.next_frame()[..], b"first");
     // Two publishes dropped at A's full queue: their sequence numbers are spent.
     a.link.note_drops_for_test(&topic, 2);
-    a.link.publish(&topic, &frame("after"));
-    assert_eq!(&payload(&b.next_frame())[..], b"after");
+    a.link.publish(&frame("after"));
+    assert_eq!(&b.next_frame()[..], b"after");
     assert_eq!(b.link.stats.gaps.load(Ordering::Relaxed), 2);
     // B's last worker leaves: B unsubscribes, and the bus stops sending it anything.
     b.link.interest(&topic, false);
@@ -294,12 +297,12 @@ fn a_lost_broker_is_rejoined_and_what_was_lost_is_counted_at_both_ends() {
     let topic: Arc<str> = Arc::from("t");
     b.link.interest(&topic, true);
     b.wait_subscribed(1);
-    let frame = |text: &str| crate::broadcast::frame(OpCode::Text, text.as_bytes());
-    a.link.publish(&topic, &frame("before"));
-    assert_eq!(&payload(&b.next_frame())[..], b"before");
+    let frame = |text: &str| publication(&topic, OpCode::Text, text.as_bytes());
+    a.link.publish(&frame("before"));
+    assert_eq!(&b.next_frame()[..], b"before");
     bus.kill();
     for _ in 0..3 {
-        a.link.publish(&topic, &frame("during"));
+        a.link.publish(&frame("during"));
     }
     let failures = &a.link.stats.publish_failures;
     wait_for(
@@ -322,8 +325,8 @@ fn a_lost_broker_is_rejoined_and_what_was_lost_is_counted_at_both_ends() {
         || a.link.stats.reconnects.load(Ordering::Relaxed) == 1,
         "A's link",
     );
-    a.link.publish(&topic, &frame("after"));
-    assert_eq!(&payload(&b.next_frame())[..], b"after");
+    a.link.publish(&frame("after"));
+    assert_eq!(&b.next_frame()[..], b"after");
     assert_eq!(
         b.link.stats.gaps.load(Ordering::Relaxed),
         3,
@@ -348,9 +351,8 @@ fn a_broker_back_before_the_link_noticed_its_death_is_still_rejoined() {
         "B's link",
     );
     b.wait_subscribed(1);
-    let frame = crate::broadcast::frame(OpCode::Text, b"after");
-    a.link.publish(&topic, &frame);
-    assert_eq!(&payload(&b.next_frame())[..], b"after");
+    a.link.publish(&publication(&topic, OpCode::Text, b"after"));
+    assert_eq!(&b.next_frame()[..], b"after");
 }
 
 #[test]
@@ -382,9 +384,9 @@ fn a_node_with_many_topics_subscribes_them_again_in_a_few_requests() {
         requests <= 3,
         "{requests} subscribe requests for {TOPICS} topics"
     );
-    let frame = crate::broadcast::frame(OpCode::Text, b"last");
-    a.link.publish(&topics[TOPICS - 1], &frame);
-    assert_eq!(&payload(&b.next_frame())[..], b"last");
+    a.link
+        .publish(&publication(&topics[TOPICS - 1], OpCode::Text, b"last"));
+    assert_eq!(&b.next_frame()[..], b"last");
 }
 
 #[test]

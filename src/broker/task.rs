@@ -14,7 +14,7 @@ use super::wire::{self, Sequence, Sequences};
 use super::{
     backoff, random_u64, Broker, BrokerStats, Events, Inbound, IO_TIMEOUT, SUBSCRIBE_BATCH,
 };
-use crate::broadcast::Hub;
+use crate::broadcast::{Hub, Publication};
 
 /// Publishes the link sends per turn before it looks at what arrived, so neither direction
 /// starves the other.
@@ -216,17 +216,14 @@ impl<B: Broker> Task<B> {
         while left > 0 {
             let mut batch = Vec::with_capacity(left.min(BATCH));
             while batch.len() < left.min(BATCH) {
-                let Some((topic, frame)) = self.link.take() else {
+                let Some(publication) = self.link.take() else {
                     break;
                 };
-                let Some((opcode, payload)) = wire::split_frame(&frame) else {
-                    debug_assert!(false, "an uplink frame is one the engine encoded");
-                    continue;
-                };
-                let seq = self.next_seq(&topic);
+                let topic = publication.topic();
+                let seq = self.next_seq(topic);
                 let node = self.link.node | u64::from(self.epoch);
-                let message = wire::encode(opcode, node, seq, &payload);
-                batch.push((self.broker.channel(&topic), message));
+                let message = wire::encode(publication.opcode(), node, seq, publication.payload());
+                batch.push((self.broker.channel(topic), message));
             }
             if batch.is_empty() {
                 return Ok(false);
@@ -435,9 +432,9 @@ impl<B: Broker> Task<B> {
             }
         }
         // Encoded once for the whole node; every worker shares it.
-        let frame = crate::broadcast::frame(envelope.opcode, &envelope.payload);
+        let publication = Publication::new(topic, envelope.opcode, envelope.payload, None);
         BrokerStats::add(&stats.received, 1);
-        self.hub.post(&topic, &frame, None);
+        self.hub.post(&publication, None);
     }
 
     /// Waits out a reconnection delay: publishes made meanwhile are counted as failed (the
@@ -445,9 +442,9 @@ impl<B: Broker> Task<B> {
     async fn wait_out(&mut self, delay: Duration) {
         let until = tokio::time::Instant::now() + delay;
         loop {
-            while let Some((topic, _)) = self.link.take() {
+            while let Some(publication) = self.link.take() {
                 // Its number is spent, so that the other nodes see the gap.
-                self.next_seq(&topic);
+                self.next_seq(publication.topic());
                 BrokerStats::add(&self.link.stats.publish_failures, 1);
             }
             if self.link.stopping() {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::protocol::{FrameHeader, OpCode};
+use crate::protocol::OpCode;
 
 /// The first bytes of every envelope uringcast writes.
 pub(crate) const MAGIC: &[u8] = b"UC1 ";
@@ -117,14 +117,6 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
         origin,
         payload,
     })
-}
-
-/// The opcode and payload of a server frame encoded by `broadcast::frame` (FIN set, unmasked),
-/// the payload a slice of it.
-pub(crate) fn split_frame(frame: &Bytes) -> Option<(OpCode, Bytes)> {
-    let (header, len) = FrameHeader::parse(frame).ok()??;
-    let whole = len as u64 + header.payload_len == frame.len() as u64;
-    (whole && header.mask.is_none()).then(|| (header.opcode, frame.slice(len..)))
 }
 
 /// What a receiving node makes of a message's sequence number.
@@ -249,21 +241,6 @@ mod tests {
         ] {
             assert_eq!(decode(Bytes::from_static(wire)), Err(error), "{wire:?}");
         }
-    }
-
-    #[test]
-    fn split_frame_finds_the_payload_at_every_length_class() {
-        for len in [0, 125, 126, 65_535, 65_536] {
-            let payload = vec![7u8; len];
-            let frame = crate::broadcast::frame(OpCode::Binary, &payload);
-            let (opcode, got) = split_frame(&frame).unwrap();
-            assert_eq!((opcode, got.len()), (OpCode::Binary, len));
-        }
-        let frame = crate::broadcast::frame(OpCode::Text, b"hi");
-        assert_eq!(
-            split_frame(&frame),
-            Some((OpCode::Text, Bytes::from_static(b"hi")))
-        );
     }
 
     #[test]

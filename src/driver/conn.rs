@@ -21,6 +21,9 @@ pub(crate) enum Stage {
     },
     /// Speaking WebSocket.
     Open(WebSocket),
+    /// Sending an event stream (`Admission::Stream`): the response head went first, and
+    /// what the client sends is read and ignored.
+    Stream,
     /// A plain HTTP request was answered; nothing more is read.
     Answered,
 }
@@ -130,7 +133,7 @@ impl<D> Conn<D> {
         match &self.stage {
             Stage::Open(ws) => ws.buffered_bytes(),
             Stage::Http { body, .. } => body.capacity(),
-            Stage::Handshake(_) | Stage::Answered => 0,
+            Stage::Handshake(_) | Stage::Answered | Stage::Stream => 0,
         }
     }
 

@@ -23,6 +23,15 @@ pub use service::{Admission, ConnId, Ctx, Outgoing, SendError, Service};
 pub(crate) use timer::TICK;
 pub(crate) use worker::{run_worker, WorkerSetup};
 
+/// What the engine's in-memory harness (`broadcast::harness`) builds a worker's context from,
+/// without a ring.
+#[cfg(test)]
+pub(crate) mod testing {
+    pub(crate) use super::conn::{Conn, Stage};
+    pub(crate) use super::service::Codec;
+    pub(crate) use super::timer::TimerWheel;
+}
+
 /// The settings the workers run by: limits, timers and ring sizes, validated by
 /// [`ServerBuilder::build`](crate::config::ServerBuilder::build). What the service above does
 /// with messages (topics, tokens, slow-consumer policy) is not the driver's business.

@@ -11,7 +11,8 @@ use super::timer::{TimerEntry, TimerWheel};
 use super::WorkerStats;
 use crate::protocol::deflate::{Deflater, Inflater, MIN_SERVER_WINDOW_BITS};
 use crate::protocol::handshake::Request;
-use crate::protocol::{CloseCode, FrameHeader, OpCode};
+use crate::protocol::{CloseCode, OpCode};
+use crate::sse::EventId;
 
 /// A connection of one worker: its slab key and the slot's generation, so an id kept after
 /// the connection closed never reaches the next occupant of the slot.
@@ -32,6 +33,14 @@ pub enum Admission {
     },
     /// Refuse with this HTTP status (and close).
     Reject(u16),
+    /// Answer with this response head and keep the connection as a stream of events the
+    /// service sends ([`Ctx::send_message`] gives it a message's SSE event); what the client
+    /// sends after its request is read and ignored. [`Service::on_open`] runs for it, and
+    /// [`Service::on_close`] when it ends.
+    Stream {
+        /// The response head (status line and headers, ending in a blank line).
+        head: Vec<u8>,
+    },
     /// Answer with this complete HTTP response without reading a body (and close).
     Respond(Vec<u8>),
     /// A plain HTTP request: read its body (at most `max_body_bytes`, else 413) and hand it
@@ -137,23 +146,49 @@ impl Codec {
     }
 }
 
-/// One message on its way to any number of a worker's connections: the encoded frame, and
-/// its compressed forms, each made the first time a receiver needs it (one per window size
-/// in use), so a broadcast is compressed at most once per worker and window.
+/// One message on its way to any number of a worker's connections, and each wire format it
+/// goes out in, made the first time a receiver needs it: the plain frame (encoded once by
+/// whoever made the message), a compressed frame per window size in use, and an SSE event.
+/// So a broadcast is encoded at most once per worker and format, and nothing re-parses a
+/// frame: every format is made from the opcode and the payload.
 #[derive(Debug)]
 pub struct Outgoing {
+    opcode: OpCode,
+    payload: Bytes,
     plain: Bytes,
+    /// The SSE `id:` of the message (its position in its topic), if it has one.
+    event_id: Option<EventId>,
     /// Indexed by window bits - 9; `Some(None)`: tried, not worth it.
     compressed: [Option<Option<Bytes>>; 7],
+    /// The SSE event, once made.
+    event: Option<Bytes>,
 }
 
 impl Outgoing {
-    /// A message as its encoded, uncompressed server frame.
-    pub fn new(frame: Bytes) -> Self {
+    /// A message as its payload and its encoded, uncompressed server frame (which must be
+    /// `encode_frame(opcode, true, &payload, None)`).
+    pub fn new(opcode: OpCode, payload: Bytes, frame: Bytes) -> Self {
         Self {
+            opcode,
+            payload,
             plain: frame,
+            event_id: None,
             compressed: Default::default(),
+            event: None,
         }
+    }
+
+    /// A message, its frame encoded here.
+    pub fn encode(opcode: OpCode, payload: &[u8]) -> Self {
+        let frame = crate::protocol::frame::encode_frame(opcode, true, payload, None);
+        let payload = frame.slice(frame.len() - payload.len()..);
+        Self::new(opcode, payload, frame)
+    }
+
+    /// The same message, with this id on its SSE event.
+    pub fn with_event_id(mut self, id: Option<EventId>) -> Self {
+        self.event_id = id;
+        self
     }
 
     /// The frame for a receiver that compresses with `window_bits`, if any.
@@ -168,21 +203,12 @@ impl Outgoing {
         };
         let slot = &mut self.compressed[usize::from(bits - MIN_SERVER_WINDOW_BITS)];
         let compressed = slot.get_or_insert_with(|| {
-            let plain = &self.plain;
-            let Ok(Some((header, used))) = FrameHeader::parse(plain) else {
-                return None;
-            };
-            let whole_data = header.fin
-                && header.rsv == 0
-                && header.mask.is_none()
-                && matches!(header.opcode, OpCode::Text | OpCode::Binary);
-            if !whole_data || plain.len() - used < codec.deflater.min_bytes() {
+            let data = matches!(self.opcode, OpCode::Text | OpCode::Binary);
+            if !data || self.payload.len() < codec.deflater.min_bytes() {
                 return None;
             }
             stats.deflate_compressions.fetch_add(1, Ordering::Relaxed);
-            codec
-                .deflater
-                .frame(header.opcode, &plain[used..], bits, None)
+            codec.deflater.frame(self.opcode, &self.payload, bits, None)
         });
         match compressed {
             Some(frame) => {
@@ -191,6 +217,14 @@ impl Outgoing {
             }
             None => self.plain.clone(),
         }
+    }
+
+    /// The SSE event for a receiver on an event stream.
+    fn event(&mut self) -> Bytes {
+        let (id, opcode, payload) = (self.event_id.as_ref(), self.opcode, &self.payload);
+        self.event
+            .get_or_insert_with(|| crate::sse::encode_event(id, opcode, payload))
+            .clone()
     }
 }
 
@@ -212,6 +246,7 @@ impl<D> Ctx<'_, D> {
                     Stage::Open(ws) if ws.close_state() == crate::protocol::CloseState::Open => {
                         Ok(conn)
                     }
+                    Stage::Stream => Ok(conn),
                     _ => Err(SendError::Closed),
                 }
             }
@@ -252,11 +287,11 @@ impl<D> Ctx<'_, D> {
     /// As [`send_frame`](Self::send_frame).
     pub fn send_message(&mut self, id: ConnId, message: &mut Outgoing) -> Result<(), SendError> {
         let conn = self.open_conn(id)?;
-        let bits = match &conn.stage {
-            Stage::Open(ws) => ws.send_window_bits(),
-            _ => None,
+        let frame = match &conn.stage {
+            Stage::Stream => message.event(),
+            Stage::Open(ws) => message.frame_for(ws.send_window_bits(), self.codec, self.stats),
+            _ => message.frame_for(None, self.codec, self.stats),
         };
-        let frame = message.frame_for(bits, self.codec, self.stats);
         self.send_frame(id, frame)
     }
 
@@ -268,9 +303,7 @@ impl<D> Ctx<'_, D> {
     /// As [`send_frame`](Self::send_frame).
     pub fn send(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.open_conn(id)?;
-        let mut message = Outgoing::new(crate::protocol::frame::encode_frame(
-            opcode, true, payload, None,
-        ));
+        let mut message = Outgoing::encode(opcode, payload);
         self.send_message(id, &mut message)
     }
 
@@ -279,11 +312,15 @@ impl<D> Ctx<'_, D> {
     pub fn close(&mut self, id: ConnId, code: CloseCode, reason: &str) {
         let drain = self.now_tick.saturating_add(self.drain_ticks);
         let Ok(conn) = self.open_conn(id) else { return };
-        let Stage::Open(ws) = &mut conn.stage else {
-            return;
-        };
-        if let Some(frame) = ws.close(code, reason) {
-            conn.queue.push_unbounded(frame);
+        match &mut conn.stage {
+            Stage::Open(ws) => {
+                if let Some(frame) = ws.close(code, reason) {
+                    conn.queue.push_unbounded(frame);
+                }
+            }
+            // An event stream has no close frame: what is queued goes out, then the FIN.
+            Stage::Stream => conn.ending = Ending::Flush,
+            _ => return,
         }
         conn.deadline = drain;
         let generation = conn.generation;
@@ -313,6 +350,14 @@ impl<D> Ctx<'_, D> {
             CloseCode::POLICY_VIOLATION,
             "too slow: send backlog over limit",
         );
+    }
+
+    /// Whether the connection is an event stream ([`Admission::Stream`]) rather than a
+    /// WebSocket.
+    pub fn is_stream(&self, id: ConnId) -> bool {
+        self.conns
+            .get(id.key as usize)
+            .is_some_and(|c| c.generation == id.generation && matches!(c.stage, Stage::Stream))
     }
 
     /// Wakes another worker of this server (its [`Service::on_wake`] runs soon).

@@ -193,6 +193,19 @@ impl Handler for Pusher {
     }
 
     fn on_http_head(&mut self, request: &Request) -> Option<HttpHead> {
+        if crate::sse::is_event_stream(request) {
+            // The engine's Server-Sent Events would read any channel, private ones included,
+            // with no signature: never served here.
+            return Some(HttpHead::Respond(
+                crate::protocol::handshake::http_response(
+                    404,
+                    "Not Found",
+                    &[("Connection", "close")],
+                    Some("text/plain; charset=utf-8"),
+                    b"Server-Sent Events are not served in pusher mode\n",
+                ),
+            ));
+        }
         super::api::head(&self.node, request)
     }
 

@@ -339,7 +339,11 @@ pub(crate) async fn ticks_published_from_an_outside_thread_reach_every_client_in
         scope
             .spawn(|| {
                 (0..TICKS)
-                    .map(|seq| handle.publish("ticks", OpCode::Text, tick_json(seq).as_bytes()))
+                    .map(|seq| {
+                        handle
+                            .publish("ticks", OpCode::Text, tick_json(seq).as_bytes())
+                            .workers
+                    })
                     .collect::<Vec<usize>>()
             })
             .join()

@@ -221,6 +221,36 @@ fn private_auth_is_checked_and_client_events_are_rate_limited() -> Result<()> {
 }
 
 #[test]
+fn client_events_skip_their_sender_with_history_on() -> Result<()> {
+    // With history every publish, the sender's own worker included, goes through the
+    // mailboxes in offset order: the exclusion must ride along.
+    let server = pusher_server(&["--history", "10"])?;
+    let (mut a, id_a) = established(&server)?;
+    let (mut b, id_b) = established(&server)?;
+    for (client, id) in [(&mut a, &id_a), (&mut b, &id_b)] {
+        let ok = subscribe_private(client, id, "private-h", None)?;
+        ensure!(
+            ok["event"] == "pusher_internal:subscription_succeeded",
+            "{ok}"
+        );
+    }
+    for n in 0..3 {
+        send_json(
+            &mut a,
+            &json!({"event": "client-a", "channel": "private-h", "data": n}),
+        )?;
+        send_json(
+            &mut b,
+            &json!({"event": "client-b", "channel": "private-h", "data": n}),
+        )?;
+        // Each gets the other's event next, never its own.
+        ensure!(read_json(&mut a)?["event"] == "client-b");
+        ensure!(read_json(&mut b)?["event"] == "client-a");
+    }
+    Ok(())
+}
+
+#[test]
 fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
     let server = pusher_server(&[])?;
     let mut client = RawClient::connect(server.addr())?;
@@ -234,6 +264,13 @@ fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
     ensure!(response.status == 401, "{}", response.raw);
     let mut client = RawClient::connect(server.addr())?;
     client.send(b"GET /apps/999/channels HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    ensure!(client.read_http_head()?.status == 404);
+    // Server-Sent Events would read a private channel with no signature: never served.
+    let mut client = RawClient::connect(server.addr())?;
+    client.send(
+        format!("GET /{APP_ID}:private-x HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )?;
     ensure!(client.read_http_head()?.status == 404);
     // The engine's own endpoints are still served.
     let mut client = RawClient::connect(server.addr())?;

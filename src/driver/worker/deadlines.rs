@@ -37,6 +37,8 @@ impl<S: Service> Worker<S> {
         conn.deadline = crate::driver::timer::NEVER;
         let close_state = match &conn.stage {
             Stage::Open(ws) => Some(ws.close_state()),
+            // A stream is open until it ends: its deadline is the next comment line.
+            Stage::Stream => Some(CloseState::Open),
             Stage::Handshake(_) | Stage::Http { .. } | Stage::Answered => None,
         };
         match (conn.ending, close_state) {
@@ -59,6 +61,20 @@ impl<S: Service> Worker<S> {
         let interval_ticks = self.wheel.deadline(now, interval) - self.wheel.tick_at(now);
         let now_tick = self.wheel.tick_at(now);
         let conn = &mut self.conns[key];
+        if matches!(conn.stage, Stage::Stream) {
+            // Keep proxies from closing an idle stream: a comment line every interval. A
+            // client that has gone shows as a failed send or a full backlog.
+            if !conn.queue.push(
+                bytes::Bytes::from_static(crate::sse::PING),
+                self.config.max_backlog_bytes,
+            ) {
+                self.teardown(key);
+                return;
+            }
+            self.mark_dirty(key);
+            self.set_deadline(key, now, interval);
+            return;
+        }
         let Stage::Open(ws) = &mut conn.stage else {
             return;
         };

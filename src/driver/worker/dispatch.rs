@@ -316,6 +316,13 @@ pub(super) fn receive<S: Service>(
                 );
             }
             Admission::Respond(response) => return respond(conn, response),
+            Admission::Stream { head } => {
+                conn.queue.push_unbounded(head.into());
+                conn.stage = Stage::Stream;
+                conn.upgraded_now = true;
+                service.on_open(ctx, id, &request);
+                return;
+            }
             Admission::Http { max_body_bytes } => match request.body_length() {
                 Ok(length) if length.unwrap_or(0) <= max_body_bytes as u64 => {
                     conn.stage = Stage::Http {

@@ -32,6 +32,10 @@ impl<S: Service> Worker<S> {
                         self.mark_dirty(key);
                     }
                 }
+                (Stage::Stream, Ending::No) => {
+                    conn.ending = Ending::Flush;
+                    self.mark_dirty(key);
+                }
                 (Stage::Handshake(_), _) => self.teardown(key),
                 _ => {}
             }
@@ -106,7 +110,7 @@ impl<S: Service> Worker<S> {
         }
         trace!(key, slot = conn.slot, ending = ?conn.ending, "teardown");
         conn.ending = Ending::Teardown;
-        if matches!(conn.stage, Stage::Open(_)) {
+        if matches!(conn.stage, Stage::Open(_) | Stage::Stream) {
             let id = ConnId {
                 key: key as u32,
                 generation: conn.generation,

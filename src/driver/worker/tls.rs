@@ -231,7 +231,7 @@ impl<S: Service> Worker<S> {
     /// else a teardown.
     fn refuse(&mut self, key: usize, code: CloseCode, reason: &str) {
         let conn = &self.conns[key];
-        if matches!(conn.stage, Stage::Open(_)) {
+        if matches!(conn.stage, Stage::Open(_) | Stage::Stream) {
             let id = ConnId {
                 key: key as u32,
                 generation: conn.generation,

@@ -1,0 +1,96 @@
+//! Server-Sent Events as a client protocol over the engine: `GET /<topic>` with
+//! `Accept: text/event-stream` becomes a receive-only subscriber of the topic. The driver
+//! keeps the connection in its stream stage and sends each publication's SSE event (made at
+//! most once per worker, see `driver::Outgoing`); this layer decides the admission and
+//! subscribes the stream from the position it presents (`Last-Event-ID` or `?since=`).
+
+use std::sync::atomic::Ordering;
+
+use super::{Broadcast, ConnState, Handler, Position};
+use crate::driver::{Admission, ConnId, Ctx};
+use crate::protocol::handshake::{http_response, Request};
+use crate::sse;
+
+impl<H: Handler> Broadcast<H> {
+    /// The admission of an event-stream request, or `None` for a path that is not a topic
+    /// (`/healthz`, `/metrics`, `/publish/…`, `/history/…`: the endpoints answer those).
+    pub(super) fn admit_stream(&mut self, request: &Request) -> Option<Admission> {
+        let path = request.path();
+        let reserved = matches!(path, "/healthz" | "/metrics")
+            || path.starts_with("/publish/")
+            || path.starts_with("/history/");
+        if reserved {
+            return None;
+        }
+        let origin = request.origin();
+        if !self.origins.allows(request.header("origin")) {
+            self.hub.stats[self.worker]
+                .origin_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            return Some(Admission::Respond(text(403, "origin not allowed\n")));
+        }
+        let topic = super::topic_of_path(path);
+        if topic.len() > self.limits.max_topic_bytes {
+            return Some(Admission::Respond(text(
+                414,
+                &format!(
+                    "topic name of {} bytes is longer than the limit of {}\n",
+                    topic.len(),
+                    self.limits.max_topic_bytes
+                ),
+            )));
+        }
+        if let Some(since) = sse::resume_from(request) {
+            if since.parse::<Position>().is_err() {
+                return Some(Admission::Respond(text(
+                    400,
+                    "Last-Event-ID or since= must be a position EPOCH:OFFSET\n",
+                )));
+            }
+        }
+        Some(Admission::Stream {
+            head: sse::response_head(origin),
+        })
+    }
+
+    /// A stream whose head has been queued: subscribe it from the position it presents.
+    pub(super) fn open_stream(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        request: &Request,
+    ) {
+        self.hub.stats[self.worker]
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
+        let topic = super::topic_of_path(request.path());
+        let since = sse::resume_from(request).and_then(|s| s.parse::<Position>().ok());
+        let Some(log) = self.hub.log.clone() else {
+            if !self.subscribe(ctx, conn, topic) {
+                ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
+            }
+            return;
+        };
+        let recovery = log.read(topic, since, self.max_recover);
+        if since.is_none() {
+            // Tell the client where it starts, so that a reconnect before any event still
+            // resumes from here.
+            if let Some(id) = sse::EventId::new(recovery.head()) {
+                let _ = ctx.send_frame(conn, sse::position_only(&id));
+            }
+        }
+        if !self.subscribe_from(ctx, conn, topic, recovery) {
+            ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
+        }
+    }
+}
+
+fn text(status: u16, body: &str) -> Vec<u8> {
+    http_response(
+        status,
+        crate::protocol::handshake::reason_phrase(status),
+        &[("Connection", "close")],
+        Some("text/plain; charset=utf-8"),
+        body.as_bytes(),
+    )
+}
