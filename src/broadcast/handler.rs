@@ -105,6 +105,12 @@ pub trait Handler: Clone + Send + 'static {
         let _ = conn;
     }
 
+    /// Appends the handler's own counters to `GET /metrics`, in the Prometheus text format.
+    /// The default adds none.
+    fn render_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
+
     /// A plain HTTP request's head (not an upgrade): `Some` to serve it here, decided before
     /// any byte of its body is read; `None` (the default) leaves it to the engine's own
     /// endpoints (`/publish`, `/healthz`, `/metrics`).

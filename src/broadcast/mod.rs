@@ -462,6 +462,17 @@ impl<H: Handler> Service for Broadcast<H> {
                 self.apply_http(ctx, actions);
                 return response;
             }
+            Ok(None) if request.method() == "GET" && request.path() == "/metrics" => {
+                let mut text = metrics::render(&self.hub);
+                self.handler.render_metrics(&mut text);
+                return crate::protocol::handshake::http_response(
+                    200,
+                    "OK",
+                    &[],
+                    Some("text/plain; version=0.0.4; charset=utf-8"),
+                    text.as_bytes(),
+                );
+            }
             Ok(None) => {}
             Err(_) => {
                 self.handler_panicked("on_http");
