@@ -135,6 +135,10 @@ struct Cli {
     /// {"apps": [{"id", "key", "secret", "limits": {...}}]}.
     #[arg(long, value_name = "FILE")]
     apps: Option<std::path::PathBuf>,
+    /// With --mode pusher and --app-id: where the app's webhooks go (http://HOST:PORT/PATH),
+    /// every event type; in --apps, each app has its own list.
+    #[arg(long, value_name = "URL", conflicts_with = "apps")]
+    app_webhook: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -203,8 +207,12 @@ fn main() {
 fn pusher_apps(cli: &Cli) -> anyhow::Result<Option<uringcast::pusher::app::Apps>> {
     use uringcast::pusher::app::{App, Apps};
     if !matches!(cli.mode, CliMode::Pusher) {
-        if cli.app_id.is_some() || cli.app_key.is_some() || cli.apps.is_some() {
-            anyhow::bail!("--app-id, --app-key and --apps need --mode pusher");
+        if cli.app_id.is_some()
+            || cli.app_key.is_some()
+            || cli.apps.is_some()
+            || cli.app_webhook.is_some()
+        {
+            anyhow::bail!("--app-id, --app-key, --app-webhook and --apps need --mode pusher");
         }
         return Ok(None);
     }
@@ -219,6 +227,14 @@ fn pusher_apps(cli: &Cli) -> anyhow::Result<Option<uringcast::pusher::app::Apps>
             key: key.clone(),
             secret: secret.clone(),
             limits: Default::default(),
+            webhooks: cli
+                .app_webhook
+                .iter()
+                .map(|url| uringcast::pusher::webhook::WebhookConfig {
+                    url: url.clone(),
+                    event_types: Vec::new(),
+                })
+                .collect(),
         }])?,
         _ => anyhow::bail!(
             "--mode pusher needs --app-id, --app-key and --app-secret (or URINGCAST_APP_SECRET), or --apps FILE"

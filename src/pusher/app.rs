@@ -78,6 +78,9 @@ pub struct App {
     /// Its limits.
     #[serde(default)]
     pub limits: AppLimits,
+    /// Where its webhooks go.
+    #[serde(default)]
+    pub webhooks: Vec<super::webhook::WebhookConfig>,
 }
 
 impl std::fmt::Debug for App {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for App {
             .field("key", &self.key)
             .field("secret", &"<redacted>")
             .field("limits", &self.limits)
+            .field("webhooks", &self.webhooks)
             .finish()
     }
 }
@@ -119,6 +123,12 @@ pub enum AppError {
         /// The value.
         value: String,
     },
+    /// A webhook URL that is not `http://…`.
+    #[error("app {0:?}: {1}")]
+    Webhook(String, super::webhook::UrlError),
+    /// A webhook event type that does not exist.
+    #[error("app {0:?}: unknown webhook event type {1:?}")]
+    WebhookEvent(String, String),
     /// A limit of 0 where one is needed.
     #[error("app {0:?}: every limit but client_events_per_second must be at least 1")]
     ZeroLimit(String),
@@ -175,6 +185,17 @@ impl Apps {
             {
                 return Err(AppError::ZeroLimit(app.id.clone()));
             }
+            for hook in &app.webhooks {
+                super::webhook::Url::parse(&hook.url)
+                    .map_err(|e| AppError::Webhook(app.id.clone(), e))?;
+                if let Some(bad) = hook
+                    .event_types
+                    .iter()
+                    .find(|t| !super::webhook::EVENT_TYPES.contains(&t.as_str()))
+                {
+                    return Err(AppError::WebhookEvent(app.id.clone(), bad.clone()));
+                }
+            }
             if by_key.insert(app.key.clone(), index).is_some() {
                 return Err(AppError::Duplicate {
                     field: "key",
@@ -227,9 +248,14 @@ impl Apps {
         self.by_id.get(id).map(|&i| &self.apps[i])
     }
 
-    /// Every app.
+    /// Every app, in the order given (the index of [`Apps::index_of`]).
     pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
         self.apps.iter()
+    }
+
+    /// The index of the app with this id.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.by_id.get(id).copied()
     }
 }
 
@@ -243,6 +269,7 @@ mod tests {
             key: key.into(),
             secret: "s".into(),
             limits: AppLimits::default(),
+            webhooks: Vec::new(),
         }
     }
 

@@ -18,6 +18,7 @@ use super::rate::RateLimit;
 use super::state::{self, AppState};
 
 use super::socket_id;
+use super::webhook::{self, Webhooks};
 use crate::broadcast::{Connection, Decision, Handler, HttpCall, HttpHead, Message};
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
@@ -52,6 +53,8 @@ pub struct Node {
     /// Random, so that socket ids are unique across nodes.
     pub(crate) tag: u64,
     states: HashMap<String, Mutex<AppState>>,
+    /// The webhook sender, when an app has webhooks.
+    pub(crate) webhooks: Option<Webhooks>,
 }
 
 impl Node {
@@ -61,10 +64,23 @@ impl Node {
             .iter()
             .map(|app| (app.id.clone(), Mutex::new(AppState::default())))
             .collect();
+        // Every URL passed `Apps::new`, so a refusal here is only a thread that would not
+        // start, which `Webhooks::start` logs.
+        let webhooks = Webhooks::start(&apps).unwrap_or_default();
         Self {
             apps,
             tag: socket_id::random_node_tag(),
             states,
+            webhooks,
+        }
+    }
+
+    /// Queues a webhook event for `app`, if it has webhooks that want it.
+    pub(crate) fn webhook(&self, app: &App, event: impl FnOnce() -> webhook::Event) {
+        if let Some(webhooks) = &self.webhooks {
+            if let Some(index) = self.apps.index_of(&app.id) {
+                webhooks.send(index, event());
+            }
         }
     }
 
@@ -192,6 +208,12 @@ impl Handler for Pusher {
         }
     }
 
+    fn render_metrics(&self, out: &mut String) {
+        if let Some(webhooks) = &self.node.webhooks {
+            webhooks.render_metrics(out);
+        }
+    }
+
     fn on_http_head(&mut self, request: &Request) -> Option<HttpHead> {
         if crate::sse::is_event_stream(request) {
             // The engine's Server-Sent Events would read any channel, private ones included,
@@ -308,9 +330,18 @@ impl Pusher {
             .insert(name.into(), user.as_ref().map(|(id, _)| id.clone()));
         let ok = message::encode_subscription_succeeded(name, joined.presence);
         conn.send(OpCode::Text, ok.as_bytes());
+        if joined.occupied {
+            self.node.webhook(app, || webhook::Event::ChannelOccupied {
+                channel: name.to_owned(),
+            });
+        }
         if let (true, Some((user_id, info))) = (joined.first, &user) {
             let added = message::encode_member_added(name, user_id, info);
             conn.publish_to_others(&topic, OpCode::Text, added.as_bytes());
+            self.node.webhook(app, || webhook::Event::MemberAdded {
+                channel: name.to_owned(),
+                user_id: user_id.clone(),
+            });
         }
         if channel.is_cache() {
             let cached = joined
@@ -336,10 +367,19 @@ impl Pusher {
         name: &str,
         user_id: Option<&str>,
     ) {
-        let last = self.node.state(app).unsubscribe(name, user_id);
-        if let (true, Some(user_id)) = (last, user_id) {
+        let left = self.node.state(app).unsubscribe(name, user_id);
+        if let (true, Some(user_id)) = (left.member, user_id) {
             let removed = message::encode_member_removed(name, user_id);
             conn.publish_to_others(&topic(app, name), OpCode::Text, removed.as_bytes());
+            self.node.webhook(app, || webhook::Event::MemberRemoved {
+                channel: name.to_owned(),
+                user_id: user_id.to_owned(),
+            });
+        }
+        if left.vacated {
+            self.node.webhook(app, || webhook::Event::ChannelVacated {
+                channel: name.to_owned(),
+            });
         }
     }
 
@@ -388,6 +428,14 @@ impl Pusher {
         if channel.is_cache() {
             self.node.state(app).cache(name, encoded);
         }
+        let socket_id = conn.data().socket_id.clone();
+        self.node.webhook(app, || webhook::Event::ClientEvent {
+            channel: name.to_owned(),
+            event: event.to_owned(),
+            data: data.get().to_owned(),
+            socket_id,
+            user_id,
+        });
     }
 
     fn signin(

@@ -16,6 +16,7 @@ mod api;
 mod handler;
 pub mod socket_id;
 pub mod state;
+pub mod webhook;
 
 pub use handler::{codes, Node, Pusher, PusherConn};
 

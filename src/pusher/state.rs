@@ -31,12 +31,23 @@ struct ChannelState {
 /// What a subscription found.
 #[derive(Debug, Default)]
 pub struct Joined {
+    /// The channel had no subscription before (`channel_occupied` is due).
+    pub occupied: bool,
     /// The member is new to the channel (`member_added` is due).
     pub first: bool,
     /// `{ids, hash, count}` for a presence channel.
     pub presence: Option<serde_json::Value>,
     /// The cache channel's last event.
     pub cached: Option<String>,
+}
+
+/// What an unsubscription ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The user's last subscription (`member_removed` is due).
+    pub member: bool,
+    /// The channel's last subscription (`channel_vacated` is due).
+    pub vacated: bool,
 }
 
 /// A channel as the HTTP API reports it.
@@ -75,19 +86,22 @@ impl AppState {
             }
             joined.presence = Some(state.members.snapshot());
         }
+        joined.occupied = state.subscriptions == 0;
         state.subscriptions += 1;
         joined.cached = state.cached.clone();
         self.idle_cached -= usize::from(idle);
         Ok(joined)
     }
 
-    /// Counts an unsubscription (of `user_id`'s, on presence). Returns whether the user left
-    /// the channel (`member_removed` is due).
-    pub fn unsubscribe(&mut self, channel: &str, user_id: Option<&str>) -> bool {
+    /// Counts an unsubscription (of `user_id`'s, on presence).
+    pub fn unsubscribe(&mut self, channel: &str, user_id: Option<&str>) -> Left {
         let Some(state) = self.channels.get_mut(channel) else {
-            return false;
+            return Left::default();
         };
-        let left = user_id.is_some_and(|id| state.members.leave(id));
+        let left = Left {
+            member: user_id.is_some_and(|id| state.members.leave(id)),
+            vacated: state.subscriptions == 1,
+        };
         state.subscriptions = state.subscriptions.saturating_sub(1);
         if state.subscriptions == 0 {
             if state.cached.is_some() && self.idle_cached < MAX_IDLE_CACHED_CHANNELS {
@@ -184,9 +198,10 @@ mod tests {
     fn counts_subscriptions_and_members() {
         let mut app = AppState::default();
         let joined = app.subscribe("presence-a", member("1"), 100).unwrap();
-        assert!(joined.first);
+        assert!(joined.first && joined.occupied);
         assert_eq!(joined.presence.unwrap()["count"], 1);
-        assert!(!app.subscribe("presence-a", member("1"), 100).unwrap().first);
+        let again = app.subscribe("presence-a", member("1"), 100).unwrap();
+        assert!(!again.first && !again.occupied);
         assert_eq!(
             app.info("presence-a"),
             Some(ChannelInfo {
@@ -194,8 +209,14 @@ mod tests {
                 users: 1
             })
         );
-        assert!(!app.unsubscribe("presence-a", Some("1")));
-        assert!(app.unsubscribe("presence-a", Some("1")));
+        assert_eq!(app.unsubscribe("presence-a", Some("1")), Left::default());
+        assert_eq!(
+            app.unsubscribe("presence-a", Some("1")),
+            Left {
+                member: true,
+                vacated: true
+            }
+        );
         assert_eq!(app.info("presence-a"), None, "vacated");
     }
 

@@ -450,6 +450,67 @@ fn laravel_echo_private_presence_and_whispers() -> Result<()> {
 }
 
 #[test]
+fn webhooks_are_signed_retried_and_valid_for_the_node_sdk() -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIP webhooks_are_signed_retried_and_valid_for_the_node_sdk: {reason}");
+        return Ok(());
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/webhooks.js");
+    let mut receiver = Command::new("node")
+        .arg(script)
+        .env("NODE_PATH", clients_dir().join("node_modules"))
+        .env("PUSHER_APP_ID", APP_ID)
+        .env("PUSHER_KEY", KEY)
+        .env("PUSHER_SECRET", SECRET)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdin = receiver.stdin.take().context("stdin")?;
+    let mut lines = BufReader::new(receiver.stdout.take().context("stdout")?).lines();
+    let first = lines.next().context("the receiver printed nothing")??;
+    let port = first
+        .strip_prefix("webhook-port ")
+        .with_context(|| format!("unexpected first line {first:?}"))?;
+    let url = format!("http://127.0.0.1:{port}/pusher/webhooks");
+    let server = pusher_server(&["--app-secret", SECRET, "--app-webhook", &url])?;
+    writeln!(stdin, "{}", server.addr().port())?;
+    // The receiver's own timer bounds this read: it exits within 60 s either way.
+    let verdict = lines
+        .next()
+        .context("the receiver ended without a verdict")??;
+    let status = receiver.wait()?;
+    ensure!(
+        status.success() && verdict == "ok webhooks",
+        "{verdict} ({status})"
+    );
+    let mut client = RawClient::connect(server.addr())?;
+    client.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let (body, _) = client.read_to_end()?;
+    let text = String::from_utf8_lossy(&body);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    ensure!(
+        value("uringcast_pusher_webhooks_sent_total") >= 4.0,
+        "{text}"
+    );
+    ensure!(
+        value("uringcast_pusher_webhooks_retried_total") >= 1.0,
+        "{text}"
+    );
+    ensure!(
+        value("uringcast_pusher_webhooks_failed_total") == 0.0,
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
 fn python_sdk_http_api() -> Result<()> {
     let python = clients_dir().join("venv/bin/python");
     if !python.is_file() {
