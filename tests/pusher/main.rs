@@ -450,6 +450,27 @@ fn laravel_echo_private_presence_and_whispers() -> Result<()> {
 }
 
 #[test]
+fn pusher_js_in_headless_chromium() -> Result<()> {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIP pusher_js_in_headless_chromium: {reason}");
+        return Ok(());
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let found = Command::new(&chromium)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !found.is_ok_and(|s| s.success()) {
+        eprintln!("SKIP pusher_js_in_headless_chromium: no {chromium} (set CHROMIUM)");
+        return Ok(());
+    }
+    let server = pusher_server(&[])?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/chromium.js");
+    run_client(&server, "node", &[script], "ok chromium")
+}
+
+#[test]
 fn webhooks_are_signed_retried_and_valid_for_the_node_sdk() -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
     if let Some(reason) = node_missing() {
