@@ -303,12 +303,7 @@ impl Webhooks {
 
 /// The sender thread: batches, signs, posts, retries; exits when every worker's sender is
 /// gone, after sending what it holds.
-fn run(
-    rx: &Receiver<(usize, Event)>,
-    apps: &[Arc<App>],
-    wanted: &Targets,
-    stats: &WebhookStats,
-) {
+fn run(rx: &Receiver<(usize, Event)>, apps: &[Arc<App>], wanted: &Targets, stats: &WebhookStats) {
     let mut pending: Vec<Vec<Event>> = vec![Vec::new(); apps.len()];
     let mut open = true;
     while open {
