@@ -41,8 +41,8 @@ pub mod codes {
 
 /// The oldest protocol version served.
 pub const MIN_PROTOCOL: u32 = 7;
-/// The longest signed-in user id accepted, in bytes.
-pub const MAX_USER_ID_BYTES: usize = 128;
+/// The longest signed-in user id accepted, in bytes (the same as a presence member's).
+pub const MAX_USER_ID_BYTES: usize = super::presence::MAX_USER_ID_BYTES;
 /// The prefix of a user's own channel (server-to-user events, and termination).
 pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
 

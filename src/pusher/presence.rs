@@ -6,6 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::value::RawValue;
 
+/// The longest `user_id`, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 128;
+
 /// What a subscription's `channel_data` says about its member.
 #[derive(Clone, Debug)]
 pub struct Member {
@@ -18,8 +21,9 @@ pub struct Member {
 /// Why a presence subscription was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PresenceError {
-    /// `channel_data` is absent, not JSON, or has no string or number `user_id`.
-    #[error("channel_data must be JSON with a user_id")]
+    /// `channel_data` is absent, not JSON, or has no string or number `user_id` of 1 to
+    /// [`MAX_USER_ID_BYTES`] bytes.
+    #[error("channel_data must be JSON with a user_id of 1 to 128 bytes")]
     BadChannelData,
     /// `user_info` is larger than the app's limit.
     #[error("user_info is {len} bytes, over the limit of {max}")]
@@ -52,7 +56,11 @@ impl Member {
         let user_id = match serde_json::from_str::<serde_json::Value>(
             data.user_id.ok_or(PresenceError::BadChannelData)?.get(),
         ) {
-            Ok(serde_json::Value::String(id)) if !id.is_empty() => id,
+            Ok(serde_json::Value::String(id))
+                if !id.is_empty() && id.len() <= MAX_USER_ID_BYTES =>
+            {
+                id
+            }
             Ok(serde_json::Value::Number(n)) => n.to_string(),
             _ => return Err(PresenceError::BadChannelData),
         };
@@ -181,6 +189,13 @@ mod tests {
                 .user_info
                 .get(),
             "null"
+        );
+        let long = format!(r#"{{"user_id":"{}"}}"#, "u".repeat(MAX_USER_ID_BYTES + 1));
+        let longest = format!(r#"{{"user_id":"{}"}}"#, "u".repeat(MAX_USER_ID_BYTES));
+        assert!(Member::parse(&longest, 2048).is_ok());
+        assert_eq!(
+            Member::parse(&long, 2048),
+            Err(PresenceError::BadChannelData)
         );
         for bad in [
             "",
