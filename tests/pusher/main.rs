@@ -6,6 +6,9 @@
 //!
 //! Every wait is a read or a child-process wait bounded by a timeout; nothing sleeps.
 
+#[path = "../brokers/support.rs"]
+#[allow(dead_code)]
+mod brokers;
 #[path = "../common/mod.rs"]
 mod common;
 
@@ -582,5 +585,96 @@ fn python_sdk_http_api() -> Result<()> {
         "{events:?}"
     );
     ensure!(client.expect_close()?.close_code() == Some(4009));
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Across nodes
+// ---------------------------------------------------------------------------------------------
+
+/// A metric's value from `GET /metrics` (summed over its label sets), or 0 when absent.
+fn metric(server: &Server, name: &str) -> Result<f64> {
+    let mut client = RawClient::connect(server.addr())?;
+    client.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let (body, _) = client.read_to_end()?;
+    Ok(String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// `POST /apps/{id}/events`, signed as the SDKs sign it; returns the status.
+fn trigger(server: &Server, channel: &str, event: &str, data: &str) -> Result<u16> {
+    use uringcast::pusher::signing::{md5_hex, parse_query, string_to_sign};
+    let body = json!({"name": event, "channel": channel, "data": data}).to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let path = format!("/apps/{APP_ID}/events");
+    let query = format!(
+        "auth_key={KEY}&auth_timestamp={now}&auth_version=1.0&body_md5={}",
+        md5_hex(body.as_bytes())
+    );
+    let signature = sign(
+        SECRET,
+        &string_to_sign("POST", &path, &parse_query(&query)?),
+    );
+    let mut client = RawClient::connect(server.addr())?;
+    client.send(
+        format!(
+            "POST {path}?{query}&auth_signature={signature} HTTP/1.1\r\nHost: x\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    Ok(client.read_http_head()?.status)
+}
+
+#[test]
+fn events_cross_nodes_on_redis() -> Result<()> {
+    let Some(broker) = brokers::Broker::start(brokers::Kind::Redis, "events_cross_nodes_on_redis")?
+    else {
+        eprintln!("SKIP events_cross_nodes_on_redis: redis-server missing");
+        return Ok(());
+    };
+    let url = broker.url();
+    let one = pusher_server(&["--broker", &url])?;
+    let two = pusher_server(&["--broker", &url])?;
+    let (mut a, id_a) = established(&one)?;
+    let (mut b, id_b) = established(&two)?;
+    for (client, id) in [(&mut a, &id_a), (&mut b, &id_b)] {
+        let ok = subscribe_private(client, id, "private-x", None)?;
+        ensure!(
+            ok["event"] == "pusher_internal:subscription_succeeded",
+            "{ok}"
+        );
+    }
+    // Both nodes hold the topic at the broker before anything is published.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&one, "uringcast_broker_subscribed_topics")? < 1.0
+        || metric(&two, "uringcast_broker_subscribed_topics")? < 1.0
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "the nodes never subscribed at the broker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // An API event on one node reaches the other's subscriber, and a client event too.
+    ensure!(trigger(&two, "private-x", "from-two", "hi")? == 200);
+    let got = read_json(&mut a)?;
+    ensure!(got["event"] == "from-two" && got["data"] == "hi", "{got}");
+    ensure!(read_json(&mut b)?["event"] == "from-two");
+    send_json(
+        &mut a,
+        &json!({"event": "client-x", "channel": "private-x", "data": {"n": 1}}),
+    )?;
+    let got = read_json(&mut b)?;
+    ensure!(
+        got["event"] == "client-x" && got["data"] == json!({"n": 1}),
+        "{got}"
+    );
     Ok(())
 }
