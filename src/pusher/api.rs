@@ -104,9 +104,20 @@ pub(crate) fn serve(
         },
         Route::BatchEvents => batch(node, call, app, body),
         Route::Channels => channels(node, app, param("filter_by_prefix"), param("info")),
-        Route::Channel(name) => channel(node, app, name, param("info")),
-        Route::Users(name) => users(node, app, name),
+        // Path segments may come percent-encoded (`@ , ; =` in a channel name): the
+        // signature covers the path as sent, the lookup uses the decoded name.
+        Route::Channel(name) => match segment(name) {
+            Some(name) => channel(node, app, &name, param("info")),
+            None => text(400, "invalid channel name"),
+        },
+        Route::Users(name) => match segment(name) {
+            Some(name) => users(node, app, &name),
+            None => text(400, "invalid channel name"),
+        },
         Route::Terminate(user) => {
+            let Some(user) = segment(user) else {
+                return Some(text(400, "invalid user id"));
+            };
             let user_topic = topic(app, &format!("{USER_CHANNEL_PREFIX}{user}"));
             call.close_subscribers(
                 &user_topic,
@@ -116,6 +127,11 @@ pub(crate) fn serve(
             ok(&json!({}))
         }
     })
+}
+
+/// A percent-decoded path segment (`+` is a plus here, not a space).
+fn segment(raw: &str) -> Option<String> {
+    signing::percent_decode(&raw.replace('+', "%2B"))
 }
 
 /// Whether the API serves this path: `/apps/…`, and `/users/…` (see [`check`]).
@@ -415,6 +431,12 @@ mod tests {
             Some((Route::Terminate("7"), "POST"))
         );
         assert_eq!(Route::parse("channels/a/b"), None);
+        assert_eq!(
+            super::segment("presence-a%40b%2Cc").as_deref(),
+            Some("presence-a@b,c")
+        );
+        assert_eq!(super::segment("a+b").as_deref(), Some("a+b"));
+        assert_eq!(super::segment("%zz"), None);
         assert_eq!(Route::parse(""), None);
     }
 }
