@@ -254,6 +254,62 @@ fn client_events_skip_their_sender_with_history_on() -> Result<()> {
 }
 
 #[test]
+fn two_apps_never_share_a_channel() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("uringcast-pusher-apps-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let apps = dir.join("apps.json");
+    std::fs::write(
+        &apps,
+        json!({"apps": [{"id": APP_ID, "key": KEY, "secret": SECRET},
+                        {"id": "other", "key": "other-key", "secret": "other-secret"}]})
+        .to_string(),
+    )?;
+    let server = Server::start(&[
+        "--mode",
+        "pusher",
+        "--workers",
+        "2",
+        "--apps",
+        apps.to_str().unwrap_or_default(),
+    ])?;
+    let (mut mine, _) = established(&server)?;
+    let mut theirs = connect(&server, "/app/other-key?protocol=7")?;
+    ensure!(read_json(&mut theirs)?["event"] == "pusher:connection_established");
+    for client in [&mut mine, &mut theirs] {
+        send_json(
+            client,
+            &json!({"event": "pusher:subscribe", "data": {"channel": "news"}}),
+        )?;
+        ensure!(read_json(client)?["event"] == "pusher_internal:subscription_succeeded");
+    }
+    // An event on app 42's `news` is not the other app's `news`: its first message is its own.
+    ensure!(trigger(&server, "news", "for-42", "x")? == 200);
+    ensure!(read_json(&mut mine)?["event"] == "for-42");
+    // App 42's signature does not open the other app's API.
+    let mut client = RawClient::connect(server.addr())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let query = format!("auth_key={KEY}&auth_timestamp={now}&auth_version=1.0");
+    let to_sign = format!("GET\n/apps/other/channels\n{query}");
+    client.send(
+        format!(
+            "GET /apps/other/channels?{query}&auth_signature={} HTTP/1.1\r\nHost: x\r\n\r\n",
+            sign(SECRET, &to_sign)
+        )
+        .as_bytes(),
+    )?;
+    ensure!(client.read_http_head()?.status == 401);
+    send_json(&mut theirs, &json!({"event": "pusher:ping", "data": {}}))?;
+    ensure!(
+        read_json(&mut theirs)?["event"] == "pusher:pong",
+        "the other app got app 42's event"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
 fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
     let server = pusher_server(&[])?;
     let mut client = RawClient::connect(server.addr())?;
