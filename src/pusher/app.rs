@@ -48,6 +48,9 @@ pub struct AppLimits {
     pub max_batch_events: usize,
     /// Seconds of `activity_timeout` told to clients.
     pub activity_timeout: u64,
+    /// Connections to the app on this node, at most (`None`: no limit); one more is told
+    /// `pusher:error` 4004 and closed with 4004.
+    pub max_connections: Option<usize>,
 }
 
 impl Default for AppLimits {
@@ -61,6 +64,7 @@ impl Default for AppLimits {
             max_event_channels: DEFAULT_MAX_EVENT_CHANNELS,
             max_batch_events: DEFAULT_MAX_BATCH_EVENTS,
             activity_timeout: DEFAULT_ACTIVITY_TIMEOUT_SECS,
+            max_connections: None,
         }
     }
 }

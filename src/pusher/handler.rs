@@ -6,6 +6,7 @@
 //! subscription counts, cached events) lives in [`Node`], shared behind an `Arc`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -27,6 +28,8 @@ use crate::protocol::{CloseCode, OpCode};
 pub mod codes {
     /// 4001: the app does not exist.
     pub const APP_DOES_NOT_EXIST: u16 = 4001;
+    /// 4004: the app is over its connection quota.
+    pub const OVER_QUOTA: u16 = 4004;
     /// 4006: the protocol version is not a number.
     pub const INVALID_VERSION: u16 = 4006;
     /// 4007: the protocol version is not supported.
@@ -53,6 +56,8 @@ pub struct Node {
     /// Random, so that socket ids are unique across nodes.
     pub(crate) tag: u64,
     states: HashMap<String, Mutex<AppState>>,
+    /// Open connections per app id.
+    connections: HashMap<String, AtomicUsize>,
     /// The webhook sender, when an app has webhooks.
     pub(crate) webhooks: Option<Webhooks>,
 }
@@ -67,12 +72,33 @@ impl Node {
         // Every URL passed `Apps::new`, so a refusal here is only a thread that would not
         // start, which `Webhooks::start` logs.
         let webhooks = Webhooks::start(&apps).unwrap_or_default();
+        let connections = apps
+            .iter()
+            .map(|app| (app.id.clone(), AtomicUsize::new(0)))
+            .collect();
         Self {
             apps,
             tag: socket_id::random_node_tag(),
             states,
+            connections,
             webhooks,
         }
+    }
+
+    /// Counts a new connection to `app`; false (and nothing counted) past its quota.
+    fn admit(&self, app: &App) -> bool {
+        let count = &self.connections[&app.id];
+        let limit = app.limits.max_connections.unwrap_or(usize::MAX);
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts a connection to `app` gone.
+    fn release(&self, app: &App) {
+        self.connections[&app.id].fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Queues a webhook event for `app`, if it has webhooks that want it.
@@ -154,6 +180,13 @@ impl Handler for Pusher {
             }
             Some(Ok(_)) => {}
         }
+        if !self.node.admit(&app) {
+            return refuse(
+                conn,
+                codes::OVER_QUOTA,
+                "application is over connection quota",
+            );
+        }
         let socket_id = socket_id::encode(self.node.tag, conn.peer());
         let established =
             message::encode_connection_established(&socket_id, app.limits.activity_timeout);
@@ -202,6 +235,7 @@ impl Handler for Pusher {
         let Some(app) = conn.data().app.clone() else {
             return;
         };
+        self.node.release(&app);
         let channels = std::mem::take(&mut conn.data().channels);
         for (channel, user_id) in channels {
             self.left(conn, &app, &channel, user_id.as_deref());
@@ -209,6 +243,20 @@ impl Handler for Pusher {
     }
 
     fn render_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let _ = writeln!(
+            out,
+            "# HELP uringcast_pusher_connections Open connections per app on this node."
+        );
+        let _ = writeln!(out, "# TYPE uringcast_pusher_connections gauge");
+        for app in self.node.apps.iter() {
+            let open = self.node.connections[&app.id].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "uringcast_pusher_connections{{app=\"{}\"}} {open}",
+                app.id
+            );
+        }
         if let Some(webhooks) = &self.node.webhooks {
             webhooks.render_metrics(out);
         }

@@ -310,6 +310,48 @@ fn two_apps_never_share_a_channel() -> Result<()> {
 }
 
 #[test]
+fn an_app_over_its_connection_quota_closes_with_4004() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("uringcast-pusher-quota-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let apps = dir.join("apps.json");
+    std::fs::write(
+        &apps,
+        json!({"apps": [{"id": APP_ID, "key": KEY, "secret": SECRET,
+                         "limits": {"max_connections": 1}}]})
+        .to_string(),
+    )?;
+    let server = Server::start(&[
+        "--mode",
+        "pusher",
+        "--workers",
+        "2",
+        "--apps",
+        apps.to_str().unwrap_or_default(),
+    ])?;
+    let (mut first, _) = established(&server)?;
+    let mut second = connect(&server, &format!("/app/{KEY}?protocol=7"))?;
+    let error = read_json(&mut second)?;
+    ensure!(error["data"]["code"] == 4004, "{error}");
+    ensure!(second.expect_close()?.close_code() == Some(4004));
+    ensure!(metric(&server, "uringcast_pusher_connections")? == 1.0);
+    // Once the first has gone, there is room again.
+    first.send_close(1000, "")?;
+    first.expect_close()?;
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&server, "uringcast_pusher_connections")? != 0.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "the connection was never released"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    established(&server)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
 fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
     let server = pusher_server(&[])?;
     let mut client = RawClient::connect(server.addr())?;
