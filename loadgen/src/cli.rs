@@ -10,7 +10,7 @@ use crate::error::LoadError;
 use crate::scenario::{broadcast, connect, echo, traffic};
 use crate::tls;
 
-/// A load generator for WebSocket servers on this machine (loopback only), on io_uring.
+/// A load generator for WebSocket servers, on io_uring.
 #[derive(Parser, Debug)]
 #[command(name = "uringcast-load", version, about)]
 pub(crate) struct Cli {
@@ -151,8 +151,8 @@ pub(crate) struct TrafficArgs {
     /// Client threads, each with its own ring, pinned round-robin to the CPUs the process may use (taskset narrows them).
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
-    /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
-    /// [default: the kernel picks].
+    /// Source addresses of this machine, round-robin: a range 127.0.0.2-127.0.0.40, a comma
+    /// list, or both [default: the kernel picks].
     #[arg(long)]
     pub(crate) source: Option<String>,
     /// Server addresses to connect to instead of the URL's (same port, Host and path),
@@ -223,7 +223,7 @@ impl Payload {
 // The help text names URL parts in brackets, which rustdoc would take for links.
 #[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct EchoArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    /// ws:// or wss://HOST[:PORT][/PATH]; HOST is an IPv4 address, [IPv6], or a DNS name.
     pub(crate) url: String,
     /// Connections.
     #[arg(long, default_value_t = echo::DEFAULT_CONNECTIONS)]
@@ -253,7 +253,7 @@ pub(crate) struct EchoArgs {
 // The help text names URL parts in brackets, which rustdoc would take for links.
 #[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct BroadcastArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    /// ws:// or wss://HOST[:PORT][/PATH]; HOST is an IPv4 address, [IPv6], or a DNS name.
     pub(crate) url: String,
     /// Subscribers on the topic.
     #[arg(long, default_value_t = broadcast::DEFAULT_SUBSCRIBERS)]
@@ -305,7 +305,7 @@ pub(crate) struct BroadcastArgs {
 // The help text names URL parts in brackets, which rustdoc would take for links.
 #[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct ConnectArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    /// ws:// or wss://HOST[:PORT][/PATH]; HOST is an IPv4 address, [IPv6], or a DNS name.
     pub(crate) url: String,
     /// Connections to open and hold.
     #[arg(long, default_value_t = connect::DEFAULT_CONNECTIONS)]
@@ -319,8 +319,8 @@ pub(crate) struct ConnectArgs {
     /// Client threads, each with its own ring and direct descriptor table, pinned round-robin to the CPUs the process may use.
     #[arg(long, default_value_t = connect::DEFAULT_THREADS)]
     pub(crate) threads: usize,
-    /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
-    /// [default: the kernel picks].
+    /// Source addresses of this machine, round-robin: a range 127.0.0.2-127.0.0.40, a comma
+    /// list, or both [default: the kernel picks].
     #[arg(long)]
     pub(crate) source: Option<String>,
     /// Server addresses to connect to instead of the URL's (same port, Host and path),

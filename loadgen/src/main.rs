@@ -4,8 +4,8 @@
 //! Scenarios: `connect` (open N idle connections at a rate, hold, close), `echo` (messages
 //! echoed and checked byte for byte, closed or open loop) and `broadcast` (subscribers checking
 //! every delivery of publishers' messages). `merge` adds reports; `plot` draws comparison
-//! charts from reports or CSV. Every run is bounded in count and time, targets
-//! loopback addresses only, and stops by itself.
+//! charts from reports or CSV. Every run is bounded in count and time, and stops by itself.
+//! A URL names any host: an address, or a DNS name resolved at start.
 //!
 //! Exit codes: 0 when the run reached its target (and, for messages, every one arrived once,
 //! intact, in order), 1 when it did not or failed, 2 for a bad URL or flag, or a target beyond
@@ -17,6 +17,7 @@
 mod broadcast_run;
 mod capacity;
 mod cli;
+mod endpoints;
 mod error;
 mod hgrm;
 mod interrupt;
@@ -204,7 +205,7 @@ fn prepare(
         }
         target.path = path.to_owned();
     }
-    let sources = parse_sources(args.source.as_deref(), &target)?;
+    let sources = parse_sources(args.source.as_deref(), &mut target)?;
     range(
         "--connections",
         connections as f64,
@@ -226,6 +227,7 @@ fn prepare(
     let targets = parse_targets(args.target_addresses.as_deref(), &target)?;
     let threads = args.threads.min(connections as usize);
     let features = ClientFeatures::probe(!sources.is_empty())?;
+    print!("{}", endpoints::describe(&target, &sources, &targets));
     check_reach(
         args.server_pid,
         threads,
@@ -312,8 +314,8 @@ fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> 
 }
 
 fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
-    let target: target::Target = args.url.parse()?;
-    let sources = parse_sources(args.source.as_deref(), &target)?;
+    let mut target: target::Target = args.url.parse()?;
+    let sources = parse_sources(args.source.as_deref(), &mut target)?;
     range(
         "--connections",
         args.connections as f64,
@@ -338,6 +340,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
     let targets = parse_targets(args.target_addresses.as_deref(), &target)?;
     let threads = args.threads.min(args.connections as usize);
     let features = ClientFeatures::probe(!sources.is_empty())?;
+    print!("{}", endpoints::describe(&target, &sources, &targets));
     let capacity = check_reach(
         args.server_pid,
         threads,
@@ -404,9 +407,21 @@ fn payload(
     Ok((encoding, size))
 }
 
-/// `--source`'s addresses (none: the kernel picks), which must be of the target's family.
-fn parse_sources(spec: Option<&str>, target: &target::Target) -> Result<Vec<IpAddr>, LoadError> {
-    addresses("--source", spec, target)
+/// `--source`'s addresses (none: the kernel picks): addresses of this machine, of the target's
+/// family. A target named by a DNS name takes its first address of their family first.
+fn parse_sources(
+    spec: Option<&str>,
+    target: &mut target::Target,
+) -> Result<Vec<IpAddr>, LoadError> {
+    if let Some(first) = spec
+        .and_then(|spec| source::parse_addresses(spec).ok())
+        .and_then(|list| list.first().copied())
+    {
+        target.prefer_family_of(first);
+    }
+    let sources = addresses("--source", spec, target)?;
+    endpoints::check_local(&sources)?;
+    Ok(sources)
 }
 
 /// `--target-addresses` with the URL's port (none given: the URL's own address).
