@@ -19,7 +19,10 @@
 # Builds uringcast, its load generator and floor server, and scripts/peers; installs Bun and
 # Node ws from npm into target/peers (scripts/peers/install.sh). Loopback only; every process
 # is bounded by `timeout`, and every server started is stopped on exit.
-set -euo pipefail
+set -eEuo pipefail
+# Every early exit says why: a failing command that stops the script names itself and its line
+# (-E carries the trap into functions; subshells leave the message to their parent).
+trap 'rc=$?; [ "$BASH_SUBSHELL" = 0 ] && echo "bench.sh: stopped at line $LINENO: \`$BASH_COMMAND\` exited with $rc" >&2' ERR
 cd "$(dirname "$0")/.."
 root=$PWD
 
@@ -77,6 +80,10 @@ if [[ ,$servers, == *,node,* ]]; then
   command -v node >/dev/null && [ -d "$node_path/ws" ] || skip node "node or its ws (npm install)"
 fi
 IFS=, read -r -a server_list <<<"$servers"
+if [ ${#server_list[@]} = 0 ]; then
+  echo "bench.sh: no server left to run (each was skipped above)" >&2
+  exit 1
+fi
 bin=$out/bin load=$out/bin/uringcast-load
 bun_bin=$root/$bun node_modules_dir=$root/$node_path
 
@@ -96,11 +103,20 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
   echo "cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cpus"
   echo "loadavg_start $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "rustc $(rustc --version | cut -d' ' -f2)"
-  [ -x "$bun_bin" ] && echo "bun $("$bun_bin" --version)"
-  echo "node $(node --version)"
-  [ -d "$node_modules_dir/ws" ] && echo "ws $(node -p "require('$node_modules_dir/ws/package.json').version")"
-  (cd scripts/peers && cargo tree -e normal --depth 1 --offline 2>/dev/null) |
-    sed -n 's/^[├└]── \(tokio\|tokio-tungstenite\|fastwebsockets\|hyper\) v\([^ ]*\).*/crate \1 \2/p'
+  if [ -x "$bun_bin" ]; then echo "bun $("$bun_bin" --version)"; fi
+  if command -v node >/dev/null; then echo "node $(node --version)"; fi
+  if [ -d "$node_modules_dir/ws" ]; then
+    echo "ws $(node -p "require('$node_modules_dir/ws/package.json').version")"
+  fi
+  # The Rust peers' crate versions, when they take part (then their dependencies were fetched
+  # to build them; on a fresh clone without them `cargo tree --offline` has nothing to read).
+  if [[ ,$servers, == *,fastwebsockets,* || ,$servers, == *,tungstenite,* ]]; then
+    if tree=$(cd scripts/peers && cargo tree -e normal --depth 1 --offline 2>"$out/logs/cargo-tree.txt"); then
+      sed -n 's/^[├└]── \(tokio\|tokio-tungstenite\|fastwebsockets\|hyper\) v\([^ ]*\).*/crate \1 \2/p' <<<"$tree"
+    else
+      echo "bench.sh: note: cargo tree in scripts/peers failed (see $out/logs/cargo-tree.txt): run.txt lists no peer crate versions" >&2
+    fi
+  fi
 } >"$out/run.txt"
 lscpu >"$out/lscpu.txt"
 
@@ -117,7 +133,7 @@ wait_listen() { # port pid
 }
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM
 
 # server_cmd NAME MODE VARIANT: the command line, pinned to core 0 (MODE broadcast|echo;
 # VARIANT plain|wss|deflate). Printed into commands.txt as well.
