@@ -22,7 +22,7 @@ use crate::{finish, payload, prepare};
 pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
     let (encoding, size) = payload(
         args.traffic.payload,
-        false,
+        crate::session_needs_text(&args.traffic),
         args.size,
         broadcast::DEFAULT_SIZE,
         "publisher",
@@ -92,6 +92,7 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         connections,
         &args.traffic,
         duration,
+        "publish",
     )?;
     prepared.settings.split = publisher.map(|target| Split {
         from: args.subscribers,
