@@ -1,7 +1,8 @@
 //! `--protocol socketio` against the real `socket.io` server from npm
 //! (scripts/peers/socketio/server.js, installed into target/peers/socketio by
 //! scripts/peers/install.sh): connect, echo and broadcast exact, and the server's pings
-//! answered. Without node or npm (or the package), each test prints `SKIP` and returns.
+//! answered. Without node or npm (or the package), each test is reported as ignored, with
+//! the reason (a `libtest-mimic` harness: `harness = false` in loadgen/Cargo.toml).
 
 // The shared harness; this file uses part of it.
 #[allow(dead_code)]
@@ -12,7 +13,50 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
+use libtest_mimic::{Arguments, Completion, Trial};
+
 use self::harness::{assert_exact, describe, load, read_json, run_json, serial, temp};
+
+fn main() -> std::process::ExitCode {
+    let args = Arguments::from_args();
+    let trials = [
+        (
+            "echo_over_socketio_is_exact",
+            echo_over_socketio_is_exact as fn(SocketIo),
+        ),
+        (
+            "broadcast_over_socketio_rooms_is_exact",
+            broadcast_over_socketio_rooms_is_exact,
+        ),
+        (
+            "connections_answer_the_servers_pings",
+            connections_answer_the_servers_pings,
+        ),
+    ]
+    .into_iter()
+    .map(|(name, test)| {
+        Trial::ignorable_test(name, move || {
+            let _serial = serial();
+            let env: &[(&str, &str)] = match name {
+                "echo_over_socketio_is_exact" => &[("MODE", "echo")],
+                // A ping every 100 ms, unanswered within 100 ms closes the connection.
+                "connections_answer_the_servers_pings" => {
+                    &[("PING_INTERVAL_MS", "100"), ("PING_TIMEOUT_MS", "100")]
+                }
+                _ => &[],
+            };
+            match SocketIo::start(env) {
+                Ok(server) => {
+                    test(server);
+                    Ok(Completion::Completed)
+                }
+                Err(reason) => Ok(Completion::ignored_with(reason)),
+            }
+        })
+    })
+    .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
 
 /// The repository's root (loadgen's parent).
 fn root() -> PathBuf {
@@ -29,9 +73,9 @@ struct SocketIo {
 }
 
 impl SocketIo {
-    /// Starts the peer with `env`; `None` (after printing SKIP) without node, npm or the
+    /// Starts the peer with `env`; the reason to ignore the test without node, npm or the
     /// package.
-    fn start(test: &str, env: &[(&str, &str)]) -> Option<Self> {
+    fn start(env: &[(&str, &str)]) -> Result<Self, String> {
         let installed = Command::new("bash")
             .arg("-c")
             .arg(". scripts/peers/install.sh && peer_install socketio")
@@ -44,8 +88,7 @@ impl SocketIo {
             || !installed.is_ok_and(|s| s.success())
             || !modules.join("socket.io").is_dir()
         {
-            eprintln!("SKIP {test}: node, npm or the socket.io package from npm missing");
-            return None;
+            return Err("node, npm or the socket.io package from npm missing".into());
         }
         let mut child = Command::new("node")
             .arg(root().join("scripts/peers/socketio/server.js"))
@@ -66,7 +109,7 @@ impl SocketIo {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no port in {line:?}"));
-        Some(Self { child, port })
+        Ok(Self { child, port })
     }
 
     fn url(&self, query: &str) -> String {
@@ -84,12 +127,7 @@ impl Drop for SocketIo {
     }
 }
 
-#[test]
-fn echo_over_socketio_is_exact() {
-    let _serial = serial();
-    let Some(server) = SocketIo::start("echo_over_socketio_is_exact", &[("MODE", "echo")]) else {
-        return;
-    };
+fn echo_over_socketio_is_exact(server: SocketIo) {
     let url = server.url("");
     let json = run_json(
         "socketio-echo",
@@ -113,12 +151,7 @@ fn echo_over_socketio_is_exact() {
     assert_eq!(json["settings"]["protocol"], "socketio");
 }
 
-#[test]
-fn broadcast_over_socketio_rooms_is_exact() {
-    let _serial = serial();
-    let Some(server) = SocketIo::start("broadcast_over_socketio_rooms_is_exact", &[]) else {
-        return;
-    };
+fn broadcast_over_socketio_rooms_is_exact(server: SocketIo) {
     // Subscribers in the room `news`; publishers emit into it without joining it.
     let subscribers = server.url("&topic=news");
     let publishers = server.url("&topic=news&publish=1");
@@ -146,17 +179,9 @@ fn broadcast_over_socketio_rooms_is_exact() {
     assert_eq!(json["expected"].as_u64().unwrap(), 30 * sent, "{json:#}");
 }
 
-#[test]
-fn connections_answer_the_servers_pings() {
-    let _serial = serial();
-    // A ping every 100 ms, unanswered within 100 ms closes the connection: a hold of 1.5 s
-    // keeps them only if every ping gets its pong.
-    let Some(server) = SocketIo::start(
-        "connections_answer_the_servers_pings",
-        &[("PING_INTERVAL_MS", "100"), ("PING_TIMEOUT_MS", "100")],
-    ) else {
-        return;
-    };
+/// With a ping every 100 ms (main's environment), unanswered within 100 ms: a hold of 1.5 s
+/// keeps the connections only if every ping gets its pong.
+fn connections_answer_the_servers_pings(server: SocketIo) {
     let url = server.url("&topic=idle");
     let path = temp("socketio-connect", "json");
     let path_text = path.to_str().unwrap().to_owned();
