@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # uringcast beside the WebSocket servers people pick, in one command: Bun (uWebSockets), Node
-# `ws` 8, fastwebsockets and tokio-tungstenite (scripts/peers/README.md says how each is set up),
+# `ws` 8, fastwebsockets, tokio-tungstenite, Gorilla WebSocket, Django Channels and Socket.IO
+# (scripts/peers/README.md says how each is set up; one that cannot be installed prints SKIP),
 # and the write() floors (loadgen/examples/floor_server.rs for broadcast, echo_floor.rs for
 # echo). Everything is driven
 # by uringcast-load; each server runs pinned to core 0, the load generator to core 1.
@@ -16,15 +17,19 @@
 # docs/BENCHMARKS.md and the plots in docs/bench/ are written from them by
 # scripts/bench_report.py (--page elsewhere writes the page there and its plots beside it).
 #
-# Builds uringcast, its load generator and floor server, and scripts/peers; installs Bun and
-# Node ws from npm into target/peers (scripts/peers/install.sh). Loopback only; every process
+# Builds uringcast, its load generator and floor server, and scripts/peers; installs Bun, Node ws
+# and Socket.IO from npm, Django Channels from PyPI and Gorilla from Debian's packages into
+# target/peers (scripts/peers/install.sh). Loopback only; every process
 # is bounded by `timeout`, and every server started is stopped on exit.
-set -euo pipefail
+set -eEuo pipefail
+# Every early exit says why: a failing command that stops the script names itself and its line
+# (-E carries the trap into functions; subshells leave the message to their parent).
+trap 'rc=$?; [ "$BASH_SUBSHELL" = 0 ] && echo "bench.sh: stopped at line $LINENO: \`$BASH_COMMAND\` exited with $rc" >&2' ERR
 cd "$(dirname "$0")/.."
 root=$PWD
 
 quick=0 reps="" only="idle,broadcast,inflight,sweep,echo,handshakes,wss,deflate"
-servers="uringcast,bun,node,fastwebsockets,tungstenite" out="" page=docs/BENCHMARKS.md
+servers="uringcast,bun,node,fastwebsockets,tungstenite,gorilla,channels,socketio" out="" page=docs/BENCHMARKS.md
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -33,7 +38,7 @@ while [ $# -gt 0 ]; do
     --servers) servers=$2; shift ;;
     --out) out=$2; shift ;;
     --page) page=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -76,9 +81,26 @@ if [[ ,$servers, == *,node,* ]]; then
   peer_install node || true
   command -v node >/dev/null && [ -d "$node_path/ws" ] || skip node "node or its ws (npm install)"
 fi
+if [[ ,$servers, == *,socketio,* ]]; then
+  peer_install socketio || true
+  command -v node >/dev/null && [ -d "$socketio_path/socket.io" ] || skip socketio "node or socket.io (npm install)"
+fi
+if [[ ,$servers, == *,gorilla,* ]]; then
+  peer_install_gorilla || true
+  [ -x "$gorilla_bin" ] || skip gorilla "Go or Gorilla WebSocket (apt-get install golang-go golang-github-gorilla-websocket-dev)"
+fi
+if [[ ,$servers, == *,channels,* ]]; then
+  peer_install_channels || true
+  [ -x "$channels_venv/bin/daphne" ] || skip channels "Django Channels or Daphne (pip install in a venv)"
+fi
 IFS=, read -r -a server_list <<<"$servers"
+if [ ${#server_list[@]} = 0 ]; then
+  echo "bench.sh: no server left to run (each was skipped above)" >&2
+  exit 1
+fi
 bin=$out/bin load=$out/bin/uringcast-load
-bun_bin=$root/$bun node_modules_dir=$root/$node_path
+bun_bin=$root/$bun node_modules_dir=$root/$node_path socketio_modules_dir=$root/$socketio_path
+gorilla_server=$root/$gorilla_bin daphne=$root/$channels_venv/bin/daphne
 
 certs=$out/certs; mkdir -p "$certs"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
@@ -96,11 +118,29 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
   echo "cpu $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cpus"
   echo "loadavg_start $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "rustc $(rustc --version | cut -d' ' -f2)"
-  [ -x "$bun_bin" ] && echo "bun $("$bun_bin" --version)"
-  echo "node $(node --version)"
-  [ -d "$node_modules_dir/ws" ] && echo "ws $(node -p "require('$node_modules_dir/ws/package.json').version")"
-  (cd scripts/peers && cargo tree -e normal --depth 1 --offline 2>/dev/null) |
-    sed -n 's/^[├└]── \(tokio\|tokio-tungstenite\|fastwebsockets\|hyper\) v\([^ ]*\).*/crate \1 \2/p'
+  if [ -x "$bun_bin" ]; then echo "bun $("$bun_bin" --version)"; fi
+  if command -v node >/dev/null; then echo "node $(node --version)"; fi
+  if [ -d "$node_modules_dir/ws" ]; then
+    echo "ws $(node -p "require('$node_modules_dir/ws/package.json').version")"
+  fi
+  if [ -d "$socketio_modules_dir/socket.io" ]; then
+    echo "socketio $(node -p "require('$socketio_modules_dir/socket.io/package.json').version")"
+  fi
+  if [ -x "$gorilla_server" ]; then
+    echo "gorilla $(dpkg-query -W -f='${Version}' golang-github-gorilla-websocket-dev 2>/dev/null) (go $(go env GOVERSION 2>/dev/null))"
+  fi
+  if [ -x "$daphne" ]; then
+    echo "channels $("$root/$channels_venv/bin/python" -c 'import channels, daphne, django; print(channels.__version__, "daphne", daphne.__version__, "django", django.__version__)')"
+  fi
+  # The Rust peers' crate versions, when they take part (then their dependencies were fetched
+  # to build them; on a fresh clone without them `cargo tree --offline` has nothing to read).
+  if [[ ,$servers, == *,fastwebsockets,* || ,$servers, == *,tungstenite,* ]]; then
+    if tree=$(cd scripts/peers && cargo tree -e normal --depth 1 --offline 2>"$out/logs/cargo-tree.txt"); then
+      sed -n 's/^[├└]── \(tokio\|tokio-tungstenite\|fastwebsockets\|hyper\) v\([^ ]*\).*/crate \1 \2/p' <<<"$tree"
+    else
+      echo "bench.sh: note: cargo tree in scripts/peers failed (see $out/logs/cargo-tree.txt): run.txt lists no peer crate versions" >&2
+    fi
+  fi
 } >"$out/run.txt"
 lscpu >"$out/lscpu.txt"
 
@@ -117,7 +157,7 @@ wait_listen() { # port pid
 }
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM
 
 # server_cmd NAME MODE VARIANT: the command line, pinned to core 0 (MODE broadcast|echo;
 # VARIANT plain|wss|deflate). Printed into commands.txt as well.
@@ -140,16 +180,42 @@ server_cmd() {
     fastwebsockets|tungstenite)
       [ "$variant" = wss ] && flags=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
       echo "$bin/$name-echo --listen 127.0.0.1:$port --threads 1 --mode $mode ${flags[*]}" ;;
+    gorilla) echo "env GOMAXPROCS=1 $gorilla_server -addr 127.0.0.1:$port -mode $mode" ;;
+    channels)
+      echo "env MODE=$mode PYTHONPATH=$root/scripts/peers/channels $daphne -b 127.0.0.1 -p $port -v 0 --ping-interval 86400 server:application" ;;
+    socketio)
+      # No pings in a run (as for the others): one a day.
+      echo "env PORT=$port MODE=$mode PING_INTERVAL_MS=86400000 NODE_PATH=$socketio_modules_dir node $root/scripts/peers/socketio/server.js" ;;
     floor) return 1 ;;
   esac
 }
 # Which servers take part in a variant: compression only where the library has it
-# (tungstenite 0.30 and fastwebsockets 0.10 have no permessage-deflate).
+# (tungstenite 0.30 and fastwebsockets 0.10 have no permessage-deflate); the peers added last
+# (Gorilla, Channels, Socket.IO) run the plain variant only, their TLS and compression not set up.
 serves() { # name variant
   case $2 in
-    plain|wss) return 0 ;;
+    plain) return 0 ;;
+    wss) [[ $1 != gorilla && $1 != channels && $1 != socketio ]] ;;
     deflate) [[ $1 == uringcast || $1 == bun || $1 == node ]] ;;
   esac
+}
+# socketio_args ARGS...: a scenario's arguments for the Socket.IO peer, printed one per line:
+# its URLs (/socket.io/?EIO=4&transport=websocket with the topic in the query, publish=1 for the
+# publish-only path) and --protocol socketio; its payload is text (a JSON string), so --binary
+# goes and a --size below the text stamp's 48 bytes becomes 48.
+socketio_args() {
+  local a prev="" base="ws://127.0.0.1:$port"
+  for a in "$@"; do
+    case $a in
+      "$base"/publish/*) a="$base/socket.io/?EIO=4&transport=websocket&topic=${a#"$base"/publish/}&publish=1" ;;
+      "$base"/*) a="$base/socket.io/?EIO=4&transport=websocket&topic=${a#"$base"/}" ;;
+      --binary) prev=$a; continue ;;
+    esac
+    if [ "$prev" = --size ] && [ "$a" -lt 48 ]; then a=48; fi
+    printf '%s\n' "$a"
+    prev=$a
+  done
+  printf '%s\n' --protocol socketio
 }
 start_server() { # name mode variant log
   local cmd; cmd=$(server_cmd "$1" "$2" "$3")
@@ -189,6 +255,10 @@ one() {
   if ! start_server "$name" "$mode" "$variant" "$out/logs/$scenario-$name-$rep.log"; then
     printf '%s\t%s\t%s\t%s\n' "$scenario" "$name" "$rep" "start-failed" >>"$out/index.tsv"
     return
+  fi
+  if [ "$name" = socketio ]; then
+    local args; mapfile -t args < <(socketio_args "$@")
+    set -- "${args[@]}"
   fi
   load "$scenario" "$name" "$rep" "$@" --source "$src" --server-pid "$pid"
   stop_server

@@ -20,10 +20,11 @@ import statistics
 import subprocess
 import sys
 
-PEERS = ["bun", "node", "fastwebsockets", "tungstenite"]
+PEERS = ["bun", "node", "fastwebsockets", "tungstenite", "gorilla", "channels", "socketio"]
 ORDER = ["uringcast"] + PEERS + ["floor"]
 LABEL = {"uringcast": "uringcast", "bun": "Bun", "node": "Node ws", "fastwebsockets": "fastwebsockets",
-         "tungstenite": "tokio-tungstenite", "floor": "write() floor"}
+         "tungstenite": "tokio-tungstenite", "gorilla": "Gorilla WebSocket", "channels": "Django Channels",
+         "socketio": "Socket.IO", "floor": "write() floor"}
 
 
 class Run:
@@ -268,6 +269,15 @@ def main():
     w(f"- uringcast {run.one('uringcast')} (rustc {run.one('rustc')}); Bun {run.one('bun')}; "
       f"Node {run.one('node')} with ws {run.one('ws')}; "
       + ", ".join(f"{c.split()[0]} {c.split()[1]}" for c in run.info.get("crate", [])))
+    for key, label in (("gorilla", "Gorilla WebSocket"), ("channels", "Django Channels"), ("socketio", "Socket.IO")):
+        if run.one(key):
+            w(f"- {label} {run.one(key)}")
+    w("- Gorilla WebSocket, Django Channels and Socket.IO run the plain scenarios only: their wss "
+      "and deflate variants are not set up, so those tables leave them out. Socket.IO is driven "
+      "with `--protocol socketio` (its own framing around each message, so more bytes per "
+      "message), its payload a JSON string: text, and at least 48 bytes in the echo scenario. "
+      "Django Channels' in-memory layer drops what passes its 16,384 messages per consumer "
+      "instead of closing a slow consumer; Socket.IO has no backpressure limit set.")
     w("\n<details><summary>lscpu</summary>\n\n```")
     w(open(os.path.join(a.run, "lscpu.txt")).read().rstrip())
     w("```\n</details>\n")

@@ -10,7 +10,7 @@ use crate::error::LoadError;
 use crate::scenario::{broadcast, connect, echo, traffic};
 use crate::tls;
 
-/// A load generator for WebSocket servers on this machine (loopback only), on io_uring.
+/// A load generator for WebSocket servers, on io_uring.
 #[derive(Parser, Debug)]
 #[command(name = "uringcast-load", version, about)]
 pub(crate) struct Cli {
@@ -151,8 +151,8 @@ pub(crate) struct TrafficArgs {
     /// Client threads, each with its own ring, pinned round-robin to the CPUs the process may use (taskset narrows them).
     #[arg(long, default_value_t = 1)]
     pub(crate) threads: usize,
-    /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
-    /// [default: the kernel picks].
+    /// Source addresses of this machine, round-robin: a range 127.0.0.2-127.0.0.40, a comma
+    /// list, or both [default: the kernel picks].
     #[arg(long)]
     pub(crate) source: Option<String>,
     /// Server addresses to connect to instead of the URL's (same port, Host and path),
@@ -196,6 +196,58 @@ pub(crate) struct TrafficArgs {
     pub(crate) deflate_send: bool,
     #[command(flatten)]
     pub(crate) tls: tls::TlsArgs,
+    #[command(flatten)]
+    pub(crate) session: SessionArgs,
+    /// Where the payload sits in a received JSON message (a JSON pointer to a string, e.g.
+    /// /data); other messages are the protocol's own and not counted. WebSocket publishers
+    /// send it there too (see --publish-template) [default: each message is a payload;
+    /// /1 with --protocol socketio, the event's first argument].
+    #[arg(long, value_name = "POINTER")]
+    pub(crate) payload_at: Option<String>,
+    /// What a data message is: a JSON message with {payload} where the payload goes as a JSON
+    /// string ({topic} and {conn} substituted) [default: the smallest object with the payload
+    /// at --payload-at].
+    #[arg(long, value_name = "FILE")]
+    pub(crate) publish_template: Option<PathBuf>,
+}
+
+/// The protocol spoken over WebSocket, for every scenario.
+#[derive(Args, Debug)]
+pub(crate) struct SessionArgs {
+    /// What the connections speak over WebSocket: `websocket`, messages as they are (or JSON
+    /// around them, --payload-at); `socketio`, Socket.IO v5 over Engine.IO v4 (URL path
+    /// /socket.io/?EIO=4&transport=websocket).
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Websocket)]
+    pub(crate) protocol: ProtocolArg,
+    /// Messages each connection sends once up (after the upgrade, or Socket.IO's connect), one
+    /// per line, with {conn} (its number in the run) and {topic} (the path without its /)
+    /// substituted: a subscribe message.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) on_open: Option<PathBuf>,
+    /// POINTER=VALUE: a connection counts as up (subscribed) only once a JSON message holds
+    /// VALUE (JSON, or else a string) at the JSON pointer, e.g. /type=subscribed; traffic
+    /// waits for every connection, within --handshake-timeout.
+    #[arg(long, value_name = "POINTER=VALUE")]
+    pub(crate) ready_when: Option<String>,
+}
+
+/// `--protocol`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProtocolArg {
+    /// Plain WebSocket messages.
+    Websocket,
+    /// Socket.IO v5 over Engine.IO v4's WebSocket transport.
+    Socketio,
+}
+
+impl ProtocolArg {
+    /// The JSON report's name.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Websocket => "websocket",
+            Self::Socketio => "socketio",
+        }
+    }
 }
 
 /// `--payload`.
@@ -223,7 +275,7 @@ impl Payload {
 // The help text names URL parts in brackets, which rustdoc would take for links.
 #[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct EchoArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    /// ws:// or wss://HOST[:PORT][/PATH]; HOST is an IPv4 address, [IPv6], or a DNS name.
     pub(crate) url: String,
     /// Connections.
     #[arg(long, default_value_t = echo::DEFAULT_CONNECTIONS)]
@@ -253,7 +305,7 @@ pub(crate) struct EchoArgs {
 // The help text names URL parts in brackets, which rustdoc would take for links.
 #[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct BroadcastArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    /// ws:// or wss://HOST[:PORT][/PATH]; HOST is an IPv4 address, [IPv6], or a DNS name.
     pub(crate) url: String,
     /// Subscribers on the topic.
     #[arg(long, default_value_t = broadcast::DEFAULT_SUBSCRIBERS)]
@@ -305,7 +357,7 @@ pub(crate) struct BroadcastArgs {
 // The help text names URL parts in brackets, which rustdoc would take for links.
 #[allow(rustdoc::broken_intra_doc_links)]
 pub(crate) struct ConnectArgs {
-    /// ws://HOST[:PORT][/PATH]; HOST must be in 127.0.0.0/8, [::1] or localhost.
+    /// ws:// or wss://HOST[:PORT][/PATH]; HOST is an IPv4 address, [IPv6], or a DNS name.
     pub(crate) url: String,
     /// Connections to open and hold.
     #[arg(long, default_value_t = connect::DEFAULT_CONNECTIONS)]
@@ -319,8 +371,8 @@ pub(crate) struct ConnectArgs {
     /// Client threads, each with its own ring and direct descriptor table, pinned round-robin to the CPUs the process may use.
     #[arg(long, default_value_t = connect::DEFAULT_THREADS)]
     pub(crate) threads: usize,
-    /// Source addresses, round-robin: a range 127.0.0.2-127.0.0.40, a comma list, or both
-    /// [default: the kernel picks].
+    /// Source addresses of this machine, round-robin: a range 127.0.0.2-127.0.0.40, a comma
+    /// list, or both [default: the kernel picks].
     #[arg(long)]
     pub(crate) source: Option<String>,
     /// Server addresses to connect to instead of the URL's (same port, Host and path),
@@ -349,6 +401,8 @@ pub(crate) struct ConnectArgs {
     pub(crate) deflate: bool,
     #[command(flatten)]
     pub(crate) tls: tls::TlsArgs,
+    #[command(flatten)]
+    pub(crate) session: SessionArgs,
 }
 
 /// Upper bounds that keep a run bounded: a typo must not become a week-long run.

@@ -4,8 +4,8 @@
 //! Scenarios: `connect` (open N idle connections at a rate, hold, close), `echo` (messages
 //! echoed and checked byte for byte, closed or open loop) and `broadcast` (subscribers checking
 //! every delivery of publishers' messages). `merge` adds reports; `plot` draws comparison
-//! charts from reports or CSV. Every run is bounded in count and time, targets
-//! loopback addresses only, and stops by itself.
+//! charts from reports or CSV. Every run is bounded in count and time, and stops by itself.
+//! A URL names any host: an address, or a DNS name resolved at start.
 //!
 //! Exit codes: 0 when the run reached its target (and, for messages, every one arrived once,
 //! intact, in order), 1 when it did not or failed, 2 for a bad URL or flag, or a target beyond
@@ -17,6 +17,7 @@
 mod broadcast_run;
 mod capacity;
 mod cli;
+mod endpoints;
 mod error;
 mod hgrm;
 mod interrupt;
@@ -32,6 +33,8 @@ mod tls;
 mod uring;
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser as _;
@@ -41,13 +44,14 @@ use uringcast::protocol::OpCode;
 use crate::capacity::{Capacity, SystemLimits};
 use crate::cli::{
     inflight_in_range, positive, range, seconds, size_in_range, Cli, ConnectArgs, EchoArgs,
-    Payload, Scenario, TrafficArgs, MAX_CONNECTIONS, MAX_HOLD_SECS, MAX_MESSAGE_RATE, MAX_RATE,
-    MAX_THREADS, MAX_TIMEOUT_SECS,
+    Payload, ProtocolArg, Scenario, SessionArgs, TrafficArgs, MAX_CONNECTIONS, MAX_HOLD_SECS,
+    MAX_MESSAGE_RATE, MAX_RATE, MAX_THREADS, MAX_TIMEOUT_SECS,
 };
 use crate::error::{LoadError, EXIT_FAILED, EXIT_OK};
 use crate::report::{Loop, TrafficReport};
 use crate::scenario::connect;
 use crate::scenario::echo::{self, EchoWork, Pace};
+use crate::scenario::session;
 use crate::scenario::stamp::{Encoding, Stamper};
 use crate::scenario::tick;
 use crate::scenario::traffic::{self, Deflate, NoSenders, ProgressStyle};
@@ -82,9 +86,16 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
             "--binary cannot be used with --payload json: a tick is a text message".into(),
         ));
     }
+    if args.binary && session_needs_text(&args.traffic) {
+        return Err(LoadError::Usage(
+            "--binary cannot be used with --protocol socketio, --payload-at or \
+             --publish-template: the payload travels as a JSON string"
+                .into(),
+        ));
+    }
     let (encoding, size) = payload(
         args.traffic.payload,
-        args.text,
+        args.text || session_needs_text(&args.traffic),
         args.size,
         echo::DEFAULT_SIZE,
         "connection",
@@ -101,7 +112,14 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         }
     };
     let duration = args.traffic.duration.unwrap_or(echo::DEFAULT_DURATION_SECS);
-    let prepared = prepare(&args.url, None, args.connections, &args.traffic, duration)?;
+    let prepared = prepare(
+        &args.url,
+        None,
+        args.connections,
+        &args.traffic,
+        duration,
+        "echo",
+    )?;
     let stamper = Stamper::new(encoding, size);
     let opcode = encoding.opcode();
     let t = &args.traffic;
@@ -180,6 +198,11 @@ impl Prepared {
             "payload": t.payload.name(),
             "deflate": t.deflate,
             "deflate_send": t.deflate_send,
+            "protocol": t.session.protocol.name(),
+            "on_open": t.session.on_open,
+            "ready_when": t.session.ready_when,
+            "payload_at": t.payload_at,
+            "publish_template": t.publish_template,
         });
         if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), specific) {
             all.extend(own);
@@ -194,6 +217,7 @@ fn prepare(
     connections: u64,
     args: &TrafficArgs,
     duration: f64,
+    emit: &str,
 ) -> Result<Prepared, LoadError> {
     let mut target: target::Target = url.parse()?;
     if let Some(path) = path {
@@ -204,7 +228,7 @@ fn prepare(
         }
         target.path = path.to_owned();
     }
-    let sources = parse_sources(args.source.as_deref(), &target)?;
+    let sources = parse_sources(args.source.as_deref(), &mut target)?;
     range(
         "--connections",
         connections as f64,
@@ -226,6 +250,7 @@ fn prepare(
     let targets = parse_targets(args.target_addresses.as_deref(), &target)?;
     let threads = args.threads.min(connections as usize);
     let features = ClientFeatures::probe(!sources.is_empty())?;
+    print!("{}", endpoints::describe(&target, &sources, &targets));
     check_reach(
         args.server_pid,
         threads,
@@ -236,6 +261,13 @@ fn prepare(
     )?;
     // Two buffers per connection of a thread: every connection may get a frame in the same
     // turn (a broadcast reaches all at once), and a starved receive costs a re-arm.
+    let session = session_spec(
+        &args.session,
+        args.payload_at.as_deref(),
+        args.publish_template.as_deref(),
+        &target,
+        emit,
+    )?;
     let per_thread = connections.div_ceil(threads as u64);
     let recv = RecvBuffers {
         count: (per_thread * 2).next_power_of_two().clamp(1024, 32_768) as u16,
@@ -266,6 +298,7 @@ fn prepare(
             recv,
             // Their reports have no close figures: no reason to wait for the server to settle.
             close_cpu: false,
+            session,
         },
         features,
     })
@@ -312,8 +345,8 @@ fn finish(report: &TrafficReport, args: &TrafficArgs) -> Result<i32, LoadError> 
 }
 
 fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
-    let target: target::Target = args.url.parse()?;
-    let sources = parse_sources(args.source.as_deref(), &target)?;
+    let mut target: target::Target = args.url.parse()?;
+    let sources = parse_sources(args.source.as_deref(), &mut target)?;
     range(
         "--connections",
         args.connections as f64,
@@ -338,6 +371,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
     let targets = parse_targets(args.target_addresses.as_deref(), &target)?;
     let threads = args.threads.min(args.connections as usize);
     let features = ClientFeatures::probe(!sources.is_empty())?;
+    print!("{}", endpoints::describe(&target, &sources, &targets));
     let capacity = check_reach(
         args.server_pid,
         threads,
@@ -346,7 +380,9 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         features,
         args.connections,
     )?;
+    let session = session_spec(&args.session, None, None, &target, "message")?;
     let settings = connect::Settings {
+        session,
         tls: args.tls.config(&target)?,
         deflate: args.deflate,
         target,
@@ -404,9 +440,78 @@ fn payload(
     Ok((encoding, size))
 }
 
-/// `--source`'s addresses (none: the kernel picks), which must be of the target's family.
-fn parse_sources(spec: Option<&str>, target: &target::Target) -> Result<Vec<IpAddr>, LoadError> {
-    addresses("--source", spec, target)
+/// With `--protocol socketio`, `--payload-at` or `--publish-template` the payload travels as a
+/// JSON string: it must be text.
+fn session_needs_text(t: &TrafficArgs) -> bool {
+    t.session.protocol == ProtocolArg::Socketio
+        || t.payload_at.is_some()
+        || t.publish_template.is_some()
+}
+
+/// The protocol over WebSocket from its flags, its files read; `None` for plain WebSocket.
+/// `emit` is the Socket.IO event data messages go as.
+fn session_spec(
+    args: &SessionArgs,
+    payload_at: Option<&str>,
+    template: Option<&Path>,
+    target: &target::Target,
+    emit: &str,
+) -> Result<Option<Arc<session::Spec>>, LoadError> {
+    let protocol = match args.protocol {
+        ProtocolArg::Websocket => session::Protocol::WebSocket,
+        ProtocolArg::Socketio => session::Protocol::SocketIo,
+    };
+    if protocol == session::Protocol::WebSocket
+        && args.on_open.is_none()
+        && args.ready_when.is_none()
+        && payload_at.is_none()
+        && template.is_none()
+    {
+        return Ok(None);
+    }
+    let read = |flag: &str, path: &Path| {
+        std::fs::read_to_string(path)
+            .map_err(|e| LoadError::Usage(format!("{flag} {}: {e}", path.display())))
+    };
+    let on_open = args
+        .on_open
+        .as_deref()
+        .map(|p| read("--on-open", p))
+        .transpose()?;
+    let template = template
+        .map(|p| read("--publish-template", p))
+        .transpose()?;
+    // The topic as rooms by path name it: the path without its / and query.
+    let topic = target.path.split('?').next().unwrap_or_default();
+    let topic = topic.strip_prefix('/').unwrap_or(topic);
+    session::Spec::new(
+        protocol,
+        on_open.as_deref(),
+        args.ready_when.as_deref(),
+        payload_at,
+        template.as_deref(),
+        topic,
+        emit,
+    )
+    .map(|spec| Some(Arc::new(spec)))
+    .map_err(|e| LoadError::Usage(e.to_string()))
+}
+
+/// `--source`'s addresses (none: the kernel picks): addresses of this machine, of the target's
+/// family. A target named by a DNS name takes its first address of their family first.
+fn parse_sources(
+    spec: Option<&str>,
+    target: &mut target::Target,
+) -> Result<Vec<IpAddr>, LoadError> {
+    if let Some(first) = spec
+        .and_then(|spec| source::parse_addresses(spec).ok())
+        .and_then(|list| list.first().copied())
+    {
+        target.prefer_family_of(first);
+    }
+    let sources = addresses("--source", spec, target)?;
+    endpoints::check_local(&sources)?;
+    Ok(sources)
 }
 
 /// `--target-addresses` with the URL's port (none given: the URL's own address).

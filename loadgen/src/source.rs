@@ -1,5 +1,5 @@
-//! Lists of loopback addresses: the source addresses to bind connections to (`--source`) and
-//! the server addresses to connect to (`--target-addresses`). Each (source, target) address
+//! Lists of addresses: the source addresses to bind connections to (`--source`) and the server
+//! addresses to connect to (`--target-addresses`). Each (source, target) address
 //! pair has its own ~28,000 ephemeral ports, so spreading connections over several of either
 //! lifts the port limit of a single address pair.
 //!
@@ -26,9 +26,6 @@ pub enum SourceError {
     /// A range whose end precedes its start.
     #[error("range {0:?} ends before it starts")]
     Reversed(String),
-    /// An address outside the loopback range.
-    #[error("{0} is not a loopback address (127.0.0.0/8 or ::1)")]
-    NotLoopback(IpAddr),
     /// The same address twice.
     #[error("{0} is listed twice")]
     Duplicate(IpAddr),
@@ -98,9 +95,6 @@ fn last_octet(text: &str) -> Option<u8> {
 }
 
 fn push(out: &mut Vec<IpAddr>, seen: &mut HashSet<IpAddr>, ip: IpAddr) -> Result<(), SourceError> {
-    if !ip.is_loopback() {
-        return Err(SourceError::NotLoopback(ip));
-    }
     if !seen.insert(ip) {
         return Err(SourceError::Duplicate(ip));
     }
@@ -142,6 +136,15 @@ mod tests {
         assert_eq!(crossing.len(), 3);
         assert_eq!(crossing[2], "127.0.1.1".parse::<IpAddr>().unwrap());
         assert_eq!(parse_addresses("127.0.0.2-127.0.0.40").unwrap().len(), 39);
+        // Addresses of other networks (a load machine's own, a server's): parsed alike.
+        assert_eq!(
+            parse_addresses("192.0.2.10-11,2001:db8::5").unwrap(),
+            [
+                "192.0.2.10".parse::<IpAddr>().unwrap(),
+                "192.0.2.11".parse().unwrap(),
+                "2001:db8::5".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -170,14 +173,6 @@ mod tests {
         assert!(matches!(
             parse_addresses("127.0.0.9-2"),
             Err(SourceError::Reversed(_))
-        ));
-        assert!(matches!(
-            parse_addresses("192.168.1.2"),
-            Err(SourceError::NotLoopback(_))
-        ));
-        assert!(matches!(
-            parse_addresses("127.255.255.255-128.0.0.1"),
-            Err(SourceError::NotLoopback(_))
         ));
         assert!(matches!(
             parse_addresses("127.0.0.2,127.0.0.1-3"),

@@ -318,12 +318,12 @@ fn connect_counts_refused_connections() {
 fn bad_targets_and_flags_exit_2() {
     for (args, message) in [
         (
-            vec!["connect", "ws://10.1.2.3:9001/"],
-            "is not a loopback address",
+            vec!["connect", "ws://1.2.3:9001/"],
+            "is not an IP address or a DNS name",
         ),
         (
-            vec!["connect", "ws://example.com/"],
-            "names are not resolved",
+            vec!["connect", "ws://[example.com]/"],
+            "is not an IP address or a DNS name",
         ),
         (
             vec!["connect", "wss://127.0.0.1/"],
@@ -338,8 +338,9 @@ fn bad_targets_and_flags_exit_2() {
             "is not a ws:// or wss:// URL",
         ),
         (
-            vec!["connect", "ws://127.0.0.1:9001/", "--source", "10.0.0.1"],
-            "is not a loopback address",
+            // A documentation address (RFC 5737) no interface has: bind refuses it locally.
+            vec!["connect", "ws://127.0.0.1:9001/", "--source", "192.0.2.77"],
+            "is not an address of this machine",
         ),
         (
             vec!["connect", "ws://127.0.0.1:9001/", "--rate", "0"],

@@ -9,9 +9,10 @@ const COUNT: usize = 1000;
 /// A subscriber on node A (the publishing node) and one on node B receive each of a WebSocket
 /// publisher's and an HTTP publisher's messages exactly once and in each publisher's order;
 /// a subscriber of another topic on B receives none of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_publish_reaches_every_node_once_in_order_and_only_its_topic() -> Result<()> {
-    each_broker("delivery_in_order", |broker| async move {
+pub(crate) async fn a_publish_reaches_every_node_once_in_order_and_only_its_topic(
+    kind: Kind,
+) -> Result<()> {
+    with_broker(kind, "delivery_in_order", |broker| async move {
         let a = node(&broker, &[])?;
         let b = node(&broker, &[])?;
         let mut on_a = ws(a.addr(), "/room").await?;
@@ -81,9 +82,10 @@ async fn a_publish_reaches_every_node_once_in_order_and_only_its_topic() -> Resu
 /// A backend in another language publishes with `redis-cli PUBLISH` (or `SPUBLISH` on a
 /// cluster) or a NATS `PUB`: a bare UTF-8 payload arrives as text, `UC1 base64` as binary, on
 /// every node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outside_backend_publishes_with_the_brokers_own_tools() -> Result<()> {
-    each_broker("outside_publish", |broker| async move {
+pub(crate) async fn an_outside_backend_publishes_with_the_brokers_own_tools(
+    kind: Kind,
+) -> Result<()> {
+    with_broker(kind, "outside_publish", |broker| async move {
         let a = node(&broker, &[])?;
         let b = node(&broker, &[])?;
         let mut subs = [
@@ -109,8 +111,7 @@ async fn an_outside_backend_publishes_with_the_brokers_own_tools() -> Result<()>
 /// On a Redis Cluster, topics whose channels hash to slots of three different masters each
 /// reach every node: each channel is subscribed on its own master only (sharded pub/sub), and
 /// a publish costs that one shard.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cluster_topics_on_three_masters_each_reach_every_node() -> Result<()> {
+pub(crate) async fn cluster_topics_on_three_masters_each_reach_every_node() -> Result<()> {
     let Some(broker) = Broker::start(Kind::Cluster, "cluster_slots")? else {
         return Ok(());
     };
@@ -156,9 +157,8 @@ async fn cluster_topics_on_three_masters_each_reach_every_node() -> Result<()> {
 
 /// An embedder's `ServerHandle::publish` (and a `Publisher` on another thread) goes through
 /// the broker like any publish: an in-process node A publishes, a subscriber on node B hears.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_embedding_handle_publishes_through_the_broker() -> Result<()> {
-    each_broker("handle_publish", |broker| async move {
+pub(crate) async fn the_embedding_handle_publishes_through_the_broker(kind: Kind) -> Result<()> {
+    with_broker(kind, "handle_publish", |broker| async move {
         let config = uringcast::server::Server::builder()
             .listen("127.0.0.1:0".parse()?)
             .workers(2)

@@ -8,8 +8,7 @@ use super::*;
 
 /// Unreachable at start: one line and exit 2; with `--broker-optional` the node starts
 /// local-only and delivers locally.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unreachable_broker_stops_the_start_unless_optional() -> Result<()> {
+pub(crate) async fn an_unreachable_broker_stops_the_start_unless_optional() -> Result<()> {
     // A port nothing listens on: bound, then released.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -54,9 +53,10 @@ async fn an_unreachable_broker_stops_the_start_unless_optional() -> Result<()> {
 /// The broker killed mid-run: local delivery never stops, publishes meanwhile are counted as
 /// failed at the publisher and as a gap at the receiver, and once the broker is back (empty)
 /// the links resubscribe by themselves and cross-node delivery resumes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted() -> Result<()> {
-    each_broker("broker_restart", |mut broker| async move {
+pub(crate) async fn a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted(
+    kind: Kind,
+) -> Result<()> {
+    with_broker(kind, "broker_restart", |mut broker| async move {
         let a = node(&broker, &[])?;
         let b = node(&broker, &[])?;
         let mut publisher = ws(a.addr(), "/room").await?;
@@ -137,9 +137,8 @@ async fn a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted() 
 /// A third node joins while a publisher sends, receives from then on, and leaves: its
 /// subscriber gets 1001, the broker loses its subscription (Redis counts it), and the other
 /// nodes go on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_join_and_leave_while_traffic_flows() -> Result<()> {
-    each_broker("join_leave", |broker| async move {
+pub(crate) async fn nodes_join_and_leave_while_traffic_flows(kind: Kind) -> Result<()> {
+    with_broker(kind, "join_leave", |broker| async move {
         let a = node(&broker, &[])?;
         let b = node(&broker, &[])?;
         let mut publisher = ws(a.addr(), "/room").await?;

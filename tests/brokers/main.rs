@@ -1,7 +1,8 @@
 //! Scale-out through real brokers: two or three `uringcast --mode broadcast` nodes on one
 //! Redis, Redis Cluster (three masters, sharded pub/sub) or NATS server, each test run against
 //! every one of them. Brokers come from Debian's packages (`scripts/brokers.sh install`); a
-//! missing one prints `SKIP`.
+//! test whose broker is missing shows as ignored, with the reason (a `libtest-mimic` harness:
+//! `harness = false` in Cargo.toml).
 //!
 //! Clients are tokio-tungstenite. "Never received" (no duplicate, no cross-topic leak) is shown
 //! by a marker sent afterwards along the same path: it must be the next thing that arrives.
@@ -23,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+use libtest_mimic::{Completion, Failed, Trial};
 use support::{Broker, Kind};
 
 /// The bound on any one step.
@@ -174,19 +176,91 @@ async fn wait_subscribed(addr: SocketAddr, topics: u64) -> Result<()> {
     Ok(())
 }
 
-/// Runs `test` against every broker kind installed.
-async fn each_broker<F, Fut>(name: &str, test: F) -> Result<()>
+/// Runs `test` against a broker of `kind`, which the harness found installed.
+async fn with_broker<F, Fut>(kind: Kind, name: &str, test: F) -> Result<()>
 where
-    F: Fn(Broker) -> Fut,
+    F: FnOnce(Broker) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    let Some(broker) = Broker::start(kind, name)? else {
+        bail!("{name}: the {kind:?} broker is missing, though the harness found it");
+    };
+    test(broker)
+        .await
+        .with_context(|| format!("{name} with {kind:?}"))
+}
+
+/// The harness: each broker test once per broker kind, named `module::test::kind`. A test
+/// whose broker is not installed is reported as ignored, with the missing binary as the
+/// reason, so `cargo test`'s summary counts it as ignored instead of passed.
+fn main() -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let mut trials = vec![Trial::test(
+        "faults::an_unreachable_broker_stops_the_start_unless_optional",
+        || block_on(faults::an_unreachable_broker_stops_the_start_unless_optional()),
+    )];
     for kind in Kind::ALL {
-        let Some(broker) = Broker::start(kind, name)? else {
-            continue;
-        };
-        test(broker)
-            .await
-            .with_context(|| format!("{name} with {kind:?}"))?;
+        trials.extend([
+            on(
+                kind,
+                "delivery::a_publish_reaches_every_node_once_in_order_and_only_its_topic",
+                delivery::a_publish_reaches_every_node_once_in_order_and_only_its_topic,
+            ),
+            on(
+                kind,
+                "delivery::an_outside_backend_publishes_with_the_brokers_own_tools",
+                delivery::an_outside_backend_publishes_with_the_brokers_own_tools,
+            ),
+            on(
+                kind,
+                "delivery::the_embedding_handle_publishes_through_the_broker",
+                delivery::the_embedding_handle_publishes_through_the_broker,
+            ),
+            on(
+                kind,
+                "faults::a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted",
+                faults::a_lost_broker_stops_only_cross_node_delivery_and_the_loss_is_counted,
+            ),
+            on(
+                kind,
+                "faults::nodes_join_and_leave_while_traffic_flows",
+                faults::nodes_join_and_leave_while_traffic_flows,
+            ),
+        ]);
     }
-    Ok(())
+    trials.push(on(
+        Kind::Cluster,
+        "delivery::cluster_topics_on_three_masters_each_reach_every_node",
+        |_| delivery::cluster_topics_on_three_masters_each_reach_every_node(),
+    ));
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// The trial `name::kind`: `test` against that broker, ignored when its binaries are missing.
+fn on<F, Fut>(kind: Kind, name: &str, test: F) -> Trial
+where
+    F: FnOnce(Kind) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    Trial::ignorable_test(format!("{name}::{}", kind.label()), move || {
+        if let Some(binary) = kind.missing() {
+            return Ok(Completion::ignored_with(format!(
+                "{binary} missing; scripts/brokers.sh install"
+            )));
+        }
+        block_on(test(kind)).map(|()| Completion::Completed)
+    })
+}
+
+/// Runs a test on its own two-worker runtime, as `#[tokio::test(flavor = "multi_thread",
+/// worker_threads = 2)]` would; an error fails the trial with its whole chain.
+fn block_on(test: impl std::future::Future<Output = Result<()>>) -> Result<(), Failed> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Failed::from(format!("cannot build the runtime: {e}")))?;
+    runtime
+        .block_on(test)
+        .map_err(|e| Failed::from(format!("{e:?}")))
 }

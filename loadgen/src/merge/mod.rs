@@ -308,7 +308,7 @@ fn same_nodes_or_none(reports: &[(String, Value)]) -> Result<(), LoadError> {
 }
 
 /// `ws` and `/path` of `ws://host:port/path` (the host may be written differently:
-/// `localhost`, `127.0.0.1`, or another loopback address of the same server).
+/// `localhost`, `127.0.0.1`, another address of the same server, or its name).
 fn scheme_and_path(url: &str) -> (&str, &str) {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     (scheme, rest.find('/').map_or("/", |at| &rest[at..]))

@@ -67,6 +67,8 @@ pub struct Settings {
     pub server_pid: Option<u32>,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// The protocol over WebSocket (`--protocol`, `--on-open`, `--ready-when`).
+    pub session: Option<std::sync::Arc<crate::scenario::session::Spec>>,
 }
 
 impl Settings {
@@ -98,6 +100,7 @@ impl Settings {
             // Handshakes, pings and closes only.
             recv: RecvBuffers::IDLE,
             close_cpu: true,
+            session: self.session.clone(),
         }
     }
 }

@@ -19,7 +19,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest HTTP response head accepted from the publish endpoint.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
-/// `http://HOST[:PORT]/PATH`, loopback only: where `--publish-url` posts.
+/// `http://HOST[:PORT]/PATH`: where `--publish-url` posts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PublishUrl {
     /// Address, `Host` header and request target, as for a `ws://` URL.
@@ -31,7 +31,7 @@ impl std::str::FromStr for PublishUrl {
 
     fn from_str(url: &str) -> Result<Self, Self::Err> {
         match url.strip_prefix("http://") {
-            // The same loopback-only rules as a ws:// URL, default port 80 alike.
+            // The same rules as a ws:// URL, default port 80 alike.
             Some(rest) => Ok(Self {
                 target: format!("ws://{rest}").parse()?,
             }),
@@ -322,11 +322,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn publish_urls_are_loopback_http() {
+    fn publish_urls_are_http() {
         let url: PublishUrl = "http://127.0.0.1:9001/publish/room".parse().unwrap();
         assert_eq!(url.target.path, "/publish/room");
         assert_eq!(url.target.addr.port(), 9001);
-        assert!("http://10.0.0.1/publish/x".parse::<PublishUrl>().is_err());
+        // Another machine's address: taken as written (nothing is resolved or sent).
+        let url: PublishUrl = "http://192.0.2.1/publish/x".parse().unwrap();
+        assert_eq!(url.target.addr, "192.0.2.1:80".parse().unwrap());
         assert!("https://127.0.0.1/publish/x".parse::<PublishUrl>().is_err());
         assert!("ws://127.0.0.1/publish/x".parse::<PublishUrl>().is_err());
     }

@@ -8,6 +8,8 @@ use uringcast::protocol::connection::ClientSide;
 use uringcast::protocol::handshake::ClientHandshake;
 use uringcast::protocol::WebSocket;
 
+use crate::scenario::session::State;
+
 /// A connection's masks come from the thread's random source (RFC 6455 §5.3).
 pub(super) type ClientMasks = ClientSide<fn() -> [u8; 4]>;
 
@@ -58,6 +60,16 @@ pub(super) struct Open {
     pub(super) server_closed: bool,
     /// The server's close frame arrived.
     pub(super) close_received: bool,
+    /// Where the connection is in its protocol's opening (`None`: plain WebSocket, up at the
+    /// upgrade).
+    pub(super) session: Option<State>,
+}
+
+impl Open {
+    /// Up at the protocol's level: counted as connecting until then.
+    pub(super) fn ready(&self) -> bool {
+        self.session.is_none_or(|s| s == State::Ready)
+    }
 }
 
 #[derive(Clone, Copy)]

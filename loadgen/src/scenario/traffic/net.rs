@@ -18,6 +18,7 @@ use super::thread::ThreadSetup;
 use super::tls::SlotTls;
 use super::{new_histogram, Plan, Progress, Split, Workload};
 use crate::report::{Diagnostics, Failure, Failures};
+use crate::scenario::session::Spec;
 use crate::uring::user_data::OpKind;
 use crate::uring::{BeforeClose, Completion, Ops};
 
@@ -76,6 +77,12 @@ pub(super) struct Net {
     pub(super) tls_plain: Vec<u8>,
     /// permessage-deflate and the byte counts.
     pub(super) compression: Compression,
+    /// The protocol over WebSocket, if any besides plain messages.
+    pub(super) session: Option<Arc<Spec>>,
+    /// The messages the session asks to send, reused.
+    pub(super) session_out: Vec<Vec<u8>>,
+    /// A data message wrapped for the session's protocol, reused.
+    pub(super) wrapped: Vec<u8>,
 }
 
 impl Net {
@@ -127,6 +134,9 @@ impl Net {
             tls_resumed: 0,
             tls_plain: Vec::new(),
             compression: Compression::new(setup.settings.deflate),
+            session: setup.settings.session.clone(),
+            session_out: Vec::new(),
+            wrapped: Vec::new(),
         }
     }
 
@@ -345,13 +355,33 @@ impl Net {
         }
     }
 
+    /// Fails an upgraded connection that its protocol never made ready (a timeout, a refused
+    /// subscription): a connection that did not come up, not one dropped.
+    pub(super) fn fail_unready(
+        &mut self,
+        ops: &mut Ops,
+        index: usize,
+        failure: Failure,
+        detail: String,
+    ) {
+        if matches!(&self.slots[index].conn, Conn::Open(o) if !o.ready()) {
+            self.failed.add(failure, detail);
+            self.teardown(ops, index);
+        }
+    }
+
     /// Ends the slot's operations and closes its descriptor; it frees when all are back.
     pub(super) fn teardown(&mut self, ops: &mut Ops, index: usize) {
         let slot = &mut self.slots[index];
         match &slot.conn {
             Conn::Free | Conn::Closing => return,
             Conn::Connecting(_) => self.connecting -= 1,
-            Conn::Open(_) => self.open -= 1,
+            Conn::Open(o) => {
+                self.open -= 1;
+                if !o.ready() {
+                    self.connecting -= 1;
+                }
+            }
         }
         let before = match &slot.conn {
             _ if slot.pending == 0 => BeforeClose::Nothing,
@@ -505,13 +535,26 @@ impl Net {
                 break;
             }
             self.handshake_deadlines.pop_front();
-            if self.slots[d.slot as usize].generation == d.generation {
-                let detail = format!(
-                    "no verified 101 within {:.1} s",
-                    self.handshake_timeout.as_secs_f64()
-                );
-                self.fail(ops, d.slot as usize, Failure::Timeout, detail);
+            let slot = &self.slots[d.slot as usize];
+            if slot.generation != d.generation {
+                continue;
             }
+            if let Conn::Open(o) = &slot.conn {
+                if !o.ready() {
+                    let detail = format!(
+                        "upgraded but not ready (--ready-when, or Socket.IO's connect) within \
+                         {:.1} s",
+                        self.handshake_timeout.as_secs_f64()
+                    );
+                    self.fail_unready(ops, d.slot as usize, Failure::Timeout, detail);
+                }
+                continue;
+            }
+            let detail = format!(
+                "no verified 101 within {:.1} s",
+                self.handshake_timeout.as_secs_f64()
+            );
+            self.fail(ops, d.slot as usize, Failure::Timeout, detail);
         }
         while let Some(d) = self.close_deadlines.front().copied() {
             if d.at > now {

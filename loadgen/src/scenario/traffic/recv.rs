@@ -4,12 +4,13 @@
 use std::time::Instant;
 
 use uringcast::protocol::connection::ClientSide;
-use uringcast::protocol::{Limits, Read, WebSocket};
+use uringcast::protocol::{Limits, OpCode, Read, WebSocket};
 
 use super::conn::{random_mask, Conn, Deadline, Open};
 use super::net::{classify, micros_since, Net};
 use super::{Outbox, Workload, MAX_MESSAGE_BYTES};
 use crate::report::Failure;
+use crate::scenario::session::{Incoming, Spec, State};
 use crate::scenario::stamp;
 use crate::uring::user_data::OpKind;
 use crate::uring::{Completion, Ops};
@@ -92,7 +93,6 @@ impl Net {
                 Ok((used, Some(response))) => {
                     self.handshake.saturating_record(micros_since(c.started));
                     self.established += 1;
-                    self.connecting -= 1;
                     self.open += 1;
                     let mut ws = WebSocket::new(
                         ClientSide(random_mask as fn() -> [u8; 4]),
@@ -113,7 +113,9 @@ impl Net {
                         closing: None,
                         server_closed: false,
                         close_received: false,
+                        session: None,
                     }));
+                    self.session_opened(index);
                     rest = &mut rest[used..];
                 }
                 Err(error) => {
@@ -179,7 +181,24 @@ impl Net {
                     let tally = &mut self.compression.tally;
                     tally.messages_in += 1;
                     tally.payload_bytes_in += payload.len() as u64;
-                    work.message(index, opcode, &payload, now_ns, &mut Outbox { net: self });
+                    match self.session.clone() {
+                        None => {
+                            work.message(
+                                index,
+                                opcode,
+                                &payload,
+                                now_ns,
+                                &mut Outbox { net: self },
+                            );
+                        }
+                        Some(spec) => {
+                            let up = self
+                                .session_message(ops, work, &spec, index, opcode, &payload, now_ns);
+                            if !up {
+                                return input.len();
+                            }
+                        }
+                    }
                 }
                 Read::Pong(_) | Read::Ping { pong: None, .. } => {}
                 Read::Ping {
@@ -219,6 +238,84 @@ impl Net {
             }
         }
         pos
+    }
+
+    /// The upgrade completed: the session's protocol starts (its first messages are sent), and
+    /// without one, or when it needs nothing more, the connection is up.
+    fn session_opened(&mut self, index: usize) {
+        let Some(spec) = self.session.clone() else {
+            self.connecting -= 1;
+            return;
+        };
+        let mut out = std::mem::take(&mut self.session_out);
+        let state = spec.opened(self.plan.global(index), &mut out);
+        if let Conn::Open(o) = &mut self.slots[index].conn {
+            o.session = Some(state);
+        }
+        if state == State::Ready {
+            self.connecting -= 1;
+        }
+        self.send_session(index, &mut out);
+        self.session_out = out;
+    }
+
+    /// One message through the session's protocol: its answers sent, a delivery handed to the
+    /// workload. False when the connection ended.
+    #[allow(clippy::too_many_arguments)]
+    fn session_message<W: Workload>(
+        &mut self,
+        ops: &mut Ops,
+        work: &mut W,
+        spec: &Spec,
+        index: usize,
+        opcode: OpCode,
+        payload: &[u8],
+        now_ns: u64,
+    ) -> bool {
+        let global = self.plan.global(index);
+        let Conn::Open(o) = &mut self.slots[index].conn else {
+            return false;
+        };
+        let Some(state) = o.session.as_mut() else {
+            return true;
+        };
+        let mut out = std::mem::take(&mut self.session_out);
+        let incoming = spec.incoming(state, global, opcode, payload, &mut out);
+        self.send_session(index, &mut out);
+        self.session_out = out;
+        match incoming {
+            Incoming::Nothing => {}
+            Incoming::Ready => self.connecting -= 1,
+            Incoming::AsIs => {
+                work.message(index, opcode, payload, now_ns, &mut Outbox { net: self })
+            }
+            Incoming::Extracted(text) => {
+                work.message(
+                    index,
+                    OpCode::Text,
+                    &text,
+                    now_ns,
+                    &mut Outbox { net: self },
+                );
+            }
+            Incoming::Failed(detail) => {
+                let ready = matches!(&self.slots[index].conn, Conn::Open(o) if o.ready());
+                if ready {
+                    self.end_open(ops, index, detail);
+                } else {
+                    self.fail_unready(ops, index, Failure::Other, detail);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Sends the session's messages in `out` (text), emptying it.
+    fn send_session(&mut self, index: usize, out: &mut Vec<Vec<u8>>) {
+        for message in out.drain(..) {
+            Outbox { net: self }.send_frame(index, OpCode::Text, &message);
+        }
     }
 
     /// The server closed its side: the end of a closing handshake, or a drop.

@@ -59,6 +59,9 @@ pub struct Settings {
     /// [`StopSample::close_cpu_s`](super::outcome::StopSample::close_cpu_s); a run that does
     /// not report it saves the wait.
     pub close_cpu: bool,
+    /// The protocol over WebSocket (`--protocol`, `--on-open`, `--ready-when`,
+    /// `--payload-at`); `None`: plain WebSocket, each message a payload.
+    pub session: Option<std::sync::Arc<crate::scenario::session::Spec>>,
 }
 
 impl Settings {

@@ -204,9 +204,24 @@ impl Outbox<'_> {
         matches!(&self.net.slots[conn].conn, Conn::Open(o) if o.closing.is_none())
     }
 
-    /// Queues one message on `conn`, masked with a fresh key (and compressed with
+    /// Queues one data message on `conn`: the payload, wrapped as the session's protocol
+    /// says (`--payload-at`, Socket.IO's events), masked with a fresh key (and compressed with
     /// `--deflate-send` where the connection agreed to it). False if it is not open.
     pub fn send(&mut self, conn: usize, opcode: OpCode, payload: &[u8]) -> bool {
+        let Some(spec) = self.net.session.clone() else {
+            return self.send_frame(conn, opcode, payload);
+        };
+        let mut wrapped = std::mem::take(&mut self.net.wrapped);
+        let global = self.net.plan.global(conn);
+        let opcode = spec.wrap(global, opcode, payload, &mut wrapped);
+        let sent = self.send_frame(conn, opcode, &wrapped);
+        self.net.wrapped = wrapped;
+        sent
+    }
+
+    /// Queues one message on `conn` as it is (a data message already wrapped, or the session's
+    /// own), as [`send`](Self::send) does. False if it is not open.
+    pub(super) fn send_frame(&mut self, conn: usize, opcode: OpCode, payload: &[u8]) -> bool {
         let Conn::Open(o) = &mut self.net.slots[conn].conn else {
             return false;
         };
