@@ -352,6 +352,79 @@ fn an_app_over_its_connection_quota_closes_with_4004() -> Result<()> {
 }
 
 #[test]
+fn every_subscription_limit_answers_with_its_status() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("uringcast-pusher-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let apps = dir.join("apps.json");
+    std::fs::write(
+        &apps,
+        json!({"apps": [{"id": APP_ID, "key": KEY, "secret": SECRET,
+                         "limits": {"max_presence_members": 1, "max_presence_info_bytes": 16,
+                                    "max_channels_per_connection": 3}}]})
+        .to_string(),
+    )?;
+    let server = Server::start(&[
+        "--mode",
+        "pusher",
+        "--workers",
+        "2",
+        "--apps",
+        apps.to_str().unwrap_or_default(),
+    ])?;
+    let (mut a, id_a) = established(&server)?;
+    let (mut b, id_b) = established(&server)?;
+    let status = |reply: &Value| reply["data"]["status"].as_u64();
+    // A bad name.
+    send_json(
+        &mut a,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "a b"}}),
+    )?;
+    let reply = read_json(&mut a)?;
+    ensure!(
+        reply["event"] == "pusher:subscription_error" && status(&reply) == Some(400),
+        "{reply}"
+    );
+    // Presence: user_info over 16 bytes, then a full channel for a second user.
+    let big = r#"{"user_id":"1","user_info":{"name":"a name of more than sixteen bytes"}}"#;
+    ensure!(status(&subscribe_private(&mut a, &id_a, "presence-p", Some(big))?) == Some(400));
+    let one = r#"{"user_id":"1"}"#;
+    let ok = subscribe_private(&mut a, &id_a, "presence-p", Some(one))?;
+    ensure!(
+        ok["event"] == "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    let two = r#"{"user_id":"2"}"#;
+    ensure!(status(&subscribe_private(&mut b, &id_b, "presence-p", Some(two))?) == Some(403));
+    // A presence subscription whose channel_data is not what was signed.
+    send_json(
+        &mut b,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "presence-q",
+                "auth": format!("{KEY}:{}", sign(SECRET, &format!("{id_b}:presence-q:{one}"))),
+                "channel_data": two}}),
+    )?;
+    ensure!(status(&read_json(&mut b)?) == Some(401));
+    // Three channels per connection, no more.
+    for channel in ["c1", "c2"] {
+        send_json(
+            &mut a,
+            &json!({"event": "pusher:subscribe", "data": {"channel": channel}}),
+        )?;
+        ensure!(read_json(&mut a)?["event"] == "pusher_internal:subscription_succeeded");
+    }
+    send_json(
+        &mut a,
+        &json!({"event": "pusher:subscribe", "data": {"channel": "c3"}}),
+    )?;
+    let reply = read_json(&mut a)?;
+    ensure!(
+        reply["data"]["type"] == "LimitReached" && status(&reply) == Some(400),
+        "{reply}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
 fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
     let server = pusher_server(&[])?;
     let mut client = RawClient::connect(server.addr())?;
