@@ -146,14 +146,26 @@ pub enum HttpHead {
     Respond(Vec<u8>),
 }
 
-/// A connection anywhere on this node: its worker and its id there.
+/// A connection of any node: the node's random tag, the worker and its id there. A publish
+/// that skips a peer skips it wherever the publish goes, through the broker too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Peer {
+    pub(crate) node: u64,
     pub(crate) worker: usize,
     pub(crate) conn: ConnId,
 }
 
 impl Peer {
+    /// A peer from its parts, e.g. read back from an id made of them.
+    pub fn new(node: u64, worker: usize, conn: ConnId) -> Self {
+        Self { node, worker, conn }
+    }
+
+    /// The tag of its node (below 10^12, random per server).
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
     /// Its worker's index.
     pub fn worker(&self) -> usize {
         self.worker
@@ -356,6 +368,7 @@ impl Gate<'_> {
 /// order they were made; a subscription made while a publish fans out applies after it.
 pub struct Connection<'a, D> {
     id: ConnId,
+    node: u64,
     worker: usize,
     data: &'a mut D,
     actions: &'a mut Actions,
@@ -372,6 +385,7 @@ impl<'a, D> Connection<'a, D> {
     ) -> Self {
         Self {
             id,
+            node: 0,
             worker: 0,
             data,
             actions,
@@ -385,7 +399,8 @@ impl<'a, D> Connection<'a, D> {
     }
 
     /// Sets the worker it runs on (the engine does, before the handler sees it).
-    pub(crate) fn on_worker(mut self, worker: usize) -> Self {
+    pub(crate) fn on_worker(mut self, node: u64, worker: usize) -> Self {
+        self.node = node;
         self.worker = worker;
         self
     }
@@ -393,6 +408,7 @@ impl<'a, D> Connection<'a, D> {
     /// This connection as a [`Peer`]: unique on this node while it is open.
     pub fn peer(&self) -> Peer {
         Peer {
+            node: self.node,
             worker: self.worker,
             conn: self.id,
         }

@@ -21,6 +21,20 @@ pub const MAILBOX_CAPACITY: usize = 1 << 16;
 /// largest default message.
 pub const MAILBOX_MAX_BYTES: usize = 64 << 20;
 
+/// A random node tag in 1..=10^12, so that `tag * 1024 + worker` fits a u64 with room.
+fn random_node_tag() -> u64 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        // No system randomness: the time still tells two servers apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos as u64).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes) % 1_000_000_000_000 + 1
+}
+
 /// One publish crossing to a worker: the publication, shared by every worker.
 pub(crate) type Mail = Arc<Publication>;
 
@@ -39,6 +53,8 @@ pub(crate) struct Hub {
     uplink: OnceLock<Arc<dyn Uplink>>,
     /// The source of positions and the store of history, when history is on.
     pub(crate) log: Option<Arc<dyn Log>>,
+    /// This node's random tag, in every [`Peer`](super::Peer) of its connections.
+    pub(crate) node: u64,
 }
 
 impl Hub {
@@ -61,6 +77,7 @@ impl Hub {
             shared,
             uplink: OnceLock::new(),
             log,
+            node: random_node_tag(),
         }
     }
 

@@ -211,7 +211,7 @@ impl<H: Handler> Broadcast<H> {
         let mut message = outgoing(publication);
         let except = publication
             .except()
-            .filter(|p| p.worker == self.worker)
+            .filter(|p| p.node == self.hub.node && p.worker == self.worker)
             .map(|p| p.conn);
         for &sub in self.topics.subscribers(id) {
             if Some(sub) == except {
@@ -362,7 +362,7 @@ impl<H: Handler> Service for Broadcast<H> {
                 log: self.hub.log.as_ref().map(|log| (log, self.max_recover)),
             };
             let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
-                .on_worker(self.worker);
+                .on_worker(self.hub.node, self.worker);
             let handler = &mut self.handler;
             if catch_unwind(AssertUnwindSafe(|| {
                 handler.on_open(&mut connection, request)
@@ -394,7 +394,7 @@ impl<H: Handler> Service for Broadcast<H> {
                 log: self.hub.log.as_ref().map(|log| (log, self.max_recover)),
             };
             let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
-                .on_worker(self.worker);
+                .on_worker(self.hub.node, self.worker);
             let handler = &mut self.handler;
             let message = Message { opcode, payload };
             if catch_unwind(AssertUnwindSafe(|| {
@@ -423,8 +423,8 @@ impl<H: Handler> Service for Broadcast<H> {
             return;
         }
         let mut actions = handler::Actions::default();
-        let mut connection =
-            Connection::new(conn, &mut data.user, &mut actions, None).on_worker(self.worker);
+        let mut connection = Connection::new(conn, &mut data.user, &mut actions, None)
+            .on_worker(self.hub.node, self.worker);
         let handler = &mut self.handler;
         if catch_unwind(AssertUnwindSafe(|| handler.on_close(&mut connection))).is_err() {
             // The connection is gone already; what the handler asked for before it panicked

@@ -96,7 +96,7 @@ pub(crate) fn serve(
     };
     Some(match route {
         Route::Events => match serde_json::from_slice::<Event>(body) {
-            Ok(event) => match check_event(node, app, &event) {
+            Ok(event) => match check_event(app, &event) {
                 Ok(checked) => ok(&publish(node, call, app, checked)),
                 Err((status, message)) => text(status, &message),
             },
@@ -204,7 +204,7 @@ struct Checked<'e> {
 }
 
 /// Checks one event against the app's limits, publishing nothing.
-fn check_event<'e>(node: &Node, app: &App, event: &'e Event) -> Result<Checked<'e>, (u16, String)> {
+fn check_event<'e>(app: &App, event: &'e Event) -> Result<Checked<'e>, (u16, String)> {
     let limits = &app.limits;
     if event.name.is_empty() || event.name.len() > 200 {
         return Err((400, "name must be 1 to 200 bytes".into()));
@@ -241,7 +241,7 @@ fn check_event<'e>(node: &Node, app: &App, event: &'e Event) -> Result<Checked<'
         Some(id) if !socket_id::is_valid(id) => {
             return Err((400, "socket_id is not of the form 123.456".into()))
         }
-        Some(id) => socket_id::decode(node.tag, id),
+        Some(id) => socket_id::decode(id),
         None => None,
     };
     Ok(Checked {
@@ -321,7 +321,7 @@ fn batch(node: &Node, call: &mut HttpCall<'_>, app: &App, body: &[u8]) -> Vec<u8
         if event.channels.is_some() {
             return text(400, "a batch event names one channel");
         }
-        match check_event(node, app, event) {
+        match check_event(app, event) {
             Ok(ok) => checked.push(ok),
             Err((status, message)) => return text(status, &message),
         }

@@ -53,8 +53,6 @@ pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
 #[derive(Debug)]
 pub struct Node {
     pub(crate) apps: Apps,
-    /// Random, so that socket ids are unique across nodes.
-    pub(crate) tag: u64,
     states: HashMap<String, Mutex<AppState>>,
     /// Open connections per app id.
     connections: HashMap<String, AtomicUsize>,
@@ -78,7 +76,6 @@ impl Node {
             .collect();
         Self {
             apps,
-            tag: socket_id::random_node_tag(),
             states,
             connections,
             webhooks,
@@ -187,7 +184,7 @@ impl Handler for Pusher {
                 "application is over connection quota",
             );
         }
-        let socket_id = socket_id::encode(self.node.tag, conn.peer());
+        let socket_id = socket_id::encode(conn.peer());
         let established =
             message::encode_connection_established(&socket_id, app.limits.activity_timeout);
         conn.send(OpCode::Text, established.as_bytes());

@@ -777,8 +777,23 @@ fn metric(server: &Server, name: &str) -> Result<f64> {
 
 /// `POST /apps/{id}/events`, signed as the SDKs sign it; returns the status.
 fn trigger(server: &Server, channel: &str, event: &str, data: &str) -> Result<u16> {
+    trigger_except(server, channel, event, data, None)
+}
+
+/// [`trigger`], excluding a `socket_id`.
+fn trigger_except(
+    server: &Server,
+    channel: &str,
+    event: &str,
+    data: &str,
+    socket_id: Option<&str>,
+) -> Result<u16> {
     use uringcast::pusher::signing::{md5_hex, parse_query, string_to_sign};
-    let body = json!({"name": event, "channel": channel, "data": data}).to_string();
+    let mut body = json!({"name": event, "channel": channel, "data": data});
+    if let Some(id) = socket_id {
+        body["socket_id"] = id.into();
+    }
+    let body = body.to_string();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -804,10 +819,13 @@ fn trigger(server: &Server, channel: &str, event: &str, data: &str) -> Result<u1
 }
 
 #[test]
-fn events_cross_nodes_on_redis() -> Result<()> {
-    let Some(broker) = brokers::Broker::start(brokers::Kind::Redis, "events_cross_nodes_on_redis")?
+fn events_and_exclusions_cross_nodes_on_redis() -> Result<()> {
+    let Some(broker) = brokers::Broker::start(
+        brokers::Kind::Redis,
+        "events_and_exclusions_cross_nodes_on_redis",
+    )?
     else {
-        eprintln!("SKIP events_cross_nodes_on_redis: redis-server missing");
+        eprintln!("SKIP events_and_exclusions_cross_nodes_on_redis: redis-server missing");
         return Ok(());
     };
     let url = broker.url();
@@ -846,6 +864,17 @@ fn events_cross_nodes_on_redis() -> Result<()> {
     ensure!(
         got["event"] == "client-x" && got["data"] == json!({"n": 1}),
         "{got}"
+    );
+    // socket_id exclusion holds across nodes: an event triggered on node two that names a
+    // connection of node one skips it there; a marker shows it never came.
+    ensure!(trigger_except(&two, "private-x", "not-for-a", "x", Some(&id_a))? == 200);
+    ensure!(read_json(&mut b)?["event"] == "not-for-a");
+    ensure!(trigger(&two, "private-x", "marker", "x")? == 200);
+    ensure!(read_json(&mut b)?["event"] == "marker");
+    let first = read_json(&mut a)?;
+    ensure!(
+        first["event"] == "marker",
+        "the excluded connection got {first}"
     );
     Ok(())
 }
