@@ -134,8 +134,8 @@ impl<H: Handler> Broadcast<H> {
         publication
     }
 
-    /// Closes every subscriber of `topic` on every worker of this node, through the
-    /// mailboxes so that it stays in order with the publishes before it.
+    /// Closes every subscriber of `topic` on every worker, through the mailboxes so that it
+    /// stays in order with the publishes before it, and on every node through the broker.
     fn close_subscribers(
         &mut self,
         ctx: &mut Ctx<'_, ConnState<H::Data>>,
@@ -149,6 +149,9 @@ impl<H: Handler> Broadcast<H> {
         };
         let closing = Publication::closing(name, code, reason);
         self.hub.post(&closing, Some(self.worker));
+        if let Some(uplink) = self.hub.uplink() {
+            uplink.publish(&closing);
+        }
         self.fan_out(ctx, &closing);
     }
 

@@ -178,7 +178,8 @@ impl Publication {
 
     /// A publication that closes every subscriber of `topic` with `code` and `reason`
     /// instead of sending them anything (its opcode is [`OpCode::Close`], its payload the
-    /// close frame's body). It never enters history or the broker link.
+    /// close frame's body). It never enters history; the broker link carries it as kind
+    /// `close`.
     pub(crate) fn closing(
         topic: Arc<str>,
         code: crate::protocol::CloseCode,

@@ -5,7 +5,8 @@
 //! UC1 <kind> <node> <seq>\n<payload>
 //! ```
 //!
-//! `kind` is `text` or `binary` (the WebSocket opcode), or `base64` (a binary payload written as
+//! `kind` is `text` or `binary` (the WebSocket opcode), `close` (close the topic's subscribers;
+//! the payload is a close code, 2 bytes, and a UTF-8 reason), or `base64` (a binary payload written as
 //! base64, for a person at a terminal); `node` is the publishing node's id (16 hex digits) and
 //! `seq` its count of publishes to this topic, from 1. A publish that skips one connection
 //! (a Pusher client event, or an API event with a `socket_id`) adds a fifth field,
@@ -68,10 +69,10 @@ pub(crate) fn encode_except(
     payload: &[u8],
     except: Option<Peer>,
 ) -> Bytes {
-    let kind = if opcode == OpCode::Text {
-        "text"
-    } else {
-        "binary"
+    let kind = match opcode {
+        OpCode::Text => "text",
+        OpCode::Close => "close",
+        _ => "binary",
     };
     let head = match except {
         Some(p) => format!(
@@ -131,6 +132,13 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
             (OpCode::Text, payload)
         }
         "binary" => (OpCode::Binary, payload),
+        // Closes the topic's subscribers: a close code (2 bytes) and a UTF-8 reason.
+        "close" => {
+            if payload.len() < 2 || simdutf8::basic::from_utf8(&payload[2..]).is_err() {
+                return Err(WireError::Head);
+            }
+            (OpCode::Close, payload)
+        }
         "base64" => {
             let text: Vec<u8> = payload
                 .iter()
@@ -269,6 +277,12 @@ mod tests {
         let wire = encode_except(OpCode::Text, u64::MAX, u64::MAX, b"x", Some(peer));
         let envelope = decode(wire).unwrap();
         assert_eq!(envelope.except, Some(peer));
+        let close = decode(encode(OpCode::Close, 1, 1, b"\x0f\xa9bye")).unwrap();
+        assert_eq!(
+            (close.opcode, &close.payload[..]),
+            (OpCode::Close, &b"\x0f\xa9bye"[..])
+        );
+        assert!(decode(Bytes::from_static(b"UC1 close 00000000000000ff 1\nx")).is_err());
         assert_eq!(envelope.origin, Some((u64::MAX, u64::MAX)));
         for bad in [
             &b"UC1 text 00000000000000ff 1 except=1.2.3\nx"[..],

@@ -788,24 +788,24 @@ fn trigger_except(
     data: &str,
     socket_id: Option<&str>,
 ) -> Result<u16> {
-    use uringcast::pusher::signing::{md5_hex, parse_query, string_to_sign};
     let mut body = json!({"name": event, "channel": channel, "data": data});
     if let Some(id) = socket_id {
         body["socket_id"] = id.into();
     }
-    let body = body.to_string();
+    signed_post(server, &format!("/apps/{APP_ID}/events"), &body.to_string())
+}
+
+/// A POST to the API, signed as the SDKs sign it; returns the status.
+fn signed_post(server: &Server, path: &str, body: &str) -> Result<u16> {
+    use uringcast::pusher::signing::{md5_hex, parse_query, string_to_sign};
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let path = format!("/apps/{APP_ID}/events");
     let query = format!(
         "auth_key={KEY}&auth_timestamp={now}&auth_version=1.0&body_md5={}",
         md5_hex(body.as_bytes())
     );
-    let signature = sign(
-        SECRET,
-        &string_to_sign("POST", &path, &parse_query(&query)?),
-    );
+    let signature = sign(SECRET, &string_to_sign("POST", path, &parse_query(&query)?));
     let mut client = RawClient::connect(server.addr())?;
     client.send(
         format!(
@@ -876,5 +876,27 @@ fn events_and_exclusions_cross_nodes_on_redis() -> Result<()> {
         first["event"] == "marker",
         "the excluded connection got {first}"
     );
+    // terminate_connections on node two closes the user's connection on node one.
+    let (mut c, id_c) = established(&one)?;
+    let user_data = r#"{"id":"far-user"}"#;
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, &format!("{id_c}::user::{user_data}"))
+    );
+    send_json(
+        &mut c,
+        &json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
+    )?;
+    ensure!(read_json(&mut c)?["event"] == "pusher:signin_success");
+    while metric(&one, "uringcast_broker_subscribed_topics")? < 2.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "node one never subscribed to the user's topic"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let path = format!("/apps/{APP_ID}/users/far-user/terminate_connections");
+    ensure!(signed_post(&two, &path, "{}")? == 200);
+    ensure!(c.expect_close()?.close_code() == Some(4009));
     Ok(())
 }
