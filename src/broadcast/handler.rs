@@ -204,7 +204,7 @@ impl<'a> HttpCall<'a> {
         ));
     }
 
-    /// Closes every subscriber of `topic` on every worker of this node.
+    /// Closes every subscriber of `topic` on every worker, and on every node of the broker.
     pub fn close_subscribers(&mut self, topic: &str, code: CloseCode, reason: &str) {
         self.actions
             .list
@@ -229,7 +229,7 @@ pub(crate) enum Action {
     Close(CloseCode, Box<str>),
     /// A publish that skips one subscriber.
     PublishExcept(Box<str>, OpCode, Bytes, Option<Peer>),
-    /// Closes every subscriber of a topic, on every worker.
+    /// Closes every subscriber of a topic, on every worker and node.
     CloseSubscribers(Box<str>, CloseCode, Box<str>),
 }
 
@@ -398,14 +398,15 @@ impl<'a, D> Connection<'a, D> {
         self.id
     }
 
-    /// Sets the worker it runs on (the engine does, before the handler sees it).
+    /// Sets the node tag and the worker it runs on (the engine does, before the handler sees
+    /// it).
     pub(crate) fn on_worker(mut self, node: u64, worker: usize) -> Self {
         self.node = node;
         self.worker = worker;
         self
     }
 
-    /// This connection as a [`Peer`]: unique on this node while it is open.
+    /// This connection as a [`Peer`]: unique across nodes while it is open.
     pub fn peer(&self) -> Peer {
         Peer {
             node: self.node,

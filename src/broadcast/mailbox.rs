@@ -115,8 +115,8 @@ impl Hub {
         self.publish_except(topic, opcode, payload, local, None)
     }
 
-    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is on this
-    /// node (the broker link carries no exclusion: it is a connection of this node).
+    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is: on this
+    /// node's workers, or on the node the broker link brings it to.
     pub(crate) fn publish_except(
         &self,
         topic: &Arc<str>,

@@ -106,9 +106,9 @@ impl<H: Handler> Broadcast<H> {
         self.publish_except(ctx, topic, opcode, payload, None)
     }
 
-    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is on this
-    /// node: the publication is still encoded once, and the excluded connection is passed
-    /// over by its id during its worker's fan-out.
+    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is: the
+    /// publication is still encoded once, and the excluded connection is passed over by its
+    /// id during the fan-out of its node's worker.
     fn publish_except(
         &mut self,
         ctx: &mut Ctx<'_, ConnState<H::Data>>,

@@ -206,7 +206,8 @@ impl Publication {
         let _ = self.except.set(peer);
     }
 
-    /// The subscriber this publication skips, if any (a connection on this node).
+    /// The subscriber this publication skips, if any (a connection of any node: only its
+    /// own node's worker skips it).
     pub(crate) fn except(&self) -> Option<super::Peer> {
         self.except.get().copied()
     }

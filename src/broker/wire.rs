@@ -5,9 +5,10 @@
 //! UC1 <kind> <node> <seq>\n<payload>
 //! ```
 //!
-//! `kind` is `text` or `binary` (the WebSocket opcode), `close` (close the topic's subscribers;
-//! the payload is a close code, 2 bytes, and a UTF-8 reason), or `base64` (a binary payload written as
-//! base64, for a person at a terminal); `node` is the publishing node's id (16 hex digits) and
+//! `kind` is `text` or `binary` (the WebSocket opcode), `close` (close the topic's
+//! subscribers; the payload is a close code, 2 bytes, and a UTF-8 reason), or `base64` (a
+//! binary payload written as base64, for a person at a terminal); `node` is the publishing
+//! node's id (16 hex digits) and
 //! `seq` its count of publishes to this topic, from 1. A publish that skips one connection
 //! (a Pusher client event, or an API event with a `socket_id`) adds a fifth field,
 //! `except=NODE.WORKER.KEY.GENERATION` in decimal: the node that holds the connection skips
