@@ -9,6 +9,8 @@
 //!   provided buffer rings, bounded send queues, one timer wheel per worker.
 //! - [`broker`]: scale-out across nodes: a link to Redis, Redis Cluster or NATS that is one
 //!   more outside publisher to the workers, on a thread of its own.
+//! - [`pusher`]: the Pusher Channels protocol (`--mode pusher`) as a handler on the broadcast
+//!   engine, its codec, auth and API signing sans-IO.
 //! - [`server`]: starts the workers for a [`Config`](config::Config) and a service.
 //!
 //! See `docs/ARCHITECTURE.md` for how a byte travels through them.
@@ -24,6 +26,7 @@ pub mod driver;
 mod modes;
 mod prefetch;
 pub mod protocol;
+pub mod pusher;
 pub mod server;
 pub mod sse;
 pub mod tls;

@@ -116,6 +116,29 @@ struct Cli {
     /// Do not serve Server-Sent Events (GET /<topic> with Accept: text/event-stream).
     #[arg(long)]
     no_sse: bool,
+    /// With --mode pusher: the app's id, in the HTTP API's paths (/apps/ID/...).
+    #[arg(long, value_name = "ID", conflicts_with = "apps")]
+    app_id: Option<String>,
+    /// With --mode pusher: the app's public key, which clients connect with (/app/KEY).
+    #[arg(long, value_name = "KEY", conflicts_with = "apps")]
+    app_key: Option<String>,
+    /// With --mode pusher: the app's secret, which signs subscriptions and API requests
+    /// (also read from the URINGCAST_APP_SECRET environment variable).
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "URINGCAST_APP_SECRET",
+        hide_env_values = true
+    )]
+    app_secret: Option<String>,
+    /// With --mode pusher: several apps, with per-app limits, from a JSON file:
+    /// {"apps": [{"id", "key", "secret", "limits": {...}}]}.
+    #[arg(long, value_name = "FILE")]
+    apps: Option<std::path::PathBuf>,
+    /// With --mode pusher and --app-id: where the app's webhooks go (http://HOST:PORT/PATH),
+    /// every event type; in --apps, each app has its own list.
+    #[arg(long, value_name = "URL", conflicts_with = "apps")]
+    app_webhook: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -124,6 +147,8 @@ enum CliMode {
     Echo,
     /// The request path is the topic: subscribe to it, publish every message to it.
     Broadcast,
+    /// Pusher Channels protocol 7: pusher-js, Laravel Echo and the Pusher server SDKs.
+    Pusher,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -153,6 +178,13 @@ fn main() {
         .init();
     let cli = Cli::parse();
     // A bad setting is a usage error, like clap's own: one line, exit 2.
+    let apps = match pusher_apps(&cli) {
+        Ok(apps) => apps,
+        Err(error) => {
+            eprintln!("uringcast: {error:#}");
+            std::process::exit(2);
+        }
+    };
     let config = match settings(cli) {
         Ok(config) => config,
         Err(error) => {
@@ -160,7 +192,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(error) = run(config) {
+    if let Err(error) = run(config, apps) {
         eprintln!("uringcast: {error:#}");
         // An unreachable broker is a setting to fix, like a bad flag: exit 2.
         let broker = matches!(
@@ -171,13 +203,55 @@ fn main() {
     }
 }
 
+/// The apps of `--mode pusher` (`None` in other modes, where the app flags are refused).
+fn pusher_apps(cli: &Cli) -> anyhow::Result<Option<uringcast::pusher::app::Apps>> {
+    use uringcast::pusher::app::{App, Apps};
+    if !matches!(cli.mode, CliMode::Pusher) {
+        if cli.app_id.is_some()
+            || cli.app_key.is_some()
+            || cli.apps.is_some()
+            || cli.app_webhook.is_some()
+        {
+            anyhow::bail!("--app-id, --app-key, --app-webhook and --apps need --mode pusher");
+        }
+        return Ok(None);
+    }
+    let apps = match (&cli.apps, &cli.app_id, &cli.app_key, &cli.app_secret) {
+        (Some(file), ..) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("--apps: cannot read {}", file.display()))?;
+            Apps::from_json(&text)?
+        }
+        (None, Some(id), Some(key), Some(secret)) => Apps::new(vec![App {
+            id: id.clone(),
+            key: key.clone(),
+            secret: secret.clone(),
+            limits: Default::default(),
+            webhooks: cli
+                .app_webhook
+                .iter()
+                .map(|url| uringcast::pusher::webhook::WebhookConfig {
+                    url: url.clone(),
+                    event_types: Vec::new(),
+                })
+                .collect(),
+        }])?,
+        _ => anyhow::bail!(
+            "--mode pusher needs --app-id, --app-key and --app-secret (or URINGCAST_APP_SECRET), or --apps FILE"
+        ),
+    };
+    Ok(Some(apps))
+}
+
 /// Turns the flags into a validated configuration.
 fn settings(cli: Cli) -> anyhow::Result<config::Config> {
+    let pusher = matches!(cli.mode, CliMode::Pusher);
     let mut builder = Server::builder()
         .listen(cli.listen)
         .mode(match cli.mode {
             CliMode::Echo => Mode::Echo,
-            CliMode::Broadcast => Mode::Broadcast,
+            // Pusher runs on the broadcast engine with its own handler (see `run`).
+            CliMode::Broadcast | CliMode::Pusher => Mode::Broadcast,
         })
         .slow_consumer(match cli.slow_consumer {
             CliSlowConsumer::Disconnect => SlowConsumer::Disconnect,
@@ -200,10 +274,15 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
         .history_ttl(seconds("history-ttl", cli.history_ttl)?)
         .history_max_bytes(cli.history_max_bytes)
         .max_recover(cli.max_recover)
-        .sse(!cli.no_sse)
+        // Server-Sent Events read any topic unauthenticated: never a Pusher app's channels.
+        .sse(!cli.no_sse && !pusher)
         .handle_signals(true);
     if let Some(workers) = cli.workers {
         builder = builder.workers(workers);
+    }
+    if pusher {
+        // Topics are `APP_ID:CHANNEL`: a 100-byte id and a 200-byte channel name.
+        builder = builder.max_topic_bytes(uringcast::pusher::MAX_TOPIC_BYTES);
     }
     if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
         builder = builder.tls(cert, key);
@@ -217,8 +296,11 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
     Ok(builder.build()?)
 }
 
-fn run(config: config::Config) -> anyhow::Result<()> {
-    let handle = server::spawn(config)?;
+fn run(config: config::Config, apps: Option<uringcast::pusher::app::Apps>) -> anyhow::Result<()> {
+    let handle = match apps {
+        Some(apps) => server::spawn_with(config, uringcast::pusher::Pusher::new(apps))?,
+        None => server::spawn(config)?,
+    };
     // The one line on stdout: scripts and tests wait for it.
     println!("listening on {}", handle.local_addr());
     std::io::stdout().flush()?;

@@ -104,6 +104,112 @@ pub trait Handler: Clone + Send + 'static {
     fn on_close(&mut self, conn: &mut Connection<'_, Self::Data>) {
         let _ = conn;
     }
+
+    /// Appends the handler's own counters to `GET /metrics`, in the Prometheus text format.
+    /// The default adds none.
+    fn render_metrics(&self, out: &mut String) {
+        let _ = out;
+    }
+
+    /// A plain HTTP request's head (not an upgrade): `Some` to serve it here, decided before
+    /// any byte of its body is read; `None` (the default) leaves it to the engine's own
+    /// endpoints (`/publish`, `/healthz`, `/metrics`).
+    fn on_http_head(&mut self, request: &Request) -> Option<HttpHead> {
+        let _ = request;
+        None
+    }
+
+    /// A request [`on_http_head`](Self::on_http_head) chose to read, with its whole body:
+    /// returns the complete response. `None` (the default) leaves it to the engine's
+    /// endpoints.
+    fn on_http(
+        &mut self,
+        call: &mut HttpCall<'_>,
+        request: &Request,
+        body: &[u8],
+    ) -> Option<Vec<u8>> {
+        let _ = (call, request, body);
+        None
+    }
+}
+
+/// How to read a plain HTTP request a [`Handler`] serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HttpHead {
+    /// Read its body, at most this many bytes (else 413), then call [`Handler::on_http`].
+    Read {
+        /// The largest body accepted.
+        max_body_bytes: usize,
+    },
+    /// Answer with this complete response without reading the body, and close.
+    Respond(Vec<u8>),
+}
+
+/// A connection of any node: the node's random tag, the worker and its id there. A publish
+/// that skips a peer skips it wherever the publish goes, through the broker too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub(crate) node: u64,
+    pub(crate) worker: usize,
+    pub(crate) conn: ConnId,
+}
+
+impl Peer {
+    /// A peer from its parts, e.g. read back from an id made of them.
+    pub fn new(node: u64, worker: usize, conn: ConnId) -> Self {
+        Self { node, worker, conn }
+    }
+
+    /// The tag of its node (below 10^12, random per server).
+    pub fn node(&self) -> u64 {
+        self.node
+    }
+
+    /// Its worker's index.
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Its id on that worker.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+}
+
+/// What a [`Handler`] serving an HTTP request may do: publish, and close subscribers.
+pub struct HttpCall<'a> {
+    actions: &'a mut Actions,
+}
+
+impl<'a> HttpCall<'a> {
+    pub(crate) fn new(actions: &'a mut Actions) -> Self {
+        Self { actions }
+    }
+
+    /// Publishes to every subscriber of `topic` on every worker, except `except` when given
+    /// (a subscriber that must not get its own event back). Encoded once.
+    pub fn publish_except(
+        &mut self,
+        topic: &str,
+        opcode: OpCode,
+        payload: &[u8],
+        except: Option<Peer>,
+    ) {
+        self.actions.list.push(Action::PublishExcept(
+            topic.into(),
+            opcode,
+            Bytes::copy_from_slice(payload),
+            except,
+        ));
+    }
+
+    /// Closes every subscriber of `topic` on every worker, and on every node of the broker.
+    pub fn close_subscribers(&mut self, topic: &str, code: CloseCode, reason: &str) {
+        self.actions
+            .list
+            .push(Action::CloseSubscribers(topic.into(), code, reason.into()));
+    }
 }
 
 /// One requested action, carried out in order once the handler returns.
@@ -121,6 +227,10 @@ pub(crate) enum Action {
     Unsubscribe(Box<str>),
     Publish(Box<str>, OpCode, Bytes),
     Close(CloseCode, Box<str>),
+    /// A publish that skips one subscriber.
+    PublishExcept(Box<str>, OpCode, Bytes, Option<Peer>),
+    /// Closes every subscriber of a topic, on every worker and node.
+    CloseSubscribers(Box<str>, CloseCode, Box<str>),
 }
 
 /// What [`Connection::subscribe_from`] could give a connection of what it missed.
@@ -258,6 +368,8 @@ impl Gate<'_> {
 /// order they were made; a subscription made while a publish fans out applies after it.
 pub struct Connection<'a, D> {
     id: ConnId,
+    node: u64,
+    worker: usize,
     data: &'a mut D,
     actions: &'a mut Actions,
     /// `None` once the connection is closed.
@@ -273,6 +385,8 @@ impl<'a, D> Connection<'a, D> {
     ) -> Self {
         Self {
             id,
+            node: 0,
+            worker: 0,
             data,
             actions,
             gate,
@@ -282,6 +396,23 @@ impl<'a, D> Connection<'a, D> {
     /// This connection's id, unique on its worker while it is open.
     pub fn id(&self) -> ConnId {
         self.id
+    }
+
+    /// Sets the node tag and the worker it runs on (the engine does, before the handler sees
+    /// it).
+    pub(crate) fn on_worker(mut self, node: u64, worker: usize) -> Self {
+        self.node = node;
+        self.worker = worker;
+        self
+    }
+
+    /// This connection as a [`Peer`]: unique across nodes while it is open.
+    pub fn peer(&self) -> Peer {
+        Peer {
+            node: self.node,
+            worker: self.worker,
+            conn: self.id,
+        }
     }
 
     /// The embedder's state for this connection.
@@ -383,6 +514,18 @@ impl<'a, D> Connection<'a, D> {
             topic.into(),
             opcode,
             Bytes::copy_from_slice(payload),
+        ));
+    }
+
+    /// Publishes to every subscriber of a topic on every worker but this connection (a
+    /// message must not come back to its sender). Encoded once.
+    pub fn publish_to_others(&mut self, topic: &str, opcode: OpCode, payload: &[u8]) {
+        let peer = self.peer();
+        self.actions.list.push(Action::PublishExcept(
+            topic.into(),
+            opcode,
+            Bytes::copy_from_slice(payload),
+            Some(peer),
         ));
     }
 

@@ -10,7 +10,7 @@ use crossbeam_queue::ArrayQueue;
 use super::history::Log;
 use super::publication::Publication;
 use super::uplink::Uplink;
-use super::BroadcastStats;
+use super::{BroadcastStats, Peer};
 use crate::protocol::OpCode;
 
 /// Publishes waiting in one worker's mailbox, at most: past it a publish to that worker is
@@ -20,6 +20,20 @@ pub const MAILBOX_CAPACITY: usize = 1 << 16;
 /// would otherwise pin a terabyte. 64 MiB holds 65,536 frames of 1 KiB, or four of the
 /// largest default message.
 pub const MAILBOX_MAX_BYTES: usize = 64 << 20;
+
+/// A random node tag in 1..=10^12, so that `tag * 1024 + worker` fits a u64 with room.
+fn random_node_tag() -> u64 {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 8];
+    if SystemRandom::new().fill(&mut bytes).is_err() {
+        // No system randomness: the time still tells two servers apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes = (nanos as u64).to_le_bytes();
+    }
+    u64::from_le_bytes(bytes) % 1_000_000_000_000 + 1
+}
 
 /// One publish crossing to a worker: the publication, shared by every worker.
 pub(crate) type Mail = Arc<Publication>;
@@ -39,6 +53,8 @@ pub(crate) struct Hub {
     uplink: OnceLock<Arc<dyn Uplink>>,
     /// The source of positions and the store of history, when history is on.
     pub(crate) log: Option<Arc<dyn Log>>,
+    /// This node's random tag, in every [`Peer`](super::Peer) of its connections.
+    pub(crate) node: u64,
 }
 
 impl Hub {
@@ -61,6 +77,7 @@ impl Hub {
             shared,
             uplink: OnceLock::new(),
             log,
+            node: random_node_tag(),
         }
     }
 
@@ -95,13 +112,32 @@ impl Hub {
         payload: Bytes,
         local: Option<usize>,
     ) -> (Arc<Publication>, usize) {
+        self.publish_except(topic, opcode, payload, local, None)
+    }
+
+    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is: on this
+    /// node's workers, or on the node the broker link brings it to.
+    pub(crate) fn publish_except(
+        &self,
+        topic: &Arc<str>,
+        opcode: OpCode,
+        payload: Bytes,
+        local: Option<usize>,
+        except: Option<Peer>,
+    ) -> (Arc<Publication>, usize) {
         let mut posted = 0;
         let publication = match &self.log {
             Some(log) => log.append(topic, opcode, payload, &mut |p| {
+                if let Some(peer) = except {
+                    p.exclude(peer);
+                }
                 posted = self.post(p, None);
             }),
             None => {
                 let publication = Publication::new(Arc::clone(topic), opcode, payload, None);
+                if let Some(peer) = except {
+                    publication.exclude(peer);
+                }
                 posted = self.post(&publication, local);
                 publication
             }

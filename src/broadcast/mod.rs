@@ -29,7 +29,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-pub use handler::{Connection, Decision, Handler, Message, Resumed, SubscribeError};
+pub use handler::{
+    Connection, Decision, Handler, HttpCall, HttpHead, Message, Peer, Resumed, SubscribeError,
+};
 pub use history::{HistoryLimits, Log, Recovery};
 pub(crate) use mailbox::Hub;
 use mailbox::Mail;
@@ -101,19 +103,56 @@ impl<H: Handler> Broadcast<H> {
         opcode: OpCode,
         payload: Bytes,
     ) -> Arc<Publication> {
+        self.publish_except(ctx, topic, opcode, payload, None)
+    }
+
+    /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is: the
+    /// publication is still encoded once, and the excluded connection is passed over by its
+    /// id during the fan-out of its node's worker.
+    fn publish_except(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        topic: &str,
+        opcode: OpCode,
+        payload: Bytes,
+        except: Option<Peer>,
+    ) -> Arc<Publication> {
         let stats = &self.hub.stats[self.worker];
         stats.publishes.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
             Some(name) => Arc::clone(name),
             None => Arc::from(topic),
         };
-        let (publication, _) = self.hub.publish(&name, opcode, payload, Some(self.worker));
+        let (publication, _) =
+            self.hub
+                .publish_except(&name, opcode, payload, Some(self.worker), except);
         if self.hub.log.is_some() {
             self.drain_mailbox(ctx);
         } else {
             self.fan_out(ctx, &publication);
         }
         publication
+    }
+
+    /// Closes every subscriber of `topic` on every worker, through the mailboxes so that it
+    /// stays in order with the publishes before it, and on every node through the broker.
+    fn close_subscribers(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        topic: &str,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        let name: Arc<str> = match self.topics.id(topic).and_then(|id| self.topics.name(id)) {
+            Some(name) => Arc::clone(name),
+            None => Arc::from(topic),
+        };
+        let closing = Publication::closing(name, code, reason);
+        self.hub.post(&closing, Some(self.worker));
+        if let Some(uplink) = self.hub.uplink() {
+            uplink.publish(&closing);
+        }
+        self.fan_out(ctx, &closing);
     }
 
     /// Fans out everything waiting in this worker's mailbox.
@@ -136,6 +175,14 @@ impl<H: Handler> Broadcast<H> {
         let Some(id) = self.topics.id(publication.topic()) else {
             return 0;
         };
+        if let Some((code, reason)) = publication.close_reason() {
+            // A closing publication (`close_subscribers`): no frame, no position.
+            let subscribers: Vec<ConnId> = self.topics.subscribers(id).to_vec();
+            for sub in subscribers {
+                ctx.close(sub, code, reason);
+            }
+            return 0;
+        }
         if let Some(position) = publication.position() {
             let before = Position {
                 offset: position.offset - 1,
@@ -165,7 +212,14 @@ impl<H: Handler> Broadcast<H> {
         let mut delivered = 0;
         // Compressed at most once here per window size, for every subscriber that takes it.
         let mut message = outgoing(publication);
+        let except = publication
+            .except()
+            .filter(|p| p.node == self.hub.node && p.worker == self.worker)
+            .map(|p| p.conn);
         for &sub in self.topics.subscribers(id) {
+            if Some(sub) == except {
+                continue;
+            }
             match ctx.send_message(sub, &mut message) {
                 Ok(()) => delivered += 1,
                 Err(SendError::Backlog) => match self.policy {
@@ -257,6 +311,18 @@ impl<H: Handler> Service for Broadcast<H> {
             || request.header("sec-websocket-key").is_some()
             || request.header("sec-websocket-version").is_some();
         if !websocket {
+            let handler = &mut self.handler;
+            match catch_unwind(AssertUnwindSafe(|| handler.on_http_head(request))) {
+                Ok(Some(HttpHead::Read { max_body_bytes })) => {
+                    return Admission::Http { max_body_bytes }
+                }
+                Ok(Some(HttpHead::Respond(response))) => return Admission::Respond(response),
+                Ok(None) => {}
+                Err(_) => {
+                    self.handler_panicked("on_http_head");
+                    return Admission::Reject(500);
+                }
+            }
             if self.sse && crate::sse::is_event_stream(request) {
                 if let Some(admission) = self.admit_stream(request) {
                     return admission;
@@ -298,7 +364,8 @@ impl<H: Handler> Service for Broadcast<H> {
                 subs: &state.subs,
                 log: self.hub.log.as_ref().map(|log| (log, self.max_recover)),
             };
-            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate));
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
+                .on_worker(self.hub.node, self.worker);
             let handler = &mut self.handler;
             if catch_unwind(AssertUnwindSafe(|| {
                 handler.on_open(&mut connection, request)
@@ -329,7 +396,8 @@ impl<H: Handler> Service for Broadcast<H> {
                 subs: &state.subs,
                 log: self.hub.log.as_ref().map(|log| (log, self.max_recover)),
             };
-            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate));
+            let mut connection = Connection::new(conn, &mut state.user, &mut actions, Some(gate))
+                .on_worker(self.hub.node, self.worker);
             let handler = &mut self.handler;
             let message = Message { opcode, payload };
             if catch_unwind(AssertUnwindSafe(|| {
@@ -358,7 +426,8 @@ impl<H: Handler> Service for Broadcast<H> {
             return;
         }
         let mut actions = handler::Actions::default();
-        let mut connection = Connection::new(conn, &mut data.user, &mut actions, None);
+        let mut connection = Connection::new(conn, &mut data.user, &mut actions, None)
+            .on_worker(self.hub.node, self.worker);
         let handler = &mut self.handler;
         if catch_unwind(AssertUnwindSafe(|| handler.on_close(&mut connection))).is_err() {
             // The connection is gone already; what the handler asked for before it panicked
@@ -368,8 +437,14 @@ impl<H: Handler> Service for Broadcast<H> {
         }
         // A closed connection can still publish (a "left the room" message), nothing else.
         for action in actions.list {
-            if let handler::Action::Publish(topic, opcode, payload) = action {
-                self.publish(ctx, &topic, opcode, payload);
+            match action {
+                handler::Action::Publish(topic, opcode, payload) => {
+                    self.publish(ctx, &topic, opcode, payload);
+                }
+                handler::Action::PublishExcept(topic, opcode, payload, except) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except);
+                }
+                _ => {}
             }
         }
     }
@@ -380,6 +455,39 @@ impl<H: Handler> Service for Broadcast<H> {
         request: &Request,
         body: &[u8],
     ) -> Vec<u8> {
+        let mut actions = handler::Actions::default();
+        let handler = &mut self.handler;
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            handler.on_http(&mut HttpCall::new(&mut actions), request, body)
+        }));
+        match served {
+            Ok(Some(response)) => {
+                self.apply_http(ctx, actions);
+                return response;
+            }
+            Ok(None) if request.method() == "GET" && request.path() == "/metrics" => {
+                let mut text = metrics::render(&self.hub);
+                self.handler.render_metrics(&mut text);
+                return crate::protocol::handshake::http_response(
+                    200,
+                    "OK",
+                    &[],
+                    Some("text/plain; version=0.0.4; charset=utf-8"),
+                    text.as_bytes(),
+                );
+            }
+            Ok(None) => {}
+            Err(_) => {
+                self.handler_panicked("on_http");
+                return crate::protocol::handshake::http_response(
+                    500,
+                    "Internal Server Error",
+                    &[],
+                    None,
+                    b"",
+                );
+            }
+        }
         match self.endpoints.route(request, body, &self.hub) {
             endpoints::Routed::Response(response) => response,
             endpoints::Routed::Publish {
@@ -485,10 +593,39 @@ impl<H: Handler> Broadcast<H> {
                     self.publish(ctx, &topic, opcode, payload);
                 }
                 handler::Action::Close(code, reason) => ctx.close(conn, code, &reason),
+                handler::Action::PublishExcept(topic, opcode, payload, except) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except);
+                }
+                handler::Action::CloseSubscribers(topic, code, reason) => {
+                    self.close_subscribers(ctx, &topic, code, &reason);
+                }
             }
         }
         actions.clear();
         self.scratch_actions = actions;
+    }
+
+    /// Carries out what a handler serving an HTTP request asked for: publishes and closes.
+    fn apply_http(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, actions: handler::Actions) {
+        for action in actions.list {
+            match action {
+                handler::Action::Publish(topic, opcode, payload) => {
+                    self.publish(ctx, &topic, opcode, payload);
+                }
+                handler::Action::PublishExcept(topic, opcode, payload, except) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except);
+                }
+                handler::Action::CloseSubscribers(topic, code, reason) => {
+                    self.close_subscribers(ctx, &topic, code, &reason);
+                }
+                // An HTTP request has no connection to send to or subscribe.
+                handler::Action::Send { .. }
+                | handler::Action::Subscribe(_)
+                | handler::Action::SubscribeFrom(..)
+                | handler::Action::Unsubscribe(_)
+                | handler::Action::Close(..) => {}
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -152,6 +152,8 @@ pub struct Publication {
     position: Option<Position>,
     /// The plain WebSocket frame, encoded once for every worker and every subscriber.
     frame: Bytes,
+    /// The one subscriber that does not get it (its sender), set before it is shared.
+    except: OnceLock<super::Peer>,
 }
 
 impl Publication {
@@ -170,7 +172,44 @@ impl Publication {
             payload,
             position,
             frame,
+            except: OnceLock::new(),
         })
+    }
+
+    /// A publication that closes every subscriber of `topic` with `code` and `reason`
+    /// instead of sending them anything (its opcode is [`OpCode::Close`], its payload the
+    /// close frame's body). It never enters history; the broker link carries it as kind
+    /// `close`.
+    pub(crate) fn closing(
+        topic: Arc<str>,
+        code: crate::protocol::CloseCode,
+        reason: &str,
+    ) -> Arc<Self> {
+        let mut body = code.0.to_be_bytes().to_vec();
+        body.extend_from_slice(reason.as_bytes());
+        Self::new(topic, OpCode::Close, Bytes::from(body), None)
+    }
+
+    /// For a [`closing`](Self::closing) publication, its code and reason.
+    pub(crate) fn close_reason(&self) -> Option<(crate::protocol::CloseCode, &str)> {
+        if self.opcode != OpCode::Close || self.payload.len() < 2 {
+            return None;
+        }
+        let code =
+            crate::protocol::CloseCode(u16::from_be_bytes([self.payload[0], self.payload[1]]));
+        Some((code, std::str::from_utf8(&self.payload[2..]).unwrap_or("")))
+    }
+
+    /// Makes `peer` the subscriber this publication skips. Called once, before the
+    /// publication reaches any mailbox; a later call changes nothing.
+    pub(crate) fn exclude(&self, peer: super::Peer) {
+        let _ = self.except.set(peer);
+    }
+
+    /// The subscriber this publication skips, if any (a connection of any node: only its
+    /// own node's worker skips it).
+    pub(crate) fn except(&self) -> Option<super::Peer> {
+        self.except.get().copied()
     }
 
     /// The topic published to.

@@ -222,7 +222,13 @@ impl<B: Broker> Task<B> {
                 let topic = publication.topic();
                 let seq = self.next_seq(topic);
                 let node = self.link.node | u64::from(self.epoch);
-                let message = wire::encode(publication.opcode(), node, seq, publication.payload());
+                let message = wire::encode_except(
+                    publication.opcode(),
+                    node,
+                    seq,
+                    publication.payload(),
+                    publication.except(),
+                );
                 batch.push((self.broker.channel(topic), message));
             }
             if batch.is_empty() {
@@ -433,6 +439,9 @@ impl<B: Broker> Task<B> {
         }
         // Encoded once for the whole node; every worker shares it.
         let publication = Publication::new(topic, envelope.opcode, envelope.payload, None);
+        if let Some(peer) = envelope.except {
+            publication.exclude(peer);
+        }
         BrokerStats::add(&stats.received, 1);
         self.hub.post(&publication, None);
     }

@@ -5,9 +5,14 @@
 //! UC1 <kind> <node> <seq>\n<payload>
 //! ```
 //!
-//! `kind` is `text` or `binary` (the WebSocket opcode), or `base64` (a binary payload written as
-//! base64, for a person at a terminal); `node` is the publishing node's id (16 hex digits) and
-//! `seq` its count of publishes to this topic, from 1. A hand-written message may leave out
+//! `kind` is `text` or `binary` (the WebSocket opcode), `close` (close the topic's
+//! subscribers; the payload is a close code, 2 bytes, and a UTF-8 reason), or `base64` (a
+//! binary payload written as base64, for a person at a terminal); `node` is the publishing
+//! node's id (16 hex digits) and
+//! `seq` its count of publishes to this topic, from 1. A publish that skips one connection
+//! (a Pusher client event, or an API event with a `socket_id`) adds a fifth field,
+//! `except=NODE.WORKER.KEY.GENERATION` in decimal: the node that holds the connection skips
+//! it, wherever the publish was made. A hand-written message may leave out
 //! `node` and `seq` (`UC1 binary\n...`), and one that does not start with `UC1 ` at all is
 //! delivered as it is: a text message if it is UTF-8, else a binary one. So
 //! `redis-cli PUBLISH uringcast:room-a hello` reaches `ws://HOST/room-a` as the text `hello`.
@@ -18,12 +23,14 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::broadcast::Peer;
 use crate::protocol::OpCode;
 
 /// The first bytes of every envelope uringcast writes.
 pub(crate) const MAGIC: &[u8] = b"UC1 ";
-/// An envelope's first line, at most: the magic, a kind, 16 hex digits, a u64 and separators.
-const MAX_HEAD: usize = 64;
+/// An envelope's first line, at most: the magic, a kind, 16 hex digits, a u64, an `except`
+/// field (four decimal numbers) and separators.
+const MAX_HEAD: usize = 128;
 
 /// A message as a broker carries it, decoded.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +39,8 @@ pub(crate) struct Envelope {
     /// The publishing node and its sequence number for the topic, when the message has them.
     pub(crate) origin: Option<(u64, u64)>,
     pub(crate) payload: Bytes,
+    /// The one connection (of whichever node holds it) the message skips.
+    pub(crate) except: Option<Peer>,
 }
 
 /// Why a message from the broker is not delivered.
@@ -48,13 +57,31 @@ pub(crate) enum WireError {
 }
 
 /// Writes one envelope: the head, then the payload (one copy, into the broker's buffer).
+#[cfg(test)]
 pub(crate) fn encode(opcode: OpCode, node: u64, seq: u64, payload: &[u8]) -> Bytes {
-    let kind = if opcode == OpCode::Text {
-        "text"
-    } else {
-        "binary"
+    encode_except(opcode, node, seq, payload, None)
+}
+
+/// [`encode`], with the connection the message skips, if any.
+pub(crate) fn encode_except(
+    opcode: OpCode,
+    node: u64,
+    seq: u64,
+    payload: &[u8],
+    except: Option<Peer>,
+) -> Bytes {
+    let kind = match opcode {
+        OpCode::Text => "text",
+        OpCode::Close => "close",
+        _ => "binary",
     };
-    let head = format!("UC1 {kind} {node:016x} {seq}\n");
+    let head = match except {
+        Some(p) => format!(
+            "UC1 {kind} {node:016x} {seq} except={}.{}.{}.{}\n",
+            p.node, p.worker, p.conn.key, p.conn.generation
+        ),
+        None => format!("UC1 {kind} {node:016x} {seq}\n"),
+    };
     let mut out = BytesMut::with_capacity(head.len() + payload.len());
     out.put_slice(head.as_bytes());
     out.put_slice(payload);
@@ -74,6 +101,7 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
             opcode,
             origin: None,
             payload: message,
+            except: None,
         });
     }
     let end = message
@@ -84,12 +112,18 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
     let head = std::str::from_utf8(&message[MAGIC.len()..end]).map_err(|_| WireError::Head)?;
     let mut fields = head.split(' ');
     let kind = fields.next().ok_or(WireError::Head)?;
-    let origin = match (fields.next(), fields.next(), fields.next()) {
-        (None, _, _) => None,
-        (Some(node), Some(seq), None) => Some((
-            u64::from_str_radix(node, 16).map_err(|_| WireError::Head)?,
-            seq.parse().map_err(|_| WireError::Head)?,
-        )),
+    let (origin, except) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
+        (None, _, _, _) => (None, None),
+        (Some(node), Some(seq), except, None) => (
+            Some((
+                u64::from_str_radix(node, 16).map_err(|_| WireError::Head)?,
+                seq.parse().map_err(|_| WireError::Head)?,
+            )),
+            match except {
+                Some(field) => Some(parse_except(field).ok_or(WireError::Head)?),
+                None => None,
+            },
+        ),
         _ => return Err(WireError::Head),
     };
     let payload = message.slice(end + 1..);
@@ -99,6 +133,13 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
             (OpCode::Text, payload)
         }
         "binary" => (OpCode::Binary, payload),
+        // Closes the topic's subscribers: a close code (2 bytes) and a UTF-8 reason.
+        "close" => {
+            if payload.len() < 2 || simdutf8::basic::from_utf8(&payload[2..]).is_err() {
+                return Err(WireError::Head);
+            }
+            (OpCode::Close, payload)
+        }
         "base64" => {
             let text: Vec<u8> = payload
                 .iter()
@@ -116,7 +157,25 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
         opcode,
         origin,
         payload,
+        except,
     })
+}
+
+/// `except=NODE.WORKER.KEY.GENERATION`.
+fn parse_except(field: &str) -> Option<Peer> {
+    let mut parts = field.strip_prefix("except=")?.split('.');
+    let node = parts.next()?.parse().ok()?;
+    let worker = parts.next()?.parse().ok()?;
+    let key = parts.next()?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Peer::new(
+        node,
+        worker,
+        crate::driver::ConnId { key, generation },
+    ))
 }
 
 /// What a receiving node makes of a message's sequence number.
@@ -200,8 +259,39 @@ mod tests {
                     opcode,
                     origin: Some((0xdead_beef, 42)),
                     payload: Bytes::copy_from_slice(payload),
+                    except: None,
                 }
             );
+        }
+    }
+
+    #[test]
+    fn the_skipped_connection_round_trips() {
+        let peer = Peer::new(
+            999_999_999_999,
+            1023,
+            crate::driver::ConnId {
+                key: u32::MAX,
+                generation: u32::MAX,
+            },
+        );
+        let wire = encode_except(OpCode::Text, u64::MAX, u64::MAX, b"x", Some(peer));
+        let envelope = decode(wire).unwrap();
+        assert_eq!(envelope.except, Some(peer));
+        let close = decode(encode(OpCode::Close, 1, 1, b"\x0f\xa9bye")).unwrap();
+        assert_eq!(
+            (close.opcode, &close.payload[..]),
+            (OpCode::Close, &b"\x0f\xa9bye"[..])
+        );
+        assert!(decode(Bytes::from_static(b"UC1 close 00000000000000ff 1\nx")).is_err());
+        assert_eq!(envelope.origin, Some((u64::MAX, u64::MAX)));
+        for bad in [
+            &b"UC1 text 00000000000000ff 1 except=1.2.3\nx"[..],
+            b"UC1 text 00000000000000ff 1 except=1.2.3.4.5\nx",
+            b"UC1 text 00000000000000ff 1 nope=1.2.3.4\nx",
+            b"UC1 text 00000000000000ff 1 except=1.2.3.4 more\nx",
+        ] {
+            assert!(decode(Bytes::from_static(bad)).is_err());
         }
     }
 

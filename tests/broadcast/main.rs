@@ -9,6 +9,7 @@
 mod common;
 mod endpoints;
 mod handler_api;
+mod hooks;
 mod ordering;
 mod slow_consumer;
 mod support;
