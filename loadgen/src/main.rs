@@ -28,6 +28,7 @@ mod procfs;
 mod report;
 mod scenario;
 mod source;
+mod sse_run;
 mod target;
 mod tls;
 mod uring;
@@ -67,6 +68,7 @@ fn main() {
         Scenario::Connect(args) => run_connect(args),
         Scenario::Echo(args) => run_echo(args),
         Scenario::Broadcast(args) => broadcast_run::run(args),
+        Scenario::Sse(args) => sse_run::run(args),
         Scenario::Merge(args) => merge::run(&args),
         Scenario::Plot(args) => plot::command::run(&args),
     };
@@ -204,6 +206,9 @@ impl Prepared {
             "payload_at": t.payload_at,
             "publish_template": t.publish_template,
         });
+        if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), t.reconnect.json()) {
+            all.extend(own);
+        }
         if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), specific) {
             all.extend(own);
         }
@@ -299,6 +304,8 @@ fn prepare(
             // Their reports have no close figures: no reason to wait for the server to settle.
             close_cpu: false,
             session,
+            streams_below: 0,
+            reconnect: args.reconnect.policy()?,
         },
         features,
     })
@@ -396,6 +403,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         close_timeout,
         server_pid: args.server_pid,
         progress: !args.quiet,
+        reconnect: args.reconnect.policy()?,
     };
     let report = connect::run(&settings, features, capacity)?;
     let files = output::Files {
