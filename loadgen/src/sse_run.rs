@@ -15,7 +15,9 @@ use crate::{finish, payload, prepare};
 
 /// Runs `sse`; the exit code.
 pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
-    let url = websocket_url(&args.url)?;
+    // Refused here with the scheme's own message; prepare() maps it for the engine.
+    websocket_url(&args.url)?;
+    let url = args.url.clone();
     let t = &args.traffic;
     let session = &t.session;
     if session.protocol != crate::cli::ProtocolArg::Websocket
@@ -177,9 +179,17 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
     finish(&report, t)
 }
 
+/// Whether `url` is `http://` or `https://` (any case).
+pub(crate) fn is_stream_url(url: &str) -> bool {
+    ["http://", "https://"].iter().any(|p| {
+        url.get(..p.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(p))
+    })
+}
+
 /// The stream URL as the engine's `ws://` (`http://`) or `wss://` (`https://`): the same
 /// host, port, path and TLS; the WebSocket publishers connect there too.
-fn websocket_url(url: &str) -> Result<String, LoadError> {
+pub(crate) fn websocket_url(url: &str) -> Result<String, LoadError> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let scheme = match scheme.to_ascii_lowercase().as_str() {
         "http" => "ws",

@@ -87,6 +87,7 @@ fn every_event_arrives_once_in_order_over_websocket_and_http_publishers() {
         args.extend(extra.iter());
         let (ok, json, text) = run(&format!("sse-exact-{name}"), &args);
         assert!(ok, "{text}");
+        assert!(text.contains(&format!("target: {url} → ")), "{text}");
         assert_eq!(json["scenario"], "sse");
         let sent = json["sent"].as_u64().unwrap();
         assert!(sent > 0, "{json:#}");
@@ -355,5 +356,120 @@ fn connections_come_back_after_a_server_restart() {
         "{json:#}"
     );
     assert_eq!(json["connections"]["reached"], 100, "{json:#}");
+    again.shutdown();
+}
+
+#[test]
+fn streams_over_https_resume_exactly_too() {
+    let _serial = serial();
+    let dir = std::env::temp_dir().join(format!("uringcast-load-sse-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, pem) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, key.cert.pem()).unwrap();
+    std::fs::write(&pem, key.signing_key.serialize_pem()).unwrap();
+    let config = Server::builder()
+        .listen("127.0.0.1:0".parse().unwrap())
+        .workers(1)
+        .mode(Mode::Broadcast)
+        .ping_interval(None)
+        .history(1000)
+        .tls(cert.display().to_string(), pem.display().to_string())
+        .build()
+        .expect("a valid configuration");
+    let server = server::spawn(config).expect("the server starts");
+    let url = format!("https://localhost:{}/secure", server.local_addr().port());
+    let ca = cert.display().to_string();
+    let (ok, json, text) = run(
+        "sse-https",
+        &[
+            "sse",
+            &url,
+            "--ca",
+            &ca,
+            "--subscribers",
+            "10",
+            "--rate",
+            "50",
+            "--duration",
+            "1.5",
+            "--reconnect-after",
+            "0.4",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(ok, "{text}");
+    assert!(
+        json["tls_handshake_latency_us"]["count"].as_u64().unwrap() >= 20,
+        "{json:#}"
+    );
+    let s = streams(&json);
+    assert_eq!(
+        (s["resumes"].as_u64(), s["recovered"].as_u64()),
+        (Some(10), Some(10)),
+        "{json:#}"
+    );
+    assert_eq!(json["missing"], 0, "{json:#}");
+    server.shutdown();
+}
+
+#[test]
+fn streams_back_from_a_restart_are_reset_never_silently_short() {
+    let _serial = serial();
+    let server = uringcast("127.0.0.1:0".parse().unwrap());
+    let addr = server.local_addr();
+    let path = temp("sse-restart", "json");
+    let path_text = path.to_str().unwrap().to_owned();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_uringcast-load"))
+        .args([
+            "sse",
+            &format!("http://{addr}/news"),
+            "--subscribers",
+            "20",
+            "--publishers",
+            "1",
+            "--rate",
+            "20",
+            "--duration",
+            "4",
+            "--reconnect",
+            "--reconnect-timeout",
+            "10",
+            "--json",
+            &path_text,
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The streams are up and have seen publications (at 20/s, a second is about 20).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let published = |s: &ServerHandle| -> u64 {
+        s.stats()
+            .iter()
+            .map(|w| w.messages_in.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    while published(&server) < 10 {
+        assert!(std::time::Instant::now() < deadline, "publications began");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.shutdown();
+    let again = uringcast(addr);
+    let output = child.wait_with_output().unwrap();
+    let text = describe(&output);
+    let json = read_json(&path);
+    let s = streams(&json);
+    // The new server is a new epoch: every stream that resumed was told so.
+    assert_eq!(s["resumes"], 20, "{text}\n{json:#}");
+    assert_eq!(s["reset_on_resume"], 20, "{json:#}");
+    for key in ["silent_losses", "gaps", "repeated", "bad_ids", "recovered"] {
+        assert_eq!(s[key], 0, "{key}: {json:#}");
+    }
+    let r = &json["reconnect"];
+    assert_eq!(r["gave_up"], 0, "{json:#}");
+    // 20 streams and the publisher.
+    assert_eq!(r["reconnected"], 21, "{json:#}");
     again.shutdown();
 }

@@ -25,9 +25,9 @@ pub struct SseWork {
     inner: BroadcastWork,
     /// Per local connection: the stream's position; `None` for a publisher.
     tracks: Vec<Option<Track>>,
-    /// `--reconnect-after`: the drop of each stream, ns after the start (`None`: done, or a
-    /// publisher).
-    drops: Vec<Option<u64>>,
+    /// `--reconnect-after`: the streams' drops still to come, (ns after the start, local
+    /// connection), latest first.
+    drops: Vec<(u64, usize)>,
     start_ns: u64,
     running: bool,
     decoded: Vec<u8>,
@@ -45,12 +45,17 @@ impl SseWork {
     ) -> Self {
         let streams = (0..plan.count as usize).map(|local| plan.global(local) < subscribers);
         let tracks = streams.clone().map(|s| s.then(Track::default)).collect();
-        let drops = streams
-            .map(|s| {
+        let mut drops: Vec<(u64, usize)> = streams
+            .enumerate()
+            .filter_map(|(conn, s)| {
                 let after = reconnect_after_ns.filter(|_| s)?;
-                Some(after + (after as f64 * rand::random::<f64>() / 2.0) as u64)
+                Some((
+                    after + (after as f64 * rand::random::<f64>() / 2.0) as u64,
+                    conn,
+                ))
             })
             .collect();
+        drops.sort_unstable_by(|a, b| b.cmp(a));
         Self {
             inner,
             tracks,
@@ -74,16 +79,15 @@ impl Workload for SseWork {
         if !self.running {
             return next;
         }
-        for (conn, drop) in self.drops.iter_mut().enumerate() {
-            let Some(after) = *drop else { continue };
+        while let Some(&(after, conn)) = self.drops.last() {
             let at = self.start_ns + after;
-            if at <= now_ns {
-                *drop = None;
-                if out.is_open(conn) {
-                    out.reconnect(conn);
-                }
-            } else {
+            if at > now_ns {
                 next = Some(next.map_or(at, |n| n.min(at)));
+                break;
+            }
+            self.drops.pop();
+            if out.is_open(conn) {
+                out.reconnect(conn);
             }
         }
         next
