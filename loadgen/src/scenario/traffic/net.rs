@@ -416,13 +416,14 @@ impl Net {
         }
     }
 
-    /// A connection that did not come up: a failure, unless it opens again; a slot that was
-    /// open before and is given up on was dropped.
+    /// A connection that did not come up: a failure, unless it opens again; an attempt to
+    /// bring back a lost connection that is given up on is a drop (the loss).
     fn count_failure(&mut self, index: usize, failure: Failure, detail: String) {
+        let reconnecting = self.slots[index].lost_at.is_some();
         if self.reconnect_after_loss(index) {
             return;
         }
-        if self.slots[index].was_open {
+        if reconnecting {
             self.dropped.add(failure, detail);
         } else {
             self.failed.add(failure, detail);

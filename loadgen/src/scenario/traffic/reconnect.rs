@@ -118,6 +118,7 @@ impl Net {
         per_second[second] += 1;
         let slot = &mut self.slots[index];
         slot.attempt = 0;
+        slot.lost_at = None;
         if std::mem::replace(&mut slot.was_open, true) {
             self.reconnect_tally.reconnected += 1;
             work.reopened(index);
@@ -179,6 +180,8 @@ impl Net {
             return;
         }
         let now = Instant::now();
+        // Until it is back: an attempt that fails is the loss of an open connection.
+        slot.lost_at = Some(now);
         slot.reopen = Some(Reopen { asked: true });
         self.waiting_reopen += 1;
         self.reconnect_tally.asked += 1;
