@@ -355,6 +355,7 @@ fn connections_come_back_after_a_server_restart() {
         r["peak_handshakes_per_s"].as_u64().unwrap() >= 1,
         "{json:#}"
     );
+    assert!(r["back_after_s"].as_f64().unwrap() > 0.0, "{json:#}");
     assert_eq!(json["connections"]["reached"], 100, "{json:#}");
     again.shutdown();
 }
@@ -472,4 +473,59 @@ fn streams_back_from_a_restart_are_reset_never_silently_short() {
     // 20 streams and the publisher.
     assert_eq!(r["reconnected"], 21, "{json:#}");
     again.shutdown();
+}
+
+#[test]
+fn reconnecting_gives_up_within_its_bounds() {
+    let _serial = serial();
+    let server = uringcast("127.0.0.1:0".parse().unwrap());
+    let url = format!("ws://{}/gone", server.local_addr());
+    let path = temp("reconnect-give-up", "json");
+    let path_text = path.to_str().unwrap().to_owned();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_uringcast-load"))
+        .args([
+            "connect",
+            &url,
+            "--connections",
+            "5",
+            "--duration",
+            "3",
+            "--reconnect",
+            "--reconnect-max",
+            "3",
+            "--json",
+            &path_text,
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let open = |s: &ServerHandle| -> u64 {
+        s.stats()
+            .iter()
+            .map(|w| w.connections.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open(&server) < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connections came up"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Gone for good: every attempt is refused (3 each, within 0.05 + 0.1 + 0.2 s at most).
+    server.shutdown();
+    let output = child.wait_with_output().unwrap();
+    let text = describe(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    let json = read_json(&path);
+    let r = &json["reconnect"];
+    assert_eq!(r["lost"], 5, "{json:#}");
+    assert_eq!(r["attempts"], 15, "{json:#}");
+    assert_eq!(r["failed_attempts"], 15, "{json:#}");
+    assert_eq!(r["gave_up"], 5, "{json:#}");
+    assert_eq!(r["reconnected"], 0, "{json:#}");
+    assert_eq!(json["connections"]["dropped"], 5, "{json:#}");
 }

@@ -20,6 +20,7 @@ pub fn json(r: &ReconnectTally) -> Value {
         "failed_attempts": r.failed_attempts,
         "gave_up": r.gave_up,
         "peak_handshakes_per_s": r.peak_per_second(),
+        "back_after_s": r.back_after_s(),
     })
 }
 
@@ -28,14 +29,17 @@ pub fn text(r: &ReconnectTally) -> Option<String> {
     (r.enabled || r.asked > 0).then(|| {
         format!(
             "reconnect lost {} (+{} closed on purpose): reconnected {}, attempts {} ({} failed), \
-             gave up {}; peak {} handshakes/s",
+             gave up {}; peak {} handshakes/s{}",
             r.lost,
             r.asked,
             r.reconnected,
             r.attempts,
             r.failed_attempts,
             r.gave_up,
-            r.peak_per_second()
+            r.peak_per_second(),
+            r.back_after_s()
+                .map(|s| format!("; all back {s:.2} s after the first loss"))
+                .unwrap_or_default()
         )
     })
 }

@@ -37,6 +37,8 @@ pub(super) struct Slot {
     pub(super) attempt: u32,
     /// When the connection was lost, while it is being reconnected.
     pub(super) lost_at: Option<Instant>,
+    /// The pending or current attempt follows a loss (not a close the workload asked for).
+    pub(super) reopen_after_loss: bool,
 }
 
 pub(super) enum Conn {

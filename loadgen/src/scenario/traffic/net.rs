@@ -131,6 +131,7 @@ impl Net {
                     was_open: false,
                     attempt: 0,
                     lost_at: None,
+                    reopen_after_loss: false,
                 })
                 .collect(),
             dirty: Vec::new(),

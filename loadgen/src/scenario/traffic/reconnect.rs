@@ -61,7 +61,7 @@ pub(super) struct Reopen {
 }
 
 /// What reconnecting did, summed over threads.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ReconnectTally {
     /// Whether `--reconnect` was on.
     pub enabled: bool,
@@ -79,6 +79,10 @@ pub struct ReconnectTally {
     pub gave_up: u64,
     /// Handshakes completed in each second since the first connection (first and reconnects).
     pub per_second: Vec<u64>,
+    /// The first loss, seconds since the threads started.
+    pub first_loss_s: Option<f64>,
+    /// The last connection back after a loss, seconds since the threads started.
+    pub last_back_s: Option<f64>,
 }
 
 impl ReconnectTally {
@@ -97,6 +101,20 @@ impl ReconnectTally {
         for (mine, theirs) in self.per_second.iter_mut().zip(&other.per_second) {
             *mine += theirs;
         }
+        self.first_loss_s = match (self.first_loss_s, other.first_loss_s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.last_back_s = match (self.last_back_s, other.last_back_s) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Seconds from the first loss to the last connection back (`None` without both).
+    pub fn back_after_s(&self) -> Option<f64> {
+        let (first, last) = (self.first_loss_s?, self.last_back_s?);
+        Some((last - first).max(0.0))
     }
 
     /// The most handshakes completed in one second.
@@ -119,8 +137,15 @@ impl Net {
         let slot = &mut self.slots[index];
         slot.attempt = 0;
         slot.lost_at = None;
+        let lost = slot.reopen_after_loss;
+        slot.reopen_after_loss = false;
         if std::mem::replace(&mut slot.was_open, true) {
             self.reconnect_tally.reconnected += 1;
+            if lost {
+                let at = self.epoch.elapsed().as_secs_f64();
+                let last = self.reconnect_tally.last_back_s.get_or_insert(at);
+                *last = last.max(at);
+            }
             work.reopened(index);
         } else {
             self.established += 1;
@@ -151,6 +176,9 @@ impl Net {
         }
         let since = slot.lost_at.unwrap_or(now);
         if slot.attempt >= policy.max_attempts || now >= since + policy.give_up_after {
+            if slot.attempt > 0 {
+                self.reconnect_tally.failed_attempts += 1;
+            }
             self.reconnect_tally.gave_up += 1;
             slot.lost_at = None;
             slot.attempt = 0;
@@ -158,10 +186,14 @@ impl Net {
         }
         if slot.attempt == 0 {
             self.reconnect_tally.lost += 1;
+            let at = now.saturating_duration_since(self.epoch).as_secs_f64();
+            let first = self.reconnect_tally.first_loss_s.get_or_insert(at);
+            *first = first.min(at);
         } else {
             self.reconnect_tally.failed_attempts += 1;
         }
         slot.lost_at = Some(since);
+        slot.reopen_after_loss = true;
         let at = now + policy.backoff(slot.attempt, rand::random());
         slot.attempt += 1;
         slot.reopen = Some(Reopen { asked: false });
