@@ -150,7 +150,10 @@ impl Net {
                     let Step::Event(event) = step else { break };
                     if let (Some(id), Some(stream)) = (&event.id, self.slots[index].stream.as_mut())
                     {
-                        stream.last_id = Some(id.clone());
+                        // Its buffer reused: every event has an id.
+                        let last = stream.last_id.get_or_insert_with(String::new);
+                        last.clear();
+                        last.push_str(id);
                     }
                     if let Some(data) = &event.data {
                         let tally = &mut self.compression.tally;
