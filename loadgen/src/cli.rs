@@ -30,6 +30,10 @@ pub(crate) enum Scenario {
     /// or HTTP with --publish-url), or keeping --inflight P publishes in flight in all;
     /// every delivery checked for loss, order and content.
     Broadcast(BroadcastArgs),
+    /// N subscribers each holding a Server-Sent Events stream of a topic (http:// or
+    /// https://), K publishers as in broadcast; every event checked by its id (EPOCH:OFFSET)
+    /// and its payload, and with --reconnect-after every stream resumed once.
+    Sse(SseArgs),
     /// Combine the --json reports of several runs of one scenario (processes or machines run
     /// together, see --start-at) into one report: counts summed, latency histograms added.
     Merge(MergeArgs),
@@ -209,6 +213,105 @@ pub(crate) struct TrafficArgs {
     /// at --payload-at].
     #[arg(long, value_name = "FILE")]
     pub(crate) publish_template: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) reconnect: ReconnectArgs,
+}
+
+/// `--reconnect` and its bounds, for every scenario.
+#[derive(Args, Debug)]
+pub(crate) struct ReconnectArgs {
+    /// On a connection's close or error (refused, reset, timed out, closed by the server),
+    /// open it again after an exponential backoff with jitter (0.1 s doubling to 5 s, a random
+    /// half of it), as real clients do; the report gives reconnects, the peak handshake rate
+    /// and how many gave up.
+    #[arg(long)]
+    pub(crate) reconnect: bool,
+    /// With --reconnect: attempts per loss before giving up on the connection.
+    #[arg(long, value_name = "N", requires = "reconnect",
+          default_value_t = traffic::DEFAULT_MAX_ATTEMPTS)]
+    pub(crate) reconnect_max: u32,
+    /// With --reconnect: seconds after a loss after which no new attempt starts.
+    #[arg(long, value_name = "SECS", requires = "reconnect",
+          default_value_t = traffic::DEFAULT_GIVE_UP_SECS)]
+    pub(crate) reconnect_timeout: f64,
+}
+
+impl ReconnectArgs {
+    /// The engine's policy, `None` without `--reconnect`.
+    pub(crate) fn policy(&self) -> Result<Option<traffic::Policy>, LoadError> {
+        if !self.reconnect {
+            return Ok(None);
+        }
+        range(
+            "--reconnect-max",
+            f64::from(self.reconnect_max),
+            1.0,
+            1000.0,
+        )?;
+        let give_up_after = seconds(
+            "--reconnect-timeout",
+            self.reconnect_timeout,
+            0.001,
+            MAX_HOLD_SECS,
+        )?;
+        Ok(Some(traffic::Policy {
+            base: traffic::DEFAULT_BACKOFF_BASE,
+            cap: traffic::DEFAULT_BACKOFF_CAP,
+            max_attempts: self.reconnect_max,
+            give_up_after,
+        }))
+    }
+
+    /// The report's settings.
+    pub(crate) fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "reconnect": self.reconnect,
+            "reconnect_max": self.reconnect.then_some(self.reconnect_max),
+            "reconnect_timeout_s": self.reconnect.then_some(self.reconnect_timeout),
+        })
+    }
+}
+
+/// `sse`'s flags.
+#[derive(Args, Debug)]
+// The help text names URL parts in brackets, which rustdoc would take for links.
+#[allow(rustdoc::broken_intra_doc_links)]
+pub(crate) struct SseArgs {
+    /// http:// or https://HOST[:PORT][/PATH]: the topic's event stream; HOST is an IPv4
+    /// address, [IPv6], or a DNS name.
+    pub(crate) url: String,
+    /// Streams (subscribers) on the topic.
+    #[arg(long, default_value_t = broadcast::DEFAULT_SUBSCRIBERS)]
+    pub(crate) subscribers: u64,
+    /// The topic's path, replacing the URL's [default: the URL's path].
+    #[arg(long)]
+    pub(crate) path: Option<String>,
+    /// Messages published per second over all publishers, on a fixed schedule.
+    #[arg(long, default_value_t = broadcast::DEFAULT_RATE)]
+    pub(crate) rate: f64,
+    /// Payload bytes per message (at least 24; 192 with --payload json) [default: 64; 400
+    /// with --payload json]. The default pattern payload is binary: it arrives as
+    /// `event: binary` in base64; --payload json arrives as text.
+    #[arg(long)]
+    pub(crate) size: Option<usize>,
+    /// Publishers: WebSocket connections to the same host and topic (ws://, or wss:// for
+    /// https://), or HTTP clients with --publish-url; 0: someone else publishes.
+    #[arg(long, default_value_t = broadcast::DEFAULT_PUBLISHERS)]
+    pub(crate) publishers: u64,
+    /// Publish with HTTP POST to this URL (http://127.0.0.1:PORT/publish/TOPIC) instead of
+    /// WebSocket connections.
+    #[arg(long)]
+    pub(crate) publish_url: Option<String>,
+    /// Bearer token for --publish-url.
+    #[arg(long, requires = "publish_url")]
+    pub(crate) publish_token: Option<String>,
+    /// Each stream closes once, at a random time from SECS to 1.5 x SECS after the traffic
+    /// starts, and opens again with Last-Event-ID; the report counts exact recoveries,
+    /// resets and silent losses.
+    #[arg(long, value_name = "SECS")]
+    pub(crate) reconnect_after: Option<f64>,
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
 }
 
 /// The protocol spoken over WebSocket, for every scenario.
@@ -403,6 +506,8 @@ pub(crate) struct ConnectArgs {
     pub(crate) tls: tls::TlsArgs,
     #[command(flatten)]
     pub(crate) session: SessionArgs,
+    #[command(flatten)]
+    pub(crate) reconnect: ReconnectArgs,
 }
 
 /// Upper bounds that keep a run bounded: a typo must not become a week-long run.

@@ -2,8 +2,9 @@
 //! direct descriptors so one process can hold more connections than its descriptor limit.
 //!
 //! Scenarios: `connect` (open N idle connections at a rate, hold, close), `echo` (messages
-//! echoed and checked byte for byte, closed or open loop) and `broadcast` (subscribers checking
-//! every delivery of publishers' messages). `merge` adds reports; `plot` draws comparison
+//! echoed and checked byte for byte, closed or open loop), `broadcast` (subscribers checking
+//! every delivery of publishers' messages) and `sse` (the same over Server-Sent Events
+//! streams, each event checked by its id too). `merge` adds reports; `plot` draws comparison
 //! charts from reports or CSV. Every run is bounded in count and time, and stops by itself.
 //! A URL names any host: an address, or a DNS name resolved at start.
 //!
@@ -28,6 +29,7 @@ mod procfs;
 mod report;
 mod scenario;
 mod source;
+mod sse_run;
 mod target;
 mod tls;
 mod uring;
@@ -67,6 +69,7 @@ fn main() {
         Scenario::Connect(args) => run_connect(args),
         Scenario::Echo(args) => run_echo(args),
         Scenario::Broadcast(args) => broadcast_run::run(args),
+        Scenario::Sse(args) => sse_run::run(args),
         Scenario::Merge(args) => merge::run(&args),
         Scenario::Plot(args) => plot::command::run(&args),
     };
@@ -204,6 +207,9 @@ impl Prepared {
             "payload_at": t.payload_at,
             "publish_template": t.publish_template,
         });
+        if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), t.reconnect.json()) {
+            all.extend(own);
+        }
         if let (Some(all), Value::Object(own)) = (settings.as_object_mut(), specific) {
             all.extend(own);
         }
@@ -219,7 +225,14 @@ fn prepare(
     duration: f64,
     emit: &str,
 ) -> Result<Prepared, LoadError> {
-    let mut target: target::Target = url.parse()?;
+    // `sse`'s http:// and https:// streams run on the engine as ws:// and wss:// (the same
+    // host, port, path and TLS); the target line names the URL's own scheme.
+    let stream = sse_run::is_stream_url(url);
+    let mut target: target::Target = if stream {
+        sse_run::websocket_url(url)?.parse()?
+    } else {
+        url.parse()?
+    };
     if let Some(path) = path {
         if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(LoadError::Usage(format!(
@@ -250,7 +263,12 @@ fn prepare(
     let targets = parse_targets(args.target_addresses.as_deref(), &target)?;
     let threads = args.threads.min(connections as usize);
     let features = ClientFeatures::probe(!sources.is_empty())?;
-    print!("{}", endpoints::describe(&target, &sources, &targets));
+    let described = endpoints::describe(&target, &sources, &targets);
+    if stream {
+        print!("{}", described.replacen("target: ws", "target: http", 1));
+    } else {
+        print!("{described}");
+    }
     check_reach(
         args.server_pid,
         threads,
@@ -299,6 +317,8 @@ fn prepare(
             // Their reports have no close figures: no reason to wait for the server to settle.
             close_cpu: false,
             session,
+            streams_below: 0,
+            reconnect: args.reconnect.policy()?,
         },
         features,
     })
@@ -396,6 +416,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         close_timeout,
         server_pid: args.server_pid,
         progress: !args.quiet,
+        reconnect: args.reconnect.policy()?,
     };
     let report = connect::run(&settings, features, capacity)?;
     let files = output::Files {

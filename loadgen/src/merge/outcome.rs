@@ -8,7 +8,9 @@ use serde_json::Value;
 
 use crate::error::LoadError;
 use crate::report::{histograms, node_key, Diagnostics, Failure, Failures};
-use crate::scenario::traffic::{new_histogram, Deflate, NodeTally, Outcome, Tally, WireTally};
+use crate::scenario::traffic::{
+    new_histogram, Deflate, NodeTally, Outcome, ReconnectTally, Tally, WireTally,
+};
 
 /// `--deflate` and `--deflate-send` from a report's settings.
 pub(super) fn deflate(settings: &Value) -> Deflate {
@@ -49,6 +51,7 @@ pub(super) fn zero(deflate: Deflate) -> Outcome {
         slab: None,
         diagnostics: Diagnostics::default(),
         sender_errors: 0,
+        reconnect: ReconnectTally::default(),
     }
 }
 
@@ -219,6 +222,7 @@ impl<'a> Fields<'a> {
                 latency,
                 interval: new_histogram(),
                 nodes: self.nodes()?,
+                streams: Default::default(),
             },
             deflate: deflate(&self.report["settings"]),
             wire: WireTally {
@@ -274,6 +278,7 @@ impl<'a> Fields<'a> {
                 threads_missing: diagnostic("threads_missing")?,
             },
             sender_errors: self.u64("/publish_errors")?,
+            reconnect: ReconnectTally::default(),
         })
     }
 }

@@ -89,6 +89,8 @@ pub struct ConnectHistograms {
 pub struct ConnectReport {
     /// How the run was made.
     pub settings: SettingsSummary,
+    /// `--reconnect`: what reconnecting did.
+    pub reconnect: crate::scenario::traffic::ReconnectTally,
     /// What the run could hold.
     pub capacity: Capacity,
     /// Connections open at the hold sample.
@@ -140,7 +142,9 @@ impl ConnectReport {
     /// Whether every asked-for connection was open at the hold sample, and every thread
     /// reported (a report missing a thread is not a success).
     pub fn target_reached(&self) -> bool {
-        self.reached >= self.settings.connections && self.diagnostics.threads_missing == 0
+        self.reached >= self.settings.connections
+            && self.diagnostics.threads_missing == 0
+            && self.reconnect.gave_up == 0
     }
 
     /// The report as JSON (the `--json` file).
@@ -242,6 +246,9 @@ impl ConnectReport {
             ]),
         });
         wire::extend(&mut report, self.deflate(), &self.wire);
+        if let Some(all) = report.as_object_mut() {
+            all.insert("reconnect".into(), super::reconnect::json(&self.reconnect));
+        }
         report
     }
 
@@ -283,6 +290,9 @@ impl ConnectReport {
         let _ = writeln!(out, " ({})", kinds.join(", "));
         for (detail, count) in self.failed.details.iter().chain(&self.dropped.details) {
             let _ = writeln!(out, "          {count} x {detail}");
+        }
+        if let Some(line) = super::reconnect::text(&self.reconnect) {
+            let _ = writeln!(out, "{line}");
         }
         let l = &self.latency;
         let _ = writeln!(
@@ -369,6 +379,7 @@ mod tests {
         failed.add(Failure::Refused, "connect: refused".into());
         failed.add(Failure::Timeout, "no 101 within 10 s".into());
         ConnectReport {
+            reconnect: Default::default(),
             settings: SettingsSummary {
                 url: "ws://127.0.0.1:9001/".into(),
                 connections: 100,

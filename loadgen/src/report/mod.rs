@@ -4,6 +4,7 @@
 
 mod connect;
 pub mod histograms;
+pub mod reconnect;
 mod traffic;
 mod wire;
 

@@ -67,6 +67,7 @@ impl TrafficReport {
             && t.errors() == 0
             && o.sender_errors == 0
             && o.diagnostics.threads_missing == 0
+            && o.reconnect.gave_up == 0
     }
 
     /// Messages sent per second of traffic (publishes, for broadcast).
@@ -184,6 +185,12 @@ impl TrafficReport {
             "histograms": histograms::json(&named_histograms),
         });
         wire::extend(&mut report, o.deflate, &o.wire);
+        if let Some(all) = report.as_object_mut() {
+            all.insert("reconnect".into(), super::reconnect::json(&o.reconnect));
+            if self.scenario == "sse" {
+                all.insert("streams".into(), super::reconnect::streams_json(&t.streams));
+            }
+        }
         report
     }
 
@@ -277,6 +284,12 @@ impl TrafficReport {
                 l.max,
                 l.count
             );
+        }
+        if self.scenario == "sse" {
+            out.push_str(&super::reconnect::streams_text(&t.streams));
+        }
+        if let Some(line) = super::reconnect::text(&o.reconnect) {
+            let _ = writeln!(out, "{line}");
         }
         wire::write_deflate(&mut out, o.deflate, &o.wire, o.established);
         wire::write_bytes(&mut out, &o.wire);

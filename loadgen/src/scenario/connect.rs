@@ -69,6 +69,8 @@ pub struct Settings {
     pub progress: bool,
     /// The protocol over WebSocket (`--protocol`, `--on-open`, `--ready-when`).
     pub session: Option<std::sync::Arc<crate::scenario::session::Spec>>,
+    /// `--reconnect`: lost connections open again within these bounds.
+    pub reconnect: Option<traffic::Policy>,
 }
 
 impl Settings {
@@ -101,6 +103,8 @@ impl Settings {
             recv: RecvBuffers::IDLE,
             close_cpu: true,
             session: self.session.clone(),
+            streams_below: 0,
+            reconnect: self.reconnect,
         }
     }
 }
@@ -162,6 +166,7 @@ fn report(settings: SettingsSummary, capacity: Capacity, outcome: Outcome) -> Co
             }
         });
     ConnectReport {
+        reconnect: outcome.reconnect.clone(),
         settings,
         capacity,
         reached: outcome.held,

@@ -4,6 +4,7 @@ pub mod broadcast;
 pub mod connect;
 pub mod echo;
 pub mod session;
+pub mod sse;
 pub mod stamp;
 pub mod tick;
 pub mod traffic;

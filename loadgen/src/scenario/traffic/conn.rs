@@ -27,6 +27,18 @@ pub(super) struct Slot {
     pub(super) conn: Conn,
     /// The TLS session of a `wss://` connection.
     pub(super) tls: Option<Box<super::tls::SlotTls>>,
+    /// An event stream's position, kept across its reconnects (`None`: a WebSocket).
+    pub(super) stream: Option<Box<super::stream::StreamSlot>>,
+    /// Reopening: when the slot is due to open again (`--reconnect`, or the workload asked).
+    pub(super) reopen: Option<super::reconnect::Reopen>,
+    /// The slot has been open once: a later open is a reconnect.
+    pub(super) was_open: bool,
+    /// Failed attempts since the connection was lost (`--reconnect`).
+    pub(super) attempt: u32,
+    /// When the connection was lost, while it is being reconnected.
+    pub(super) lost_at: Option<Instant>,
+    /// The pending or current attempt follows a loss (not a close the workload asked for).
+    pub(super) reopen_after_loss: bool,
 }
 
 pub(super) enum Conn {
@@ -39,15 +51,24 @@ pub(super) enum Conn {
 
 pub(super) struct Connecting {
     pub(super) started: Instant,
-    pub(super) handshake: ClientHandshake,
+    pub(super) handshake: Opening,
     /// The upgrade request, kept to resend the rest after a short send.
     pub(super) request: Bytes,
     pub(super) sent: usize,
     pub(super) connected: bool,
 }
 
+/// What a connection waits for after its request: a WebSocket upgrade, or an event stream's
+/// response head.
+pub(super) enum Opening {
+    Upgrade(ClientHandshake),
+    Stream(super::stream::StreamHead),
+}
+
 pub(super) struct Open {
     pub(super) ws: WebSocket<ClientMasks>,
+    /// An event stream's body parser (`None`: a WebSocket, whose frames `ws` reads).
+    pub(super) sse: Option<Box<crate::scenario::sse::Parser>>,
     /// The start of a frame header split across receives (under 14 bytes).
     pub(super) spill: Vec<u8>,
     /// Frames waiting for the next send.
@@ -66,6 +87,21 @@ pub(super) struct Open {
 }
 
 impl Open {
+    /// A WebSocket just upgraded.
+    pub(super) fn websocket(ws: WebSocket<ClientMasks>) -> Self {
+        Self {
+            ws,
+            sse: None,
+            spill: Vec::new(),
+            queued: Vec::new(),
+            sending: None,
+            closing: None,
+            server_closed: false,
+            close_received: false,
+            session: None,
+        }
+    }
+
     /// Up at the protocol's level: counted as connecting until then.
     pub(super) fn ready(&self) -> bool {
         self.session.is_none_or(|s| s == State::Ready)

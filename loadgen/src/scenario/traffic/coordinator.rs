@@ -235,6 +235,7 @@ impl Coordinator<'_> {
             slab: slab_before.zip(slab_stop),
             diagnostics: sum.diagnostics,
             sender_errors: senders.errors(),
+            reconnect: sum.reconnect,
         })
     }
 

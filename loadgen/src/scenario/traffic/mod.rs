@@ -32,8 +32,10 @@ mod coordinator;
 mod net;
 mod outcome;
 mod plan;
+mod reconnect;
 mod recv;
 mod settings;
+mod stream;
 mod thread;
 mod tls;
 mod workload;
@@ -48,6 +50,10 @@ pub use self::compression::{Deflate, WireTally};
 pub use self::outcome::{Outcome, ServerSamples, StopSample};
 pub use self::plan::target_of;
 pub use self::plan::Plan;
+pub use self::reconnect::{
+    Policy, ReconnectTally, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_GIVE_UP_SECS,
+    DEFAULT_MAX_ATTEMPTS,
+};
 pub use self::settings::{
     ProgressStyle, Settings, Split, DEFAULT_CONNECT_RATE, DEFAULT_DRAIN_TIMEOUT_SECS,
     MAX_MESSAGE_BYTES,

@@ -1,7 +1,8 @@
 //! A thread's connections and the operations on them: opening, sending, closing, deadlines,
 //! and each completion routed to its connection.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +13,10 @@ use uringcast::protocol::handshake::ClientHandshake;
 use uringcast::protocol::CloseCode;
 
 use super::compression::Compression;
-use super::conn::{Conn, Connecting, Deadline, Slot};
+use super::conn::{Conn, Connecting, Deadline, Opening, Slot};
 use super::plan::address_pair;
+use super::reconnect::{Policy, ReconnectTally};
+use super::stream::{self, StreamSlot};
 use super::thread::ThreadSetup;
 use super::tls::SlotTls;
 use super::{new_histogram, Plan, Progress, Split, Workload};
@@ -83,6 +86,21 @@ pub(super) struct Net {
     pub(super) session_out: Vec<Vec<u8>>,
     /// A data message wrapped for the session's protocol, reused.
     pub(super) wrapped: Vec<u8>,
+    /// Global connections below this one are event streams (`sse`), not WebSockets.
+    pub(super) streams_below: u64,
+    /// `--reconnect`: lost connections open again within these bounds.
+    pub(super) reconnect: Option<Policy>,
+    pub(super) reconnect_tally: ReconnectTally,
+    /// Slots due to open again, soonest first.
+    pub(super) reopens: BinaryHeap<Reverse<(Instant, u32)>>,
+    /// Slots with a reopen pending.
+    pub(super) waiting_reopen: u64,
+    /// Connections the workload asked to reconnect this turn.
+    pub(super) reconnect_requests: Vec<u32>,
+    /// The closing phase began: nothing opens again.
+    pub(super) stopping: bool,
+    /// The thread's start, for handshakes per second.
+    pub(super) epoch: Instant,
 }
 
 impl Net {
@@ -108,6 +126,12 @@ impl Net {
                     recv_armed: false,
                     conn: Conn::Free,
                     tls: None,
+                    stream: None,
+                    reopen: None,
+                    was_open: false,
+                    attempt: 0,
+                    lost_at: None,
+                    reopen_after_loss: false,
                 })
                 .collect(),
             dirty: Vec::new(),
@@ -137,6 +161,17 @@ impl Net {
             session: setup.settings.session.clone(),
             session_out: Vec::new(),
             wrapped: Vec::new(),
+            streams_below: setup.settings.streams_below,
+            reconnect: setup.settings.reconnect,
+            reconnect_tally: ReconnectTally {
+                enabled: setup.settings.reconnect.is_some(),
+                ..ReconnectTally::default()
+            },
+            reopens: BinaryHeap::new(),
+            waiting_reopen: 0,
+            reconnect_requests: Vec::new(),
+            stopping: false,
+            epoch: Instant::now(),
         }
     }
 
@@ -156,6 +191,7 @@ impl Net {
         [&self.handshake_deadlines, &self.close_deadlines]
             .iter()
             .filter_map(|d| d.front().map(|d| d.at))
+            .chain(self.next_reopen())
             .min()
     }
 
@@ -184,7 +220,17 @@ impl Net {
             }
             _ => (&self.host, &self.path, &self.server_name),
         };
-        let (handshake, request) = ClientHandshake::new(host, path, key, self.compression.headers);
+        let (handshake, request) = if global < self.streams_below {
+            let slot = self.slots[local]
+                .stream
+                .get_or_insert_with(Box::<StreamSlot>::default);
+            let request = stream::request(host, path, slot.last_id.as_deref());
+            (Opening::Stream(stream::StreamHead::default()), request)
+        } else {
+            let (handshake, request) =
+                ClientHandshake::new(host, path, key, self.compression.headers);
+            (Opening::Upgrade(handshake), request)
+        };
         let mut request = Bytes::from(request);
         let mut tls = None;
         if self.tls.is_some() {
@@ -339,6 +385,7 @@ impl Net {
     pub(super) fn end_open(&mut self, ops: &mut Ops, index: usize, detail: String) {
         if let Conn::Open(o) = &self.slots[index].conn {
             match (o.closing, o.server_closed) {
+                (None, _) if self.reconnect_after_loss(index) => {}
                 (None, _) => self.dropped.add(Failure::Reset, detail),
                 (Some(_), false) => self.closed_forced += 1,
                 // The server closed first: counted as dropped then.
@@ -350,7 +397,7 @@ impl Net {
 
     pub(super) fn fail(&mut self, ops: &mut Ops, index: usize, failure: Failure, detail: String) {
         if matches!(self.slots[index].conn, Conn::Connecting(_)) {
-            self.failed.add(failure, detail);
+            self.count_failure(index, failure, detail);
             self.teardown(ops, index);
         }
     }
@@ -365,8 +412,22 @@ impl Net {
         detail: String,
     ) {
         if matches!(&self.slots[index].conn, Conn::Open(o) if !o.ready()) {
-            self.failed.add(failure, detail);
+            self.count_failure(index, failure, detail);
             self.teardown(ops, index);
+        }
+    }
+
+    /// A connection that did not come up: a failure, unless it opens again; an attempt to
+    /// bring back a lost connection that is given up on is a drop (the loss).
+    fn count_failure(&mut self, index: usize, failure: Failure, detail: String) {
+        let reconnecting = self.slots[index].lost_at.is_some();
+        if self.reconnect_after_loss(index) {
+            return;
+        }
+        if reconnecting {
+            self.dropped.add(failure, detail);
+        } else {
+            self.failed.add(failure, detail);
         }
     }
 
@@ -510,6 +571,13 @@ impl Net {
                         Failure::Other,
                         "stopped before the response".into(),
                     );
+                }
+                Conn::Open(o) if o.closing.is_none() && o.sse.is_some() => {
+                    // An event stream has no closing handshake: the client closes.
+                    closed += 1;
+                    self.closed_clean += 1;
+                    self.closing.saturating_record(1);
+                    self.teardown(ops, index);
                 }
                 Conn::Open(o) if o.closing.is_none() => {
                     closed += 1;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use super::{new_histogram, Deflate, Tally, WireTally};
+use super::{new_histogram, Deflate, ReconnectTally, Tally, WireTally};
 use crate::report::{Diagnostics, Failures};
 
 /// What a run measured, before it becomes a report.
@@ -69,6 +69,8 @@ pub struct Outcome {
     pub diagnostics: Diagnostics,
     /// Sends that the scenario's own senders could not make.
     pub sender_errors: u64,
+    /// Reconnects (`--reconnect`, `sse --reconnect-after`).
+    pub reconnect: ReconnectTally,
 }
 
 /// The server's cost, read from `/proc`.
@@ -105,6 +107,7 @@ pub struct StopSample {
 /// What a thread measured.
 pub(super) struct ThreadResult {
     pub(super) tally: Tally,
+    pub(super) reconnect: ReconnectTally,
     pub(super) wire: WireTally,
     /// Open chain submitted to the verified 101, µs.
     pub(super) handshake: Histogram<u64>,
@@ -129,6 +132,7 @@ impl ThreadResult {
     pub(super) fn empty() -> Self {
         Self {
             tally: Tally::default(),
+            reconnect: ReconnectTally::default(),
             wire: WireTally::default(),
             handshake: new_histogram(),
             tcp_connect: new_histogram(),
@@ -148,6 +152,7 @@ impl ThreadResult {
     /// Adds another thread's figures.
     pub(super) fn merge(&mut self, other: &Self) {
         self.tally.merge(&other.tally);
+        self.reconnect.merge(&other.reconnect);
         self.wire.merge(&other.wire);
         // Same bounds and precision everywhere: adding cannot fail.
         let _ = self.handshake.add(&other.handshake);

@@ -6,7 +6,7 @@ use std::time::Instant;
 use uringcast::protocol::connection::ClientSide;
 use uringcast::protocol::{Limits, OpCode, Read, WebSocket};
 
-use super::conn::{random_mask, Conn, Deadline, Open};
+use super::conn::{random_mask, Conn, Deadline, Open, Opening};
 use super::net::{classify, micros_since, Net};
 use super::{Outbox, Workload, MAX_MESSAGE_BYTES};
 use crate::report::Failure;
@@ -86,14 +86,18 @@ impl Net {
         bytes: &mut [u8],
         now_ns: u64,
     ) {
+        if self.slots[index].stream.is_some() {
+            return self.stream_bytes(ops, work, index, bytes, now_ns);
+        }
         let mut rest = bytes;
         if let Conn::Connecting(c) = &mut self.slots[index].conn {
-            match c.handshake.feed(rest) {
+            let Opening::Upgrade(handshake) = &mut c.handshake else {
+                return;
+            };
+            match handshake.feed(rest) {
                 Ok((_, None)) => return,
                 Ok((used, Some(response))) => {
                     self.handshake.saturating_record(micros_since(c.started));
-                    self.established += 1;
-                    self.open += 1;
                     let mut ws = WebSocket::new(
                         ClientSide(random_mask as fn() -> [u8; 4]),
                         Limits {
@@ -105,16 +109,8 @@ impl Net {
                         ws = ws.with_deflate(agreed);
                         self.compression.tally.deflate_connections += 1;
                     }
-                    self.slots[index].conn = Conn::Open(Box::new(Open {
-                        ws,
-                        spill: Vec::new(),
-                        queued: Vec::new(),
-                        sending: None,
-                        closing: None,
-                        server_closed: false,
-                        close_received: false,
-                        session: None,
-                    }));
+                    self.slots[index].conn = Conn::Open(Box::new(Open::websocket(ws)));
+                    self.opened(work, index);
                     self.session_opened(index);
                     rest = &mut rest[used..];
                 }
@@ -213,8 +209,12 @@ impl Net {
                             o.closing = Some(Instant::now());
                             o.server_closed = true;
                             let code = code.map_or_else(|| "none".to_owned(), |c| c.to_string());
-                            self.dropped
-                                .add(Failure::Reset, format!("closed by the server, code {code}"));
+                            if !self.reconnect_after_loss(index) {
+                                self.dropped.add(
+                                    Failure::Reset,
+                                    format!("closed by the server, code {code}"),
+                                );
+                            }
                             self.close_deadlines.push_back(Deadline {
                                 at: Instant::now() + self.close_timeout,
                                 slot: index as u32,
@@ -335,6 +335,7 @@ impl Net {
                     }
                     (Some(_), false, false) => self.closed_forced += 1,
                     (Some(_), true, _) => {}
+                    (None, _, _) if self.reconnect_after_loss(index) => {}
                     (None, _, _) => self.dropped.add(
                         Failure::Reset,
                         "closed by the server without a close frame".into(),

@@ -62,6 +62,10 @@ pub struct Settings {
     /// The protocol over WebSocket (`--protocol`, `--on-open`, `--ready-when`,
     /// `--payload-at`); `None`: plain WebSocket, each message a payload.
     pub session: Option<std::sync::Arc<crate::scenario::session::Spec>>,
+    /// Global connections below this one are event streams (`sse`); 0: none.
+    pub streams_below: u64,
+    /// `--reconnect`: lost connections open again within these bounds.
+    pub reconnect: Option<super::reconnect::Policy>,
 }
 
 impl Settings {

@@ -126,7 +126,10 @@ impl<W: Workload> Thread<W> {
                 Phase::Idle | Phase::Connected | Phase::Stopped | Phase::Drained => {}
                 Phase::Connecting(start) => {
                     self.net.start_due(ops, start, now);
-                    if self.net.next == self.net.plan.count && self.net.connecting == 0 {
+                    if self.net.next == self.net.plan.count
+                        && self.net.connecting == 0
+                        && self.net.waiting_reopen == 0
+                    {
                         self.phase = Phase::Connected;
                         let _ = events.send(Event::Connected);
                     }
@@ -158,6 +161,10 @@ impl<W: Workload> Thread<W> {
                 }
             }
             let ops = self.ring.ops();
+            if matches!(self.phase, Phase::Closing(_)) && !self.net.stopping {
+                self.net.stop_reconnecting();
+            }
+            self.net.reopen_due(ops, now);
             self.net.expire(ops, now);
             self.net.rearm_starved(ops);
             self.net.flush(ops);
@@ -297,6 +304,7 @@ impl<W: Workload> Thread<W> {
         drop(ring);
         ThreadResult {
             tally,
+            reconnect: net.reconnect_tally,
             wire: net.compression.finish(),
             handshake: net.handshake,
             tcp_connect: net.tcp_connect,

@@ -30,6 +30,8 @@ pub struct Tally {
     /// Broadcast over several server addresses, or with `--publisher-url`: the deliveries by
     /// the address each subscriber connected to; empty otherwise.
     pub nodes: Vec<NodeTally>,
+    /// `sse`: the streams' positions.
+    pub streams: crate::scenario::sse::StreamTally,
 }
 
 /// The deliveries to the subscribers of one server address (a "node").
@@ -86,6 +88,7 @@ impl Default for Tally {
             latency: new_histogram(),
             interval: new_histogram(),
             nodes: Vec::new(),
+            streams: crate::scenario::sse::StreamTally::default(),
         }
     }
 }
@@ -108,6 +111,7 @@ impl Tally {
         self.corrupt += other.corrupt;
         // Same bounds and precision everywhere: adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        self.streams.merge(&other.streams);
         for node in &other.nodes {
             match self.nodes.iter_mut().find(|n| n.address == node.address) {
                 Some(mine) => mine.merge(node),
@@ -118,7 +122,7 @@ impl Tally {
 
     /// Counts that mean something went wrong.
     pub fn errors(&self) -> u64 {
-        self.duplicated + self.out_of_order + self.corrupt
+        self.duplicated + self.out_of_order + self.corrupt + self.streams.errors()
     }
 }
 
@@ -151,6 +155,20 @@ pub trait Workload: Send + 'static {
     );
     /// No more sends from now on (replies included).
     fn stop(&mut self);
+    /// An event (or an id-only block) arrived on event stream `conn` at `now_ns` (`sse`).
+    fn event(
+        &mut self,
+        conn: usize,
+        event: &crate::scenario::sse::Event,
+        now_ns: u64,
+        out: &mut Outbox<'_>,
+    ) {
+        let _ = (conn, event, now_ns, out);
+    }
+    /// Local connection `conn` came up again after a reconnect.
+    fn reopened(&mut self, conn: usize) {
+        let _ = conn;
+    }
     /// Everything `expect` implies has arrived on this thread's connections that are still
     /// open (`open[conn]`).
     fn drained(&self, expect: &Expect, open: &[bool]) -> bool;
@@ -217,6 +235,11 @@ impl Outbox<'_> {
         let sent = self.send_frame(conn, opcode, &wrapped);
         self.net.wrapped = wrapped;
         sent
+    }
+
+    /// Closes `conn` and opens it again at once (an event stream resumes from its last id).
+    pub fn reconnect(&mut self, conn: usize) {
+        self.net.reconnect_requests.push(conn as u32);
     }
 
     /// Queues one message on `conn` as it is (a data message already wrapped, or the session's
