@@ -16,9 +16,14 @@ use super::handshake::HandshakeError;
 /// let response = http_response(200, "OK", &[("Cache-Control", "no-store")], Some("text/plain"), b"ok");
 /// assert_eq!(
 ///     response,
-///     b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+///     b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 /// );
 /// ```
+///
+/// The server reads one plain HTTP request per connection and closes it after the answer, so
+/// every response says `Connection: close` (RFC 9112 §9.6), unless `extra_headers` already
+/// has a `Connection` field: a client that keeps connections alive (Node's default agent
+/// does) must not send its next request into a socket that is about to close.
 pub fn http_response(
     status: u16,
     reason: &str,
@@ -34,6 +39,12 @@ pub fn http_response(
         push_header(&mut head, "Content-Type", content_type);
     }
     push_header(&mut head, "Content-Length", &body.len().to_string());
+    if !extra_headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("connection"))
+    {
+        push_header(&mut head, "Connection", "close");
+    }
     head.push_str("\r\n");
     let mut response = head.into_bytes();
     response.extend_from_slice(body);

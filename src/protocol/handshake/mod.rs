@@ -960,7 +960,17 @@ mod tests {
         );
         assert_eq!(
             http_response(200, "OK", &[], Some("text/plain"), b"ok\n"),
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n\r\nok\n"
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"
+        );
+        // One Connection field, whoever wrote it, in any case.
+        let given = http_response(200, "OK", &[("connection", "close")], None, b"");
+        assert_eq!(
+            String::from_utf8(given)
+                .unwrap()
+                .to_ascii_lowercase()
+                .matches("connection:")
+                .count(),
+            1
         );
     }
 
