@@ -34,6 +34,9 @@ const UNEXPECTED_MESSAGE: u8 = 10;
 const BAD_RECORD_MAC: u8 = 20;
 const RECORD_OVERFLOW: u8 = 22;
 const DECODE_ERROR: u8 = 50;
+/// KeyUpdates a peer may send between two application-data records (rustls's bound too):
+/// each costs a key derivation, and a peer that sends nothing else is only burning a core.
+const MAX_KEY_UPDATES_BETWEEN_DATA: u8 = 32;
 /// A record's header: type, legacy version, length.
 const HEADER: usize = 5;
 const TAG: usize = 16;
@@ -94,6 +97,13 @@ pub(crate) struct Records {
     open: Direction,
     /// Records sealed under one key before a KeyUpdate of our own.
     limit: u64,
+    /// The peer asked for our KeyUpdate (RFC 8446 §4.6.3): it goes out before our next
+    /// record. One flag, not a queue: however many requests arrive before it is sent, one
+    /// reply answers them all, so a peer that floods requests and never reads makes the
+    /// server hold nothing more.
+    key_update_owed: bool,
+    /// KeyUpdates received since the last application-data record.
+    key_updates_since_data: u8,
 }
 
 impl Records {
@@ -119,6 +129,8 @@ impl Records {
             open: Direction::new(secrets.rx)?,
             // Well short of the limit: the KeyUpdate itself is a record too.
             limit: limit.saturating_sub(1024).max(1),
+            key_update_owed: false,
+            key_updates_since_data: 0,
         })
     }
 
@@ -130,6 +142,7 @@ impl Records {
         plain: &[u8],
         out: &mut impl RecordBuf,
     ) -> Result<(), TlsError> {
+        self.send_owed(out)?;
         let mut chunks = plain.chunks(MAX_RECORD_PLAINTEXT);
         let mut next = chunks.next().or(Some(&[]));
         while let Some(chunk) = next {
@@ -171,6 +184,19 @@ impl Records {
             .seal_in_place_separate_tag(nonce, Aad::from(&*header), data)
             .map_err(|_| TlsError::Unexpected("seal"))?;
         tag.copy_from_slice(sealed.as_ref());
+        Ok(())
+    }
+
+    /// Whether a KeyUpdate the peer asked for is still to be sent.
+    pub(crate) fn owes_key_update(&self) -> bool {
+        self.key_update_owed
+    }
+
+    /// Seals the KeyUpdate the peer asked for, if it is still owed.
+    pub(crate) fn send_owed(&mut self, out: &mut impl RecordBuf) -> Result<(), TlsError> {
+        if std::mem::take(&mut self.key_update_owed) {
+            self.update_keys(false, out)?;
+        }
         Ok(())
     }
 
@@ -237,7 +263,10 @@ impl Records {
             };
             let (content, content_type) = (&inner[..end], inner[end]);
             match content_type {
-                APPLICATION_DATA => plain.extend_from_slice(content),
+                APPLICATION_DATA => {
+                    self.key_updates_since_data = 0;
+                    plain.extend_from_slice(content);
+                }
                 ALERT => match content {
                     [_, CLOSE_NOTIFY] => opened.peer_closed = true,
                     _ => return Err(TlsError::Unexpected("an alert from the peer")),
@@ -263,10 +292,15 @@ impl Records {
         while !content.is_empty() {
             match content {
                 [KEY_UPDATE, 0, 0, 1, request @ (0 | 1), rest @ ..] => {
-                    self.open = Direction::new(self.kernel.update_rx_secret()?)?;
-                    if *request == 1 {
-                        self.update_keys(false, out)?;
+                    self.key_updates_since_data += 1;
+                    if self.key_updates_since_data > MAX_KEY_UPDATES_BETWEEN_DATA {
+                        return self
+                            .fail(UNEXPECTED_MESSAGE, "too many KeyUpdates", out)
+                            .map(drop);
                     }
+                    self.open = Direction::new(self.kernel.update_rx_secret()?)?;
+                    // Sent before our next record (`seal`), or by the driver's next flush.
+                    self.key_update_owed |= *request == 1;
                     content = rest;
                 }
                 [KEY_UPDATE, ..] => {

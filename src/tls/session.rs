@@ -297,6 +297,29 @@ impl TlsSession {
         )
     }
 
+    /// Whether the session owes the peer a record even with nothing to send: the KeyUpdate it
+    /// asked for (RFC 8446 §4.6.3). [`Self::write_owed`] seals it; [`Self::encrypt`] seals it
+    /// first too.
+    pub fn wants_write(&self) -> bool {
+        match &self.engine {
+            Engine::Records(records) => records.owes_key_update(),
+            Engine::Rustls(_) | Engine::Failed => false,
+        }
+    }
+
+    /// Appends what the session owes the peer (see [`Self::wants_write`]) to `out`: at most
+    /// one KeyUpdate, however many the peer asked for.
+    ///
+    /// # Errors
+    ///
+    /// The session failed while sealing.
+    pub fn write_owed(&mut self, out: &mut impl RecordBuf) -> Result<(), TlsError> {
+        match &mut self.engine {
+            Engine::Records(records) => records.send_owed(out),
+            Engine::Rustls(_) | Engine::Failed => Ok(()),
+        }
+    }
+
     /// Appends a close_notify alert to `out`, once.
     ///
     /// # Errors
@@ -577,6 +600,50 @@ mod tests {
                 format!("after {round}").as_bytes(),
             );
         }
+    }
+
+    /// A client that asks for KeyUpdates and never reads (defect 1 of issue 21): however many
+    /// requests arrive, the server owes one reply and queues nothing per request; beyond 32
+    /// KeyUpdates between two application-data records the session fails, with an alert.
+    #[test]
+    fn key_update_requests_are_answered_once_and_bounded() {
+        let (mut server, mut client) = open_session();
+        for _ in 0..32 {
+            client.refresh_traffic_keys().unwrap();
+        }
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        server
+            .receive(&from_client(&mut client), &mut plain, &mut out)
+            .unwrap();
+        assert!(
+            out.is_empty(),
+            "a reply queued per request: {} bytes",
+            out.len()
+        );
+        assert!(server.wants_write());
+        let mut owed = Vec::new();
+        server.write_owed(&mut owed).unwrap();
+        // One sealed KeyUpdate: header, 4 + 1 bytes of message, content type, tag.
+        assert_eq!(owed.len(), 5 + 5 + 1 + 16);
+        assert!(!server.wants_write());
+        to_client(&mut client, &owed);
+        // Application data resets the count.
+        round_trip(&mut server, &mut client, b"after 32");
+        for _ in 0..32 {
+            client.refresh_traffic_keys().unwrap();
+        }
+        round_trip(&mut server, &mut client, b"after 64");
+
+        // The flood: a thousand requests and nothing else.
+        for _ in 0..1000 {
+            client.refresh_traffic_keys().unwrap();
+        }
+        let flood = from_client(&mut client);
+        let mut out = Vec::new();
+        assert!(server.receive(&flood, &mut plain, &mut out).is_err());
+        // Only the alert, one sealed record.
+        assert_eq!(out.len(), 5 + 2 + 1 + 16, "sent {out:?}");
+        assert!(!server.wants_write());
     }
 
     /// Short of the AEAD's confidentiality limit the server rolls its own key.

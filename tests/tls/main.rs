@@ -5,6 +5,7 @@ mod certificates;
 #[path = "../common/mod.rs"]
 mod common;
 mod hostile;
+mod key_update;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -187,7 +187,7 @@ impl<S: Service> Worker<S> {
         );
         self.bufs.push(bid);
         let tls_growth = state.session.buffered_bytes().saturating_sub(tls_before);
-        if !state.replies.is_empty() {
+        if !state.replies.is_empty() || state.session.wants_write() {
             self.mark_dirty(key);
         }
         match status {
@@ -331,7 +331,9 @@ impl<S: Service> Worker<S> {
                 state.sent = 0;
                 // The last reference to a chunk frees it.
                 state.sending = Bytes::new();
-                let more = !conn.queue.is_empty() || !state.replies.is_empty();
+                let more = !conn.queue.is_empty()
+                    || !state.replies.is_empty()
+                    || state.session.wants_write();
                 if more || conn.ending == Ending::Flush {
                     self.mark_dirty(key);
                 }
@@ -383,6 +385,8 @@ fn seal_queue(
     out: &mut impl RecordBuf,
     closing: bool,
 ) -> Result<usize, crate::tls::TlsError> {
+    // A KeyUpdate the peer asked for goes out even when nothing else does.
+    session.write_owed(out)?;
     let mut covered = 0;
     let mut everything = true;
     // The run of small frames being gathered: its first frame is held by reference until a
