@@ -142,6 +142,12 @@ impl TlsSession {
         }
     }
 
+    /// Whether the session has failed: it seals nothing more, and what it owed the peer (an
+    /// alert) was appended to the outgoing buffer by the call that failed.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.engine, Engine::Failed)
+    }
+
     /// Whether the records are sealed and opened by uringcast's own record layer (a TLS 1.3
     /// session past its handshake) rather than by rustls.
     pub fn is_taken_over(&self) -> bool {
@@ -274,6 +280,8 @@ impl TlsSession {
                 Ok(None) => {}
                 Err(error) => {
                     flush_alert(conn, &mut self.incoming, out);
+                    // Nothing more goes through it: the alert was its last word.
+                    self.engine = Engine::Failed;
                     return Err(error);
                 }
             }
@@ -370,13 +378,43 @@ impl TlsSession {
     }
 }
 
-/// After an error rustls has queued an alert, handed out by the next call as handshake data
-/// to encode; the session is dead after that. The same buffer goes in: rustls remembers how
+/// After an error rustls has queued an alert, handed out by the next calls as data to
+/// encode, one chunk a call, behind whatever the failing step queued before it (a flight's
+/// messages); the session is dead after that. The same buffer goes in: rustls remembers how
 /// much of it it has looked at.
+///
+/// It stops at the alert, which rustls queues last: one call more would have rustls deframe
+/// the input again, and a record that fails again would make it queue a second fatal alert
+/// (which its debug builds assert against).
 fn flush_alert(conn: &mut UnbufferedServerConnection, incoming: &mut [u8], out: &mut Vec<u8>) {
-    let UnbufferedStatus { state, .. } = conn.process_tls_records(incoming);
-    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
-        let _ = append(out, |buf| encode.encode(buf).map_err(encode_size));
+    for _ in 0..MAX_QUEUED_CHUNKS {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(incoming);
+        let Ok(ConnectionState::EncodeTlsData(mut encode)) = state else {
+            return;
+        };
+        let start = out.len();
+        if append(out, |buf| encode.encode(buf).map_err(encode_size)).is_err()
+            || is_alert_record(&out[start..])
+        {
+            return;
+        }
+    }
+}
+
+/// Chunks [`flush_alert`] encodes at most: a flight is a handful.
+const MAX_QUEUED_CHUNKS: usize = 16;
+
+/// Whether `chunk` is one alert record: a plaintext (or TLS 1.2) one says so in its type; a
+/// TLS 1.3 sealed one is the only record with 2 bytes of content, sealed into 19 (content
+/// type and tag added; rustls does not pad), as every handshake message has 4 at least.
+fn is_alert_record(chunk: &[u8]) -> bool {
+    const SEALED_ALERT: usize = 2 + 1 + 16;
+    match chunk {
+        [21, ..] => true,
+        [23, 3, 3, 0, length, rest @ ..] => {
+            usize::from(*length) == SEALED_ALERT && rest.len() == SEALED_ALERT
+        }
+        _ => false,
     }
 }
 

@@ -12,21 +12,13 @@ fn a_key_update_flood_is_closed_and_others_are_served() -> Result<()> {
     let server = start(&cert, &["--mode", "echo", "--workers", "1"])?;
     let addr = server.addr();
     let config = cert.client()?;
-    let mut tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(STEP))?;
-    let mut conn = ClientConnection::new(Arc::clone(&config), ServerName::try_from("localhost")?)?;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp)?;
-    }
+    let (mut tcp, mut conn) = handshaken(addr, Arc::clone(&config))?;
     ensure!(conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3));
     // Up to 10,000 requests (270 KB), written without reading a byte.
     let mut written = 0;
     for _ in 0..10_000 {
         conn.refresh_traffic_keys()?;
-        let mut bytes = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut bytes)?;
-        }
+        let bytes = tls_out(&mut conn)?;
         if tcp.write_all(&bytes).is_err() {
             // The server has closed: our writes hit a reset.
             break;

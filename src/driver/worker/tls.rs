@@ -205,8 +205,15 @@ impl<S: Service> Worker<S> {
                     );
                 }
                 if status == Status::PeerClosed {
+                    // RFC 8446 §6.1: the peer writes no more, but still reads. What is queued
+                    // goes out, then our close_notify (`seal_queue`), then the FIN, within
+                    // the drain timeout `after_receive` sets.
                     debug!(key, "peer sent close_notify");
-                    self.teardown(key);
+                    let conn = &mut self.conns[key];
+                    if conn.ending == Ending::No {
+                        conn.ending = Ending::Flush;
+                    }
+                    self.mark_dirty(key);
                 }
             }
             Err(error) => {
@@ -267,7 +274,8 @@ impl<S: Service> Worker<S> {
                 arena.extend_from_slice(&std::mem::take(&mut state.replies));
             }
             let mut covered = 0;
-            if !state.session.is_handshaking() {
+            // A failed session seals nothing more: its alert, in `replies`, is its last record.
+            if !state.session.is_handshaking() && !state.session.is_failed() {
                 let closing = conn.ending == Ending::Flush;
                 match seal_queue(&mut state.session, &conn.queue, gather, arena, closing) {
                     Ok(bytes) => covered = bytes,
