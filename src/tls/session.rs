@@ -61,6 +61,10 @@ pub enum TlsError {
     /// The peer sent more than [`MAX_INCOMING_BYTES`] without completing a record.
     #[error("TLS: {0} bytes of ciphertext without a complete record")]
     Oversized(usize),
+    /// The peer broke a rule of uringcast's TLS 1.3 record layer, or a key operation
+    /// failed; the alert the error calls for was appended to the outgoing buffer.
+    #[error("TLS: {0}")]
+    Record(#[from] super::alert::RecordError),
     /// A session state this server never enables (early data).
     #[error("TLS: unexpected session state {0}")]
     Unexpected(&'static str),
@@ -146,6 +150,13 @@ impl TlsSession {
     /// alert) was appended to the outgoing buffer by the call that failed.
     pub fn is_failed(&self) -> bool {
         matches!(self.engine, Engine::Failed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_open_sequence_for_test(&mut self, seq: u64) {
+        if let Engine::Records(records) = &mut self.engine {
+            records.set_open_sequence_for_test(seq);
+        }
     }
 
     /// Whether the records are sealed and opened by uringcast's own record layer (a TLS 1.3
@@ -296,7 +307,7 @@ impl TlsSession {
     /// The handshake is not over, or the session has failed.
     pub fn encrypt(&mut self, plaintext: &[u8], out: &mut impl RecordBuf) -> Result<(), TlsError> {
         if let Engine::Records(records) = &mut self.engine {
-            return records.seal(record::APPLICATION_DATA, plaintext, out);
+            return Ok(records.seal(record::APPLICATION_DATA, plaintext, out)?);
         }
         self.write(
             out,
@@ -323,7 +334,7 @@ impl TlsSession {
     /// The session failed while sealing.
     pub fn write_owed(&mut self, out: &mut impl RecordBuf) -> Result<(), TlsError> {
         match &mut self.engine {
-            Engine::Records(records) => records.send_owed(out),
+            Engine::Records(records) => Ok(records.send_owed(out)?),
             Engine::Rustls(_) | Engine::Failed => Ok(()),
         }
     }
@@ -338,7 +349,7 @@ impl TlsSession {
             return Ok(());
         }
         if let Engine::Records(records) = &mut self.engine {
-            return records.close_notify(out);
+            return Ok(records.close_notify(out)?);
         }
         self.write(out, |traffic, buf| traffic.queue_close_notify(buf), 0)
     }
