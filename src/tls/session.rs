@@ -97,6 +97,9 @@ pub struct TlsSession {
     engine: Engine,
     /// Ciphertext received and not yet consumed: part of a record, or of a handshake message.
     incoming: Vec<u8>,
+    /// Bytes at the front of `incoming`, in whole records, that rustls has been shown during
+    /// a handshake (see `process`).
+    shown: usize,
     peer_closed: bool,
     close_notify_sent: bool,
 }
@@ -120,6 +123,7 @@ impl TlsSession {
         Ok(Self {
             engine: Engine::Rustls(Box::new(UnbufferedServerConnection::new(config)?)),
             incoming: Vec::new(),
+            shown: 0,
             peer_closed: false,
             close_notify_sent: false,
         })
@@ -242,8 +246,21 @@ impl TlsSession {
             return Err(TlsError::Unexpected("rustls is out of the data path"));
         };
         loop {
+            // Until a TLS 1.3 handshake ends, rustls is shown the records it has seen plus
+            // one: the record that ends the handshake is then the last it takes, and those
+            // after it (a KeyUpdate in the same read) are left to the record layer. Shown
+            // them, rustls would take a KeyUpdate and park its reply, which the take-over
+            // drops: the server would seal with a key the client never learned.
+            let visible = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2) {
+                self.incoming.len()
+            } else if conn.is_handshaking() {
+                record_end(&self.incoming, self.shown)
+            } else {
+                // Over: rustls hands out what it queued (tickets), and takes nothing more.
+                self.shown
+            };
             let UnbufferedStatus { mut discard, state } =
-                conn.process_tls_records(&mut self.incoming);
+                conn.process_tls_records(&mut self.incoming[..visible]);
             let step = match state {
                 Err(error) => Err(error.into()),
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -285,9 +302,19 @@ impl TlsSession {
                 Ok(ConnectionState::ReadEarlyData(_)) => Err(TlsError::Unexpected("early data")),
                 Ok(_) => Err(TlsError::Unexpected("unknown")),
             };
-            self.incoming.drain(..discard.min(self.incoming.len()));
+            let discard = discard.min(visible);
+            self.incoming.drain(..discard);
+            self.shown = self.shown.saturating_sub(discard);
+            let unseen = visible - discard < self.incoming.len();
             match step {
-                Ok(Some(status)) => return Ok(status),
+                // rustls needs more, and the next record has arrived: one more.
+                Ok(Some(Status::Handshaking)) if unseen => self.shown = visible - discard,
+                Ok(Some(status)) => {
+                    if status != Status::Handshaking {
+                        self.shown = 0;
+                    }
+                    return Ok(status);
+                }
                 Ok(None) => {}
                 Err(error) => {
                     flush_alert(conn, &mut self.incoming, out);
@@ -427,6 +454,16 @@ fn is_alert_record(chunk: &[u8]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Where the record that starts at `start` of `incoming` ends, or the end of `incoming` if
+/// it has not all arrived.
+fn record_end(incoming: &[u8], start: usize) -> usize {
+    let length = match incoming.get(start + 3..start + 5) {
+        Some(&[high, low]) => usize::from(u16::from_be_bytes([high, low])),
+        _ => return incoming.len(),
+    };
+    (start + 5 + length).min(incoming.len())
 }
 
 /// A buffer was too small: how large it must be, or the error that is not about size.
@@ -693,6 +730,37 @@ mod tests {
         // Only the alert, one sealed record.
         assert_eq!(out.len(), 5 + 2 + 1 + 16, "sent {out:?}");
         assert!(!server.wants_write());
+    }
+
+    /// The client's Finished and a KeyUpdate asking for ours arrive in one read (issue 21,
+    /// defect 2): rustls must not take the KeyUpdate at the end of the handshake, or its
+    /// reply is lost at the take-over and the server seals with a key the client never
+    /// learned. Also split anywhere: the same outcome.
+    #[test]
+    fn a_key_update_in_the_read_that_ends_the_handshake_is_answered() {
+        for chunk in [usize::MAX, 1, 7, 100] {
+            let (server_config, client_config) = pair(&[&rustls::version::TLS13]);
+            let mut server = TlsSession::new(server_config).unwrap();
+            let mut client = client(&client_config);
+            let (mut plain, mut out) = (Vec::new(), Vec::new());
+            server
+                .receive(&from_client(&mut client), &mut plain, &mut out)
+                .unwrap();
+            to_client(&mut client, &out);
+            assert!(!client.is_handshaking());
+            client.refresh_traffic_keys().unwrap();
+            client.writer().write_all(b"and data").unwrap();
+            let finished_and_update = from_client(&mut client);
+            let mut out = Vec::new();
+            for piece in finished_and_update.chunks(chunk) {
+                server.receive(piece, &mut plain, &mut out).unwrap();
+            }
+            assert!(server.is_taken_over());
+            assert_eq!(plain, b"and data");
+            server.encrypt(b"after", &mut out).unwrap();
+            assert_eq!(to_client(&mut client, &out), b"after", "chunks of {chunk}");
+            round_trip(&mut server, &mut client, b"later");
+        }
     }
 
     /// Short of the AEAD's confidentiality limit the server rolls its own key.

@@ -62,7 +62,9 @@ pub(crate) fn to_client(client: &mut ClientConnection, mut bytes: &[u8]) -> Vec<
     let mut plain = Vec::new();
     while !bytes.is_empty() {
         client.read_tls(&mut bytes).unwrap();
-        client.process_new_packets().unwrap();
+        if let Err(e) = client.process_new_packets() {
+            panic!("client: {e}")
+        }
         match client.reader().read_to_end(&mut plain) {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
