@@ -8,6 +8,9 @@
 
 mod alert;
 mod config;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod record;
 mod session;
 #[cfg(test)]

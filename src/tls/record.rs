@@ -105,9 +105,28 @@ pub(crate) struct Opened {
     pub peer_closed: bool,
 }
 
+/// Where the next traffic secrets come from at a KeyUpdate: rustls's kernel connection, or
+/// a fixed schedule in the fuzz harness (`tls::fuzzing`).
+pub(crate) trait KeySchedule {
+    /// The next sending secret, with its first sequence number.
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
+    /// The next receiving secret, with its first sequence number.
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error>;
+}
+
+impl KeySchedule for KernelConnection<ServerConnectionData> {
+    fn next_tx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        self.update_tx_secret()
+    }
+
+    fn next_rx(&mut self) -> Result<(u64, ConnectionTrafficSecrets), rustls::Error> {
+        self.update_rx_secret()
+    }
+}
+
 /// A TLS 1.3 session's record layer after its handshake.
-pub(crate) struct Records {
-    kernel: KernelConnection<ServerConnectionData>,
+pub(crate) struct Records<K = KernelConnection<ServerConnectionData>> {
+    kernel: K,
     seal: Direction,
     open: Direction,
     /// Records sealed under one key before a KeyUpdate of our own.
@@ -124,13 +143,6 @@ pub(crate) struct Records {
 }
 
 impl Records {
-    /// Starts loading the sealing key and sequence number, which the next seal reads (see
-    /// [`crate::prefetch`]).
-    pub(crate) fn prefetch_seal(&self) {
-        let seal: *const Direction = &self.seal;
-        crate::prefetch::lines(seal.cast(), std::mem::size_of::<Direction>());
-    }
-
     /// Takes over from rustls with the secrets it extracted.
     pub(crate) fn new(
         secrets: ExtractedSecrets,
@@ -141,16 +153,36 @@ impl Records {
             // TLS 1.2 stays with rustls; this is a caller's mistake.
             _ => return Err(RecordError::UnsupportedSuite),
         };
+        Self::from_parts(kernel, secrets.tx, secrets.rx, limit)
+    }
+}
+
+impl<K: KeySchedule> Records<K> {
+    /// A record layer that seals with `tx` and opens with `rx`, and rolls its own key short
+    /// of `limit` records (the AEAD's confidentiality limit).
+    pub(crate) fn from_parts(
+        kernel: K,
+        tx: (u64, ConnectionTrafficSecrets),
+        rx: (u64, ConnectionTrafficSecrets),
+        limit: u64,
+    ) -> Result<Self, RecordError> {
         Ok(Self {
             kernel,
-            seal: Direction::new(secrets.tx)?,
-            open: Direction::new(secrets.rx)?,
+            seal: Direction::new(tx)?,
+            open: Direction::new(rx)?,
             // Well short of the limit: the KeyUpdate itself is a record too.
             limit: limit.saturating_sub(1024).max(1),
             key_update_owed: false,
             key_updates_since_data: 0,
             fragment: Fragment::default(),
         })
+    }
+
+    /// Starts loading the sealing key and sequence number, which the next seal reads (see
+    /// [`crate::prefetch`]).
+    pub(crate) fn prefetch_seal(&self) {
+        let seal: *const Direction = &self.seal;
+        crate::prefetch::lines(seal.cast(), std::mem::size_of::<Direction>());
     }
 
     /// Seals `plain` as records of `content_type` appended to `out` (one empty record for
@@ -233,10 +265,29 @@ impl Records {
         out: &mut impl RecordBuf,
     ) -> Result<(), RecordError> {
         self.seal_one(HANDSHAKE, &[KEY_UPDATE, 0, 0, 1, u8::from(requested)], out)?;
-        let next = self
-            .kernel
-            .update_tx_secret()
-            .map_err(RecordError::KeySchedule)?;
+        let next = self.kernel.next_tx().map_err(RecordError::KeySchedule)?;
+        self.seal = Direction::new(next)?;
+        Ok(())
+    }
+
+    /// Seals one record whose inner plaintext is `inner` as given: content, content type
+    /// and padding (its last byte is sealed as the content type).
+    #[cfg(fuzzing)]
+    pub(crate) fn seal_inner(
+        &mut self,
+        inner: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
+        match inner.split_last() {
+            Some((&last, content)) => self.seal_one(last, content, out),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves to the next sending key, as after sending a KeyUpdate.
+    #[cfg(fuzzing)]
+    pub(crate) fn next_sending_key(&mut self) -> Result<(), RecordError> {
+        let next = self.kernel.next_tx().map_err(RecordError::KeySchedule)?;
         self.seal = Direction::new(next)?;
         Ok(())
     }
@@ -388,12 +439,9 @@ impl Records {
         if self.key_updates_since_data > MAX_KEY_UPDATES_BETWEEN_DATA {
             return Err(RecordError::TooManyKeyUpdates(MAX_KEY_UPDATES_BETWEEN_DATA));
         }
-        let next = self
-            .kernel
-            .update_rx_secret()
-            .map_err(RecordError::KeySchedule)?;
+        let next = self.kernel.next_rx().map_err(RecordError::KeySchedule)?;
         self.open = Direction::new(next)?;
-        // Sent before our next record (`seal`), or by the driver's next flush.
+        // Sent by the driver's next flush, or before our next record (`seal`).
         self.key_update_owed |= request == 1;
         Ok(())
     }

@@ -354,7 +354,7 @@ impl TlsSession {
     }
 
     /// Appends what the session owes the peer (see [`Self::wants_write`]) to `out`: at most
-    /// one KeyUpdate, however many the peer asked for.
+    /// one KeyUpdate, however many the peer asked for since the last.
     ///
     /// # Errors
     ///
@@ -708,11 +708,12 @@ mod tests {
         );
         assert!(server.wants_write());
         let mut owed = Vec::new();
-        server.write_owed(&mut owed).unwrap();
-        // One sealed KeyUpdate: header, 4 + 1 bytes of message, content type, tag.
-        assert_eq!(owed.len(), 5 + 5 + 1 + 16);
+        server.encrypt(b"x", &mut owed).unwrap();
+        // One sealed KeyUpdate (header, 4 + 1 bytes of message, content type, tag), then the
+        // data.
+        assert_eq!(owed.len(), (5 + 5 + 1 + 16) + (5 + 1 + 1 + 16));
         assert!(!server.wants_write());
-        to_client(&mut client, &owed);
+        assert_eq!(to_client(&mut client, &owed), b"x");
         // Application data resets the count.
         round_trip(&mut server, &mut client, b"after 32");
         for _ in 0..32 {

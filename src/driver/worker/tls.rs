@@ -59,7 +59,10 @@ pub(super) struct TlsLayer {
 /// One connection's TLS state.
 struct TlsConn {
     session: TlsSession,
-    /// Handshake flights and alerts a receive produced, not yet in a send.
+    /// Handshake flights and alerts a receive produced, not yet in a send. Bounded without a
+    /// budget of its own: a flight is what rustls makes of one certificate chain, and after
+    /// the handshake it holds one alert at most (a KeyUpdate the peer asks for is owed by the
+    /// session as a flag, and sealed at flush, where the backlog is charged).
     replies: Vec<u8>,
     /// The ciphertext of the send in flight (or partly sent), a part of the arena: the kernel
     /// reads it until the send completes, and this reference keeps it alive until then.
@@ -393,7 +396,8 @@ fn seal_queue(
     out: &mut impl RecordBuf,
     closing: bool,
 ) -> Result<usize, crate::tls::TlsError> {
-    // A KeyUpdate the peer asked for goes out even when nothing else does.
+    // A KeyUpdate the peer asked for goes out at this flush, even with nothing else to send:
+    // promptly, as peers expect, and one for all the requests this turn's reads carried.
     session.write_owed(out)?;
     let mut covered = 0;
     let mut everything = true;
