@@ -817,6 +817,30 @@ mod tests {
         assert_eq!(out.first(), Some(&23));
     }
 
+    /// A session that failed while rustls held it (TLS 1.2 here) is never driven again: its
+    /// alert is in `out`, and sealing after it is an error. Driving it again for a
+    /// close_notify made rustls read the bad record twice and queue a second fatal alert,
+    /// which its debug builds assert against (a worker panicked under tlsfuzzer).
+    #[test]
+    fn a_session_failed_in_rustls_seals_nothing_more() {
+        let (server_config, client_config) = pair(&[&rustls::version::TLS12]);
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut client = client(&client_config);
+        handshake(&mut server, &mut client, usize::MAX);
+        client.writer().write_all(b"hello").unwrap();
+        let mut record = from_client(&mut client);
+        let last = record.len() - 1;
+        record[last] ^= 1;
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        assert!(server.receive(&record, &mut plain, &mut out).is_err());
+        assert_eq!(out.first(), Some(&21), "the alert");
+        assert!(server.is_failed());
+        let mut more = Vec::new();
+        assert!(server.close_notify(&mut more).is_err());
+        assert!(server.encrypt(b"x", &mut more).is_err());
+        assert!(more.is_empty());
+    }
+
     /// An idle TLS 1.3 session after the take-over holds rustls's kernel connection and two
     /// keys, not the handshake's state machine and buffers.
     #[test]
