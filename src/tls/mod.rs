@@ -6,12 +6,17 @@
 //! user space, in each worker's loop, with rustls's unbuffered API over buffers the driver
 //! owns. See `docs/ARCHITECTURE.md` for the copies per message.
 
+mod alert;
 mod config;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 mod record;
 mod session;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use alert::{AlertDescription, RecordError};
 pub use config::{TlsAcceptor, TlsConfigError, TlsFiles};
 pub use session::{
     RecordBuf, Status, TlsError, TlsSession, MAX_INCOMING_BYTES, MAX_RECORD_OVERHEAD,

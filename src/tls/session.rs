@@ -61,6 +61,10 @@ pub enum TlsError {
     /// The peer sent more than [`MAX_INCOMING_BYTES`] without completing a record.
     #[error("TLS: {0} bytes of ciphertext without a complete record")]
     Oversized(usize),
+    /// The peer broke a rule of uringcast's TLS 1.3 record layer, or a key operation
+    /// failed; the alert the error calls for was appended to the outgoing buffer.
+    #[error("TLS: {0}")]
+    Record(#[from] super::alert::RecordError),
     /// A session state this server never enables (early data).
     #[error("TLS: unexpected session state {0}")]
     Unexpected(&'static str),
@@ -93,6 +97,9 @@ pub struct TlsSession {
     engine: Engine,
     /// Ciphertext received and not yet consumed: part of a record, or of a handshake message.
     incoming: Vec<u8>,
+    /// Bytes at the front of `incoming`, in whole records, that rustls has been shown during
+    /// a handshake (see `process`).
+    shown: usize,
     peer_closed: bool,
     close_notify_sent: bool,
 }
@@ -116,6 +123,7 @@ impl TlsSession {
         Ok(Self {
             engine: Engine::Rustls(Box::new(UnbufferedServerConnection::new(config)?)),
             incoming: Vec::new(),
+            shown: 0,
             peer_closed: false,
             close_notify_sent: false,
         })
@@ -139,6 +147,19 @@ impl TlsSession {
         match &self.engine {
             Engine::Rustls(conn) => conn.is_handshaking(),
             Engine::Records(_) | Engine::Failed => false,
+        }
+    }
+
+    /// Whether the session has failed: it seals nothing more, and what it owed the peer (an
+    /// alert) was appended to the outgoing buffer by the call that failed.
+    pub fn is_failed(&self) -> bool {
+        matches!(self.engine, Engine::Failed)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_open_sequence_for_test(&mut self, seq: u64) {
+        if let Engine::Records(records) = &mut self.engine {
+            records.set_open_sequence_for_test(seq);
         }
     }
 
@@ -225,8 +246,21 @@ impl TlsSession {
             return Err(TlsError::Unexpected("rustls is out of the data path"));
         };
         loop {
+            // Until a TLS 1.3 handshake ends, rustls is shown the records it has seen plus
+            // one: the record that ends the handshake is then the last it takes, and those
+            // after it (a KeyUpdate in the same read) are left to the record layer. Shown
+            // them, rustls would take a KeyUpdate and park its reply, which the take-over
+            // drops: the server would seal with a key the client never learned.
+            let visible = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2) {
+                self.incoming.len()
+            } else if conn.is_handshaking() {
+                record_end(&self.incoming, self.shown)
+            } else {
+                // Over: rustls hands out what it queued (tickets), and takes nothing more.
+                self.shown
+            };
             let UnbufferedStatus { mut discard, state } =
-                conn.process_tls_records(&mut self.incoming);
+                conn.process_tls_records(&mut self.incoming[..visible]);
             let step = match state {
                 Err(error) => Err(error.into()),
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
@@ -268,12 +302,24 @@ impl TlsSession {
                 Ok(ConnectionState::ReadEarlyData(_)) => Err(TlsError::Unexpected("early data")),
                 Ok(_) => Err(TlsError::Unexpected("unknown")),
             };
-            self.incoming.drain(..discard.min(self.incoming.len()));
+            let discard = discard.min(visible);
+            self.incoming.drain(..discard);
+            self.shown = self.shown.saturating_sub(discard);
+            let unseen = visible - discard < self.incoming.len();
             match step {
-                Ok(Some(status)) => return Ok(status),
+                // rustls needs more, and the next record has arrived: one more.
+                Ok(Some(Status::Handshaking)) if unseen => self.shown = visible - discard,
+                Ok(Some(status)) => {
+                    if status != Status::Handshaking {
+                        self.shown = 0;
+                    }
+                    return Ok(status);
+                }
                 Ok(None) => {}
                 Err(error) => {
                     flush_alert(conn, &mut self.incoming, out);
+                    // Nothing more goes through it: the alert was its last word.
+                    self.engine = Engine::Failed;
                     return Err(error);
                 }
             }
@@ -288,13 +334,36 @@ impl TlsSession {
     /// The handshake is not over, or the session has failed.
     pub fn encrypt(&mut self, plaintext: &[u8], out: &mut impl RecordBuf) -> Result<(), TlsError> {
         if let Engine::Records(records) = &mut self.engine {
-            return records.seal(record::APPLICATION_DATA, plaintext, out);
+            return Ok(records.seal(record::APPLICATION_DATA, plaintext, out)?);
         }
         self.write(
             out,
             |traffic, buf| traffic.encrypt(plaintext, buf),
             plaintext.len(),
         )
+    }
+
+    /// Whether the session owes the peer a record even with nothing to send: the KeyUpdate it
+    /// asked for (RFC 8446 §4.6.3). [`Self::write_owed`] seals it; [`Self::encrypt`] seals it
+    /// first too.
+    pub fn wants_write(&self) -> bool {
+        match &self.engine {
+            Engine::Records(records) => records.owes_key_update(),
+            Engine::Rustls(_) | Engine::Failed => false,
+        }
+    }
+
+    /// Appends what the session owes the peer (see [`Self::wants_write`]) to `out`: at most
+    /// one KeyUpdate, however many the peer asked for since the last.
+    ///
+    /// # Errors
+    ///
+    /// The session failed while sealing.
+    pub fn write_owed(&mut self, out: &mut impl RecordBuf) -> Result<(), TlsError> {
+        match &mut self.engine {
+            Engine::Records(records) => Ok(records.send_owed(out)?),
+            Engine::Rustls(_) | Engine::Failed => Ok(()),
+        }
     }
 
     /// Appends a close_notify alert to `out`, once.
@@ -307,7 +376,7 @@ impl TlsSession {
             return Ok(());
         }
         if let Engine::Records(records) = &mut self.engine {
-            return records.close_notify(out);
+            return Ok(records.close_notify(out)?);
         }
         self.write(out, |traffic, buf| traffic.queue_close_notify(buf), 0)
     }
@@ -347,14 +416,54 @@ impl TlsSession {
     }
 }
 
-/// After an error rustls has queued an alert, handed out by the next call as handshake data
-/// to encode; the session is dead after that. The same buffer goes in: rustls remembers how
+/// After an error rustls has queued an alert, handed out by the next calls as data to
+/// encode, one chunk a call, behind whatever the failing step queued before it (a flight's
+/// messages); the session is dead after that. The same buffer goes in: rustls remembers how
 /// much of it it has looked at.
+///
+/// It stops at the alert, which rustls queues last: one call more would have rustls deframe
+/// the input again, and a record that fails again would make it queue a second fatal alert
+/// (which its debug builds assert against).
 fn flush_alert(conn: &mut UnbufferedServerConnection, incoming: &mut [u8], out: &mut Vec<u8>) {
-    let UnbufferedStatus { state, .. } = conn.process_tls_records(incoming);
-    if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
-        let _ = append(out, |buf| encode.encode(buf).map_err(encode_size));
+    for _ in 0..MAX_QUEUED_CHUNKS {
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(incoming);
+        let Ok(ConnectionState::EncodeTlsData(mut encode)) = state else {
+            return;
+        };
+        let start = out.len();
+        if append(out, |buf| encode.encode(buf).map_err(encode_size)).is_err()
+            || is_alert_record(&out[start..])
+        {
+            return;
+        }
     }
+}
+
+/// Chunks [`flush_alert`] encodes at most: a flight is a handful.
+const MAX_QUEUED_CHUNKS: usize = 16;
+
+/// Whether `chunk` is one alert record: a plaintext (or TLS 1.2) one says so in its type; a
+/// TLS 1.3 sealed one is the only record with 2 bytes of content, sealed into 19 (content
+/// type and tag added; rustls does not pad), as every handshake message has 4 at least.
+fn is_alert_record(chunk: &[u8]) -> bool {
+    const SEALED_ALERT: usize = 2 + 1 + 16;
+    match chunk {
+        [21, ..] => true,
+        [23, 3, 3, 0, length, rest @ ..] => {
+            usize::from(*length) == SEALED_ALERT && rest.len() == SEALED_ALERT
+        }
+        _ => false,
+    }
+}
+
+/// Where the record that starts at `start` of `incoming` ends, or the end of `incoming` if
+/// it has not all arrived.
+fn record_end(incoming: &[u8], start: usize) -> usize {
+    let length = match incoming.get(start + 3..start + 5) {
+        Some(&[high, low]) => usize::from(u16::from_be_bytes([high, low])),
+        _ => return incoming.len(),
+    };
+    (start + 5 + length).min(incoming.len())
 }
 
 /// A buffer was too small: how large it must be, or the error that is not about size.
@@ -579,6 +688,82 @@ mod tests {
         }
     }
 
+    /// A client that asks for KeyUpdates and never reads (defect 1 of issue 21): however many
+    /// requests arrive, the server owes one reply and queues nothing per request; beyond 32
+    /// KeyUpdates between two application-data records the session fails, with an alert.
+    #[test]
+    fn key_update_requests_are_answered_once_and_bounded() {
+        let (mut server, mut client) = open_session();
+        for _ in 0..32 {
+            client.refresh_traffic_keys().unwrap();
+        }
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        server
+            .receive(&from_client(&mut client), &mut plain, &mut out)
+            .unwrap();
+        assert!(
+            out.is_empty(),
+            "a reply queued per request: {} bytes",
+            out.len()
+        );
+        assert!(server.wants_write());
+        let mut owed = Vec::new();
+        server.encrypt(b"x", &mut owed).unwrap();
+        // One sealed KeyUpdate (header, 4 + 1 bytes of message, content type, tag), then the
+        // data.
+        assert_eq!(owed.len(), (5 + 5 + 1 + 16) + (5 + 1 + 1 + 16));
+        assert!(!server.wants_write());
+        assert_eq!(to_client(&mut client, &owed), b"x");
+        // Application data resets the count.
+        round_trip(&mut server, &mut client, b"after 32");
+        for _ in 0..32 {
+            client.refresh_traffic_keys().unwrap();
+        }
+        round_trip(&mut server, &mut client, b"after 64");
+
+        // The flood: a thousand requests and nothing else.
+        for _ in 0..1000 {
+            client.refresh_traffic_keys().unwrap();
+        }
+        let flood = from_client(&mut client);
+        let mut out = Vec::new();
+        assert!(server.receive(&flood, &mut plain, &mut out).is_err());
+        // Only the alert, one sealed record.
+        assert_eq!(out.len(), 5 + 2 + 1 + 16, "sent {out:?}");
+        assert!(!server.wants_write());
+    }
+
+    /// The client's Finished and a KeyUpdate asking for ours arrive in one read (issue 21,
+    /// defect 2): rustls must not take the KeyUpdate at the end of the handshake, or its
+    /// reply is lost at the take-over and the server seals with a key the client never
+    /// learned. Also split anywhere: the same outcome.
+    #[test]
+    fn a_key_update_in_the_read_that_ends_the_handshake_is_answered() {
+        for chunk in [usize::MAX, 1, 7, 100] {
+            let (server_config, client_config) = pair(&[&rustls::version::TLS13]);
+            let mut server = TlsSession::new(server_config).unwrap();
+            let mut client = client(&client_config);
+            let (mut plain, mut out) = (Vec::new(), Vec::new());
+            server
+                .receive(&from_client(&mut client), &mut plain, &mut out)
+                .unwrap();
+            to_client(&mut client, &out);
+            assert!(!client.is_handshaking());
+            client.refresh_traffic_keys().unwrap();
+            client.writer().write_all(b"and data").unwrap();
+            let finished_and_update = from_client(&mut client);
+            let mut out = Vec::new();
+            for piece in finished_and_update.chunks(chunk) {
+                server.receive(piece, &mut plain, &mut out).unwrap();
+            }
+            assert!(server.is_taken_over());
+            assert_eq!(plain, b"and data");
+            server.encrypt(b"after", &mut out).unwrap();
+            assert_eq!(to_client(&mut client, &out), b"after", "chunks of {chunk}");
+            round_trip(&mut server, &mut client, b"later");
+        }
+    }
+
     /// Short of the AEAD's confidentiality limit the server rolls its own key.
     #[test]
     fn the_server_rolls_its_key_before_the_confidentiality_limit() {
@@ -630,6 +815,30 @@ mod tests {
             .receive(&plaintext_alert, &mut plain, &mut out)
             .is_err());
         assert_eq!(out.first(), Some(&23));
+    }
+
+    /// A session that failed while rustls held it (TLS 1.2 here) is never driven again: its
+    /// alert is in `out`, and sealing after it is an error. Driving it again for a
+    /// close_notify made rustls read the bad record twice and queue a second fatal alert,
+    /// which its debug builds assert against (a worker panicked under tlsfuzzer).
+    #[test]
+    fn a_session_failed_in_rustls_seals_nothing_more() {
+        let (server_config, client_config) = pair(&[&rustls::version::TLS12]);
+        let mut server = TlsSession::new(server_config).unwrap();
+        let mut client = client(&client_config);
+        handshake(&mut server, &mut client, usize::MAX);
+        client.writer().write_all(b"hello").unwrap();
+        let mut record = from_client(&mut client);
+        let last = record.len() - 1;
+        record[last] ^= 1;
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        assert!(server.receive(&record, &mut plain, &mut out).is_err());
+        assert_eq!(out.first(), Some(&21), "the alert");
+        assert!(server.is_failed());
+        let mut more = Vec::new();
+        assert!(server.close_notify(&mut more).is_err());
+        assert!(server.encrypt(b"x", &mut more).is_err());
+        assert!(more.is_empty());
     }
 
     /// An idle TLS 1.3 session after the take-over holds rustls's kernel connection and two

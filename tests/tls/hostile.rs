@@ -4,7 +4,7 @@
 use super::*;
 
 /// Reads what the server sends until it closes (or 5 s pass).
-fn read_until_closed(stream: &mut TcpStream) -> Result<(Vec<u8>, Duration)> {
+pub(super) fn read_until_closed(stream: &mut TcpStream) -> Result<(Vec<u8>, Duration)> {
     let started = Instant::now();
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut got = Vec::new();

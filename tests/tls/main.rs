@@ -1,10 +1,12 @@
 //! `wss://` and `https://` against the real server, with a certificate made here (rcgen) and
 //! independent clients: tokio-tungstenite over rustls, and rustls's own blocking stream.
 
+mod alerts;
 mod certificates;
 #[path = "../common/mod.rs"]
 mod common;
 mod hostile;
+mod key_update;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -378,4 +380,66 @@ async fn a_wss_subscriber_that_never_reads_is_a_slow_consumer() -> Result<()> {
         }
     }
     bail!("400 publishes of 60 KB and the subscriber that never reads was not closed")
+}
+
+/// A client configuration for one TLS version that trusts `cert` only.
+fn client_for_version(
+    cert: &TestCert,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.der.clone())?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ))
+}
+
+/// A TLS connection whose handshake is done, as rustls's client and the socket apart, so a
+/// test can write records the client would not.
+fn handshaken(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> Result<(TcpStream, ClientConnection)> {
+    let mut tcp = TcpStream::connect(addr)?;
+    tcp.set_read_timeout(Some(STEP))?;
+    let mut conn = ClientConnection::new(config, ServerName::try_from("localhost")?)?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok((tcp, conn))
+}
+
+/// Everything the client has to send, as bytes.
+fn tls_out(conn: &mut ClientConnection) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut bytes)?;
+    }
+    Ok(bytes)
+}
+
+/// Feeds what the server sent to the client; returns the plaintext, and how reading ended:
+/// `Ok` for a close_notify, else the client's error.
+fn tls_in(conn: &mut ClientConnection, mut bytes: &[u8]) -> (Vec<u8>, Result<(), rustls::Error>) {
+    let mut plain = Vec::new();
+    while !bytes.is_empty() {
+        if conn.read_tls(&mut bytes).is_err() {
+            break;
+        }
+        if let Err(error) = conn.process_new_packets() {
+            return (plain, Err(error));
+        }
+        let _ = conn.reader().read_to_end(&mut plain);
+    }
+    let clean = conn.reader().read_to_end(&mut plain).is_ok();
+    let ended = if clean {
+        Ok(())
+    } else {
+        Err(rustls::Error::General("no close_notify".into()))
+    };
+    (plain, ended)
 }

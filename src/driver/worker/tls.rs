@@ -59,7 +59,10 @@ pub(super) struct TlsLayer {
 /// One connection's TLS state.
 struct TlsConn {
     session: TlsSession,
-    /// Handshake flights and alerts a receive produced, not yet in a send.
+    /// Handshake flights and alerts a receive produced, not yet in a send. Bounded without a
+    /// budget of its own: a flight is what rustls makes of one certificate chain, and after
+    /// the handshake it holds one alert at most (a KeyUpdate the peer asks for is owed by the
+    /// session as a flag, and sealed at flush, where the backlog is charged).
     replies: Vec<u8>,
     /// The ciphertext of the send in flight (or partly sent), a part of the arena: the kernel
     /// reads it until the send completes, and this reference keeps it alive until then.
@@ -187,7 +190,7 @@ impl<S: Service> Worker<S> {
         );
         self.bufs.push(bid);
         let tls_growth = state.session.buffered_bytes().saturating_sub(tls_before);
-        if !state.replies.is_empty() {
+        if !state.replies.is_empty() || state.session.wants_write() {
             self.mark_dirty(key);
         }
         match status {
@@ -205,8 +208,15 @@ impl<S: Service> Worker<S> {
                     );
                 }
                 if status == Status::PeerClosed {
+                    // RFC 8446 §6.1: the peer writes no more, but still reads. What is queued
+                    // goes out, then our close_notify (`seal_queue`), then the FIN, within
+                    // the drain timeout `after_receive` sets.
                     debug!(key, "peer sent close_notify");
-                    self.teardown(key);
+                    let conn = &mut self.conns[key];
+                    if conn.ending == Ending::No {
+                        conn.ending = Ending::Flush;
+                    }
+                    self.mark_dirty(key);
                 }
             }
             Err(error) => {
@@ -267,7 +277,8 @@ impl<S: Service> Worker<S> {
                 arena.extend_from_slice(&std::mem::take(&mut state.replies));
             }
             let mut covered = 0;
-            if !state.session.is_handshaking() {
+            // A failed session seals nothing more: its alert, in `replies`, is its last record.
+            if !state.session.is_handshaking() && !state.session.is_failed() {
                 let closing = conn.ending == Ending::Flush;
                 match seal_queue(&mut state.session, &conn.queue, gather, arena, closing) {
                     Ok(bytes) => covered = bytes,
@@ -331,7 +342,9 @@ impl<S: Service> Worker<S> {
                 state.sent = 0;
                 // The last reference to a chunk frees it.
                 state.sending = Bytes::new();
-                let more = !conn.queue.is_empty() || !state.replies.is_empty();
+                let more = !conn.queue.is_empty()
+                    || !state.replies.is_empty()
+                    || state.session.wants_write();
                 if more || conn.ending == Ending::Flush {
                     self.mark_dirty(key);
                 }
@@ -383,6 +396,9 @@ fn seal_queue(
     out: &mut impl RecordBuf,
     closing: bool,
 ) -> Result<usize, crate::tls::TlsError> {
+    // A KeyUpdate the peer asked for goes out at this flush, even with nothing else to send:
+    // promptly, as peers expect, and one for all the requests this turn's reads carried.
+    session.write_owed(out)?;
     let mut covered = 0;
     let mut everything = true;
     // The run of small frames being gathered: its first frame is held by reference until a
