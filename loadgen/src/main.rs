@@ -396,6 +396,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         close_timeout,
         server_pid: args.server_pid,
         progress: !args.quiet,
+        echo_sample: args.echo_sample,
     };
     let report = connect::run(&settings, features, capacity)?;
     let files = output::Files {
