@@ -669,3 +669,143 @@ impl ClientRecords {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::ServerConnection;
+    use std::io::{Read, Write};
+
+    /// A client session against rustls's own server in memory, past the handshake and the
+    /// server's session tickets.
+    fn pair() -> (ClientTls, ServerConnection) {
+        let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = key.cert.der().clone();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.clone()],
+                PrivateKeyDer::try_from(key.signing_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let mut client_config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client_config.enable_secret_extraction = true;
+        let (mut client, mut to_server) =
+            ClientTls::start(&Arc::new(client_config), "localhost").unwrap();
+        let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+        while client.is_handshaking() {
+            let to_client = server_takes(&mut server, &to_server);
+            to_server.clear();
+            let mut plain = Vec::new();
+            client
+                .receive(&to_client, &mut plain, &mut to_server)
+                .unwrap();
+        }
+        // The client's Finished; the server answers with its tickets.
+        let tickets = server_takes(&mut server, &to_server);
+        assert!(!tickets.is_empty(), "a TLS 1.3 server sends tickets");
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        client.receive(&tickets, &mut plain, &mut out).unwrap();
+        assert!(plain.is_empty() && out.is_empty());
+        (client, server)
+    }
+
+    /// Feeds ciphertext to the server; returns what it sends back.
+    fn server_takes(server: &mut ServerConnection, mut input: &[u8]) -> Vec<u8> {
+        while !input.is_empty() {
+            server.read_tls(&mut input).unwrap();
+            server.process_new_packets().unwrap();
+        }
+        let mut out = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    fn server_plaintext(server: &mut ServerConnection) -> Vec<u8> {
+        let mut plain = Vec::new();
+        // WouldBlock once everything received is read.
+        let _ = server.reader().read_to_end(&mut plain);
+        plain
+    }
+
+    #[test]
+    fn after_the_handshake_records_flow_both_ways_without_rustls() {
+        let (mut client, mut server) = pair();
+        assert!(matches!(client.engine, Engine::Records(_)));
+        assert!(
+            client.incoming.capacity() == 0,
+            "an idle session keeps no buffer"
+        );
+        let mut out = Vec::new();
+        client.encrypt(b"GET / HTTP/1.1\r\n\r\n", &mut out);
+        assert!(server_takes(&mut server, &out).is_empty());
+        assert_eq!(server_plaintext(&mut server), b"GET / HTTP/1.1\r\n\r\n");
+        // Large enough for several records, fed one byte at a time.
+        let big: Vec<u8> = (0..40_000u32).map(|i| i as u8).collect();
+        server.writer().write_all(&big).unwrap();
+        let records = server_takes(&mut server, &[]);
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        for byte in records.chunks(1) {
+            client.receive(byte, &mut plain, &mut out).unwrap();
+        }
+        assert_eq!(plain, big);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_key_update_from_the_server_is_followed_and_answered() {
+        let (mut client, mut server) = pair();
+        // The server moves its key on and asks the client to move its own.
+        server.refresh_traffic_keys().unwrap();
+        server.writer().write_all(b"after the update").unwrap();
+        let records = server_takes(&mut server, &[]);
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        client.receive(&records, &mut plain, &mut out).unwrap();
+        assert_eq!(plain, b"after the update");
+        assert!(!out.is_empty(), "the client's own KeyUpdate");
+        client.encrypt(b"under the new key", &mut out);
+        server_takes(&mut server, &out);
+        assert_eq!(server_plaintext(&mut server), b"under the new key");
+    }
+
+    #[test]
+    fn a_tampered_record_fails_the_session() {
+        let (mut client, mut server) = pair();
+        server.writer().write_all(b"intact?").unwrap();
+        let mut records = server_takes(&mut server, &[]);
+        let last = records.len() - 1;
+        records[last] ^= 1;
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        let error = client.receive(&records, &mut plain, &mut out).unwrap_err();
+        assert!(error.contains("does not authenticate"), "{error}");
+        assert!(plain.is_empty());
+        assert!(
+            client.receive(b"", &mut plain, &mut out).is_err(),
+            "the session is dead"
+        );
+    }
+
+    #[test]
+    fn close_notify_ends_what_is_read() {
+        let (mut client, mut server) = pair();
+        server.writer().write_all(b"last words").unwrap();
+        server.send_close_notify();
+        let records = server_takes(&mut server, &[]);
+        let (mut plain, mut out) = (Vec::new(), Vec::new());
+        client.receive(&records, &mut plain, &mut out).unwrap();
+        assert_eq!(plain, b"last words");
+        assert!(client.peer_closed);
+    }
+}

@@ -267,7 +267,7 @@ impl Workload for Idle {
         self.due_ns = None;
         let count = usize::try_from(self.plan.count).unwrap_or(usize::MAX);
         for conn in 0..count {
-            if self.plan.global(conn) % self.sample == 0
+            if self.plan.global(conn).is_multiple_of(self.sample)
                 && out.is_open(conn)
                 && out.send(conn, OpCode::Text, SAMPLE_PAYLOAD)
             {
