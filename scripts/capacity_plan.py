@@ -38,7 +38,7 @@ TABLE_HEADROOM = 1_000
 # server RSS, kernel slab for both ends of the loopback pair, load generator RSS.
 DEFAULTS = {
     False: {"server": 260, "slab": 10_000, "client": 1_500},
-    True: {"server": 2_700, "slab": 10_000, "client": 9_600},
+    True: {"server": 3_300, "slab": 10_000, "client": 4_800},
 }
 # Fixed cost of one server worker plus one load-generator thread (rings, receive-buffer pools,
 # direct descriptor tables, stacks), rounded up.
