@@ -25,6 +25,7 @@
 # what N needs, name each change, and restore the old values on exit. Small runs change nothing.
 #
 # Usage: scripts/capacity.sh [--wss] [--plan] N [RUNS=1] [RATE=5000] [HOLD_SECONDS=10]
+#   (CAPACITY_STEPS=A,B,... in the environment replaces the steps, e.g. 5000,10000)
 #   --wss   wss:// connections (a throwaway certificate, trusted with the load generator's --ca)
 #   --plan  print the steps, their sizing and the memory check, then exit (nothing is built or
 #           run; exit 3 if a step would not fit)
@@ -51,7 +52,8 @@ wss_flag=()
 # 1 in SAMPLE connections sends one message during the hold and must get its echo.
 sample=100
 
-steps=$("${planner[@]}" plan "$n") || exit 2
+# CAPACITY_STEPS=A,B,... replaces the ladder (to try the steps at small N).
+steps=$("${planner[@]}" plan "$n" ${CAPACITY_STEPS:+--steps "$CAPACITY_STEPS"}) || exit 2
 if [ "$plan_only" = 1 ]; then
   while read -r _ step tables sources; do
     echo "step $step: server --workers $tables, load generator --threads $tables, $sources source addresses"
