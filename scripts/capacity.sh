@@ -76,11 +76,12 @@ cleanup() {
   local i
   for ((i = ${#restore[@]} - 1; i >= 0; i--)); do
     read -r key value <<<"${restore[$i]}"
-    sysctl -q -w "$key=$value" >/dev/null && echo "capacity: restored $key to $value"
+    sysctl -q -w "$key=$value" >/dev/null && echo "capacity: restored $key to $value" \
+      || echo "capacity: could not restore $key to $value" >&2
   done
-  [ -n "${server_pid:-}" ] && kill -KILL "$server_pid" 2>/dev/null
-  [ -n "${load_pid:-}" ] && kill -KILL "$load_pid" 2>/dev/null
-  [ -n "${watchdog_pid:-}" ] && kill "$watchdog_pid" 2>/dev/null
+  [ -n "${server_pid:-}" ] && kill -KILL "$server_pid" 2>/dev/null || true
+  [ -n "${load_pid:-}" ] && kill -KILL "$load_pid" 2>/dev/null || true
+  [ -n "${watchdog_pid:-}" ] && kill "$watchdog_pid" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
