@@ -508,6 +508,10 @@ pub(crate) struct ConnectArgs {
     pub(crate) session: SessionArgs,
     #[command(flatten)]
     pub(crate) reconnect: ReconnectArgs,
+    /// Halfway through the hold, every K-th connection sends one message and must get it back
+    /// (from an echo server): the held connections are alive. 0: none.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub(crate) echo_sample: u64,
 }
 
 /// Upper bounds that keep a run bounded: a typo must not become a week-long run.

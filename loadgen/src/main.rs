@@ -417,6 +417,7 @@ fn run_connect(args: ConnectArgs) -> Result<i32, LoadError> {
         server_pid: args.server_pid,
         progress: !args.quiet,
         reconnect: args.reconnect.policy()?,
+        echo_sample: args.echo_sample,
     };
     let report = connect::run(&settings, features, capacity)?;
     let files = output::Files {

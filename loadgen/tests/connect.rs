@@ -283,6 +283,77 @@ fn a_server_that_ignores_close_frames_counts_as_forced_closes() {
     assert_eq!(json["close_latency_us"]["count"], 0, "{json:#}");
 }
 
+/// `--echo-sample 10`: halfway through the hold, every tenth connection sends one message
+/// and gets its echo: the held connections are alive, and the report says so.
+#[test]
+fn a_sample_of_held_connections_echoes() {
+    let server = start_server();
+    let url = format!("ws://{}/", server.local_addr());
+    let path = json_path("sample");
+    let output = load(&[
+        "connect",
+        &url,
+        "--connections",
+        "200",
+        "--rate",
+        "4000",
+        "--duration",
+        "0.4",
+        "--threads",
+        "2",
+        "--echo-sample",
+        "10",
+        "--json",
+        path.to_str().expect("a UTF-8 temp path"),
+        "--quiet",
+    ]);
+    server.shutdown();
+    assert!(output.status.success(), "{}", describe(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("alive     20 of 20 sampled connections echoed"),
+        "{stdout}"
+    );
+    let json = read_json(&path);
+    assert_reached(&json, 200);
+    assert_eq!(json["sent"], 20, "{json:#}");
+    assert_eq!(json["received"], 20, "{json:#}");
+    assert_eq!(json["missing"], 0, "{json:#}");
+}
+
+/// A server that holds connections but never answers: the sampled messages go missing and
+/// the run fails, though every connection was held.
+#[test]
+fn a_sample_that_does_not_echo_fails_the_run() {
+    let (addr, release) = deaf_server(5);
+    let url = format!("ws://{addr}/");
+    let path = json_path("deaf-sample");
+    let output = load(&[
+        "connect",
+        &url,
+        "--connections",
+        "5",
+        "--rate",
+        "1000",
+        "--duration",
+        "0.2",
+        "--close-timeout",
+        "0.3",
+        "--echo-sample",
+        "1",
+        "--quiet",
+        "--json",
+        path.to_str().expect("a UTF-8 path"),
+    ]);
+    drop(release);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let json = read_json(&path);
+    assert_eq!(json["connections"]["reached"], 5, "{json:#}");
+    assert_eq!(json["sent"], 5, "{json:#}");
+    assert_eq!(json["received"], 0, "{json:#}");
+    assert_eq!(json["missing"], 5, "{json:#}");
+}
+
 #[test]
 fn connect_counts_refused_connections() {
     // A port that was free a moment ago, with nothing listening on it now.

@@ -297,11 +297,20 @@ mod size_tests {
     #[test]
     fn connection_state_stays_small() {
         let conn = size_of::<super::Conn<()>>();
+        let echo = size_of::<super::Conn<crate::broadcast::ConnState<()>>>();
         eprintln!(
-            "Conn {conn} WebSocket {} SendQueue {}",
+            "Conn {conn} WebSocket {} SendQueue {} Stage {} ServerHandshake {}; echo mode {echo}",
             size_of::<crate::protocol::WebSocket>(),
-            size_of::<super::SendQueue>()
+            size_of::<super::SendQueue>(),
+            size_of::<super::Stage>(),
+            size_of::<crate::protocol::handshake::ServerHandshake>(),
         );
         assert!(conn <= 136, "a connection's state grew to {conn} bytes");
+        // What the server binary holds per connection in its slab (echo mode: the broadcast
+        // service's state, subscriptions only; 160 bytes with a `Vec` of subscriptions).
+        assert!(
+            echo <= 152,
+            "an echo connection's slab entry grew to {echo} bytes"
+        );
     }
 }

@@ -323,14 +323,12 @@ impl<D> Ctx<'_, D> {
             _ => return,
         }
         conn.deadline = drain;
-        let generation = conn.generation;
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(id.key as usize);
         }
         self.wheel.insert(TimerEntry {
             key: id.key,
-            generation,
             tick: drain,
         });
     }

@@ -19,11 +19,15 @@ const BUCKETS: usize = 512;
 /// reallocation.
 const MIN_BUCKET_CAPACITY: usize = 64;
 
-/// A deadline set for a connection: its slab key and generation, and the tick it fires at.
+/// A deadline set for a connection: its slab key and the tick it fires at.
+///
+/// No slot generation: an entry fires only for a connection whose own deadline is that very
+/// tick, so an entry left by an earlier occupant of the key can only fire a deadline that is
+/// due anyway (and firing moves the deadline, so the occupant's own entry is then stale).
+/// 8 bytes per idle connection, not 12.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimerEntry {
     pub key: u32,
-    pub generation: u32,
     pub tick: u32,
 }
 
@@ -122,11 +126,7 @@ mod tests {
     use super::*;
 
     fn entry(key: u32, tick: u32) -> TimerEntry {
-        TimerEntry {
-            key,
-            generation: 0,
-            tick,
-        }
+        TimerEntry { key, tick }
     }
 
     #[test]

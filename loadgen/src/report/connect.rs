@@ -136,15 +136,34 @@ pub struct ConnectReport {
     pub histograms: ConnectHistograms,
     /// Wall-clock time the hold started, seconds since the Unix epoch.
     pub started_at_unix_s: f64,
+    /// `--echo-sample`: the sampled connections' messages and their echoes.
+    pub echo: SampleEcho,
+}
+
+/// `--echo-sample K`: every K-th connection sent one message during the hold; how many came
+/// back intact. All zero without the flag.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleEcho {
+    /// Messages sent (one per sampled open connection).
+    pub sent: u64,
+    /// Echoes received intact.
+    pub received: u64,
+    /// Messages never answered.
+    pub missing: u64,
+    /// Answers that were not the message sent.
+    pub corrupt: u64,
 }
 
 impl ConnectReport {
-    /// Whether every asked-for connection was open at the hold sample, and every thread
-    /// reported (a report missing a thread is not a success).
+    /// Whether every asked-for connection was open at the hold sample, every thread reported
+    /// (a report missing a thread is not a success), and with `--echo-sample` every sampled
+    /// connection got its message back intact.
     pub fn target_reached(&self) -> bool {
         self.reached >= self.settings.connections
             && self.diagnostics.threads_missing == 0
             && self.reconnect.gave_up == 0
+            && self.echo.missing == 0
+            && self.echo.corrupt == 0
     }
 
     /// The report as JSON (the `--json` file).
@@ -172,15 +191,16 @@ impl ConnectReport {
         });
         let mut report = json!({
             "scenario": "connect",
-            // The keys every scenario's report has; a connect run sends no messages.
+            // The keys every scenario's report has; a connect run sends messages only with
+            // --echo-sample.
             "loop": null,
-            "sent": 0,
-            "received": 0,
-            "expected": 0,
-            "missing": 0,
+            "sent": self.echo.sent,
+            "received": self.echo.received,
+            "expected": self.echo.sent,
+            "missing": self.echo.missing,
             "duplicated": 0,
             "out_of_order": 0,
-            "corrupt": 0,
+            "corrupt": self.echo.corrupt,
             "throughput_per_s": if self.ramp.is_zero() {
                 0.0
             } else {
@@ -349,6 +369,14 @@ impl ConnectReport {
         if let Some(rss) = self.client_rss_bytes {
             let _ = writeln!(out, "client    RSS {}", mib(rss));
         }
+        let e = &self.echo;
+        if e.sent > 0 {
+            let _ = writeln!(
+                out,
+                "alive     {} of {} sampled connections echoed (missing {}, corrupt {})",
+                e.received, e.sent, e.missing, e.corrupt
+            );
+        }
         let _ = writeln!(
             out,
             "closed    {} clean, {} forced, {} abandoned; run {:.1} s (ramp {:.1} s, hold {:.1} s)",
@@ -436,6 +464,7 @@ mod tests {
                 closing: histogram,
             },
             started_at_unix_s: 1.0e9,
+            echo: SampleEcho::default(),
         }
     }
 

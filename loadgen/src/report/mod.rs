@@ -15,7 +15,9 @@ use std::path::Path;
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
-pub use self::connect::{ConnectHistograms, ConnectReport, ServerUsage, SettingsSummary};
+pub use self::connect::{
+    ConnectHistograms, ConnectReport, SampleEcho, ServerUsage, SettingsSummary,
+};
 pub use self::traffic::{node_key, Loop, TrafficReport};
 use crate::error::LoadError;
 

@@ -7,18 +7,19 @@
 //! that drops a connection; at the end each connection sends a close frame and waits for the
 //! server's close and FIN. What the engine measured becomes a [`ConnectReport`].
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use uringcast::protocol::OpCode;
 
 use super::traffic::{
-    self, Deflate, Expect, NoSenders, Outbox, Outcome, ProgressStyle, Tally, Workload,
+    self, Deflate, Expect, NoSenders, Outbox, Outcome, Plan, ProgressStyle, Tally, Workload,
 };
 use crate::capacity::Capacity;
 use crate::error::LoadError;
 use crate::report::{
-    ConnectHistograms, ConnectReport, LatencySummary, ServerUsage, SettingsSummary,
+    ConnectHistograms, ConnectReport, LatencySummary, SampleEcho, ServerUsage, SettingsSummary,
 };
 use crate::target::Target;
 use crate::uring::{ClientFeatures, RecvBuffers};
@@ -71,6 +72,9 @@ pub struct Settings {
     pub session: Option<std::sync::Arc<crate::scenario::session::Spec>>,
     /// `--reconnect`: lost connections open again within these bounds.
     pub reconnect: Option<traffic::Policy>,
+    /// `--echo-sample K`: halfway through the hold, every K-th connection sends one message
+    /// and expects its echo, to show the held connections are alive; 0: none.
+    pub echo_sample: u64,
 }
 
 impl Settings {
@@ -121,7 +125,13 @@ pub fn run(
     capacity: Capacity,
 ) -> Result<ConnectReport, LoadError> {
     let engine = settings.engine();
-    let outcome = traffic::run(&engine, features, |_, _| Idle::default(), &mut NoSenders)?;
+    let (sample, after_ns) = (settings.echo_sample, duration_ns(settings.hold) / 2);
+    let outcome = traffic::run(
+        &engine,
+        features,
+        move |_, plan| Idle::new(plan, sample, after_ns),
+        &mut NoSenders,
+    )?;
     let summary = SettingsSummary {
         url: settings.target.to_string(),
         connections: settings.connections,
@@ -165,8 +175,16 @@ fn report(settings: SettingsSummary, capacity: Capacity, outcome: Outcome) -> Co
                 None
             }
         });
+    let tally = &outcome.tally;
+    let echo = SampleEcho {
+        sent: tally.sent,
+        received: tally.received,
+        missing: tally.missing,
+        corrupt: tally.corrupt,
+    };
     ConnectReport {
         reconnect: outcome.reconnect.clone(),
+        echo,
         settings,
         capacity,
         reached: outcome.held,
@@ -203,22 +221,78 @@ fn report(settings: SettingsSummary, capacity: Capacity, outcome: Outcome) -> Co
     }
 }
 
-/// A thread's share of a `connect` run: its connections only wait. Nothing is sent, nothing
-/// is expected, and anything the server sends is ignored.
-#[derive(Default)]
+/// A thread's share of a `connect` run: its connections only wait, and with `--echo-sample`
+/// every K-th one (by global index) sends [`SAMPLE_PAYLOAD`] once, halfway through the hold,
+/// and must get it back. Anything else the server sends is ignored.
 struct Idle {
-    /// Stays empty; the engine reads it for progress.
+    plan: Plan,
+    /// Every `sample`-th connection echoes once; 0: none.
+    sample: u64,
+    /// When the sample sends, after the hold starts.
+    after_ns: u64,
+    /// When the sample sends, once the hold has started; `None` before, and once it has sent.
+    due_ns: Option<u64>,
+    /// Local connections whose sample message is not answered yet.
+    waiting: HashSet<usize>,
     tally: Tally,
 }
 
-impl Workload for Idle {
-    fn start(&mut self, _: u64, _: &mut Outbox<'_>) {}
+/// What a sampled connection sends.
+const SAMPLE_PAYLOAD: &[u8] = b"uringcast-load: alive?";
 
-    fn due(&mut self, _: u64, _: &mut Outbox<'_>) -> Option<u64> {
+impl Idle {
+    fn new(plan: Plan, sample: u64, after_ns: u64) -> Self {
+        Self {
+            plan,
+            sample,
+            after_ns,
+            due_ns: None,
+            waiting: HashSet::new(),
+            tally: Tally::default(),
+        }
+    }
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Workload for Idle {
+    fn start(&mut self, start_ns: u64, _: &mut Outbox<'_>) {
+        if self.sample > 0 {
+            self.due_ns = Some(start_ns.saturating_add(self.after_ns));
+        }
+    }
+
+    fn due(&mut self, now_ns: u64, out: &mut Outbox<'_>) -> Option<u64> {
+        let due = self.due_ns?;
+        if now_ns < due {
+            return Some(due);
+        }
+        self.due_ns = None;
+        let count = usize::try_from(self.plan.count).unwrap_or(usize::MAX);
+        for conn in 0..count {
+            if self.plan.global(conn).is_multiple_of(self.sample)
+                && out.is_open(conn)
+                && out.send(conn, OpCode::Text, SAMPLE_PAYLOAD)
+            {
+                self.tally.sent += 1;
+                self.waiting.insert(conn);
+            }
+        }
         None
     }
 
-    fn message(&mut self, _: usize, _: OpCode, _: &[u8], _: u64, _: &mut Outbox<'_>) {}
+    fn message(&mut self, conn: usize, opcode: OpCode, payload: &[u8], _: u64, _: &mut Outbox<'_>) {
+        if !self.waiting.remove(&conn) {
+            return;
+        }
+        if opcode == OpCode::Text && payload == SAMPLE_PAYLOAD {
+            self.tally.received += 1;
+        } else {
+            self.tally.corrupt += 1;
+        }
+    }
 
     fn stop(&mut self) {}
 
@@ -235,6 +309,8 @@ impl Workload for Idle {
     }
 
     fn finish(&mut self, _: &Expect, _: &[bool]) -> Tally {
+        self.tally.expected = self.tally.sent;
+        self.tally.missing = self.waiting.len() as u64;
         std::mem::take(&mut self.tally)
     }
 }

@@ -22,7 +22,7 @@ impl<S: Service> Worker<S> {
             let current = self
                 .conns
                 .get(key)
-                .is_some_and(|c| c.generation == entry.generation && c.deadline == entry.tick);
+                .is_some_and(|c| c.deadline == entry.tick);
             if current {
                 self.on_deadline(key, now);
             }
@@ -109,10 +109,8 @@ impl<S: Service> Worker<S> {
     pub(super) fn set_deadline_tick(&mut self, key: usize, tick: u32) {
         let conn = &mut self.conns[key];
         conn.deadline = tick;
-        let generation = conn.generation;
         self.wheel.insert(TimerEntry {
             key: key as u32,
-            generation,
             tick,
         });
     }

@@ -1,0 +1,218 @@
+//! `scripts/capacity.sh`'s own logic at any N, without opening a connection: the steps and
+//! their sizing, the memory check before each step (with a fake `/proc/meminfo`), the figures a
+//! step measured sizing the next, and the kernel settings only big runs raise (with a fake
+//! `/proc/sys`). Runs `scripts/capacity_plan.py` and `scripts/capacity.sh --plan`; without
+//! python3 each test prints SKIP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{ensure, Context, Result};
+
+const GIB_KB: u64 = 1 << 20;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn python3(test: &str) -> bool {
+    let found = Command::new("python3").arg("--version").output().is_ok();
+    if !found {
+        eprintln!("SKIP {test}: python3 missing");
+    }
+    found
+}
+
+/// A directory of its own per test, under target/.
+fn scratch(test: &str) -> Result<PathBuf> {
+    let dir = root().join("target/tmp/capacity_plan").join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A `/proc/meminfo` with this much available, on a 24 GiB machine.
+fn meminfo(dir: &Path, available_kb: u64) -> Result<PathBuf> {
+    let path = dir.join("meminfo");
+    std::fs::write(
+        &path,
+        format!("MemTotal:       24683784 kB\nMemAvailable:   {available_kb} kB\nSlab: 1000 kB\n"),
+    )?;
+    Ok(path)
+}
+
+fn run(program: &str, args: &[&str], env: &[(&str, &Path)]) -> Result<(i32, String)> {
+    let mut cmd = Command::new(program);
+    cmd.current_dir(root()).args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().with_context(|| format!("running {program}"))?;
+    let text = String::from_utf8_lossy(&stdout).into_owned() + &String::from_utf8_lossy(&stderr);
+    Ok((status.code().unwrap_or(-1), text))
+}
+
+fn plan(args: &[&str], env: &[(&str, &Path)]) -> Result<(i32, String)> {
+    let mut all = vec!["scripts/capacity_plan.py"];
+    all.extend_from_slice(args);
+    run("python3", &all, env)
+}
+
+#[test]
+fn a_million_is_sized_in_three_steps_of_workers_threads_and_sources() -> Result<()> {
+    if !python3("a_million_is_sized_in_three_steps_of_workers_threads_and_sources") {
+        return Ok(());
+    }
+    // RLIMIT_NOFILE 20,000: 19,000 slots per table; 12,500 connections per source address.
+    let (code, out) = plan(&["plan", "1000000", "--limit", "20000"], &[])?;
+    ensure!(code == 0, "plan failed: {out}");
+    assert_eq!(
+        out,
+        "step 250000 14 20\nstep 500000 27 40\nstep 1000000 53 80\n"
+    );
+    let (_, out) = plan(&["plan", "25000", "--limit", "20000"], &[])?;
+    assert_eq!(out, "step 25000 2 2\n", "the CI run: one step, two tables");
+    let (_, out) = plan(&["plan", "600000", "--limit", "20000"], &[])?;
+    assert_eq!(
+        out,
+        "step 250000 14 20\nstep 500000 27 40\nstep 600000 32 48\n"
+    );
+    // Past 200 source addresses (2.5 M connections) it refuses rather than guess.
+    let (code, out) = plan(&["plan", "3000000", "--limit", "20000"], &[])?;
+    ensure!(
+        code == 2 && out.contains("source addresses"),
+        "3 M: {code} {out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_million_is_refused_before_it_starts_when_memory_would_not_fit() -> Result<()> {
+    let test = "a_million_is_refused_before_it_starts_when_memory_would_not_fit";
+    if !python3(test) {
+        return Ok(());
+    }
+    let dir = scratch(test)?;
+    // 8 GiB available: 250k and 500k fit, 1M (about 11 GiB) does not.
+    let fake = meminfo(&dir, 8 * GIB_KB)?;
+    let (code, out) = run(
+        "bash",
+        &["scripts/capacity.sh", "--plan", "1000000"],
+        &[("CAPACITY_MEMINFO", &fake)],
+    )?;
+    ensure!(code == 3, "expected a refusal (exit 3), got {code}: {out}");
+    ensure!(
+        out.contains("250,000 connections need") && out.contains("500,000 connections need"),
+        "the smaller steps are checked first: {out}"
+    );
+    ensure!(
+        out.contains("STOP before 1,000,000 connections") && out.contains("MemAvailable is 8.0"),
+        "the refusal names the step and the memory: {out}"
+    );
+    // With plenty, the same plan passes; over TLS (some 10 KB more per pair) 1M does not fit
+    // in 14 GiB.
+    let fake = meminfo(&dir, 14 * GIB_KB)?;
+    let (code, out) = run(
+        "bash",
+        &["scripts/capacity.sh", "--plan", "1000000"],
+        &[("CAPACITY_MEMINFO", &fake)],
+    )?;
+    ensure!(code == 0, "14 GiB holds 1M idle: {out}");
+    let (code, out) = run(
+        "bash",
+        &["scripts/capacity.sh", "--plan", "--wss", "1000000"],
+        &[("CAPACITY_MEMINFO", &fake)],
+    )?;
+    ensure!(
+        code == 3 && out.contains("STOP before 1,000,000"),
+        "{code} {out}"
+    );
+    Ok(())
+}
+
+#[test]
+fn what_a_step_measured_sizes_the_next() -> Result<()> {
+    let test = "what_a_step_measured_sizes_the_next";
+    if !python3(test) {
+        return Ok(());
+    }
+    let dir = scratch(test)?;
+    let fake = meminfo(&dir, 20 * GIB_KB)?;
+    let env = [("CAPACITY_MEMINFO", fake.as_path())];
+    let (code, out) = plan(&["check", "1000000", "53"], &env)?;
+    ensure!(code == 0, "the defaults fit 1M in 20 GiB: {out}");
+    // A 250k step whose load generator took 12 KB a connection: 1M would not fit.
+    let report = dir.join("report.json");
+    std::fs::write(
+        &report,
+        r#"{"settings": {"connections": 250000},
+            "connections": {"reached": 250000, "failed": {"refused": 0}},
+            "server": {"rss_per_conn_bytes": 210},
+            "kernel": {"slab_per_conn_bytes": 9600},
+            "client": {"rss_bytes": 3000000000},
+            "latency_us": {"p50": 80, "p99": 400},
+            "ramp_s": 50.0, "throughput_per_s": 5000.0,
+            "sent": 2500, "received": 2500, "missing": 0, "corrupt": 0}"#,
+    )?;
+    let measured = dir.join("measured.json");
+    let measured_arg = measured.to_str().context("path")?;
+    let (code, out) = plan(
+        &["record", report.to_str().context("path")?, measured_arg],
+        &env,
+    )?;
+    ensure!(code == 0, "a full step with every echo is a success: {out}");
+    ensure!(
+        out.contains("load generator RSS 12,000 B") && out.contains("2,500 of 2,500"),
+        "{out}"
+    );
+    let (code, out) = plan(
+        &["check", "1000000", "53", "--measured", measured_arg],
+        &env,
+    )?;
+    ensure!(
+        code == 3 && out.contains("client 13,800 B (measured 12,000 B x 1.15)"),
+        "measured figures, with their margin, size the next step: {code} {out}"
+    );
+    // A step that lost one sampled echo is a failure, whatever it held.
+    let lost =
+        std::fs::read_to_string(&report)?.replace(r#""received": 2500"#, r#""received": 2499"#);
+    std::fs::write(&report, lost)?;
+    let (code, _) = plan(
+        &["record", report.to_str().context("path")?, measured_arg],
+        &env,
+    )?;
+    ensure!(code == 1, "a missing echo fails the step");
+    Ok(())
+}
+
+#[test]
+fn only_big_runs_raise_kernel_settings() -> Result<()> {
+    let test = "only_big_runs_raise_kernel_settings";
+    if !python3(test) {
+        return Ok(());
+    }
+    let dir = scratch(test)?;
+    for (key, value) in [
+        ("fs/file-max", "2466255"),
+        ("net/ipv4/tcp_max_orphans", "131072"),
+    ] {
+        let path = dir.join(key);
+        std::fs::create_dir_all(path.parent().context("parent")?)?;
+        std::fs::write(path, format!("{value}\n"))?;
+    }
+    let env = [("CAPACITY_SYSCTL", dir.as_path())];
+    let (_, out) = plan(&["sysctls", "25000"], &env)?;
+    assert_eq!(out, "", "the CI run changes nothing");
+    let (_, out) = plan(&["sysctls", "1000000"], &env)?;
+    assert_eq!(out, "net.ipv4.tcp_max_orphans 1010000\n");
+    let (_, out) = plan(&["sysctls", "1200000"], &env)?;
+    assert_eq!(
+        out,
+        "fs.file-max 2500000\nnet.ipv4.tcp_max_orphans 1210000\n"
+    );
+    Ok(())
+}
