@@ -136,6 +136,12 @@ impl<H: Handler> Broadcast<H> {
         let Some(id) = self.topics.id(publication.topic()) else {
             return 0;
         };
+        if publication.is_head_only() {
+            if let Some(head) = publication.position() {
+                self.move_head(ctx, id, head);
+            }
+            return 0;
+        }
         if let Some(position) = publication.position() {
             let before = Position {
                 offset: position.offset - 1,
@@ -498,7 +504,7 @@ impl<H: Handler> Broadcast<H> {
     /// stream has a new epoch), they are told with a reset that they cannot have it. Counted
     /// as a gap filled or reported.
     fn advance(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, target: Position) {
-        let Some(cursor) = self.topics.cursor(id) else {
+        let Some(cursor) = self.topics.cursor(id).filter(|c| !c.epoch.is_unknown()) else {
             self.topics.set_cursor(id, target);
             return;
         };
@@ -528,6 +534,25 @@ impl<H: Handler> Broadcast<H> {
             }
         }
         self.topics.set_cursor(id, target);
+    }
+
+    /// Brings topic `id` to a stream head learned without a publication (see
+    /// [`Publication::head_only`]): as [`advance`](Self::advance), and a cursor ahead of the
+    /// head in its epoch (a position a client made up, or one the broker lost) is reset to it.
+    fn move_head(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+        let ahead = self
+            .topics
+            .cursor(id)
+            .is_some_and(|c| c.epoch == head.epoch && c.offset > head.offset);
+        if ahead {
+            self.hub.stats[self.worker]
+                .gaps_reported
+                .fetch_add(1, Ordering::Relaxed);
+            self.reset(ctx, id, head);
+            self.topics.set_cursor(id, head);
+        } else {
+            self.advance(ctx, id, head);
+        }
     }
 
     /// Tells this worker's subscribers of topic `id` that what came before `head` is lost to

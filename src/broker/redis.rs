@@ -6,6 +6,12 @@
 //! commands and subscription pushes together; for a cluster it routes each sharded command to
 //! the master of its channel's slot, follows `MOVED`, and re-subscribes a node's channels when it
 //! reconnects to that node. A channel is `PREFIX:TOPIC`, byte for byte.
+//!
+//! With history (`--history`), Redis gives the positions: the node loads [`LIBRARY`] (a Redis
+//! Function library) at each connection, and every publish is one `FCALL` that takes the
+//! topic's next offset, appends the message to the topic's stream and publishes it with its
+//! position. The topic's keys and its channel are then hash-tagged, `{PREFIX:TOPIC}`, so that
+//! all of them share one cluster slot (see docs/BROKERS.md, "Positions from Redis").
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -14,11 +20,79 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 
 use super::{Broker, Events, IO_TIMEOUT};
+use crate::broadcast::Position;
+use crate::protocol::OpCode;
+
+/// The Redis Function library that gives positions, loaded by every node at each connection
+/// (`FUNCTION LOAD REPLACE`). `uringcast_publish` publishes with `PUBLISH` (a standalone
+/// server), `uringcast_spublish` with `SPUBLISH` (a cluster). Their one key is the topic's
+/// base `{PREFIX:TOPIC}`; their arguments the payload, then optionally the kind (`text`,
+/// `binary` or `auto`, the default), the entries kept and the idle seconds before the
+/// stream is dropped (defaults: the loading node's `--history` and `--history-ttl`). Keys:
+/// `BASE:offset` (the last offset), `BASE:epoch` (the stream's incarnation: the server's
+/// clock in microseconds when the stream was made), `BASE:stream` (a stream whose entry ids
+/// are `OFFSET-0` and whose field `m` is the envelope). Returns `EPOCH:OFFSET`.
+pub(crate) const LIBRARY: &str = r"#!lua name=uringcast
+local function append(keys, args, command)
+  local base = keys[1]
+  local payload = args[1]
+  local kind = args[2] or 'auto'
+  local max_len = tonumber(args[3] or '__MAX_LEN__')
+  local ttl = tonumber(args[4] or '__TTL__')
+  if not base or not payload then
+    return redis.error_reply('ERR uringcast: one key {PREFIX:TOPIC} and a payload')
+  end
+  if kind ~= 'text' and kind ~= 'binary' and kind ~= 'auto' then
+    return redis.error_reply('ERR uringcast: kind is text, binary or auto')
+  end
+  if not max_len or max_len < 1 or not ttl or ttl < 1 then
+    return redis.error_reply('ERR uringcast: entries and seconds are positive integers')
+  end
+  local offset_key = base .. ':offset'
+  local epoch_key = base .. ':epoch'
+  local stream_key = base .. ':stream'
+  local offset = redis.call('INCR', offset_key)
+  local epoch = redis.call('GET', epoch_key)
+  if offset == 1 or not epoch then
+    -- A new stream (never made, expired or evicted): a new epoch, from offset 1.
+    local now = redis.call('TIME')
+    epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+    offset = 1
+    redis.call('SET', offset_key, 1)
+    redis.call('SET', epoch_key, epoch)
+    redis.call('DEL', stream_key)
+  end
+  local message = 'UC1 ' .. kind .. ' @' .. epoch .. ':' .. offset .. '\n' .. payload
+  redis.call('XADD', stream_key, 'MAXLEN', max_len, offset .. '-0', 'm', message)
+  redis.call('EXPIRE', offset_key, ttl)
+  redis.call('EXPIRE', epoch_key, ttl)
+  redis.call('EXPIRE', stream_key, ttl)
+  redis.call(command, base, message)
+  return epoch .. ':' .. offset
+end
+redis.register_function('uringcast_publish', function(keys, args)
+  return append(keys, args, 'PUBLISH')
+end)
+redis.register_function('uringcast_spublish', function(keys, args)
+  return append(keys, args, 'SPUBLISH')
+end)
+";
+
+/// How a node with history keeps its topics' streams at the broker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamSettings {
+    /// Entries kept per topic (`--history`).
+    pub(crate) max_len: usize,
+    /// Seconds a topic's stream outlives its last publish (`--history-ttl`, at least 1).
+    pub(crate) ttl_secs: u64,
+}
 
 /// A Redis broker: a standalone server or a cluster.
 pub(crate) struct Redis {
     target: Target,
     prefix: String,
+    /// With history: the streams' settings (and the broker gives the positions).
+    history: Option<StreamSettings>,
     connection: Option<Connection>,
     /// Set by the push callback when the connection closes (standalone only).
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -61,6 +135,7 @@ impl Redis {
         Self {
             target,
             prefix,
+            history: None,
             connection: None,
             up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
@@ -68,6 +143,39 @@ impl Redis {
 }
 
 use redis::IntoConnectionInfo as _;
+
+impl Redis {
+    /// Gives positions from the broker, keeping each topic's stream as `settings` say.
+    pub(crate) fn with_history(mut self, settings: StreamSettings) -> Self {
+        self.history = Some(settings);
+        self
+    }
+
+    /// The library, with this node's settings as its defaults.
+    fn library(settings: StreamSettings) -> String {
+        LIBRARY
+            .replace("__MAX_LEN__", &settings.max_len.to_string())
+            .replace("__TTL__", &settings.ttl_secs.to_string())
+    }
+
+    /// The topic's base key and channel with history: `{PREFIX:TOPIC}`.
+    fn base(&self, topic: &str) -> String {
+        format!("{{{}:{topic}}}", self.prefix)
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, String> {
+        let result = match self.connection.as_mut() {
+            Some(Connection::Standalone(c)) => pipe.query_async(c).await,
+            Some(Connection::Cluster(c)) => pipe.query_async(c).await,
+            None => return Err("not connected".into()),
+        };
+        result.map_err(|e| self.failed(what, &e))
+    }
+}
 
 /// Turns the client's pushes into the link's events: messages, and the connection's end.
 fn on_push(events: &Events, up: &std::sync::atomic::AtomicBool, push: PushInfo) {
@@ -128,10 +236,20 @@ impl Redis {
 
 impl Broker for Redis {
     fn channel(&self, topic: &str) -> String {
+        if self.history.is_some() {
+            return self.base(topic);
+        }
         format!("{}:{topic}", self.prefix)
     }
 
     fn topic_of(&self, channel: &[u8]) -> Option<String> {
+        if self.history.is_some() {
+            let rest = channel.strip_prefix(b"{")?.strip_suffix(b"}")?;
+            let topic = rest
+                .strip_prefix(self.prefix.as_bytes())?
+                .strip_prefix(b":")?;
+            return String::from_utf8(topic.to_vec()).ok();
+        }
         let rest = channel.strip_prefix(self.prefix.as_bytes())?;
         let topic = rest.strip_prefix(b":")?;
         String::from_utf8(topic.to_vec()).ok()
@@ -190,6 +308,19 @@ impl Broker for Redis {
                     return Err("cluster_state is not ok".into());
                 }
                 self.connection = Some(Connection::Cluster(connection));
+            }
+        }
+        if let Some(settings) = self.history {
+            // On a cluster, the client sends FUNCTION LOAD to every master.
+            let mut pipe = redis::pipe();
+            pipe.cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(Self::library(settings))
+                .ignore();
+            if let Err(message) = self.query::<()>("FUNCTION LOAD", &pipe).await {
+                self.connection = None;
+                return Err(message);
             }
         }
         up.store(true, std::sync::atomic::Ordering::Release);
@@ -269,6 +400,86 @@ impl Broker for Redis {
             .collect()
     }
 
+    async fn append(&mut self, batch: &[(String, OpCode, Bytes)]) -> Vec<Result<(), String>> {
+        let Some(settings) = self.history else {
+            return vec![Err("no history".into()); batch.len()];
+        };
+        let function = match self.connection {
+            Some(Connection::Cluster(_)) => "uringcast_spublish",
+            _ => "uringcast_publish",
+        };
+        // One pipeline in order; on a cluster the client splits it by slot, and each slot's
+        // commands keep their order, which is all a topic needs.
+        let mut pipe = redis::pipe();
+        for (base, opcode, payload) in batch {
+            let kind = if *opcode == OpCode::Text {
+                "text"
+            } else {
+                "binary"
+            };
+            pipe.cmd("FCALL")
+                .arg(function)
+                .arg(1)
+                .arg(base)
+                .arg(&payload[..])
+                .arg(kind)
+                .arg(settings.max_len)
+                .arg(settings.ttl_secs)
+                .ignore();
+        }
+        let result = self.query::<()>("FCALL", &pipe).await;
+        batch.iter().map(|_| result.clone()).collect()
+    }
+
+    async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(format!("{}:stream", self.base(topic)))
+            .arg(format!("{}-0", after + 1))
+            .arg(format!("{up_to}-0"));
+        let (entries,): (Vec<(String, Vec<(String, Vec<u8>)>)>,) =
+            self.query("XRANGE", &pipe).await?;
+        Ok(messages(entries))
+    }
+
+    async fn tail(
+        &mut self,
+        topic: &str,
+        count: usize,
+    ) -> Result<(Option<Position>, Vec<Bytes>), String> {
+        let base = self.base(topic);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(format!("{base}:epoch"));
+        pipe.cmd("GET").arg(format!("{base}:offset"));
+        if count > 0 {
+            pipe.cmd("XREVRANGE")
+                .arg(format!("{base}:stream"))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(count);
+        }
+        let (epoch, offset, entries): (
+            Option<String>,
+            Option<u64>,
+            Option<Vec<(String, Vec<(String, Vec<u8>)>)>>,
+        ) = if count > 0 {
+            self.query("XREVRANGE", &pipe).await?
+        } else {
+            let (epoch, offset) = self.query("GET", &pipe).await?;
+            (epoch, offset, None)
+        };
+        let head = match (epoch, offset) {
+            (Some(epoch), Some(offset)) => {
+                epoch.parse().ok().map(|epoch| Position { epoch, offset })
+            }
+            _ => None,
+        };
+        let mut entries = messages(entries.unwrap_or_default());
+        entries.reverse();
+        Ok((head, entries))
+    }
+
     fn is_connected(&self) -> bool {
         self.connection.is_some() && self.up.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -277,6 +488,19 @@ impl Broker for Redis {
         self.connection = None;
         self.up.store(false, std::sync::atomic::Ordering::Release);
     }
+}
+
+/// The envelopes of stream entries (field `m`), in the order given.
+fn messages(entries: Vec<(String, Vec<(String, Vec<u8>)>)>) -> Vec<Bytes> {
+    entries
+        .into_iter()
+        .filter_map(|(_, fields)| {
+            fields
+                .into_iter()
+                .find(|(name, _)| name == "m")
+                .map(|(_, value)| Bytes::from(value))
+        })
+        .collect()
 }
 
 /// Runs `command` for each channel at once on clones of the cluster's connection (which
