@@ -311,16 +311,18 @@ impl Broker for Redis {
             }
         }
         if let Some(settings) = self.history {
-            // On a cluster, the client sends FUNCTION LOAD to every master.
-            let mut pipe = redis::pipe();
-            pipe.cmd("FUNCTION")
-                .arg("LOAD")
-                .arg("REPLACE")
-                .arg(Self::library(settings))
-                .ignore();
-            if let Err(message) = self.query::<()>("FUNCTION LOAD", &pipe).await {
+            // As one command (not a pipeline), so that a cluster's client sends it to every
+            // master.
+            let mut load = redis::cmd("FUNCTION");
+            load.arg("LOAD").arg("REPLACE").arg(Self::library(settings));
+            let result = match self.connection.as_mut() {
+                Some(Connection::Standalone(c)) => load.query_async::<()>(c).await,
+                Some(Connection::Cluster(c)) => load.query_async::<()>(c).await,
+                None => Ok(()),
+            };
+            if let Err(error) = result {
                 self.connection = None;
-                return Err(message);
+                return Err(format!("FUNCTION LOAD: {error}"));
             }
         }
         up.store(true, std::sync::atomic::Ordering::Release);
@@ -437,8 +439,7 @@ impl Broker for Redis {
             .arg(format!("{}:stream", self.base(topic)))
             .arg(format!("{}-0", after + 1))
             .arg(format!("{up_to}-0"));
-        let (entries,): (Vec<(String, Vec<(String, Vec<u8>)>)>,) =
-            self.query("XRANGE", &pipe).await?;
+        let (entries,): (Vec<StreamEntry>,) = self.query("XRANGE", &pipe).await?;
         Ok(messages(entries))
     }
 
@@ -459,16 +460,13 @@ impl Broker for Redis {
                 .arg("COUNT")
                 .arg(count);
         }
-        let (epoch, offset, entries): (
-            Option<String>,
-            Option<u64>,
-            Option<Vec<(String, Vec<(String, Vec<u8>)>)>>,
-        ) = if count > 0 {
-            self.query("XREVRANGE", &pipe).await?
-        } else {
-            let (epoch, offset) = self.query("GET", &pipe).await?;
-            (epoch, offset, None)
-        };
+        let (epoch, offset, entries): (Option<String>, Option<u64>, Option<Vec<StreamEntry>>) =
+            if count > 0 {
+                self.query("XREVRANGE", &pipe).await?
+            } else {
+                let (epoch, offset) = self.query("GET", &pipe).await?;
+                (epoch, offset, None)
+            };
         let head = match (epoch, offset) {
             (Some(epoch), Some(offset)) => {
                 epoch.parse().ok().map(|epoch| Position { epoch, offset })
@@ -490,8 +488,11 @@ impl Broker for Redis {
     }
 }
 
+/// One entry of a stream as `XRANGE` returns it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
 /// The envelopes of stream entries (field `m`), in the order given.
-fn messages(entries: Vec<(String, Vec<(String, Vec<u8>)>)>) -> Vec<Bytes> {
+fn messages(entries: Vec<StreamEntry>) -> Vec<Bytes> {
     entries
         .into_iter()
         .filter_map(|(_, fields)| {

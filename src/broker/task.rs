@@ -564,6 +564,7 @@ impl<B: Broker> Task<B> {
         let read =
             tokio::time::timeout(IO_TIMEOUT, self.broker.range(topic, last.offset, up_to)).await;
         let mut next = last.offset + 1;
+        let mut found = Vec::new();
         match read {
             Ok(Ok(envelopes)) => {
                 for envelope in envelopes {
@@ -575,7 +576,7 @@ impl<B: Broker> Task<B> {
                         offset: next,
                     };
                     if next <= up_to && publication.position() == Some(wanted) {
-                        self.hand_on(publication);
+                        found.push(publication);
                         next += 1;
                     }
                 }
@@ -584,12 +585,16 @@ impl<B: Broker> Task<B> {
             Err(_) => self.warn(format_args!("broker stream read: no answer")),
         }
         let whole = next > up_to;
+        // Counted before the workers can deliver any of it.
         let counter = if whole {
             &log.stats.gaps_repaired
         } else {
             &log.stats.gaps_reported
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        for publication in found {
+            self.hand_on(publication);
+        }
         whole
     }
 

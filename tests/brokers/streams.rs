@@ -1,0 +1,284 @@
+//! Positions from the broker (`--history` with Redis or Redis Cluster): every node agrees on
+//! a publication's position, a client recovers on any node, and a node that misses a
+//! publication on the broker's pub/sub repairs it from the topic's stream, or says it cannot.
+//!
+//! A lost pub/sub message is made by a script that does what the uringcast function does
+//! (next offset, append to the stream) but does not publish.
+
+use tokio::io::AsyncBufReadExt;
+use tokio::io::BufReader;
+
+use super::*;
+
+/// The history flags of every node here.
+const HISTORY: &[&str] = &["--history", "100"];
+
+/// A publish that reaches the topic's stream but never its subscribers: what a node sees when
+/// the broker's pub/sub drops a message.
+const LOSE: &str = "local o = redis.call('INCR', KEYS[1]..':offset') \
+    local e = redis.call('GET', KEYS[1]..':epoch') \
+    redis.call('XADD', KEYS[1]..':stream', 'MAXLEN', ARGV[2], o..'-0', 'm', \
+      'UC1 text @'..e..':'..o..'\\n'..ARGV[1]) \
+    return o";
+
+/// Loses `text` on `topic` (see [`LOSE`]), the stream keeping at most `keep` entries.
+fn lose(broker: &Broker, topic: &str, text: &str, keep: usize) -> Result<()> {
+    broker.redis_cli(&[
+        "EVAL",
+        LOSE,
+        "1",
+        &format!("{{uringcast:{topic}}}"),
+        text,
+        &keep.to_string(),
+    ])?;
+    Ok(())
+}
+
+/// Publishes as a backend does, with one `FCALL`; the position Redis gave.
+fn fcall(broker: &Broker, topic: &str, text: &str) -> Result<String> {
+    let function = if broker.kind == Kind::Cluster {
+        "uringcast_spublish"
+    } else {
+        "uringcast_publish"
+    };
+    broker.redis_cli(&[
+        "FCALL",
+        function,
+        "1",
+        &format!("{{uringcast:{topic}}}"),
+        text,
+    ])
+}
+
+/// A client at `node`'s SSE stream `/feed` that read to m2 reconnects to another node with
+/// its last id, after more was published: it gets exactly m3..m8, with the same positions.
+pub(crate) async fn a_stream_recovers_exactly_on_another_node(kind: Kind) -> Result<()> {
+    with_broker(kind, "streams_recover", |broker| async move {
+        let a = node(&broker, HISTORY)?;
+        let b = node(&broker, HISTORY)?;
+        let mut on_a = Sse::open(a.addr(), "/feed").await?;
+        wait_subscribed(a.addr(), 1).await?;
+        for i in 1..=5 {
+            publish_http(a.addr(), "feed", &format!("m{i}")).await?;
+        }
+        let mut ids = Vec::new();
+        for i in 1..=5 {
+            let event = on_a.event().await?;
+            ensure!(event.data == format!("m{i}"), "on A: {event:?}");
+            ids.push(event.id);
+        }
+        let first = position(&ids[0])?;
+        for (i, id) in ids.iter().enumerate() {
+            ensure!(
+                position(id)? == (first.0.clone(), first.1 + i as u64),
+                "{ids:?}"
+            );
+        }
+        drop(on_a);
+        for i in 6..=8 {
+            publish_http(a.addr(), "feed", &format!("m{i}")).await?;
+        }
+        let mut on_b = Sse::open_from(b.addr(), "/feed", &ids[1]).await?;
+        for i in 3..=8u64 {
+            let event = on_b.event().await?;
+            ensure!(
+                event.kind == "message" && event.data == format!("m{i}"),
+                "on B: {event:?}, expected m{i}"
+            );
+            ensure!(position(&event.id)? == (first.0.clone(), first.1 + i - 1));
+        }
+        // And it goes on live, from a publish on B.
+        publish_http(b.addr(), "feed", "m9").await?;
+        let event = on_b.event().await?;
+        ensure!(event.data == "m9" && position(&event.id)?.1 == first.1 + 8);
+        Ok(())
+    })
+    .await
+}
+
+/// A publication missed on the pub/sub is read from the stream and delivered in its place,
+/// whether a later publication shows the gap or only the head check does.
+pub(crate) async fn a_lost_publication_is_repaired_from_the_stream(kind: Kind) -> Result<()> {
+    with_broker(kind, "streams_repair", |broker| async move {
+        let a = node(&broker, HISTORY)?;
+        let b = node(&broker, HISTORY)?;
+        let start = fcall(&broker, "gaps", "first")?;
+        let (epoch, offset) = position(&start)?;
+        let mut on_b = Sse::open_from(b.addr(), "/gaps", &start).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        lose(&broker, "gaps", "lost", 100)?;
+        publish_http(a.addr(), "gaps", "after").await?;
+        for (i, text) in ["lost", "after"].into_iter().enumerate() {
+            let event = on_b.event().await?;
+            ensure!(
+                event.kind == "message" && event.data == text,
+                "got {event:?}, expected {text}"
+            );
+            ensure!(position(&event.id)? == (epoch.clone(), offset + 1 + i as u64));
+        }
+        // Lost with nothing after it: the head check finds it.
+        lose(&broker, "gaps", "lost-last", 100)?;
+        let event = on_b.event().await?;
+        ensure!(event.data == "lost-last", "got {event:?}");
+        ensure!(position(&event.id)? == (epoch, offset + 3));
+        ensure!(metric(b.addr(), "uringcast_broker_history_gaps_repaired_total").await? == 2);
+        ensure!(metric(b.addr(), "uringcast_broker_history_gaps_reported_total").await? == 0);
+        Ok(())
+    })
+    .await
+}
+
+/// A gap the stream no longer holds (trimmed past it) is reported to the subscribers with a
+/// reset, never skipped in silence.
+pub(crate) async fn a_gap_the_stream_lost_too_is_reported(kind: Kind) -> Result<()> {
+    with_broker(kind, "streams_reported", |broker| async move {
+        let a = node(&broker, HISTORY)?;
+        let b = node(&broker, HISTORY)?;
+        let start = fcall(&broker, "trimmed", "first")?;
+        let mut on_b = Sse::open_from(b.addr(), "/trimmed", &start).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        // Three lost, and the stream keeps only the last of them.
+        for i in 1..=3 {
+            lose(&broker, "trimmed", &format!("lost{i}"), 1)?;
+        }
+        publish_http(a.addr(), "trimmed", "after").await?;
+        let event = on_b.event().await?;
+        ensure!(event.kind == "reset", "expected a reset, got {event:?}");
+        let event = on_b.event().await?;
+        ensure!(event.data == "after", "got {event:?}");
+        ensure!(position(&event.id)?.1 == position(&start)?.1 + 4);
+        ensure!(metric(b.addr(), "uringcast_broker_history_gaps_reported_total").await? == 1);
+        Ok(())
+    })
+    .await
+}
+
+/// A backend publishes with one `redis-cli FCALL` and gets the position every node's
+/// subscribers see.
+pub(crate) async fn a_backend_fcall_gets_a_position(kind: Kind) -> Result<()> {
+    with_broker(kind, "streams_fcall", |broker| async move {
+        let a = node(&broker, HISTORY)?;
+        let b = node(&broker, HISTORY)?;
+        let mut on_a = Sse::open(a.addr(), "/api").await?;
+        let mut on_b = Sse::open(b.addr(), "/api").await?;
+        wait_subscribed(a.addr(), 1).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        let first = fcall(&broker, "api", "hello")?;
+        let second = fcall(&broker, "api", "again")?;
+        let (epoch, offset) = position(&first)?;
+        ensure!(
+            position(&second)? == (epoch, offset + 1),
+            "{first} then {second}"
+        );
+        for sse in [&mut on_a, &mut on_b] {
+            for (text, id) in [("hello", &first), ("again", &second)] {
+                let event = sse.event().await?;
+                ensure!(
+                    event.data == text && &event.id == id,
+                    "got {event:?}, expected {text} at {id}"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// The epoch and offset of an `EPOCH:OFFSET` id.
+fn position(id: &str) -> Result<(String, u64)> {
+    let (epoch, offset) = id
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow!("{id:?} is not EPOCH:OFFSET"))?;
+    Ok((epoch.to_owned(), offset.parse()?))
+}
+
+/// One dispatched event, as a browser's `EventSource` would see it.
+#[derive(Debug)]
+struct Event {
+    /// `message`, `binary` or `reset`.
+    kind: String,
+    data: String,
+    /// The stream's last event id when it was dispatched.
+    id: String,
+}
+
+/// An event-stream client.
+struct Sse {
+    reader: BufReader<TcpStream>,
+    last_id: String,
+}
+
+impl Sse {
+    async fn open(addr: SocketAddr, path: &str) -> Result<Self> {
+        Self::request(addr, path, "").await
+    }
+
+    async fn open_from(addr: SocketAddr, path: &str, last_id: &str) -> Result<Self> {
+        Self::request(addr, path, &format!("Last-Event-ID: {last_id}\r\n")).await
+    }
+
+    async fn request(addr: SocketAddr, path: &str, extra: &str) -> Result<Self> {
+        let mut stream = timeout(STEP, TcpStream::connect(addr)).await??;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n{extra}\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            let n = timeout(STEP, reader.read_line(&mut line)).await??;
+            ensure!(n > 0, "closed in the response head: {head:?}");
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        ensure!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Ok(Self {
+            reader,
+            last_id: String::new(),
+        })
+    }
+
+    /// The next dispatched event.
+    async fn event(&mut self) -> Result<Event> {
+        let (mut kind, mut data) = (String::new(), String::new());
+        loop {
+            let mut line = String::new();
+            let n = timeout(STEP, self.reader.read_line(&mut line))
+                .await
+                .context("no event within the step")??;
+            ensure!(n > 0, "the stream ended");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() {
+                if data.is_empty() {
+                    kind.clear();
+                    continue;
+                }
+                data.pop();
+                let kind = if kind.is_empty() {
+                    "message".into()
+                } else {
+                    kind
+                };
+                return Ok(Event {
+                    kind,
+                    data,
+                    id: self.last_id.clone(),
+                });
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => kind = value.into(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "id" => self.last_id = value.into(),
+                _ => {}
+            }
+        }
+    }
+}
