@@ -410,11 +410,8 @@ impl Broker for Redis {
             Some(Connection::Cluster(_)) => "uringcast_spublish",
             _ => "uringcast_publish",
         };
-        // One pipeline in order; on a cluster the client splits it by slot, and each slot's
-        // commands keep their order, which is all a topic needs.
-        let mut pipe = redis::pipe();
-        for (base, opcode, payload) in batch {
-            let kind = if *opcode == OpCode::Text {
+        let command = |pipe: &mut redis::Pipeline, base: &str, opcode: OpCode, payload: &[u8]| {
+            let kind = if opcode == OpCode::Text {
                 "text"
             } else {
                 "binary"
@@ -423,14 +420,56 @@ impl Broker for Redis {
                 .arg(function)
                 .arg(1)
                 .arg(base)
-                .arg(&payload[..])
+                .arg(payload)
                 .arg(kind)
                 .arg(settings.max_len)
                 .arg(settings.ttl_secs)
                 .ignore();
-        }
-        let result = self.query::<()>("FCALL", &pipe).await;
-        batch.iter().map(|_| result.clone()).collect()
+        };
+        let results: Vec<Result<(), redis::RedisError>> = match self.connection.as_ref() {
+            Some(Connection::Standalone(c)) => {
+                // One pipeline, in order: one round trip for the batch.
+                let mut pipe = redis::pipe();
+                for (base, opcode, payload) in batch {
+                    command(&mut pipe, base, *opcode, payload);
+                }
+                let result = pipe.query_async::<()>(&mut c.clone()).await;
+                batch.iter().map(|_| result.clone()).collect()
+            }
+            Some(Connection::Cluster(c)) => {
+                // A cluster's pipeline must keep to one slot: one per topic (its base is its
+                // slot), in order, all at once.
+                let mut bases: Vec<&str> = Vec::new();
+                for (base, _, _) in batch {
+                    if !bases.contains(&base.as_str()) {
+                        bases.push(base);
+                    }
+                }
+                let per_base = join_all(bases.iter().map(|&name| {
+                    let mut c = c.clone();
+                    let mut pipe = redis::pipe();
+                    for (base, opcode, payload) in batch.iter().filter(|(b, _, _)| b == name) {
+                        command(&mut pipe, base, *opcode, payload);
+                    }
+                    async move { (name, pipe.query_async::<()>(&mut c).await) }
+                }))
+                .await;
+                batch
+                    .iter()
+                    .map(|(base, _, _)| {
+                        per_base
+                            .iter()
+                            .find(|(name, _)| *name == base)
+                            .map_or(Ok(()), |(_, result)| result.clone())
+                    })
+                    .collect()
+            }
+            None => return vec![Err("not connected".into()); batch.len()],
+        };
+        results
+            .into_iter()
+            .map(|r| r.map_err(|e| self.failed("FCALL", &e)))
+            .collect()
     }
 
     async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {

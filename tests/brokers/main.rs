@@ -251,6 +251,11 @@ fn main() -> std::process::ExitCode {
                 "streams::a_backend_fcall_gets_a_position",
                 streams::a_backend_fcall_gets_a_position,
             ),
+            on(
+                kind,
+                "streams::publishes_to_many_topics_keep_each_topics_order",
+                streams::publishes_to_many_topics_keep_each_topics_order,
+            ),
         ]);
     }
     trials.push(on(

@@ -184,6 +184,44 @@ pub(crate) async fn a_backend_fcall_gets_a_position(kind: Kind) -> Result<()> {
     .await
 }
 
+/// Publishes to several topics at once (so that the link's batches mix topics, which on a
+/// cluster live in different slots) each reach the other node in order, at offsets 1, 2, ….
+pub(crate) async fn publishes_to_many_topics_keep_each_topics_order(kind: Kind) -> Result<()> {
+    const TOPICS: usize = 6;
+    const ROUNDS: usize = 20;
+    with_broker(kind, "streams_many", |broker| async move {
+        let a = node(&broker, HISTORY)?;
+        let b = node(&broker, HISTORY)?;
+        let mut streams = Vec::new();
+        for t in 0..TOPICS {
+            streams.push(Sse::open(b.addr(), &format!("/many-{t}")).await?);
+        }
+        wait_subscribed(b.addr(), TOPICS as u64).await?;
+        for round in 0..ROUNDS {
+            let addr = a.addr();
+            let publishes = (0..TOPICS).map(|t| {
+                let text = format!("r{round}");
+                async move { publish_http(addr, &format!("many-{t}"), &text).await }
+            });
+            for result in futures_util::future::join_all(publishes).await {
+                result?;
+            }
+        }
+        for (t, stream) in streams.iter_mut().enumerate() {
+            for round in 0..ROUNDS {
+                let event = stream.event().await?;
+                ensure!(
+                    event.data == format!("r{round}") && position(&event.id)?.1 == round as u64 + 1,
+                    "many-{t}: got {event:?} for round {round}"
+                );
+            }
+        }
+        ensure!(metric(a.addr(), "uringcast_broker_publish_failures_total").await? == 0);
+        Ok(())
+    })
+    .await
+}
+
 /// The epoch and offset of an `EPOCH:OFFSET` id.
 fn position(id: &str) -> Result<(String, u64)> {
     let (epoch, offset) = id
