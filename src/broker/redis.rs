@@ -158,6 +158,18 @@ impl Redis {
             .replace("__TTL__", &settings.ttl_secs.to_string())
     }
 
+    /// Loads (or replaces) the library. As one command, not a pipeline, so that a cluster's
+    /// client sends it to every master.
+    async fn load_library(&mut self, settings: StreamSettings) -> redis::RedisResult<()> {
+        let mut load = redis::cmd("FUNCTION");
+        load.arg("LOAD").arg("REPLACE").arg(Self::library(settings));
+        match self.connection.as_mut() {
+            Some(Connection::Standalone(c)) => load.query_async::<()>(c).await,
+            Some(Connection::Cluster(c)) => load.query_async::<()>(c).await,
+            None => Ok(()),
+        }
+    }
+
     /// The topic's base key and channel with history: `{PREFIX:TOPIC}`.
     fn base(&self, topic: &str) -> String {
         format!("{{{}:{topic}}}", self.prefix)
@@ -311,16 +323,7 @@ impl Broker for Redis {
             }
         }
         if let Some(settings) = self.history {
-            // As one command (not a pipeline), so that a cluster's client sends it to every
-            // master.
-            let mut load = redis::cmd("FUNCTION");
-            load.arg("LOAD").arg("REPLACE").arg(Self::library(settings));
-            let result = match self.connection.as_mut() {
-                Some(Connection::Standalone(c)) => load.query_async::<()>(c).await,
-                Some(Connection::Cluster(c)) => load.query_async::<()>(c).await,
-                None => Ok(()),
-            };
-            if let Err(error) = result {
+            if let Err(error) = self.load_library(settings).await {
                 self.connection = None;
                 return Err(format!("FUNCTION LOAD: {error}"));
             }
@@ -406,6 +409,97 @@ impl Broker for Redis {
         let Some(settings) = self.history else {
             return vec![Err("no history".into()); batch.len()];
         };
+        let mut results = self.fcall(batch, settings).await;
+        // A master that came back empty (restarted without persistence) has lost the library,
+        // and a cluster's client re-made its connection without the link knowing: load it
+        // again and retry once. A function that ran is never retried: only a batch the server
+        // refused before running anything is.
+        let missing = |r: &redis::RedisResult<()>| {
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("Function not found"))
+        };
+        if results.iter().any(missing) && self.load_library(settings).await.is_ok() {
+            let retry: Vec<(String, OpCode, Bytes)> = batch
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| missing(r))
+                .map(|(item, _)| item.clone())
+                .collect();
+            let mut again = self.fcall(&retry, settings).await.into_iter();
+            for result in results.iter_mut().filter(|r| missing(r)) {
+                if let Some(next) = again.next() {
+                    *result = next;
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.map_err(|e| self.failed("FCALL", &e)))
+            .collect()
+    }
+    async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(format!("{}:stream", self.base(topic)))
+            .arg(format!("{}-0", after + 1))
+            .arg(format!("{up_to}-0"));
+        let (entries,): (Vec<StreamEntry>,) = self.query("XRANGE", &pipe).await?;
+        Ok(messages(entries))
+    }
+
+    async fn tail(
+        &mut self,
+        topic: &str,
+        count: usize,
+    ) -> Result<(Option<Position>, Vec<Bytes>), String> {
+        let base = self.base(topic);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(format!("{base}:epoch"));
+        pipe.cmd("GET").arg(format!("{base}:offset"));
+        if count > 0 {
+            pipe.cmd("XREVRANGE")
+                .arg(format!("{base}:stream"))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(count);
+        }
+        let (epoch, offset, entries): (Option<String>, Option<u64>, Option<Vec<StreamEntry>>) =
+            if count > 0 {
+                self.query("XREVRANGE", &pipe).await?
+            } else {
+                let (epoch, offset) = self.query("GET", &pipe).await?;
+                (epoch, offset, None)
+            };
+        let head = match (epoch, offset) {
+            (Some(epoch), Some(offset)) => {
+                epoch.parse().ok().map(|epoch| Position { epoch, offset })
+            }
+            _ => None,
+        };
+        let mut entries = messages(entries.unwrap_or_default());
+        entries.reverse();
+        Ok((head, entries))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.connection.is_some() && self.up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn close(&mut self) {
+        self.connection = None;
+        self.up.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Redis {
+    /// One `FCALL` per publication: one pipeline on a standalone server, one per topic (so
+    /// per slot) on a cluster; one result per publication.
+    async fn fcall(
+        &mut self,
+        batch: &[(String, OpCode, Bytes)],
+        settings: StreamSettings,
+    ) -> Vec<redis::RedisResult<()>> {
         let function = match self.connection {
             Some(Connection::Cluster(_)) => "uringcast_spublish",
             _ => "uringcast_publish",
@@ -464,66 +558,12 @@ impl Broker for Redis {
                     })
                     .collect()
             }
-            None => return vec![Err("not connected".into()); batch.len()],
+            None => {
+                let error = redis::RedisError::from((redis::ErrorKind::Io, "not connected"));
+                return batch.iter().map(|_| Err(error.clone())).collect();
+            }
         };
         results
-            .into_iter()
-            .map(|r| r.map_err(|e| self.failed("FCALL", &e)))
-            .collect()
-    }
-
-    async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XRANGE")
-            .arg(format!("{}:stream", self.base(topic)))
-            .arg(format!("{}-0", after + 1))
-            .arg(format!("{up_to}-0"));
-        let (entries,): (Vec<StreamEntry>,) = self.query("XRANGE", &pipe).await?;
-        Ok(messages(entries))
-    }
-
-    async fn tail(
-        &mut self,
-        topic: &str,
-        count: usize,
-    ) -> Result<(Option<Position>, Vec<Bytes>), String> {
-        let base = self.base(topic);
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(format!("{base}:epoch"));
-        pipe.cmd("GET").arg(format!("{base}:offset"));
-        if count > 0 {
-            pipe.cmd("XREVRANGE")
-                .arg(format!("{base}:stream"))
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(count);
-        }
-        let (epoch, offset, entries): (Option<String>, Option<u64>, Option<Vec<StreamEntry>>) =
-            if count > 0 {
-                self.query("XREVRANGE", &pipe).await?
-            } else {
-                let (epoch, offset) = self.query("GET", &pipe).await?;
-                (epoch, offset, None)
-            };
-        let head = match (epoch, offset) {
-            (Some(epoch), Some(offset)) => {
-                epoch.parse().ok().map(|epoch| Position { epoch, offset })
-            }
-            _ => None,
-        };
-        let mut entries = messages(entries.unwrap_or_default());
-        entries.reverse();
-        Ok((head, entries))
-    }
-
-    fn is_connected(&self) -> bool {
-        self.connection.is_some() && self.up.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    async fn close(&mut self) {
-        self.connection = None;
-        self.up.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

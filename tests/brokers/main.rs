@@ -256,6 +256,11 @@ fn main() -> std::process::ExitCode {
                 "streams::publishes_to_many_topics_keep_each_topics_order",
                 streams::publishes_to_many_topics_keep_each_topics_order,
             ),
+            on(
+                kind,
+                "streams::a_restarted_broker_is_a_new_epoch_announced_by_a_reset",
+                streams::a_restarted_broker_is_a_new_epoch_announced_by_a_reset,
+            ),
         ]);
     }
     trials.push(on(

@@ -222,6 +222,68 @@ pub(crate) async fn publishes_to_many_topics_keep_each_topics_order(kind: Kind) 
     .await
 }
 
+/// Redis restarted empty mid-stream: the topic's stream starts a new epoch, and each node's
+/// subscribers are told (a reset) before they get the new epoch's publications, each at the
+/// next offset: no gap goes unannounced.
+pub(crate) async fn a_restarted_broker_is_a_new_epoch_announced_by_a_reset(
+    kind: Kind,
+) -> Result<()> {
+    with_broker(kind, "streams_restart", |mut broker| async move {
+        let a = node(&broker, HISTORY)?;
+        let b = node(&broker, HISTORY)?;
+        let mut on_a = Sse::open(a.addr(), "/r").await?;
+        let mut on_b = Sse::open(b.addr(), "/r").await?;
+        wait_subscribed(a.addr(), 1).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        publish_http(a.addr(), "r", "before").await?;
+        let before = on_b.event().await?;
+        ensure!(before.data == "before", "{before:?}");
+        ensure!(on_a.event().await?.data == "before");
+        let (old_epoch, _) = position(&before.id)?;
+
+        broker.kill();
+        broker.restart()?;
+        // Probe until one crosses: the links reconnect with backoff (at most 5 s apart), and
+        // publishes made before are refused, not delivered.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut probe = 0;
+        let first = loop {
+            ensure!(Instant::now() < deadline, "delivery did not resume");
+            probe += 1;
+            publish_http(a.addr(), "r", &format!("p{probe}")).await?;
+            if let Ok(event) = timeout(Duration::from_millis(300), on_b.event()).await {
+                break event?;
+            }
+        };
+        publish_http(a.addr(), "r", "last").await?;
+        for (who, stream, first) in [("B", &mut on_b, Some(first)), ("A", &mut on_a, None)] {
+            let reset = match first {
+                Some(event) => event,
+                None => stream.event().await?,
+            };
+            ensure!(
+                reset.kind == "reset",
+                "{who}: expected a reset, got {reset:?}"
+            );
+            let (epoch, mut offset) = position(&reset.id)?;
+            ensure!(epoch != old_epoch, "{who}: the reset names the old epoch");
+            loop {
+                let event = stream.event().await?;
+                ensure!(
+                    event.kind == "message" && position(&event.id)? == (epoch.clone(), offset + 1),
+                    "{who}: {event:?} after {epoch}:{offset}"
+                );
+                offset += 1;
+                if event.data == "last" {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// The epoch and offset of an `EPOCH:OFFSET` id.
 fn position(id: &str) -> Result<(String, u64)> {
     let (epoch, offset) = id
