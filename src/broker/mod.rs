@@ -116,6 +116,15 @@ pub(crate) trait Broker {
         let _ = (topic, count);
         Err("this broker keeps no streams".into())
     }
+    /// With history: the stream heads of `topics` (at most [`SUBSCRIBE_BATCH`]), in as few
+    /// round trips as the broker allows; `None` for a topic without a stream.
+    async fn heads(
+        &mut self,
+        topics: &[std::sync::Arc<str>],
+    ) -> Result<Vec<Option<crate::broadcast::Position>>, String> {
+        let _ = topics;
+        Err("this broker keeps no streams".into())
+    }
     /// Whether the connection is up (a client that reconnects by itself may be between tries).
     fn is_connected(&self) -> bool;
     /// Drops the connection (after unsubscribing, at shutdown).

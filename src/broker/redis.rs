@@ -482,6 +482,65 @@ impl Broker for Redis {
         Ok((head, entries))
     }
 
+    async fn heads(
+        &mut self,
+        topics: &[std::sync::Arc<str>],
+    ) -> Result<Vec<Option<Position>>, String> {
+        let bases: Vec<String> = topics.iter().map(|t| self.base(t)).collect();
+        let head = |pipe: &mut redis::Pipeline, base: &str| {
+            pipe.cmd("GET").arg(format!("{base}:epoch"));
+            pipe.cmd("GET").arg(format!("{base}:offset"));
+        };
+        let pairs: Vec<(Option<String>, Option<u64>)> = match self.connection.as_ref() {
+            Some(Connection::Standalone(c)) => {
+                // Every topic in one pipeline: one round trip.
+                let mut pipe = redis::pipe();
+                for base in &bases {
+                    head(&mut pipe, base);
+                }
+                let values: Vec<Option<String>> = pipe
+                    .query_async(&mut c.clone())
+                    .await
+                    .map_err(|e| self.failed("GET", &e))?;
+                values
+                    .chunks(2)
+                    .map(|pair| {
+                        let offset = pair.get(1).cloned().flatten().and_then(|o| o.parse().ok());
+                        (pair.first().cloned().flatten(), offset)
+                    })
+                    .collect()
+            }
+            Some(Connection::Cluster(c)) => {
+                // One pipeline per topic (one slot each), all at once.
+                let results = join_all(bases.iter().map(|base| {
+                    let mut c = c.clone();
+                    let mut pipe = redis::pipe();
+                    head(&mut pipe, base);
+                    async move {
+                        pipe.query_async::<(Option<String>, Option<u64>)>(&mut c)
+                            .await
+                    }
+                }))
+                .await;
+                let mut pairs = Vec::with_capacity(results.len());
+                for result in results {
+                    pairs.push(result.map_err(|e| self.failed("GET", &e))?);
+                }
+                pairs
+            }
+            None => return Err("not connected".into()),
+        };
+        Ok(pairs
+            .into_iter()
+            .map(|(epoch, offset)| match (epoch, offset) {
+                (Some(epoch), Some(offset)) => {
+                    epoch.parse().ok().map(|epoch| Position { epoch, offset })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     fn is_connected(&self) -> bool {
         self.connection.is_some() && self.up.load(std::sync::atomic::Ordering::Acquire)
     }

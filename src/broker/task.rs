@@ -678,21 +678,24 @@ impl<B: Broker> Task<B> {
             }
         }
         let topics: Vec<Arc<str>> = self.subscribed.iter().cloned().collect();
-        for topic in topics {
-            log.stats.head_checks.fetch_add(1, Ordering::Relaxed);
-            match tokio::time::timeout(IO_TIMEOUT, self.broker.tail(&topic, 0)).await {
-                Ok(Ok((Some(head), _))) => {
-                    let behind = self
-                        .last
-                        .get(&topic)
-                        .is_none_or(|last| last.epoch != head.epoch || last.offset < head.offset);
-                    if behind {
-                        self.suspects.insert(topic, head);
-                    }
-                }
-                Ok(Ok((None, _))) => {}
-                Ok(Err(_)) if self.broker.is_connected() => {}
+        for topics in topics.chunks(SUBSCRIBE_BATCH) {
+            log.stats
+                .head_checks
+                .fetch_add(topics.len() as u64, Ordering::Relaxed);
+            let heads = match tokio::time::timeout(IO_TIMEOUT, self.broker.heads(topics)).await {
+                Ok(Ok(heads)) => heads,
+                Ok(Err(_)) if self.broker.is_connected() => continue,
                 Ok(Err(_)) | Err(_) => return false,
+            };
+            for (topic, head) in topics.iter().zip(heads) {
+                let Some(head) = head else { continue };
+                let behind = self
+                    .last
+                    .get(topic)
+                    .is_none_or(|last| last.epoch != head.epoch || last.offset < head.offset);
+                if behind {
+                    self.suspects.insert(Arc::clone(topic), head);
+                }
             }
         }
         true
