@@ -609,7 +609,6 @@ impl<H: Handler> Broadcast<H> {
             Recovery::Recovered {
                 mut publications, ..
             } => {
-                stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
                 // The worker's other subscribers may be past the head read for `conn` (a
                 // publish applied earlier in the same handler call): `conn` needs that span
                 // too, since the mailbox will not bring it again.
@@ -625,6 +624,29 @@ impl<H: Handler> Broadcast<H> {
                         }
                     }
                 }
+                // If the log could not give that span (a broker's log that has not loaded the
+                // topic yet, while another subscriber here waits from a later position), say
+                // so rather than skip it.
+                let reached = publications
+                    .last()
+                    .and_then(|p| p.position())
+                    .filter(|p| p.epoch == head.epoch)
+                    .map_or(head.offset, |p| p.offset.max(head.offset));
+                let short = self
+                    .topics
+                    .cursor(id)
+                    .filter(|c| c.epoch == head.epoch && c.offset > reached);
+                if let Some(cursor) = short {
+                    stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                    if ctx.is_stream(conn) {
+                        let event = crate::sse::reset_event(cursor.epoch.as_str(), cursor.offset);
+                        if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {
+                            ctx.close_slow_consumer(conn);
+                        }
+                    }
+                    return true;
+                }
+                stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
                 for publication in &publications {
                     let mut message = outgoing(publication);
                     match ctx.send_message(conn, &mut message) {
