@@ -261,6 +261,11 @@ fn main() -> std::process::ExitCode {
                 "streams::a_restarted_broker_is_a_new_epoch_announced_by_a_reset",
                 streams::a_restarted_broker_is_a_new_epoch_announced_by_a_reset,
             ),
+            on(
+                kind,
+                "streams::two_resumes_from_different_positions_are_exact_or_reset",
+                streams::two_resumes_from_different_positions_are_exact_or_reset,
+            ),
         ]);
     }
     trials.push(on(

@@ -284,6 +284,55 @@ pub(crate) async fn a_restarted_broker_is_a_new_epoch_announced_by_a_reset(
     .await
 }
 
+/// Two clients resume a topic new to the node, on its one worker, from different positions,
+/// the later one first: each gets exactly what followed its position, or a reset, never a
+/// stream with a hole in it.
+pub(crate) async fn two_resumes_from_different_positions_are_exact_or_reset(
+    kind: Kind,
+) -> Result<()> {
+    with_broker(kind, "streams_two_resumes", |broker| async move {
+        let url = broker.url();
+        let b = Server::start_with(
+            &[
+                "--mode",
+                "broadcast",
+                "--workers",
+                "1",
+                "--history",
+                "100",
+                "--broker",
+                &url,
+            ],
+            |cmd| {
+                cmd.env("RUST_LOG", "warn,redis=off");
+            },
+        )?;
+        let mut ids = Vec::new();
+        for i in 1..=6 {
+            ids.push(fcall(&broker, "two", &format!("m{i}"))?);
+        }
+        let mut later = Sse::open_from(b.addr(), "/two", &ids[3]).await?;
+        let mut earlier = Sse::open_from(b.addr(), "/two", &ids[1]).await?;
+        for (who, stream, from) in [("later", &mut later, 5), ("earlier", &mut earlier, 3)] {
+            let first = stream.event().await?;
+            if first.kind == "reset" {
+                // Told; what follows is whatever comes next, in order.
+                continue;
+            }
+            ensure!(first.data == format!("m{from}"), "{who}: {first:?}");
+            for i in from + 1..=6 {
+                let event = stream.event().await?;
+                ensure!(
+                    event.data == format!("m{i}"),
+                    "{who}: {event:?}, expected m{i}"
+                );
+            }
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// The epoch and offset of an `EPOCH:OFFSET` id.
 fn position(id: &str) -> Result<(String, u64)> {
     let (epoch, offset) = id
