@@ -262,16 +262,27 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
     let mut shared = Shared::new(config.driver.workers).map_err(StartError::Signals)?;
     shared.tls = config.driver.tls.clone();
     let shared = Arc::new(shared);
-    let log = config.history.map(|history| {
-        Arc::new(crate::broadcast::history::LocalLog::new(history.limits))
-            as Arc<dyn crate::broadcast::Log>
-    });
+    // With a broker that keeps streams, the broker gives the positions; else this node does.
+    let broker_log = match (&config.broker, config.history) {
+        (Some(broker), Some(history)) => {
+            crate::broker::BrokerLog::for_broker(broker, history.limits)
+        }
+        _ => None,
+    };
+    let log = match (&broker_log, config.history) {
+        (Some(log), _) => Some(Arc::clone(log) as Arc<dyn crate::broadcast::Log>),
+        (None, Some(history)) => Some(Arc::new(crate::broadcast::history::LocalLog::new(
+            history.limits,
+        )) as Arc<dyn crate::broadcast::Log>),
+        (None, None) => None,
+    };
     let hub = Arc::new(Hub::with_log(Arc::clone(&shared), log));
     let broker = match &config.broker {
         Some(broker) => Some(crate::broker::start(
             broker,
             &hub,
             usize::try_from(config.driver.max_message_bytes).unwrap_or(usize::MAX),
+            broker_log,
         )?),
         None => None,
     };

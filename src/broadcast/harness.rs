@@ -15,7 +15,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::history::{HistoryLimits, LocalLog, Log};
-use super::{Broadcast, ConnState, Connection, Handler, Hub, Message, Position};
+use super::{Broadcast, ConnState, Connection, Handler, Hub, Message, Position, Publication};
 use crate::config::Config;
 use crate::driver::testing::{Codec, Conn, Stage, TimerWheel};
 use crate::driver::{ConnId, Ctx, Shared};
@@ -290,6 +290,32 @@ mod tests {
         cluster.step(1);
         assert_eq!(cluster.take(1, new), [("message", 1), ("message", 2)]);
         assert_eq!(cluster.take(1, old), [("message", 1), ("message", 2)]);
+    }
+
+    #[test]
+    fn a_head_learned_without_a_publication_fills_the_gap_or_resets() {
+        let mut cluster = Cluster::new(2, 100, 300);
+        let b = cluster.stream(1);
+        cluster.subscribe(1, b, "t", None);
+        cluster.publish(0, "t", b"1");
+        cluster.publish(0, "t", b"2");
+        cluster.lose_mail(1);
+        let head = cluster.hub.log.as_ref().unwrap().read("t", None, 0).head();
+        cluster
+            .hub
+            .post(&Publication::head_only(Arc::from("t"), head), None);
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), [("message", 1), ("message", 2)]);
+        // A head of another epoch (the stream was made again): what came before is lost.
+        let other = Position {
+            epoch: super::super::Epoch::from_bits(99),
+            offset: 1,
+        };
+        cluster
+            .hub
+            .post(&Publication::head_only(Arc::from("t"), other), None);
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), [("reset", 1)]);
     }
 
     #[derive(Clone, Debug)]

@@ -54,6 +54,10 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     /// Gives a publish of `payload` to `topic` the stream's next position, keeps it, and
     /// calls `deliver` with it before any later publish to the topic can be given a
     /// position: what `deliver` hands on (the workers' mailboxes) is in offset order.
+    ///
+    /// A log whose positions come from elsewhere (a broker's, `broker::BrokerLog`) returns
+    /// the publication without a position and does not call `deliver`: the publication
+    /// reaches the workers when the broker sends it back with its position.
     fn append(
         &self,
         topic: &Arc<str>,

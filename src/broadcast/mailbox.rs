@@ -104,7 +104,9 @@ impl Hub {
     /// Without history the publishing worker's own subscribers are left to it (it fans out
     /// at once, without a round through its mailbox). With history every worker, `local`
     /// included, gets it through its mailbox, posted while the log holds the topic's order:
-    /// `local` must then drain its mailbox for its own subscribers.
+    /// `local` must then drain its mailbox for its own subscribers. With a broker's log, the
+    /// publish only goes to the uplink, and every worker gets it when the broker sends it
+    /// back with its position.
     pub(crate) fn publish(
         &self,
         topic: &Arc<str>,

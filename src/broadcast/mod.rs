@@ -183,6 +183,12 @@ impl<H: Handler> Broadcast<H> {
             }
             return 0;
         }
+        if publication.is_head_only() {
+            if let Some(head) = publication.position() {
+                self.move_head(ctx, id, head);
+            }
+            return 0;
+        }
         if let Some(position) = publication.position() {
             let before = Position {
                 offset: position.offset - 1,
@@ -635,7 +641,7 @@ impl<H: Handler> Broadcast<H> {
     /// stream has a new epoch), they are told with a reset that they cannot have it. Counted
     /// as a gap filled or reported.
     fn advance(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, target: Position) {
-        let Some(cursor) = self.topics.cursor(id) else {
+        let Some(cursor) = self.topics.cursor(id).filter(|c| !c.epoch.is_unknown()) else {
             self.topics.set_cursor(id, target);
             return;
         };
@@ -665,6 +671,25 @@ impl<H: Handler> Broadcast<H> {
             }
         }
         self.topics.set_cursor(id, target);
+    }
+
+    /// Brings topic `id` to a stream head learned without a publication (see
+    /// [`Publication::head_only`]): as [`advance`](Self::advance), and a cursor ahead of the
+    /// head in its epoch (a position a client made up, or one the broker lost) is reset to it.
+    fn move_head(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+        let ahead = self
+            .topics
+            .cursor(id)
+            .is_some_and(|c| c.epoch == head.epoch && c.offset > head.offset);
+        if ahead {
+            self.hub.stats[self.worker]
+                .gaps_reported
+                .fetch_add(1, Ordering::Relaxed);
+            self.reset(ctx, id, head);
+            self.topics.set_cursor(id, head);
+        } else {
+            self.advance(ctx, id, head);
+        }
     }
 
     /// Tells this worker's subscribers of topic `id` that what came before `head` is lost to
@@ -721,7 +746,6 @@ impl<H: Handler> Broadcast<H> {
             Recovery::Recovered {
                 mut publications, ..
             } => {
-                stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
                 // The worker's other subscribers may be past the head read for `conn` (a
                 // publish applied earlier in the same handler call): `conn` needs that span
                 // too, since the mailbox will not bring it again.
@@ -737,6 +761,29 @@ impl<H: Handler> Broadcast<H> {
                         }
                     }
                 }
+                // If the log could not give that span (a broker's log that has not loaded the
+                // topic yet, while another subscriber here waits from a later position), say
+                // so rather than skip it.
+                let reached = publications
+                    .last()
+                    .and_then(|p| p.position())
+                    .filter(|p| p.epoch == head.epoch)
+                    .map_or(head.offset, |p| p.offset.max(head.offset));
+                let short = self
+                    .topics
+                    .cursor(id)
+                    .filter(|c| c.epoch == head.epoch && c.offset > reached);
+                if let Some(cursor) = short {
+                    stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                    if ctx.is_stream(conn) {
+                        let event = crate::sse::reset_event(cursor.epoch.as_str(), cursor.offset);
+                        if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {
+                            ctx.close_slow_consumer(conn);
+                        }
+                    }
+                    return true;
+                }
+                stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
                 for publication in &publications {
                     let mut message = outgoing(publication);
                     match ctx.send_message(conn, &mut message) {

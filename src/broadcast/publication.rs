@@ -69,6 +69,19 @@ impl Epoch {
         Self { bytes, len: 8 }
     }
 
+    /// The epoch of a stream whose incarnation this node does not know yet: a broker's log
+    /// before the node has heard of the topic. It is empty, so no text parses to it, and a
+    /// cursor at it is no cursor (see `Broadcast::advance`).
+    pub const UNKNOWN: Self = Self {
+        bytes: [0; MAX_EPOCH_BYTES],
+        len: 0,
+    };
+
+    /// Whether this is [`Epoch::UNKNOWN`].
+    pub fn is_unknown(&self) -> bool {
+        self.len == 0
+    }
+
     /// The epoch as text.
     pub fn as_str(&self) -> &str {
         // Only bytes of the ASCII alphabet are ever stored (see `from_str` and `from_bits`).
@@ -154,6 +167,8 @@ pub struct Publication {
     frame: Bytes,
     /// The one subscriber that does not get it (its sender), set before it is shared.
     except: OnceLock<super::Peer>,
+    /// Only the stream's head, with nothing to deliver (see [`Publication::head_only`]).
+    head_only: bool,
 }
 
 impl Publication {
@@ -173,6 +188,7 @@ impl Publication {
             position,
             frame,
             except: OnceLock::new(),
+            head_only: false,
         })
     }
 
@@ -210,6 +226,27 @@ impl Publication {
     /// own node's worker skips it).
     pub(crate) fn except(&self) -> Option<super::Peer> {
         self.except.get().copied()
+    }
+
+    /// No message, only news that `topic`'s stream has reached `head`: a broker's log sends
+    /// it to the workers when it learns the head other than from a publication (a topic's
+    /// history loaded, a loss found by a head check), so that each worker brings its
+    /// subscribers there, from history or with a reset.
+    pub fn head_only(topic: Arc<str>, head: Position) -> Arc<Self> {
+        Arc::new(Self {
+            topic,
+            opcode: OpCode::Binary,
+            payload: Bytes::new(),
+            position: Some(head),
+            frame: Bytes::new(),
+            except: OnceLock::new(),
+            head_only: true,
+        })
+    }
+
+    /// Whether this is only a head (see [`Publication::head_only`]): nothing to deliver.
+    pub fn is_head_only(&self) -> bool {
+        self.head_only
     }
 
     /// The topic published to.

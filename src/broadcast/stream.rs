@@ -72,9 +72,10 @@ impl<H: Handler> Broadcast<H> {
             return;
         };
         let recovery = log.read(topic, since, self.max_recover);
-        if since.is_none() {
+        if since.is_none() && !recovery.head().epoch.is_unknown() {
             // Tell the client where it starts, so that a reconnect before any event still
-            // resumes from here.
+            // resumes from here. (A broker's log that has not heard of the topic yet does
+            // not know; the first event will say.)
             if let Some(id) = sse::EventId::new(recovery.head()) {
                 let _ = ctx.send_frame(conn, sse::position_only(&id));
             }

@@ -13,8 +13,8 @@ use tracing::warn;
 use super::task::Task;
 use super::wire::Sequences;
 use super::{
-    random_u64, Broker, BrokerConfig, BrokerError, BrokerStats, BrokerUrl, QUEUE_CAPACITY,
-    QUEUE_MAX_BYTES,
+    random_u64, Broker, BrokerConfig, BrokerError, BrokerLog, BrokerStats, BrokerUrl,
+    QUEUE_CAPACITY, QUEUE_MAX_BYTES,
 };
 use crate::broadcast::uplink::Uplink;
 use crate::broadcast::{Hub, Publication};
@@ -265,6 +265,7 @@ pub(crate) fn start(
     config: &BrokerConfig,
     hub: &Arc<Hub>,
     max_message_bytes: usize,
+    log: Option<Arc<BrokerLog>>,
 ) -> Result<Arc<Link>, BrokerError> {
     let link = Arc::new(Link::new(&config.url));
     let (ready_tx, ready_rx) = mpsc::channel();
@@ -285,17 +286,25 @@ pub(crate) fn start(
                     return;
                 }
             };
+            let settings = log.as_ref().map(|log| log.stream_settings());
+            let with_history = |redis: super::redis::Redis| match settings {
+                Some(settings) => redis.with_history(settings),
+                None => redis,
+            };
             let drive = Drive {
                 runtime: &runtime,
                 link: task_link,
                 hub: task_hub,
                 max_message_bytes,
                 ready: ready_tx,
+                log,
             };
             match url {
-                BrokerUrl::Redis(url) => drive.run(super::redis::Redis::standalone(&url, prefix)),
+                BrokerUrl::Redis(url) => {
+                    drive.run(super::redis::Redis::standalone(&url, prefix).map(with_history));
+                }
                 BrokerUrl::RedisCluster(nodes) => {
-                    drive.run(super::redis::Redis::cluster(&nodes, prefix));
+                    drive.run(super::redis::Redis::cluster(&nodes, prefix).map(with_history));
                 }
                 BrokerUrl::Nats(servers) => drive.run(super::nats::Nats::new(&servers, prefix)),
             }
@@ -333,6 +342,7 @@ struct Drive<'r> {
     hub: Arc<Hub>,
     max_message_bytes: usize,
     ready: mpsc::Sender<Result<(), String>>,
+    log: Option<Arc<BrokerLog>>,
 }
 
 impl Drive<'_> {
@@ -341,7 +351,10 @@ impl Drive<'_> {
     fn run<B: Broker>(self, broker: Result<B, String>) {
         match broker {
             Ok(broker) => {
-                let task = Task::new(broker, self.link, self.hub, self.max_message_bytes);
+                let mut task = Task::new(broker, self.link, self.hub, self.max_message_bytes);
+                if let Some(log) = self.log {
+                    task = task.with_log(log);
+                }
                 self.runtime.block_on(task.run(self.ready));
             }
             Err(error) => drop(self.ready.send(Err(error))),

@@ -24,6 +24,7 @@
 
 mod events;
 mod link;
+mod log;
 #[cfg(test)]
 mod memory;
 mod nats;
@@ -39,6 +40,7 @@ use bytes::Bytes;
 
 pub(crate) use events::{Events, Inbound};
 pub(crate) use link::{start, Link};
+pub(crate) use log::BrokerLog;
 pub(crate) use stats::render_metrics;
 pub use stats::BrokerStats;
 pub use url::{BrokerConfig, BrokerUrl, BrokerUrlError, DEFAULT_PREFIX, MAX_PREFIX_BYTES};
@@ -90,6 +92,39 @@ pub(crate) trait Broker {
     /// Publishes a batch of messages, in order (pipelined where the client can); one result
     /// per message.
     async fn publish(&mut self, batch: &[(String, Bytes)]) -> Vec<Result<(), String>>;
+    /// With history: publishes a batch through the broker's position source (`(channel,
+    /// opcode, payload)` each), in order; one result per message. A broker without streams
+    /// refuses.
+    async fn append(
+        &mut self,
+        batch: &[(String, crate::protocol::OpCode, Bytes)],
+    ) -> Vec<Result<(), String>> {
+        vec![Err("this broker keeps no streams".into()); batch.len()]
+    }
+    /// With history: the envelopes of `topic`'s stream after offset `after`, up to `up_to`.
+    async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {
+        let _ = (topic, after, up_to);
+        Err("this broker keeps no streams".into())
+    }
+    /// With history: `topic`'s stream head (`None` if it has none) and its last `count`
+    /// envelopes, oldest first.
+    async fn tail(
+        &mut self,
+        topic: &str,
+        count: usize,
+    ) -> Result<(Option<crate::broadcast::Position>, Vec<Bytes>), String> {
+        let _ = (topic, count);
+        Err("this broker keeps no streams".into())
+    }
+    /// With history: the stream heads of `topics` (at most [`SUBSCRIBE_BATCH`]), in as few
+    /// round trips as the broker allows; `None` for a topic without a stream.
+    async fn heads(
+        &mut self,
+        topics: &[std::sync::Arc<str>],
+    ) -> Result<Vec<Option<crate::broadcast::Position>>, String> {
+        let _ = topics;
+        Err("this broker keeps no streams".into())
+    }
     /// Whether the connection is up (a client that reconnects by itself may be between tries).
     fn is_connected(&self) -> bool;
     /// Drops the connection (after unsubscribing, at shutdown).

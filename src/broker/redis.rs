@@ -6,6 +6,12 @@
 //! commands and subscription pushes together; for a cluster it routes each sharded command to
 //! the master of its channel's slot, follows `MOVED`, and re-subscribes a node's channels when it
 //! reconnects to that node. A channel is `PREFIX:TOPIC`, byte for byte.
+//!
+//! With history (`--history`), Redis gives the positions: the node loads [`LIBRARY`] (a Redis
+//! Function library) at each connection, and every publish is one `FCALL` that takes the
+//! topic's next offset, appends the message to the topic's stream and publishes it with its
+//! position. The topic's keys and its channel are then hash-tagged, `{PREFIX:TOPIC}`, so that
+//! all of them share one cluster slot (see docs/BROKERS.md, "Positions from Redis").
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -14,11 +20,79 @@ use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, ProtocolVersion, PushInfo, PushKind, Value};
 
 use super::{Broker, Events, IO_TIMEOUT};
+use crate::broadcast::Position;
+use crate::protocol::OpCode;
+
+/// The Redis Function library that gives positions, loaded by every node at each connection
+/// (`FUNCTION LOAD REPLACE`). `uringcast_publish` publishes with `PUBLISH` (a standalone
+/// server), `uringcast_spublish` with `SPUBLISH` (a cluster). Their one key is the topic's
+/// base `{PREFIX:TOPIC}`; their arguments the payload, then optionally the kind (`text`,
+/// `binary` or `auto`, the default), the entries kept and the idle seconds before the
+/// stream is dropped (defaults: the loading node's `--history` and `--history-ttl`). Keys:
+/// `BASE:offset` (the last offset), `BASE:epoch` (the stream's incarnation: the server's
+/// clock in microseconds when the stream was made), `BASE:stream` (a stream whose entry ids
+/// are `OFFSET-0` and whose field `m` is the envelope). Returns `EPOCH:OFFSET`.
+pub(crate) const LIBRARY: &str = r"#!lua name=uringcast
+local function append(keys, args, command)
+  local base = keys[1]
+  local payload = args[1]
+  local kind = args[2] or 'auto'
+  local max_len = tonumber(args[3] or '__MAX_LEN__')
+  local ttl = tonumber(args[4] or '__TTL__')
+  if not base or not payload then
+    return redis.error_reply('ERR uringcast: one key {PREFIX:TOPIC} and a payload')
+  end
+  if kind ~= 'text' and kind ~= 'binary' and kind ~= 'auto' then
+    return redis.error_reply('ERR uringcast: kind is text, binary or auto')
+  end
+  if not max_len or max_len < 1 or not ttl or ttl < 1 then
+    return redis.error_reply('ERR uringcast: entries and seconds are positive integers')
+  end
+  local offset_key = base .. ':offset'
+  local epoch_key = base .. ':epoch'
+  local stream_key = base .. ':stream'
+  local offset = redis.call('INCR', offset_key)
+  local epoch = redis.call('GET', epoch_key)
+  if offset == 1 or not epoch then
+    -- A new stream (never made, expired or evicted): a new epoch, from offset 1.
+    local now = redis.call('TIME')
+    epoch = now[1] .. string.format('%06d', tonumber(now[2]))
+    offset = 1
+    redis.call('SET', offset_key, 1)
+    redis.call('SET', epoch_key, epoch)
+    redis.call('DEL', stream_key)
+  end
+  local message = 'UC1 ' .. kind .. ' @' .. epoch .. ':' .. offset .. '\n' .. payload
+  redis.call('XADD', stream_key, 'MAXLEN', max_len, offset .. '-0', 'm', message)
+  redis.call('EXPIRE', offset_key, ttl)
+  redis.call('EXPIRE', epoch_key, ttl)
+  redis.call('EXPIRE', stream_key, ttl)
+  redis.call(command, base, message)
+  return epoch .. ':' .. offset
+end
+redis.register_function('uringcast_publish', function(keys, args)
+  return append(keys, args, 'PUBLISH')
+end)
+redis.register_function('uringcast_spublish', function(keys, args)
+  return append(keys, args, 'SPUBLISH')
+end)
+";
+
+/// How a node with history keeps its topics' streams at the broker.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamSettings {
+    /// Entries kept per topic (`--history`).
+    pub(crate) max_len: usize,
+    /// Seconds a topic's stream outlives its last publish (`--history-ttl`, at least 1).
+    pub(crate) ttl_secs: u64,
+}
 
 /// A Redis broker: a standalone server or a cluster.
 pub(crate) struct Redis {
     target: Target,
     prefix: String,
+    /// With history: the streams' settings (and the broker gives the positions).
+    history: Option<StreamSettings>,
     connection: Option<Connection>,
     /// Set by the push callback when the connection closes (standalone only).
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -61,6 +135,7 @@ impl Redis {
         Self {
             target,
             prefix,
+            history: None,
             connection: None,
             up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
@@ -68,6 +143,51 @@ impl Redis {
 }
 
 use redis::IntoConnectionInfo as _;
+
+impl Redis {
+    /// Gives positions from the broker, keeping each topic's stream as `settings` say.
+    pub(crate) fn with_history(mut self, settings: StreamSettings) -> Self {
+        self.history = Some(settings);
+        self
+    }
+
+    /// The library, with this node's settings as its defaults.
+    fn library(settings: StreamSettings) -> String {
+        LIBRARY
+            .replace("__MAX_LEN__", &settings.max_len.to_string())
+            .replace("__TTL__", &settings.ttl_secs.to_string())
+    }
+
+    /// Loads (or replaces) the library. As one command, not a pipeline, so that a cluster's
+    /// client sends it to every master.
+    async fn load_library(&mut self, settings: StreamSettings) -> redis::RedisResult<()> {
+        let mut load = redis::cmd("FUNCTION");
+        load.arg("LOAD").arg("REPLACE").arg(Self::library(settings));
+        match self.connection.as_mut() {
+            Some(Connection::Standalone(c)) => load.query_async::<()>(c).await,
+            Some(Connection::Cluster(c)) => load.query_async::<()>(c).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The topic's base key and channel with history: `{PREFIX:TOPIC}`.
+    fn base(&self, topic: &str) -> String {
+        format!("{{{}:{topic}}}", self.prefix)
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        &mut self,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, String> {
+        let result = match self.connection.as_mut() {
+            Some(Connection::Standalone(c)) => pipe.query_async(c).await,
+            Some(Connection::Cluster(c)) => pipe.query_async(c).await,
+            None => return Err("not connected".into()),
+        };
+        result.map_err(|e| self.failed(what, &e))
+    }
+}
 
 /// Turns the client's pushes into the link's events: messages, and the connection's end.
 fn on_push(events: &Events, up: &std::sync::atomic::AtomicBool, push: PushInfo) {
@@ -128,10 +248,20 @@ impl Redis {
 
 impl Broker for Redis {
     fn channel(&self, topic: &str) -> String {
+        if self.history.is_some() {
+            return self.base(topic);
+        }
         format!("{}:{topic}", self.prefix)
     }
 
     fn topic_of(&self, channel: &[u8]) -> Option<String> {
+        if self.history.is_some() {
+            let rest = channel.strip_prefix(b"{")?.strip_suffix(b"}")?;
+            let topic = rest
+                .strip_prefix(self.prefix.as_bytes())?
+                .strip_prefix(b":")?;
+            return String::from_utf8(topic.to_vec()).ok();
+        }
         let rest = channel.strip_prefix(self.prefix.as_bytes())?;
         let topic = rest.strip_prefix(b":")?;
         String::from_utf8(topic.to_vec()).ok()
@@ -190,6 +320,12 @@ impl Broker for Redis {
                     return Err("cluster_state is not ok".into());
                 }
                 self.connection = Some(Connection::Cluster(connection));
+            }
+        }
+        if let Some(settings) = self.history {
+            if let Err(error) = self.load_library(settings).await {
+                self.connection = None;
+                return Err(format!("FUNCTION LOAD: {error}"));
             }
         }
         up.store(true, std::sync::atomic::Ordering::Release);
@@ -269,6 +405,142 @@ impl Broker for Redis {
             .collect()
     }
 
+    async fn append(&mut self, batch: &[(String, OpCode, Bytes)]) -> Vec<Result<(), String>> {
+        let Some(settings) = self.history else {
+            return vec![Err("no history".into()); batch.len()];
+        };
+        let mut results = self.fcall(batch, settings).await;
+        // A master that came back empty (restarted without persistence) has lost the library,
+        // and a cluster's client re-made its connection without the link knowing: load it
+        // again and retry once. A function that ran is never retried: only a batch the server
+        // refused before running anything is.
+        let missing = |r: &redis::RedisResult<()>| {
+            r.as_ref()
+                .is_err_and(|e| e.to_string().contains("Function not found"))
+        };
+        if results.iter().any(missing) && self.load_library(settings).await.is_ok() {
+            let retry: Vec<(String, OpCode, Bytes)> = batch
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| missing(r))
+                .map(|(item, _)| item.clone())
+                .collect();
+            let mut again = self.fcall(&retry, settings).await.into_iter();
+            for result in results.iter_mut().filter(|r| missing(r)) {
+                if let Some(next) = again.next() {
+                    *result = next;
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.map_err(|e| self.failed("FCALL", &e)))
+            .collect()
+    }
+    async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE")
+            .arg(format!("{}:stream", self.base(topic)))
+            .arg(format!("{}-0", after + 1))
+            .arg(format!("{up_to}-0"));
+        let (entries,): (Vec<StreamEntry>,) = self.query("XRANGE", &pipe).await?;
+        Ok(messages(entries))
+    }
+
+    async fn tail(
+        &mut self,
+        topic: &str,
+        count: usize,
+    ) -> Result<(Option<Position>, Vec<Bytes>), String> {
+        let base = self.base(topic);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(format!("{base}:epoch"));
+        pipe.cmd("GET").arg(format!("{base}:offset"));
+        if count > 0 {
+            pipe.cmd("XREVRANGE")
+                .arg(format!("{base}:stream"))
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(count);
+        }
+        let (epoch, offset, entries): (Option<String>, Option<u64>, Option<Vec<StreamEntry>>) =
+            if count > 0 {
+                self.query("XREVRANGE", &pipe).await?
+            } else {
+                let (epoch, offset) = self.query("GET", &pipe).await?;
+                (epoch, offset, None)
+            };
+        let head = match (epoch, offset) {
+            (Some(epoch), Some(offset)) => {
+                epoch.parse().ok().map(|epoch| Position { epoch, offset })
+            }
+            _ => None,
+        };
+        let mut entries = messages(entries.unwrap_or_default());
+        entries.reverse();
+        Ok((head, entries))
+    }
+
+    async fn heads(
+        &mut self,
+        topics: &[std::sync::Arc<str>],
+    ) -> Result<Vec<Option<Position>>, String> {
+        let bases: Vec<String> = topics.iter().map(|t| self.base(t)).collect();
+        let head = |pipe: &mut redis::Pipeline, base: &str| {
+            pipe.cmd("GET").arg(format!("{base}:epoch"));
+            pipe.cmd("GET").arg(format!("{base}:offset"));
+        };
+        let pairs: Vec<(Option<String>, Option<u64>)> = match self.connection.as_ref() {
+            Some(Connection::Standalone(c)) => {
+                // Every topic in one pipeline: one round trip.
+                let mut pipe = redis::pipe();
+                for base in &bases {
+                    head(&mut pipe, base);
+                }
+                let values: Vec<Option<String>> = pipe
+                    .query_async(&mut c.clone())
+                    .await
+                    .map_err(|e| self.failed("GET", &e))?;
+                values
+                    .chunks(2)
+                    .map(|pair| {
+                        let offset = pair.get(1).cloned().flatten().and_then(|o| o.parse().ok());
+                        (pair.first().cloned().flatten(), offset)
+                    })
+                    .collect()
+            }
+            Some(Connection::Cluster(c)) => {
+                // One pipeline per topic (one slot each), all at once.
+                let results = join_all(bases.iter().map(|base| {
+                    let mut c = c.clone();
+                    let mut pipe = redis::pipe();
+                    head(&mut pipe, base);
+                    async move {
+                        pipe.query_async::<(Option<String>, Option<u64>)>(&mut c)
+                            .await
+                    }
+                }))
+                .await;
+                let mut pairs = Vec::with_capacity(results.len());
+                for result in results {
+                    pairs.push(result.map_err(|e| self.failed("GET", &e))?);
+                }
+                pairs
+            }
+            None => return Err("not connected".into()),
+        };
+        Ok(pairs
+            .into_iter()
+            .map(|(epoch, offset)| match (epoch, offset) {
+                (Some(epoch), Some(offset)) => {
+                    epoch.parse().ok().map(|epoch| Position { epoch, offset })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     fn is_connected(&self) -> bool {
         self.connection.is_some() && self.up.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -277,6 +549,97 @@ impl Broker for Redis {
         self.connection = None;
         self.up.store(false, std::sync::atomic::Ordering::Release);
     }
+}
+
+impl Redis {
+    /// One `FCALL` per publication: one pipeline on a standalone server, one per topic (so
+    /// per slot) on a cluster; one result per publication.
+    async fn fcall(
+        &mut self,
+        batch: &[(String, OpCode, Bytes)],
+        settings: StreamSettings,
+    ) -> Vec<redis::RedisResult<()>> {
+        let function = match self.connection {
+            Some(Connection::Cluster(_)) => "uringcast_spublish",
+            _ => "uringcast_publish",
+        };
+        let command = |pipe: &mut redis::Pipeline, base: &str, opcode: OpCode, payload: &[u8]| {
+            let kind = if opcode == OpCode::Text {
+                "text"
+            } else {
+                "binary"
+            };
+            pipe.cmd("FCALL")
+                .arg(function)
+                .arg(1)
+                .arg(base)
+                .arg(payload)
+                .arg(kind)
+                .arg(settings.max_len)
+                .arg(settings.ttl_secs)
+                .ignore();
+        };
+        let results: Vec<Result<(), redis::RedisError>> = match self.connection.as_ref() {
+            Some(Connection::Standalone(c)) => {
+                // One pipeline, in order: one round trip for the batch.
+                let mut pipe = redis::pipe();
+                for (base, opcode, payload) in batch {
+                    command(&mut pipe, base, *opcode, payload);
+                }
+                let result = pipe.query_async::<()>(&mut c.clone()).await;
+                batch.iter().map(|_| result.clone()).collect()
+            }
+            Some(Connection::Cluster(c)) => {
+                // A cluster's pipeline must keep to one slot: one per topic (its base is its
+                // slot), in order, all at once.
+                let mut bases: Vec<&str> = Vec::new();
+                for (base, _, _) in batch {
+                    if !bases.contains(&base.as_str()) {
+                        bases.push(base);
+                    }
+                }
+                let per_base = join_all(bases.iter().map(|&name| {
+                    let mut c = c.clone();
+                    let mut pipe = redis::pipe();
+                    for (base, opcode, payload) in batch.iter().filter(|(b, _, _)| b == name) {
+                        command(&mut pipe, base, *opcode, payload);
+                    }
+                    async move { (name, pipe.query_async::<()>(&mut c).await) }
+                }))
+                .await;
+                batch
+                    .iter()
+                    .map(|(base, _, _)| {
+                        per_base
+                            .iter()
+                            .find(|(name, _)| *name == base)
+                            .map_or(Ok(()), |(_, result)| result.clone())
+                    })
+                    .collect()
+            }
+            None => {
+                let error = redis::RedisError::from((redis::ErrorKind::Io, "not connected"));
+                return batch.iter().map(|_| Err(error.clone())).collect();
+            }
+        };
+        results
+    }
+}
+
+/// One entry of a stream as `XRANGE` returns it: its id and its fields.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
+
+/// The envelopes of stream entries (field `m`), in the order given.
+fn messages(entries: Vec<StreamEntry>) -> Vec<Bytes> {
+    entries
+        .into_iter()
+        .filter_map(|(_, fields)| {
+            fields
+                .into_iter()
+                .find(|(name, _)| name == "m")
+                .map(|(_, value)| Bytes::from(value))
+        })
+        .collect()
 }
 
 /// Runs `command` for each channel at once on clones of the cluster's connection (which

@@ -12,9 +12,10 @@ use tracing::{debug, info, warn};
 use super::link::{InterestChanges, Link};
 use super::wire::{self, Sequence, Sequences};
 use super::{
-    backoff, random_u64, Broker, BrokerStats, Events, Inbound, IO_TIMEOUT, SUBSCRIBE_BATCH,
+    backoff, random_u64, Broker, BrokerLog, BrokerStats, Events, Inbound, IO_TIMEOUT,
+    SUBSCRIBE_BATCH,
 };
-use crate::broadcast::{Hub, Publication};
+use crate::broadcast::{Hub, Position, Publication};
 
 /// Publishes the link sends per turn before it looks at what arrived, so neither direction
 /// starves the other.
@@ -25,6 +26,9 @@ const RETRY: Duration = Duration::from_secs(1);
 const STABLE: Duration = Duration::from_secs(5);
 /// Warnings about an unreachable broker, at most one per this.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+/// With history, how often each live topic's head is asked of the broker: a publication lost
+/// with none after it is found within two of these.
+pub(crate) const HEAD_CHECK: Duration = Duration::from_secs(1);
 
 /// The link's task: the broker client and everything only it touches.
 pub(super) struct Task<B: Broker> {
@@ -49,6 +53,14 @@ pub(super) struct Task<B: Broker> {
     /// A subscription change the broker refused, to be tried again.
     retry_at: Option<tokio::time::Instant>,
     last_warning: Option<Instant>,
+    /// With history: the broker's streams, as this node keeps them (`log.rs`).
+    log: Option<Arc<BrokerLog>>,
+    /// With history: the position of the last publication handed to the workers, per topic.
+    last: HashMap<Arc<str>, Position>,
+    /// With history: heads the last check found past `last`; still past it at the next
+    /// check, what lies between was lost on the way.
+    suspects: HashMap<Arc<str>, Position>,
+    check_at: tokio::time::Instant,
 }
 
 impl<B: Broker> Task<B> {
@@ -67,7 +79,18 @@ impl<B: Broker> Task<B> {
             received: Sequences::default(),
             retry_at: None,
             last_warning: None,
+            log: None,
+            last: HashMap::new(),
+            suspects: HashMap::new(),
+            check_at: tokio::time::Instant::now() + HEAD_CHECK,
         }
+    }
+
+    /// Positions and history from the broker, kept in `log` (`--history` with a broker that
+    /// keeps streams).
+    pub(super) fn with_log(mut self, log: Arc<BrokerLog>) -> Self {
+        self.log = Some(log);
+        self
     }
 
     pub(super) async fn run(mut self, ready: mpsc::Sender<Result<(), String>>) {
@@ -158,7 +181,13 @@ impl<B: Broker> Task<B> {
             let read = !arrived.is_empty();
             for message in arrived.drain(..) {
                 inbound_bytes.fetch_sub(message.payload.len(), Ordering::AcqRel);
-                self.deliver(message);
+                self.deliver(message).await;
+            }
+            if self.log.is_some() && tokio::time::Instant::now() >= self.check_at {
+                if !self.check_heads().await {
+                    return;
+                }
+                self.check_at = tokio::time::Instant::now() + HEAD_CHECK;
             }
             let more = match self.flush(BATCH).await {
                 Ok(more) => more,
@@ -178,6 +207,7 @@ impl<B: Broker> Task<B> {
                 continue;
             }
             let retry = self.retry_at;
+            let check = self.log.is_some().then_some(self.check_at);
             tokio::select! {
                 biased;
                 // A permit left by a connection already replaced is stale: go on.
@@ -189,6 +219,7 @@ impl<B: Broker> Task<B> {
                 },
                 () = self.link.wake.notified() => {}
                 () = sleep_until(retry) => {}
+                () = sleep_until(check) => {}
             }
         }
     }
@@ -214,6 +245,34 @@ impl<B: Broker> Task<B> {
         let stats = Arc::clone(&self.link.stats);
         let mut left = limit;
         while left > 0 {
+            if self.log.is_some() {
+                let mut batch = Vec::with_capacity(left.min(BATCH));
+                while batch.len() < left.min(BATCH) {
+                    let Some(publication) = self.link.take() else {
+                        break;
+                    };
+                    batch.push((
+                        self.broker.channel(publication.topic()),
+                        publication.opcode(),
+                        publication.payload().clone(),
+                    ));
+                }
+                if batch.is_empty() {
+                    return Ok(false);
+                }
+                left -= batch.len();
+                let Ok(results) =
+                    tokio::time::timeout(IO_TIMEOUT, self.broker.append(&batch)).await
+                else {
+                    BrokerStats::add(&stats.publish_failures, batch.len() as u64);
+                    self.warn(format_args!("broker gave no answer within {IO_TIMEOUT:?}"));
+                    return Err(());
+                };
+                if !self.count_published(&stats, results) {
+                    return Err(());
+                }
+                continue;
+            }
             let mut batch = Vec::with_capacity(left.min(BATCH));
             while batch.len() < left.min(BATCH) {
                 let Some(publication) = self.link.take() else {
@@ -242,17 +301,26 @@ impl<B: Broker> Task<B> {
                 self.warn(format_args!("broker gave no answer within {IO_TIMEOUT:?}"));
                 return Err(());
             };
-            let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-            BrokerStats::add(&stats.published, (batch.len() - failed.len()) as u64);
-            if let Some(message) = failed.first() {
-                BrokerStats::add(&stats.publish_failures, failed.len() as u64);
-                if !self.broker.is_connected() {
-                    return Err(());
-                }
-                self.warn(format_args!("broker refused a publish: {message}"));
+            if !self.count_published(&stats, results) {
+                return Err(());
             }
         }
         Ok(!self.link.outbound.is_empty())
+    }
+
+    /// Counts a batch's results; `false` when the connection is gone.
+    fn count_published(&mut self, stats: &BrokerStats, results: Vec<Result<(), String>>) -> bool {
+        let total = results.len();
+        let failed: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        BrokerStats::add(&stats.published, (total - failed.len()) as u64);
+        if let Some(message) = failed.first() {
+            BrokerStats::add(&stats.publish_failures, failed.len() as u64);
+            if !self.broker.is_connected() {
+                return false;
+            }
+            self.warn(format_args!("broker refused a publish: {message}"));
+        }
+        true
     }
 
     fn next_seq(&mut self, topic: &Arc<str>) -> u64 {
@@ -347,7 +415,14 @@ impl<B: Broker> Task<B> {
         for topics in add.chunks(SUBSCRIBE_BATCH) {
             let channels: Vec<String> = topics.iter().map(|t| self.broker.channel(t)).collect();
             match tokio::time::timeout(IO_TIMEOUT, self.broker.subscribe(&channels)).await {
-                Ok(Ok(())) => self.subscribed.extend(topics.iter().cloned()),
+                Ok(Ok(())) => {
+                    self.subscribed.extend(topics.iter().cloned());
+                    if self.log.is_some() {
+                        for topic in topics {
+                            self.load(topic).await;
+                        }
+                    }
+                }
                 Ok(Err(message)) => {
                     self.dirty.extend(topics.iter().cloned());
                     self.refused("subscribe", &channels, &message);
@@ -365,6 +440,11 @@ impl<B: Broker> Task<B> {
                     for topic in topics {
                         self.subscribed.remove(topic);
                         self.received.forget(topic);
+                        if let Some(log) = &self.log {
+                            log.forget(topic);
+                            self.last.remove(topic);
+                            self.suspects.remove(topic);
+                        }
                     }
                 }
                 Ok(Err(message)) => {
@@ -403,7 +483,7 @@ impl<B: Broker> Task<B> {
 
     /// Hands one message from the broker to the workers, unless it is this node's own, seen
     /// before, or unreadable.
-    fn deliver(&mut self, message: Inbound) {
+    async fn deliver(&mut self, message: Inbound) {
         let stats = &self.link.stats;
         let Some(topic) = self.broker.topic_of(&message.channel) else {
             BrokerStats::add(&stats.malformed, 1);
@@ -423,6 +503,12 @@ impl<B: Broker> Task<B> {
             // recording its sequence would make a gap of what follows a later subscription.
             return;
         };
+        if self.log.is_some() {
+            let publication =
+                Publication::new(topic, envelope.opcode, envelope.payload, envelope.position);
+            self.accept(publication).await;
+            return;
+        }
         if let Some((node, seq)) = envelope.origin {
             if node & !0xFFFF == self.link.node {
                 BrokerStats::add(&stats.own_skipped, 1);
@@ -444,6 +530,184 @@ impl<B: Broker> Task<B> {
         }
         BrokerStats::add(&stats.received, 1);
         self.hub.post(&publication, None);
+    }
+
+    /// With history: hands a publication from the broker to the workers in its stream's
+    /// order. One already handed on is dropped; one after a gap is preceded by what the gap
+    /// held, read from the broker's stream, or, if the stream no longer has it, goes on after
+    /// a hole in the hot copy, from which each worker resets its subscribers.
+    async fn accept(&mut self, publication: Arc<Publication>) {
+        let topic = Arc::clone(publication.topic());
+        if let (Some(position), Some(last)) =
+            (publication.position(), self.last.get(&topic).copied())
+        {
+            if last.epoch == position.epoch {
+                if position.offset <= last.offset {
+                    BrokerStats::add(&self.link.stats.repeats, 1);
+                    return;
+                }
+                if position.offset > last.offset + 1 {
+                    self.repair(&topic, last, position.offset - 1).await;
+                }
+            }
+        }
+        self.hand_on(publication);
+    }
+
+    /// Keeps a publication in the hot copy and posts it to every worker.
+    fn hand_on(&mut self, publication: Arc<Publication>) {
+        if let (Some(position), Some(log)) = (publication.position(), &self.log) {
+            log.record(&publication);
+            self.last.insert(Arc::clone(publication.topic()), position);
+        }
+        BrokerStats::add(&self.link.stats.received, 1);
+        self.hub.post(&publication, None);
+    }
+
+    /// Reads what followed `last` up to offset `up_to` from the broker's stream and hands it
+    /// on; whether all of it was there. Counted as a gap repaired or reported.
+    async fn repair(&mut self, topic: &Arc<str>, last: Position, up_to: u64) -> bool {
+        let Some(log) = self.log.clone() else {
+            return false;
+        };
+        let read =
+            tokio::time::timeout(IO_TIMEOUT, self.broker.range(topic, last.offset, up_to)).await;
+        let mut next = last.offset + 1;
+        let mut found = Vec::new();
+        match read {
+            Ok(Ok(envelopes)) => {
+                for envelope in envelopes {
+                    let Some(publication) = self.positioned(topic, envelope) else {
+                        continue;
+                    };
+                    let wanted = Position {
+                        epoch: last.epoch,
+                        offset: next,
+                    };
+                    if next <= up_to && publication.position() == Some(wanted) {
+                        found.push(publication);
+                        next += 1;
+                    }
+                }
+            }
+            Ok(Err(message)) => self.warn(format_args!("broker stream read failed: {message}")),
+            Err(_) => self.warn(format_args!("broker stream read: no answer")),
+        }
+        let whole = next > up_to;
+        // Counted before the workers can deliver any of it.
+        let counter = if whole {
+            &log.stats.gaps_repaired
+        } else {
+            &log.stats.gaps_reported
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        for publication in found {
+            self.hand_on(publication);
+        }
+        whole
+    }
+
+    /// A publication from an envelope of a topic's stream, if it is one with a position.
+    fn positioned(&self, topic: &Arc<str>, envelope: bytes::Bytes) -> Option<Arc<Publication>> {
+        let envelope = wire::decode(envelope).ok()?;
+        let position = envelope.position?;
+        if envelope.payload.len() as u64 > self.max_message_bytes as u64 {
+            return None;
+        }
+        Some(Publication::new(
+            Arc::clone(topic),
+            envelope.opcode,
+            envelope.payload,
+            Some(position),
+        ))
+    }
+
+    /// Loads a topic's head and last publications from the broker into the hot copy (a topic
+    /// just subscribed, or one found behind), then tells the workers the head: each brings
+    /// its subscribers there from the hot copy, or resets them.
+    async fn load(&mut self, topic: &Arc<str>) {
+        let Some(log) = self.log.clone() else {
+            return;
+        };
+        let read =
+            tokio::time::timeout(IO_TIMEOUT, self.broker.tail(topic, log.entries_per_topic()))
+                .await;
+        let (head, envelopes) = match read {
+            Ok(Ok(tail)) => tail,
+            Ok(Err(message)) => {
+                self.warn(format_args!("broker stream read failed: {message}"));
+                return;
+            }
+            Err(_) => {
+                self.warn(format_args!("broker stream read: no answer"));
+                return;
+            }
+        };
+        let Some(head) = head else {
+            // No stream yet (or it expired): the first publication will make one.
+            return;
+        };
+        if let Some(last) = self.last.get(topic) {
+            if last.epoch == head.epoch && last.offset >= head.offset {
+                return;
+            }
+        }
+        let publications = envelopes
+            .into_iter()
+            .filter_map(|e| self.positioned(topic, e))
+            .collect();
+        log.load(topic, head, publications);
+        self.last.insert(Arc::clone(topic), head);
+        self.hub
+            .post(&Publication::head_only(Arc::clone(topic), head), None);
+    }
+
+    /// Asks the broker for each live topic's head. A head found past what was handed on, and
+    /// still past it at the next check, means publications lost on the way: they are read
+    /// from the stream, or the workers are told the new head and reset their subscribers.
+    /// Returns `false` when the broker stopped answering.
+    async fn check_heads(&mut self) -> bool {
+        let Some(log) = self.log.clone() else {
+            return true;
+        };
+        for (topic, head) in std::mem::take(&mut self.suspects) {
+            if !self.subscribed.contains(&topic) {
+                continue;
+            }
+            match self.last.get(&topic).copied() {
+                Some(last) if last.epoch == head.epoch => {
+                    if last.offset < head.offset && !self.repair(&topic, last, head.offset).await {
+                        log.mark_head(&topic, head);
+                        self.last.insert(Arc::clone(&topic), head);
+                        self.hub
+                            .post(&Publication::head_only(Arc::clone(&topic), head), None);
+                    }
+                }
+                _ => self.load(&topic).await,
+            }
+        }
+        let topics: Vec<Arc<str>> = self.subscribed.iter().cloned().collect();
+        for topics in topics.chunks(SUBSCRIBE_BATCH) {
+            log.stats
+                .head_checks
+                .fetch_add(topics.len() as u64, Ordering::Relaxed);
+            let heads = match tokio::time::timeout(IO_TIMEOUT, self.broker.heads(topics)).await {
+                Ok(Ok(heads)) => heads,
+                Ok(Err(_)) if self.broker.is_connected() => continue,
+                Ok(Err(_)) | Err(_) => return false,
+            };
+            for (topic, head) in topics.iter().zip(heads) {
+                let Some(head) = head else { continue };
+                let behind = self
+                    .last
+                    .get(topic)
+                    .is_none_or(|last| last.epoch != head.epoch || last.offset < head.offset);
+                if behind {
+                    self.suspects.insert(Arc::clone(topic), head);
+                }
+            }
+        }
+        true
     }
 
     /// Waits out a reconnection delay: publishes made meanwhile are counted as failed (the

@@ -16,6 +16,17 @@
 //! `node` and `seq` (`UC1 binary\n...`), and one that does not start with `UC1 ` at all is
 //! delivered as it is: a text message if it is UTF-8, else a binary one. So
 //! `redis-cli PUBLISH uringcast:room-a hello` reaches `ws://HOST/room-a` as the text `hello`.
+//!
+//! With history on a broker that assigns positions (the Redis function of `redis.rs`), the
+//! broker writes the envelope itself, with the publication's position in place of the node and
+//! sequence:
+//!
+//! ```text
+//! UC1 <kind> @<epoch>:<offset>\n<payload>
+//! ```
+//!
+//! and `kind` may then also be `auto`: text if the payload is UTF-8, else binary (what a
+//! backend gets when it does not say).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,7 +34,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::broadcast::Peer;
+use crate::broadcast::{Peer, Position};
 use crate::protocol::OpCode;
 
 /// The first bytes of every envelope uringcast writes.
@@ -38,6 +49,8 @@ pub(crate) struct Envelope {
     pub(crate) opcode: OpCode,
     /// The publishing node and its sequence number for the topic, when the message has them.
     pub(crate) origin: Option<(u64, u64)>,
+    /// The publication's position in its topic's stream, when the broker assigned one.
+    pub(crate) position: Option<Position>,
     pub(crate) payload: Bytes,
     /// The one connection (of whichever node holds it) the message skips.
     pub(crate) except: Option<Peer>,
@@ -100,6 +113,7 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
         return Ok(Envelope {
             opcode,
             origin: None,
+            position: None,
             payload: message,
             except: None,
         });
@@ -112,8 +126,18 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
     let head = std::str::from_utf8(&message[MAGIC.len()..end]).map_err(|_| WireError::Head)?;
     let mut fields = head.split(' ');
     let kind = fields.next().ok_or(WireError::Head)?;
+    let mut position = None;
     let (origin, except) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
         (None, _, _, _) => (None, None),
+        // A position from the broker's log (`@EPOCH:OFFSET`), and the skipped connection.
+        (Some(at), except, None, None) if at.starts_with('@') => {
+            position = Some(at[1..].parse().map_err(|_| WireError::Head)?);
+            let except = match except {
+                Some(field) => Some(parse_except(field).ok_or(WireError::Head)?),
+                None => None,
+            };
+            (None, except)
+        }
         (Some(node), Some(seq), except, None) => (
             Some((
                 u64::from_str_radix(node, 16).map_err(|_| WireError::Head)?,
@@ -140,6 +164,13 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
             }
             (OpCode::Close, payload)
         }
+        "auto" if position.is_some() => {
+            if simdutf8::basic::from_utf8(&payload).is_ok() {
+                (OpCode::Text, payload)
+            } else {
+                (OpCode::Binary, payload)
+            }
+        }
         "base64" => {
             let text: Vec<u8> = payload
                 .iter()
@@ -156,6 +187,7 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
     Ok(Envelope {
         opcode,
         origin,
+        position,
         payload,
         except,
     })
@@ -258,6 +290,7 @@ mod tests {
                 Envelope {
                     opcode,
                     origin: Some((0xdead_beef, 42)),
+                    position: None,
                     payload: Bytes::copy_from_slice(payload),
                     except: None,
                 }
@@ -315,6 +348,36 @@ mod tests {
         assert_eq!(
             (typed.opcode, &typed.payload[..]),
             (OpCode::Binary, &[0, 1, 255][..])
+        );
+    }
+
+    #[test]
+    fn a_broker_written_envelope_carries_a_position() {
+        let at = "k5xq2b7a:42".parse::<Position>().unwrap();
+        let text = decode(Bytes::from_static(b"UC1 text @k5xq2b7a:42\nhi")).unwrap();
+        assert_eq!(
+            (text.opcode, text.origin, text.position, &text.payload[..]),
+            (OpCode::Text, None, Some(at), &b"hi"[..])
+        );
+        let auto = decode(Bytes::from_static(b"UC1 auto @k5xq2b7a:42\n\xff")).unwrap();
+        assert_eq!((auto.opcode, auto.position), (OpCode::Binary, Some(at)));
+        let auto = decode(Bytes::from_static(b"UC1 auto @k5xq2b7a:42\nok")).unwrap();
+        assert_eq!(auto.opcode, OpCode::Text);
+        for bad in [
+            &b"UC1 text @k5:x\nhi"[..],
+            b"UC1 text @:1\nhi",
+            b"UC1 text @k5:1 2\n",
+        ] {
+            assert_eq!(
+                decode(Bytes::from_static(bad)),
+                Err(WireError::Head),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            decode(Bytes::from_static(b"UC1 auto\nhi")),
+            Err(WireError::Kind("auto".into())),
+            "auto only where the broker wrote the envelope"
         );
     }
 

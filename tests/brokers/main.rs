@@ -11,6 +11,7 @@
 mod common;
 mod delivery;
 mod faults;
+mod streams;
 mod support;
 
 use std::net::SocketAddr;
@@ -225,6 +226,45 @@ fn main() -> std::process::ExitCode {
                 kind,
                 "faults::nodes_join_and_leave_while_traffic_flows",
                 faults::nodes_join_and_leave_while_traffic_flows,
+            ),
+        ]);
+    }
+    for kind in [Kind::Redis, Kind::Cluster] {
+        trials.extend([
+            on(
+                kind,
+                "streams::a_stream_recovers_exactly_on_another_node",
+                streams::a_stream_recovers_exactly_on_another_node,
+            ),
+            on(
+                kind,
+                "streams::a_lost_publication_is_repaired_from_the_stream",
+                streams::a_lost_publication_is_repaired_from_the_stream,
+            ),
+            on(
+                kind,
+                "streams::a_gap_the_stream_lost_too_is_reported",
+                streams::a_gap_the_stream_lost_too_is_reported,
+            ),
+            on(
+                kind,
+                "streams::a_backend_fcall_gets_a_position",
+                streams::a_backend_fcall_gets_a_position,
+            ),
+            on(
+                kind,
+                "streams::publishes_to_many_topics_keep_each_topics_order",
+                streams::publishes_to_many_topics_keep_each_topics_order,
+            ),
+            on(
+                kind,
+                "streams::a_restarted_broker_is_a_new_epoch_announced_by_a_reset",
+                streams::a_restarted_broker_is_a_new_epoch_announced_by_a_reset,
+            ),
+            on(
+                kind,
+                "streams::two_resumes_from_different_positions_are_exact_or_reset",
+                streams::two_resumes_from_different_positions_are_exact_or_reset,
             ),
         ]);
     }

@@ -194,6 +194,24 @@ impl Broker {
         }
     }
 
+    /// Runs `redis-cli ARGS` against the broker (following redirections on a cluster) and
+    /// returns its output, trimmed; a Redis error is an error.
+    pub(crate) fn redis_cli(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.ports[0].to_string()]);
+        if self.kind == Kind::Cluster {
+            cmd.arg("-c");
+        }
+        let out = cmd.args(args).output().context("redis-cli")?;
+        let text = String::from_utf8(out.stdout)?.trim().to_owned();
+        ensure!(
+            out.status.success() && !text.starts_with("ERR") && !text.starts_with("(error)"),
+            "redis-cli {args:?}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(text)
+    }
+
     /// Subscribers the broker counts on `topic`'s channel (`PUBSUB NUMSUB` / `SHARDNUMSUB`;
     /// NATS from its monitoring port is not started here, so `None`).
     pub(crate) fn channel_subscribers(&self, topic: &str) -> Result<Option<u64>> {
