@@ -28,7 +28,9 @@ mkdir -p "$(dirname "$json")" target/soak
 cargo build --release -q
 cargo build --release -q --manifest-path scripts/peers/Cargo.toml --bin soak
 
-server_flags=(--listen 127.0.0.1:0 --mode broadcast --publish-token soaktoken)
+# Good subscribers and echo clients publish to their rooms: subscribers' messages are
+# allowed explicitly (a publish token alone makes them read-only).
+server_flags=(--listen 127.0.0.1:0 --mode broadcast --publish-token soaktoken --client-publish all)
 if target/release/uringcast --help | grep -q -- '--max-pending-bytes'; then
   server_flags+=(--max-pending-bytes "${SOAK_MAX_PENDING_BYTES:-33554432}")
 fi

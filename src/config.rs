@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{Authorizer, ClientPublish, Verifier};
 use crate::broker::{BrokerConfig, BrokerUrl};
 use crate::driver::DriverConfig;
 use crate::protocol::handshake::DEFAULT_MAX_HEAD_BYTES;
@@ -105,6 +106,8 @@ pub struct Config {
     pub(crate) driver: DriverConfig,
     /// The broker that spreads topics over several nodes, if any.
     pub(crate) broker: Option<BrokerConfig>,
+    /// Who may subscribe and publish: the JWT key, the publish token, `--client-publish`.
+    pub(crate) authorizer: Arc<Authorizer>,
 }
 
 impl Config {
@@ -123,6 +126,10 @@ impl Config {
     /// Worker threads.
     pub fn workers(&self) -> usize {
         self.driver.workers
+    }
+    /// The access policy, for any request type with a topic (WebSocket, SSE, HTTP).
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
     }
 }
 
@@ -183,6 +190,12 @@ pub enum ConfigError {
         /// `max_message_bytes`.
         message: u64,
     },
+    /// The JWT key cannot be used.
+    #[error(transparent)]
+    Jwt(#[from] crate::auth::KeyError),
+    /// Two settings that cannot go together, or one that needs another.
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 /// Builds a [`Config`]; setters take and return `Self`.
@@ -195,6 +208,26 @@ pub struct ServerBuilder {
     broker_url: Option<String>,
     broker_prefix: String,
     broker_optional: bool,
+    /// Read by `build`, which turns them into `config.authorizer`.
+    jwt_key: Option<JwtKey>,
+    client_publish: Option<ClientPublish>,
+}
+
+/// Where the key that checks tokens comes from.
+#[derive(Clone)]
+enum JwtKey {
+    Secret(String),
+    PublicKeyFile(PathBuf),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // A secret is never printed, not even in a debug dump of the builder.
+            Self::Secret(_) => f.write_str("Secret(..)"),
+            Self::PublicKeyFile(path) => f.debug_tuple("PublicKeyFile").field(path).finish(),
+        }
+    }
 }
 
 impl Default for ServerBuilder {
@@ -215,6 +248,7 @@ impl Default for ServerBuilder {
                     max_topics_per_worker: DEFAULT_MAX_TOPICS_PER_WORKER,
                 },
                 broker: None,
+                authorizer: Arc::new(Authorizer::open()),
                 driver: DriverConfig {
                     workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -237,6 +271,8 @@ impl Default for ServerBuilder {
             broker_url: None,
             broker_prefix: crate::broker::DEFAULT_PREFIX.to_owned(),
             broker_optional: false,
+            jwt_key: None,
+            client_publish: None,
         }
     }
 }
@@ -419,6 +455,28 @@ impl ServerBuilder {
         self
     }
 
+    /// Checks tokens signed with HS256 and this shared secret: every subscription then needs
+    /// a JWT whose `subscribe` claim covers its topic (see [`crate::auth`]).
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Self {
+        self.jwt_key = Some(JwtKey::Secret(secret.into()));
+        self
+    }
+
+    /// Checks tokens signed with the private half of this PEM public key: RS256 for an RSA
+    /// key, ES256 for an EC P-256 key, EdDSA for an Ed25519 key. Read by
+    /// [`build`](Self::build).
+    pub fn jwt_public_key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.jwt_key = Some(JwtKey::PublicKeyFile(path.into()));
+        self
+    }
+
+    /// Who may publish from a WebSocket connection. Default: `Token` with a JWT key, `None`
+    /// with only a publish token, else `All` (see [`ClientPublish`]).
+    pub fn client_publish(mut self, who: ClientPublish) -> Self {
+        self.client_publish = Some(who);
+        self
+    }
+
     /// Validates every setting.
     ///
     /// # Errors
@@ -499,6 +557,26 @@ impl ServerBuilder {
             });
         }
         let mut config = self.config;
+        let verifier = match &self.jwt_key {
+            None => None,
+            Some(_) if config.mode != Mode::Broadcast => {
+                return Err(ConfigError::Conflict(
+                    "--jwt-secret and --jwt-public-key need --mode broadcast",
+                ))
+            }
+            Some(JwtKey::Secret(secret)) => Some(Verifier::hs256(secret.as_bytes())?),
+            Some(JwtKey::PublicKeyFile(path)) => Some(Verifier::from_public_key_file(path)?),
+        };
+        if self.client_publish == Some(ClientPublish::Token) && verifier.is_none() {
+            return Err(ConfigError::Conflict(
+                "--client-publish token needs --jwt-secret or --jwt-public-key",
+            ));
+        }
+        config.authorizer = Arc::new(Authorizer::new(
+            verifier,
+            config.publish_token.clone(),
+            self.client_publish,
+        ));
         if let Some(url) = &self.broker_url {
             if !BrokerConfig::valid_prefix(&self.broker_prefix) {
                 return Err(ConfigError::BrokerPrefix {

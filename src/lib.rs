@@ -17,6 +17,7 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod auth;
 pub mod broadcast;
 pub mod broker;
 pub mod config;
@@ -24,5 +25,6 @@ pub mod driver;
 mod modes;
 mod prefetch;
 pub mod protocol;
+pub mod refusal;
 pub mod server;
 pub mod tls;

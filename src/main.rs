@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use uringcast::auth::ClientPublish;
 use uringcast::config::{self, Mode, SlowConsumer};
 use uringcast::protocol::origin::AllowedOrigins;
 use uringcast::server::{self, Server};
@@ -98,6 +99,34 @@ struct Cli {
     /// trying in the background.
     #[arg(long, requires = "broker")]
     broker_optional: bool,
+    /// Who may publish from a WebSocket: `all`, `none` (subscribers are read-only: a message
+    /// closes the connection with 1008), or `token` (a JWT whose `publish` claim covers the
+    /// topic). Default: `token` with a JWT key, `none` with only --publish-token, else `all`.
+    #[arg(long, value_enum)]
+    client_publish: Option<CliClientPublish>,
+    /// Check tokens signed with HS256 and this secret (also read from URINGCAST_JWT_SECRET):
+    /// every subscription then needs a JWT whose `subscribe` claim covers its topic.
+    #[arg(
+        long,
+        env = "URINGCAST_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// Check tokens signed by this PEM public key's private half: RS256 (RSA), ES256
+    /// (EC P-256) or EdDSA (Ed25519), chosen by the key.
+    #[arg(long, value_name = "FILE")]
+    jwt_public_key: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CliClientPublish {
+    /// Any connection may publish to its topic.
+    All,
+    /// Subscribers may not publish; a message closes the connection with 1008.
+    None,
+    /// Only to the topics the connection's JWT `publish` claim covers.
+    Token,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -184,6 +213,19 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
     }
     if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
         builder = builder.tls(cert, key);
+    }
+    if let Some(who) = cli.client_publish {
+        builder = builder.client_publish(match who {
+            CliClientPublish::All => ClientPublish::All,
+            CliClientPublish::None => ClientPublish::None,
+            CliClientPublish::Token => ClientPublish::Token,
+        });
+    }
+    if let Some(secret) = cli.jwt_secret {
+        builder = builder.jwt_secret(secret);
+    }
+    if let Some(path) = cli.jwt_public_key {
+        builder = builder.jwt_public_key(path);
     }
     if let Some(url) = cli.broker {
         builder = builder

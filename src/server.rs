@@ -208,7 +208,10 @@ impl Publisher {
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     match config.mode {
         Mode::Echo => spawn_with(config, Echo),
-        Mode::Broadcast => spawn_with(config, RoomsByPath),
+        Mode::Broadcast => {
+            let rooms = RoomsByPath::with_access(Arc::clone(&config.authorizer));
+            spawn_with(config, rooms)
+        }
     }
 }
 

@@ -28,6 +28,9 @@ pub struct BroadcastStats {
     pub mailbox_drops: AtomicU64,
     /// Payload bytes of messages received.
     pub bytes_in: AtomicU64,
+    /// Requests and connections refused, by reason (tokens, caps per address, connection
+    /// and server): `uringcast_refusals_total{reason="..."}`.
+    pub refusals: crate::refusal::RefusalCounts,
     /// Subscribers per topic on this worker; written by the worker, read by HTTP publishes.
     pub(crate) topics: TopicCounts,
 }
@@ -265,6 +268,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     family("subscriptions", "Subscriptions.", "gauge", &|w| {
         hub.stats[w].topics.total().1
     });
+    render_refusals(&mut out, hub);
     if let Some(uplink) = hub.uplink() {
         uplink.render_metrics(&mut out);
     }
@@ -286,6 +290,24 @@ pub(crate) fn render(hub: &Hub) -> String {
         }
     }
     out
+}
+
+/// Refusals summed over the workers, one sample per reason (every reason listed, 0 included,
+/// so that a rate over them is defined from the start).
+fn render_refusals(out: &mut String, hub: &Hub) {
+    let _ = writeln!(
+        out,
+        "# HELP uringcast_refusals_total Requests and connections refused, by reason."
+    );
+    let _ = writeln!(out, "# TYPE uringcast_refusals_total counter");
+    for reason in crate::refusal::Reason::ALL {
+        let sum: u64 = hub.stats.iter().map(|s| s.refusals.get(reason)).sum();
+        let _ = writeln!(
+            out,
+            "uringcast_refusals_total{{reason=\"{}\"}} {sum}",
+            reason.label()
+        );
+    }
 }
 
 /// Appends one family with a single sample, not per worker: its HELP and TYPE lines, then

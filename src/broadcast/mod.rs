@@ -193,7 +193,9 @@ impl<H: Handler> Service for Broadcast<H> {
             || request.header("sec-websocket-key").is_some()
             || request.header("sec-websocket-version").is_some();
         if !websocket {
-            return self.endpoints.admit(request);
+            return self
+                .endpoints
+                .admit(request, &self.hub.stats[self.worker].refusals);
         }
         if !self.origins.allows(request.header("origin")) {
             // Cross-site WebSocket hijacking: a page of another site, with the user's cookies.
@@ -214,6 +216,10 @@ impl<H: Handler> Service for Broadcast<H> {
                 protocol: Some(protocol),
             },
             Decision::Reject(status) => Admission::Reject(status),
+            Decision::Refuse(refusal) => {
+                self.hub.stats[self.worker].refusals.count(refusal.reason);
+                Admission::Respond(refusal.response())
+            }
         }
     }
 
@@ -374,6 +380,9 @@ impl<H: Handler> Broadcast<H> {
             self.hub.stats[self.worker]
                 .subscribe_refusals
                 .fetch_add(std::mem::take(&mut actions.refused), Ordering::Relaxed);
+        }
+        if let Some(reason) = actions.refusal.take() {
+            self.hub.stats[self.worker].refusals.count(reason);
         }
         for action in actions.list.drain(..) {
             match action {

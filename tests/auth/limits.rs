@@ -1,0 +1,1 @@
+//! Caps per address, connection and server.
