@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::auth::{Authorizer, ClientPublish, Verifier};
 use crate::broker::{BrokerConfig, BrokerUrl};
 use crate::driver::DriverConfig;
+use crate::limits::{Cidr, LimitSettings, Limits};
 use crate::protocol::handshake::DEFAULT_MAX_HEAD_BYTES;
 use crate::protocol::origin::AllowedOrigins;
 pub use crate::protocol::DEFAULT_MAX_MESSAGE_BYTES;
@@ -108,6 +109,9 @@ pub struct Config {
     pub(crate) broker: Option<BrokerConfig>,
     /// Who may subscribe and publish: the JWT key, the publish token, `--client-publish`.
     pub(crate) authorizer: Arc<Authorizer>,
+    /// Caps per server, client address and connection, shared by the workers (a `Config`
+    /// spawned twice shares them too).
+    pub(crate) limits: Arc<Limits>,
 }
 
 impl Config {
@@ -130,6 +134,10 @@ impl Config {
     /// The access policy, for any request type with a topic (WebSocket, SSE, HTTP).
     pub fn authorizer(&self) -> &Arc<Authorizer> {
         &self.authorizer
+    }
+    /// The caps per server, client address and connection, for any long-lived request type.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 }
 
@@ -211,6 +219,8 @@ pub struct ServerBuilder {
     /// Read by `build`, which turns them into `config.authorizer`.
     jwt_key: Option<JwtKey>,
     client_publish: Option<ClientPublish>,
+    /// Read by `build`, which turns them into `config.limits`.
+    limit_settings: LimitSettings,
 }
 
 /// Where the key that checks tokens comes from.
@@ -249,6 +259,7 @@ impl Default for ServerBuilder {
                 },
                 broker: None,
                 authorizer: Arc::new(Authorizer::open()),
+                limits: Arc::new(Limits::default()),
                 driver: DriverConfig {
                     workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -265,6 +276,7 @@ impl Default for ServerBuilder {
                     tls: None,
                     deflate: false,
                     deflate_min_bytes: DEFAULT_DEFLATE_MIN_BYTES,
+                    peer_addresses: false,
                 },
             },
             tls_files: None,
@@ -273,6 +285,7 @@ impl Default for ServerBuilder {
             broker_optional: false,
             jwt_key: None,
             client_publish: None,
+            limit_settings: LimitSettings::default(),
         }
     }
 }
@@ -477,6 +490,50 @@ impl ServerBuilder {
         self
     }
 
+    /// Connections (WebSocket upgrades, and later SSE streams) the server holds at once;
+    /// past it, upgrades get 503 with `Retry-After` while the listener keeps answering.
+    /// Default: no cap but the file tables'.
+    pub fn max_connections(mut self, count: Option<usize>) -> Self {
+        self.limit_settings.max_connections = count;
+        self
+    }
+
+    /// Connections one client address (an IPv6 /64) holds at once, over all workers; past
+    /// it, upgrades get 429 with `Retry-After`. Default: no cap.
+    pub fn max_connections_per_ip(mut self, count: Option<u32>) -> Self {
+        self.limit_settings.max_connections_per_ip = count;
+        self
+    }
+
+    /// Upgrades one client address may start per second (a token bucket with a burst of as
+    /// many); past it, 429 with `Retry-After`. Default: no cap.
+    pub fn max_handshakes_per_ip(mut self, per_second: Option<u32>) -> Self {
+        self.limit_settings.max_handshakes_per_ip = per_second;
+        self
+    }
+
+    /// Messages one connection may send per second (a token bucket with a burst of as
+    /// many); past it, the connection is closed with 1008. Default: no cap.
+    pub fn max_messages_per_second(mut self, per_second: Option<u32>) -> Self {
+        self.limit_settings.max_messages_per_second = per_second;
+        self
+    }
+
+    /// Payload bytes one connection may send per second (a token bucket with a burst of one
+    /// second's worth; a larger message passes only from a full bucket); past it, the
+    /// connection is closed with 1008. Default: no cap.
+    pub fn max_bytes_per_second(mut self, per_second: Option<u64>) -> Self {
+        self.limit_settings.max_bytes_per_second = per_second;
+        self
+    }
+
+    /// Peers whose `Forwarded` or `X-Forwarded-For` header names the client for the caps
+    /// per address (default: none; every peer is its own client).
+    pub fn trusted_proxies(mut self, proxies: Vec<Cidr>) -> Self {
+        self.limit_settings.trusted_proxies = proxies;
+        self
+    }
+
     /// Validates every setting.
     ///
     /// # Errors
@@ -556,7 +613,43 @@ impl ServerBuilder {
                 message: d.max_message_bytes,
             });
         }
+        let l = &self.limit_settings;
+        let caps: [(&str, Option<u64>, u64); 5] = [
+            (
+                "max-connections",
+                l.max_connections.map(|n| n as u64),
+                1 << 32,
+            ),
+            (
+                "max-connections-per-ip",
+                l.max_connections_per_ip.map(u64::from),
+                1 << 24,
+            ),
+            (
+                "max-handshakes-per-ip",
+                l.max_handshakes_per_ip.map(u64::from),
+                1 << 24,
+            ),
+            (
+                "max-messages-per-second",
+                l.max_messages_per_second.map(u64::from),
+                1 << 30,
+            ),
+            ("max-bytes-per-second", l.max_bytes_per_second, 1 << 40),
+        ];
+        for (name, value, max) in caps {
+            if let Some(value) = value.filter(|v| !(1..=max).contains(v)) {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    min: 1,
+                    max,
+                });
+            }
+        }
         let mut config = self.config;
+        config.driver.peer_addresses = self.limit_settings.needs_addresses();
+        config.limits = Arc::new(Limits::new(&self.limit_settings));
         let verifier = match &self.jwt_key {
             None => None,
             Some(_) if config.mode != Mode::Broadcast => {

@@ -22,6 +22,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod config;
 pub mod driver;
+pub mod limits;
 mod modes;
 mod prefetch;
 pub mod protocol;

@@ -117,6 +117,31 @@ struct Cli {
     /// (EC P-256) or EdDSA (Ed25519), chosen by the key.
     #[arg(long, value_name = "FILE")]
     jwt_public_key: Option<std::path::PathBuf>,
+    /// Connections the server holds at once (WebSocket upgrades); past it, 503 with
+    /// Retry-After [default: no cap but the file tables'].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections one client address (an IPv6 /64) holds at once, over all workers; past
+    /// it, 429 with Retry-After [default: no cap].
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<u32>,
+    /// Upgrades one client address may start per second (burst: as many); past it, 429 with
+    /// Retry-After [default: no cap].
+    #[arg(long, value_name = "R")]
+    max_handshakes_per_ip: Option<u32>,
+    /// Messages one connection may send per second (burst: as many); past it, close 1008
+    /// [default: no cap].
+    #[arg(long, value_name = "R")]
+    max_messages_per_second: Option<u32>,
+    /// Payload bytes one connection may send per second (burst: one second's worth); past
+    /// it, close 1008 [default: no cap].
+    #[arg(long, value_name = "B")]
+    max_bytes_per_second: Option<u64>,
+    /// Peers (comma-separated addresses or CIDR blocks) whose Forwarded / X-Forwarded-For
+    /// header names the client for the caps per address; from any other peer they are
+    /// ignored.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    trusted_proxies: Vec<uringcast::limits::Cidr>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -227,6 +252,13 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
     if let Some(path) = cli.jwt_public_key {
         builder = builder.jwt_public_key(path);
     }
+    builder = builder
+        .max_connections(cli.max_connections)
+        .max_connections_per_ip(cli.max_connections_per_ip)
+        .max_handshakes_per_ip(cli.max_handshakes_per_ip)
+        .max_messages_per_second(cli.max_messages_per_second)
+        .max_bytes_per_second(cli.max_bytes_per_second)
+        .trusted_proxies(cli.trusted_proxies);
     if let Some(url) = cli.broker {
         builder = builder
             .broker(url)

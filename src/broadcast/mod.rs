@@ -42,6 +42,19 @@ use crate::protocol::{CloseCode, OpCode};
 pub struct ConnState<D> {
     subs: Subscriptions,
     user: D,
+    /// The connection's place under the caps and its send budget, when any cap is set
+    /// (boxed: 8 bytes per connection when none is).
+    fair: Option<Box<Fair>>,
+}
+
+/// A connection's share under the caps (see [`crate::limits`]).
+#[derive(Debug, Default)]
+struct Fair {
+    /// Its place on the server and in its address's count, given back when it is dropped.
+    _admitted: Option<crate::limits::Admitted>,
+    budget: crate::limits::ConnBudget,
+    /// Closed for going past its budget: what it still sends is ignored.
+    over: bool,
 }
 
 /// The broadcast service of one worker, running the embedder's handler `H`.
@@ -59,6 +72,12 @@ pub(crate) struct Broadcast<H: Handler> {
     last_panic_warning: Option<Instant>,
     limits: crate::config::TopicLimits,
     origins: crate::protocol::origin::AllowedOrigins,
+    /// Caps per server, address and connection.
+    caps: Arc<crate::limits::Limits>,
+    /// The place admitted for the upgrade in progress: `on_open` of the same request, which
+    /// the driver calls right after `on_request` on this worker, moves it into the
+    /// connection; any other request drops (frees) it first.
+    admitted: Option<crate::limits::Admitted>,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -75,6 +94,8 @@ impl<H: Handler> Broadcast<H> {
             last_panic_warning: None,
             limits: config.topic_limits,
             origins: config.allowed_origins.clone(),
+            caps: Arc::clone(&config.limits),
+            admitted: None,
         }
     }
 
@@ -187,6 +208,8 @@ impl<H: Handler> Service for Broadcast<H> {
     type Data = ConnState<H::Data>;
 
     fn on_request(&mut self, request: &Request) -> Admission {
+        // An upgrade admitted earlier that never opened (it failed validation) frees its place.
+        self.admitted = None;
         // Any WebSocket header makes it an upgrade attempt, so a broken one gets its 400 or
         // 426 rather than being served as a page.
         let websocket = request.is_upgrade()
@@ -204,9 +227,20 @@ impl<H: Handler> Service for Broadcast<H> {
                 .fetch_add(1, Ordering::Relaxed);
             return Admission::Reject(403);
         }
+        if self.caps.caps_upgrades() {
+            // Before any token is checked: the caps are what keeps that work bounded.
+            match self.caps.admit(request, Instant::now()) {
+                Ok(admitted) => self.admitted = Some(admitted),
+                Err(refusal) => {
+                    self.hub.stats[self.worker].refusals.count(refusal.reason);
+                    return Admission::Respond(refusal.response());
+                }
+            }
+        }
         let handler = &mut self.handler;
         let decision = catch_unwind(AssertUnwindSafe(|| handler.on_upgrade(request)));
         let Ok(decision) = decision else {
+            self.admitted = None;
             self.handler_panicked("on_upgrade");
             return Admission::Reject(500);
         };
@@ -215,8 +249,12 @@ impl<H: Handler> Service for Broadcast<H> {
             Decision::AcceptProtocol(protocol) => Admission::Upgrade {
                 protocol: Some(protocol),
             },
-            Decision::Reject(status) => Admission::Reject(status),
+            Decision::Reject(status) => {
+                self.admitted = None;
+                Admission::Reject(status)
+            }
             Decision::Refuse(refusal) => {
+                self.admitted = None;
                 self.hub.stats[self.worker].refusals.count(refusal.reason);
                 Admission::Respond(refusal.response())
             }
@@ -226,6 +264,12 @@ impl<H: Handler> Service for Broadcast<H> {
     fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
+            if self.caps.caps_upgrades() || self.caps.caps_messages() {
+                state.fair = Some(Box::new(Fair {
+                    _admitted: self.admitted.take(),
+                    ..Fair::default()
+                }));
+            }
             let gate = handler::Gate {
                 limits: self.limits,
                 topics: &self.topics,
@@ -254,6 +298,9 @@ impl<H: Handler> Service for Broadcast<H> {
         self.hub.stats[self.worker]
             .bytes_in
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        if self.caps.caps_messages() && !self.within_budget(ctx, conn, payload.len()) {
+            return;
+        }
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
             let gate = handler::Gate {
@@ -335,6 +382,30 @@ impl<H: Handler> Service for Broadcast<H> {
 }
 
 impl<H: Handler> Broadcast<H> {
+    /// Charges a message to its connection's budget; past it, closes the connection with
+    /// 1008 (RFC 6455 §7.4.1, policy) and counts it, once, and returns `false`.
+    fn within_budget(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        bytes: usize,
+    ) -> bool {
+        let Some(fair) = ctx.data(conn).and_then(|s| s.fair.as_deref_mut()) else {
+            return true;
+        };
+        if fair.over {
+            return false;
+        }
+        let Err(reason) = fair.budget.charge(&self.caps, bytes, Instant::now()) else {
+            return true;
+        };
+        fair.over = true;
+        self.hub.stats[self.worker].refusals.count(reason);
+        tracing::debug!(reason = reason.label(), "connection over its rate");
+        ctx.close(conn, CloseCode::POLICY_VIOLATION, reason.label());
+        false
+    }
+
     /// A handler callback panicked for `conn`: what it asked for is dropped, and the
     /// connection is closed with 1011 (RFC 6455 §7.4.1: an unexpected condition) while the
     /// worker goes on serving its other connections.

@@ -37,7 +37,7 @@ impl<S: Service> Worker<S> {
         conn.deadline = crate::driver::timer::NEVER;
         let close_state = match &conn.stage {
             Stage::Open(ws) => Some(ws.close_state()),
-            Stage::Handshake(_) | Stage::Http { .. } | Stage::Answered => None,
+            Stage::Handshake(..) | Stage::Http { .. } | Stage::Answered => None,
         };
         match (conn.ending, close_state) {
             (Ending::Teardown, _) => {}

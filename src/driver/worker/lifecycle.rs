@@ -32,7 +32,7 @@ impl<S: Service> Worker<S> {
                         self.mark_dirty(key);
                     }
                 }
-                (Stage::Handshake(_), _) => self.teardown(key),
+                (Stage::Handshake(..), _) => self.teardown(key),
                 _ => {}
             }
         }
