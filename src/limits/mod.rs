@@ -274,6 +274,13 @@ mod tests {
     }
 
     #[test]
+    fn a_connections_share_is_small() {
+        // What a connection's boxed share holds: its tickets, two buckets and a flag.
+        let share = size_of::<Option<Admitted>>() + size_of::<ConnBudget>() + 8;
+        assert!(share <= 80, "{share} bytes");
+    }
+
+    #[test]
     fn a_connection_past_its_rates_is_refused() {
         let limits = Limits::new(&LimitSettings {
             max_messages_per_second: Some(5),
