@@ -742,4 +742,63 @@ mod tests {
             assert!(error.contains(flag), "{error:?} does not name {flag}");
         }
     }
+
+    #[test]
+    fn caps_and_access_settings_are_checked() {
+        let cases: [(ServerBuilder, &str); 7] = [
+            (
+                ServerBuilder::default().max_connections(Some(0)),
+                "--max-connections",
+            ),
+            (
+                ServerBuilder::default().max_connections_per_ip(Some(0)),
+                "--max-connections-per-ip",
+            ),
+            (
+                ServerBuilder::default().max_handshakes_per_ip(Some(0)),
+                "--max-handshakes-per-ip",
+            ),
+            (
+                ServerBuilder::default().max_messages_per_second(Some(0)),
+                "--max-messages-per-second",
+            ),
+            (
+                ServerBuilder::default().max_bytes_per_second(Some(0)),
+                "--max-bytes-per-second",
+            ),
+            (
+                ServerBuilder::default()
+                    .mode(Mode::Broadcast)
+                    .client_publish(ClientPublish::Token),
+                "--client-publish",
+            ),
+            (ServerBuilder::default().jwt_secret("s"), "--jwt-secret"),
+        ];
+        for (builder, flag) in cases {
+            let error = builder.build().expect_err(flag).to_string();
+            assert!(error.contains(flag), "{error:?} does not name {flag}");
+        }
+        // A cap per address makes the workers learn peer addresses; none leaves them be.
+        let capped = ServerBuilder::default()
+            .max_connections_per_ip(Some(4))
+            .build()
+            .expect("valid");
+        assert!(capped.driver.peer_addresses);
+        assert!(
+            !ServerBuilder::default()
+                .build()
+                .expect("valid")
+                .driver
+                .peer_addresses
+        );
+        let locked = ServerBuilder::default()
+            .mode(Mode::Broadcast)
+            .jwt_secret("s")
+            .build()
+            .expect("valid");
+        assert_eq!(locked.authorizer().client_publish(), ClientPublish::Token);
+        // The secret never shows in a debug dump of the builder.
+        let dump = format!("{:?}", ServerBuilder::default().jwt_secret("hunter2"));
+        assert!(!dump.contains("hunter2"), "{dump}");
+    }
 }
