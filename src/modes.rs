@@ -31,7 +31,7 @@ impl Handler for Echo {
 /// subscription needs a JWT covering the room when a JWT key is configured, a publish-only
 /// connection needs a credential as soon as one is configured, and a subscriber's messages are
 /// published only as `--client-publish` allows (else the connection is closed with 1008).
-/// The handler made by [`RoomsByPath::with_access`] applies it; [`RoomsByPath`] as a value
+/// The handler made by [`RoomsByPath::with_access`] applies it; `RoomsByPath` as a value
 /// (and [`Default`]) is the open handler, which lets anyone do anything.
 #[derive(Clone, Debug, Default)]
 pub struct RoomsByPath {

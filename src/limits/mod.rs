@@ -2,7 +2,7 @@
 //! upgrade (503, 429 with `Retry-After`) or on each message (close 1008).
 //!
 //! Sans-IO in its parts ([`rate`], [`proxies`]): the caller passes the request and `now`. The
-//! counts shared by every worker are atomics ([`ServerSlots`]) or one short-held lock
+//! counts shared by every worker are atomics (the server's count) or one short-held lock
 //! ([`addresses::AddressTable`]), taken once per upgrade and once per close, never per message.
 
 pub mod addresses;
