@@ -8,6 +8,7 @@ use crate::auth::{Authorizer, Grant, UnixTime};
 use crate::broadcast::{Connection, Decision, Handler, Message};
 use crate::protocol::handshake::Request;
 use crate::protocol::CloseCode;
+use crate::refusal::Reason;
 
 /// Sends every message back to its sender with its opcode (`--mode echo`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -128,10 +129,18 @@ impl Handler for RoomsByPath {
     fn on_message(&mut self, conn: &mut Connection<'_, Room>, message: Message<'_>) {
         let room = conn.data();
         let topic = room.topic.clone();
-        // Publish-only connections were authorized for their topic at the upgrade; a
-        // subscriber publishes as `--client-publish` says.
-        if let (Some(access), false) = (&self.access, room.publish_only) {
-            if let Err(reason) = access.authorize_message(&room.grant, &topic, UnixTime::now()) {
+        if let Some(access) = &self.access {
+            // Publish-only connections were authorized for their topic at the upgrade, until
+            // their token (if they came with one) expires; a subscriber publishes as
+            // `--client-publish` says.
+            let verdict = match (&room.grant.claims, room.publish_only) {
+                (Some(claims), true) if claims.expired_at(UnixTime::now().0) => {
+                    Err(Reason::TokenExpired)
+                }
+                (_, true) => Ok(()),
+                (_, false) => access.authorize_message(&room.grant, &topic, UnixTime::now()),
+            };
+            if let Err(reason) = verdict {
                 return conn.refuse(reason);
             }
         }

@@ -376,3 +376,38 @@ fn bad_access_settings_exit_2() -> Result<()> {
     }
     Ok(())
 }
+
+/// A connection whose token expires keeps its subscription, but its next publish closes it
+/// with 1008 `token_expired`: a subscriber's and a publish-only connection's alike.
+#[test]
+fn an_expired_token_can_no_longer_publish() -> Result<()> {
+    let server = Server::start(&[
+        "--mode",
+        "broadcast",
+        "--workers",
+        "1",
+        "--jwt-secret",
+        SECRET,
+    ])?;
+    let addr = server.addr();
+    // Still inside the 30 s leeway at the upgrade, past it 2 to 3 s later.
+    let exp = now() - 28;
+    let token = jwt(
+        SECRET,
+        json!({"exp": exp, "subscribe": ["t"], "publish": ["t"]}),
+    );
+    let mut subscriber = open(addr, &format!("/t?token={token}"))?;
+    let mut feed = open(addr, &format!("/publish/t?token={token}"))?;
+    feed.send(&client_frame(OpCode::Text, true, b"in time"))?;
+    ensure!(subscriber.read_message()? == (0x1, b"in time".to_vec()));
+    // Time itself is the signal here: wait until the token is past its leeway.
+    while now() <= exp + 30 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    feed.send(&client_frame(OpCode::Text, true, b"too late"))?;
+    ensure!(close_of(&mut feed)? == (Some(1008), "token_expired".into()));
+    subscriber.send(&client_frame(OpCode::Text, true, b"too late"))?;
+    ensure!(close_of(&mut subscriber)? == (Some(1008), "token_expired".into()));
+    ensure!(refusals(addr, "token_expired")? == 2);
+    Ok(())
+}
