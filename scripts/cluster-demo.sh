@@ -108,8 +108,11 @@ run_one() { # kind url
     log "== $kind: $url"
     for i in $(seq 1 $NODES); do
         port=$(free_port)
+        # The load generator's publishers are members of the room they publish to: allowed
+        # explicitly, since a publish token alone makes subscribers read-only.
         "$SERVER" --listen "127.0.0.1:$port" --mode broadcast --workers 1 \
-            --publish-token "$TOKEN" --broker "$url" >"$WORK/node-$kind-$i.out" 2>"$WORK/node-$kind-$i.log" &
+            --publish-token "$TOKEN" --client-publish all \
+            --broker "$url" >"$WORK/node-$kind-$i.out" 2>"$WORK/node-$kind-$i.log" &
         PIDS+=($!)
         for _ in $(seq 1 100); do
             grep -q '^listening on' "$WORK/node-$kind-$i.out" 2>/dev/null && break

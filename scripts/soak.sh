@@ -28,7 +28,14 @@ mkdir -p "$(dirname "$json")" target/soak
 cargo build --release -q
 cargo build --release -q --manifest-path scripts/peers/Cargo.toml --bin soak
 
-server_flags=(--listen 127.0.0.1:0 --mode broadcast --publish-token soaktoken)
+# Good subscribers and echo clients publish to their rooms: subscribers' messages are
+# allowed explicitly (a publish token alone makes them read-only).
+server_flags=(--listen 127.0.0.1:0 --mode broadcast --publish-token soaktoken --client-publish all)
+# Caps the hostile clients from 127.0.0.2 run into, far above what the good ones (and the
+# other hostile ones, all on 127.0.0.1) use: ~60 connections, 200 messages/s per publisher.
+if target/release/uringcast --help | grep -q -- '--max-connections-per-ip'; then
+  server_flags+=(--max-connections-per-ip 256 --max-messages-per-second 1000)
+fi
 if target/release/uringcast --help | grep -q -- '--max-pending-bytes'; then
   server_flags+=(--max-pending-bytes "${SOAK_MAX_PENDING_BYTES:-33554432}")
 fi

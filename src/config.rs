@@ -6,8 +6,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{Authorizer, ClientPublish, Verifier};
 use crate::broker::{BrokerConfig, BrokerUrl};
 use crate::driver::DriverConfig;
+use crate::limits::{Cidr, LimitSettings, Limits};
 use crate::protocol::handshake::DEFAULT_MAX_HEAD_BYTES;
 use crate::protocol::origin::AllowedOrigins;
 pub use crate::protocol::DEFAULT_MAX_MESSAGE_BYTES;
@@ -136,6 +138,11 @@ pub struct Config {
     pub(crate) history: Option<HistoryConfig>,
     /// Server-Sent Events on `GET /<topic>` with `Accept: text/event-stream`.
     pub(crate) sse: bool,
+    /// Who may subscribe and publish: the JWT key, the publish token, `--client-publish`.
+    pub(crate) authorizer: Arc<Authorizer>,
+    /// Caps per server, client address and connection, shared by the workers (a `Config`
+    /// spawned twice shares them too).
+    pub(crate) limits: Arc<Limits>,
 }
 
 impl Config {
@@ -154,6 +161,14 @@ impl Config {
     /// Worker threads.
     pub fn workers(&self) -> usize {
         self.driver.workers
+    }
+    /// The access policy, for any request type with a topic (WebSocket, SSE, HTTP).
+    pub fn authorizer(&self) -> &Arc<Authorizer> {
+        &self.authorizer
+    }
+    /// The caps per server, client address and connection, for any long-lived request type.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 }
 
@@ -214,6 +229,12 @@ pub enum ConfigError {
         /// `max_message_bytes`.
         message: u64,
     },
+    /// The JWT key cannot be used.
+    #[error(transparent)]
+    Jwt(#[from] crate::auth::KeyError),
+    /// Two settings that cannot go together, or one that needs another.
+    #[error("{0}")]
+    Conflict(&'static str),
 }
 
 /// Builds a [`Config`]; setters take and return `Self`.
@@ -231,6 +252,28 @@ pub struct ServerBuilder {
     history_ttl: Duration,
     history_max_bytes: usize,
     max_recover: usize,
+    /// Read by `build`, which turns them into `config.authorizer`.
+    jwt_key: Option<JwtKey>,
+    client_publish: Option<ClientPublish>,
+    /// Read by `build`, which turns them into `config.limits`.
+    limit_settings: LimitSettings,
+}
+
+/// Where the key that checks tokens comes from.
+#[derive(Clone)]
+enum JwtKey {
+    Secret(String),
+    PublicKeyFile(PathBuf),
+}
+
+impl std::fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // A secret is never printed, not even in a debug dump of the builder.
+            Self::Secret(_) => f.write_str("Secret(..)"),
+            Self::PublicKeyFile(path) => f.debug_tuple("PublicKeyFile").field(path).finish(),
+        }
+    }
 }
 
 impl Default for ServerBuilder {
@@ -253,6 +296,8 @@ impl Default for ServerBuilder {
                 broker: None,
                 history: None,
                 sse: true,
+                authorizer: Arc::new(Authorizer::open()),
+                limits: Arc::new(Limits::default()),
                 driver: DriverConfig {
                     workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
                     max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -269,6 +314,7 @@ impl Default for ServerBuilder {
                     tls: None,
                     deflate: false,
                     deflate_min_bytes: DEFAULT_DEFLATE_MIN_BYTES,
+                    peer_addresses: false,
                 },
             },
             tls_files: None,
@@ -279,6 +325,9 @@ impl Default for ServerBuilder {
             history_ttl: DEFAULT_HISTORY_TTL,
             history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
             max_recover: DEFAULT_MAX_RECOVER,
+            jwt_key: None,
+            client_publish: None,
+            limit_settings: LimitSettings::default(),
         }
     }
 }
@@ -498,6 +547,72 @@ impl ServerBuilder {
         self
     }
 
+    /// Checks tokens signed with HS256 and this shared secret: every subscription then needs
+    /// a JWT whose `subscribe` claim covers its topic (see [`crate::auth`]).
+    pub fn jwt_secret(mut self, secret: impl Into<String>) -> Self {
+        self.jwt_key = Some(JwtKey::Secret(secret.into()));
+        self
+    }
+
+    /// Checks tokens signed with the private half of this PEM public key: RS256 for an RSA
+    /// key, ES256 for an EC P-256 key, EdDSA for an Ed25519 key. Read by
+    /// [`build`](Self::build).
+    pub fn jwt_public_key(mut self, path: impl Into<PathBuf>) -> Self {
+        self.jwt_key = Some(JwtKey::PublicKeyFile(path.into()));
+        self
+    }
+
+    /// Who may publish from a WebSocket connection. Default: `Token` with a JWT key, `None`
+    /// with only a publish token, else `All` (see [`ClientPublish`]).
+    pub fn client_publish(mut self, who: ClientPublish) -> Self {
+        self.client_publish = Some(who);
+        self
+    }
+
+    /// Connections (WebSocket upgrades, and later SSE streams) the server holds at once;
+    /// past it, upgrades get 503 with `Retry-After` while the listener keeps answering.
+    /// Default: no cap but the file tables'.
+    pub fn max_connections(mut self, count: Option<usize>) -> Self {
+        self.limit_settings.max_connections = count;
+        self
+    }
+
+    /// Connections one client address (an IPv6 /64) holds at once, over all workers; past
+    /// it, upgrades get 429 with `Retry-After`. Default: no cap.
+    pub fn max_connections_per_ip(mut self, count: Option<u32>) -> Self {
+        self.limit_settings.max_connections_per_ip = count;
+        self
+    }
+
+    /// Upgrades one client address may start per second (a token bucket with a burst of as
+    /// many); past it, 429 with `Retry-After`. Default: no cap.
+    pub fn max_handshakes_per_ip(mut self, per_second: Option<u32>) -> Self {
+        self.limit_settings.max_handshakes_per_ip = per_second;
+        self
+    }
+
+    /// Messages one connection may send per second (a token bucket with a burst of as
+    /// many); past it, the connection is closed with 1008. Default: no cap.
+    pub fn max_messages_per_second(mut self, per_second: Option<u32>) -> Self {
+        self.limit_settings.max_messages_per_second = per_second;
+        self
+    }
+
+    /// Payload bytes one connection may send per second (a token bucket with a burst of one
+    /// second's worth; a larger message passes only from a full bucket); past it, the
+    /// connection is closed with 1008. Default: no cap.
+    pub fn max_bytes_per_second(mut self, per_second: Option<u64>) -> Self {
+        self.limit_settings.max_bytes_per_second = per_second;
+        self
+    }
+
+    /// Peers whose `Forwarded` or `X-Forwarded-For` header names the client for the caps
+    /// per address (default: none; every peer is its own client).
+    pub fn trusted_proxies(mut self, proxies: Vec<Cidr>) -> Self {
+        self.limit_settings.trusted_proxies = proxies;
+        self
+    }
+
     /// Validates every setting.
     ///
     /// # Errors
@@ -577,6 +692,40 @@ impl ServerBuilder {
                 message: d.max_message_bytes,
             });
         }
+        let l = &self.limit_settings;
+        let caps: [(&str, Option<u64>, u64); 5] = [
+            (
+                "max-connections",
+                l.max_connections.map(|n| n as u64),
+                1 << 32,
+            ),
+            (
+                "max-connections-per-ip",
+                l.max_connections_per_ip.map(u64::from),
+                1 << 24,
+            ),
+            (
+                "max-handshakes-per-ip",
+                l.max_handshakes_per_ip.map(u64::from),
+                1 << 24,
+            ),
+            (
+                "max-messages-per-second",
+                l.max_messages_per_second.map(u64::from),
+                1 << 30,
+            ),
+            ("max-bytes-per-second", l.max_bytes_per_second, 1 << 40),
+        ];
+        for (name, value, max) in caps {
+            if let Some(value) = value.filter(|v| !(1..=max).contains(v)) {
+                return Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    min: 1,
+                    max,
+                });
+            }
+        }
         let mut config = self.config;
         if self.history > 0 {
             let counts: [(&str, u64, u64, u64); 3] = [
@@ -618,6 +767,28 @@ impl ServerBuilder {
                 max_recover: self.max_recover,
             });
         }
+        config.driver.peer_addresses = self.limit_settings.needs_addresses();
+        config.limits = Arc::new(Limits::new(&self.limit_settings));
+        let verifier = match &self.jwt_key {
+            None => None,
+            Some(_) if config.mode != Mode::Broadcast => {
+                return Err(ConfigError::Conflict(
+                    "--jwt-secret and --jwt-public-key need --mode broadcast",
+                ))
+            }
+            Some(JwtKey::Secret(secret)) => Some(Verifier::hs256(secret.as_bytes())?),
+            Some(JwtKey::PublicKeyFile(path)) => Some(Verifier::from_public_key_file(path)?),
+        };
+        if self.client_publish == Some(ClientPublish::Token) && verifier.is_none() {
+            return Err(ConfigError::Conflict(
+                "--client-publish token needs --jwt-secret or --jwt-public-key",
+            ));
+        }
+        config.authorizer = Arc::new(Authorizer::new(
+            verifier,
+            config.publish_token.clone(),
+            self.client_publish,
+        ));
         if let Some(url) = &self.broker_url {
             if !BrokerConfig::valid_prefix(&self.broker_prefix) {
                 return Err(ConfigError::BrokerPrefix {
@@ -689,5 +860,64 @@ mod tests {
             let error = builder.build().expect_err(flag).to_string();
             assert!(error.contains(flag), "{error:?} does not name {flag}");
         }
+    }
+
+    #[test]
+    fn caps_and_access_settings_are_checked() {
+        let cases: [(ServerBuilder, &str); 7] = [
+            (
+                ServerBuilder::default().max_connections(Some(0)),
+                "--max-connections",
+            ),
+            (
+                ServerBuilder::default().max_connections_per_ip(Some(0)),
+                "--max-connections-per-ip",
+            ),
+            (
+                ServerBuilder::default().max_handshakes_per_ip(Some(0)),
+                "--max-handshakes-per-ip",
+            ),
+            (
+                ServerBuilder::default().max_messages_per_second(Some(0)),
+                "--max-messages-per-second",
+            ),
+            (
+                ServerBuilder::default().max_bytes_per_second(Some(0)),
+                "--max-bytes-per-second",
+            ),
+            (
+                ServerBuilder::default()
+                    .mode(Mode::Broadcast)
+                    .client_publish(ClientPublish::Token),
+                "--client-publish",
+            ),
+            (ServerBuilder::default().jwt_secret("s"), "--jwt-secret"),
+        ];
+        for (builder, flag) in cases {
+            let error = builder.build().expect_err(flag).to_string();
+            assert!(error.contains(flag), "{error:?} does not name {flag}");
+        }
+        // A cap per address makes the workers learn peer addresses; none leaves them be.
+        let capped = ServerBuilder::default()
+            .max_connections_per_ip(Some(4))
+            .build()
+            .expect("valid");
+        assert!(capped.driver.peer_addresses);
+        assert!(
+            !ServerBuilder::default()
+                .build()
+                .expect("valid")
+                .driver
+                .peer_addresses
+        );
+        let locked = ServerBuilder::default()
+            .mode(Mode::Broadcast)
+            .jwt_secret("s")
+            .build()
+            .expect("valid");
+        assert_eq!(locked.authorizer().client_publish(), ClientPublish::Token);
+        // The secret never shows in a debug dump of the builder.
+        let dump = format!("{:?}", ServerBuilder::default().jwt_secret("hunter2"));
+        assert!(!dump.contains("hunter2"), "{dump}");
     }
 }

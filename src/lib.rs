@@ -19,14 +19,17 @@
 #![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod auth;
 pub mod broadcast;
 pub mod broker;
 pub mod config;
 pub mod driver;
+pub mod limits;
 mod modes;
 mod prefetch;
 pub mod protocol;
 pub mod pusher;
+pub mod refusal;
 pub mod server;
 pub mod sse;
 pub mod tls;

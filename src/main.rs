@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use tracing_subscriber::EnvFilter;
+use uringcast::auth::ClientPublish;
 use uringcast::config::{self, Mode, SlowConsumer};
 use uringcast::protocol::origin::AllowedOrigins;
 use uringcast::server::{self, Server};
@@ -139,6 +140,59 @@ struct Cli {
     /// every event type; in --apps, each app has its own list.
     #[arg(long, value_name = "URL", conflicts_with = "apps")]
     app_webhook: Option<String>,
+    /// Who may publish from a WebSocket: `all`, `none` (subscribers are read-only: a message
+    /// closes the connection with 1008), or `token` (a JWT whose `publish` claim covers the
+    /// topic). Default: `token` with a JWT key, `none` with only --publish-token, else `all`.
+    #[arg(long, value_enum)]
+    client_publish: Option<CliClientPublish>,
+    /// Check tokens signed with HS256 and this secret (also read from URINGCAST_JWT_SECRET):
+    /// every subscription then needs a JWT whose `subscribe` claim covers its topic.
+    #[arg(
+        long,
+        env = "URINGCAST_JWT_SECRET",
+        hide_env_values = true,
+        conflicts_with = "jwt_public_key"
+    )]
+    jwt_secret: Option<String>,
+    /// Check tokens signed by this PEM public key's private half: RS256 (RSA), ES256
+    /// (EC P-256) or EdDSA (Ed25519), chosen by the key.
+    #[arg(long, value_name = "FILE")]
+    jwt_public_key: Option<std::path::PathBuf>,
+    /// Connections the server holds at once (WebSocket upgrades); past it, 503 with
+    /// Retry-After [default: no cap but the file tables'].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Connections one client address (an IPv6 /64) holds at once, over all workers; past
+    /// it, 429 with Retry-After [default: no cap].
+    #[arg(long, value_name = "N")]
+    max_connections_per_ip: Option<u32>,
+    /// Upgrades one client address may start per second (burst: as many); past it, 429 with
+    /// Retry-After [default: no cap].
+    #[arg(long, value_name = "R")]
+    max_handshakes_per_ip: Option<u32>,
+    /// Messages one connection may send per second (burst: as many); past it, close 1008
+    /// [default: no cap].
+    #[arg(long, value_name = "R")]
+    max_messages_per_second: Option<u32>,
+    /// Payload bytes one connection may send per second (burst: one second's worth); past
+    /// it, close 1008 [default: no cap].
+    #[arg(long, value_name = "B")]
+    max_bytes_per_second: Option<u64>,
+    /// Peers (comma-separated addresses or CIDR blocks) whose Forwarded / X-Forwarded-For
+    /// header names the client for the caps per address; from any other peer they are
+    /// ignored.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',')]
+    trusted_proxies: Vec<uringcast::limits::Cidr>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum CliClientPublish {
+    /// Any connection may publish to its topic.
+    All,
+    /// Subscribers may not publish; a message closes the connection with 1008.
+    None,
+    /// Only to the topics the connection's JWT `publish` claim covers.
+    Token,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -287,6 +341,26 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
     if let (Some(cert), Some(key)) = (cli.tls_cert, cli.tls_key) {
         builder = builder.tls(cert, key);
     }
+    if let Some(who) = cli.client_publish {
+        builder = builder.client_publish(match who {
+            CliClientPublish::All => ClientPublish::All,
+            CliClientPublish::None => ClientPublish::None,
+            CliClientPublish::Token => ClientPublish::Token,
+        });
+    }
+    if let Some(secret) = cli.jwt_secret {
+        builder = builder.jwt_secret(secret);
+    }
+    if let Some(path) = cli.jwt_public_key {
+        builder = builder.jwt_public_key(path);
+    }
+    builder = builder
+        .max_connections(cli.max_connections)
+        .max_connections_per_ip(cli.max_connections_per_ip)
+        .max_handshakes_per_ip(cli.max_handshakes_per_ip)
+        .max_messages_per_second(cli.max_messages_per_second)
+        .max_bytes_per_second(cli.max_bytes_per_second)
+        .trusted_proxies(cli.trusted_proxies);
     if let Some(url) = cli.broker {
         builder = builder
             .broker(url)

@@ -222,7 +222,10 @@ fn publish(hub: &Hub, topic: &str, opcode: OpCode, payload: &[u8]) -> Published 
 pub fn spawn(config: Config) -> Result<ServerHandle, StartError> {
     match config.mode {
         Mode::Echo => spawn_with(config, Echo),
-        Mode::Broadcast => spawn_with(config, RoomsByPath),
+        Mode::Broadcast => {
+            let rooms = RoomsByPath::with_access(Arc::clone(&config.authorizer));
+            spawn_with(config, rooms)
+        }
     }
 }
 

@@ -28,6 +28,9 @@ fn uringcast(mode: Mode, deflate: bool, workers: usize) -> ServerHandle {
         .ping_interval(None)
         .deflate(deflate)
         .publish_token(Some(TOKEN.to_owned()))
+        // The WebSocket publishers are members of their room: a publish token alone would
+        // make them read-only.
+        .client_publish(uringcast::auth::ClientPublish::All)
         .build()
         .expect("a valid configuration");
     server::spawn(config).expect("the server starts")

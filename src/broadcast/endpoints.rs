@@ -8,10 +8,12 @@ use bytes::Bytes;
 use super::history::{Log, Recovery};
 use super::publication::Position;
 use super::Hub;
+use crate::auth::{Authorizer, UnixTime};
 use crate::config::Config;
 use crate::driver::Admission;
 use crate::protocol::handshake::{http_response, Request};
 use crate::protocol::OpCode;
+use crate::refusal::{Reason, RefusalCounts};
 
 /// What an HTTP request turned into.
 pub(crate) enum Routed {
@@ -32,15 +34,16 @@ pub(crate) enum Routed {
 /// The plain HTTP endpoints: `POST /publish/<topic>`, `GET /healthz`, `GET /metrics`.
 #[derive(Clone, Debug)]
 pub(crate) struct Endpoints {
-    /// `Authorization: Bearer` value; the publish endpoint is off without one.
-    publish_token: Option<Arc<str>>,
+    /// Who may publish: the publish token or a JWT whose `publish` claim covers the topic;
+    /// the publish endpoint is off while neither is configured.
+    access: Arc<Authorizer>,
     max_publish_bytes: usize,
 }
 
 impl Endpoints {
     pub(crate) fn from_config(config: &Config) -> Self {
         Self {
-            publish_token: config.publish_token.as_deref().map(Arc::from),
+            access: Arc::clone(&config.authorizer),
             max_publish_bytes: config.driver.max_message_bytes.min(usize::MAX as u64) as usize,
         }
     }
@@ -48,18 +51,30 @@ impl Endpoints {
     /// Decides how to read a request that is not an upgrade, from its head alone: a publish
     /// that is off or unauthorized is refused before any byte of its body is read, and the
     /// connection closes instead of draining it.
-    pub(crate) fn admit(&self, request: &Request) -> Admission {
+    pub(crate) fn admit(&self, request: &Request, refusals: &RefusalCounts) -> Admission {
         match (request.method(), request.path()) {
             ("GET", "/healthz" | "/metrics") => Admission::Http { max_body_bytes: 0 },
-            ("GET", path) if path.starts_with("/history/") => match self.authorize(request) {
-                Ok(()) => Admission::Http { max_body_bytes: 0 },
-                Err(refusal) => Admission::Respond(refusal),
-            },
+            ("GET", path) if path.starts_with("/history/") => {
+                match self.authorize_history(request) {
+                    Ok(()) => Admission::Http { max_body_bytes: 0 },
+                    Err((reason, refusal)) => {
+                        if let Some(reason) = reason {
+                            refusals.count(reason);
+                        }
+                        Admission::Respond(refusal)
+                    }
+                }
+            }
             ("POST", path) if path.starts_with("/publish/") => match self.authorize(request) {
                 Ok(()) => Admission::Http {
                     max_body_bytes: self.max_publish_bytes,
                 },
-                Err(refusal) => Admission::Respond(refusal),
+                Err((reason, refusal)) => {
+                    if let Some(reason) = reason {
+                        refusals.count(reason);
+                    }
+                    Admission::Respond(refusal)
+                }
             },
             // Wrong methods and unknown paths are answered from the head: any body they
             // carry is never read, so it cannot earn a 413 instead of the right status.
@@ -67,32 +82,58 @@ impl Endpoints {
         }
     }
 
-    /// A publish needs the endpoint on (404) and the right bearer token (401).
-    fn authorize(&self, request: &Request) -> Result<(), Vec<u8>> {
-        let Some(token) = &self.publish_token else {
-            return Err(http_response(
-                404,
-                "Not Found",
-                &[("Connection", "close")],
-                Some("text/plain; charset=utf-8"),
-                b"publishing over HTTP is off: start with --publish-token\n",
+    /// A publish needs the endpoint on (404: no credential configured) and a credential for
+    /// its topic: the publish token, or a JWT whose `publish` claim covers it (401, 403).
+    fn authorize(&self, request: &Request) -> Result<(), (Option<Reason>, Vec<u8>)> {
+        if !self.access.locked() {
+            return Err((
+                None,
+                http_response(
+                    404,
+                    "Not Found",
+                    &[("Connection", "close")],
+                    Some("text/plain; charset=utf-8"),
+                    b"publishing over HTTP is off: start with --publish-token or a JWT key\n",
+                ),
             ));
-        };
-        let authorized = request
-            .header("authorization")
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()));
-        if authorized {
-            return Ok(());
         }
-        Err(http_response(
-            401,
-            "Unauthorized",
-            &[("WWW-Authenticate", "Bearer"), ("Connection", "close")],
-            Some("text/plain; charset=utf-8"),
-            b"missing or wrong bearer token\n",
-        ))
+        let topic = super::topic_of_path(&request.path()["/publish".len()..]);
+        match self
+            .access
+            .authorize_publish(request, topic, UnixTime::now())
+        {
+            Ok(_) => Ok(()),
+            Err(refusal) => Err((Some(refusal.reason), refusal.response())),
+        }
+    }
+
+    /// Reading a topic's history needs a credential configured (404 without) and, for the
+    /// topic, the publish token or a JWT whose `publish` or `subscribe` claim covers it.
+    fn authorize_history(&self, request: &Request) -> Result<(), (Option<Reason>, Vec<u8>)> {
+        if !self.access.locked() {
+            return Err((
+                None,
+                http_response(
+                    404,
+                    "Not Found",
+                    &[],
+                    Some("text/plain; charset=utf-8"),
+                    b"reading history over HTTP is off: start with --publish-token or a JWT key\n",
+                ),
+            ));
+        }
+        let topic = super::topic_of_path(&request.path()["/history".len()..]);
+        let now = UnixTime::now();
+        let refused = match self.access.authorize_publish(request, topic, now) {
+            Ok(_) => return Ok(()),
+            Err(refusal) => refusal,
+        };
+        if self.access.verifier().is_some() {
+            if let Ok(_) = self.access.authorize_subscribe(request, topic, now) {
+                return Ok(());
+            }
+        }
+        Err((Some(refused.reason), refused.response()))
     }
 
     /// The 404 or 405 (with `Allow`, RFC 9110 §15.5.6) for a request no endpoint takes.
@@ -140,7 +181,7 @@ impl Endpoints {
             ("POST", path) if path.starts_with("/publish/") => {
                 // Admitted only after `authorize` passed on the head; checked again so that a
                 // route never publishes without it.
-                if let Err(refusal) = self.authorize(request) {
+                if let Err((_, refusal)) = self.authorize(request) {
                     return Routed::Response(refusal);
                 }
                 // `/publish/room-a` is topic `room-a`; `/publish/` is the root topic `/`.
@@ -163,7 +204,7 @@ impl Endpoints {
                 }
             }
             ("GET", path) if path.starts_with("/history/") => {
-                if let Err(refusal) = self.authorize(request) {
+                if let Err((_, refusal)) = self.authorize_history(request) {
                     return Routed::Response(refusal);
                 }
                 let query = request.query().unwrap_or("");
@@ -270,9 +311,4 @@ impl Endpoints {
         body.push('\n');
         http_response(200, "OK", &[], Some("application/json"), body.as_bytes())
     }
-}
-
-/// Compares secrets without an early exit, so timing does not tell how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -22,6 +22,9 @@ pub enum Decision {
     AcceptProtocol(String),
     /// Refuse with this HTTP status, e.g. 401 or 403.
     Reject(u16),
+    /// Refuse for this reason: its status and headers (`WWW-Authenticate`, `Retry-After`),
+    /// counted in `uringcast_refusals_total`.
+    Refuse(crate::refusal::Refusal),
 }
 
 /// A complete message from a client.
@@ -261,6 +264,8 @@ pub(crate) struct Actions {
     pub refused: u64,
     /// What the subscriptions in `list` add to the connection's and the worker's counts.
     pub pending: Pending,
+    /// Why the call closed the connection with [`Connection::refuse`], for the counter.
+    pub refusal: Option<crate::refusal::Reason>,
 }
 
 impl Actions {
@@ -269,6 +274,7 @@ impl Actions {
         self.list.clear();
         self.refused = 0;
         self.pending = Pending::default();
+        self.refusal = None;
     }
 }
 
@@ -532,5 +538,15 @@ impl<'a, D> Connection<'a, D> {
     /// Starts the closing handshake with this code and reason.
     pub fn close(&mut self, code: CloseCode, reason: &str) {
         self.actions.list.push(Action::Close(code, reason.into()));
+    }
+
+    /// Closes the connection with 1008 (policy violation, RFC 6455 §7.4.1) for `reason`,
+    /// whose label is the close reason, and counts it in `uringcast_refusals_total`.
+    pub fn refuse(&mut self, reason: crate::refusal::Reason) {
+        if self.gate.is_none() {
+            return;
+        }
+        self.actions.refusal.get_or_insert(reason);
+        self.close(CloseCode::POLICY_VIOLATION, reason.label());
     }
 }

@@ -40,6 +40,9 @@ pub struct BroadcastStats {
     pub gaps_reported: AtomicU64,
     /// Server-Sent Event streams opened.
     pub streams_opened: AtomicU64,
+    /// Requests and connections refused, by reason (tokens, caps per address, connection
+    /// and server): `uringcast_refusals_total{reason="..."}`.
+    pub refusals: crate::refusal::RefusalCounts,
     /// Subscribers per topic on this worker; written by the worker, read by HTTP publishes.
     pub(crate) topics: TopicCounts,
 }
@@ -316,6 +319,7 @@ pub(crate) fn render(hub: &Hub) -> String {
         );
         log.render_metrics(&mut out);
     }
+    render_refusals(&mut out, hub);
     if let Some(uplink) = hub.uplink() {
         uplink.render_metrics(&mut out);
     }
@@ -337,6 +341,24 @@ pub(crate) fn render(hub: &Hub) -> String {
         }
     }
     out
+}
+
+/// Refusals summed over the workers, one sample per reason (every reason listed, 0 included,
+/// so that a rate over them is defined from the start).
+fn render_refusals(out: &mut String, hub: &Hub) {
+    let _ = writeln!(
+        out,
+        "# HELP uringcast_refusals_total Requests and connections refused, by reason."
+    );
+    let _ = writeln!(out, "# TYPE uringcast_refusals_total counter");
+    for reason in crate::refusal::Reason::ALL {
+        let sum: u64 = hub.stats.iter().map(|s| s.refusals.get(reason)).sum();
+        let _ = writeln!(
+            out,
+            "uringcast_refusals_total{{reason=\"{}\"}} {sum}",
+            reason.label()
+        );
+    }
 }
 
 /// Appends one family with a single sample, not per worker: its HELP and TYPE lines, then

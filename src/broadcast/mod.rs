@@ -53,6 +53,16 @@ pub struct ConnState<D> {
     user: D,
 }
 
+/// A connection's share under the caps (see [`crate::limits`]).
+#[derive(Debug, Default)]
+struct Fair {
+    /// Its place on the server and in its address's count, given back when it is dropped.
+    _admitted: Option<crate::limits::Admitted>,
+    budget: crate::limits::ConnBudget,
+    /// Closed for going past its budget: what it still sends is ignored.
+    over: bool,
+}
+
 /// The broadcast service of one worker, running the embedder's handler `H`.
 pub(crate) struct Broadcast<H: Handler> {
     handler: H,
@@ -68,10 +78,22 @@ pub(crate) struct Broadcast<H: Handler> {
     last_panic_warning: Option<Instant>,
     limits: crate::config::TopicLimits,
     origins: crate::protocol::origin::AllowedOrigins,
+    /// Each open connection's place under the caps and its send budget, when any cap is set:
+    /// kept beside the slab rather than in it, so a server without caps pays no byte per
+    /// connection for them.
+    fair: std::collections::HashMap<ConnId, Fair>,
+    /// Who may subscribe (the JWT check of an SSE request; upgrades ask the handler).
+    access: Arc<crate::auth::Authorizer>,
     /// Publications replayed at most by one recovery.
     max_recover: usize,
     /// Server-Sent Events are served.
     sse: bool,
+    /// Caps per server, address and connection.
+    caps: Arc<crate::limits::Limits>,
+    /// The place admitted for the upgrade in progress: `on_open` of the same request, which
+    /// the driver calls right after `on_request` on this worker, moves it into the
+    /// connection; any other request drops (frees) it first.
+    admitted: Option<crate::limits::Admitted>,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -88,8 +110,12 @@ impl<H: Handler> Broadcast<H> {
             last_panic_warning: None,
             limits: config.topic_limits,
             origins: config.allowed_origins.clone(),
+            fair: std::collections::HashMap::new(),
+            access: Arc::clone(&config.authorizer),
             max_recover: config.history.map_or(0, |h| h.max_recover),
             sse: config.sse,
+            caps: Arc::clone(&config.limits),
+            admitted: None,
         }
     }
 
@@ -311,6 +337,8 @@ impl<H: Handler> Service for Broadcast<H> {
     type Data = ConnState<H::Data>;
 
     fn on_request(&mut self, request: &Request) -> Admission {
+        // An upgrade admitted earlier that never opened (it failed validation) frees its place.
+        self.admitted = None;
         // Any WebSocket header makes it an upgrade attempt, so a broken one gets its 400 or
         // 426 rather than being served as a page.
         let websocket = request.is_upgrade()
@@ -334,7 +362,9 @@ impl<H: Handler> Service for Broadcast<H> {
                     return admission;
                 }
             }
-            return self.endpoints.admit(request);
+            return self
+                .endpoints
+                .admit(request, &self.hub.stats[self.worker].refusals);
         }
         if !self.origins.allows(request.header("origin")) {
             // Cross-site WebSocket hijacking: a page of another site, with the user's cookies.
@@ -343,9 +373,20 @@ impl<H: Handler> Service for Broadcast<H> {
                 .fetch_add(1, Ordering::Relaxed);
             return Admission::Reject(403);
         }
+        if self.caps.caps_upgrades() {
+            // Before any token is checked: the caps are what keeps that work bounded.
+            match self.caps.admit(request, Instant::now()) {
+                Ok(admitted) => self.admitted = Some(admitted),
+                Err(refusal) => {
+                    self.hub.stats[self.worker].refusals.count(refusal.reason);
+                    return Admission::Respond(refusal.response());
+                }
+            }
+        }
         let handler = &mut self.handler;
         let decision = catch_unwind(AssertUnwindSafe(|| handler.on_upgrade(request)));
         let Ok(decision) = decision else {
+            self.admitted = None;
             self.handler_panicked("on_upgrade");
             return Admission::Reject(500);
         };
@@ -354,7 +395,15 @@ impl<H: Handler> Service for Broadcast<H> {
             Decision::AcceptProtocol(protocol) => Admission::Upgrade {
                 protocol: Some(protocol),
             },
-            Decision::Reject(status) => Admission::Reject(status),
+            Decision::Reject(status) => {
+                self.admitted = None;
+                Admission::Reject(status)
+            }
+            Decision::Refuse(refusal) => {
+                self.admitted = None;
+                self.hub.stats[self.worker].refusals.count(refusal.reason);
+                Admission::Respond(refusal.response())
+            }
         }
     }
 
@@ -364,6 +413,15 @@ impl<H: Handler> Service for Broadcast<H> {
         }
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
+            if self.caps.caps_upgrades() || self.caps.caps_messages() {
+                self.fair.insert(
+                    conn,
+                    Fair {
+                        _admitted: self.admitted.take(),
+                        ..Fair::default()
+                    },
+                );
+            }
             let gate = handler::Gate {
                 limits: self.limits,
                 topics: &self.topics,
@@ -394,6 +452,9 @@ impl<H: Handler> Service for Broadcast<H> {
         self.hub.stats[self.worker]
             .bytes_in
             .fetch_add(payload.len() as u64, Ordering::Relaxed);
+        if self.caps.caps_messages() && !self.within_budget(ctx, conn, payload.len()) {
+            return;
+        }
         let mut actions = std::mem::take(&mut self.scratch_actions);
         if let Some(state) = ctx.data(conn) {
             let gate = handler::Gate {
@@ -418,6 +479,8 @@ impl<H: Handler> Service for Broadcast<H> {
     }
 
     fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, mut data: Self::Data) {
+        // Its place on the server and in its address's count is given back.
+        self.fair.remove(&conn);
         let counts = &self.hub.stats[self.worker].topics;
         for entry in std::mem::take(&mut data.subs).into_entries() {
             self.topics.remove_entry(
@@ -528,6 +591,30 @@ impl<H: Handler> Service for Broadcast<H> {
 }
 
 impl<H: Handler> Broadcast<H> {
+    /// Charges a message to its connection's budget; past it, closes the connection with
+    /// 1008 (RFC 6455 §7.4.1, policy) and counts it, once, and returns `false`.
+    fn within_budget(
+        &mut self,
+        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        conn: ConnId,
+        bytes: usize,
+    ) -> bool {
+        let Some(fair) = self.fair.get_mut(&conn) else {
+            return true;
+        };
+        if fair.over {
+            return false;
+        }
+        let Err(reason) = fair.budget.charge(&self.caps, bytes, Instant::now()) else {
+            return true;
+        };
+        fair.over = true;
+        self.hub.stats[self.worker].refusals.count(reason);
+        tracing::debug!(reason = reason.label(), "connection over its rate");
+        ctx.close(conn, CloseCode::POLICY_VIOLATION, reason.label());
+        false
+    }
+
     /// A handler callback panicked for `conn`: what it asked for is dropped, and the
     /// connection is closed with 1011 (RFC 6455 §7.4.1: an unexpected condition) while the
     /// worker goes on serving its other connections.
@@ -573,6 +660,9 @@ impl<H: Handler> Broadcast<H> {
             self.hub.stats[self.worker]
                 .subscribe_refusals
                 .fetch_add(std::mem::take(&mut actions.refused), Ordering::Relaxed);
+        }
+        if let Some(reason) = actions.refusal.take() {
+            self.hub.stats[self.worker].refusals.count(reason);
         }
         for action in actions.list.drain(..) {
             match action {

@@ -48,6 +48,25 @@ impl<H: Handler> Broadcast<H> {
                 )));
             }
         }
+        let refusals = &self.hub.stats[self.worker].refusals;
+        if self.caps.caps_upgrades() {
+            // As for an upgrade: the caps first, so that the token check's work is bounded.
+            match self.caps.admit(request, std::time::Instant::now()) {
+                Ok(admitted) => self.admitted = Some(admitted),
+                Err(refusal) => {
+                    refusals.count(refusal.reason);
+                    return Some(Admission::Respond(refusal.response()));
+                }
+            }
+        }
+        if let Err(refusal) =
+            self.access
+                .authorize_subscribe(request, topic, crate::auth::UnixTime::now())
+        {
+            self.admitted = None;
+            refusals.count(refusal.reason);
+            return Some(Admission::Respond(refusal.response()));
+        }
         Some(Admission::Stream {
             head: sse::response_head(origin),
         })
@@ -63,6 +82,16 @@ impl<H: Handler> Broadcast<H> {
         self.hub.stats[self.worker]
             .streams_opened
             .fetch_add(1, Ordering::Relaxed);
+        if let Some(admitted) = self.admitted.take() {
+            // Its place on the server and in its address's count, held while it is open.
+            self.fair.insert(
+                conn,
+                super::Fair {
+                    _admitted: Some(admitted),
+                    ..super::Fair::default()
+                },
+            );
+        }
         let topic = super::topic_of_path(request.path());
         let since = sse::resume_from(request).and_then(|s| s.parse::<Position>().ok());
         let Some(log) = self.hub.log.clone() else {

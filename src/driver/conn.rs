@@ -11,8 +11,10 @@ use crate::protocol::WebSocket;
 /// Where the connection is in its life.
 #[derive(Debug)]
 pub(crate) enum Stage {
-    /// Reading the HTTP upgrade request.
-    Handshake(ServerHandshake),
+    /// Reading the HTTP upgrade request; with the peer's address when the worker learns it
+    /// (`DriverConfig::peer_addresses`), kept only until the head is read (boxed: the variant
+    /// stays smaller than `Open`'s, so the slot does not grow).
+    Handshake(ServerHandshake, Option<Box<std::net::SocketAddr>>),
     /// Reading the body of a plain HTTP request.
     Http {
         request: Box<Request>,
@@ -100,7 +102,7 @@ impl<D: Default> Conn<D> {
         Self {
             generation,
             slot,
-            stage: Stage::Handshake(ServerHandshake::new(max_head_bytes)),
+            stage: Stage::Handshake(ServerHandshake::new(max_head_bytes), None),
             ending: Ending::No,
             queue: SendQueue::default(),
             recv_armed: false,
@@ -133,7 +135,7 @@ impl<D> Conn<D> {
         match &self.stage {
             Stage::Open(ws) => ws.buffered_bytes(),
             Stage::Http { body, .. } => body.capacity(),
-            Stage::Handshake(_) | Stage::Answered | Stage::Stream => 0,
+            Stage::Handshake(..) | Stage::Answered | Stage::Stream => 0,
         }
     }
 

@@ -69,6 +69,11 @@ pub(crate) struct DriverConfig {
     pub deflate: bool,
     /// Messages under this many bytes go uncompressed.
     pub deflate_min_bytes: usize,
+    /// Learn each connection's peer address at the accept ([`Request::peer_addr`]): accepts
+    /// are then single-shot, each with its own address buffer, instead of one multishot.
+    ///
+    /// [`Request::peer_addr`]: crate::protocol::handshake::Request::peer_addr
+    pub peer_addresses: bool,
 }
 
 /// Counters one worker keeps, read by any thread.

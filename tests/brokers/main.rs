@@ -43,6 +43,10 @@ fn node(broker: &Broker, extra: &[&str]) -> Result<Server> {
         "2",
         "--publish-token",
         TOKEN,
+        // Subscribers publish to their rooms here, as before a publish token made them
+        // read-only by default.
+        "--client-publish",
+        "all",
         "--broker",
         &url,
     ];

@@ -398,6 +398,28 @@ impl RawClient {
         })
     }
 
+    /// Connects from `local` (any 127.0.0.0/8 address works on loopback), so that a test can
+    /// be two client addresses at once.
+    pub fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.bind(&SocketAddr::new(local, 0).into())?;
+        socket
+            .connect(&addr.into())
+            .with_context(|| format!("connecting to {addr} from {local}"))?;
+        let stream = TcpStream::from(socket);
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(READ_TIMEOUT))?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+            timeout: READ_TIMEOUT,
+        })
+    }
+
     /// Connects and completes the opening handshake, checking the 101 and the accept key.
     pub fn upgrade(addr: SocketAddr) -> Result<Self> {
         let mut client = Self::connect(addr)?;

@@ -174,3 +174,56 @@ pub(crate) async fn wait_subscribers(server: &ServerHandle, topic: &str, n: u64)
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+#[tokio::test]
+async fn a_stream_needs_a_token_covering_its_topic_when_tokens_are_on() -> Result<()> {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    const SECRET: &str = "sse-secret";
+    let server = InProcess::start(1, 10, |b| {
+        b.mode(uringcast::config::Mode::Broadcast)
+            .jwt_secret(SECRET)
+            .max_connections_per_ip(Some(2))
+    })?;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 600;
+    let token = |subscribe: &[&str]| {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"exp": exp, "subscribe": subscribe}),
+            &EncodingKey::from_secret(SECRET.as_bytes()).expect("a secret"),
+        )
+    };
+    let missing = Sse::open(server.addr(), "/prices", &[]).await?;
+    ensure!(missing.status == 401, "{}", missing.head);
+    let other = token(&["news.*"])?;
+    let wrong = Sse::open(server.addr(), &format!("/prices?token={other}"), &[]).await?;
+    ensure!(wrong.status == 403, "{}", wrong.head);
+    let good = token(&["prices"])?;
+    let mut first = Sse::open(server.addr(), &format!("/prices?token={good}"), &[]).await?;
+    ensure!(first.status == 200, "{}", first.head);
+    first.position().await?;
+    let bearer = format!("Bearer {good}");
+    let second = Sse::open(server.addr(), "/prices", &[("Authorization", &bearer)]).await?;
+    ensure!(second.status == 200, "{}", second.head);
+    // Two streams from this address: a third is over --max-connections-per-ip 2.
+    let third = Sse::open(server.addr(), &format!("/prices?token={good}"), &[]).await?;
+    ensure!(third.status == 429, "{}", third.head);
+    ensure!(third.header("retry-after").is_some(), "{}", third.head);
+    // A stream that ends gives its place back.
+    drop(second);
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let again = Sse::open(server.addr(), &format!("/prices?token={good}"), &[]).await?;
+        if again.status == 200 {
+            break;
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the place was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

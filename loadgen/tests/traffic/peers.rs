@@ -185,6 +185,9 @@ pub fn uringcast(mode: Mode, token: Option<&str>) -> ServerHandle {
         .mode(mode)
         .ping_interval(None)
         .publish_token(token.map(str::to_owned))
+        // The WebSocket publishers are members of their room: a publish token alone would
+        // make them read-only.
+        .client_publish(uringcast::auth::ClientPublish::All)
         .build()
         .expect("a valid configuration");
     server::spawn(config).expect("the server starts")

@@ -17,9 +17,18 @@ use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 
 impl<S: Service> Worker<S> {
-    pub(super) fn on_accept(&mut self, single: bool, result: i32, flags: u32) {
+    pub(super) fn on_accept(&mut self, single: bool, key: u32, result: i32, flags: u32) {
+        let mut peer = None;
         if single {
             self.singles_in_flight -= 1;
+            let index = key as usize;
+            if index < MAX_SINGLE_ACCEPTS {
+                // The accept is over: its address buffer is free again, whatever `result` says.
+                self.accept_addrs_free |= 1 << index;
+                if result >= 0 {
+                    peer = self.accept_addrs[index].socket_addr();
+                }
+            }
         } else if !cqueue::more(flags) {
             self.multishot_armed = false;
         }
@@ -54,12 +63,13 @@ impl<S: Service> Worker<S> {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1) & GENERATION_MASK;
         let tick = self.wheel.tick_at(now);
-        let key = self.conns.insert(Conn::new(
-            generation,
-            slot,
-            self.config.max_head_bytes,
-            tick,
-        ));
+        let mut conn = Conn::new(generation, slot, self.config.max_head_bytes, tick);
+        if let (Some(peer), crate::driver::conn::Stage::Handshake(_, held)) =
+            (peer, &mut conn.stage)
+        {
+            *held = Some(Box::new(peer));
+        }
+        let key = self.conns.insert(conn);
         let stats = &self.shared.stats[self.id];
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats
@@ -101,7 +111,9 @@ impl<S: Service> Worker<S> {
             return;
         }
         let listener = Fd(self.listener.as_raw_fd());
-        if self.free_slots() >= self.multishot_min_free {
+        // A multishot accept has one address buffer for all its connections: to learn each
+        // peer's address, accept one at a time, each into its own buffer.
+        if self.free_slots() >= self.multishot_min_free && !self.config.peer_addresses {
             if !self.multishot_armed && self.singles_in_flight == 0 {
                 let entry = opcode::AcceptMulti::new(listener)
                     .allocate_file_index(self.direct)
@@ -121,21 +133,54 @@ impl<S: Service> Worker<S> {
             let slot = self
                 .direct
                 .then(io_uring::types::DestinationSlot::auto_target);
-            let entry = opcode::Accept::new(listener, std::ptr::null_mut(), std::ptr::null_mut())
+            let (addr, len, key) = match self.take_addr_buffer() {
+                Some(index) => {
+                    let buffer = &mut self.accept_addrs[index];
+                    buffer.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                    (
+                        std::ptr::addr_of_mut!(buffer.storage).cast::<libc::sockaddr>(),
+                        std::ptr::addr_of_mut!(buffer.len),
+                        index as u32,
+                    )
+                }
+                None => (std::ptr::null_mut(), std::ptr::null_mut(), NO_KEY),
+            };
+            let entry = opcode::Accept::new(listener, addr, len)
                 .file_index(slot)
                 .flags(self.accept_flags())
                 .build()
-                .user_data(UserData::new(OpKind::Accept, ACCEPT_SINGLE, NO_KEY).pack());
-            // SAFETY: no address is requested, so the accept writes no user memory.
+                .user_data(UserData::new(OpKind::Accept, ACCEPT_SINGLE, key).pack());
+            // SAFETY: the accept writes at most the address buffer it was given, which sits
+            // in the worker's boxed `accept_addrs` (freed only once no operation is in flight)
+            // and is handed to no other accept until this one's completion frees it; or, with
+            // no address requested, no user memory at all.
             unsafe { self.push(&entry) };
             self.singles_in_flight += 1;
         }
     }
 
+    /// With `peer_addresses`, a free address buffer for the next accept, taken.
+    fn take_addr_buffer(&mut self) -> Option<usize> {
+        if !self.config.peer_addresses || self.accept_addrs_free == 0 {
+            return None;
+        }
+        let index = self.accept_addrs_free.trailing_zeros() as usize;
+        self.accept_addrs_free &= !(1 << index);
+        Some(index)
+    }
+
     /// Cancels every accept in flight (multishot and single-shot alike).
     pub(super) fn cancel_accepts(&mut self) {
-        for target in [ACCEPT_MULTI, ACCEPT_SINGLE] {
-            let target = UserData::new(OpKind::Accept, target, NO_KEY).pack();
+        // Single-shot accepts with an address buffer carry its index as their key.
+        let buffered = (0..MAX_SINGLE_ACCEPTS as u32)
+            .filter(|&i| self.accept_addrs_free & (1 << i) == 0)
+            .map(|i| (ACCEPT_SINGLE, i));
+        let targets: Vec<(u32, u32)> = [(ACCEPT_MULTI, NO_KEY), (ACCEPT_SINGLE, NO_KEY)]
+            .into_iter()
+            .chain(buffered)
+            .collect();
+        for (target, key) in targets {
+            let target = UserData::new(OpKind::Accept, target, key).pack();
             let entry = opcode::AsyncCancel2::new(CancelBuilder::user_data(target).all())
                 .build()
                 .user_data(UserData::new(OpKind::Cancel, 0, NO_KEY).pack());
@@ -152,6 +197,32 @@ impl<S: Service> Worker<S> {
         // SAFETY: a cancel reads no user memory.
         unsafe { self.push(&entry) };
         // It stays armed until its last completion; no new accept is armed meanwhile.
+    }
+}
+
+/// A buffer a single-shot accept writes its peer's address into.
+#[derive(Clone, Copy)]
+pub(super) struct PeerAddr {
+    pub storage: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
+impl PeerAddr {
+    pub(super) const EMPTY: Self = Self {
+        // SAFETY: `sockaddr_storage` is plain integers and arrays of them: all zeros is a
+        // valid (unspecified-family) value.
+        storage: unsafe { std::mem::zeroed() },
+        len: 0,
+    };
+
+    /// The address the accept wrote, if it is IPv4 or IPv6.
+    fn socket_addr(&self) -> Option<std::net::SocketAddr> {
+        let len = self
+            .len
+            .min(std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t);
+        // SAFETY: `storage` is a whole `sockaddr_storage` and `len` is clamped to its size;
+        // `SockAddr` reads only the first `len` bytes, by the family they name.
+        unsafe { socket2::SockAddr::new(self.storage, len) }.as_socket()
     }
 }
 

@@ -39,7 +39,7 @@ impl<S: Service> Worker<S> {
             Stage::Open(ws) => Some(ws.close_state()),
             // A stream is open until it ends: its deadline is the next comment line.
             Stage::Stream => Some(CloseState::Open),
-            Stage::Handshake(_) | Stage::Http { .. } | Stage::Answered => None,
+            Stage::Handshake(..) | Stage::Http { .. } | Stage::Answered => None,
         };
         match (conn.ending, close_state) {
             (Ending::Teardown, _) => {}

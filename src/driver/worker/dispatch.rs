@@ -61,7 +61,7 @@ impl<S: Service> Worker<S> {
             return;
         };
         match ud.kind {
-            OpKind::Accept => self.on_accept(ud.generation == ACCEPT_SINGLE, result, flags),
+            OpKind::Accept => self.on_accept(ud.generation == ACCEPT_SINGLE, ud.key, result, flags),
             OpKind::Cancel if ud.key == NO_KEY => {}
             OpKind::Wake => self.on_wake(result),
             OpKind::Signal => self.on_signal(result),
@@ -273,11 +273,12 @@ pub(super) fn receive<S: Service>(
         generation: conn.generation,
     };
     let mut data = data;
-    if let Stage::Handshake(handshake) = &mut conn.stage {
+    if let Stage::Handshake(handshake, peer) = &mut conn.stage {
         let request = match handshake.feed(data) {
             Ok((_, None)) => return,
-            Ok((used, Some(request))) => {
+            Ok((used, Some(mut request))) => {
                 data = &mut data[used..];
+                request.set_peer_addr(peer.as_deref().copied());
                 request
             }
             Err(error) => {

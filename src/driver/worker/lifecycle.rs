@@ -36,7 +36,7 @@ impl<S: Service> Worker<S> {
                     conn.ending = Ending::Flush;
                     self.mark_dirty(key);
                 }
-                (Stage::Handshake(_), _) => self.teardown(key),
+                (Stage::Handshake(..), _) => self.teardown(key),
                 _ => {}
             }
         }

@@ -184,6 +184,11 @@ struct Worker<S: Service> {
     drain_ticks: u32,
     /// permessage-deflate's compressor and inflater, for all connections.
     codec: crate::driver::service::Codec,
+    /// Where single-shot accepts write their peers' addresses (`config.peer_addresses`),
+    /// one per accept in flight; boxed, so the kernel's pointers into it stay valid.
+    accept_addrs: ManuallyDrop<Box<[accept::PeerAddr; MAX_SINGLE_ACCEPTS]>>,
+    /// Bit `i` set: `accept_addrs[i]` is free.
+    accept_addrs_free: u16,
 }
 
 impl<S: Service> Worker<S> {
@@ -264,6 +269,10 @@ impl<S: Service> Worker<S> {
             bundles: setup.features.recv_bundle,
             codec,
             stop_deadline: None,
+            accept_addrs: ManuallyDrop::new(Box::new(
+                [accept::PeerAddr::EMPTY; MAX_SINGLE_ACCEPTS],
+            )),
+            accept_addrs_free: u16::MAX,
         })
     }
 
@@ -484,6 +493,7 @@ impl<S: Service> Drop for Worker<S> {
             ManuallyDrop::drop(&mut self.tls);
             ManuallyDrop::drop(&mut self.signal_buf);
             ManuallyDrop::drop(&mut self.wake_buf);
+            ManuallyDrop::drop(&mut self.accept_addrs);
         }
     }
 }

@@ -244,9 +244,22 @@ pub struct Request {
     path: Span,
     query: Option<Span>,
     version: u8,
+    /// The address of the peer that sent it, when the transport knows it.
+    peer: Option<std::net::SocketAddr>,
 }
 
 impl Request {
+    /// The address of the TCP peer that sent the request, when the server was asked to learn
+    /// it (a cap per client address is configured); a proxy's address when behind one.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.peer
+    }
+
+    /// Records the peer's address (the driver does, from the accept).
+    pub fn set_peer_addr(&mut self, peer: Option<std::net::SocketAddr>) {
+        self.peer = peer;
+    }
+
     /// The method, e.g. `GET`.
     pub fn method(&self) -> &str {
         self.head.text(self.method)
@@ -423,6 +436,7 @@ impl Request {
             path,
             query,
             version,
+            peer: None,
         })
     }
 }

@@ -149,7 +149,8 @@ pub(crate) async fn good_ws(
     send: Option<Sender>,
     checker: Arc<Mutex<Checker>>,
 ) {
-    let url = format!("ws://{}{path}", config.addr);
+    // The token opens the publish-only path, which needs a credential once one is set.
+    let url = format!("ws://{}{path}?token={}", config.addr, config.token);
     let ws = match timeout(IO_TIMEOUT, tokio_tungstenite::connect_async(url.as_str())).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(error)) => {

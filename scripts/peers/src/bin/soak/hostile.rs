@@ -62,7 +62,147 @@ pub(crate) fn spawn_hostile(
     for i in 0..BAD_TASKS {
         tasks.push(tokio::spawn(bad_frames(addr, Arc::clone(hostile), i, end)));
     }
+    tasks.push(tokio::spawn(address_flood(addr, Arc::clone(hostile), end)));
+    for i in 0..FLOOD_TASKS {
+        tasks.push(tokio::spawn(message_flood(addr, Arc::clone(hostile), i, end)));
+    }
     tasks
+}
+
+/// From one address of its own ([`FLOOD_ADDRESS`]), open connections without end and hold
+/// them: past `--max-connections-per-ip` the server answers 429 before the upgrade.
+pub(crate) async fn address_flood(addr: SocketAddr, hostile: Arc<Hostile>, end: Instant) {
+    const KIND: &str = "address flood";
+    let mut held = Vec::new();
+    for _ in 0..ADDRESS_FLOOD_MAX {
+        if Instant::now() >= end {
+            break;
+        }
+        match upgrade_status(addr, FLOOD_ADDRESS, "/soak-flood").await {
+            Ok((101, stream)) => {
+                hostile.count(KIND, "101 (held)");
+                held.push(stream);
+            }
+            Ok((status, _)) => {
+                hostile.count(KIND, format!("refused {status}"));
+                // Refused from the head: try again soon, not in a tight loop.
+                sleep(Duration::from_millis(2)).await;
+            }
+            Err(error) => hostile.count(KIND, format!("failed: {error}")),
+        }
+    }
+    sleep_until(end).await;
+    drop(held);
+}
+
+/// From another address ([`FLOOD_ADDRESS`]), send as fast as the socket takes on a topic of
+/// its own: past `--max-messages-per-second` the server closes it with 1008; then again.
+pub(crate) async fn message_flood(addr: SocketAddr, hostile: Arc<Hostile>, task: usize, end: Instant) {
+    const KIND: &str = "message flood";
+    let burst: Vec<u8> = (0..256)
+        .flat_map(|i| {
+            encode_frame(OpCode::Text, true, format!("flood {i}").as_bytes(), Some(mask())).to_vec()
+        })
+        .collect();
+    for _ in 0..FLOOD_ROUNDS {
+        if Instant::now() >= end {
+            break;
+        }
+        let path = format!("/soak-flood-{task}");
+        let stream = match upgrade_status(addr, FLOOD_ADDRESS, &path).await {
+            Ok((101, stream)) => stream,
+            Ok((status, _)) => {
+                hostile.count(KIND, format!("upgrade refused {status}"));
+                sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Err(error) => {
+                hostile.count(KIND, format!("upgrade failed: {error}"));
+                continue;
+            }
+        };
+        // Whole bursts from a task of their own, so no frame is ever cut by a cancelled
+        // write; the reader waits for the close.
+        let (mut reader, mut writer) = stream.into_split();
+        let frames = burst.clone();
+        let flood = tokio::spawn(async move {
+            while writer.write_all(&frames).await.is_ok() {}
+        });
+        let outcome = timeout(IO_TIMEOUT, async {
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(n) if n > 0 => {
+                        seen.extend_from_slice(&buf[..n]);
+                        if let Some(close) = find_close(&seen) {
+                            return close;
+                        }
+                    }
+                    _ => return "closed without a close frame".to_owned(),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| "not closed in 5 s".to_owned());
+        flood.abort();
+        hostile.count(KIND, outcome);
+    }
+}
+
+/// The close code and reason of the first close frame in what a flooder read back (its own
+/// messages echoed in its room come first).
+fn find_close(bytes: &[u8]) -> Option<String> {
+    let mut at = 0;
+    while at + 2 <= bytes.len() {
+        let len = usize::from(bytes[at + 1] & 0x7f);
+        let (header, len) = match len {
+            126 if at + 4 <= bytes.len() => (4, usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]))),
+            126 | 127 => return None,
+            n => (2, n),
+        };
+        let end = at + header + len;
+        if end > bytes.len() {
+            return None;
+        }
+        if bytes[at] & 0x0f == 0x8 && len >= 2 {
+            let payload = &bytes[at + header..end];
+            let code = u16::from_be_bytes([payload[0], payload[1]]);
+            return Some(format!("close {code} {}", String::from_utf8_lossy(&payload[2..])));
+        }
+        at = end;
+    }
+    None
+}
+
+/// An upgrade from the local address `from`: the status of the answer, and the stream.
+async fn upgrade_status(addr: SocketAddr, from: &str, path: &str) -> io::Result<(u16, TcpStream)> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from.parse().map_err(io::Error::other)?, 0))?;
+    let mut stream = timeout(IO_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::other("connect timed out"))??;
+    let (_, request) = ClientHandshake::new(&addr.to_string(), path, key(), &[]);
+    let head = timeout(IO_TIMEOUT, async {
+        stream.write_all(&request).await?;
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+            if stream.read(&mut byte).await? == 0 {
+                return Err(io::Error::other("closed during the upgrade"));
+            }
+            head.push(byte[0]);
+        }
+        Ok(head)
+    })
+    .await
+    .map_err(|_| io::Error::other("upgrade timed out"))??;
+    let status = std::str::from_utf8(&head)
+        .ok()
+        .and_then(|h| h.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| io::Error::other("no status line"))?;
+    Ok((status, stream))
 }
 
 /// Connect and upgrade fast, then leave: with a close frame, by dropping the socket, or in the

@@ -21,7 +21,10 @@
 //! - unauthenticated `POST /publish/soak-main` with 1 MiB bodies, and some that stall after
 //!   900 KiB;
 //! - ping floods, half of them never reading the pongs;
-//! - bad frames: unmasked, reserved opcodes 0x3 and 0xB, RSV1 set.
+//! - bad frames: unmasked, reserved opcodes 0x3 and 0xB, RSV1 set;
+//! - from 127.0.0.2: an address flood that opens connections without end (refused with 429
+//!   past `--max-connections-per-ip`), and message floods on topics of their own (closed with
+//!   1008 past `--max-messages-per-second`).
 //!
 //! The run passes when no good client saw a missing, reordered or corrupt message, an
 //! unexpected close, or a failed publish. Prints a summary on stdout, writes it as JSON to
@@ -111,6 +114,12 @@ const PING_BATCH: usize = 256;
 const PING_ROUNDS: u64 = 5;
 const BAD_TASKS: usize = 2;
 const BAD_MAX: u64 = 400;
+/// The address the flooders connect from: one of their own, so that the caps per address
+/// (`--max-connections-per-ip`) refuse them while the good clients on 127.0.0.1 are served.
+const FLOOD_ADDRESS: &str = "127.0.0.2";
+const ADDRESS_FLOOD_MAX: u64 = 5000;
+const FLOOD_TASKS: usize = 2;
+const FLOOD_ROUNDS: u64 = 200;
 
 fn main() {
     let args = uringcast_peers::args(&["connect", "server-pid", "secs", "token", "json"]);
