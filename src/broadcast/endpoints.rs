@@ -128,10 +128,10 @@ impl Endpoints {
             Ok(_) => return Ok(()),
             Err(refusal) => refusal,
         };
-        if self.access.verifier().is_some() {
-            if let Ok(_) = self.access.authorize_subscribe(request, topic, now) {
-                return Ok(());
-            }
+        if self.access.verifier().is_some()
+            && self.access.authorize_subscribe(request, topic, now).is_ok()
+        {
+            return Ok(());
         }
         Err((Some(refused.reason), refused.response()))
     }
