@@ -54,11 +54,14 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     /// Gives a publish of `payload` to `topic` the stream's next position, keeps it, and
     /// calls `deliver` with it before any later publish to the topic can be given a
     /// position: what `deliver` hands on (the workers' mailboxes) is in offset order.
+    /// With a `stamp`, the publication's payload is made by it from `payload` and the
+    /// position ([`Publication::stamped`]).
     fn append(
         &self,
         topic: &Arc<str>,
         opcode: OpCode,
         payload: Bytes,
+        stamp: Option<super::publication::Stamp>,
         deliver: &mut dyn FnMut(&Arc<Publication>),
     ) -> Arc<Publication>;
 
@@ -188,6 +191,7 @@ impl Log for LocalLog {
         topic: &Arc<str>,
         opcode: OpCode,
         payload: Bytes,
+        stamp: Option<super::publication::Stamp>,
         deliver: &mut dyn FnMut(&Arc<Publication>),
     ) -> Arc<Publication> {
         let now = Instant::now();
@@ -199,7 +203,8 @@ impl Log for LocalLog {
             epoch: stream.epoch,
             offset: stream.head,
         };
-        let publication = Publication::new(Arc::clone(topic), opcode, payload, Some(position));
+        let publication =
+            Publication::stamped(Arc::clone(topic), opcode, payload, Some(position), stamp);
         let size = publication.size();
         let was_empty = stream.entries.is_empty();
         stream.entries.push_back(Entry {
@@ -493,6 +498,7 @@ mod tests {
             &Arc::from(topic),
             OpCode::Text,
             Bytes::copy_from_slice(payload.as_bytes()),
+            None,
             &mut |_| {},
         )
     }
@@ -523,9 +529,13 @@ mod tests {
         let log = LocalLog::new(limits());
         let mut seen = Vec::new();
         for _ in 0..3 {
-            log.append(&Arc::from("t"), OpCode::Text, Bytes::new(), &mut |p| {
-                seen.push(p.position().unwrap().offset)
-            });
+            log.append(
+                &Arc::from("t"),
+                OpCode::Text,
+                Bytes::new(),
+                None,
+                &mut |p| seen.push(p.position().unwrap().offset),
+            );
         }
         assert_eq!(seen, [1, 2, 3]);
     }
