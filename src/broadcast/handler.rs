@@ -111,6 +111,13 @@ pub trait Handler: Clone + Send + 'static {
         let _ = out;
     }
 
+    /// What a WebSocket silent for `--ping-interval` is sent (a protocol's own ping, as
+    /// text) and its close code when it stays silent for another interval. The default is
+    /// a WebSocket ping and 1001.
+    fn keepalive(&self) -> crate::driver::Keepalive {
+        crate::driver::Keepalive::default()
+    }
+
     /// A plain HTTP request's head (not an upgrade): `Some` to serve it here, decided before
     /// any byte of its body is read; `None` (the default) leaves it to the engine's own
     /// endpoints (`/publish`, `/healthz`, `/metrics`).

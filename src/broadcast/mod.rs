@@ -516,6 +516,10 @@ impl<H: Handler> Service for Broadcast<H> {
         }
     }
 
+    fn keepalive(&self) -> crate::driver::Keepalive {
+        self.handler.keepalive()
+    }
+
     fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
         // Clear first: a publish racing with the drain then wakes us again rather than waiting.
         self.hub.wake_pending[self.worker].store(false, Ordering::Release);

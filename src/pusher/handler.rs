@@ -38,6 +38,8 @@ pub mod codes {
     pub const NO_PROTOCOL: u16 = 4008;
     /// 4009: the connection is not authorized (failed sign-in, terminated).
     pub const UNAUTHORIZED: u16 = 4009;
+    /// 4201: the server's `pusher:ping` got no answer within the ping interval.
+    pub const PONG_NOT_RECEIVED: u16 = 4201;
     /// 4301: a client event over the rate limit.
     pub const RATE_LIMITED: u16 = 4301;
 }
@@ -261,6 +263,14 @@ impl Handler for Pusher {
         }
         if let Some(webhooks) = &self.node.webhooks {
             webhooks.render_metrics(out);
+        }
+    }
+
+    fn keepalive(&self) -> crate::driver::Keepalive {
+        crate::driver::Keepalive {
+            text_ping: Some(message::encode_ping().into()),
+            close_code: CloseCode(codes::PONG_NOT_RECEIVED),
+            close_reason: "Pong reply not received",
         }
     }
 

@@ -349,6 +349,11 @@ pub fn encode_subscription_error(channel: &str, kind: &str, error: &str, status:
     )
 }
 
+/// `pusher:ping`, the server's activity check (answered by `pusher:pong`).
+pub fn encode_ping() -> String {
+    encode("pusher:ping", None, Some(DataOut::Text("{}")), None)
+}
+
 /// `pusher:error` with a message and, when there is one, a code from protocol.adoc's ranges.
 pub fn encode_error(code: Option<u16>, message: &str) -> String {
     let data = serde_json::json!({"code": code, "message": message});

@@ -375,6 +375,24 @@ fn a_presence_channel_does_not_resume() -> Result<()> {
 }
 
 #[test]
+fn a_silent_connection_is_pinged_then_closed_with_4201() -> Result<()> {
+    let server = pusher_server(&["--ping-interval", "0.3"])?;
+    let (mut silent, _) = established(&server)?;
+    let (mut answering, _) = established(&server)?;
+    // One that answers each pusher:ping with pusher:pong stays, ping after ping.
+    for _ in 0..3 {
+        let ping = read_json(&mut answering)?;
+        ensure!(ping["event"] == "pusher:ping", "{ping}");
+        send_json(&mut answering, &json!({"event": "pusher:pong", "data": {}}))?;
+    }
+    // The silent one is pinged once (a text event, not a WebSocket ping), then closed.
+    let ping = read_json(&mut silent)?;
+    ensure!(ping["event"] == "pusher:ping", "{ping}");
+    ensure!(silent.expect_close()?.close_code() == Some(4201));
+    Ok(())
+}
+
+#[test]
 fn two_apps_never_share_a_channel() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("uringcast-pusher-apps-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
