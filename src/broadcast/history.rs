@@ -525,6 +525,51 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_runs_once_per_append_and_history_keeps_its_bytes() {
+        use std::sync::atomic::AtomicUsize;
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        fn stamp(payload: &[u8], position: Position) -> Bytes {
+            RUNS.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(format!(
+                "{}#{}",
+                String::from_utf8_lossy(payload),
+                position.offset
+            ))
+        }
+        let log = LocalLog::new(limits());
+        let mut delivered = Vec::new();
+        for payload in ["a", "b"] {
+            log.append(
+                &Arc::from("t"),
+                OpCode::Text,
+                Bytes::from_static(payload.as_bytes()),
+                Some(stamp),
+                &mut |p| delivered.push(p.payload().clone()),
+            );
+        }
+        assert_eq!(RUNS.load(Ordering::Relaxed), 2);
+        assert_eq!(delivered, [Bytes::from("a#1"), Bytes::from("b#2")]);
+        let first = append(&log, "t", "x").position().unwrap();
+        let since = Position { offset: 0, ..first };
+        match log.read("t", Some(since), 10) {
+            Recovery::Recovered { publications, .. } => {
+                let replayed: Vec<_> = publications.iter().map(|p| p.payload().clone()).collect();
+                assert_eq!(
+                    replayed,
+                    [Bytes::from("a#1"), Bytes::from("b#2"), Bytes::from("x")]
+                );
+                assert_eq!(&publications[0].published()[..], b"a");
+            }
+            other => panic!("not recovered: {other:?}"),
+        }
+        assert_eq!(
+            RUNS.load(Ordering::Relaxed),
+            2,
+            "a replay does not stamp again"
+        );
+    }
+
+    #[test]
     fn deliver_sees_each_publication_before_the_next_is_made() {
         let log = LocalLog::new(limits());
         let mut seen = Vec::new();
