@@ -4,7 +4,10 @@
 // triggered while they are away; both reconnect; event 6 is triggered once both are
 // subscribed again. The wrapped one must see 1-6 exactly once and in order, the plain one
 // 1-3 and 6 (so the test fails if resuming does nothing). Every event's data must be exactly
-// what was triggered: pusher-js ignores the top-level offset and epoch. Prints `ok resume`.
+// what was triggered: pusher-js ignores the top-level offset and epoch. The wrapped one also
+// holds a second channel that gets more events while it is away than the server keeps
+// (--history 100): that resume fails, `onResumeFailed` says so with the channel's head, and
+// live events follow. Prints `ok resume`.
 'use strict';
 
 const assert = require('assert');
@@ -37,7 +40,11 @@ const clients = {
   plain: { pusher: new Pusher(${JSON.stringify(env.PUSHER_KEY)}, options), seen: [], subscribed: 0 },
 };
 const failures = [];
-uringcastResume(clients.wrapped.pusher, { onResumeFailed: (channel) => failures.push(channel) });
+uringcastResume(clients.wrapped.pusher, {
+  onResumeFailed: (channel, head) => failures.push([channel, head && head.offset]),
+});
+const farSeen = [];
+clients.wrapped.pusher.subscribe('resume-far').bind('story', (data) => { farSeen.push(data); step(); });
 let stage = 0;
 function all(test) { return Object.values(clients).every(test); }
 async function step() {
@@ -48,13 +55,18 @@ async function step() {
     stage = 2;
     for (const c of Object.values(clients)) c.pusher.disconnect();
     await post('/trigger', { from: 4, to: 5 });
+    await post('/trigger', { from: 1, to: 101, channel: 'resume-far' });
     for (const c of Object.values(clients)) c.pusher.connect();
   } else if (stage === 2 && all((c) => c.subscribed === 2)) {
     stage = 3;
     await post('/trigger', { from: 6, to: 6 });
-  } else if (stage === 3 && all((c) => c.seen.length && c.seen[c.seen.length - 1].n === 6)) {
+    await post('/trigger', { from: 102, to: 102, channel: 'resume-far' });
+  } else if (stage === 3 && all((c) => c.seen.length && c.seen[c.seen.length - 1].n === 6)
+             && farSeen.length) {
     stage = 4;
-    await post('/report', { wrapped: clients.wrapped.seen, plain: clients.plain.seen, failures });
+    await post('/report', {
+      wrapped: clients.wrapped.seen, plain: clients.plain.seen, failures, far: farSeen,
+    });
   }
 }
 for (const c of Object.values(clients)) {
@@ -89,10 +101,10 @@ const server = http.createServer((req, res) => {
         res.writeHead(200, { 'Content-Type': 'application/javascript' });
         res.end(fs.readFileSync(req.url === '/pusher.min.js' ? pusherJs : wrapper));
       } else if (req.url === '/trigger') {
-        const { from, to } = JSON.parse(body);
+        const { from, to, channel } = JSON.parse(body);
         for (let n = from; n <= to; n++) {
           // In order: each trigger is answered once the server has published it.
-          await sdk.trigger('resume-news', 'story', { n });
+          await sdk.trigger(channel || 'resume-news', 'story', { n });
         }
         res.writeHead(204);
         res.end();
@@ -103,7 +115,8 @@ const server = http.createServer((req, res) => {
         const events = (ns) => ns.map((n) => ({ n }));
         assert.deepStrictEqual(seen.wrapped, events([1, 2, 3, 4, 5, 6]));
         assert.deepStrictEqual(seen.plain, events([1, 2, 3, 6]));
-        assert.deepStrictEqual(seen.failures, []);
+        assert.deepStrictEqual(seen.failures, [['resume-far', 101]]);
+        assert.deepStrictEqual(seen.far, [{ n: 102 }]);
         finish();
       } else {
         res.writeHead(404);
