@@ -5,7 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::history::{Log, Recovery};
-use super::publication::Position;
+use super::publication::{Position, Stamp};
 use super::topic::{Subscriptions, Topics};
 use crate::config::TopicLimits;
 use crate::driver::ConnId;
@@ -114,6 +114,13 @@ pub trait Handler: Clone + Send + 'static {
         let _ = out;
     }
 
+    /// What a WebSocket silent for `--ping-interval` is sent (a protocol's own ping, as
+    /// text) and its close code when it stays silent for another interval. The default is
+    /// a WebSocket ping and 1001.
+    fn keepalive(&self) -> crate::driver::Keepalive {
+        crate::driver::Keepalive::default()
+    }
+
     /// A plain HTTP request's head (not an upgrade): `Some` to serve it here, decided before
     /// any byte of its body is read; `None` (the default) leaves it to the engine's own
     /// endpoints (`/publish`, `/healthz`, `/metrics`).
@@ -204,6 +211,27 @@ impl<'a> HttpCall<'a> {
             opcode,
             Bytes::copy_from_slice(payload),
             except,
+            None,
+        ));
+    }
+
+    /// [`publish_except`](Self::publish_except), with the payload subscribers get made by
+    /// `stamp` once the publish has its position (with history on; without, `payload` as
+    /// is). Still made and encoded once per publish.
+    pub fn publish_stamped(
+        &mut self,
+        topic: &str,
+        opcode: OpCode,
+        payload: &[u8],
+        except: Option<Peer>,
+        stamp: Stamp,
+    ) {
+        self.actions.list.push(Action::PublishExcept(
+            topic.into(),
+            opcode,
+            Bytes::copy_from_slice(payload),
+            except,
+            Some(stamp),
         ));
     }
 
@@ -230,8 +258,8 @@ pub(crate) enum Action {
     Unsubscribe(Box<str>),
     Publish(Box<str>, OpCode, Bytes),
     Close(CloseCode, Box<str>),
-    /// A publish that skips one subscriber.
-    PublishExcept(Box<str>, OpCode, Bytes, Option<Peer>),
+    /// A publish that skips one subscriber, its payload stamped with its position.
+    PublishExcept(Box<str>, OpCode, Bytes, Option<Peer>, Option<Stamp>),
     /// Closes every subscriber of a topic, on every worker and node.
     CloseSubscribers(Box<str>, CloseCode, Box<str>),
 }
@@ -245,6 +273,9 @@ pub enum Resumed {
     Exact {
         /// Publications sent from history.
         replayed: usize,
+        /// The position the last of them had (the topic's position when asked): live
+        /// publications follow it.
+        head: Position,
     },
     /// The position cannot be served exactly (another epoch, older than the history kept,
     /// more than `max_recover` behind, or unknown): only live publications follow, from
@@ -476,6 +507,22 @@ impl<'a, D> Connection<'a, D> {
         topic: &str,
         since: Option<Position>,
     ) -> Result<Resumed, SubscribeError> {
+        self.subscribe_from_with(topic, since, |_| None)
+    }
+
+    /// [`subscribe_from`](Self::subscribe_from), with a first message to this connection,
+    /// made by `first` from what the subscription resumed, sent before anything replayed
+    /// (a protocol's "subscribed" answer). Nothing is sent when the subscription is refused.
+    ///
+    /// # Errors
+    ///
+    /// As [`subscribe`](Self::subscribe).
+    pub fn subscribe_from_with(
+        &mut self,
+        topic: &str,
+        since: Option<Position>,
+        first: impl FnOnce(&Resumed) -> Option<Vec<u8>>,
+    ) -> Result<Resumed, SubscribeError> {
         let verdict = match &self.gate {
             Some(gate) => gate
                 .check(topic, &mut self.actions.pending)
@@ -492,16 +539,23 @@ impl<'a, D> Connection<'a, D> {
             }
         };
         let Some((log, max_recover)) = log else {
+            if let Some(message) = first(&Resumed::NoHistory) {
+                self.send(OpCode::Text, &message);
+            }
             self.actions.list.push(Action::Subscribe(topic.into()));
             return Ok(Resumed::NoHistory);
         };
         let recovery = log.read(topic, since, max_recover);
         let resumed = match &recovery {
-            Recovery::Recovered { publications, .. } => Resumed::Exact {
+            Recovery::Recovered { publications, head } => Resumed::Exact {
                 replayed: publications.len(),
+                head: *head,
             },
             Recovery::NotRecovered { head } => Resumed::NotRecovered { head: *head },
         };
+        if let Some(message) = first(&resumed) {
+            self.send(OpCode::Text, &message);
+        }
         self.actions
             .list
             .push(Action::SubscribeFrom(topic.into(), Box::new(recovery)));
@@ -532,6 +586,28 @@ impl<'a, D> Connection<'a, D> {
             opcode,
             Bytes::copy_from_slice(payload),
             Some(peer),
+            None,
+        ));
+    }
+
+    /// Publishes to every subscriber of a topic on every worker, but this connection when
+    /// `to_others`, with the payload subscribers get made by `stamp` once the publish has
+    /// its position (see [`HttpCall::publish_stamped`]).
+    pub fn publish_stamped(
+        &mut self,
+        topic: &str,
+        opcode: OpCode,
+        payload: &[u8],
+        to_others: bool,
+        stamp: Stamp,
+    ) {
+        let except = to_others.then(|| self.peer());
+        self.actions.list.push(Action::PublishExcept(
+            topic.into(),
+            opcode,
+            Bytes::copy_from_slice(payload),
+            except,
+            Some(stamp),
         ));
     }
 

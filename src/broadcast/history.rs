@@ -58,11 +58,14 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     /// A log whose positions come from elsewhere (a broker's, `broker::BrokerLog`) returns
     /// the publication without a position and does not call `deliver`: the publication
     /// reaches the workers when the broker sends it back with its position.
+    /// With a `stamp`, the publication's payload is made by it from `payload` and the
+    /// position ([`Publication::stamped`]).
     fn append(
         &self,
         topic: &Arc<str>,
         opcode: OpCode,
         payload: Bytes,
+        stamp: Option<super::publication::Stamp>,
         deliver: &mut dyn FnMut(&Arc<Publication>),
     ) -> Arc<Publication>;
 
@@ -192,6 +195,7 @@ impl Log for LocalLog {
         topic: &Arc<str>,
         opcode: OpCode,
         payload: Bytes,
+        stamp: Option<super::publication::Stamp>,
         deliver: &mut dyn FnMut(&Arc<Publication>),
     ) -> Arc<Publication> {
         let now = Instant::now();
@@ -203,7 +207,8 @@ impl Log for LocalLog {
             epoch: stream.epoch,
             offset: stream.head,
         };
-        let publication = Publication::new(Arc::clone(topic), opcode, payload, Some(position));
+        let publication =
+            Publication::stamped(Arc::clone(topic), opcode, payload, Some(position), stamp);
         let size = publication.size();
         let was_empty = stream.entries.is_empty();
         stream.entries.push_back(Entry {
@@ -497,6 +502,7 @@ mod tests {
             &Arc::from(topic),
             OpCode::Text,
             Bytes::copy_from_slice(payload.as_bytes()),
+            None,
             &mut |_| {},
         )
     }
@@ -523,13 +529,62 @@ mod tests {
     }
 
     #[test]
+    fn a_stamp_runs_once_per_append_and_history_keeps_its_bytes() {
+        use std::sync::atomic::AtomicUsize;
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        fn stamp(payload: &[u8], position: Position) -> Bytes {
+            RUNS.fetch_add(1, Ordering::Relaxed);
+            Bytes::from(format!(
+                "{}#{}",
+                String::from_utf8_lossy(payload),
+                position.offset
+            ))
+        }
+        let log = LocalLog::new(limits());
+        let mut delivered = Vec::new();
+        for payload in ["a", "b"] {
+            log.append(
+                &Arc::from("t"),
+                OpCode::Text,
+                Bytes::from_static(payload.as_bytes()),
+                Some(stamp),
+                &mut |p| delivered.push(p.payload().clone()),
+            );
+        }
+        assert_eq!(RUNS.load(Ordering::Relaxed), 2);
+        assert_eq!(delivered, [Bytes::from("a#1"), Bytes::from("b#2")]);
+        let first = append(&log, "t", "x").position().unwrap();
+        let since = Position { offset: 0, ..first };
+        match log.read("t", Some(since), 10) {
+            Recovery::Recovered { publications, .. } => {
+                let replayed: Vec<_> = publications.iter().map(|p| p.payload().clone()).collect();
+                assert_eq!(
+                    replayed,
+                    [Bytes::from("a#1"), Bytes::from("b#2"), Bytes::from("x")]
+                );
+                assert_eq!(&publications[0].published()[..], b"a");
+            }
+            other => panic!("not recovered: {other:?}"),
+        }
+        assert_eq!(
+            RUNS.load(Ordering::Relaxed),
+            2,
+            "a replay does not stamp again"
+        );
+    }
+
+    #[test]
     fn deliver_sees_each_publication_before_the_next_is_made() {
         let log = LocalLog::new(limits());
         let mut seen = Vec::new();
         for _ in 0..3 {
-            log.append(&Arc::from("t"), OpCode::Text, Bytes::new(), &mut |p| {
-                seen.push(p.position().unwrap().offset)
-            });
+            log.append(
+                &Arc::from("t"),
+                OpCode::Text,
+                Bytes::new(),
+                None,
+                &mut |p| seen.push(p.position().unwrap().offset),
+            );
         }
         assert_eq!(seen, [1, 2, 3]);
     }

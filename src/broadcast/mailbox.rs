@@ -114,11 +114,12 @@ impl Hub {
         payload: Bytes,
         local: Option<usize>,
     ) -> (Arc<Publication>, usize) {
-        self.publish_except(topic, opcode, payload, local, None)
+        self.publish_except(topic, opcode, payload, local, None, None)
     }
 
     /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is: on this
-    /// node's workers, or on the node the broker link brings it to.
+    /// node's workers, or on the node the broker link brings it to; with `stamp`, the
+    /// payload subscribers get is made from the position ([`Publication::stamped`]).
     pub(crate) fn publish_except(
         &self,
         topic: &Arc<str>,
@@ -126,10 +127,11 @@ impl Hub {
         payload: Bytes,
         local: Option<usize>,
         except: Option<Peer>,
+        stamp: Option<super::publication::Stamp>,
     ) -> (Arc<Publication>, usize) {
         let mut posted = 0;
         let publication = match &self.log {
-            Some(log) => log.append(topic, opcode, payload, &mut |p| {
+            Some(log) => log.append(topic, opcode, payload, stamp, &mut |p| {
                 if let Some(peer) = except {
                     p.exclude(peer);
                 }

@@ -37,7 +37,7 @@ pub(crate) use mailbox::Hub;
 use mailbox::Mail;
 pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
 pub use metrics::BroadcastStats;
-pub use publication::{Epoch, Position, Publication};
+pub use publication::{Epoch, Position, Publication, Stamp};
 use topic::{Subscriptions, TopicId, Topics};
 
 use crate::config::{Config, SlowConsumer};
@@ -129,12 +129,13 @@ impl<H: Handler> Broadcast<H> {
         opcode: OpCode,
         payload: Bytes,
     ) -> Arc<Publication> {
-        self.publish_except(ctx, topic, opcode, payload, None)
+        self.publish_except(ctx, topic, opcode, payload, None, None)
     }
 
     /// [`publish`](Self::publish), skipping the subscriber `except` wherever it is: the
     /// publication is still encoded once, and the excluded connection is passed over by its
-    /// id during the fan-out of its node's worker.
+    /// id during the fan-out of its node's worker. With `stamp`, the payload subscribers get
+    /// is made from the position the publish is given ([`Publication::stamped`]).
     fn publish_except(
         &mut self,
         ctx: &mut Ctx<'_, ConnState<H::Data>>,
@@ -142,6 +143,7 @@ impl<H: Handler> Broadcast<H> {
         opcode: OpCode,
         payload: Bytes,
         except: Option<Peer>,
+        stamp: Option<publication::Stamp>,
     ) -> Arc<Publication> {
         let stats = &self.hub.stats[self.worker];
         stats.publishes.fetch_add(1, Ordering::Relaxed);
@@ -151,7 +153,7 @@ impl<H: Handler> Broadcast<H> {
         };
         let (publication, _) =
             self.hub
-                .publish_except(&name, opcode, payload, Some(self.worker), except);
+                .publish_except(&name, opcode, payload, Some(self.worker), except, stamp);
         if self.hub.log.is_some() {
             self.drain_mailbox(ctx);
         } else {
@@ -510,8 +512,8 @@ impl<H: Handler> Service for Broadcast<H> {
                 handler::Action::Publish(topic, opcode, payload) => {
                     self.publish(ctx, &topic, opcode, payload);
                 }
-                handler::Action::PublishExcept(topic, opcode, payload, except) => {
-                    self.publish_except(ctx, &topic, opcode, payload, except);
+                handler::Action::PublishExcept(topic, opcode, payload, except, stamp) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except, stamp);
                 }
                 _ => {}
             }
@@ -581,6 +583,10 @@ impl<H: Handler> Service for Broadcast<H> {
                 limit.min(self.max_recover),
             ),
         }
+    }
+
+    fn keepalive(&self) -> crate::driver::Keepalive {
+        self.handler.keepalive()
     }
 
     fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
@@ -689,8 +695,8 @@ impl<H: Handler> Broadcast<H> {
                     self.publish(ctx, &topic, opcode, payload);
                 }
                 handler::Action::Close(code, reason) => ctx.close(conn, code, &reason),
-                handler::Action::PublishExcept(topic, opcode, payload, except) => {
-                    self.publish_except(ctx, &topic, opcode, payload, except);
+                handler::Action::PublishExcept(topic, opcode, payload, except, stamp) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except, stamp);
                 }
                 handler::Action::CloseSubscribers(topic, code, reason) => {
                     self.close_subscribers(ctx, &topic, code, &reason);
@@ -708,8 +714,8 @@ impl<H: Handler> Broadcast<H> {
                 handler::Action::Publish(topic, opcode, payload) => {
                     self.publish(ctx, &topic, opcode, payload);
                 }
-                handler::Action::PublishExcept(topic, opcode, payload, except) => {
-                    self.publish_except(ctx, &topic, opcode, payload, except);
+                handler::Action::PublishExcept(topic, opcode, payload, except, stamp) => {
+                    self.publish_except(ctx, &topic, opcode, payload, except, stamp);
                 }
                 handler::Action::CloseSubscribers(topic, code, reason) => {
                     self.close_subscribers(ctx, &topic, code, &reason);

@@ -156,12 +156,21 @@ impl fmt::Display for Position {
     }
 }
 
+/// Makes the payload subscribers get from the payload published and the position the
+/// publish was given: a client protocol's wire format that carries positions (Pusher's
+/// `"offset"` and `"epoch"` fields). Chosen by the publishing handler and run once per
+/// publish, on the thread that gives it its position, before the frame is encoded, so every
+/// worker and every subscriber (and a replay from history) shares its result.
+pub type Stamp = fn(payload: &[u8], position: Position) -> Bytes;
+
 /// One publish to one topic: what every worker fans out.
 #[derive(Debug)]
 pub struct Publication {
     topic: Arc<str>,
     opcode: OpCode,
     payload: Bytes,
+    /// The payload as published, when a [`Stamp`] made `payload` from it.
+    published: Option<Bytes>,
     position: Option<Position>,
     /// The plain WebSocket frame, encoded once for every worker and every subscriber.
     frame: Bytes,
@@ -180,11 +189,29 @@ impl Publication {
         payload: Bytes,
         position: Option<Position>,
     ) -> Arc<Self> {
+        Self::stamped(topic, opcode, payload, position, None)
+    }
+
+    /// [`new`](Self::new), with the payload subscribers get made by `stamp` from `payload`
+    /// and `position` when both are given (the broker link still carries `payload`, as
+    /// published: another node gives it a position of its own, or none).
+    pub fn stamped(
+        topic: Arc<str>,
+        opcode: OpCode,
+        payload: Bytes,
+        position: Option<Position>,
+        stamp: Option<Stamp>,
+    ) -> Arc<Self> {
+        let (payload, published) = match (stamp, position) {
+            (Some(stamp), Some(position)) => (stamp(&payload, position), Some(payload)),
+            _ => (payload, None),
+        };
         let frame = encode_frame(opcode, true, &payload, None);
         Arc::new(Self {
             topic,
             opcode,
             payload,
+            published,
             position,
             frame,
             except: OnceLock::new(),
@@ -241,6 +268,7 @@ impl Publication {
             frame: Bytes::new(),
             except: OnceLock::new(),
             head_only: true,
+            published: None,
         })
     }
 
@@ -259,9 +287,14 @@ impl Publication {
         self.opcode
     }
 
-    /// The message.
+    /// The message, as subscribers get it.
     pub fn payload(&self) -> &Bytes {
         &self.payload
+    }
+
+    /// The message as it was published, before any [`Stamp`]: what the broker link carries.
+    pub fn published(&self) -> &Bytes {
+        self.published.as_ref().unwrap_or(&self.payload)
     }
 
     /// Its place in the topic's stream, when history is on.
@@ -277,7 +310,10 @@ impl Publication {
     /// Bytes this publication holds (what the mailbox and history budgets count).
     pub fn size(&self) -> usize {
         // The payload is a slice of its own buffer; the frame is a copy with its header.
-        self.payload.len() + self.frame.len() + self.topic.len()
+        self.payload.len()
+            + self.published.as_ref().map_or(0, Bytes::len)
+            + self.frame.len()
+            + self.topic.len()
     }
 }
 
@@ -344,5 +380,39 @@ mod tests {
         assert!(header.fin);
         assert_eq!(header.opcode, OpCode::Text);
         assert_eq!(&frame[used..], b"hello");
+    }
+
+    #[test]
+    fn a_stamp_makes_the_payload_and_frame_once_a_position_is_given() {
+        fn stamp(payload: &[u8], position: Position) -> Bytes {
+            let mut out = payload.to_vec();
+            out.extend_from_slice(format!("@{position}").as_bytes());
+            Bytes::from(out)
+        }
+        let position = Position {
+            epoch: Epoch::from_bits(1),
+            offset: 7,
+        };
+        let stamped = Publication::stamped(
+            Arc::from("t"),
+            OpCode::Text,
+            Bytes::from_static(b"hi"),
+            Some(position),
+            Some(stamp),
+        );
+        assert_eq!(&stamped.payload()[..], format!("hi@{position}").as_bytes());
+        assert_eq!(&stamped.published()[..], b"hi");
+        let (_, used) = FrameHeader::parse(stamped.frame()).unwrap().unwrap();
+        assert_eq!(&stamped.frame()[used..], &stamped.payload()[..]);
+        // Without a position there is nothing to stamp.
+        let plain = Publication::stamped(
+            Arc::from("t"),
+            OpCode::Text,
+            Bytes::from_static(b"hi"),
+            None,
+            Some(stamp),
+        );
+        assert_eq!(&plain.payload()[..], b"hi");
+        assert_eq!(&plain.published()[..], b"hi");
     }
 }

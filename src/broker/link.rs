@@ -158,7 +158,7 @@ impl Link {
     pub(super) fn take(&self) -> Option<Arc<Publication>> {
         let item = self.outbound.pop()?;
         self.outbound_bytes
-            .fetch_sub(item.payload().len(), Ordering::AcqRel);
+            .fetch_sub(item.published().len(), Ordering::AcqRel);
         Some(item)
     }
 }
@@ -166,7 +166,7 @@ impl Link {
 impl Uplink for Link {
     fn publish(&self, publication: &Arc<Publication>) {
         let topic = publication.topic();
-        let len = publication.payload().len();
+        let len = publication.published().len();
         let over = self.outbound_bytes.fetch_add(len, Ordering::AcqRel) + len > QUEUE_MAX_BYTES;
         if over || self.outbound.push(Arc::clone(publication)).is_err() {
             self.outbound_bytes.fetch_sub(len, Ordering::AcqRel);

@@ -285,7 +285,7 @@ impl<B: Broker> Task<B> {
                     publication.opcode(),
                     node,
                     seq,
-                    publication.payload(),
+                    publication.published(),
                     publication.except(),
                 );
                 batch.push((self.broker.channel(topic), message));

@@ -106,9 +106,40 @@ pub trait Service: 'static {
         crate::protocol::handshake::http_response(404, "Not Found", &[], None, b"")
     }
 
+    /// What a connection silent for the ping interval is sent, and how one that stays silent
+    /// for another interval is closed. Asked once per worker, when it starts; the default is
+    /// a WebSocket ping and close 1001.
+    fn keepalive(&self) -> Keepalive {
+        Keepalive::default()
+    }
+
     /// The worker was woken from outside (another worker or thread has work for it).
     fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
         let _ = ctx;
+    }
+}
+
+/// How the driver keeps silent WebSocket connections in check ([`Service::keepalive`]): one
+/// choice per worker, so it costs no memory per connection. Any bytes received count as an
+/// answer.
+#[derive(Clone, Debug)]
+pub struct Keepalive {
+    /// The payload of a text message sent instead of a WebSocket ping (a protocol's own
+    /// ping, such as Pusher's `pusher:ping`); `None` for a WebSocket ping.
+    pub text_ping: Option<Bytes>,
+    /// The close code for a connection that did not answer.
+    pub close_code: CloseCode,
+    /// Its close reason.
+    pub close_reason: &'static str,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            text_ping: None,
+            close_code: CloseCode::GOING_AWAY,
+            close_reason: "ping timeout",
+        }
     }
 }
 

@@ -263,11 +263,12 @@ fn publish(
     let mut info = serde_json::Map::new();
     for (name, channel) in checked.channels {
         let encoded = message::encode_event(&event.name, name, Data::Text(&event.data), None);
-        call.publish_except(
+        call.publish_stamped(
             &topic(app, name),
             OpCode::Text,
             encoded.as_bytes(),
             checked.except,
+            message::stamp_position,
         );
         let mut state = node.state(app);
         if channel.is_some_and(|c| c.is_cache()) {

@@ -13,14 +13,14 @@ use std::time::Instant;
 use super::app::{App, Apps};
 use super::auth::{self, AuthError};
 use super::channel::Channel;
-use super::message::{self, ClientMessage, Data};
+use super::message::{self, ClientMessage, Data, Resume};
 use super::presence::{Member, PresenceError};
 use super::rate::RateLimit;
 use super::state::{self, AppState};
 
 use super::socket_id;
 use super::webhook::{self, Webhooks};
-use crate::broadcast::{Connection, Decision, Handler, HttpCall, HttpHead, Message};
+use crate::broadcast::{Connection, Decision, Handler, HttpCall, HttpHead, Message, Resumed};
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
 
@@ -38,6 +38,8 @@ pub mod codes {
     pub const NO_PROTOCOL: u16 = 4008;
     /// 4009: the connection is not authorized (failed sign-in, terminated).
     pub const UNAUTHORIZED: u16 = 4009;
+    /// 4201: the server's `pusher:ping` got no answer within the ping interval.
+    pub const PONG_NOT_RECEIVED: u16 = 4201;
     /// 4301: a client event over the rate limit.
     pub const RATE_LIMITED: u16 = 4301;
 }
@@ -125,6 +127,9 @@ pub struct Pusher {
     pub(crate) node: Arc<Node>,
 }
 
+/// Every channel event carries its position when history is on.
+const STAMP: crate::broadcast::Stamp = message::stamp_position;
+
 impl Pusher {
     /// A handler serving these apps.
     pub fn new(apps: Apps) -> Self {
@@ -208,12 +213,14 @@ impl Handler for Pusher {
                 channel,
                 auth,
                 channel_data,
+                resume,
             }) => self.subscribe(
                 conn,
                 &app,
                 &channel,
                 auth.as_deref(),
                 channel_data.as_deref(),
+                resume,
             ),
             Ok(ClientMessage::Unsubscribe { channel }) => self.unsubscribe(conn, &app, &channel),
             Ok(ClientMessage::ClientEvent {
@@ -259,6 +266,14 @@ impl Handler for Pusher {
         }
     }
 
+    fn keepalive(&self) -> crate::driver::Keepalive {
+        crate::driver::Keepalive {
+            text_ping: Some(message::encode_ping().into()),
+            close_code: CloseCode(codes::PONG_NOT_RECEIVED),
+            close_reason: "Pong reply not received",
+        }
+    }
+
     fn on_http_head(&mut self, request: &Request) -> Option<HttpHead> {
         if crate::sse::is_event_stream(request) {
             // The engine's Server-Sent Events would read any channel, private ones included,
@@ -294,6 +309,7 @@ impl Pusher {
         name: &str,
         auth: Option<&str>,
         channel_data: Option<&str>,
+        resume: Resume,
     ) {
         let channel = match Channel::parse(name) {
             Ok(channel) => channel,
@@ -349,6 +365,9 @@ impl Pusher {
             None
         };
         let topic = topic(app, name);
+        if member.is_none() {
+            return self.subscribe_resuming(conn, app, name, &channel, &topic, resume);
+        }
         if let Err(refusal) = conn.subscribe(&topic) {
             return subscription_error(conn, name, "LimitReached", &refusal.to_string(), 400);
         }
@@ -375,6 +394,11 @@ impl Pusher {
             .insert(name.into(), user.as_ref().map(|(id, _)| id.clone()));
         let ok = message::encode_subscription_succeeded(name, joined.presence);
         conn.send(OpCode::Text, ok.as_bytes());
+        if resume != Resume::No {
+            // Replayed member events would contradict the member list just sent.
+            let failed = message::encode_resume_failed(name, None);
+            conn.send(OpCode::Text, failed.as_bytes());
+        }
         if joined.occupied {
             self.node.webhook(app, || webhook::Event::ChannelOccupied {
                 channel: name.to_owned(),
@@ -382,13 +406,86 @@ impl Pusher {
         }
         if let (true, Some((user_id, info))) = (joined.first, &user) {
             let added = message::encode_member_added(name, user_id, info);
-            conn.publish_to_others(&topic, OpCode::Text, added.as_bytes());
+            conn.publish_stamped(&topic, OpCode::Text, added.as_bytes(), true, STAMP);
             self.node.webhook(app, || webhook::Event::MemberAdded {
                 channel: name.to_owned(),
                 user_id: user_id.clone(),
             });
         }
         if channel.is_cache() {
+            let cached = joined
+                .cached
+                .unwrap_or_else(|| message::encode_cache_miss(name));
+            conn.send(OpCode::Text, cached.as_bytes());
+        }
+    }
+
+    /// Subscribes to a channel without members, from the position `resume` names when it
+    /// can: `subscription_succeeded` first, then exactly the events missed, then live ones;
+    /// or, when they cannot be had, `uringcast:resume_failed` after `subscription_succeeded`.
+    /// With history on, a `subscription_succeeded` that replays nothing carries the
+    /// channel's position (`offset`, `epoch`), where the live events start.
+    fn subscribe_resuming(
+        &mut self,
+        conn: &mut Connection<'_, PusherConn>,
+        app: &App,
+        name: &str,
+        channel: &Channel<'_>,
+        topic: &str,
+        resume: Resume,
+    ) {
+        let since = match resume {
+            Resume::From(position) => Some(position),
+            Resume::No | Resume::Malformed => None,
+        };
+        let asked = resume != Resume::No;
+        let resumed = conn.subscribe_from_with(topic, since, |resumed| {
+            let ok = message::encode_subscription_succeeded(name, None);
+            Some(match resumed {
+                Resumed::Exact { head, .. } if since.is_none() => {
+                    message::stamp_position(ok.as_bytes(), *head).to_vec()
+                }
+                Resumed::NotRecovered { head } => {
+                    message::stamp_position(ok.as_bytes(), *head).to_vec()
+                }
+                _ => ok.into_bytes(),
+            })
+        });
+        let resumed = match resumed {
+            Ok(resumed) => resumed,
+            Err(refusal) => {
+                return subscription_error(conn, name, "LimitReached", &refusal.to_string(), 400)
+            }
+        };
+        let joined = self
+            .node
+            .state(app)
+            .subscribe(name, None, app.limits.max_presence_members);
+        let joined = match joined {
+            Ok(joined) => joined,
+            Err(error) => {
+                // Only a member can be refused; kept total all the same.
+                conn.unsubscribe(topic);
+                return subscription_error(conn, name, "LimitReached", &error.to_string(), 400);
+            }
+        };
+        conn.data().channels.insert(name.into(), None);
+        let exact = since.is_some() && matches!(resumed, Resumed::Exact { .. });
+        if asked && !exact {
+            let head = match resumed {
+                Resumed::NotRecovered { head } | Resumed::Exact { head, .. } => Some(head),
+                _ => None,
+            };
+            let failed = message::encode_resume_failed(name, head);
+            conn.send(OpCode::Text, failed.as_bytes());
+        }
+        if joined.occupied {
+            self.node.webhook(app, || webhook::Event::ChannelOccupied {
+                channel: name.to_owned(),
+            });
+        }
+        if channel.is_cache() && !exact {
+            // An exact resume already holds the channel's last event, or what followed it.
             let cached = joined
                 .cached
                 .unwrap_or_else(|| message::encode_cache_miss(name));
@@ -415,7 +512,13 @@ impl Pusher {
         let left = self.node.state(app).unsubscribe(name, user_id);
         if let (true, Some(user_id)) = (left.member, user_id) {
             let removed = message::encode_member_removed(name, user_id);
-            conn.publish_to_others(&topic(app, name), OpCode::Text, removed.as_bytes());
+            conn.publish_stamped(
+                &topic(app, name),
+                OpCode::Text,
+                removed.as_bytes(),
+                true,
+                STAMP,
+            );
             self.node.webhook(app, || webhook::Event::MemberRemoved {
                 channel: name.to_owned(),
                 user_id: user_id.to_owned(),
@@ -469,7 +572,13 @@ impl Pusher {
             );
         }
         let encoded = message::encode_event(event, name, Data::Raw(data), user_id.as_deref());
-        conn.publish_to_others(&topic(app, name), OpCode::Text, encoded.as_bytes());
+        conn.publish_stamped(
+            &topic(app, name),
+            OpCode::Text,
+            encoded.as_bytes(),
+            true,
+            STAMP,
+        );
         if channel.is_cache() {
             self.node.state(app).cache(name, encoded);
         }

@@ -6,8 +6,11 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+
+use crate::broadcast::{Epoch, Position};
 
 /// A message from a client.
 #[derive(Debug, PartialEq, Eq)]
@@ -20,6 +23,8 @@ pub enum ClientMessage<'a> {
         auth: Option<Cow<'a, str>>,
         /// The presence member's JSON, signed in `auth`.
         channel_data: Option<Cow<'a, str>>,
+        /// `"resume": {"epoch", "offset"}`: the position of the last event the client has.
+        resume: Resume,
     },
     /// `pusher:unsubscribe`.
     Unsubscribe {
@@ -91,6 +96,44 @@ struct SubscribeData<'a> {
     auth: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     channel_data: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    resume: Option<&'a RawValue>,
+}
+
+/// What a `pusher:subscribe` asks to resume from (uringcast's extension).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// No `resume`: a plain subscription.
+    No,
+    /// The client has every event up to this position.
+    From(Position),
+    /// A `resume` that is not `{"epoch": string, "offset": integer}`: nothing can be
+    /// resumed from it.
+    Malformed,
+}
+
+impl Resume {
+    fn parse(raw: Option<&RawValue>) -> Self {
+        #[derive(Deserialize)]
+        struct At<'a> {
+            #[serde(borrow)]
+            epoch: Cow<'a, str>,
+            offset: u64,
+        }
+        let Some(raw) = raw else {
+            return Self::No;
+        };
+        let Ok(at) = serde_json::from_str::<At<'_>>(raw.get()) else {
+            return Self::Malformed;
+        };
+        match at.epoch.parse::<Epoch>() {
+            Ok(epoch) => Self::From(Position {
+                epoch,
+                offset: at.offset,
+            }),
+            Err(_) => Self::Malformed,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -120,6 +163,7 @@ impl<'a> ClientMessage<'a> {
                         .ok_or(DecodeError::MissingField("pusher:subscribe", "channel"))?,
                     auth: data.auth,
                     channel_data: data.channel_data,
+                    resume: Resume::parse(data.resume),
                 })
             }
             "pusher:unsubscribe" => {
@@ -254,6 +298,46 @@ pub fn encode_subscription_succeeded(channel: &str, presence: Option<serde_json:
     )
 }
 
+/// `uringcast:resume_failed` on a channel: the events after the position the client asked
+/// to resume from cannot be given to it; `head`, when known, is the channel's position now
+/// (what follows the subscription). Its data, a JSON string as Pusher's: `{"epoch",
+/// "offset"}`, or `{}`.
+pub fn encode_resume_failed(channel: &str, head: Option<Position>) -> String {
+    let data = match head {
+        Some(head) => {
+            serde_json::json!({"epoch": head.epoch.as_str(), "offset": head.offset}).to_string()
+        }
+        None => "{}".to_owned(),
+    };
+    encode(
+        "uringcast:resume_failed",
+        Some(channel),
+        Some(DataOut::Text(&data)),
+        None,
+    )
+}
+
+/// A channel event with its position in the channel's stream at the top level, as
+/// `"offset": N, "epoch": "E"` before its closing brace (the [`Stamp`](crate::broadcast::Stamp)
+/// of every channel event when history is on). pusher-js ignores fields it does not know.
+/// Anything but a JSON object is left as it is.
+pub fn stamp_position(event: &[u8], position: Position) -> Bytes {
+    let Some(head) = event.strip_suffix(b"}") else {
+        return Bytes::copy_from_slice(event);
+    };
+    let empty = head.iter().rev().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    let fields = format!(
+        "{}\"offset\":{},\"epoch\":\"{}\"}}",
+        if empty { "" } else { "," },
+        position.offset,
+        position.epoch
+    );
+    let mut out = Vec::with_capacity(head.len() + fields.len());
+    out.extend_from_slice(head);
+    out.extend_from_slice(fields.as_bytes());
+    Bytes::from(out)
+}
+
 /// `pusher:subscription_error` with its `type`, `error` and `status`.
 pub fn encode_subscription_error(channel: &str, kind: &str, error: &str, status: u16) -> String {
     let data = serde_json::json!({"type": kind, "error": error, "status": status});
@@ -263,6 +347,11 @@ pub fn encode_subscription_error(channel: &str, kind: &str, error: &str, status:
         Some(DataOut::Object(data)),
         None,
     )
+}
+
+/// `pusher:ping`, the server's activity check (answered by `pusher:pong`).
+pub fn encode_ping() -> String {
+    encode("pusher:ping", None, Some(DataOut::Text("{}")), None)
 }
 
 /// `pusher:error` with a message and, when there is one, a code from protocol.adoc's ranges.
@@ -330,6 +419,55 @@ mod tests {
     }
 
     #[test]
+    fn a_subscribe_may_carry_a_resume_position() {
+        let decode = |resume: &str| {
+            let text = format!(
+                r#"{{"event":"pusher:subscribe","data":{{"channel":"a","resume":{resume}}}}}"#
+            );
+            match ClientMessage::decode(&text) {
+                Ok(ClientMessage::Subscribe { resume, .. }) => resume,
+                other => panic!("not a subscribe: {other:?}"),
+            }
+        };
+        assert_eq!(
+            decode(r#"{"epoch":"abc","offset":12}"#),
+            Resume::From(Position {
+                epoch: "abc".parse().unwrap(),
+                offset: 12
+            })
+        );
+        for bad in [
+            r#"{"epoch":"abc"}"#,
+            r#"{"epoch":"a b","offset":1}"#,
+            r#"{"epoch":"abc","offset":-1}"#,
+            r#"{"epoch":"abc","offset":"1"}"#,
+            r#""abc:1""#,
+        ] {
+            assert_eq!(decode(bad), Resume::Malformed, "{bad}");
+        }
+        assert_eq!(decode("null"), Resume::No, "null is no resume");
+    }
+
+    #[test]
+    fn a_stamp_adds_the_position_as_top_level_fields() {
+        let position = Position {
+            epoch: "e1".parse().unwrap(),
+            offset: 9,
+        };
+        let event = encode_event("news", "ch", Data::Text("{\"a\":1}"), None);
+        let stamped = stamp_position(event.as_bytes(), position);
+        let value: serde_json::Value = serde_json::from_slice(&stamped).unwrap();
+        assert_eq!(value["offset"], 9);
+        assert_eq!(value["epoch"], "e1");
+        assert_eq!(value["event"], "news");
+        assert_eq!(value["data"], "{\"a\":1}");
+        let empty: serde_json::Value =
+            serde_json::from_slice(&stamp_position(b"{ }", position)).unwrap();
+        assert_eq!(empty, json!({"offset": 9, "epoch": "e1"}));
+        assert_eq!(&stamp_position(b"[1]", position)[..], b"[1]");
+    }
+
+    #[test]
     fn decodes_what_pusher_js_sends() {
         let m = ClientMessage::decode(
             r#"{"event":"pusher:subscribe","data":{"auth":"k:s","channel":"private-a"}}"#,
@@ -339,7 +477,8 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 channel: "private-a".into(),
                 auth: Some("k:s".into()),
-                channel_data: None
+                channel_data: None,
+                resume: Resume::No,
             })
         );
         let m = ClientMessage::decode(
@@ -480,6 +619,7 @@ mod tests {
                 channel: channel.as_str().into(),
                 auth: Some(auth.as_str().into()),
                 channel_data: None,
+                resume: Resume::No,
             });
         }
     }

@@ -250,7 +250,7 @@ impl Handler for Resuming {
             .and_then(|s| s.parse::<Position>().ok());
         let topic = uringcast::broadcast::topic_of_path(request.path());
         let said = match conn.subscribe_from(topic, since) {
-            Ok(Resumed::Exact { replayed }) => format!("exact {replayed}"),
+            Ok(Resumed::Exact { replayed, .. }) => format!("exact {replayed}"),
             Ok(Resumed::NotRecovered { head }) => format!("not {head}"),
             Ok(other) => format!("{other:?}"),
             Err(error) => format!("refused {error}"),

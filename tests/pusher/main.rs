@@ -253,6 +253,145 @@ fn client_events_skip_their_sender_with_history_on() -> Result<()> {
     Ok(())
 }
 
+/// Subscribes to a public channel, with `resume` in the data when given; returns the
+/// `subscription_succeeded`.
+fn subscribe_resuming(
+    client: &mut RawClient,
+    channel: &str,
+    resume: Option<Value>,
+) -> Result<Value> {
+    let mut data = json!({"channel": channel});
+    if let Some(resume) = resume {
+        data["resume"] = resume;
+    }
+    send_json(client, &json!({"event": "pusher:subscribe", "data": data}))?;
+    let ok = read_json(client)?;
+    ensure!(
+        ok["event"] == "pusher_internal:subscription_succeeded" && ok["channel"] == channel,
+        "{ok}"
+    );
+    Ok(ok)
+}
+
+/// Reads one channel event and returns its `data` and its position.
+fn read_event(client: &mut RawClient) -> Result<(String, u64, String)> {
+    let event = read_json(client)?;
+    ensure!(event["event"] == "news", "{event}");
+    let offset = event["offset"].as_u64().context("no offset")?;
+    let epoch = event["epoch"].as_str().context("no epoch")?.to_owned();
+    Ok((
+        event["data"].as_str().unwrap_or_default().to_owned(),
+        offset,
+        epoch,
+    ))
+}
+
+#[test]
+fn a_resumed_subscription_gets_exactly_the_missed_events_first() -> Result<()> {
+    let server = pusher_server(&["--history", "100"])?;
+    let (mut a, _) = established(&server)?;
+    let ok = subscribe_resuming(&mut a, "resume-a", None)?;
+    // A fresh subscription tells where its live events start.
+    ensure!(ok["offset"] == 0, "{ok}");
+    let epoch = ok["epoch"].as_str().context("no epoch")?.to_owned();
+    for n in 1..=3 {
+        ensure!(trigger(&server, "resume-a", "news", &n.to_string())? == 200);
+    }
+    for n in 1..=3u64 {
+        ensure!(read_event(&mut a)? == (n.to_string(), n, epoch.clone()));
+    }
+    drop(a);
+    for n in 4..=5 {
+        ensure!(trigger(&server, "resume-a", "news", &n.to_string())? == 200);
+    }
+    let (mut b, _) = established(&server)?;
+    let ok = subscribe_resuming(
+        &mut b,
+        "resume-a",
+        Some(json!({"epoch": epoch, "offset": 3})),
+    )?;
+    ensure!(ok.get("offset").is_none(), "an exact resume replays: {ok}");
+    ensure!(trigger(&server, "resume-a", "news", "6")? == 200);
+    for n in 4..=6u64 {
+        ensure!(read_event(&mut b)? == (n.to_string(), n, epoch.clone()));
+    }
+    // Another epoch, or a malformed position: resume_failed, then live events.
+    let (mut c, _) = established(&server)?;
+    for resume in [json!({"epoch": "other", "offset": 1}), json!("3")] {
+        let ok = subscribe_resuming(&mut c, "resume-c", Some(resume))?;
+        ensure!(ok["offset"] == 0, "{ok}");
+        let failed = read_json(&mut c)?;
+        ensure!(
+            failed["event"] == "uringcast:resume_failed" && failed["channel"] == "resume-c",
+            "{failed}"
+        );
+        let head: Value = serde_json::from_str(failed["data"].as_str().unwrap_or_default())?;
+        ensure!(head["offset"] == 0 && head["epoch"].is_string(), "{head}");
+        send_json(
+            &mut c,
+            &json!({"event": "pusher:unsubscribe", "data": {"channel": "resume-c"}}),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn without_history_a_resume_fails_and_events_carry_no_position() -> Result<()> {
+    let server = pusher_server(&[])?;
+    let (mut a, _) = established(&server)?;
+    let ok = subscribe_resuming(&mut a, "plain", Some(json!({"epoch": "e", "offset": 1})))?;
+    ensure!(ok.get("offset").is_none(), "{ok}");
+    let failed = read_json(&mut a)?;
+    ensure!(failed["event"] == "uringcast:resume_failed", "{failed}");
+    ensure!(failed["data"] == "{}", "{failed}");
+    ensure!(trigger(&server, "plain", "news", "1")? == 200);
+    let event = read_json(&mut a)?;
+    ensure!(
+        event["event"] == "news" && event.get("offset").is_none(),
+        "{event}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_presence_channel_does_not_resume() -> Result<()> {
+    let server = pusher_server(&["--history", "100"])?;
+    let (mut a, id) = established(&server)?;
+    let channel = "presence-r";
+    let member = r#"{"user_id":"u1"}"#;
+    let auth = format!(
+        "{KEY}:{}",
+        sign(SECRET, &format!("{id}:{channel}:{member}"))
+    );
+    send_json(
+        &mut a,
+        &json!({"event": "pusher:subscribe", "data": {"channel": channel, "auth": auth,
+            "channel_data": member, "resume": {"epoch": "e", "offset": 0}}}),
+    )?;
+    ensure!(read_json(&mut a)?["event"] == "pusher_internal:subscription_succeeded");
+    let failed = read_json(&mut a)?;
+    ensure!(failed["event"] == "uringcast:resume_failed", "{failed}");
+    Ok(())
+}
+
+#[test]
+fn a_silent_connection_is_pinged_then_closed_with_4201() -> Result<()> {
+    let server = pusher_server(&["--ping-interval", "0.3"])?;
+    let (mut silent, _) = established(&server)?;
+    let (mut answering, _) = established(&server)?;
+    // One that answers each pusher:ping with pusher:pong stays, ping after ping.
+    for _ in 0..3 {
+        let ping = read_json(&mut answering)?;
+        ensure!(ping["event"] == "pusher:ping", "{ping}");
+        send_json(&mut answering, &json!({"event": "pusher:pong", "data": {}}))?;
+    }
+    // The silent one is pinged once (a text event, not a WebSocket ping), then closed.
+    let ping = read_json(&mut silent)?;
+    ensure!(ping["event"] == "pusher:ping", "{ping}");
+    ensure!(silent.expect_close()?.close_code() == Some(4201));
+    Ok(())
+}
+
 #[test]
 fn two_apps_never_share_a_channel() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("uringcast-pusher-apps-{}", std::process::id()));
@@ -642,6 +781,29 @@ fn pusher_js_in_headless_chromium() -> Result<()> {
     let server = pusher_server(&[])?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/chromium.js");
     run_client(&server, "node", &[script], "ok chromium")
+}
+
+#[test]
+fn the_resume_module_recovers_pusher_js_in_headless_chromium() -> Result<()> {
+    if let Some(reason) = node_missing() {
+        eprintln!("SKIP the_resume_module_recovers_pusher_js_in_headless_chromium: {reason}");
+        return Ok(());
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let found = Command::new(&chromium)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !found.is_ok_and(|s| s.success()) {
+        eprintln!(
+            "SKIP the_resume_module_recovers_pusher_js_in_headless_chromium: no {chromium} (set CHROMIUM)"
+        );
+        return Ok(());
+    }
+    let server = pusher_server(&["--history", "100"])?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/resume.js");
+    run_client(&server, "node", &[script], "ok resume")
 }
 
 #[test]

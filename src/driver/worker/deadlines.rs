@@ -8,7 +8,7 @@ use super::Worker;
 use crate::driver::conn::{Ending, Stage};
 use crate::driver::timer::TimerEntry;
 use crate::driver::Service;
-use crate::protocol::{CloseCode, CloseState};
+use crate::protocol::CloseState;
 
 /// Entries the list of due timers keeps room for between ticks.
 const DUE_CAPACITY: usize = 1024;
@@ -53,7 +53,8 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// Pings a connection idle for an interval; closes 1001 one interval after an unanswered ping.
+    /// Pings a connection idle for an interval (a WebSocket ping, or the service's own text
+    /// ping); closes it (1001, or the service's code) one interval after an unanswered ping.
     pub(super) fn on_ping_deadline(&mut self, key: usize, now: Instant) {
         let Some(interval) = self.ping_ticks else {
             return;
@@ -84,13 +85,26 @@ impl<S: Service> Worker<S> {
             self.set_deadline_tick(key, idle_since + interval_ticks);
             return;
         }
+        let (text_ping, keepalive) = &self.keepalive;
         if conn.ping_outstanding {
-            debug!(key, "ping unanswered; closing 1001");
-            if let Some(frame) = ws.close(CloseCode::GOING_AWAY, "ping timeout") {
+            debug!(
+                key,
+                code = keepalive.close_code.0,
+                "ping unanswered; closing"
+            );
+            if let Some(frame) = ws.close(keepalive.close_code, keepalive.close_reason) {
                 conn.queue.push_unbounded(frame);
             }
             self.mark_dirty(key);
             self.set_deadline(key, now, self.config.drain_timeout);
+        } else if let Some(frame) = text_ping
+            .clone()
+            .filter(|_| ws.close_state() == CloseState::Open)
+        {
+            conn.queue.push_unbounded(frame);
+            conn.ping_outstanding = true;
+            self.mark_dirty(key);
+            self.set_deadline(key, now, interval);
         } else if let Some(frame) = ws.ping(b"") {
             conn.queue.push_unbounded(frame);
             conn.ping_outstanding = true;

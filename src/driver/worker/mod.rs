@@ -180,6 +180,9 @@ struct Worker<S: Service> {
     /// When set, the worker is draining towards exit: the instant to give up waiting.
     stop_deadline: Option<Instant>,
     ping_ticks: Option<Duration>,
+    /// What a silent connection is sent (the text frame of the service's own ping, encoded
+    /// once, or `None` for a WebSocket ping) and the close if it stays silent.
+    keepalive: (Option<bytes::Bytes>, crate::driver::Keepalive),
     /// The drain timeout in ticks.
     drain_ticks: u32,
     /// permessage-deflate's compressor and inflater, for all connections.
@@ -221,6 +224,10 @@ impl<S: Service> Worker<S> {
         let bufs = unsafe { BufRing::register(&ring, 0, count, size) }?;
         let start = Instant::now();
         let codec = crate::driver::service::Codec::new(config.deflate, config.deflate_min_bytes);
+        let keepalive = service.keepalive();
+        let ping_frame = keepalive.text_ping.as_ref().map(|payload| {
+            crate::protocol::frame::encode_frame(crate::protocol::OpCode::Text, true, payload, None)
+        });
         Ok(Self {
             ring: ManuallyDrop::new(ring),
             bufs: ManuallyDrop::new(bufs),
@@ -233,6 +240,7 @@ impl<S: Service> Worker<S> {
             wheel: TimerWheel::new(start),
             service,
             ping_ticks: config.ping_interval,
+            keepalive: (ping_frame, keepalive),
             drain_ticks: config
                 .drain_timeout
                 .as_millis()
