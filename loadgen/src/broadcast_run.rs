@@ -20,9 +20,18 @@ use crate::{finish, payload, prepare};
 
 /// Runs `broadcast`; the exit code.
 pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
+    run_with(args, None)
+}
+
+/// Runs `broadcast`, or with `pusher` the `pusher` scenario on the same engine: its
+/// connections speak Pusher's protocol, and HTTP publishers trigger through the signed API.
+pub(crate) fn run_with(
+    args: BroadcastArgs,
+    pusher: Option<Arc<crate::scenario::session::pusher::Channels>>,
+) -> Result<i32, LoadError> {
     let (encoding, size) = payload(
         args.traffic.payload,
-        crate::session_needs_text(&args.traffic),
+        pusher.is_some() || crate::session_needs_text(&args.traffic),
         args.size,
         broadcast::DEFAULT_SIZE,
         "publisher",
@@ -94,6 +103,11 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         duration,
         "publish",
     )?;
+    if let Some(channels) = &pusher {
+        prepared.settings.session = Some(Arc::new(crate::scenario::session::Spec::pusher(
+            (**channels).clone(),
+        )));
+    }
     prepared.settings.split = publisher.map(|target| Split {
         from: args.subscribers,
         target,
@@ -158,8 +172,13 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         ),
         Publishing::External => "an outside publisher".to_owned(),
     };
+    let scenario = if pusher.is_some() {
+        "pusher"
+    } else {
+        "broadcast"
+    };
     let headline = format!(
-        "broadcast {}: {} subscribers, {who}, {size} B {}messages, {:.1} s, {} thread(s), {} \
+        "{scenario} {}: {} subscribers, {who}, {size} B {}messages, {:.1} s, {} thread(s), {} \
          loop",
         prepared.settings.target,
         args.subscribers,
@@ -198,13 +217,17 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         )
     };
     let mut http = publish_url.map(|url| {
-        HttpSenders::new(
+        let senders = HttpSenders::new(
             url,
             args.publish_token.clone(),
             args.publishers,
             rate,
             stamper,
-        )
+        );
+        match &pusher {
+            Some(channels) => senders.pusher(Arc::clone(channels)),
+            None => senders,
+        }
     });
     let outcome = match &mut http {
         Some(senders) => traffic::run(&prepared.settings, prepared.features, work, senders)?,
@@ -214,7 +237,7 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         eprintln!("uringcast-load: first failed publish: {error}");
     }
     let report = TrafficReport {
-        scenario: "broadcast",
+        scenario,
         settings: settings_json,
         pace: if closed.is_some() {
             Loop::Closed

@@ -26,6 +26,7 @@ mod merge;
 mod output;
 mod plot;
 mod procfs;
+mod pusher_run;
 mod report;
 mod scenario;
 mod source;
@@ -72,6 +73,7 @@ fn main() {
         Scenario::Sse(args) => sse_run::run(args),
         Scenario::Merge(args) => merge::run(&args),
         Scenario::Plot(args) => plot::command::run(&args),
+        Scenario::Pusher(args) => pusher_run::run(args),
     };
     let code = match result {
         Ok(code) => code,
