@@ -102,6 +102,11 @@ pub(crate) struct PusherArgs {
     /// The event name [default: load, or client-load with --client-events].
     #[arg(long)]
     pub(crate) event: Option<String>,
+    /// Presence churn: R members a second join the first channel (each a new connection,
+    /// signed like the subscribers) and leave again at once, beside the traffic (needs
+    /// --presence).
+    #[arg(long, value_name = "R", requires = "presence")]
+    pub(crate) churn: Option<f64>,
     #[command(flatten)]
     pub(crate) traffic: TrafficArgs,
 }

@@ -169,6 +169,7 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         unit: "echoes",
         outcome,
         closed_loop: None,
+        churn: None,
     };
     finish(&report, t)
 }

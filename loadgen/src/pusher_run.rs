@@ -58,6 +58,9 @@ pub(crate) fn run(args: PusherArgs) -> Result<i32, LoadError> {
             "--event {event}: client events are named client-*, and only they"
         )));
     }
+    if let Some(rate) = args.churn {
+        crate::cli::positive("--churn", rate, crate::cli::MAX_RATE)?;
+    }
     let credentials = Credentials::new(&args.app_id, &args.app_key, &args.app_secret);
     let channels = Arc::new(Channels::new(
         credentials,
@@ -106,5 +109,5 @@ pub(crate) fn run(args: PusherArgs) -> Result<i32, LoadError> {
         publish_token: None,
         traffic: args.traffic,
     };
-    broadcast_run::run_with(broadcast_args, Some(channels))
+    broadcast_run::run_with(broadcast_args, Some((channels, args.churn)))
 }

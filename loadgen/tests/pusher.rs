@@ -136,6 +136,53 @@ fn every_event_arrives_once_in_order_on_every_kind_of_channel() {
 }
 
 #[test]
+fn presence_churn_joins_and_leaves_beside_exact_traffic() {
+    let _serial = serial();
+    let server = uringcast_pusher();
+    let url = format!("ws://{}", server.local_addr());
+    let (ok, json, text) = run(
+        "pusher-churn",
+        &url,
+        &[
+            "--presence",
+            "--subscribers",
+            "40",
+            "--rate",
+            "20",
+            "--churn",
+            "50",
+            "--duration",
+            "1.5",
+        ],
+    );
+    assert!(ok, "{text}");
+    // The subscribers see every trigger once, whatever member_added and member_removed pass.
+    assert_exact(&json, 40);
+    let churn = &json["churn"];
+    let joined = churn["joined"].as_u64().expect("joined");
+    // 50/s over 1.5 s of traffic: about 75 (the schedule, not a timing bound: at least a few).
+    assert!(joined >= 10, "{json:#}");
+    assert_eq!(churn["left"], joined, "{json:#}");
+    assert_eq!(churn["failed"], 0, "{json:#}");
+    assert!(text.contains("presence members joined"), "{text}");
+    // Churn needs presence channels.
+    let output = load(&[
+        "pusher",
+        &url,
+        "--app-id",
+        APP_ID,
+        "--app-key",
+        KEY,
+        "--app-secret",
+        SECRET,
+        "--churn",
+        "5",
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", describe(&output));
+    server.shutdown();
+}
+
+#[test]
 fn a_wrong_secret_fails_every_subscription_and_every_trigger() {
     let _serial = serial();
     let server = uringcast_pusher();

@@ -154,7 +154,17 @@ impl Channels {
 
     /// `pusher:subscribe` of connection `conn` to its channel, signed for `socket_id`.
     fn subscribe(&self, conn: u64, socket_id: &str) -> Vec<u8> {
-        let channel = self.of(conn);
+        self.subscribe_as(self.of(conn), &format!("load-{conn}"), socket_id)
+    }
+
+    /// `pusher:subscribe` of churning member `member` (user `churn-{member}`) to the first
+    /// channel, signed for `socket_id`.
+    pub fn churn_subscribe(&self, member: u64, socket_id: &str) -> Vec<u8> {
+        self.subscribe_as(&self.names[0], &format!("churn-{member}"), socket_id)
+    }
+
+    /// `pusher:subscribe` to `channel`, signed for `socket_id`; `user` is the presence member.
+    fn subscribe_as(&self, channel: &str, user: &str, socket_id: &str) -> Vec<u8> {
         let data = match self.kind {
             Kind::Public => json!({ "channel": channel }),
             Kind::Private => json!({
@@ -162,7 +172,7 @@ impl Channels {
                 "auth": self.credentials.channel_auth(socket_id, channel, None),
             }),
             Kind::Presence => {
-                let channel_data = presence_member(conn);
+                let channel_data = presence_member(user);
                 json!({
                     "channel": channel,
                     "auth": self.credentials.channel_auth(socket_id, channel, Some(&channel_data)),
@@ -179,8 +189,8 @@ impl Channels {
 }
 
 /// A presence member's `channel_data`: one user per connection.
-pub fn presence_member(conn: u64) -> String {
-    json!({"user_id": format!("load-{conn}"), "user_info": {}}).to_string()
+pub fn presence_member(user: &str) -> String {
+    json!({"user_id": user, "user_info": {}}).to_string()
 }
 
 #[cfg(test)]
@@ -280,7 +290,7 @@ mod tests {
         c.incoming(&mut state, 7, &established("9.9"), &mut out);
         let sub: Value = serde_json::from_slice(&out[0]).unwrap();
         let data = sub["data"]["channel_data"].as_str().unwrap();
-        assert_eq!(data, presence_member(7));
+        assert_eq!(data, presence_member("load-7"));
         let creds = Credentials::new("1", "key", "secret");
         assert_eq!(
             sub["data"]["auth"],
@@ -293,6 +303,17 @@ mod tests {
             c.incoming(&mut state, 7, error, &mut out),
             Incoming::Failed(_)
         ));
+        // A churning member: another user on the first channel, signed for its socket.
+        let churn: Value = serde_json::from_slice(&c.churn_subscribe(3, "5.5")).unwrap();
+        let data = churn["data"]["channel_data"].as_str().unwrap();
+        assert_eq!(data, presence_member("churn-3"));
+        assert_eq!(churn["data"]["channel"], "presence-load-0");
+        assert_eq!(
+            churn["data"]["auth"],
+            creds
+                .channel_auth("5.5", "presence-load-0", Some(data))
+                .as_str()
+        );
         // No socket id: failed too.
         let mut state = State::AwaitOpen;
         let bad = br#"{"event":"pusher:connection_established","data":"{}"}"#;
