@@ -10,8 +10,8 @@
 #
 # Scenarios (--only picks some): idle, broadcast, inflight, sweep, echo, handshakes, wss,
 # deflate, pusher (uringcast --mode pusher beside Sockudo: fan-out CPU per delivery,
-# deliveries per second, idle memory per subscribed connection; the servers uringcast and
-# sockudo of --servers take part). Each repetition runs every scenario, and within a scenario every server, in an
+# deliveries per second, idle memory per subscribed connection, presence churn per
+# CPU-second; the servers uringcast and sockudo of --servers take part). Each repetition runs every scenario, and within a scenario every server, in an
 # order rotated from one repetition to the next (interleaved runs: the machine's noise falls
 # on all alike). The report takes medians over the repetitions and per-repetition ratios.
 # --quick runs every scenario once at small scale (a few minutes). The run's files (every
@@ -21,7 +21,8 @@
 #
 # Builds uringcast, its load generator and floor server, and scripts/peers; installs Bun, Node ws
 # and Socket.IO from npm, Django Channels from PyPI and Gorilla from Debian's packages into
-# target/peers (scripts/peers/install.sh). Loopback only; every process
+# target/peers (scripts/peers/install.sh); builds Sockudo once from crates.io (not with
+# --quick: then SKIP unless built before). Loopback only; every process
 # is bounded by `timeout`, and every server started is stopped on exit.
 set -eEuo pipefail
 # Every early exit says why: a failing command that stops the script names itself and its line
@@ -40,7 +41,7 @@ while [ $# -gt 0 ]; do
     --servers) servers=$2; shift ;;
     --out) out=$2; shift ;;
     --page) page=$2; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -48,10 +49,10 @@ done
 if [ "$quick" = 1 ]; then
   reps=${reps:-1}
   idle_n=2000 subs=2000 sweep_ns="500 1000 2000" secs=3 sweep_secs=2 echo_secs=3 hs_n=2000
-  pusher_rate=50
+  pusher_rate=50 pusher_churn=50
   reps=${reps:-3}
   idle_n=19000 subs=10000 sweep_ns="1000 5000 10000 19000" secs=8 sweep_secs=5 echo_secs=8 hs_n=10000
-  pusher_rate=200
+  pusher_rate=200 pusher_churn=200
 fi
 case $reps in ''|*[!0-9]*|0) echo "bench.sh: --reps takes a positive number" >&2; exit 2 ;; esac
 out=${out:-target/bench/$(date +%Y%m%d-%H%M%S)}
@@ -394,8 +395,8 @@ handshakes() { # rep
 # by `uringcast-load pusher` through each server's signed HTTP API: CPU per delivery of one
 # event to N subscribers of one public channel (10/s), deliveries per second (the same channel
 # at $pusher_rate triggers/s from 4 HTTP publishers), and idle memory per subscribed
-# connection (nobody publishes). Presence churn is not measured yet (the load generator has
-# no --churn).
+# connection (nobody publishes), and presence churn per server CPU-second (members joining
+# and leaving a presence channel of 50, --churn).
 pusher_one() { # scenario name rep args...
   local scenario=$1 name=$2 rep=$3 server=$2; shift 3
   [ "$name" = uringcast ] && server=uringcast-pusher
@@ -422,6 +423,13 @@ pusher_scenarios() { # rep
   for name in $(rotated "$1" pusher); do
     next_port
     pusher_one pusher-idle "$name" "$1" --subscribers "$idle_n" --publishers 0 --duration 2
+  done
+  # Presence churn: 50 members on one presence channel (below both servers' default cap of
+  # 100), nobody publishing, members joining and leaving at $pusher_churn/s.
+  for name in $(rotated "$1" pusher); do
+    next_port
+    pusher_one pusher-churn "$name" "$1" --presence --subscribers 50 --publishers 0 \
+      --churn "$pusher_churn" --duration "$secs"
   done
 }
 

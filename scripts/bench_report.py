@@ -95,6 +95,11 @@ def handshakes_per_cpu_s(d):
     return d["connections"]["established"] / cpu if cpu else None
 
 
+def churn_per_cpu_s(d):
+    churn, cpu = d.get("churn") or {}, server_of(d).get("cpu_s")
+    return (churn.get("joined", 0) + churn.get("left", 0)) / cpu if cpu else None
+
+
 def wire_per_delivery(d):
     return d["wire_bytes_in"] / d["received"] if d.get("received") else None
 
@@ -109,6 +114,7 @@ FIGURES = {
     "p99": ("latency p99", lambda d: d["latency_us"]["p99"] / 1000, "ms", True, "{:.2f}"),
     "p999": ("latency p99.9", lambda d: d["latency_us"]["p999"] / 1000, "ms", True, "{:.2f}"),
     "hs": ("handshakes per server CPU-second", handshakes_per_cpu_s, "/CPU-s", False, "{:,.0f}"),
+    "churn": ("presence joins and leaves per server CPU-second", churn_per_cpu_s, "/CPU-s", False, "{:,.0f}"),
     "wire": ("bytes on the wire per delivery", wire_per_delivery, "B", True, "{:,.0f}"),
     "client": ("load generator CPU", lambda d: 100 * (d.get("client") or {}).get("cpu_s", 0) / d["duration_s"], "% of a core", True, "{:.0f}"),
     "rss_mib": ("server RSS", lambda d: server_of(d).get("rss_bytes", 0) / 2**20, "MiB", True, "{:.1f}"),
@@ -207,6 +213,11 @@ SCENARIOS = [
     ("pusher-idle", "Pusher: idle memory per subscribed connection", ["rss", "slab"],
      "{idle} connections each subscribed to one of a channel (public), nobody publishing; RSS "
      "growth of the server over the connections."),
+    ("pusher-churn", "Pusher: presence churn per CPU-second", ["churn"],
+     "50 members on one presence channel, nobody publishing; beside them members join (a new "
+     "connection, a signed subscription) and leave (a close) at 200/s (50 with --quick), "
+     "`uringcast-load pusher --churn`; joins plus leaves over the server's CPU seconds in the "
+     "window (which includes telling the 50 members of each)."),
 ]
 
 # The goals: (scenario, figure, the bound on uringcast / best peer, how it reads).
@@ -297,7 +308,7 @@ def main():
       "against uringcast `--mode pusher`. It is configured by environment (`SOCKUDO_DEFAULT_APP_ID`, "
       "`_KEY`, `_SECRET`, `HOST`, `PORT`) with its **rate limiter turned off** "
       "(`RATE_LIMITER_ENABLED=false`): by default it lets an address open only 20 WebSocket "
-      "connections a minute. Presence churn is not measured yet.")
+      "connections a minute.")
     w("\n<details><summary>lscpu</summary>\n\n```")
     w(open(os.path.join(a.run, "lscpu.txt")).read().rstrip())
     w("```\n</details>\n")
