@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --servers) servers=$2; shift ;;
     --out) out=$2; shift ;;
     --page) page=$2; shift ;;
-    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
