@@ -211,7 +211,7 @@ SCENARIOS = [
      "As above with 4 HTTP publishers triggering as fast as the schedule asks (200 events/s in "
      "all; 50 with --quick): what arrives per second when the server cannot keep up."),
     ("pusher-idle", "Pusher: idle memory per subscribed connection", ["rss", "slab"],
-     "{idle} connections each subscribed to one of a channel (public), nobody publishing; RSS "
+     "{idle} connections each subscribed to one public channel, nobody publishing; RSS "
      "growth of the server over the connections."),
     ("pusher-churn", "Pusher: presence churn per CPU-second", ["churn"],
      "50 members on one presence channel, nobody publishing; beside them members join (a new "
