@@ -50,6 +50,7 @@ if [ "$quick" = 1 ]; then
   reps=${reps:-1}
   idle_n=2000 subs=2000 sweep_ns="500 1000 2000" secs=3 sweep_secs=2 echo_secs=3 hs_n=2000
   pusher_rate=50 pusher_churn=50
+else
   reps=${reps:-3}
   idle_n=19000 subs=10000 sweep_ns="1000 5000 10000 19000" secs=8 sweep_secs=5 echo_secs=8 hs_n=10000
   pusher_rate=200 pusher_churn=200
