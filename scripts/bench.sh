@@ -9,7 +9,9 @@
 #   scripts/bench.sh [--quick] [--reps N] [--only S1,S2] [--servers A,B] [--out DIR] [--page FILE]
 #
 # Scenarios (--only picks some): idle, broadcast, inflight, sweep, echo, handshakes, wss,
-# deflate. Each repetition runs every scenario, and within a scenario every server, in an
+# deflate, pusher (uringcast --mode pusher beside Sockudo: fan-out CPU per delivery,
+# deliveries per second, idle memory per subscribed connection, presence churn per
+# CPU-second; the servers uringcast and sockudo of --servers take part). Each repetition runs every scenario, and within a scenario every server, in an
 # order rotated from one repetition to the next (interleaved runs: the machine's noise falls
 # on all alike). The report takes medians over the repetitions and per-repetition ratios.
 # --quick runs every scenario once at small scale (a few minutes). The run's files (every
@@ -19,7 +21,8 @@
 #
 # Builds uringcast, its load generator and floor server, and scripts/peers; installs Bun, Node ws
 # and Socket.IO from npm, Django Channels from PyPI and Gorilla from Debian's packages into
-# target/peers (scripts/peers/install.sh). Loopback only; every process
+# target/peers (scripts/peers/install.sh); builds Sockudo once from crates.io (not with
+# --quick: then SKIP unless built before). Loopback only; every process
 # is bounded by `timeout`, and every server started is stopped on exit.
 set -eEuo pipefail
 # Every early exit says why: a failing command that stops the script names itself and its line
@@ -28,8 +31,8 @@ trap 'rc=$?; [ "$BASH_SUBSHELL" = 0 ] && echo "bench.sh: stopped at line $LINENO
 cd "$(dirname "$0")/.."
 root=$PWD
 
-quick=0 reps="" only="idle,broadcast,inflight,sweep,echo,handshakes,wss,deflate"
-servers="uringcast,bun,node,fastwebsockets,tungstenite,gorilla,channels,socketio" out="" page=docs/BENCHMARKS.md
+quick=0 reps="" only="idle,broadcast,inflight,sweep,echo,handshakes,wss,deflate,pusher"
+servers="uringcast,bun,node,fastwebsockets,tungstenite,gorilla,channels,socketio,sockudo" out="" page=docs/BENCHMARKS.md
 while [ $# -gt 0 ]; do
   case $1 in
     --quick) quick=1 ;;
@@ -38,7 +41,7 @@ while [ $# -gt 0 ]; do
     --servers) servers=$2; shift ;;
     --out) out=$2; shift ;;
     --page) page=$2; shift ;;
-    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -46,9 +49,11 @@ done
 if [ "$quick" = 1 ]; then
   reps=${reps:-1}
   idle_n=2000 subs=2000 sweep_ns="500 1000 2000" secs=3 sweep_secs=2 echo_secs=3 hs_n=2000
+  pusher_rate=50 pusher_churn=50
 else
   reps=${reps:-3}
   idle_n=19000 subs=10000 sweep_ns="1000 5000 10000 19000" secs=8 sweep_secs=5 echo_secs=8 hs_n=10000
+  pusher_rate=200 pusher_churn=200
 fi
 case $reps in ''|*[!0-9]*|0) echo "bench.sh: --reps takes a positive number" >&2; exit 2 ;; esac
 out=${out:-target/bench/$(date +%Y%m%d-%H%M%S)}
@@ -93,6 +98,18 @@ if [[ ,$servers, == *,channels,* ]]; then
   peer_install_channels || true
   [ -x "$channels_venv/bin/daphne" ] || skip channels "Django Channels or Daphne (pip install in a venv)"
 fi
+if [[ ,$servers, == *,sockudo,* ]]; then
+  # Built once and cached under target/ (a large build); --quick (CI) never builds it: SKIP
+  # unless a full run built it before. Without the pusher scenarios it has nothing to run.
+  if ! [[ ,$only, == *,pusher,* ]]; then
+    servers=$(tr ',' '\n' <<<"$servers" | grep -vx sockudo | paste -sd, -)
+  elif [ "$quick" = 1 ]; then
+    peer_install_sockudo cached || skip sockudo "a cached Sockudo build (--quick does not build it; a full run does, into $sockudo_bin)"
+  else
+    peer_install_sockudo || true
+    [ -x "$sockudo_bin" ] || skip sockudo "Sockudo $sockudo_version (cargo install; see target/peers/sockudo/build.log)"
+  fi
+fi
 IFS=, read -r -a server_list <<<"$servers"
 if [ ${#server_list[@]} = 0 ]; then
   echo "bench.sh: no server left to run (each was skipped above)" >&2
@@ -101,6 +118,9 @@ fi
 bin=$out/bin load=$out/bin/uringcast-load
 bun_bin=$root/$bun node_modules_dir=$root/$node_path socketio_modules_dir=$root/$socketio_path
 gorilla_server=$root/$gorilla_bin daphne=$root/$channels_venv/bin/daphne
+sockudo_server=$root/$sockudo_bin
+# The Pusher scenarios' app (both servers get the same).
+pusher_app=(--app-id 1 --app-key bench-key --app-secret bench-secret)
 
 certs=$out/certs; mkdir -p "$certs"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
@@ -129,6 +149,7 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
   if [ -x "$gorilla_server" ]; then
     echo "gorilla $(dpkg-query -W -f='${Version}' golang-github-gorilla-websocket-dev 2>/dev/null) (go $(go env GOVERSION 2>/dev/null))"
   fi
+  if [[ ,$servers, == *,sockudo,* ]]; then echo "sockudo $sockudo_version"; fi
   if [ -x "$daphne" ]; then
     echo "channels $("$root/$channels_venv/bin/python" -c 'import channels, daphne, django; print(channels.__version__, "daphne", daphne.__version__, "django", django.__version__)')"
   fi
@@ -186,6 +207,13 @@ server_cmd() {
     socketio)
       # No pings in a run (as for the others): one a day.
       echo "env PORT=$port MODE=$mode PING_INTERVAL_MS=86400000 NODE_PATH=$socketio_modules_dir node $root/scripts/peers/socketio/server.js" ;;
+    uringcast-pusher)
+      echo "env URINGCAST_APP_SECRET=bench-secret $bin/uringcast --listen 127.0.0.1:$port --mode pusher --workers 1 --ping-interval 0 --app-id 1 --app-key bench-key" ;;
+    sockudo)
+      # Configured by environment, as its documentation shows; its rate limiter off (by
+      # default an address may open 20 WebSocket connections a minute); single node: local
+      # adapter, memory cache and queue, no metrics listener.
+      echo "env SOCKUDO_DEFAULT_APP_ID=1 SOCKUDO_DEFAULT_APP_KEY=bench-key SOCKUDO_DEFAULT_APP_SECRET=bench-secret HOST=127.0.0.1 PORT=$port RATE_LIMITER_ENABLED=false ADAPTER_DRIVER=local CACHE_DRIVER=memory QUEUE_DRIVER=memory METRICS_ENABLED=false SOCKUDO_ENABLE_CLIENT_MESSAGES=true $sockudo_server" ;;
     floor) return 1 ;;
   esac
 }
@@ -266,9 +294,18 @@ one() {
 
 # --- scenarios ----------------------------------------------------------------------------
 # Each takes the repetition number and runs every server once, in rotated order.
-rotated() { # rep: the server list starting at (rep - 1) mod n
-  local n=${#server_list[@]} k
-  for k in $(seq 0 $((n - 1))); do echo "${server_list[$(((k + $1 - 1) % n))]}"; done
+rotated() { # rep [pusher]: the WebSocket servers (or with pusher the Pusher servers: uringcast
+  # and sockudo) of --servers, starting at (rep - 1) mod n
+  local list=() name n k
+  for name in "${server_list[@]}"; do
+    if [ "${2:-}" = pusher ]; then
+      [[ $name == uringcast || $name == sockudo ]] && list+=("$name")
+    else
+      [[ $name == sockudo ]] || list+=("$name")
+    fi
+  done
+  n=${#list[@]}
+  for k in $(seq 0 $((n - 1))); do echo "${list[$(((k + $1 - 1) % n))]}"; done
 }
 
 idle() { # rep [variant]
@@ -355,6 +392,48 @@ handshakes() { # rep
   done
 }
 
+# The Pusher scenarios: uringcast --mode pusher (runs named uringcast) beside Sockudo, driven
+# by `uringcast-load pusher` through each server's signed HTTP API: CPU per delivery of one
+# event to N subscribers of one public channel (10/s), deliveries per second (the same channel
+# at $pusher_rate triggers/s from 4 HTTP publishers), and idle memory per subscribed
+# connection (nobody publishes), and presence churn per server CPU-second (members joining
+# and leaving a presence channel of 50, --churn).
+pusher_one() { # scenario name rep args...
+  local scenario=$1 name=$2 rep=$3 server=$2; shift 3
+  [ "$name" = uringcast ] && server=uringcast-pusher
+  if ! start_server "$server" broadcast plain "$out/logs/$scenario-$name-$rep.log"; then
+    printf '%s\t%s\t%s\t%s\n' "$scenario" "$name" "$rep" "start-failed" >>"$out/index.tsv"
+    return
+  fi
+  load "$scenario" "$name" "$rep" pusher "ws://127.0.0.1:$port" "${pusher_app[@]}" "$@" \
+    --source "$src" --server-pid "$pid" --connect-rate 5000
+  stop_server
+}
+pusher_scenarios() { # rep
+  local name
+  for name in $(rotated "$1" pusher); do
+    next_port
+    pusher_one "pusher-fanout-$subs" "$name" "$1" --subscribers "$subs" --publishers 1 --rate 10 \
+      --size 64 --duration "$secs"
+  done
+  for name in $(rotated "$1" pusher); do
+    next_port
+    pusher_one "pusher-rate-$subs" "$name" "$1" --subscribers "$subs" --publishers 4 \
+      --rate "$pusher_rate" --size 64 --duration "$secs"
+  done
+  for name in $(rotated "$1" pusher); do
+    next_port
+    pusher_one pusher-idle "$name" "$1" --subscribers "$idle_n" --publishers 0 --duration 2
+  done
+  # Presence churn: 50 members on one presence channel (below both servers' default cap of
+  # 100), nobody publishing, members joining and leaving at $pusher_churn/s.
+  for name in $(rotated "$1" pusher); do
+    next_port
+    pusher_one pusher-churn "$name" "$1" --presence --subscribers 50 --publishers 0 \
+      --churn "$pusher_churn" --duration "$secs"
+  done
+}
+
 # --- the run ------------------------------------------------------------------------------
 commands=$out/commands.txt; : >"$commands"; : >"$out/index.tsv"
 has() { [[ ",$only," == *",$1,"* ]]; }
@@ -375,6 +454,7 @@ for rep in $(seq 1 "$reps"); do
   if has handshakes; then handshakes "$rep"; fi
   if has wss; then idle "$rep" wss; fanout "broadcast-wss" "$rep" "$subs" "$secs" wss; fi
   if has deflate; then idle "$rep" deflate; fanout "broadcast-deflate" "$rep" "$subs" "$secs" deflate; fi
+  if has pusher; then pusher_scenarios "$rep"; fi
 done
 {
   echo "loadavg_end $(cut -d' ' -f1-3 /proc/loadavg)"

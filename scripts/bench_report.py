@@ -20,11 +20,11 @@ import statistics
 import subprocess
 import sys
 
-PEERS = ["bun", "node", "fastwebsockets", "tungstenite", "gorilla", "channels", "socketio"]
+PEERS = ["bun", "node", "fastwebsockets", "tungstenite", "gorilla", "channels", "socketio", "sockudo"]
 ORDER = ["uringcast"] + PEERS + ["floor"]
 LABEL = {"uringcast": "uringcast", "bun": "Bun", "node": "Node ws", "fastwebsockets": "fastwebsockets",
          "tungstenite": "tokio-tungstenite", "gorilla": "Gorilla WebSocket", "channels": "Django Channels",
-         "socketio": "Socket.IO", "floor": "write() floor"}
+         "socketio": "Socket.IO", "sockudo": "Sockudo", "floor": "write() floor"}
 
 
 class Run:
@@ -95,6 +95,11 @@ def handshakes_per_cpu_s(d):
     return d["connections"]["established"] / cpu if cpu else None
 
 
+def churn_per_cpu_s(d):
+    churn, cpu = d.get("churn") or {}, server_of(d).get("cpu_s")
+    return (churn.get("joined", 0) + churn.get("left", 0)) / cpu if cpu else None
+
+
 def wire_per_delivery(d):
     return d["wire_bytes_in"] / d["received"] if d.get("received") else None
 
@@ -109,6 +114,7 @@ FIGURES = {
     "p99": ("latency p99", lambda d: d["latency_us"]["p99"] / 1000, "ms", True, "{:.2f}"),
     "p999": ("latency p99.9", lambda d: d["latency_us"]["p999"] / 1000, "ms", True, "{:.2f}"),
     "hs": ("handshakes per server CPU-second", handshakes_per_cpu_s, "/CPU-s", False, "{:,.0f}"),
+    "churn": ("presence joins and leaves per server CPU-second", churn_per_cpu_s, "/CPU-s", False, "{:,.0f}"),
     "wire": ("bytes on the wire per delivery", wire_per_delivery, "B", True, "{:,.0f}"),
     "client": ("load generator CPU", lambda d: 100 * (d.get("client") or {}).get("cpu_s", 0) / d["duration_s"], "% of a core", True, "{:.0f}"),
     "rss_mib": ("server RSS", lambda d: server_of(d).get("rss_bytes", 0) / 2**20, "MiB", True, "{:.1f}"),
@@ -196,6 +202,22 @@ SCENARIOS = [
     ("broadcast-deflate", "Broadcast with permessage-deflate", ["cpu", "wire", "p50", "p99", "rate"],
      "As the broadcast scenario with a 2 KiB JSON tick (compressible, and above Node ws's "
      "1 KiB compression threshold), every subscriber offering permessage-deflate."),
+    ("pusher-fanout-{subs}", "Pusher: CPU per delivery to one channel", ["cpu", "p50", "p99", "rss"],
+     "uringcast `--mode pusher` (the uringcast row) beside Sockudo: {subs} subscribers of one public "
+     "channel, one publisher triggering 10 events/s of 64 B through the signed HTTP API "
+     "(`uringcast-load pusher`); server CPU per delivery over the traffic window, RSS per "
+     "subscribed connection."),
+    ("pusher-rate-{subs}", "Pusher: deliveries/s to one channel", ["rate", "cpu", "p50", "p99"],
+     "As above with 4 HTTP publishers triggering as fast as the schedule asks (200 events/s in "
+     "all; 50 with --quick): what arrives per second when the server cannot keep up."),
+    ("pusher-idle", "Pusher: idle memory per subscribed connection", ["rss", "slab"],
+     "{idle} connections each subscribed to one public channel, nobody publishing; RSS "
+     "growth of the server over the connections."),
+    ("pusher-churn", "Pusher: presence churn per CPU-second", ["churn"],
+     "50 members on one presence channel, nobody publishing; beside them members join (a new "
+     "connection, a signed subscription) and leave (a close) at 200/s (50 with --quick), "
+     "`uringcast-load pusher --churn`; joins plus leaves over the server's CPU seconds in the "
+     "window (which includes telling the 50 members of each)."),
 ]
 
 # The issue's goals: (scenario, figure, the bound on uringcast / best peer, how it reads).
@@ -206,6 +228,9 @@ GOALS = [
     ("inflight-1", "rate", 1.3, "deliveries/s with 1 in flight ≥ 1.3× the best peer"),
     ("echo", "cpu", 1.0, "echo CPU per message below every peer and ≤ the write() floor"),
     ("broadcast-{subs}", "p99", 0.8, "broadcast p99 latency ≤ 0.8× the best peer"),
+    # Issue 24's figures (the only Pusher peer is Sockudo).
+    ("pusher-rate-{subs}", "rate", 5.0, "Pusher deliveries/s to one channel ≥ 5× Sockudo's"),
+    ("pusher-idle", "rss", 0.2, "Pusher idle memory per subscribed connection ≤ 0.2× Sockudo's"),
 ]
 
 
@@ -269,7 +294,8 @@ def main():
     w(f"- uringcast {run.one('uringcast')} (rustc {run.one('rustc')}); Bun {run.one('bun')}; "
       f"Node {run.one('node')} with ws {run.one('ws')}; "
       + ", ".join(f"{c.split()[0]} {c.split()[1]}" for c in run.info.get("crate", [])))
-    for key, label in (("gorilla", "Gorilla WebSocket"), ("channels", "Django Channels"), ("socketio", "Socket.IO")):
+    for key, label in (("gorilla", "Gorilla WebSocket"), ("channels", "Django Channels"), ("socketio", "Socket.IO"),
+                       ("sockudo", "Sockudo")):
         if run.one(key):
             w(f"- {label} {run.one(key)}")
     w("- Gorilla WebSocket, Django Channels and Socket.IO run the plain scenarios only: their wss "
@@ -278,6 +304,11 @@ def main():
       "message), its payload a JSON string: text, and at least 48 bytes in the echo scenario. "
       "Django Channels' in-memory layer drops what passes its 16,384 messages per consumer "
       "instead of closing a slow consumer; Socket.IO has no backpressure limit set.")
+    w("- Sockudo (crates.io, built by `cargo install --locked`) runs the Pusher scenarios only, "
+      "against uringcast `--mode pusher`. It is configured by environment (`SOCKUDO_DEFAULT_APP_ID`, "
+      "`_KEY`, `_SECRET`, `HOST`, `PORT`) with its **rate limiter turned off** "
+      "(`RATE_LIMITER_ENABLED=false`): by default it lets an address open only 20 WebSocket "
+      "connections a minute.")
     w("\n<details><summary>lscpu</summary>\n\n```")
     w(open(os.path.join(a.run, "lscpu.txt")).read().rstrip())
     w("```\n</details>\n")
@@ -308,6 +339,15 @@ def main():
           f"{'yes' if met else '**no**'} |")
         if not met:
             behind.append(f"Goal not met: {text}: {r:.2f}× {LABEL[best]} (median of {len(per)}).")
+    # Issue 24: --mode pusher's CPU per delivery against --mode broadcast's, same payload and scale.
+    pusher_cpu = median(run.values(f"pusher-fanout-{subs}", "uringcast", "cpu")[0])
+    plain_cpu = median(run.values(f"broadcast-{subs}", "uringcast", "cpu")[0])
+    if pusher_cpu is not None and plain_cpu:
+        r = pusher_cpu / plain_cpu
+        text = "Pusher CPU per delivery ≤ 1.10× `--mode broadcast`'s (medians)"
+        w(f"| {text} | uringcast broadcast | {r:.2f}× | – | {'yes' if r <= 1.10 else '**no**'} |")
+        if r > 1.10:
+            behind.append(f"Goal not met: {text}: {r:.2f}×.")
     w("")
 
     # Scenario tables.

@@ -13,6 +13,7 @@ use crate::report::{Loop, TrafficReport};
 use crate::scenario::broadcast::{
     self, BroadcastWork, ClosedLoop, HttpSenders, Nodes, Pace, PublishUrl, Publishing,
 };
+use crate::scenario::churn::Churn;
 use crate::scenario::stamp::{Encoding, Stamper};
 use crate::scenario::traffic::{self, NoSenders, Split};
 use crate::target::Target;
@@ -20,9 +21,25 @@ use crate::{finish, payload, prepare};
 
 /// Runs `broadcast`; the exit code.
 pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
+    run_with(args, None)
+}
+
+/// The `pusher` scenario's channels, and its `--churn` rate.
+pub(crate) type PusherRun = (Arc<crate::scenario::session::pusher::Channels>, Option<f64>);
+
+/// Runs `broadcast`, or with `pusher` the `pusher` scenario on the same engine: its
+/// connections speak Pusher's protocol, and HTTP publishers trigger through the signed API.
+pub(crate) fn run_with(
+    args: BroadcastArgs,
+    pusher_run: Option<PusherRun>,
+) -> Result<i32, LoadError> {
+    let (pusher, churn_rate) = match pusher_run {
+        Some((channels, churn)) => (Some(channels), churn),
+        None => (None, None),
+    };
     let (encoding, size) = payload(
         args.traffic.payload,
-        crate::session_needs_text(&args.traffic),
+        pusher.is_some() || crate::session_needs_text(&args.traffic),
         args.size,
         broadcast::DEFAULT_SIZE,
         "publisher",
@@ -94,6 +111,11 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         duration,
         "publish",
     )?;
+    if let Some(channels) = &pusher {
+        prepared.settings.session = Some(Arc::new(crate::scenario::session::Spec::pusher(
+            (**channels).clone(),
+        )));
+    }
     prepared.settings.split = publisher.map(|target| Split {
         from: args.subscribers,
         target,
@@ -158,8 +180,13 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         ),
         Publishing::External => "an outside publisher".to_owned(),
     };
+    let scenario = if pusher.is_some() {
+        "pusher"
+    } else {
+        "broadcast"
+    };
     let headline = format!(
-        "broadcast {}: {} subscribers, {who}, {size} B {}messages, {:.1} s, {} thread(s), {} \
+        "{scenario} {}: {} subscribers, {who}, {size} B {}messages, {:.1} s, {} thread(s), {} \
          loop",
         prepared.settings.target,
         args.subscribers,
@@ -198,23 +225,44 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         )
     };
     let mut http = publish_url.map(|url| {
-        HttpSenders::new(
+        let senders = HttpSenders::new(
             url,
             args.publish_token.clone(),
             args.publishers,
             rate,
             stamper,
-        )
+        );
+        match &pusher {
+            Some(channels) => senders.pusher(Arc::clone(channels)),
+            None => senders,
+        }
     });
-    let outcome = match &mut http {
-        Some(senders) => traffic::run(&prepared.settings, prepared.features, work, senders)?,
-        None => traffic::run(&prepared.settings, prepared.features, work, &mut NoSenders)?,
+    let mut no_senders = NoSenders;
+    let senders: &mut dyn traffic::Senders = match &mut http {
+        Some(senders) => senders,
+        None => &mut no_senders,
+    };
+    let (outcome, churn) = match (&pusher, churn_rate) {
+        (Some(channels), Some(rate)) => {
+            let mut churn = Churn::new(
+                senders,
+                prepared.settings.target.clone(),
+                Arc::clone(channels),
+                rate,
+            );
+            let outcome = traffic::run(&prepared.settings, prepared.features, work, &mut churn)?;
+            (outcome, Some(churn.tally()))
+        }
+        _ => (
+            traffic::run(&prepared.settings, prepared.features, work, senders)?,
+            None,
+        ),
     };
     if let Some(error) = http.as_ref().and_then(HttpSenders::first_error) {
         eprintln!("uringcast-load: first failed publish: {error}");
     }
     let report = TrafficReport {
-        scenario: "broadcast",
+        scenario,
         settings: settings_json,
         pace: if closed.is_some() {
             Loop::Closed
@@ -225,6 +273,7 @@ pub(crate) fn run(args: BroadcastArgs) -> Result<i32, LoadError> {
         unit: "deliveries",
         outcome,
         closed_loop: closed.map(|shared| shared.tally()),
+        churn,
     };
     finish(&report, t)
 }

@@ -40,6 +40,75 @@ pub(crate) enum Scenario {
     /// Draw a comparison chart to SVG: latency-by-percentile curves from several --json
     /// reports (`plot latency`), or lines from a series,x,y CSV (`plot lines`).
     Plot(PlotArgs),
+    /// A Pusher Channels server (protocol 7): N subscribers over --channels C channels
+    /// (public, --private or --presence, signed with the app's secret as its backend would),
+    /// K publishers triggering through the signed HTTP API (or --client-events); every
+    /// delivery checked for loss, duplicates, order and content.
+    Pusher(PusherArgs),
+}
+
+/// `pusher`'s flags.
+#[derive(Args, Debug)]
+// The help text names URL parts in brackets, which rustdoc would take for links.
+#[allow(rustdoc::broken_intra_doc_links)]
+pub(crate) struct PusherArgs {
+    /// ws:// or wss://HOST[:PORT]: the server; connections go to /app/KEY?protocol=7.
+    pub(crate) url: String,
+    /// The app's key (clients connect with it).
+    #[arg(long)]
+    pub(crate) app_key: String,
+    /// The app's secret: signs private and presence subscriptions and API requests (never
+    /// printed).
+    #[arg(long)]
+    pub(crate) app_secret: String,
+    /// The app's id, in the HTTP API's paths (/apps/ID/events).
+    #[arg(long)]
+    pub(crate) app_id: String,
+    /// Channels the subscribers spread over (connection n joins channel n mod C); each
+    /// trigger names them all (at most 100).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) channels: u64,
+    /// Private channels (private-NAME), each subscription signed.
+    #[arg(long, conflicts_with = "presence")]
+    pub(crate) private: bool,
+    /// Presence channels (presence-NAME), each subscription signed with its member (one
+    /// user per connection; servers cap members per channel, 100 by default).
+    #[arg(long)]
+    pub(crate) presence: bool,
+    /// The channels' base name: channels are [private-|presence-]NAME-0 .. NAME-(C-1).
+    #[arg(long, default_value = "load")]
+    pub(crate) channel_name: String,
+    /// Subscribers.
+    #[arg(long, default_value_t = broadcast::DEFAULT_SUBSCRIBERS)]
+    pub(crate) subscribers: u64,
+    /// Publishers: HTTP API clients, or with --client-events WebSocket connections.
+    #[arg(long, default_value_t = broadcast::DEFAULT_PUBLISHERS)]
+    pub(crate) publishers: u64,
+    /// Events triggered per second over all publishers [default: 10].
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// Payload bytes per event [default: 64].
+    #[arg(long)]
+    pub(crate) size: Option<usize>,
+    /// The HTTP API's base (http://HOST:PORT) [default: the URL's host and port, over
+    /// http://].
+    #[arg(long, conflicts_with = "client_events")]
+    pub(crate) publish_url: Option<String>,
+    /// Publish client events (client-NAME) from WebSocket publishers subscribed to the
+    /// channel, instead of HTTP triggers: needs --private or --presence and one channel
+    /// (servers rate-limit client events per connection, 10/s by default).
+    #[arg(long)]
+    pub(crate) client_events: bool,
+    /// The event name [default: load, or client-load with --client-events].
+    #[arg(long)]
+    pub(crate) event: Option<String>,
+    /// Presence churn: R members a second join the first channel (each a new connection,
+    /// signed like the subscribers) and leave again at once, beside the traffic (needs
+    /// --presence).
+    #[arg(long, value_name = "R", requires = "presence")]
+    pub(crate) churn: Option<f64>,
+    #[command(flatten)]
+    pub(crate) traffic: TrafficArgs,
 }
 
 /// `plot`'s charts.

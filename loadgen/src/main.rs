@@ -3,9 +3,10 @@
 //!
 //! Scenarios: `connect` (open N idle connections at a rate, hold, close), `echo` (messages
 //! echoed and checked byte for byte, closed or open loop), `broadcast` (subscribers checking
-//! every delivery of publishers' messages) and `sse` (the same over Server-Sent Events
-//! streams, each event checked by its id too). `merge` adds reports; `plot` draws comparison
-//! charts from reports or CSV. Every run is bounded in count and time, and stops by itself.
+//! every delivery of publishers' messages), `sse` (the same over Server-Sent Events streams,
+//! each event checked by its id too) and `pusher` (broadcast's checks over Pusher Channels
+//! protocol 7, signed as an app's backend signs). `merge` adds reports; `plot` draws
+//! comparison charts from reports or CSV. Every run is bounded in count and time, and stops by itself.
 //! A URL names any host: an address, or a DNS name resolved at start.
 //!
 //! Exit codes: 0 when the run reached its target (and, for messages, every one arrived once,
@@ -26,6 +27,7 @@ mod merge;
 mod output;
 mod plot;
 mod procfs;
+mod pusher_run;
 mod report;
 mod scenario;
 mod source;
@@ -72,6 +74,7 @@ fn main() {
         Scenario::Sse(args) => sse_run::run(args),
         Scenario::Merge(args) => merge::run(&args),
         Scenario::Plot(args) => plot::command::run(&args),
+        Scenario::Pusher(args) => pusher_run::run(args),
     };
     let code = match result {
         Ok(code) => code,
@@ -167,6 +170,7 @@ fn run_echo(args: EchoArgs) -> Result<i32, LoadError> {
         unit: "echoes",
         outcome,
         closed_loop: None,
+        churn: None,
     };
     finish(&report, t)
 }

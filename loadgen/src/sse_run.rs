@@ -175,6 +175,7 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
         unit: "deliveries",
         outcome,
         closed_loop: None,
+        churn: None,
     };
     finish(&report, t)
 }

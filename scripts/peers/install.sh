@@ -52,3 +52,37 @@ peer_install_channels() {
     cp scripts/peers/channels/requirements.txt "$dir/"
   fi
 }
+
+# Sockudo (a Pusher-protocol server in Rust), for the Pusher scenarios: `cargo install sockudo
+# --version $sockudo_version --locked` (its build needs Debian's protobuf-compiler, installed
+# with apt-get when missing and this runs as root) into target/peers/sockudo, built once: a
+# second run finds $sockudo_bin and builds nothing. It is a large build (several hundred
+# crates); `peer_install_sockudo cached` only looks for the binary (CI's --quick: SKIP unless
+# it was built before). Configured by environment (SOCKUDO_DEFAULT_APP_ID/_KEY/_SECRET, HOST,
+# PORT), with its rate limiter off (RATE_LIMITER_ENABLED=false): by default an address may
+# open only 20 WebSocket connections a minute.
+sockudo_version=5.2.0
+sockudo_bin=target/peers/sockudo/bin/sockudo
+peer_install_sockudo() { # [cached]
+  local dir=target/peers/sockudo
+  if [ -x "$sockudo_bin" ] && [ "$(cat "$dir/version" 2>/dev/null)" = "$sockudo_version" ]; then
+    return 0
+  fi
+  [ "${1:-}" = cached ] && return 1
+  if ! command -v protoc >/dev/null; then
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null || return 1
+    echo "installing protobuf-compiler from Debian (Sockudo's build needs protoc)" >&2
+    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends protobuf-compiler >/dev/null 2>&1 ||
+      { timeout 300 apt-get update -q >/dev/null 2>&1 &&
+        DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q --no-install-recommends protobuf-compiler >/dev/null 2>&1; } ||
+      return 1
+  fi
+  echo "building Sockudo $sockudo_version from crates.io into $dir (a large build; log in $dir/build.log)" >&2
+  mkdir -p "$dir"
+  # Its build directory stays under target/ too, so an interrupted build resumes.
+  timeout 7200 cargo install sockudo --version "$sockudo_version" --locked --root "$dir" \
+    --target-dir "$dir/build" >"$dir/build.log" 2>&1 || return 1
+  echo "$sockudo_version" >"$dir/version"
+  # The build directory is large; the binary is what is kept.
+  rm -rf "$dir/build"
+}

@@ -183,6 +183,7 @@ pub fn merge(reports: &[(String, Value)]) -> Result<(TrafficReport, Value), Load
         },
         outcome,
         closed_loop,
+        churn: None,
     };
     let mut json = report.json();
     if let Value::Object(map) = &mut json {

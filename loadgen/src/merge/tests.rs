@@ -61,6 +61,7 @@ fn report(connections: u64, values: &[u64], settings: Value) -> Value {
         unit: "echoes",
         outcome,
         closed_loop: None,
+        churn: None,
     }
     .json()
 }
@@ -351,6 +352,7 @@ fn node_report(nodes: &[(&str, &[u64])]) -> Value {
         unit: "deliveries",
         outcome,
         closed_loop: None,
+        churn: None,
     }
     .json()
 }

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use super::{bytes_per_conn, histograms, mib, per_conn, wire, Failure, Failures, LatencySummary};
 use crate::scenario::broadcast::ClosedLoopTally;
+use crate::scenario::churn::ChurnTally;
 use crate::scenario::traffic::{NodeTally, Outcome, Tally};
 
 /// How a message scenario paced its sends.
@@ -44,6 +45,8 @@ pub struct TrafficReport {
     pub outcome: Outcome,
     /// Broadcast with `--inflight`: its publishes completed, timed out, and most outstanding.
     pub closed_loop: Option<ClosedLoopTally>,
+    /// `pusher --churn`: presence members that joined, left, and failed.
+    pub churn: Option<ChurnTally>,
 }
 
 impl TrafficReport {
@@ -68,6 +71,7 @@ impl TrafficReport {
             && o.sender_errors == 0
             && o.diagnostics.threads_missing == 0
             && o.reconnect.gave_up == 0
+            && self.churn.as_ref().is_none_or(|c| c.failed == 0)
     }
 
     /// Messages sent per second of traffic (publishes, for broadcast).
@@ -166,6 +170,13 @@ impl TrafficReport {
                 "timed_out": c.timed_out,
                 "max_outstanding": c.max_outstanding,
             })),
+            "churn": self.churn.as_ref().map(|c| json!({
+                "rate": c.rate,
+                "joined": c.joined,
+                "left": c.left,
+                "failed": c.failed,
+                "first_error": c.first_error,
+            })),
             "interrupted": o.interrupted,
             "latency_us": LatencySummary::of(&t.latency).json(),
             "handshake_latency_us": LatencySummary::of(&o.handshake).json(),
@@ -247,6 +258,20 @@ impl TrafficReport {
             self.unit,
             o.duration.as_secs_f64()
         );
+        if let Some(c) = &self.churn {
+            let _ = writeln!(
+                out,
+                "churn     {} presence members joined, {} left, {} failed (asked: {}/s){}",
+                c.joined,
+                c.left,
+                c.failed,
+                c.rate,
+                c.first_error
+                    .as_ref()
+                    .map(|e| format!("; first failure: {e}"))
+                    .unwrap_or_default()
+            );
+        }
         if let Some(c) = &self.closed_loop {
             let _ = writeln!(
                 out,

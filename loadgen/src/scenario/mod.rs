@@ -1,6 +1,7 @@
 //! Load scenarios. Each one is bounded in count and time and stops by itself.
 
 pub mod broadcast;
+pub mod churn;
 pub mod connect;
 pub mod echo;
 pub mod session;

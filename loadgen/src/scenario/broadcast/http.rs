@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use uringcast::protocol::OpCode;
 
+use crate::scenario::session::pusher::Channels;
 use crate::scenario::stamp::{self, Stamp, Stamper};
 use crate::scenario::traffic::{Expect, Senders};
 use crate::target::Target;
@@ -57,6 +58,8 @@ pub struct HttpSenders {
     /// The first error's text, for the report.
     first_error: Arc<std::sync::Mutex<Option<String>>>,
     threads: Vec<JoinHandle<()>>,
+    /// The `pusher` scenario: each publish is a signed trigger to the app's channels.
+    pusher: Option<Arc<Channels>>,
 }
 
 impl HttpSenders {
@@ -79,7 +82,17 @@ impl HttpSenders {
             errors: Arc::new(AtomicU64::new(0)),
             first_error: Arc::new(std::sync::Mutex::new(None)),
             threads: Vec::new(),
+            pusher: None,
         }
+    }
+
+    /// Each publish becomes a trigger through Pusher's signed HTTP API
+    /// (`POST /apps/{id}/events?auth_...`) to every channel of `channels`, the stamp its
+    /// `data`.
+    #[must_use]
+    pub fn pusher(mut self, channels: Arc<Channels>) -> Self {
+        self.pusher = Some(channels);
+        self
     }
 
     /// The first failed publish, if any.
@@ -98,6 +111,7 @@ impl Senders for HttpSenders {
                 token: self.token.clone(),
                 stamper: self.stamper.clone(),
                 stream: None,
+                pusher: self.pusher.clone(),
             };
             let stop = Arc::clone(&self.stop);
             let accepted = Arc::clone(&self.accepted);
@@ -187,6 +201,7 @@ struct HttpPublisher {
     token: Option<String>,
     stamper: Stamper,
     stream: Option<BufReader<TcpStream>>,
+    pusher: Option<Arc<Channels>>,
 }
 
 impl HttpPublisher {
@@ -214,14 +229,26 @@ impl HttpPublisher {
         }
         let reader = self.stream.as_mut().expect("set above");
         // A text/* body is published as a text message, as a WebSocket publisher's would be.
-        let content_type = match self.stamper.opcode() {
+        let mut content_type = match self.stamper.opcode() {
             OpCode::Text => "text/plain; charset=utf-8",
             _ => "application/octet-stream",
         };
+        let mut path = std::borrow::Cow::Borrowed(target.path.as_str());
+        let trigger;
+        let mut body = body;
+        if let Some(channels) = &self.pusher {
+            // A Pusher trigger: the stamp (text) as the event's data, signed now.
+            trigger = channels.trigger_body(&String::from_utf8_lossy(body));
+            body = &trigger;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            path = channels.trigger_target(body, now).into();
+            content_type = "application/json";
+        }
         let mut request = format!(
-            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
              Content-Length: {}\r\n",
-            target.path,
             target.host,
             body.len()
         );

@@ -18,6 +18,7 @@
 //! It is sans-IO: [`Spec::opened`] and [`Spec::incoming`] take what arrived and return the
 //! messages to send and what the message meant; the engine does the sending.
 
+pub mod pusher;
 pub mod socketio;
 
 use serde_json::Value;
@@ -36,6 +37,8 @@ pub enum Protocol {
     WebSocket,
     /// Socket.IO v5 over Engine.IO v4 (WebSocket transport only).
     SocketIo,
+    /// Pusher Channels protocol 7 (the `pusher` scenario, [`pusher`]).
+    Pusher,
 }
 
 /// How every connection of a run speaks, built once from the flags.
@@ -50,6 +53,8 @@ pub struct Spec {
     payload_at: Option<String>,
     /// How a data message is sent: the text around the payload's JSON string.
     envelope: Option<Envelope>,
+    /// The Pusher scenario's channels and credentials.
+    pusher: Option<pusher::Channels>,
 }
 
 /// `--ready-when POINTER=VALUE`.
@@ -72,9 +77,11 @@ struct Envelope {
 /// Where one connection is in its protocol's opening.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    /// Socket.IO: waiting for Engine.IO's open packet.
+    /// Socket.IO: waiting for Engine.IO's open packet; Pusher: for
+    /// `pusher:connection_established`.
     AwaitOpen,
-    /// Socket.IO: the namespace connect sent, waiting for its answer.
+    /// Socket.IO: the namespace connect sent, waiting for its answer; Pusher: the subscribe
+    /// sent, waiting for `pusher_internal:subscription_succeeded`.
     AwaitConnect,
     /// `--ready-when`: waiting for the message that says subscribed.
     AwaitReady,
@@ -175,12 +182,14 @@ impl Spec {
             (_, Some(p)) => Some(p.to_owned()),
             // An event `["name", payload]`: its first argument.
             (Protocol::SocketIo, None) => Some("/1".to_owned()),
-            (Protocol::WebSocket, None) => None,
+            // Pusher's connections are built by `Spec::pusher`, which finds its payloads.
+            (Protocol::WebSocket | Protocol::Pusher, None) => None,
         };
         let envelope = match (protocol, template) {
             (Protocol::SocketIo, _) => Some(socketio::event_envelope(emit)),
             (Protocol::WebSocket, Some(text)) => Some(template_envelope(text, topic)?),
             (Protocol::WebSocket, None) => payload_at.as_deref().map(pointer_envelope),
+            (Protocol::Pusher, _) => None,
         };
         Ok(Self {
             protocol,
@@ -188,14 +197,27 @@ impl Spec {
             ready_when,
             payload_at,
             envelope,
+            pusher: None,
         })
+    }
+
+    /// The `pusher` scenario's protocol: each connection joins its channel of `channels`.
+    pub fn pusher(channels: pusher::Channels) -> Self {
+        Self {
+            protocol: Protocol::Pusher,
+            on_open: Vec::new(),
+            ready_when: None,
+            payload_at: None,
+            envelope: None,
+            pusher: Some(channels),
+        }
     }
 
     /// A connection's upgrade completed: its first state, and the messages to send now into
     /// `out` (text).
     pub fn opened(&self, conn: u64, out: &mut Vec<Vec<u8>>) -> State {
         match self.protocol {
-            Protocol::SocketIo => State::AwaitOpen,
+            Protocol::SocketIo | Protocol::Pusher => State::AwaitOpen,
             Protocol::WebSocket => self.up(conn, out),
         }
     }
@@ -211,6 +233,10 @@ impl Spec {
     ) -> Incoming {
         match self.protocol {
             Protocol::SocketIo => self.incoming_socketio(state, conn, opcode, payload, out),
+            Protocol::Pusher => match &self.pusher {
+                Some(channels) => channels.incoming(state, conn, payload, out),
+                None => Incoming::Nothing,
+            },
             Protocol::WebSocket => match state {
                 State::Ready => match &self.payload_at {
                     None => Incoming::AsIs,
@@ -225,6 +251,10 @@ impl Spec {
     /// its opcode. Without an envelope the payload goes as it is, as `opcode`.
     pub fn wrap(&self, conn: u64, opcode: OpCode, payload: &[u8], buf: &mut Vec<u8>) -> OpCode {
         buf.clear();
+        if let (Some(channels), Ok(text)) = (&self.pusher, std::str::from_utf8(payload)) {
+            channels.client_event(conn, text, buf);
+            return OpCode::Text;
+        }
         let (Some(envelope), Ok(text)) = (&self.envelope, std::str::from_utf8(payload)) else {
             buf.extend_from_slice(payload);
             return opcode;
