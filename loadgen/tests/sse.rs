@@ -21,7 +21,8 @@ use self::harness::{describe, load, read_json, serial, temp};
 
 const TOKEN: &str = "sse-test-token";
 
-/// uringcast in `--mode broadcast --history 1000 --publish-token T` on `listen`.
+/// uringcast in `--mode broadcast --history 1000 --publish-token T --client-publish all` on
+/// `listen`.
 fn uringcast(listen: SocketAddr) -> ServerHandle {
     let config = Server::builder()
         .listen(listen)
@@ -29,6 +30,9 @@ fn uringcast(listen: SocketAddr) -> ServerHandle {
         .mode(Mode::Broadcast)
         .ping_interval(None)
         .publish_token(Some(TOKEN.to_owned()))
+        // The WebSocket publishers are members of their room: a publish token alone would
+        // make them read-only.
+        .client_publish(uringcast::auth::ClientPublish::All)
         .history(1000)
         .build()
         .expect("a valid configuration");
