@@ -3,7 +3,7 @@
 //! subscription with the app's secret, as the app's auth endpoint would, [`signing`]), and
 //! counts as up on `pusher_internal:subscription_succeeded`. A delivery is the run's event on
 //! that channel, its `data` string the stamped payload. `pusher:ping` is answered. Publishers
-//! trigger through the signed HTTP API ([`Trigger`]) or send client events
+//! trigger through the signed HTTP API ([`Channels::trigger_body`], [`Channels::trigger_target`]) or send client events
 //! ([`Channels::client_event`]).
 
 pub mod signing;
