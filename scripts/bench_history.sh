@@ -16,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-5}; subs=${2:-10000}; rate=${3:-10}
 out=${OUT:-$(mktemp -d /tmp/bench_history.XXXX)}
+mkdir -p "$out"
 cargo build --release -q --workspace --bins
 load=target/release/uringcast-load
 variants=(ws ws-history)

@@ -289,7 +289,7 @@ pub(crate) fn render(hub: &Hub) -> String {
     if let Some(log) = &hub.log {
         family(
             "recoveries_exact_total",
-            "Subscriptions from a position that got exactly what they missed.",
+            "Subscriptions from a position that got exactly what they missed (every SSE stream starts from one).",
             "counter",
             &|w| load(&hub.stats[w].recoveries_exact),
         );

@@ -94,6 +94,9 @@ pub(crate) struct Broadcast<H: Handler> {
     /// the driver calls right after `on_request` on this worker, moves it into the
     /// connection; any other request drops (frees) it first.
     admitted: Option<crate::limits::Admitted>,
+    /// The position an event stream admitted without one was told it starts from (in its
+    /// response head), for `on_open` of the same request to subscribe it from.
+    stream_start: Option<Position>,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -116,6 +119,7 @@ impl<H: Handler> Broadcast<H> {
             sse: config.sse,
             caps: Arc::clone(&config.limits),
             admitted: None,
+            stream_start: None,
         }
     }
 

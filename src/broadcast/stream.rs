@@ -67,9 +67,24 @@ impl<H: Handler> Broadcast<H> {
             refusals.count(refusal.reason);
             return Some(Admission::Respond(refusal.response()));
         }
-        Some(Admission::Stream {
-            head: sse::response_head(origin),
-        })
+        let mut head = sse::response_head(origin);
+        self.stream_start = None;
+        if sse::resume_from(request).is_none() {
+            // Tell the client where it starts, so that a reconnect before any event still
+            // resumes from here: an id-only event, in the same bytes as the head, so the
+            // connection's queue holds one buffer, as an upgrade's does (a second would make
+            // it keep a list for good). `on_open` subscribes from exactly this position, so
+            // what is published in between is replayed, not skipped. (A broker's log that
+            // has not heard of the topic yet does not know; the first event will say.)
+            if let Some(log) = &self.hub.log {
+                let start = log.read(topic, None, 0).head();
+                if let (false, Some(id)) = (start.epoch.is_unknown(), sse::EventId::new(start)) {
+                    head.extend_from_slice(&sse::position_only(&id));
+                    self.stream_start = Some(start);
+                }
+            }
+        }
+        Some(Admission::Stream { head })
     }
 
     /// A stream whose head has been queued: subscribe it from the position it presents.
@@ -93,7 +108,10 @@ impl<H: Handler> Broadcast<H> {
             );
         }
         let topic = super::topic_of_path(request.path());
-        let since = sse::resume_from(request).and_then(|s| s.parse::<Position>().ok());
+        let start = self.stream_start.take();
+        let since = sse::resume_from(request)
+            .and_then(|s| s.parse::<Position>().ok())
+            .or(start);
         let Some(log) = self.hub.log.clone() else {
             if !self.subscribe(ctx, conn, topic) {
                 ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
@@ -101,14 +119,6 @@ impl<H: Handler> Broadcast<H> {
             return;
         };
         let recovery = log.read(topic, since, self.max_recover);
-        if since.is_none() && !recovery.head().epoch.is_unknown() {
-            // Tell the client where it starts, so that a reconnect before any event still
-            // resumes from here. (A broker's log that has not heard of the topic yet does
-            // not know; the first event will say.)
-            if let Some(id) = sse::EventId::new(recovery.head()) {
-                let _ = ctx.send_frame(conn, sse::position_only(&id));
-            }
-        }
         if !self.subscribe_from(ctx, conn, topic, recovery) {
             ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
         }
