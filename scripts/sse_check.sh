@@ -59,7 +59,7 @@ url, count = sys.argv[1], int(sys.argv[2])
 headers = {"Accept": "text/event-stream"}
 if len(sys.argv) > 3:
     headers["Last-Event-ID"] = sys.argv[3]
-with requests.get(url, stream=True, headers=headers, timeout=30, verify=False) as response:
+with requests.get(url, stream=True, headers=headers, timeout=120, verify=False) as response:
     assert response.status_code == 200, response.status_code
     seen = 0
     for event in sseclient.SSEClient(response).events():
@@ -75,11 +75,17 @@ python_round() {
     local scheme=$1 port=$2 name=$3
     python3 "$work/client.py" "$scheme://127.0.0.1:$port/feed" 3 >"$work/$name.first" 2>"$work/$name.err" &
     local client=$!
-    # The client is subscribed once the server counts its stream.
-    for _ in $(seq 1 100); do
-        curl -sk "$4/metrics" | grep -q '^uringcast_subscriptions{worker="[01]"} [1-9]' && break
+    # The client is subscribed once the server counts its stream (up to 60 s: a busy
+    # machine can take long to start Python and make a TLS handshake); publishing before
+    # that would publish to nobody.
+    local subscribed=0
+    for _ in $(seq 1 600); do
+        if curl -sk "$4/metrics" | grep -q '^uringcast_subscriptions{worker="[01]"} [1-9]'; then
+            subscribed=1; break
+        fi
         sleep 0.1
     done
+    [ "$subscribed" = 1 ] || { log "$name: the client's stream never subscribed"; cat "$work/$name.err" >&2; return 1; }
     for i in 1 2 3; do publish "$scheme" "$port" feed "m$i"; done
     wait "$client" || { log "$name: the first stream failed"; cat "$work/$name.err" >&2; return 1; }
     local last
