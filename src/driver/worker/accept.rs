@@ -150,10 +150,9 @@ impl<S: Service> Worker<S> {
                 .flags(self.accept_flags())
                 .build()
                 .user_data(UserData::new(OpKind::Accept, ACCEPT_SINGLE, key).pack());
-            // SAFETY: the accept writes at most the address buffer it was given, which sits
-            // in the worker's boxed `accept_addrs` (freed only once no operation is in flight)
-            // and is handed to no other accept until this one's completion frees it; or, with
-            // no address requested, no user memory at all.
+            // The address buffer sits in the worker's boxed `accept_addrs` (freed only once no
+            // operation is in flight) and goes to no other accept until this one completes.
+            // SAFETY: the accept writes at most that buffer, or no user memory without one.
             unsafe { self.push(&entry) };
             self.singles_in_flight += 1;
         }
@@ -209,8 +208,8 @@ pub(super) struct PeerAddr {
 
 impl PeerAddr {
     pub(super) const EMPTY: Self = Self {
-        // SAFETY: `sockaddr_storage` is plain integers and arrays of them: all zeros is a
-        // valid (unspecified-family) value.
+        // `sockaddr_storage` is plain integers and arrays of them.
+        // SAFETY: all zeros is a valid (unspecified-family) `sockaddr_storage`.
         storage: unsafe { std::mem::zeroed() },
         len: 0,
     };
@@ -220,8 +219,8 @@ impl PeerAddr {
         let len = self
             .len
             .min(std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t);
-        // SAFETY: `storage` is a whole `sockaddr_storage` and `len` is clamped to its size;
         // `SockAddr` reads only the first `len` bytes, by the family they name.
+        // SAFETY: `storage` is a whole `sockaddr_storage` and `len` is clamped to its size.
         unsafe { socket2::SockAddr::new(self.storage, len) }.as_socket()
     }
 }
