@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod channel;
+pub mod cluster;
 pub mod message;
 pub mod presence;
 pub mod rate;
