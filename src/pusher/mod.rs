@@ -15,6 +15,7 @@ pub mod signing;
 
 mod api;
 mod handler;
+mod peering;
 pub mod socket_id;
 pub mod state;
 pub mod webhook;
