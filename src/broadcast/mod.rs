@@ -10,6 +10,7 @@
 //! permessage-deflate, each worker compresses a publish the first time one of its subscribers
 //! needs it compressed (once per window size in use), and shares that frame too.
 
+pub mod cluster;
 mod endpoints;
 mod handler;
 #[cfg(test)]

@@ -503,6 +503,19 @@ impl<B: Broker> Task<B> {
             // recording its sequence would make a gap of what follows a later subscription.
             return;
         };
+        if &*topic == crate::broadcast::cluster::CLUSTER_TOPIC {
+            // The handlers' side channel: for the node's handler, not its connections.
+            let own = envelope
+                .origin
+                .is_some_and(|(node, _)| node & !0xFFFF == self.link.node);
+            if own {
+                BrokerStats::add(&stats.own_skipped, 1);
+            } else if let Some(sink) = self.link.cluster() {
+                BrokerStats::add(&stats.received, 1);
+                sink.receive(&envelope.payload);
+            }
+            return;
+        }
         if self.log.is_some() {
             let publication =
                 Publication::new(topic, envelope.opcode, envelope.payload, envelope.position);
