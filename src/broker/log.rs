@@ -82,12 +82,13 @@ impl BrokerLog {
         }
     }
 
-    /// A log for `config`'s broker, if that broker can give positions (Redis and Redis
-    /// Cluster); `None` otherwise, and the node then keeps its own positions.
+    /// A log for `config`'s broker, if that broker can give positions (Redis, Redis Cluster,
+    /// NATS JetStream); `None` otherwise, and the node then keeps its own positions.
     pub(crate) fn for_broker(config: &BrokerConfig, limits: HistoryLimits) -> Option<Arc<Self>> {
         match config.url {
-            BrokerUrl::Redis(_) | BrokerUrl::RedisCluster(_) => Some(Arc::new(Self::new(limits))),
-            BrokerUrl::Nats(_) => None,
+            BrokerUrl::Redis(_) | BrokerUrl::RedisCluster(_) | BrokerUrl::Nats(_) => {
+                Some(Arc::new(Self::new(limits)))
+            }
         }
     }
 
