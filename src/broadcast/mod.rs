@@ -224,7 +224,9 @@ impl<H: Handler> Broadcast<H> {
         }
         if let Some(position) = publication.position() {
             let before = Position {
-                offset: position.offset - 1,
+                offset: publication
+                    .previous()
+                    .unwrap_or(position.offset.saturating_sub(1)),
                 ..position
             };
             self.advance(ctx, id, before);

@@ -178,6 +178,9 @@ pub struct Publication {
     except: OnceLock<super::Peer>,
     /// Only the stream's head, with nothing to deliver (see [`Publication::head_only`]).
     head_only: bool,
+    /// The topic's previous position, where positions are not consecutive per topic (see
+    /// [`Publication::follow`]).
+    previous: OnceLock<u64>,
 }
 
 impl Publication {
@@ -216,6 +219,7 @@ impl Publication {
             frame,
             except: OnceLock::new(),
             head_only: false,
+            previous: OnceLock::new(),
         })
     }
 
@@ -249,6 +253,23 @@ impl Publication {
         let _ = self.except.set(peer);
     }
 
+    /// Says that the topic's previous publication is at offset `previous` (0: none), for a
+    /// broker whose positions are not consecutive per topic (NATS JetStream's stream
+    /// sequences): the workers then look for a gap before this one's position from there,
+    /// not from `offset - 1`. Called once, before the publication is shared.
+    pub(crate) fn follow(&self, previous: u64) {
+        let _ = self.previous.set(previous);
+    }
+
+    /// The offset of the topic's previous publication: as [`follow`](Self::follow) said, or
+    /// the one before this one's.
+    pub(crate) fn previous(&self) -> Option<u64> {
+        self.previous
+            .get()
+            .copied()
+            .or_else(|| self.position.map(|p| p.offset.saturating_sub(1)))
+    }
+
     /// The subscriber this publication skips, if any (a connection of any node: only its
     /// own node's worker skips it).
     pub(crate) fn except(&self) -> Option<super::Peer> {
@@ -269,6 +290,7 @@ impl Publication {
             except: OnceLock::new(),
             head_only: true,
             published: None,
+            previous: OnceLock::new(),
         })
     }
 

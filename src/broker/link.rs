@@ -323,7 +323,14 @@ pub(crate) fn start(
                 BrokerUrl::RedisCluster(nodes) => {
                     drive.run(super::redis::Redis::cluster(&nodes, prefix).map(with_history));
                 }
-                BrokerUrl::Nats(servers) => drive.run(super::nats::Nats::new(&servers, prefix)),
+                BrokerUrl::Nats(servers) => {
+                    drive.run(super::nats::Nats::new(&servers, prefix).map(
+                        |nats| match settings {
+                            Some(settings) => nats.with_history(settings),
+                            None => nats,
+                        },
+                    ));
+                }
             }
         })
         .map_err(BrokerError::Start)?;

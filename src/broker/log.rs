@@ -4,6 +4,9 @@
 //! what the link received per topic, which the workers read without ever waiting on the
 //! network.
 //!
+//! - Positions need not be consecutive per topic: with NATS JetStream an offset is the
+//!   stream's sequence, shared by every subject, and each publication names its topic's
+//!   previous offset ([`Publication::previous`]); the copy holds a chain of them.
 //! - `append` gives a publish no position and delivers nothing: the link sends it to the
 //!   broker, and every node, this one included, delivers it when the broker sends it back
 //!   with its position (`task.rs`), in offset order per topic.
@@ -65,6 +68,9 @@ struct HotStream {
     head: u64,
     /// The last publications, contiguous, oldest first, ending at `head` (a hole empties it).
     entries: VecDeque<(Arc<Publication>, Instant)>,
+    /// The offset the first of `entries` follows (what a client must have seen to be given
+    /// all of them).
+    first_prev: u64,
 }
 
 impl BrokerLog {
@@ -76,12 +82,13 @@ impl BrokerLog {
         }
     }
 
-    /// A log for `config`'s broker, if that broker can give positions (Redis and Redis
-    /// Cluster); `None` otherwise, and the node then keeps its own positions.
+    /// A log for `config`'s broker, if that broker can give positions (Redis, Redis Cluster,
+    /// NATS JetStream); `None` otherwise, and the node then keeps its own positions.
     pub(crate) fn for_broker(config: &BrokerConfig, limits: HistoryLimits) -> Option<Arc<Self>> {
         match config.url {
-            BrokerUrl::Redis(_) | BrokerUrl::RedisCluster(_) => Some(Arc::new(Self::new(limits))),
-            BrokerUrl::Nats(_) => None,
+            BrokerUrl::Redis(_) | BrokerUrl::RedisCluster(_) | BrokerUrl::Nats(_) => {
+                Some(Arc::new(Self::new(limits)))
+            }
         }
     }
 
@@ -117,17 +124,21 @@ impl BrokerLog {
             return false;
         }
         let mut freed = 0;
-        if position.offset != stream.head + 1 {
+        let previous = publication
+            .previous()
+            .unwrap_or(position.offset.saturating_sub(1));
+        if previous != stream.head {
             freed += stream.clear();
+        }
+        if stream.entries.is_empty() {
+            stream.first_prev = previous;
         }
         stream.head = position.offset;
         stream
             .entries
             .push_back((Arc::clone(publication), Instant::now()));
         while stream.entries.len() > self.limits.entries_per_topic {
-            if let Some((old, _)) = stream.entries.pop_front() {
-                freed += old.size();
-            }
+            freed += stream.pop_front();
         }
         hot.bytes = hot.bytes + publication.size() - freed.min(hot.bytes + publication.size());
         hot.enforce_budget(&self.limits, publication.topic());
@@ -147,6 +158,7 @@ impl BrokerLog {
         }
         // The contiguous run that ends at the head: what precedes a break is of no use.
         let mut tail: Vec<Arc<Publication>> = Vec::new();
+        let mut first_prev = 0;
         for publication in entries {
             let Some(position) = publication.position() else {
                 continue;
@@ -154,12 +166,16 @@ impl BrokerLog {
             if position.epoch != head.epoch || position.offset > head.offset {
                 continue;
             }
+            let previous = publication
+                .previous()
+                .unwrap_or(position.offset.saturating_sub(1));
             let follows = tail
                 .last()
                 .and_then(|p| p.position())
-                .is_none_or(|last| last.offset + 1 == position.offset);
-            if !follows {
+                .is_none_or(|last| last.offset == previous);
+            if !follows || tail.is_empty() {
                 tail.clear();
+                first_prev = previous;
             }
             tail.push(publication);
         }
@@ -171,8 +187,12 @@ impl BrokerLog {
             tail.clear();
         }
         let skip = tail.len().saturating_sub(self.limits.entries_per_topic);
+        if skip > 0 {
+            first_prev = tail[skip - 1].position().map_or(0, |p| p.offset);
+        }
         let freed = stream.clear();
         stream.head = head.offset;
+        stream.first_prev = first_prev;
         let mut added = 0;
         for publication in tail.into_iter().skip(skip) {
             added += publication.size();
@@ -269,11 +289,34 @@ impl Log for BrokerLog {
             .iter()
             .position(|(_, at)| now.duration_since(*at) < self.limits.ttl)
             .unwrap_or(stream.entries.len());
-        let first = stream.head + 1 - (stream.entries.len() - fresh) as u64;
-        if since.offset + 1 < first || stream.head - since.offset > limit as u64 {
+        if fresh == stream.entries.len() {
             return Recovery::NotRecovered { head };
         }
-        let skip = fresh + (since.offset + 1 - first) as usize;
+        // The offset the first fresh entry follows: the chain is whole from there to the head.
+        let start = match fresh {
+            0 => stream.first_prev,
+            _ => offset_of(&stream.entries[fresh - 1].0),
+        };
+        let skip = if since.offset == start {
+            fresh
+        } else if since.offset < start {
+            return Recovery::NotRecovered { head };
+        } else {
+            // Offsets rise along the chain: a position that is none of them was never this
+            // topic's (or is one this node cannot vouch for).
+            let found = stream
+                .entries
+                .binary_search_by_key(&since.offset, |(p, _)| offset_of(p))
+                .ok()
+                .filter(|&i| i >= fresh);
+            match found {
+                Some(i) => i + 1,
+                None => return Recovery::NotRecovered { head },
+            }
+        };
+        if stream.entries.len() - skip > limit {
+            return Recovery::NotRecovered { head };
+        }
         Recovery::Recovered {
             head,
             publications: stream
@@ -344,11 +387,13 @@ impl Hot {
                 epoch,
                 head: 0,
                 entries: VecDeque::new(),
+                first_prev: 0,
             });
         if stream.epoch != epoch {
             freed = stream.clear();
             stream.epoch = epoch;
             stream.head = 0;
+            stream.first_prev = 0;
         }
         self.bytes = self.bytes.saturating_sub(freed);
         self.streams.get_mut(&**topic).expect("inserted above")
@@ -365,11 +410,9 @@ impl Hot {
             let Some(stream) = self.streams.get_mut(&name) else {
                 continue;
             };
-            while self.bytes > limits.max_bytes {
-                let Some((old, _)) = stream.entries.pop_front() else {
-                    break;
-                };
-                self.bytes = self.bytes.saturating_sub(old.size());
+            while self.bytes > limits.max_bytes && !stream.entries.is_empty() {
+                let freed = stream.pop_front();
+                self.bytes = self.bytes.saturating_sub(freed);
             }
             if self.bytes <= limits.max_bytes {
                 return;
@@ -383,8 +426,25 @@ impl HotStream {
     fn clear(&mut self) -> usize {
         let freed = self.entries.iter().map(|(p, _)| p.size()).sum();
         self.entries.clear();
+        self.first_prev = self.head;
         freed
     }
+
+    /// Drops the oldest entry (the next one then follows it); the bytes freed.
+    fn pop_front(&mut self) -> usize {
+        match self.entries.pop_front() {
+            Some((old, _)) => {
+                self.first_prev = offset_of(&old);
+                old.size()
+            }
+            None => 0,
+        }
+    }
+}
+
+/// A kept publication's offset (every one kept has a position).
+fn offset_of(publication: &Publication) -> u64 {
+    publication.position().map_or(0, |p| p.offset)
 }
 
 #[cfg(test)]
@@ -503,6 +563,57 @@ mod tests {
         log.forget("t");
         assert_eq!(log.read("t", Some(at(1)), 100).head(), at(1), "cold again");
         assert_eq!(log.stats.bytes.load(Ordering::Relaxed), 0);
+    }
+
+    /// A publication at `offset` whose topic's previous one is at `previous` (stream
+    /// sequences shared with other topics, as NATS JetStream's).
+    fn linked(offset: u64, previous: u64) -> Arc<Publication> {
+        let publication = publication(offset);
+        publication.follow(previous);
+        publication
+    }
+
+    #[test]
+    fn sparse_offsets_recover_by_their_links() {
+        let log = BrokerLog::new(limits());
+        for (offset, previous) in [(3, 0), (7, 3), (8, 7), (12, 8), (20, 12)] {
+            assert!(log.record(&linked(offset, previous)));
+        }
+        // Kept: 7, 8, 12, 20 (the last four), after 3.
+        assert_eq!(offsets(log.read("t", Some(at(3)), 100)), [7, 8, 12, 20]);
+        assert_eq!(offsets(log.read("t", Some(at(8)), 100)), [12, 20]);
+        assert_eq!(offsets(log.read("t", Some(at(20)), 100)), Vec::<u64>::new());
+        for never_kept in [0, 1, 5, 10] {
+            assert!(
+                matches!(log.read("t", Some(at(never_kept)), 100), Recovery::NotRecovered { head } if head == at(20)),
+                "{never_kept}"
+            );
+        }
+        assert!(matches!(
+            log.read("t", Some(at(7)), 2),
+            Recovery::NotRecovered { .. }
+        ));
+        // A link to something other than the head is a hole: only what follows it is kept.
+        assert!(log.record(&linked(25, 22)));
+        assert!(matches!(
+            log.read("t", Some(at(20)), 100),
+            Recovery::NotRecovered { .. }
+        ));
+        assert_eq!(offsets(log.read("t", Some(at(22)), 100)), [25]);
+    }
+
+    #[test]
+    fn a_sparse_load_starts_after_its_anchor() {
+        let log = BrokerLog::new(limits());
+        let topic: Arc<str> = Arc::from("t");
+        // The oldest kept (4) is only the anchor: what preceded it is unknown.
+        log.load(&topic, at(15), vec![linked(9, 4), linked(15, 9)]);
+        assert_eq!(offsets(log.read("t", Some(at(4)), 100)), [9, 15]);
+        assert_eq!(offsets(log.read("t", Some(at(9)), 100)), [15]);
+        assert!(matches!(
+            log.read("t", Some(at(3)), 100),
+            Recovery::NotRecovered { .. }
+        ));
     }
 
     #[test]
