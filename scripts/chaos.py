@@ -779,7 +779,6 @@ class Run:
         return self.report(trios, subs, pubs, counters)
 
     def report(self, trios, subs, pubs, counters):
-        a = self.args
         rows = []
         silent_examples = []
         lost_by_trio = {}
@@ -789,12 +788,14 @@ class Run:
             for s in subs:
                 if s.trio is trio:
                     confirmed.update((e[1], e[2]) for e in s.log if e[0] == "d")
-            expected, lost_at_publish = set(), 0
+            # Everything someone received (a send that failed locally may have gone out
+            # all the same), and what was made and not excused.
+            expected, lost_at_publish = set(confirmed), 0
             for p in tpubs:
                 for seq, (at, node) in p.made.items():
                     if (p.name, seq) in confirmed:
-                        expected.add((p.name, seq))
-                    elif self.excused(p, at, node, confirmed):
+                        continue
+                    if self.excused(p, at, node, confirmed):
                         lost_at_publish += 1
                     else:
                         expected.add((p.name, seq))
