@@ -62,7 +62,9 @@ fi
 command -v python3 >/dev/null || { echo "SKIP chaos: python3 missing"; exit 0; }
 
 WORK=target/chaos
-BROKERS="$WORK/brokers"
+# Absolute: a restarted cluster master finds its nodes.conf by this path after redis-server
+# has changed into its data directory.
+BROKERS="$PWD/$WORK/brokers"
 mkdir -p "$WORK"
 cleanup() { scripts/brokers.sh stop "$BROKERS" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
