@@ -572,6 +572,14 @@ impl<B: Broker> Task<B> {
                     // broker no longer has): whether any was lost between is unknown.
                     self.lost_before(&topic, position);
                 }
+            } else if position.offset > 1 {
+                // A new stream (the broker restarted empty) that began while this node was
+                // away: its start is read like any gap; the workers reset to it first.
+                let start = Position {
+                    epoch: position.epoch,
+                    offset: 0,
+                };
+                self.repair(&topic, start, position.offset - 1).await;
             }
         }
         self.hand_on(publication);
