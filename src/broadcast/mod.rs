@@ -779,7 +779,8 @@ impl<H: Handler> Broadcast<H> {
             };
             from == cursor
                 || target.offset == 0
-                || (offset(publications.first()) == Some(1)
+                || (offset(publications.first()).is_some()
+                    && publications.first().and_then(|p| p.previous()) == Some(0)
                     && offset(publications.last()).is_some_and(|o| o >= target.offset))
         };
         match recovery {
