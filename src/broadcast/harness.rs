@@ -18,7 +18,7 @@ use super::history::{HistoryLimits, LocalLog, Log};
 use super::{Broadcast, ConnState, Connection, Handler, Hub, Message, Position, Publication};
 use crate::config::Config;
 use crate::driver::testing::{Codec, Conn, Stage, TimerWheel};
-use crate::driver::{ConnId, Ctx, Shared};
+use crate::driver::{ConnId, Shared, WorkerView};
 use crate::protocol::OpCode;
 
 /// A handler with nothing to do: the harness drives the engine's own paths.
@@ -87,10 +87,10 @@ impl Cluster {
     fn with<R>(
         &mut self,
         w: usize,
-        f: impl FnOnce(&mut Service, &mut Ctx<'_, ConnState<()>>) -> R,
+        f: impl FnOnce(&mut Service, &mut WorkerView<'_, ConnState<()>>) -> R,
     ) -> R {
         let node = &mut self.nodes[w];
-        let mut ctx = Ctx {
+        let mut ctx = WorkerView {
             conns: &mut node.conns,
             dirty: &mut node.dirty,
             now_tick: 0,

@@ -41,7 +41,7 @@ pub use publication::{Epoch, Position, Publication, Stamp};
 use topic::{Subscriptions, TopicId, Topics};
 
 use crate::config::{Config, SlowConsumer};
-use crate::driver::{Admission, ConnId, Ctx, Outgoing, SendError, Service};
+use crate::driver::{Admission, ConnId, Outgoing, SendError, Service, WorkerView};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
@@ -128,7 +128,7 @@ impl<H: Handler> Broadcast<H> {
     /// topic; without, local fan-out now and other workers through their mailboxes.
     fn publish(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         topic: &str,
         opcode: OpCode,
         payload: Bytes,
@@ -142,7 +142,7 @@ impl<H: Handler> Broadcast<H> {
     /// is made from the position the publish is given ([`Publication::stamped`]).
     fn publish_except(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         topic: &str,
         opcode: OpCode,
         payload: Bytes,
@@ -170,7 +170,7 @@ impl<H: Handler> Broadcast<H> {
     /// stays in order with the publishes before it, and on every node through the broker.
     fn close_subscribers(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         topic: &str,
         code: CloseCode,
         reason: &str,
@@ -188,7 +188,7 @@ impl<H: Handler> Broadcast<H> {
     }
 
     /// Fans out everything waiting in this worker's mailbox.
-    fn drain_mailbox(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>) {
+    fn drain_mailbox(&mut self, ctx: &mut WorkerView<'_, ConnState<H::Data>>) {
         let mut mail = std::mem::take(&mut self.scratch_mail);
         while let Some(item) = self.hub.take(self.worker) {
             mail.push(item);
@@ -203,7 +203,11 @@ impl<H: Handler> Broadcast<H> {
     /// slow-consumer policy. With a position, a publication this worker's subscribers have
     /// already been given is skipped, and one that follows a gap is preceded by what the gap
     /// held (from the log) or by a reset, so subscribers never see a topic out of order.
-    fn fan_out(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, publication: &Mail) -> usize {
+    fn fan_out(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        publication: &Mail,
+    ) -> usize {
         let Some(id) = self.topics.id(publication.topic()) else {
             return 0;
         };
@@ -242,7 +246,7 @@ impl<H: Handler> Broadcast<H> {
     /// Sends a publication to every local subscriber of topic `id`, with no position check.
     fn deliver(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         id: TopicId,
         publication: &Mail,
     ) -> usize {
@@ -277,7 +281,7 @@ impl<H: Handler> Broadcast<H> {
 
     fn subscribe(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
     ) -> bool {
@@ -314,7 +318,7 @@ impl<H: Handler> Broadcast<H> {
 
     fn unsubscribe(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
     ) -> bool {
@@ -413,7 +417,7 @@ impl<H: Handler> Service for Broadcast<H> {
         }
     }
 
-    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
+    fn on_open(&mut self, ctx: &mut WorkerView<'_, Self::Data>, conn: ConnId, request: &Request) {
         if ctx.is_stream(conn) {
             return self.open_stream(ctx, conn, request);
         }
@@ -450,7 +454,7 @@ impl<H: Handler> Service for Broadcast<H> {
 
     fn on_message(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         conn: ConnId,
         opcode: OpCode,
         payload: &[u8],
@@ -484,7 +488,12 @@ impl<H: Handler> Service for Broadcast<H> {
         self.apply(ctx, conn, actions);
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, mut data: Self::Data) {
+    fn on_close(
+        &mut self,
+        ctx: &mut WorkerView<'_, Self::Data>,
+        conn: ConnId,
+        mut data: Self::Data,
+    ) {
         // Its place on the server and in its address's count is given back.
         self.fair.remove(&conn);
         let counts = &self.hub.stats[self.worker].topics;
@@ -526,7 +535,7 @@ impl<H: Handler> Service for Broadcast<H> {
 
     fn on_http(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         request: &Request,
         body: &[u8],
     ) -> Vec<u8> {
@@ -593,7 +602,7 @@ impl<H: Handler> Service for Broadcast<H> {
         self.handler.keepalive()
     }
 
-    fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
+    fn on_wake(&mut self, ctx: &mut WorkerView<'_, Self::Data>) {
         // Clear first: a publish racing with the drain then wakes us again rather than waiting.
         self.hub.wake_pending[self.worker].store(false, Ordering::Release);
         self.drain_mailbox(ctx);
@@ -605,7 +614,7 @@ impl<H: Handler> Broadcast<H> {
     /// 1008 (RFC 6455 §7.4.1, policy) and counts it, once, and returns `false`.
     fn within_budget(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         bytes: usize,
     ) -> bool {
@@ -630,7 +639,7 @@ impl<H: Handler> Broadcast<H> {
     /// worker goes on serving its other connections.
     fn close_after_panic(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         mut actions: handler::Actions,
         callback: &'static str,
@@ -662,7 +671,7 @@ impl<H: Handler> Broadcast<H> {
     /// Carries out what a handler asked for, in the order it asked.
     fn apply(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         mut actions: handler::Actions,
     ) {
@@ -712,7 +721,11 @@ impl<H: Handler> Broadcast<H> {
     }
 
     /// Carries out what a handler serving an HTTP request asked for: publishes and closes.
-    fn apply_http(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, actions: handler::Actions) {
+    fn apply_http(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        actions: handler::Actions,
+    ) {
         for action in actions.list {
             match action {
                 handler::Action::Publish(topic, opcode, payload) => {
@@ -740,7 +753,12 @@ impl<H: Handler> Broadcast<H> {
     /// cursor and it is given to them from the log, or, if the log no longer has it (or the
     /// stream has a new epoch), they are told with a reset that they cannot have it. Counted
     /// as a gap filled or reported.
-    fn advance(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, target: Position) {
+    fn advance(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        id: TopicId,
+        target: Position,
+    ) {
         let Some(cursor) = self.topics.cursor(id).filter(|c| !c.epoch.is_unknown()) else {
             self.topics.set_cursor(id, target);
             return;
@@ -776,7 +794,12 @@ impl<H: Handler> Broadcast<H> {
     /// Brings topic `id` to a stream head learned without a publication (see
     /// [`Publication::head_only`]): as [`advance`](Self::advance), and a cursor ahead of the
     /// head in its epoch (a position a client made up, or one the broker lost) is reset to it.
-    fn move_head(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+    fn move_head(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        id: TopicId,
+        head: Position,
+    ) {
         let ahead = self
             .topics
             .cursor(id)
@@ -795,7 +818,7 @@ impl<H: Handler> Broadcast<H> {
     /// Tells this worker's subscribers of topic `id` that what came before `head` is lost to
     /// them: an SSE `reset` event on each event stream. (A WebSocket in rooms by path has no
     /// message for it; a handler learns it from [`Connection::subscribe_from`].)
-    fn reset(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+    fn reset(&mut self, ctx: &mut WorkerView<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
         let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
         for &sub in self.topics.subscribers(id) {
             if ctx.is_stream(sub) {
@@ -813,7 +836,7 @@ impl<H: Handler> Broadcast<H> {
     /// subscriber, `conn` included, once and in order.
     fn subscribe_from(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
         recovery: Recovery,

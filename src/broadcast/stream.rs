@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{Broadcast, ConnState, Handler, Position};
-use crate::driver::{Admission, ConnId, Ctx};
+use crate::driver::{Admission, ConnId, WorkerView};
 use crate::protocol::handshake::{http_response, Request};
 use crate::sse;
 
@@ -90,7 +90,7 @@ impl<H: Handler> Broadcast<H> {
     /// A stream whose head has been queued: subscribe it from the position it presents.
     pub(super) fn open_stream(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         request: &Request,
     ) {

@@ -1,5 +1,5 @@
-//! The driver's interface upward: what a [`Service`] is told, and the [`Ctx`] through which
-//! it acts on the worker's connections.
+//! The driver's interface upward: what a [`Service`] is told, and the [`WorkerView`] through
+//! which it acts on the worker's connections.
 
 use bytes::Bytes;
 use slab::Slab;
@@ -34,8 +34,8 @@ pub enum Admission {
     /// Refuse with this HTTP status (and close).
     Reject(u16),
     /// Answer with this response head and keep the connection as a stream of events the
-    /// service sends ([`Ctx::send_message`] gives it a message's SSE event); what the client
-    /// sends after its request is read and ignored. [`Service::on_open`] runs for it, and
+    /// service sends ([`WorkerView::send_message`] gives it a message's SSE event); what the
+    /// client sends after its request is read and ignored. [`Service::on_open`] runs for it, and
     /// [`Service::on_close`] when it ends.
     Stream {
         /// The response head (status line and headers, ending in a blank line).
@@ -76,21 +76,21 @@ pub trait Service: 'static {
     }
 
     /// The upgrade completed: the 101 is queued.
-    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
+    fn on_open(&mut self, ctx: &mut WorkerView<'_, Self::Data>, conn: ConnId, request: &Request) {
         let _ = (ctx, conn, request);
     }
 
     /// A complete, validated message.
     fn on_message(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         conn: ConnId,
         opcode: OpCode,
         payload: &[u8],
     );
 
     /// The connection is gone (closed by either side, failed, or dropped); `data` is its state.
-    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, data: Self::Data) {
+    fn on_close(&mut self, ctx: &mut WorkerView<'_, Self::Data>, conn: ConnId, data: Self::Data) {
         let _ = (ctx, conn, data);
     }
 
@@ -98,7 +98,7 @@ pub trait Service: 'static {
     /// connection is closed once the response is sent.
     fn on_http(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         request: &Request,
         body: &[u8],
     ) -> Vec<u8> {
@@ -114,7 +114,7 @@ pub trait Service: 'static {
     }
 
     /// The worker was woken from outside (another worker or thread has work for it).
-    fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
+    fn on_wake(&mut self, ctx: &mut WorkerView<'_, Self::Data>) {
         let _ = ctx;
     }
 }
@@ -143,8 +143,9 @@ impl Default for Keepalive {
     }
 }
 
-/// A service's handle on its worker's connections during a call.
-pub struct Ctx<'a, D> {
+/// The worker as a service sees it during a call: its connections (to send to, close, and
+/// keep per-connection data on), its counters, and the wakes of the other workers.
+pub struct WorkerView<'a, D> {
     pub(crate) conns: &'a mut Slab<Conn<D>>,
     pub(crate) dirty: &'a mut Vec<usize>,
     pub(crate) wheel: &'a mut TimerWheel,
@@ -259,7 +260,7 @@ impl Outgoing {
     }
 }
 
-impl<D> Ctx<'_, D> {
+impl<D> WorkerView<'_, D> {
     /// The index of the worker running this call.
     pub fn worker(&self) -> usize {
         self.worker

@@ -12,7 +12,7 @@ use tracing::{debug, trace, warn};
 use super::{Worker, ACCEPT_SINGLE, NO_KEY};
 use crate::driver::conn::{Conn, Ending, Stage};
 use crate::driver::ring::{self, GENERATION_MASK};
-use crate::driver::service::{Admission, ConnId, Ctx};
+use crate::driver::service::{Admission, ConnId, WorkerView};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::connection::Read;
@@ -257,7 +257,7 @@ impl<S: Service> Worker<S> {
 /// Runs received bytes through the connection's protocol state and the service.
 pub(super) fn receive<S: Service>(
     service: &mut S,
-    ctx: &mut Ctx<'_, S::Data>,
+    ctx: &mut WorkerView<'_, S::Data>,
     key: usize,
     data: &mut [u8],
     limits: Limits,

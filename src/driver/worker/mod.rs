@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::buf_ring::BufRing;
 use super::conn::{Conn, SendVec};
 use super::ring::{self};
-use super::service::Ctx;
+use super::service::WorkerView;
 use super::timer::{TimerEntry, TimerWheel};
 use super::user_data::{OpKind, UserData};
 use super::DriverConfig;
@@ -46,11 +46,11 @@ macro_rules! on_conn {
     };
 }
 
-/// A [`Ctx`] over the worker's connections, borrowing its fields one by one so the service
-/// (and the receive buffers) stay free to borrow beside it.
+/// A [`WorkerView`] of the worker, borrowing its fields one by one so the service (and the
+/// receive buffers) stay free to borrow beside it.
 macro_rules! ctx {
     ($worker:ident) => {
-        Ctx {
+        WorkerView {
             conns: &mut $worker.conns,
             dirty: &mut $worker.dirty,
             now_tick: $worker.wheel.tick_at(Instant::now()),
