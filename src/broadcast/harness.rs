@@ -15,7 +15,7 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::history::{HistoryLimits, LocalLog, Log};
-use super::{Broadcast, ConnState, Connection, Handler, Hub, Message, Position, Publication};
+use super::{Broadcast, ConnState, Connection, Handler, Mailboxes, Message, Position, Publication};
 use crate::config::Config;
 use crate::driver::testing::{Codec, Conn, Stage, TimerWheel};
 use crate::driver::{ConnId, Shared, WorkerView};
@@ -44,7 +44,7 @@ struct Node {
 
 /// Several workers of one server, in memory.
 pub(crate) struct Cluster {
-    pub hub: Arc<Hub>,
+    pub hub: Arc<Mailboxes>,
     shared: Arc<Shared>,
     nodes: Vec<Node>,
 }
@@ -65,7 +65,7 @@ impl Cluster {
                 max_streams: 1 << 10,
             })) as Arc<dyn Log>
         });
-        let hub = Arc::new(Hub::with_log(Arc::clone(&shared), log));
+        let hub = Arc::new(Mailboxes::with_log(Arc::clone(&shared), log));
         let config: Config = crate::config::ServerBuilder::default()
             .history(history)
             .max_recover(max_recover.max(1))

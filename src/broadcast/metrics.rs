@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::uplink::Uplink;
-use super::Hub;
+use super::Mailboxes;
 
 /// Counters of the broadcast engine on one worker.
 #[derive(Debug, Default)]
@@ -114,7 +114,7 @@ impl TopicCounts {
 }
 
 /// Renders every counter of every worker in the Prometheus text format (version 0.0.4).
-pub(crate) fn render(hub: &Hub) -> String {
+pub(crate) fn render(hub: &Mailboxes) -> String {
     let mut out = String::new();
     let driver = &hub.shared.stats;
     let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(usize) -> u64| {
@@ -345,7 +345,7 @@ pub(crate) fn render(hub: &Hub) -> String {
 
 /// Refusals summed over the workers, one sample per reason (every reason listed, 0 included,
 /// so that a rate over them is defined from the start).
-fn render_refusals(out: &mut String, hub: &Hub) {
+fn render_refusals(out: &mut String, hub: &Mailboxes) {
     let _ = writeln!(
         out,
         "# HELP uringcast_refusals_total Requests and connections refused, by reason."

@@ -33,8 +33,8 @@ pub use handler::{
     Connection, Decision, Handler, HttpCall, HttpHead, Message, Peer, Resumed, SubscribeError,
 };
 pub use history::{HistoryLimits, Log, Recovery};
-pub(crate) use mailbox::Hub;
 use mailbox::Mail;
+pub(crate) use mailbox::Mailboxes;
 pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
 pub use metrics::BroadcastStats;
 pub use publication::{Epoch, Position, Publication, Stamp};
@@ -67,7 +67,7 @@ struct Fair {
 pub(crate) struct Broadcast<H: Handler> {
     handler: H,
     topics: Topics,
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
     worker: usize,
     policy: SlowConsumer,
     endpoints: endpoints::Endpoints,
@@ -100,7 +100,7 @@ pub(crate) struct Broadcast<H: Handler> {
 }
 
 impl<H: Handler> Broadcast<H> {
-    pub(crate) fn new(handler: H, hub: Arc<Hub>, worker: usize, config: &Config) -> Self {
+    pub(crate) fn new(handler: H, hub: Arc<Mailboxes>, worker: usize, config: &Config) -> Self {
         Self {
             handler,
             topics: Topics::default(),
