@@ -17,7 +17,7 @@ use slab::Slab;
 use super::history::{HistoryLimits, LocalLog, Log};
 use super::{Broadcast, ConnState, Connection, Handler, Mailboxes, Message, Position, Publication};
 use crate::config::Config;
-use crate::driver::testing::{Codec, Conn, Stage, TimerWheel};
+use crate::driver::testing::{Conn, PerMessageDeflate, Stage, TimerWheel};
 use crate::driver::{ConnId, Shared, WorkerView};
 use crate::protocol::OpCode;
 
@@ -39,7 +39,7 @@ struct Node {
     conns: Slab<Conn<ConnState<()>>>,
     dirty: Vec<usize>,
     wheel: TimerWheel,
-    codec: Codec,
+    deflate: PerMessageDeflate,
 }
 
 /// Several workers of one server, in memory.
@@ -77,7 +77,7 @@ impl Cluster {
                 conns: Slab::with_capacity(64),
                 dirty: Vec::new(),
                 wheel: TimerWheel::new(Instant::now()),
-                codec: Codec::new(false, 128),
+                deflate: PerMessageDeflate::new(false, 128),
             })
             .collect();
         Self { hub, shared, nodes }
@@ -100,7 +100,7 @@ impl Cluster {
             stats: &self.shared.stats[w],
             worker: w,
             shared: &self.shared,
-            codec: &mut node.codec,
+            deflate: &mut node.deflate,
         };
         f(&mut node.service, &mut ctx)
     }

@@ -28,7 +28,7 @@ pub(crate) use worker::{run_worker, WorkerSetup};
 #[cfg(test)]
 pub(crate) mod testing {
     pub(crate) use super::conn::{Conn, Stage};
-    pub(crate) use super::service::Codec;
+    pub(crate) use super::service::PerMessageDeflate;
     pub(crate) use super::timer::TimerWheel;
 }
 

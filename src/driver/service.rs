@@ -155,20 +155,20 @@ pub struct WorkerView<'a, D> {
     pub(crate) stats: &'a WorkerStats,
     pub(crate) worker: usize,
     pub(crate) shared: &'a super::Shared,
-    pub(crate) codec: &'a mut Codec,
+    pub(crate) deflate: &'a mut PerMessageDeflate,
 }
 
 /// The worker's permessage-deflate state: one compressor and one inflater for all its
 /// connections (RFC 7692 with no context takeover either way).
 #[derive(Debug)]
-pub(crate) struct Codec {
+pub(crate) struct PerMessageDeflate {
     /// permessage-deflate is accepted from clients that offer it.
     pub enabled: bool,
     pub deflater: Deflater,
     pub inflater: Inflater,
 }
 
-impl Codec {
+impl PerMessageDeflate {
     pub(crate) fn new(enabled: bool, min_bytes: usize) -> Self {
         Self {
             enabled,
@@ -227,7 +227,7 @@ impl Outgoing {
     fn frame_for(
         &mut self,
         window_bits: Option<u8>,
-        codec: &mut Codec,
+        deflate: &mut PerMessageDeflate,
         stats: &WorkerStats,
     ) -> Bytes {
         let Some(bits) = window_bits.filter(|&b| b >= MIN_SERVER_WINDOW_BITS) else {
@@ -236,11 +236,13 @@ impl Outgoing {
         let slot = &mut self.compressed[usize::from(bits - MIN_SERVER_WINDOW_BITS)];
         let compressed = slot.get_or_insert_with(|| {
             let data = matches!(self.opcode, OpCode::Text | OpCode::Binary);
-            if !data || self.payload.len() < codec.deflater.min_bytes() {
+            if !data || self.payload.len() < deflate.deflater.min_bytes() {
                 return None;
             }
             stats.deflate_compressions.fetch_add(1, Ordering::Relaxed);
-            codec.deflater.frame(self.opcode, &self.payload, bits, None)
+            deflate
+                .deflater
+                .frame(self.opcode, &self.payload, bits, None)
         });
         match compressed {
             Some(frame) => {
@@ -321,8 +323,8 @@ impl<D> WorkerView<'_, D> {
         let conn = self.open_conn(id)?;
         let frame = match &conn.stage {
             Stage::Stream => message.event(),
-            Stage::Open(ws) => message.frame_for(ws.send_window_bits(), self.codec, self.stats),
-            _ => message.frame_for(None, self.codec, self.stats),
+            Stage::Open(ws) => message.frame_for(ws.send_window_bits(), self.deflate, self.stats),
+            _ => message.frame_for(None, self.deflate, self.stats),
         };
         self.send_frame(id, frame)
     }

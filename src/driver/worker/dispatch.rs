@@ -289,7 +289,11 @@ pub(super) fn receive<S: Service>(
         match service.on_request(&request) {
             Admission::Upgrade { protocol } => match request.validate_upgrade() {
                 Ok(upgrade) => {
-                    let deflate = ctx.codec.enabled.then(|| request.deflate_offer()).flatten();
+                    let deflate = ctx
+                        .deflate
+                        .enabled
+                        .then(|| request.deflate_offer())
+                        .flatten();
                     conn.queue.push_unbounded(
                         upgrade
                             .response_with(protocol.as_deref(), deflate.as_ref())
@@ -396,9 +400,9 @@ pub(super) fn receive<S: Service>(
         let Stage::Open(ws) = &mut conn.stage else {
             return;
         };
-        let inflations = ctx.codec.inflater.inflations();
-        let (used, read) = ws.read_within(&mut data[pos..], budget, &mut ctx.codec.inflater);
-        if ctx.codec.inflater.inflations() != inflations {
+        let inflations = ctx.deflate.inflater.inflations();
+        let (used, read) = ws.read_within(&mut data[pos..], budget, &mut ctx.deflate.inflater);
+        if ctx.deflate.inflater.inflations() != inflations {
             ctx.stats.deflate_inflations.fetch_add(1, Ordering::Relaxed);
         }
         pos += used;
