@@ -41,7 +41,7 @@ pub use publication::{Epoch, Position, Publication, Stamp};
 use topic::{Subscriptions, TopicId, Topics};
 
 use crate::config::{Config, SlowConsumer};
-use crate::driver::{Admission, ConnId, Outgoing, SendError, Service, WorkerView};
+use crate::driver::{Admission, ConnId, EncodedMessage, SendError, Service, WorkerView};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
@@ -253,7 +253,7 @@ impl<H: Handler> Broadcast<H> {
         let stats = &self.hub.stats[self.worker];
         let mut delivered = 0;
         // Compressed at most once here per window size, for every subscriber that takes it.
-        let mut message = outgoing(publication);
+        let mut message = encoded_message(publication);
         let except = publication
             .except()
             .filter(|p| p.node == self.hub.node && p.worker == self.worker)
@@ -690,7 +690,7 @@ impl<H: Handler> Broadcast<H> {
                     frame,
                     payload,
                 } => {
-                    let mut message = Outgoing::new(opcode, payload, frame);
+                    let mut message = EncodedMessage::new(opcode, payload, frame);
                     if let Err(SendError::Backlog) = ctx.send_message(conn, &mut message) {
                         ctx.close_slow_consumer(conn);
                     }
@@ -908,7 +908,7 @@ impl<H: Handler> Broadcast<H> {
                 }
                 stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
                 for publication in &publications {
-                    let mut message = outgoing(publication);
+                    let mut message = encoded_message(publication);
                     match ctx.send_message(conn, &mut message) {
                         Ok(()) => {}
                         Err(SendError::Backlog) => {
@@ -938,8 +938,8 @@ impl<H: Handler> Broadcast<H> {
 
 /// A publication as the driver sends it: its frame, and what its other formats are made
 /// from (with its position as an SSE id).
-fn outgoing(publication: &Publication) -> Outgoing {
-    Outgoing::new(
+fn encoded_message(publication: &Publication) -> EncodedMessage {
+    EncodedMessage::new(
         publication.opcode(),
         publication.payload().clone(),
         publication.frame().clone(),

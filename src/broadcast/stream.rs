@@ -1,7 +1,7 @@
 //! Server-Sent Events as a client protocol over the engine: `GET /<topic>` with
 //! `Accept: text/event-stream` becomes a receive-only subscriber of the topic. The driver
 //! keeps the connection in its stream stage and sends each publication's SSE event (made at
-//! most once per worker, see `driver::Outgoing`); this layer decides the admission and
+//! most once per worker, see `driver::EncodedMessage`); this layer decides the admission and
 //! subscribes the stream from the position it presents (`Last-Event-ID` or `?since=`).
 
 use std::sync::atomic::Ordering;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use nix::sys::eventfd::EventFd;
 
 pub use features::Features;
-pub use service::{Admission, ConnId, Keepalive, Outgoing, SendError, Service, WorkerView};
+pub use service::{Admission, ConnId, EncodedMessage, Keepalive, SendError, Service, WorkerView};
 pub(crate) use timer::TICK;
 pub(crate) use worker::{run_worker, WorkerSetup};
 

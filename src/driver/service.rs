@@ -184,7 +184,7 @@ impl PerMessageDeflate {
 /// So a broadcast is encoded at most once per worker and format, and nothing re-parses a
 /// frame: every format is made from the opcode and the payload.
 #[derive(Debug)]
-pub struct Outgoing {
+pub struct EncodedMessage {
     opcode: OpCode,
     payload: Bytes,
     plain: Bytes,
@@ -196,7 +196,7 @@ pub struct Outgoing {
     event: Option<Bytes>,
 }
 
-impl Outgoing {
+impl EncodedMessage {
     /// A message as its payload and its encoded, uncompressed server frame (which must be
     /// `encode_frame(opcode, true, &payload, None)`).
     pub fn new(opcode: OpCode, payload: Bytes, frame: Bytes) -> Self {
@@ -319,7 +319,11 @@ impl<D> WorkerView<'_, D> {
     /// # Errors
     ///
     /// As [`send_frame`](Self::send_frame).
-    pub fn send_message(&mut self, id: ConnId, message: &mut Outgoing) -> Result<(), SendError> {
+    pub fn send_message(
+        &mut self,
+        id: ConnId,
+        message: &mut EncodedMessage,
+    ) -> Result<(), SendError> {
         let conn = self.open_conn(id)?;
         let frame = match &conn.stage {
             Stage::Stream => message.event(),
@@ -337,7 +341,7 @@ impl<D> WorkerView<'_, D> {
     /// As [`send_frame`](Self::send_frame).
     pub fn send(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.open_conn(id)?;
-        let mut message = Outgoing::encode(opcode, payload);
+        let mut message = EncodedMessage::encode(opcode, payload);
         self.send_message(id, &mut message)
     }
 
