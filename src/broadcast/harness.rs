@@ -132,7 +132,7 @@ impl Cluster {
             match log {
                 Some(log) => {
                     let recovery = log.read(topic, since, service.max_recover);
-                    service.subscribe_from(ctx, conn, topic, recovery);
+                    service.subscribe_from(ctx, conn, topic, recovery, since.is_some());
                 }
                 None => {
                     service.subscribe(ctx, conn, topic);
@@ -290,6 +290,43 @@ mod tests {
         cluster.step(1);
         assert_eq!(cluster.take(1, new), [("message", 1), ("message", 2)]);
         assert_eq!(cluster.take(1, old), [("message", 1), ("message", 2)]);
+    }
+
+    #[test]
+    fn only_a_presented_position_counts_as_a_recovery() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut cluster = Cluster::new(1, 100, 300);
+        let fresh = cluster.stream(0);
+        cluster.subscribe(0, fresh, "t", None);
+        cluster.publish(0, "t", b"1");
+        cluster.publish(0, "t", b"2");
+        cluster.step(0);
+        let stats = |c: &Cluster| {
+            let s = &c.hub.stats[0];
+            (
+                s.recoveries_exact.load(Relaxed),
+                s.recoveries_failed.load(Relaxed),
+                s.replayed.load(Relaxed),
+            )
+        };
+        assert_eq!(
+            stats(&cluster),
+            (0, 0, 0),
+            "a new subscriber is no recovery"
+        );
+        let head = cluster.hub.log.as_ref().unwrap().read("t", None, 0).head();
+        let back = cluster.stream(0);
+        cluster.subscribe(0, back, "t", Some(Position { offset: 0, ..head }));
+        assert_eq!(cluster.take(0, back), [("message", 1), ("message", 2)]);
+        assert_eq!(stats(&cluster), (1, 0, 2));
+        let lost = cluster.stream(0);
+        let other = Position {
+            epoch: super::super::Epoch::from_bits(99),
+            offset: 1,
+        };
+        cluster.subscribe(0, lost, "t", Some(other));
+        assert_eq!(cluster.take(0, lost), [("reset", 2)]);
+        assert_eq!(stats(&cluster), (1, 1, 2));
     }
 
     #[test]

@@ -28,11 +28,12 @@ pub struct BroadcastStats {
     pub mailbox_drops: AtomicU64,
     /// Payload bytes of messages received.
     pub bytes_in: AtomicU64,
-    /// Recoveries that gave a subscriber exactly what it missed.
+    /// Recoveries (subscriptions from a position the client presented) that gave the
+    /// subscriber exactly what it missed.
     pub recoveries_exact: AtomicU64,
     /// Recoveries that could not (the subscriber was told "not recovered").
     pub recoveries_failed: AtomicU64,
-    /// Publications sent from history by recoveries.
+    /// Publications sent from history by exact recoveries.
     pub replayed: AtomicU64,
     /// Gaps in a topic's positions on this worker (a full mailbox) filled from history.
     pub gaps_filled: AtomicU64,
@@ -289,19 +290,19 @@ pub(crate) fn render(hub: &Mailboxes) -> String {
     if let Some(log) = &hub.log {
         family(
             "recoveries_exact_total",
-            "Subscriptions from a position that got exactly what they missed (every SSE stream starts from one).",
+            "Subscriptions from a position the client presented that got exactly what they missed.",
             "counter",
             &|w| load(&hub.stats[w].recoveries_exact),
         );
         family(
             "recoveries_not_recovered_total",
-            "Subscriptions from a position that could not be served exactly (told so).",
+            "Subscriptions from a position the client presented that could not be served exactly (told so).",
             "counter",
             &|w| load(&hub.stats[w].recoveries_failed),
         );
         family(
             "replayed_total",
-            "Publications sent from history by recoveries.",
+            "Publications sent from history by recoveries (exact ones).",
             "counter",
             &|w| load(&hub.stats[w].replayed),
         );

@@ -698,8 +698,8 @@ impl<H: Handler> Broadcast<H> {
                 handler::Action::Subscribe(topic) => {
                     self.subscribe(ctx, conn, &topic);
                 }
-                handler::Action::SubscribeFrom(topic, recovery) => {
-                    self.subscribe_from(ctx, conn, &topic, *recovery);
+                handler::Action::SubscribeFrom(topic, recovery, resuming) => {
+                    self.subscribe_from(ctx, conn, &topic, *recovery, resuming);
                 }
                 handler::Action::Unsubscribe(topic) => {
                     self.unsubscribe(ctx, conn, &topic);
@@ -834,12 +834,17 @@ impl<H: Handler> Broadcast<H> {
     /// brought to the same head, so the topic's cursor here is the head the recovery was read
     /// at: what the mailbox still holds up to it is skipped, and what follows reaches every
     /// subscriber, `conn` included, once and in order.
+    ///
+    /// `resuming`: the client presented a position (`Last-Event-ID`, `?since=`, a handler's
+    /// `since`). Only then is the outcome a recovery, counted in `/metrics`; a stream that
+    /// starts from the position its own head gave it is a new subscriber.
     fn subscribe_from(
         &mut self,
         ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
         recovery: Recovery,
+        resuming: bool,
     ) -> bool {
         let head = recovery.head();
         if let Some(id) = self.topics.id(topic) {
@@ -897,7 +902,9 @@ impl<H: Handler> Broadcast<H> {
                     .cursor(id)
                     .filter(|c| c.epoch == head.epoch && c.offset > reached);
                 if let Some(cursor) = short {
-                    stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                    if resuming {
+                        stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     if ctx.is_stream(conn) {
                         let event = crate::sse::reset_event(cursor.epoch.as_str(), cursor.offset);
                         if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {
@@ -906,7 +913,12 @@ impl<H: Handler> Broadcast<H> {
                     }
                     return true;
                 }
-                stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
+                if resuming {
+                    stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .replayed
+                        .fetch_add(publications.len() as u64, Ordering::Relaxed);
+                }
                 for publication in &publications {
                     let mut message = encoded_message(publication);
                     match ctx.send_message(conn, &mut message) {
@@ -918,12 +930,11 @@ impl<H: Handler> Broadcast<H> {
                         Err(SendError::Closed) => break,
                     }
                 }
-                stats
-                    .replayed
-                    .fetch_add(publications.len() as u64, Ordering::Relaxed);
             }
             Recovery::NotRecovered { head } => {
-                stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                if resuming {
+                    stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                }
                 if ctx.is_stream(conn) {
                     let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
                     if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {

@@ -109,9 +109,8 @@ impl<H: Handler> Broadcast<H> {
         }
         let topic = super::topic_of_path(request.path());
         let start = self.stream_start.take();
-        let since = sse::resume_from(request)
-            .and_then(|s| s.parse::<Position>().ok())
-            .or(start);
+        let presented = sse::resume_from(request).and_then(|s| s.parse::<Position>().ok());
+        let since = presented.or(start);
         let Some(log) = self.hub.log.clone() else {
             if !self.subscribe(ctx, conn, topic) {
                 ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
@@ -119,7 +118,7 @@ impl<H: Handler> Broadcast<H> {
             return;
         };
         let recovery = log.read(topic, since, self.max_recover);
-        if !self.subscribe_from(ctx, conn, topic, recovery) {
+        if !self.subscribe_from(ctx, conn, topic, recovery, presented.is_some()) {
             ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
         }
     }
