@@ -54,6 +54,20 @@ pub struct StreamTally {
     pub repeated_on_resume: u64,
     /// Resumes that saw no event before the end.
     pub unconfirmed: u64,
+    /// `--reconnect-window`: streams closed in the reconnect storm.
+    pub storm_streams: u64,
+    /// Storm streams that received a publication sent after they began to reconnect: live
+    /// again, with everything they missed before it.
+    pub storm_live: u64,
+    /// Publications storm streams received after reconnecting that were sent before it (what
+    /// they missed, replayed from history), until each was live again.
+    pub storm_replayed: u64,
+    /// The storm's first reopen (`CLOCK_MONOTONIC` ns).
+    pub storm_first_reopen_ns: Option<u64>,
+    /// The storm's last reopen.
+    pub storm_last_reopen_ns: Option<u64>,
+    /// When the last storm stream was live again.
+    pub storm_last_live_ns: Option<u64>,
 }
 
 impl StreamTally {
@@ -73,6 +87,42 @@ impl StreamTally {
         self.silent_losses += other.silent_losses;
         self.repeated_on_resume += other.repeated_on_resume;
         self.unconfirmed += other.unconfirmed;
+        self.storm_streams += other.storm_streams;
+        self.storm_live += other.storm_live;
+        self.storm_replayed += other.storm_replayed;
+        self.storm_first_reopen_ns =
+            earliest(self.storm_first_reopen_ns, other.storm_first_reopen_ns);
+        self.storm_last_reopen_ns = latest(self.storm_last_reopen_ns, other.storm_last_reopen_ns);
+        self.storm_last_live_ns = latest(self.storm_last_live_ns, other.storm_last_live_ns);
+    }
+
+    /// A storm stream began to reconnect: it opens again at `at_ns`.
+    pub fn storm_reopen(&mut self, at_ns: u64) {
+        self.storm_streams += 1;
+        self.storm_first_reopen_ns = earliest(self.storm_first_reopen_ns, Some(at_ns));
+        self.storm_last_reopen_ns = latest(self.storm_last_reopen_ns, Some(at_ns));
+    }
+
+    /// A storm stream was live again at `now_ns`.
+    pub fn storm_live_at(&mut self, now_ns: u64) {
+        self.storm_live += 1;
+        self.storm_last_live_ns = latest(self.storm_last_live_ns, Some(now_ns));
+    }
+
+    /// Seconds from the storm's first reopen to the moment its last stream was live again
+    /// (`None` before every storm stream is).
+    pub fn storm_all_live_after_s(&self) -> Option<f64> {
+        if self.storm_live < self.storm_streams {
+            return None;
+        }
+        let (first, last) = (self.storm_first_reopen_ns?, self.storm_last_live_ns?);
+        Some(last.saturating_sub(first) as f64 / 1e9)
+    }
+
+    /// Seconds from the storm's first reopen to its last.
+    pub fn storm_reopen_spread_s(&self) -> Option<f64> {
+        let (first, last) = (self.storm_first_reopen_ns?, self.storm_last_reopen_ns?);
+        Some(last.saturating_sub(first) as f64 / 1e9)
     }
 
     /// Counts that mean the stream broke its promise: a gap or a repeat no reset explains, an
@@ -80,6 +130,17 @@ impl StreamTally {
     pub fn errors(&self) -> u64 {
         self.gaps + self.repeated + self.bad_ids
     }
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn latest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    a.max(b)
 }
 
 /// One stream's position.
@@ -223,6 +284,34 @@ mod tests {
         );
         assert_eq!((t.gaps, t.gap_events, t.repeated, t.bad_ids), (2, 1, 1, 1));
         assert_eq!(t.without_id, 1);
+    }
+
+    #[test]
+    fn a_storm_is_live_when_its_last_stream_is() {
+        let mut a = StreamTally::default();
+        a.storm_reopen(1_000_000_000);
+        a.storm_reopen(1_500_000_000);
+        a.storm_live_at(1_700_000_000);
+        assert_eq!(a.storm_all_live_after_s(), None, "one of two is not live");
+        a.storm_live_at(1_600_000_000);
+        assert_eq!(a.storm_all_live_after_s(), Some(0.7));
+        let mut b = StreamTally::default();
+        b.storm_reopen(1_200_000_000);
+        let mut all = StreamTally::default();
+        all.merge(&a);
+        all.merge(&b);
+        assert_eq!(
+            all.storm_all_live_after_s(),
+            None,
+            "another thread's is not live"
+        );
+        b.storm_live_at(2_250_000_000);
+        let mut all = StreamTally::default();
+        all.merge(&a);
+        all.merge(&b);
+        assert_eq!((all.storm_streams, all.storm_live), (3, 3));
+        assert_eq!(all.storm_all_live_after_s(), Some(1.25));
+        assert_eq!(all.storm_reopen_spread_s(), Some(0.5));
     }
 
     #[test]
