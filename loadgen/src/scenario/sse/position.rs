@@ -12,15 +12,11 @@ pub struct Position {
     pub offset: u64,
 }
 
-impl Position {
-    /// Parses `EPOCH:OFFSET` (the epoch may hold colons; the offset is after the last).
-    pub fn parse(id: &str) -> Option<Self> {
-        let (epoch, offset) = id.rsplit_once(':')?;
-        Some(Self {
-            epoch: epoch.to_owned(),
-            offset: offset.parse().ok()?,
-        })
-    }
+/// `EPOCH:OFFSET` as its epoch (borrowed) and offset (the epoch may hold colons; the offset is
+/// after the last).
+fn split(id: &str) -> Option<(&str, u64)> {
+    let (epoch, offset) = id.rsplit_once(':')?;
+    Some((epoch, offset.parse().ok()?))
 }
 
 /// The position checks' counts, summed over streams and threads.
@@ -195,7 +191,8 @@ impl Track {
             }
             return has_data;
         };
-        let Some(at) = Position::parse(id) else {
+        // Borrowed: the epoch is copied only when it changes, not for every event.
+        let Some((epoch, offset)) = split(id) else {
             tally.bad_ids += 1;
             return has_data;
         };
@@ -204,29 +201,30 @@ impl Track {
             if std::mem::take(&mut self.resuming) {
                 tally.reset_on_resume += 1;
             }
-            self.last = Some(at);
+            self.move_to(epoch, offset);
             return false;
         }
         let Some(last) = &self.last else {
-            self.last = Some(at);
+            self.move_to(epoch, offset);
             return has_data;
         };
-        if !has_data && at == *last {
+        let same_epoch = last.epoch == epoch;
+        if !has_data && same_epoch && offset == last.offset {
             // The position repeated (a stream's first block, after a reconnect): nothing new.
             return false;
         }
         let resuming = std::mem::take(&mut self.resuming);
-        if at.epoch == last.epoch && at.offset <= last.offset {
+        if same_epoch && offset <= last.offset {
             tally.repeated += 1;
             if resuming {
                 tally.repeated_on_resume += 1;
             }
             return false;
         }
-        if at.epoch != last.epoch || at.offset > last.offset + 1 {
+        if !same_epoch || offset > last.offset + 1 {
             tally.gaps += 1;
-            if at.epoch == last.epoch {
-                tally.gap_events += at.offset - last.offset - 1;
+            if same_epoch {
+                tally.gap_events += offset - last.offset - 1;
             }
             if resuming {
                 tally.silent_losses += 1;
@@ -234,8 +232,21 @@ impl Track {
         } else if resuming {
             tally.recovered += 1;
         }
-        self.last = Some(at);
+        self.move_to(epoch, offset);
         has_data
+    }
+
+    /// The stream's position is now `epoch:offset`.
+    fn move_to(&mut self, epoch: &str, offset: u64) {
+        match &mut self.last {
+            Some(last) if last.epoch == epoch => last.offset = offset,
+            _ => {
+                self.last = Some(Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                })
+            }
+        }
     }
 }
 
@@ -264,8 +275,8 @@ mod tests {
             ],
         );
         assert_eq!((t.events, t.positions, t.errors()), (2, 1, 0));
-        assert_eq!(Position::parse("a:b:7").unwrap().epoch, "a:b");
-        assert!(Position::parse("nope").is_none());
+        assert_eq!(split("a:b:7"), Some(("a:b", 7)));
+        assert!(split("nope").is_none());
     }
 
     #[test]
