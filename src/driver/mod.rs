@@ -23,7 +23,7 @@ pub use service::{Admission, ConnId, EncodedMessage, Keepalive, SendError, Servi
 pub(crate) use timer::TICK;
 pub(crate) use worker::{run_worker, WorkerSetup};
 
-/// What the engine's in-memory harness (`broadcast::harness`) builds a worker's context from,
+/// What the engine's in-memory harness (`broadcast::harness`) builds a `WorkerView` from,
 /// without a ring.
 #[cfg(test)]
 pub(crate) mod testing {
