@@ -11,7 +11,9 @@
 # Scenarios (--only picks some): idle, broadcast, inflight, sweep, echo, handshakes, wss,
 # deflate, pusher (uringcast --mode pusher beside Sockudo: fan-out CPU per delivery,
 # deliveries per second, idle memory per subscribed connection, presence churn per
-# CPU-second; the servers uringcast and sockudo of --servers take part). Each repetition runs every scenario, and within a scenario every server, in an
+# CPU-second; the servers uringcast and sockudo of --servers take part), sse (uringcast only,
+# --history 300: the broadcast load to Server-Sent Events streams beside the same load to
+# WebSocket subscribers, both published over HTTP). Each repetition runs every scenario, and within a scenario every server, in an
 # order rotated from one repetition to the next (interleaved runs: the machine's noise falls
 # on all alike). The report takes medians over the repetitions and per-repetition ratios.
 # --quick runs every scenario once at small scale (a few minutes). The run's files (every
@@ -31,7 +33,7 @@ trap 'rc=$?; [ "$BASH_SUBSHELL" = 0 ] && echo "bench.sh: stopped at line $LINENO
 cd "$(dirname "$0")/.."
 root=$PWD
 
-quick=0 reps="" only="idle,broadcast,inflight,sweep,echo,handshakes,wss,deflate,pusher"
+quick=0 reps="" only="idle,broadcast,inflight,sweep,echo,handshakes,wss,deflate,pusher,sse"
 servers="uringcast,bun,node,fastwebsockets,tungstenite,gorilla,channels,socketio,sockudo" out="" page=docs/BENCHMARKS.md
 while [ $# -gt 0 ]; do
   case $1 in
@@ -41,7 +43,7 @@ while [ $# -gt 0 ]; do
     --servers) servers=$2; shift ;;
     --out) out=$2; shift ;;
     --page) page=$2; shift ;;
-    -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -188,6 +190,7 @@ server_cmd() {
     uringcast)
       [ "$variant" = wss ] && flags=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
       [ "$variant" = deflate ] && flags=(--deflate)
+      [ "$variant" = history ] && flags=(--history 300 --publish-token T)
       echo "$bin/uringcast --listen 127.0.0.1:$port --mode $mode --workers 1 --ping-interval 0 ${flags[*]}" ;;
     bun|node)
       env=(PORT="$port" MODE="$mode")
@@ -434,6 +437,32 @@ pusher_scenarios() { # rep
   done
 }
 
+# Server-Sent Events beside WebSocket, on uringcast alone (the peers have no SSE): the same
+# broadcast load, $subs subscribers at 10 publishes/s of 64 B published over HTTP, with
+# --history 300, to WebSocket subscribers (runs named ws) and to SSE streams (named sse, each
+# event's id checked for order, gaps and duplicates); the two in an order rotated by repetition.
+sse_vs_ws() { # rep
+  local name order=(ws sse)
+  [[ ,$servers, == *,uringcast,* ]] || return 0
+  [ $(($1 % 2)) = 0 ] && order=(sse ws)
+  for name in "${order[@]}"; do
+    next_port
+    if ! start_server uringcast broadcast history "$out/logs/sse-$subs-$name-$1.log"; then
+      printf '%s\t%s\t%s\t%s\n' "sse-$subs" "$name" "$1" "start-failed" >>"$out/index.tsv"
+      continue
+    fi
+    local args=(--publish-url "http://127.0.0.1:$port/publish/topic" --publish-token T
+                --subscribers "$subs" --publishers 1 --rate 10 --size 64 --duration "$secs"
+                --connect-rate 5000 --source "$src" --server-pid "$pid")
+    if [ "$name" = sse ]; then
+      load "sse-$subs" sse "$1" sse "http://127.0.0.1:$port/topic" "${args[@]}"
+    else
+      load "sse-$subs" ws "$1" broadcast "$(url plain /topic)" "${args[@]}"
+    fi
+    stop_server
+  done
+}
+
 # --- the run ------------------------------------------------------------------------------
 commands=$out/commands.txt; : >"$commands"; : >"$out/index.tsv"
 has() { [[ ",$only," == *",$1,"* ]]; }
@@ -455,6 +484,7 @@ for rep in $(seq 1 "$reps"); do
   if has wss; then idle "$rep" wss; fanout "broadcast-wss" "$rep" "$subs" "$secs" wss; fi
   if has deflate; then idle "$rep" deflate; fanout "broadcast-deflate" "$rep" "$subs" "$secs" deflate; fi
   if has pusher; then pusher_scenarios "$rep"; fi
+  if has sse; then sse_vs_ws "$rep"; fi
 done
 {
   echo "loadavg_end $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -234,6 +234,58 @@ GOALS = [
 ]
 
 
+def pair_ratios(run, scenario, ours, reference, figure):
+    """`ours` over `reference` in the same scenario, per repetition: (median, per-rep list)."""
+    per = []
+    for rep in range(1, run.reps + 1):
+        a, b = run.report(scenario, ours, rep), run.report(scenario, reference, rep)
+        x = FIGURES[figure][1](a) if a else None
+        y = FIGURES[figure][1](b) if b else None
+        if x and y:
+            per.append(x / y)
+    return (statistics.median(per) if per else None), per
+
+
+# Issue 23: uringcast's Server-Sent Events beside its WebSocket subscribers (runs named sse and
+# ws in scenario sse-<subscribers>), and the goal on their CPU per delivery.
+SSE_ROWS = [("ws", "uringcast, WebSocket subscribers"), ("sse", "uringcast, SSE streams")]
+SSE_FIGURES = ["cpu", "p50", "p99", "rss"]
+SSE_GOAL = 1.10
+
+
+def sse_goal(run, subs, w, behind):
+    """The goal row: SSE CPU per delivery over WebSocket's, same server and load."""
+    r, per = pair_ratios(run, f"sse-{subs}", "sse", "ws", "cpu")
+    if r is None:
+        return
+    text = f"SSE CPU per delivery ≤ {SSE_GOAL:.2f}× WebSocket's (uringcast, `--history 300`)"
+    w(f"| {text} | uringcast WebSocket | {r:.2f}× | {', '.join(f'{x:.2f}' for x in per)} | "
+      f"{'yes' if r <= SSE_GOAL else '**no**'} |")
+    if r > SSE_GOAL:
+        behind.append(f"Goal not met: {text}: {r:.2f}× (median of {len(per)}).")
+
+
+def sse_section(run, subs, w):
+    """The SSE table, if the run has the scenario."""
+    scenario = f"sse-{subs}"
+    rows = [(name, label) for name, label in SSE_ROWS
+            if any(k[0] == scenario and k[1] == name for k in run.status)]
+    if not rows:
+        return
+    w("## Server-Sent Events beside WebSocket (uringcast)\n")
+    w(f"{int(subs):,} subscribers of `/topic` on uringcast with `--history 300` (so every event "
+      "carries its position), one HTTP publisher at 10 publishes/s of 64 B (`POST /publish/topic`), "
+      "the same load to WebSocket subscribers (`uringcast-load broadcast`) and to Server-Sent "
+      "Events streams (`uringcast-load sse`, every event's id checked for order, gaps and "
+      "duplicates; a binary payload travels as base64 in `event: binary`). The peers have no SSE. "
+      "Server CPU per delivery over the traffic window; RSS growth per held connection.\n")
+    w("| subscribers | " + " | ".join(f"{FIGURES[f][0]} ({FIGURES[f][2]})" for f in SSE_FIGURES) + " |")
+    w("|---|" + "---:|" * len(SSE_FIGURES))
+    for name, label in rows:
+        w(f"| {label} | " + " | ".join(cell(run, scenario, name, f)[0] for f in SSE_FIGURES) + " |")
+    w("")
+
+
 def scale(run):
     return dict(kv.split("=") for kv in run.one("scale").split())
 
@@ -348,6 +400,7 @@ def main():
         w(f"| {text} | uringcast broadcast | {r:.2f}× | – | {'yes' if r <= 1.10 else '**no**'} |")
         if r > 1.10:
             behind.append(f"Goal not met: {text}: {r:.2f}×.")
+    sse_goal(run, subs, w, behind)
     w("")
 
     # Scenario tables.
@@ -388,6 +441,8 @@ def main():
                 names = ", ".join(f"{LABEL[s]} {fmt(f, medians[(s, f)])}" for s in better)
                 behind.append(f"{title}: {FIGURES[f][0]}: uringcast {fmt(f, ours)} {FIGURES[f][2]}; "
                               f"better: {names}.")
+
+    sse_section(run, subs, w)
 
     # Plots.
     w("## Plots\n")

@@ -8,13 +8,24 @@
    no duplicate). Reports the time until the last is live again, and the server's CPU per
    replayed publication against its CPU per live delivery measured in the same run.
 
-The client is Python asyncio on the other core: its own speed bounds the storm's time, which
-the report says. Loopback only; every phase is bounded in time.
+With --loadgen PATH (the default when target/release/uringcast-load exists) the storm is the
+load generator's (`uringcast-load sse --reconnect-after --reconnect-down --reconnect-window`):
+publishes at 10/s over HTTP, every stream closes at once, stays away BEHIND / 10 seconds, and
+all reopen within --window seconds (so each is BEHIND to BEHIND + 10 x WINDOW behind). It runs
+twice on fresh servers, once without the storm (the live reference: server CPU per delivery)
+and once with it; the storm run's extra server CPU, over the publications the streams were
+replayed, plus the live cost each of them would have had, is the CPU per replayed
+publication (handshakes included). Without it the storm's client is Python asyncio, whose own
+speed bounds the storm's time (it took 12 s to send 10,000 reconnects).
+
+The Python client is on the other core. Loopback only; every phase is bounded in time.
 
 Usage: scripts/sse_storm.py [--streams 10000] [--behind 100] [--runs 3] [--binary PATH]
+                            [--loadgen PATH] [--window 1]
 """
 import argparse
 import asyncio
+import json
 import os
 import re
 import statistics
@@ -211,23 +222,70 @@ async def storm(binary, n, behind):
         server.wait()
 
 
+def storm_loadgen(binary, loadgen, n, behind, window):
+    """The storm through the load generator: a live run and a storm run, same traffic."""
+    rate = 10.0
+    after, down = 2.0, behind / rate
+    duration = after + down + window + 3.0
+    reports = {}
+    for kind in ("live", "storm"):
+        server, port = start_server(binary, [])
+        path = f"/tmp/sse_storm_{kind}_{os.getpid()}.json"
+        storm = [] if kind == "live" else [
+            "--reconnect-after", str(after), "--reconnect-down", str(down),
+            "--reconnect-window", str(window)]
+        try:
+            subprocess.run(
+                ["taskset", "-c", "1", loadgen, "sse", f"http://127.0.0.1:{port}/storm",
+                 "--subscribers", str(n), "--publishers", "1",
+                 "--publish-url", f"http://127.0.0.1:{port}/publish/storm",
+                 "--publish-token", "T", "--rate", str(rate), "--size", "64",
+                 "--duration", str(duration), "--server-pid", str(server.pid),
+                 "--source", "127.0.1.2,127.0.1.3", "--quiet", "--json", path, *storm],
+                stdout=subprocess.DEVNULL, timeout=duration + 180, check=False)
+            reports[kind] = json.load(open(path))
+            os.unlink(path)
+        finally:
+            server.kill()
+            server.wait()
+    live, storm = reports["live"], reports["storm"]
+    live_us = live["server"]["cpu_s"] * 1e6 / max(live["received"], 1)
+    streams = storm["streams"]
+    shape = streams["storm"] or {}
+    replayed = max(shape.get("replayed") or 0, 1)
+    extra_us = (storm["server"]["cpu_s"] - live["server"]["cpu_s"]) * 1e6
+    return {"exact": streams["recovered"], "streams": n,
+            "resets": streams["reset_on_resume"], "silent": streams["silent_losses"],
+            "opened_s": shape.get("reopen_spread_s") or 0.0,
+            "all_live_s": shape.get("all_live_after_s") or float("nan"),
+            "replayed": replayed, "live_us": live_us, "replay_us": live_us + extra_us / replayed}
+
+
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--streams", type=int, default=10000)
     parser.add_argument("--behind", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--binary", default="target/release/uringcast")
+    default_loadgen = "target/release/uringcast-load"
+    parser.add_argument("--loadgen", default=default_loadgen if os.path.exists(default_loadgen)
+                        else None, help="the storm through this uringcast-load")
+    parser.add_argument("--window", type=float, default=1.0,
+                        help="with --loadgen: seconds over which the streams reconnect")
     args = parser.parse_args()
     os.sched_setaffinity(0, {1})
     memory, storms = [], []
     for run in range(args.runs):
         m = await idle_memory(args.binary, args.streams)
-        s = await storm(args.binary, args.streams, args.behind)
+        if args.loadgen:
+            s = storm_loadgen(args.binary, args.loadgen, args.streams, args.behind, args.window)
+        else:
+            s = await storm(args.binary, args.streams, args.behind)
         memory.append(m)
         storms.append(s)
         print(f"run {run + 1}: idle RSS per subscriber websocket {m['websocket']:.0f} B, "
               f"sse {m['sse']:.0f} B ({m['sse'] / m['websocket']:.2f}x); storm: "
-              f"{s['exact']}/{s['streams']} exact, reconnects sent in {s['opened_s']:.2f} s, "
+              f"{s['exact']}/{s['streams']} exact, reconnects {'spread over' if args.loadgen else 'sent in'} {s['opened_s']:.2f} s, "
               f"all live after {s['all_live_s']:.2f} s; CPU per replayed publication "
               f"{s['replay_us']:.3f} us, per live delivery {s['live_us']:.3f} us "
               f"({s['replay_us'] / s['live_us']:.2f}x)", flush=True)

@@ -11,7 +11,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{info, warn};
 
-use crate::broadcast::{Broadcast, BroadcastStats, Handler, Hub};
+use crate::broadcast::{Broadcast, BroadcastStats, Handler, Mailboxes};
 use crate::config::{Config, Mode, ServerBuilder};
 use crate::driver::features::FeatureError;
 use crate::driver::{run_worker, Features, Shared, WorkerSetup, WorkerStats};
@@ -68,7 +68,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     capacity: usize,
     shared: Arc<Shared>,
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
     threads: Vec<JoinHandle<()>>,
     tls: Option<Arc<crate::tls::TlsAcceptor>>,
     broker: Option<Arc<crate::broker::Link>>,
@@ -173,7 +173,7 @@ impl ServerHandle {
 /// Publishes to a running server from any thread; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Publisher {
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
 }
 
 impl Publisher {
@@ -204,7 +204,7 @@ pub struct Published {
     pub position: Option<crate::broadcast::Position>,
 }
 
-fn publish(hub: &Hub, topic: &str, opcode: OpCode, payload: &[u8]) -> Published {
+fn publish(hub: &Mailboxes, topic: &str, opcode: OpCode, payload: &[u8]) -> Published {
     let topic: Arc<str> = Arc::from(topic);
     let (publication, workers) =
         hub.publish(&topic, opcode, bytes::Bytes::copy_from_slice(payload), None);
@@ -279,7 +279,7 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
         )) as Arc<dyn crate::broadcast::Log>),
         (None, None) => None,
     };
-    let hub = Arc::new(Hub::with_log(Arc::clone(&shared), log));
+    let hub = Arc::new(Mailboxes::with_log(Arc::clone(&shared), log));
     let broker = match &config.broker {
         Some(broker) => Some(crate::broker::start(
             broker,

@@ -379,6 +379,15 @@ pub(crate) struct SseArgs {
     /// resets and silent losses.
     #[arg(long, value_name = "SECS")]
     pub(crate) reconnect_after: Option<f64>,
+    /// A reconnect storm: every stream closes at once, --reconnect-after SECS after the
+    /// traffic starts, and they open again spread evenly over this many seconds, each with
+    /// Last-Event-ID; the report says how long until the last was live again.
+    #[arg(long, value_name = "SECS", requires = "reconnect_after")]
+    pub(crate) reconnect_window: Option<f64>,
+    /// With --reconnect-window: every stream stays closed this long before the window opens,
+    /// so each is at least --rate x SECS publications behind [default: 0].
+    #[arg(long, value_name = "SECS", requires = "reconnect_window")]
+    pub(crate) reconnect_down: Option<f64>,
     #[command(flatten)]
     pub(crate) traffic: TrafficArgs,
 }

@@ -8,7 +8,7 @@ use crate::cli::{
 use crate::error::LoadError;
 use crate::report::{Loop, TrafficReport};
 use crate::scenario::broadcast::{self, BroadcastWork, HttpSenders, Pace, PublishUrl, Publishing};
-use crate::scenario::sse::SseWork;
+use crate::scenario::sse::{Reconnects, SseWork, Storm};
 use crate::scenario::stamp::{Encoding, Stamper};
 use crate::scenario::traffic::{self, NoSenders};
 use crate::{finish, payload, prepare};
@@ -48,11 +48,7 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
         MAX_CONNECTIONS as f64,
     )?;
     range("--publishers", args.publishers as f64, 0.0, 10_000.0)?;
-    let reconnect_after_ns = args
-        .reconnect_after
-        .map(|s| seconds("--reconnect-after", s, 0.0, MAX_HOLD_SECS))
-        .transpose()?
-        .map(|d| d.as_nanos() as u64);
+    let reconnects = reconnects(&args)?;
     let publish_url = args
         .publish_url
         .as_deref()
@@ -105,6 +101,8 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
             "rate": args.rate,
             "size": size,
             "reconnect_after_s": args.reconnect_after,
+            "reconnect_window_s": args.reconnect_window,
+            "reconnect_down_s": args.reconnect_window.map(|_| args.reconnect_down.unwrap_or(0.0)),
         }),
     );
     let who = match &publishing {
@@ -132,9 +130,14 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
         },
         duration,
         prepared.settings.threads,
-        args.reconnect_after
-            .map(|s| format!(", each stream reconnecting once after {s} s"))
-            .unwrap_or_default(),
+        match (args.reconnect_after, args.reconnect_window) {
+            (Some(s), Some(w)) => format!(
+                ", every stream closing at {s} s, away {} s, back within {w} s",
+                args.reconnect_down.unwrap_or(0.0)
+            ),
+            (Some(s), None) => format!(", each stream reconnecting once after {s} s"),
+            _ => String::new(),
+        },
     );
     let subscribers = args.subscribers;
     let rate = args.rate;
@@ -149,7 +152,7 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
             work_stamper.clone(),
             None,
         );
-        SseWork::new(inner, plan, subscribers, reconnect_after_ns)
+        SseWork::new(inner, plan, subscribers, reconnects, work_stamper.clone())
     };
     let mut http = publish_url.map(|url| {
         HttpSenders::new(
@@ -178,6 +181,28 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
         churn: None,
     };
     finish(&report, t)
+}
+
+/// `--reconnect-after`, `--reconnect-window` and `--reconnect-down`, checked.
+fn reconnects(args: &SseArgs) -> Result<Option<Reconnects>, LoadError> {
+    let Some(after) = args.reconnect_after else {
+        return Ok(None);
+    };
+    let nanos = |d: std::time::Duration| d.as_nanos() as u64;
+    let after_ns = nanos(seconds("--reconnect-after", after, 0.0, MAX_HOLD_SECS)?);
+    let storm = match args.reconnect_window {
+        None => None,
+        Some(window) => Some(Storm {
+            down_ns: nanos(seconds(
+                "--reconnect-down",
+                args.reconnect_down.unwrap_or(0.0),
+                0.0,
+                MAX_HOLD_SECS,
+            )?),
+            window_ns: nanos(seconds("--reconnect-window", window, 0.0, MAX_HOLD_SECS)?),
+        }),
+    };
+    Ok(Some(Reconnects { after_ns, storm }))
 }
 
 /// Whether `url` is `http://` or `https://` (any case).

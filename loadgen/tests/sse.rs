@@ -164,6 +164,79 @@ fn every_stream_that_reconnects_recovers_exactly() {
     server.shutdown();
 }
 
+#[test]
+fn a_reconnect_storm_recovers_every_stream_and_says_when_the_last_is_live() {
+    let _serial = serial();
+    let server = uringcast("127.0.0.1:0".parse().unwrap());
+    let url = format!("http://{}/storm", server.local_addr());
+    // Every stream closes at 0.5 s, stays away 0.5 s (50 publications at 100/s), and comes
+    // back within the next 0.5 s: 50 to 100 publications behind, all under --max-recover.
+    let (ok, json, text) = run(
+        "sse-storm",
+        &[
+            "sse",
+            &url,
+            "--subscribers",
+            "60",
+            "--publishers",
+            "1",
+            "--rate",
+            "100",
+            "--duration",
+            "2.5",
+            "--reconnect-after",
+            "0.5",
+            "--reconnect-down",
+            "0.5",
+            "--reconnect-window",
+            "0.5",
+        ],
+    );
+    assert!(ok, "{text}");
+    let s = streams(&json);
+    assert_eq!(s["resumes"], 60, "{json:#}");
+    assert_eq!(s["recovered"], 60, "{json:#}");
+    for key in [
+        "reset_on_resume",
+        "silent_losses",
+        "repeated_on_resume",
+        "unconfirmed",
+        "gaps",
+        "repeated",
+    ] {
+        assert_eq!(s[key], 0, "{key}: {json:#}");
+    }
+    let storm = &s["storm"];
+    assert_eq!(storm["streams"], 60, "{json:#}");
+    assert_eq!(storm["live_again"], 60, "{json:#}");
+    // Each stream missed at least the 0.5 s it was away: about 50 publications.
+    let replayed = storm["replayed"].as_u64().unwrap();
+    assert!(replayed >= 60 * 40, "{replayed} replayed: {json:#}");
+    let spread = storm["reopen_spread_s"].as_f64().unwrap();
+    assert!((0.4..=0.5).contains(&spread), "reopens over {spread} s");
+    let all_live = storm["all_live_after_s"].as_f64().unwrap();
+    assert!(
+        (spread..2.0).contains(&all_live),
+        "all live after {all_live} s: {json:#}"
+    );
+    assert!(text.contains("storm     60 streams reopened"), "{text}");
+    assert_eq!(json["reconnect"]["asked"], 60, "{json:#}");
+    assert_eq!(json["reconnect"]["reconnected"], 60, "{json:#}");
+    assert_eq!(json["connections"]["dropped"], 0, "{json:#}");
+    for key in ["missing", "duplicated", "out_of_order", "corrupt"] {
+        assert_eq!(json[key], 0, "{key}: {json:#}");
+    }
+    server.shutdown();
+}
+
+#[test]
+fn a_reconnect_window_needs_a_reconnect_time() {
+    let output = load(&["sse", "http://127.0.0.1:9/t", "--reconnect-window", "1"]);
+    let text = describe(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("--reconnect-after"), "{text}");
+}
+
 /// A stamped binary payload of 24 bytes, as the load generator's publishers write it: id,
 /// sequence number, send time (`CLOCK_MONOTONIC` ns).
 fn stamped(seq: u64) -> String {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{Hub, Peer, Publication};
+use super::{Mailboxes, Peer, Publication};
 use crate::protocol::OpCode;
 
 /// The broker topic of the side channel. `#` starts no topic a client can name: rooms are
@@ -30,11 +30,11 @@ pub trait ClusterSink: Send + Sync + std::fmt::Debug {
 /// The way to the other nodes, and to this node's own subscribers, outside any connection.
 #[derive(Clone, Debug)]
 pub struct ClusterBus {
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
 }
 
 impl ClusterBus {
-    pub(crate) fn new(hub: Arc<Hub>) -> Self {
+    pub(crate) fn new(hub: Arc<Mailboxes>) -> Self {
         Self { hub }
     }
 

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::history::{Log, Recovery};
 use super::publication::Position;
-use super::Hub;
+use super::Mailboxes;
 use crate::auth::{Authorizer, UnixTime};
 use crate::config::Config;
 use crate::driver::Admission;
@@ -159,7 +159,7 @@ impl Endpoints {
     }
 
     /// Answers a request whose body has arrived.
-    pub(crate) fn route(&self, request: &Request, body: &[u8], hub: &Hub) -> Routed {
+    pub(crate) fn route(&self, request: &Request, body: &[u8], hub: &Mailboxes) -> Routed {
         let text = |status: u16, reason: &str, body: &str| {
             Routed::Response(http_response(
                 status,

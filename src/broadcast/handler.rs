@@ -266,8 +266,9 @@ pub(crate) enum Action {
         payload: Bytes,
     },
     Subscribe(Box<str>),
-    /// A subscription from a position, with what the log held after it when asked.
-    SubscribeFrom(Box<str>, Box<Recovery>),
+    /// A subscription from a position, with what the log held after it when asked, and
+    /// whether the connection presented a position (only then is it counted as a recovery).
+    SubscribeFrom(Box<str>, Box<Recovery>, bool),
     Unsubscribe(Box<str>),
     Publish(Box<str>, OpCode, Bytes),
     Close(CloseCode, Box<str>),
@@ -569,9 +570,11 @@ impl<'a, D> Connection<'a, D> {
         if let Some(message) = first(&resumed) {
             self.send(OpCode::Text, &message);
         }
-        self.actions
-            .list
-            .push(Action::SubscribeFrom(topic.into(), Box::new(recovery)));
+        self.actions.list.push(Action::SubscribeFrom(
+            topic.into(),
+            Box::new(recovery),
+            since.is_some(),
+        ));
         Ok(resumed)
     }
 

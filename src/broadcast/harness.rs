@@ -15,10 +15,10 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::history::{HistoryLimits, LocalLog, Log};
-use super::{Broadcast, ConnState, Connection, Handler, Hub, Message, Position, Publication};
+use super::{Broadcast, ConnState, Connection, Handler, Mailboxes, Message, Position, Publication};
 use crate::config::Config;
-use crate::driver::testing::{Codec, Conn, Stage, TimerWheel};
-use crate::driver::{ConnId, Ctx, Shared};
+use crate::driver::testing::{Conn, PerMessageDeflate, Stage, TimerWheel};
+use crate::driver::{ConnId, Shared, WorkerView};
 use crate::protocol::OpCode;
 
 /// A handler with nothing to do: the harness drives the engine's own paths.
@@ -39,12 +39,12 @@ struct Node {
     conns: Slab<Conn<ConnState<()>>>,
     dirty: Vec<usize>,
     wheel: TimerWheel,
-    codec: Codec,
+    deflate: PerMessageDeflate,
 }
 
 /// Several workers of one server, in memory.
 pub(crate) struct Cluster {
-    pub hub: Arc<Hub>,
+    pub hub: Arc<Mailboxes>,
     shared: Arc<Shared>,
     nodes: Vec<Node>,
 }
@@ -81,7 +81,7 @@ impl Cluster {
         max_recover: usize,
     ) -> Self {
         let workers = shared.stats.len();
-        let hub = Arc::new(Hub::with_log(Arc::clone(&shared), log));
+        let hub = Arc::new(Mailboxes::with_log(Arc::clone(&shared), log));
         let config: Config = crate::config::ServerBuilder::default()
             .history(history)
             .max_recover(max_recover.max(1))
@@ -93,7 +93,7 @@ impl Cluster {
                 conns: Slab::with_capacity(64),
                 dirty: Vec::new(),
                 wheel: TimerWheel::new(Instant::now()),
-                codec: Codec::new(false, 128),
+                deflate: PerMessageDeflate::new(false, 128),
             })
             .collect();
         Self { hub, shared, nodes }
@@ -103,10 +103,10 @@ impl Cluster {
     fn with<R>(
         &mut self,
         w: usize,
-        f: impl FnOnce(&mut Service, &mut Ctx<'_, ConnState<()>>) -> R,
+        f: impl FnOnce(&mut Service, &mut WorkerView<'_, ConnState<()>>) -> R,
     ) -> R {
         let node = &mut self.nodes[w];
-        let mut ctx = Ctx {
+        let mut ctx = WorkerView {
             conns: &mut node.conns,
             dirty: &mut node.dirty,
             now_tick: 0,
@@ -116,7 +116,7 @@ impl Cluster {
             stats: &self.shared.stats[w],
             worker: w,
             shared: &self.shared,
-            codec: &mut node.codec,
+            deflate: &mut node.deflate,
         };
         f(&mut node.service, &mut ctx)
     }
@@ -148,7 +148,7 @@ impl Cluster {
             match log {
                 Some(log) => {
                     let recovery = log.read(topic, since, service.max_recover);
-                    service.subscribe_from(ctx, conn, topic, recovery);
+                    service.subscribe_from(ctx, conn, topic, recovery, since.is_some());
                 }
                 None => {
                     service.subscribe(ctx, conn, topic);
@@ -306,6 +306,43 @@ mod tests {
         cluster.step(1);
         assert_eq!(cluster.take(1, new), [("message", 1), ("message", 2)]);
         assert_eq!(cluster.take(1, old), [("message", 1), ("message", 2)]);
+    }
+
+    #[test]
+    fn only_a_presented_position_counts_as_a_recovery() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut cluster = Cluster::new(1, 100, 300);
+        let fresh = cluster.stream(0);
+        cluster.subscribe(0, fresh, "t", None);
+        cluster.publish(0, "t", b"1");
+        cluster.publish(0, "t", b"2");
+        cluster.step(0);
+        let stats = |c: &Cluster| {
+            let s = &c.hub.stats[0];
+            (
+                s.recoveries_exact.load(Relaxed),
+                s.recoveries_failed.load(Relaxed),
+                s.replayed.load(Relaxed),
+            )
+        };
+        assert_eq!(
+            stats(&cluster),
+            (0, 0, 0),
+            "a new subscriber is no recovery"
+        );
+        let head = cluster.hub.log.as_ref().unwrap().read("t", None, 0).head();
+        let back = cluster.stream(0);
+        cluster.subscribe(0, back, "t", Some(Position { offset: 0, ..head }));
+        assert_eq!(cluster.take(0, back), [("message", 1), ("message", 2)]);
+        assert_eq!(stats(&cluster), (1, 0, 2));
+        let lost = cluster.stream(0);
+        let other = Position {
+            epoch: super::super::Epoch::from_bits(99),
+            offset: 1,
+        };
+        cluster.subscribe(0, lost, "t", Some(other));
+        assert_eq!(cluster.take(0, lost), [("reset", 2)]);
+        assert_eq!(stats(&cluster), (1, 1, 2));
     }
 
     #[test]

@@ -38,9 +38,11 @@ fn random_node_tag() -> u64 {
 /// One publish crossing to a worker: the publication, shared by every worker.
 pub(crate) type Mail = Arc<Publication>;
 
-/// What the workers of one server share for broadcasting.
+/// What the workers of one server share for broadcasting: a bounded mailbox and a wake per
+/// worker, through which every publish reaches the workers, and what a publish passes on its
+/// way (the log that gives it a position, the uplink to the broker, the per-worker counters).
 #[derive(Debug)]
-pub(crate) struct Hub {
+pub(crate) struct Mailboxes {
     mailboxes: Vec<ArrayQueue<Mail>>,
     /// Set when a wake for the worker is on its way; cleared by the worker before it drains,
     /// so a burst of publishes costs one eventfd write per receiving turn, not one each.
@@ -57,14 +59,14 @@ pub(crate) struct Hub {
     pub(crate) node: u64,
 }
 
-impl Hub {
-    /// A hub without history.
+impl Mailboxes {
+    /// Mailboxes without history.
     #[cfg(test)]
     pub(crate) fn new(shared: Arc<crate::driver::Shared>) -> Self {
         Self::with_log(shared, None)
     }
 
-    /// A hub whose publishes get positions from `log`, when given.
+    /// Mailboxes whose publishes get positions from `log`, when given.
     pub(crate) fn with_log(shared: Arc<crate::driver::Shared>, log: Option<Arc<dyn Log>>) -> Self {
         let workers = shared.wakers.len();
         Self {
@@ -202,7 +204,7 @@ mod tests {
     #[test]
     fn a_mailbox_is_bounded_in_bytes_as_well_as_in_count() {
         let shared = Arc::new(crate::driver::Shared::new(2).expect("two eventfds"));
-        let hub = Hub::new(shared);
+        let hub = Mailboxes::new(shared);
         // A frame of a quarter of the bound, its header included.
         let payload = Bytes::from(vec![0u8; MAILBOX_MAX_BYTES / 4 - 10]);
         let frame = Publication::new(Arc::from("t"), OpCode::Binary, payload, None);

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use super::uplink::Uplink;
-use super::Hub;
+use super::Mailboxes;
 
 /// Counters of the broadcast engine on one worker.
 #[derive(Debug, Default)]
@@ -28,11 +28,12 @@ pub struct BroadcastStats {
     pub mailbox_drops: AtomicU64,
     /// Payload bytes of messages received.
     pub bytes_in: AtomicU64,
-    /// Recoveries that gave a subscriber exactly what it missed.
+    /// Recoveries (subscriptions from a position the client presented) that gave the
+    /// subscriber exactly what it missed.
     pub recoveries_exact: AtomicU64,
     /// Recoveries that could not (the subscriber was told "not recovered").
     pub recoveries_failed: AtomicU64,
-    /// Publications sent from history by recoveries.
+    /// Publications sent from history by exact recoveries.
     pub replayed: AtomicU64,
     /// Gaps in a topic's positions on this worker (a full mailbox) filled from history.
     pub gaps_filled: AtomicU64,
@@ -114,7 +115,7 @@ impl TopicCounts {
 }
 
 /// Renders every counter of every worker in the Prometheus text format (version 0.0.4).
-pub(crate) fn render(hub: &Hub) -> String {
+pub(crate) fn render(hub: &Mailboxes) -> String {
     let mut out = String::new();
     let driver = &hub.shared.stats;
     let mut family = |name: &str, help: &str, kind: &str, value: &dyn Fn(usize) -> u64| {
@@ -289,19 +290,19 @@ pub(crate) fn render(hub: &Hub) -> String {
     if let Some(log) = &hub.log {
         family(
             "recoveries_exact_total",
-            "Subscriptions from a position that got exactly what they missed (every SSE stream starts from one).",
+            "Subscriptions from a position the client presented that got exactly what they missed.",
             "counter",
             &|w| load(&hub.stats[w].recoveries_exact),
         );
         family(
             "recoveries_not_recovered_total",
-            "Subscriptions from a position that could not be served exactly (told so).",
+            "Subscriptions from a position the client presented that could not be served exactly (told so).",
             "counter",
             &|w| load(&hub.stats[w].recoveries_failed),
         );
         family(
             "replayed_total",
-            "Publications sent from history by recoveries.",
+            "Publications sent from history by recoveries (exact ones).",
             "counter",
             &|w| load(&hub.stats[w].replayed),
         );
@@ -345,7 +346,7 @@ pub(crate) fn render(hub: &Hub) -> String {
 
 /// Refusals summed over the workers, one sample per reason (every reason listed, 0 included,
 /// so that a rate over them is defined from the start).
-fn render_refusals(out: &mut String, hub: &Hub) {
+fn render_refusals(out: &mut String, hub: &Mailboxes) {
     let _ = writeln!(
         out,
         "# HELP uringcast_refusals_total Requests and connections refused, by reason."

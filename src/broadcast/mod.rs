@@ -34,15 +34,15 @@ pub use handler::{
     Connection, Decision, Handler, HttpCall, HttpHead, Message, Peer, Resumed, SubscribeError,
 };
 pub use history::{HistoryLimits, Log, Recovery};
-pub(crate) use mailbox::Hub;
 use mailbox::Mail;
+pub(crate) use mailbox::Mailboxes;
 pub use mailbox::{MAILBOX_CAPACITY, MAILBOX_MAX_BYTES};
 pub use metrics::BroadcastStats;
 pub use publication::{Epoch, Position, Publication, Stamp};
 use topic::{Subscriptions, TopicId, Topics};
 
 use crate::config::{Config, SlowConsumer};
-use crate::driver::{Admission, ConnId, Ctx, Outgoing, SendError, Service};
+use crate::driver::{Admission, ConnId, EncodedMessage, SendError, Service, WorkerView};
 use crate::protocol::frame::encode_frame;
 use crate::protocol::handshake::Request;
 use crate::protocol::{CloseCode, OpCode};
@@ -68,7 +68,7 @@ struct Fair {
 pub(crate) struct Broadcast<H: Handler> {
     handler: H,
     topics: Topics,
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
     worker: usize,
     policy: SlowConsumer,
     endpoints: endpoints::Endpoints,
@@ -101,7 +101,7 @@ pub(crate) struct Broadcast<H: Handler> {
 }
 
 impl<H: Handler> Broadcast<H> {
-    pub(crate) fn new(handler: H, hub: Arc<Hub>, worker: usize, config: &Config) -> Self {
+    pub(crate) fn new(handler: H, hub: Arc<Mailboxes>, worker: usize, config: &Config) -> Self {
         Self {
             handler,
             topics: Topics::default(),
@@ -129,7 +129,7 @@ impl<H: Handler> Broadcast<H> {
     /// topic; without, local fan-out now and other workers through their mailboxes.
     fn publish(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         topic: &str,
         opcode: OpCode,
         payload: Bytes,
@@ -143,7 +143,7 @@ impl<H: Handler> Broadcast<H> {
     /// is made from the position the publish is given ([`Publication::stamped`]).
     fn publish_except(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         topic: &str,
         opcode: OpCode,
         payload: Bytes,
@@ -171,7 +171,7 @@ impl<H: Handler> Broadcast<H> {
     /// stays in order with the publishes before it, and on every node through the broker.
     fn close_subscribers(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         topic: &str,
         code: CloseCode,
         reason: &str,
@@ -189,7 +189,7 @@ impl<H: Handler> Broadcast<H> {
     }
 
     /// Fans out everything waiting in this worker's mailbox.
-    fn drain_mailbox(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>) {
+    fn drain_mailbox(&mut self, ctx: &mut WorkerView<'_, ConnState<H::Data>>) {
         let mut mail = std::mem::take(&mut self.scratch_mail);
         while let Some(item) = self.hub.take(self.worker) {
             mail.push(item);
@@ -204,7 +204,11 @@ impl<H: Handler> Broadcast<H> {
     /// slow-consumer policy. With a position, a publication this worker's subscribers have
     /// already been given is skipped, and one that follows a gap is preceded by what the gap
     /// held (from the log) or by a reset, so subscribers never see a topic out of order.
-    fn fan_out(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, publication: &Mail) -> usize {
+    fn fan_out(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        publication: &Mail,
+    ) -> usize {
         let Some(id) = self.topics.id(publication.topic()) else {
             return 0;
         };
@@ -245,14 +249,14 @@ impl<H: Handler> Broadcast<H> {
     /// Sends a publication to every local subscriber of topic `id`, with no position check.
     fn deliver(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         id: TopicId,
         publication: &Mail,
     ) -> usize {
         let stats = &self.hub.stats[self.worker];
         let mut delivered = 0;
         // Compressed at most once here per window size, for every subscriber that takes it.
-        let mut message = outgoing(publication);
+        let mut message = encoded_message(publication);
         let except = publication
             .except()
             .filter(|p| p.node == self.hub.node && p.worker == self.worker)
@@ -280,7 +284,7 @@ impl<H: Handler> Broadcast<H> {
 
     fn subscribe(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
     ) -> bool {
@@ -317,7 +321,7 @@ impl<H: Handler> Broadcast<H> {
 
     fn unsubscribe(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
     ) -> bool {
@@ -416,7 +420,7 @@ impl<H: Handler> Service for Broadcast<H> {
         }
     }
 
-    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
+    fn on_open(&mut self, ctx: &mut WorkerView<'_, Self::Data>, conn: ConnId, request: &Request) {
         if ctx.is_stream(conn) {
             return self.open_stream(ctx, conn, request);
         }
@@ -453,7 +457,7 @@ impl<H: Handler> Service for Broadcast<H> {
 
     fn on_message(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         conn: ConnId,
         opcode: OpCode,
         payload: &[u8],
@@ -487,7 +491,12 @@ impl<H: Handler> Service for Broadcast<H> {
         self.apply(ctx, conn, actions);
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, mut data: Self::Data) {
+    fn on_close(
+        &mut self,
+        ctx: &mut WorkerView<'_, Self::Data>,
+        conn: ConnId,
+        mut data: Self::Data,
+    ) {
         // Its place on the server and in its address's count is given back.
         self.fair.remove(&conn);
         let counts = &self.hub.stats[self.worker].topics;
@@ -529,7 +538,7 @@ impl<H: Handler> Service for Broadcast<H> {
 
     fn on_http(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         request: &Request,
         body: &[u8],
     ) -> Vec<u8> {
@@ -596,7 +605,7 @@ impl<H: Handler> Service for Broadcast<H> {
         self.handler.keepalive()
     }
 
-    fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
+    fn on_wake(&mut self, ctx: &mut WorkerView<'_, Self::Data>) {
         // Clear first: a publish racing with the drain then wakes us again rather than waiting.
         self.hub.wake_pending[self.worker].store(false, Ordering::Release);
         self.drain_mailbox(ctx);
@@ -608,7 +617,7 @@ impl<H: Handler> Broadcast<H> {
     /// 1008 (RFC 6455 §7.4.1, policy) and counts it, once, and returns `false`.
     fn within_budget(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         bytes: usize,
     ) -> bool {
@@ -633,7 +642,7 @@ impl<H: Handler> Broadcast<H> {
     /// worker goes on serving its other connections.
     fn close_after_panic(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         mut actions: handler::Actions,
         callback: &'static str,
@@ -665,7 +674,7 @@ impl<H: Handler> Broadcast<H> {
     /// Carries out what a handler asked for, in the order it asked.
     fn apply(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         mut actions: handler::Actions,
     ) {
@@ -684,7 +693,7 @@ impl<H: Handler> Broadcast<H> {
                     frame,
                     payload,
                 } => {
-                    let mut message = Outgoing::new(opcode, payload, frame);
+                    let mut message = EncodedMessage::new(opcode, payload, frame);
                     if let Err(SendError::Backlog) = ctx.send_message(conn, &mut message) {
                         ctx.close_slow_consumer(conn);
                     }
@@ -692,8 +701,8 @@ impl<H: Handler> Broadcast<H> {
                 handler::Action::Subscribe(topic) => {
                     self.subscribe(ctx, conn, &topic);
                 }
-                handler::Action::SubscribeFrom(topic, recovery) => {
-                    self.subscribe_from(ctx, conn, &topic, *recovery);
+                handler::Action::SubscribeFrom(topic, recovery, resuming) => {
+                    self.subscribe_from(ctx, conn, &topic, *recovery, resuming);
                 }
                 handler::Action::Unsubscribe(topic) => {
                     self.unsubscribe(ctx, conn, &topic);
@@ -715,7 +724,11 @@ impl<H: Handler> Broadcast<H> {
     }
 
     /// Carries out what a handler serving an HTTP request asked for: publishes and closes.
-    fn apply_http(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, actions: handler::Actions) {
+    fn apply_http(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        actions: handler::Actions,
+    ) {
         for action in actions.list {
             match action {
                 handler::Action::Publish(topic, opcode, payload) => {
@@ -744,7 +757,12 @@ impl<H: Handler> Broadcast<H> {
     /// are told with a reset that they cannot have it. In a new epoch, they are told that the
     /// old one is lost, then given the new stream from its start if the log has all of it.
     /// Counted as a gap filled or reported.
-    fn advance(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, target: Position) {
+    fn advance(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        id: TopicId,
+        target: Position,
+    ) {
         let Some(cursor) = self.topics.cursor(id).filter(|c| !c.epoch.is_unknown()) else {
             self.topics.set_cursor(id, target);
             return;
@@ -809,7 +827,12 @@ impl<H: Handler> Broadcast<H> {
     /// Brings topic `id` to a stream head learned without a publication (see
     /// [`Publication::head_only`]): as [`advance`](Self::advance), and a cursor ahead of the
     /// head in its epoch (a position a client made up, or one the broker lost) is reset to it.
-    fn move_head(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+    fn move_head(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        id: TopicId,
+        head: Position,
+    ) {
         let ahead = self
             .topics
             .cursor(id)
@@ -828,7 +851,7 @@ impl<H: Handler> Broadcast<H> {
     /// Tells this worker's subscribers of topic `id` that what came before `head` is lost to
     /// them: an SSE `reset` event on each event stream. (A WebSocket in rooms by path has no
     /// message for it; a handler learns it from [`Connection::subscribe_from`].)
-    fn reset(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+    fn reset(&mut self, ctx: &mut WorkerView<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
         let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
         for &sub in self.topics.subscribers(id) {
             if ctx.is_stream(sub) {
@@ -844,12 +867,17 @@ impl<H: Handler> Broadcast<H> {
     /// brought to the same head, so the topic's cursor here is the head the recovery was read
     /// at: what the mailbox still holds up to it is skipped, and what follows reaches every
     /// subscriber, `conn` included, once and in order.
+    ///
+    /// `resuming`: the client presented a position (`Last-Event-ID`, `?since=`, a handler's
+    /// `since`). Only then is the outcome a recovery, counted in `/metrics`; a stream that
+    /// starts from the position its own head gave it is a new subscriber.
     fn subscribe_from(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
         recovery: Recovery,
+        resuming: bool,
     ) -> bool {
         let head = recovery.head();
         if let Some(id) = self.topics.id(topic) {
@@ -907,7 +935,9 @@ impl<H: Handler> Broadcast<H> {
                     .cursor(id)
                     .filter(|c| c.epoch == head.epoch && c.offset > reached);
                 if let Some(cursor) = short {
-                    stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                    if resuming {
+                        stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                    }
                     if ctx.is_stream(conn) {
                         let event = crate::sse::reset_event(cursor.epoch.as_str(), cursor.offset);
                         if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {
@@ -916,9 +946,14 @@ impl<H: Handler> Broadcast<H> {
                     }
                     return true;
                 }
-                stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
+                if resuming {
+                    stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .replayed
+                        .fetch_add(publications.len() as u64, Ordering::Relaxed);
+                }
                 for publication in &publications {
-                    let mut message = outgoing(publication);
+                    let mut message = encoded_message(publication);
                     match ctx.send_message(conn, &mut message) {
                         Ok(()) => {}
                         Err(SendError::Backlog) => {
@@ -928,12 +963,11 @@ impl<H: Handler> Broadcast<H> {
                         Err(SendError::Closed) => break,
                     }
                 }
-                stats
-                    .replayed
-                    .fetch_add(publications.len() as u64, Ordering::Relaxed);
             }
             Recovery::NotRecovered { head } => {
-                stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                if resuming {
+                    stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                }
                 if ctx.is_stream(conn) {
                     let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
                     if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {
@@ -948,8 +982,8 @@ impl<H: Handler> Broadcast<H> {
 
 /// A publication as the driver sends it: its frame, and what its other formats are made
 /// from (with its position as an SSE id).
-fn outgoing(publication: &Publication) -> Outgoing {
-    Outgoing::new(
+fn encoded_message(publication: &Publication) -> EncodedMessage {
+    EncodedMessage::new(
         publication.opcode(),
         publication.payload().clone(),
         publication.frame().clone(),

@@ -2,7 +2,7 @@
 //! the topic's stream when history is on. It is made once per publish and shared by every
 //! worker (an `Arc`), together with its plain WebSocket frame, encoded once when it is made.
 //! Other wire formats (a compressed frame, an SSE event) are made from its opcode and payload
-//! by each worker that needs them, at most once per worker (see `driver::Outgoing`), so
+//! by each worker that needs them, at most once per worker (see `driver::EncodedMessage`), so
 //! nothing ever re-parses a frame the server encoded itself.
 
 use std::fmt;

@@ -1,13 +1,13 @@
 //! Server-Sent Events as a client protocol over the engine: `GET /<topic>` with
 //! `Accept: text/event-stream` becomes a receive-only subscriber of the topic. The driver
 //! keeps the connection in its stream stage and sends each publication's SSE event (made at
-//! most once per worker, see `driver::Outgoing`); this layer decides the admission and
+//! most once per worker, see `driver::EncodedMessage`); this layer decides the admission and
 //! subscribes the stream from the position it presents (`Last-Event-ID` or `?since=`).
 
 use std::sync::atomic::Ordering;
 
 use super::{Broadcast, ConnState, Handler, Position};
-use crate::driver::{Admission, ConnId, Ctx};
+use crate::driver::{Admission, ConnId, WorkerView};
 use crate::protocol::handshake::{http_response, Request};
 use crate::sse;
 
@@ -90,7 +90,7 @@ impl<H: Handler> Broadcast<H> {
     /// A stream whose head has been queued: subscribe it from the position it presents.
     pub(super) fn open_stream(
         &mut self,
-        ctx: &mut Ctx<'_, ConnState<H::Data>>,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         request: &Request,
     ) {
@@ -109,9 +109,8 @@ impl<H: Handler> Broadcast<H> {
         }
         let topic = super::topic_of_path(request.path());
         let start = self.stream_start.take();
-        let since = sse::resume_from(request)
-            .and_then(|s| s.parse::<Position>().ok())
-            .or(start);
+        let presented = sse::resume_from(request).and_then(|s| s.parse::<Position>().ok());
+        let since = presented.or(start);
         let Some(log) = self.hub.log.clone() else {
             if !self.subscribe(ctx, conn, topic) {
                 ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
@@ -119,7 +118,7 @@ impl<H: Handler> Broadcast<H> {
             return;
         };
         let recovery = log.read(topic, since, self.max_recover);
-        if !self.subscribe_from(ctx, conn, topic, recovery) {
+        if !self.subscribe_from(ctx, conn, topic, recovery, presented.is_some()) {
             ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
         }
     }

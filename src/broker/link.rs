@@ -17,7 +17,7 @@ use super::{
     QUEUE_CAPACITY, QUEUE_MAX_BYTES,
 };
 use crate::broadcast::uplink::Uplink;
-use crate::broadcast::{Hub, Publication};
+use crate::broadcast::{Mailboxes, Publication};
 
 /// The workers' side of the link: bounded queues and flags, touched from any thread without
 /// blocking. The link's task holds the other side.
@@ -280,7 +280,7 @@ pub(super) enum InterestChanges {
 /// background (with a warning) and the node starts local-only.
 pub(crate) fn start(
     config: &BrokerConfig,
-    hub: &Arc<Hub>,
+    hub: &Arc<Mailboxes>,
     max_message_bytes: usize,
     log: Option<Arc<BrokerLog>>,
 ) -> Result<Arc<Link>, BrokerError> {
@@ -363,7 +363,7 @@ pub(crate) fn start(
 struct Drive<'r> {
     runtime: &'r tokio::runtime::Runtime,
     link: Arc<Link>,
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
     max_message_bytes: usize,
     ready: mpsc::Sender<Result<(), String>>,
     log: Option<Arc<BrokerLog>>,

@@ -243,7 +243,7 @@ impl Log for BrokerLog {
         _stamp: Option<crate::broadcast::publication::Stamp>,
         _deliver: &mut dyn FnMut(&Arc<Publication>),
     ) -> Arc<Publication> {
-        // The broker gives the position; the link publishes this (`Hub::publish` hands it to
+        // The broker gives the position; the link publishes this (`Mailboxes::publish` hands it to
         // the uplink) and delivers it when it comes back. A stamp needs the position, which
         // is not known here: the payload goes out as published (docs/PUSHER.md: positions
         // in Pusher events are per node).

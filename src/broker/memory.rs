@@ -1,6 +1,7 @@
 //! Tests of the link's task against an in-memory broker: two nodes' links, no sockets. The
-//! workers are stood in for by each node's `Hub`: interest is announced as a worker would, and
-//! what the link delivers is read back from worker 0's mailbox after its eventfd wakes.
+//! workers are stood in for by each node's `Mailboxes`: interest is announced as a worker
+//! would, and what the link delivers is read back from worker 0's mailbox after its eventfd
+//! wakes.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd as _;
@@ -14,7 +15,7 @@ use super::link::Link;
 use super::task::Task;
 use super::{Broker, Events};
 use crate::broadcast::uplink::Uplink as _;
-use crate::broadcast::{Hub, Publication};
+use crate::broadcast::{Mailboxes, Publication};
 use crate::protocol::OpCode;
 
 /// Each channel's listeners: a node's id and where its client reports.
@@ -137,9 +138,9 @@ impl Bus {
     }
 }
 
-/// One node: its hub (one worker) and its link, whose task runs on a thread of its own.
+/// One node: its mailboxes (one worker) and its link, whose task runs on a thread of its own.
 struct Node {
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
     link: Arc<Link>,
     shared: Arc<crate::driver::Shared>,
 }
@@ -147,7 +148,7 @@ struct Node {
 impl Node {
     fn start(bus: &Bus, id: usize) -> Self {
         let shared = Arc::new(crate::driver::Shared::new(1).expect("an eventfd"));
-        let hub = Arc::new(Hub::new(Arc::clone(&shared)));
+        let hub = Arc::new(Mailboxes::new(Arc::clone(&shared)));
         let link = Arc::new(Link::new(&"redis://127.0.0.1:1".parse().expect("a URL")));
         let broker = MemoryBroker {
             bus: bus.clone(),

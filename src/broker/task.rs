@@ -15,7 +15,7 @@ use super::{
     backoff, random_u64, Broker, BrokerLog, BrokerStats, Events, Inbound, IO_TIMEOUT,
     SUBSCRIBE_BATCH,
 };
-use crate::broadcast::{Hub, Position, Publication};
+use crate::broadcast::{Mailboxes, Position, Publication};
 
 /// Publishes the link sends per turn before it looks at what arrived, so neither direction
 /// starves the other.
@@ -34,7 +34,7 @@ pub(crate) const HEAD_CHECK: Duration = Duration::from_secs(1);
 pub(super) struct Task<B: Broker> {
     broker: B,
     link: Arc<Link>,
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
     max_message_bytes: usize,
     /// The topics the node wants, as of the last changes taken from the link.
     wanted: HashSet<Arc<str>>,
@@ -64,7 +64,12 @@ pub(super) struct Task<B: Broker> {
 }
 
 impl<B: Broker> Task<B> {
-    pub(super) fn new(broker: B, link: Arc<Link>, hub: Arc<Hub>, max_message_bytes: usize) -> Self {
+    pub(super) fn new(
+        broker: B,
+        link: Arc<Link>,
+        hub: Arc<Mailboxes>,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             broker,
             link,

@@ -19,16 +19,16 @@ use std::time::Duration;
 use nix::sys::eventfd::EventFd;
 
 pub use features::Features;
-pub use service::{Admission, ConnId, Ctx, Keepalive, Outgoing, SendError, Service};
+pub use service::{Admission, ConnId, EncodedMessage, Keepalive, SendError, Service, WorkerView};
 pub(crate) use timer::TICK;
 pub(crate) use worker::{run_worker, WorkerSetup};
 
-/// What the engine's in-memory harness (`broadcast::harness`) builds a worker's context from,
+/// What the engine's in-memory harness (`broadcast::harness`) builds a `WorkerView` from,
 /// without a ring.
 #[cfg(test)]
 pub(crate) mod testing {
     pub(crate) use super::conn::{Conn, Stage};
-    pub(crate) use super::service::Codec;
+    pub(crate) use super::service::PerMessageDeflate;
     pub(crate) use super::timer::TimerWheel;
 }
 

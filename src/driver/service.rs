@@ -1,5 +1,5 @@
-//! The driver's interface upward: what a [`Service`] is told, and the [`Ctx`] through which
-//! it acts on the worker's connections.
+//! The driver's interface upward: what a [`Service`] is told, and the [`WorkerView`] through
+//! which it acts on the worker's connections.
 
 use bytes::Bytes;
 use slab::Slab;
@@ -34,8 +34,8 @@ pub enum Admission {
     /// Refuse with this HTTP status (and close).
     Reject(u16),
     /// Answer with this response head and keep the connection as a stream of events the
-    /// service sends ([`Ctx::send_message`] gives it a message's SSE event); what the client
-    /// sends after its request is read and ignored. [`Service::on_open`] runs for it, and
+    /// service sends ([`WorkerView::send_message`] gives it a message's SSE event); what the
+    /// client sends after its request is read and ignored. [`Service::on_open`] runs for it, and
     /// [`Service::on_close`] when it ends.
     Stream {
         /// The response head (status line and headers, ending in a blank line).
@@ -76,21 +76,21 @@ pub trait Service: 'static {
     }
 
     /// The upgrade completed: the 101 is queued.
-    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, request: &Request) {
+    fn on_open(&mut self, ctx: &mut WorkerView<'_, Self::Data>, conn: ConnId, request: &Request) {
         let _ = (ctx, conn, request);
     }
 
     /// A complete, validated message.
     fn on_message(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         conn: ConnId,
         opcode: OpCode,
         payload: &[u8],
     );
 
     /// The connection is gone (closed by either side, failed, or dropped); `data` is its state.
-    fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Data>, conn: ConnId, data: Self::Data) {
+    fn on_close(&mut self, ctx: &mut WorkerView<'_, Self::Data>, conn: ConnId, data: Self::Data) {
         let _ = (ctx, conn, data);
     }
 
@@ -98,7 +98,7 @@ pub trait Service: 'static {
     /// connection is closed once the response is sent.
     fn on_http(
         &mut self,
-        ctx: &mut Ctx<'_, Self::Data>,
+        ctx: &mut WorkerView<'_, Self::Data>,
         request: &Request,
         body: &[u8],
     ) -> Vec<u8> {
@@ -114,7 +114,7 @@ pub trait Service: 'static {
     }
 
     /// The worker was woken from outside (another worker or thread has work for it).
-    fn on_wake(&mut self, ctx: &mut Ctx<'_, Self::Data>) {
+    fn on_wake(&mut self, ctx: &mut WorkerView<'_, Self::Data>) {
         let _ = ctx;
     }
 }
@@ -143,8 +143,9 @@ impl Default for Keepalive {
     }
 }
 
-/// A service's handle on its worker's connections during a call.
-pub struct Ctx<'a, D> {
+/// The worker as a service sees it during a call: its connections (to send to, close, and
+/// keep per-connection data on), its counters, and the wakes of the other workers.
+pub struct WorkerView<'a, D> {
     pub(crate) conns: &'a mut Slab<Conn<D>>,
     pub(crate) dirty: &'a mut Vec<usize>,
     pub(crate) wheel: &'a mut TimerWheel,
@@ -154,20 +155,20 @@ pub struct Ctx<'a, D> {
     pub(crate) stats: &'a WorkerStats,
     pub(crate) worker: usize,
     pub(crate) shared: &'a super::Shared,
-    pub(crate) codec: &'a mut Codec,
+    pub(crate) deflate: &'a mut PerMessageDeflate,
 }
 
 /// The worker's permessage-deflate state: one compressor and one inflater for all its
 /// connections (RFC 7692 with no context takeover either way).
 #[derive(Debug)]
-pub(crate) struct Codec {
+pub(crate) struct PerMessageDeflate {
     /// permessage-deflate is accepted from clients that offer it.
     pub enabled: bool,
     pub deflater: Deflater,
     pub inflater: Inflater,
 }
 
-impl Codec {
+impl PerMessageDeflate {
     pub(crate) fn new(enabled: bool, min_bytes: usize) -> Self {
         Self {
             enabled,
@@ -183,7 +184,7 @@ impl Codec {
 /// So a broadcast is encoded at most once per worker and format, and nothing re-parses a
 /// frame: every format is made from the opcode and the payload.
 #[derive(Debug)]
-pub struct Outgoing {
+pub struct EncodedMessage {
     opcode: OpCode,
     payload: Bytes,
     plain: Bytes,
@@ -195,7 +196,7 @@ pub struct Outgoing {
     event: Option<Bytes>,
 }
 
-impl Outgoing {
+impl EncodedMessage {
     /// A message as its payload and its encoded, uncompressed server frame (which must be
     /// `encode_frame(opcode, true, &payload, None)`).
     pub fn new(opcode: OpCode, payload: Bytes, frame: Bytes) -> Self {
@@ -226,7 +227,7 @@ impl Outgoing {
     fn frame_for(
         &mut self,
         window_bits: Option<u8>,
-        codec: &mut Codec,
+        deflate: &mut PerMessageDeflate,
         stats: &WorkerStats,
     ) -> Bytes {
         let Some(bits) = window_bits.filter(|&b| b >= MIN_SERVER_WINDOW_BITS) else {
@@ -235,11 +236,13 @@ impl Outgoing {
         let slot = &mut self.compressed[usize::from(bits - MIN_SERVER_WINDOW_BITS)];
         let compressed = slot.get_or_insert_with(|| {
             let data = matches!(self.opcode, OpCode::Text | OpCode::Binary);
-            if !data || self.payload.len() < codec.deflater.min_bytes() {
+            if !data || self.payload.len() < deflate.deflater.min_bytes() {
                 return None;
             }
             stats.deflate_compressions.fetch_add(1, Ordering::Relaxed);
-            codec.deflater.frame(self.opcode, &self.payload, bits, None)
+            deflate
+                .deflater
+                .frame(self.opcode, &self.payload, bits, None)
         });
         match compressed {
             Some(frame) => {
@@ -259,7 +262,7 @@ impl Outgoing {
     }
 }
 
-impl<D> Ctx<'_, D> {
+impl<D> WorkerView<'_, D> {
     /// The index of the worker running this call.
     pub fn worker(&self) -> usize {
         self.worker
@@ -316,12 +319,16 @@ impl<D> Ctx<'_, D> {
     /// # Errors
     ///
     /// As [`send_frame`](Self::send_frame).
-    pub fn send_message(&mut self, id: ConnId, message: &mut Outgoing) -> Result<(), SendError> {
+    pub fn send_message(
+        &mut self,
+        id: ConnId,
+        message: &mut EncodedMessage,
+    ) -> Result<(), SendError> {
         let conn = self.open_conn(id)?;
         let frame = match &conn.stage {
             Stage::Stream => message.event(),
-            Stage::Open(ws) => message.frame_for(ws.send_window_bits(), self.codec, self.stats),
-            _ => message.frame_for(None, self.codec, self.stats),
+            Stage::Open(ws) => message.frame_for(ws.send_window_bits(), self.deflate, self.stats),
+            _ => message.frame_for(None, self.deflate, self.stats),
         };
         self.send_frame(id, frame)
     }
@@ -334,7 +341,7 @@ impl<D> Ctx<'_, D> {
     /// As [`send_frame`](Self::send_frame).
     pub fn send(&mut self, id: ConnId, opcode: OpCode, payload: &[u8]) -> Result<(), SendError> {
         self.open_conn(id)?;
-        let mut message = Outgoing::encode(opcode, payload);
+        let mut message = EncodedMessage::encode(opcode, payload);
         self.send_message(id, &mut message)
     }
 

@@ -153,15 +153,70 @@ async fn recovery_is_exact_while_publishes_arrive_on_several_workers() -> Result
         publishes.iter().all(|&n| n > 0),
         "publishes per worker {publishes:?}: both workers must publish"
     );
-    let exact: u64 = server
+    let exact = counter(&server, "recoveries_exact_total");
+    ensure!(
+        exact == reconnects,
+        "{exact} exact recoveries for {reconnects} reconnects"
+    );
+    Ok(())
+}
+
+/// A `/metrics` counter family summed over the workers.
+fn counter(server: &ServerHandle, family: &str) -> u64 {
+    let prefix = format!("uringcast_{family}{{");
+    server
         .metrics()
         .lines()
-        .filter(|l| l.starts_with("uringcast_recoveries_exact_total{"))
+        .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
+        .sum()
+}
+
+/// Exact recoveries, not-recovered answers and publications replayed, from `/metrics`.
+fn recoveries(server: &ServerHandle) -> (u64, u64, u64) {
+    (
+        counter(server, "recoveries_exact_total"),
+        counter(server, "recoveries_not_recovered_total"),
+        counter(server, "replayed_total"),
+    )
+}
+
+#[tokio::test]
+async fn only_streams_that_present_a_position_count_as_recoveries() -> Result<()> {
+    let server = InProcess::start(2, 100, |b| b)?;
+    let addr = server.addr();
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        let mut stream = Sse::open(addr, "/r", &[]).await?;
+        stream.position().await?;
+        fresh.push(stream);
+    }
+    publish(addr, "r", "m1").await?;
+    for stream in &mut fresh {
+        ensure!(stream.event().await?.data == "m1");
+    }
     ensure!(
-        exact >= reconnects,
-        "{exact} exact recoveries for {reconnects} reconnects"
+        recoveries(&server) == (0, 0, 0),
+        "three new streams are no recovery: {:?}",
+        recoveries(&server)
+    );
+    let since = fresh[0].last_id.clone();
+    publish(addr, "r", "m2").await?;
+    publish(addr, "r", "m3").await?;
+    let mut back = Sse::open(addr, "/r", &[("Last-Event-ID", &since)]).await?;
+    ensure!(back.event().await?.data == "m2");
+    ensure!(back.event().await?.data == "m3");
+    ensure!(
+        recoveries(&server) == (1, 0, 2),
+        "{:?}",
+        recoveries(&server)
+    );
+    let mut lost = Sse::open(addr, "/r", &[("Last-Event-ID", "zzzz:1")]).await?;
+    ensure!(lost.event().await?.kind == "reset");
+    ensure!(
+        recoveries(&server) == (1, 1, 2),
+        "{:?}",
+        recoveries(&server)
     );
     Ok(())
 }

@@ -61,11 +61,45 @@ pub fn streams_json(s: &StreamTally) -> Value {
         "silent_losses": s.silent_losses,
         "repeated_on_resume": s.repeated_on_resume,
         "unconfirmed": s.unconfirmed,
+        "storm": storm_json(s),
+    })
+}
+
+/// `streams.storm` in an `sse` report: `null` without `--reconnect-window`.
+fn storm_json(s: &StreamTally) -> Value {
+    if s.storm_streams == 0 {
+        return Value::Null;
+    }
+    json!({
+        "streams": s.storm_streams,
+        "live_again": s.storm_live,
+        "replayed": s.storm_replayed,
+        "reopen_spread_s": s.storm_reopen_spread_s(),
+        "all_live_after_s": s.storm_all_live_after_s(),
     })
 }
 
 /// The `sse` text lines.
 pub fn streams_text(s: &StreamTally) -> String {
+    let mut text = streams_counts_text(s);
+    if s.storm_streams > 0 {
+        text.push_str(&format!(
+            "storm     {} streams reopened over {:.2} s: {} live again ({} replayed \
+             publications first); {}\n",
+            s.storm_streams,
+            s.storm_reopen_spread_s().unwrap_or(0.0),
+            s.storm_live,
+            s.storm_replayed,
+            match s.storm_all_live_after_s() {
+                Some(after) => format!("the last live {after:.3} s after the first reopen"),
+                None => "not all live again before the end".to_owned(),
+            }
+        ));
+    }
+    text
+}
+
+fn streams_counts_text(s: &StreamTally) -> String {
     format!(
         "events    {} with data, {} position-only, {} without id, {} bad ids; resets {}; gaps {} \
          ({} events skipped); repeated {}\n\

@@ -12,7 +12,7 @@ use tracing::{debug, trace, warn};
 use super::{Worker, ACCEPT_SINGLE, NO_KEY};
 use crate::driver::conn::{Conn, Ending, Stage};
 use crate::driver::ring::{self, GENERATION_MASK};
-use crate::driver::service::{Admission, ConnId, Ctx};
+use crate::driver::service::{Admission, ConnId, WorkerView};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::connection::Read;
@@ -257,7 +257,7 @@ impl<S: Service> Worker<S> {
 /// Runs received bytes through the connection's protocol state and the service.
 pub(super) fn receive<S: Service>(
     service: &mut S,
-    ctx: &mut Ctx<'_, S::Data>,
+    ctx: &mut WorkerView<'_, S::Data>,
     key: usize,
     data: &mut [u8],
     limits: Limits,
@@ -289,7 +289,11 @@ pub(super) fn receive<S: Service>(
         match service.on_request(&request) {
             Admission::Upgrade { protocol } => match request.validate_upgrade() {
                 Ok(upgrade) => {
-                    let deflate = ctx.codec.enabled.then(|| request.deflate_offer()).flatten();
+                    let deflate = ctx
+                        .deflate
+                        .enabled
+                        .then(|| request.deflate_offer())
+                        .flatten();
                     conn.queue.push_unbounded(
                         upgrade
                             .response_with(protocol.as_deref(), deflate.as_ref())
@@ -396,9 +400,9 @@ pub(super) fn receive<S: Service>(
         let Stage::Open(ws) = &mut conn.stage else {
             return;
         };
-        let inflations = ctx.codec.inflater.inflations();
-        let (used, read) = ws.read_within(&mut data[pos..], budget, &mut ctx.codec.inflater);
-        if ctx.codec.inflater.inflations() != inflations {
+        let inflations = ctx.deflate.inflater.inflations();
+        let (used, read) = ws.read_within(&mut data[pos..], budget, &mut ctx.deflate.inflater);
+        if ctx.deflate.inflater.inflations() != inflations {
             ctx.stats.deflate_inflations.fetch_add(1, Ordering::Relaxed);
         }
         pos += used;

@@ -10,7 +10,7 @@ use tracing::{info, trace, warn};
 use super::{Worker, NO_KEY, TEARDOWN_GRACE};
 use crate::driver::conn::{Ending, Stage};
 use crate::driver::ring;
-use crate::driver::service::{ConnId, Ctx};
+use crate::driver::service::{ConnId, WorkerView};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::CloseCode;

@@ -22,7 +22,7 @@ use tracing::{info, warn};
 use super::buf_ring::BufRing;
 use super::conn::{Conn, SendVec};
 use super::ring::{self};
-use super::service::Ctx;
+use super::service::WorkerView;
 use super::timer::{TimerEntry, TimerWheel};
 use super::user_data::{OpKind, UserData};
 use super::DriverConfig;
@@ -46,11 +46,11 @@ macro_rules! on_conn {
     };
 }
 
-/// A [`Ctx`] over the worker's connections, borrowing its fields one by one so the service
-/// (and the receive buffers) stay free to borrow beside it.
+/// A [`WorkerView`] of the worker, borrowing its fields one by one so the service (and the
+/// receive buffers) stay free to borrow beside it.
 macro_rules! ctx {
     ($worker:ident) => {
-        Ctx {
+        WorkerView {
             conns: &mut $worker.conns,
             dirty: &mut $worker.dirty,
             now_tick: $worker.wheel.tick_at(Instant::now()),
@@ -60,7 +60,7 @@ macro_rules! ctx {
             stats: &$worker.shared.stats[$worker.id],
             worker: $worker.id,
             shared: &$worker.shared,
-            codec: &mut $worker.codec,
+            deflate: &mut $worker.deflate,
         }
     };
 }
@@ -186,7 +186,7 @@ struct Worker<S: Service> {
     /// The drain timeout in ticks.
     drain_ticks: u32,
     /// permessage-deflate's compressor and inflater, for all connections.
-    codec: crate::driver::service::Codec,
+    deflate: crate::driver::service::PerMessageDeflate,
     /// Where single-shot accepts write their peers' addresses (`config.peer_addresses`),
     /// one per accept in flight; boxed, so the kernel's pointers into it stay valid.
     accept_addrs: ManuallyDrop<Box<[accept::PeerAddr; MAX_SINGLE_ACCEPTS]>>,
@@ -223,7 +223,10 @@ impl<S: Service> Worker<S> {
         // SAFETY: so the buffers outlive the registration (see above).
         let bufs = unsafe { BufRing::register(&ring, 0, count, size) }?;
         let start = Instant::now();
-        let codec = crate::driver::service::Codec::new(config.deflate, config.deflate_min_bytes);
+        let deflate = crate::driver::service::PerMessageDeflate::new(
+            config.deflate,
+            config.deflate_min_bytes,
+        );
         let keepalive = service.keepalive();
         let ping_frame = keepalive.text_ping.as_ref().map(|payload| {
             crate::protocol::frame::encode_frame(crate::protocol::OpCode::Text, true, payload, None)
@@ -275,7 +278,7 @@ impl<S: Service> Worker<S> {
             cqes: Vec::with_capacity(1024),
             filled: Vec::new(),
             bundles: setup.features.recv_bundle,
-            codec,
+            deflate,
             stop_deadline: None,
             accept_addrs: ManuallyDrop::new(Box::new(
                 [accept::PeerAddr::EMPTY; MAX_SINGLE_ACCEPTS],

@@ -25,7 +25,7 @@ use tracing::{debug, trace};
 
 use super::Worker;
 use crate::driver::conn::{Ending, SendQueue, Stage};
-use crate::driver::service::{ConnId, Ctx};
+use crate::driver::service::{ConnId, WorkerView};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::{CloseCode, Limits};

@@ -72,6 +72,8 @@ pub struct Parser {
     has_data: bool,
     kind: String,
     id: Option<String>,
+    /// An id buffer handed back by [`Parser::recycle`], for the next `id` field.
+    spare_id: Option<String>,
 }
 
 impl Parser {
@@ -86,6 +88,27 @@ impl Parser {
             has_data: false,
             kind: String::new(),
             id: None,
+            spare_id: None,
+        }
+    }
+
+    /// Takes back an event's buffers once the caller is done with it, so that the next events
+    /// are parsed into them rather than into new allocations (a stream at thousands of events
+    /// a second would otherwise allocate its data, id and type for each).
+    pub fn recycle(&mut self, event: Event) {
+        if let Some(mut data) = event.data {
+            if !self.has_data && self.data.capacity() < data.capacity() {
+                data.clear();
+                self.data = data;
+            }
+        }
+        if let Some(id) = event.id {
+            self.spare_id.get_or_insert(id);
+        }
+        if self.kind.is_empty() && self.kind.capacity() < event.kind.capacity() {
+            let mut kind = event.kind;
+            kind.clear();
+            self.kind = kind;
         }
     }
 
@@ -165,13 +188,19 @@ impl Parser {
                 self.has_data = true;
             }
             b"event" => {
-                self.kind = std::str::from_utf8(value)
-                    .map_err(|_| ParseError::NotUtf8)?
-                    .to_owned();
+                let kind = std::str::from_utf8(value).map_err(|_| ParseError::NotUtf8)?;
+                self.kind.clear();
+                self.kind.push_str(kind);
             }
             b"id" if !value.contains(&0) => {
-                let id = std::str::from_utf8(value).map_err(|_| ParseError::NotUtf8)?;
-                self.id = Some(id.to_owned());
+                let value = std::str::from_utf8(value).map_err(|_| ParseError::NotUtf8)?;
+                let id = match self.id.take() {
+                    Some(id) => id,
+                    None => self.spare_id.take().unwrap_or_default(),
+                };
+                let id = self.id.insert(id);
+                id.clear();
+                id.push_str(value);
             }
             _ => {}
         }
@@ -253,6 +282,30 @@ mod tests {
                 ),
             ]
         );
+    }
+
+    #[test]
+    fn recycled_events_lend_their_buffers_to_the_next() {
+        let limits = Limits {
+            line_bytes: 100,
+            data_bytes: 100,
+        };
+        let mut parser = Parser::new(limits);
+        let input = b"event: binary\nid: e:1\ndata: first payload\n\nevent: binary\nid: e:2\ndata: second\n\n";
+        let (used, Step::Event(first)) = parser.next(input).unwrap() else {
+            panic!("the first event")
+        };
+        let data = first.data.as_ref().unwrap().as_ptr();
+        let id = first.id.as_ref().unwrap().as_ptr();
+        let kind = first.kind.as_ptr();
+        parser.recycle(first);
+        let (_, Step::Event(second)) = parser.next(&input[used..]).unwrap() else {
+            panic!("the second event")
+        };
+        assert_eq!(second, event(Some("e:2"), "binary", Some("second")));
+        assert_eq!(second.data.as_ref().unwrap().as_ptr(), data);
+        assert_eq!(second.id.as_ref().unwrap().as_ptr(), id);
+        assert_eq!(second.kind.as_ptr(), kind);
     }
 
     #[test]

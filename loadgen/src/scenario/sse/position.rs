@@ -12,15 +12,11 @@ pub struct Position {
     pub offset: u64,
 }
 
-impl Position {
-    /// Parses `EPOCH:OFFSET` (the epoch may hold colons; the offset is after the last).
-    pub fn parse(id: &str) -> Option<Self> {
-        let (epoch, offset) = id.rsplit_once(':')?;
-        Some(Self {
-            epoch: epoch.to_owned(),
-            offset: offset.parse().ok()?,
-        })
-    }
+/// `EPOCH:OFFSET` as its epoch (borrowed) and offset (the epoch may hold colons; the offset is
+/// after the last).
+fn split(id: &str) -> Option<(&str, u64)> {
+    let (epoch, offset) = id.rsplit_once(':')?;
+    Some((epoch, offset.parse().ok()?))
 }
 
 /// The position checks' counts, summed over streams and threads.
@@ -54,6 +50,20 @@ pub struct StreamTally {
     pub repeated_on_resume: u64,
     /// Resumes that saw no event before the end.
     pub unconfirmed: u64,
+    /// `--reconnect-window`: streams closed in the reconnect storm.
+    pub storm_streams: u64,
+    /// Storm streams that received a publication sent after they began to reconnect: live
+    /// again, with everything they missed before it.
+    pub storm_live: u64,
+    /// Publications storm streams received after reconnecting that were sent before it (what
+    /// they missed, replayed from history), until each was live again.
+    pub storm_replayed: u64,
+    /// The storm's first reopen (`CLOCK_MONOTONIC` ns).
+    pub storm_first_reopen_ns: Option<u64>,
+    /// The storm's last reopen.
+    pub storm_last_reopen_ns: Option<u64>,
+    /// When the last storm stream was live again.
+    pub storm_last_live_ns: Option<u64>,
 }
 
 impl StreamTally {
@@ -73,6 +83,42 @@ impl StreamTally {
         self.silent_losses += other.silent_losses;
         self.repeated_on_resume += other.repeated_on_resume;
         self.unconfirmed += other.unconfirmed;
+        self.storm_streams += other.storm_streams;
+        self.storm_live += other.storm_live;
+        self.storm_replayed += other.storm_replayed;
+        self.storm_first_reopen_ns =
+            earliest(self.storm_first_reopen_ns, other.storm_first_reopen_ns);
+        self.storm_last_reopen_ns = latest(self.storm_last_reopen_ns, other.storm_last_reopen_ns);
+        self.storm_last_live_ns = latest(self.storm_last_live_ns, other.storm_last_live_ns);
+    }
+
+    /// A storm stream began to reconnect: it opens again at `at_ns`.
+    pub fn storm_reopen(&mut self, at_ns: u64) {
+        self.storm_streams += 1;
+        self.storm_first_reopen_ns = earliest(self.storm_first_reopen_ns, Some(at_ns));
+        self.storm_last_reopen_ns = latest(self.storm_last_reopen_ns, Some(at_ns));
+    }
+
+    /// A storm stream was live again at `now_ns`.
+    pub fn storm_live_at(&mut self, now_ns: u64) {
+        self.storm_live += 1;
+        self.storm_last_live_ns = latest(self.storm_last_live_ns, Some(now_ns));
+    }
+
+    /// Seconds from the storm's first reopen to the moment its last stream was live again
+    /// (`None` before every storm stream is).
+    pub fn storm_all_live_after_s(&self) -> Option<f64> {
+        if self.storm_live < self.storm_streams {
+            return None;
+        }
+        let (first, last) = (self.storm_first_reopen_ns?, self.storm_last_live_ns?);
+        Some(last.saturating_sub(first) as f64 / 1e9)
+    }
+
+    /// Seconds from the storm's first reopen to its last.
+    pub fn storm_reopen_spread_s(&self) -> Option<f64> {
+        let (first, last) = (self.storm_first_reopen_ns?, self.storm_last_reopen_ns?);
+        Some(last.saturating_sub(first) as f64 / 1e9)
     }
 
     /// Counts that mean the stream broke its promise: a gap or a repeat no reset explains, an
@@ -80,6 +126,17 @@ impl StreamTally {
     pub fn errors(&self) -> u64 {
         self.gaps + self.repeated + self.bad_ids
     }
+}
+
+fn earliest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn latest(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    a.max(b)
 }
 
 /// One stream's position.
@@ -134,7 +191,8 @@ impl Track {
             }
             return has_data;
         };
-        let Some(at) = Position::parse(id) else {
+        // Borrowed: the epoch is copied only when it changes, not for every event.
+        let Some((epoch, offset)) = split(id) else {
             tally.bad_ids += 1;
             return has_data;
         };
@@ -143,29 +201,30 @@ impl Track {
             if std::mem::take(&mut self.resuming) {
                 tally.reset_on_resume += 1;
             }
-            self.last = Some(at);
+            self.move_to(epoch, offset);
             return false;
         }
         let Some(last) = &self.last else {
-            self.last = Some(at);
+            self.move_to(epoch, offset);
             return has_data;
         };
-        if !has_data && at == *last {
+        let same_epoch = last.epoch == epoch;
+        if !has_data && same_epoch && offset == last.offset {
             // The position repeated (a stream's first block, after a reconnect): nothing new.
             return false;
         }
         let resuming = std::mem::take(&mut self.resuming);
-        if at.epoch == last.epoch && at.offset <= last.offset {
+        if same_epoch && offset <= last.offset {
             tally.repeated += 1;
             if resuming {
                 tally.repeated_on_resume += 1;
             }
             return false;
         }
-        if at.epoch != last.epoch || at.offset > last.offset + 1 {
+        if !same_epoch || offset > last.offset + 1 {
             tally.gaps += 1;
-            if at.epoch == last.epoch {
-                tally.gap_events += at.offset - last.offset - 1;
+            if same_epoch {
+                tally.gap_events += offset - last.offset - 1;
             }
             if resuming {
                 tally.silent_losses += 1;
@@ -173,8 +232,21 @@ impl Track {
         } else if resuming {
             tally.recovered += 1;
         }
-        self.last = Some(at);
+        self.move_to(epoch, offset);
         has_data
+    }
+
+    /// The stream's position is now `epoch:offset`.
+    fn move_to(&mut self, epoch: &str, offset: u64) {
+        match &mut self.last {
+            Some(last) if last.epoch == epoch => last.offset = offset,
+            _ => {
+                self.last = Some(Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                })
+            }
+        }
     }
 }
 
@@ -203,8 +275,8 @@ mod tests {
             ],
         );
         assert_eq!((t.events, t.positions, t.errors()), (2, 1, 0));
-        assert_eq!(Position::parse("a:b:7").unwrap().epoch, "a:b");
-        assert!(Position::parse("nope").is_none());
+        assert_eq!(split("a:b:7"), Some(("a:b", 7)));
+        assert!(split("nope").is_none());
     }
 
     #[test]
@@ -223,6 +295,34 @@ mod tests {
         );
         assert_eq!((t.gaps, t.gap_events, t.repeated, t.bad_ids), (2, 1, 1, 1));
         assert_eq!(t.without_id, 1);
+    }
+
+    #[test]
+    fn a_storm_is_live_when_its_last_stream_is() {
+        let mut a = StreamTally::default();
+        a.storm_reopen(1_000_000_000);
+        a.storm_reopen(1_500_000_000);
+        a.storm_live_at(1_700_000_000);
+        assert_eq!(a.storm_all_live_after_s(), None, "one of two is not live");
+        a.storm_live_at(1_600_000_000);
+        assert_eq!(a.storm_all_live_after_s(), Some(0.7));
+        let mut b = StreamTally::default();
+        b.storm_reopen(1_200_000_000);
+        let mut all = StreamTally::default();
+        all.merge(&a);
+        all.merge(&b);
+        assert_eq!(
+            all.storm_all_live_after_s(),
+            None,
+            "another thread's is not live"
+        );
+        b.storm_live_at(2_250_000_000);
+        let mut all = StreamTally::default();
+        all.merge(&a);
+        all.merge(&b);
+        assert_eq!((all.storm_streams, all.storm_live), (3, 3));
+        assert_eq!(all.storm_all_live_after_s(), Some(1.25));
+        assert_eq!(all.storm_reopen_spread_s(), Some(0.5));
     }
 
     #[test]

@@ -95,8 +95,9 @@ pub(super) struct Net {
     pub(super) reopens: BinaryHeap<Reverse<(Instant, u32)>>,
     /// Slots with a reopen pending.
     pub(super) waiting_reopen: u64,
-    /// Connections the workload asked to reconnect this turn.
-    pub(super) reconnect_requests: Vec<u32>,
+    /// Connections the workload asked to reconnect this turn, and when each opens again
+    /// (`CLOCK_MONOTONIC` ns; `None`: at once).
+    pub(super) reconnect_requests: Vec<(u32, Option<u64>)>,
     /// The closing phase began: nothing opens again.
     pub(super) stopping: bool,
     /// The thread's start, for handshakes per second.

@@ -1,7 +1,8 @@
 //! Reconnecting: a connection lost (closed by the server, reset, refused, timed out) opens
 //! again in its slot after an exponential backoff with jitter (`--reconnect`), bounded in
 //! attempts and in time since the loss; and a workload may ask for a connection to be closed
-//! and opened again at once (`sse --reconnect-after`).
+//! and opened again, at once or at a time it names (`sse --reconnect-after`, and
+//! `--reconnect-window`'s storm).
 //!
 //! A slot that opens again is a reconnect, not another connection: `established` counts each
 //! slot once. A lost connection that is being reconnected is not counted as dropped or failed;
@@ -202,8 +203,8 @@ impl Net {
         true
     }
 
-    /// The workload asked for `index` to close and open again now.
-    pub(super) fn reconnect_asked(&mut self, ops: &mut Ops, index: usize) {
+    /// The workload asked for `index` to close now and open again at `at`.
+    pub(super) fn reconnect_asked(&mut self, ops: &mut Ops, index: usize, at: Instant) {
         let slot = &mut self.slots[index];
         if self.stopping || slot.reopen.is_some() {
             return;
@@ -217,15 +218,19 @@ impl Net {
         slot.reopen = Some(Reopen { asked: true });
         self.waiting_reopen += 1;
         self.reconnect_tally.asked += 1;
-        self.reopens.push(Reverse((now, index as u32)));
+        self.reopens.push(Reverse((at.max(now), index as u32)));
         self.teardown(ops, index);
     }
 
     /// Opens the slots whose time has come and that are free.
     pub(super) fn reopen_due(&mut self, ops: &mut Ops, now: Instant) {
         let asked = std::mem::take(&mut self.reconnect_requests);
-        for index in &asked {
-            self.reconnect_asked(ops, *index as usize);
+        let now_ns = crate::scenario::stamp::now_ns();
+        for &(index, at_ns) in &asked {
+            let at = at_ns.map_or(now, |at| {
+                now + Duration::from_nanos(at.saturating_sub(now_ns))
+            });
+            self.reconnect_asked(ops, index as usize, at);
         }
         self.reconnect_requests = asked;
         self.reconnect_requests.clear();

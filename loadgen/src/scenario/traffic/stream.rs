@@ -161,6 +161,11 @@ impl Net {
                         tally.payload_bytes_in += data.len() as u64;
                     }
                     work.event(index, &event, now_ns, &mut Outbox { net: self });
+                    if let Conn::Open(o) = &mut self.slots[index].conn {
+                        if let Some(parser) = o.sse.as_mut() {
+                            parser.recycle(event);
+                        }
+                    }
                 }
                 Err(error) => {
                     self.end_open(ops, index, format!("stream: {error}"));

@@ -239,7 +239,13 @@ impl Outbox<'_> {
 
     /// Closes `conn` and opens it again at once (an event stream resumes from its last id).
     pub fn reconnect(&mut self, conn: usize) {
-        self.net.reconnect_requests.push(conn as u32);
+        self.net.reconnect_requests.push((conn as u32, None));
+    }
+
+    /// Closes `conn` now and opens it again at `at_ns` (`CLOCK_MONOTONIC`; at once if that
+    /// has passed), as [`reconnect`](Self::reconnect) does.
+    pub fn reconnect_at(&mut self, conn: usize, at_ns: u64) {
+        self.net.reconnect_requests.push((conn as u32, Some(at_ns)));
     }
 
     /// Queues one message on `conn` as it is (a data message already wrapped, or the session's
