@@ -294,6 +294,9 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
         if let Some(sink) = handler.join_cluster(bus) {
             link.set_cluster(sink);
         }
+        if let Some(stamp) = handler.stamp() {
+            link.set_stamp(stamp);
+        }
     }
     let driver_config = Arc::new(config.driver.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();

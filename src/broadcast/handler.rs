@@ -142,6 +142,14 @@ pub trait Handler: Clone + Send + 'static {
         None
     }
 
+    /// With a broker's log (`--broker` and `--history`): what makes the payload subscribers
+    /// get from a publication's payload and its position, for every publication that comes
+    /// back from the broker, as [`Connection::publish_stamped`] does on one node. `None`
+    /// (the default): payloads go out as published.
+    fn stamp(&self) -> Option<crate::broadcast::Stamp> {
+        None
+    }
+
     /// With a broker: the node's side channel to the other nodes ([`ClusterBus`]), given once
     /// before any worker starts. Returns what hears the other nodes' messages; `None` (the
     /// default) when the handler shares nothing beyond its topics.

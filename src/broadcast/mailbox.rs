@@ -148,6 +148,11 @@ impl Mailboxes {
                 publication
             }
         };
+        // A broker's log delivers nothing here (the publication comes back from the broker):
+        // the skipped subscriber rides with it to the broker.
+        if let Some(peer) = except {
+            publication.exclude(peer);
+        }
         if let Some(uplink) = self.uplink.get() {
             uplink.publish(&publication);
         }

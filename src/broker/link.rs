@@ -45,6 +45,9 @@ pub(crate) struct Link {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The handler's side channel, once it joined the cluster (`broadcast::cluster`).
     cluster: std::sync::OnceLock<Arc<dyn crate::broadcast::cluster::ClusterSink>>,
+    /// The handler's stamp (`Handler::stamp`): with a broker's log, a publication gets its
+    /// position when it comes back from the broker, so it is stamped here, on every node.
+    stamp: std::sync::OnceLock<crate::broadcast::Stamp>,
 }
 
 impl Link {
@@ -65,7 +68,19 @@ impl Link {
             url: url.clone(),
             thread: Mutex::new(None),
             cluster: std::sync::OnceLock::new(),
+            stamp: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands the link the handler's stamp, once: what comes back from the broker's log with
+    /// a position is stamped with it before any worker sees it.
+    pub(crate) fn set_stamp(&self, stamp: crate::broadcast::Stamp) {
+        let _ = self.stamp.set(stamp);
+    }
+
+    /// The handler's stamp, if it has one.
+    pub(super) fn stamp(&self) -> Option<crate::broadcast::Stamp> {
+        self.stamp.get().copied()
     }
 
     /// Hands the link the handler's side channel, once: the link holds the cluster topic

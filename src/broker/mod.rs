@@ -39,6 +39,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+/// One message for a broker's stream: its channel, opcode and payload, and the connection
+/// that must not get it back, if any.
+pub(crate) type Appended = (
+    String,
+    crate::protocol::OpCode,
+    Bytes,
+    Option<crate::broadcast::Peer>,
+);
+
 pub(crate) use events::{Events, Inbound};
 pub(crate) use link::{start, Link};
 pub(crate) use log::BrokerLog;
@@ -101,6 +110,17 @@ pub(crate) trait Broker {
         batch: &[(String, crate::protocol::OpCode, Bytes)],
     ) -> Vec<Result<(), String>> {
         vec![Err("this broker keeps no streams".into()); batch.len()]
+    }
+    /// [`append`](Self::append), each message with the connection that must not get it back
+    /// (Pusher's `socket_id`), carried through the stream where the broker can. The default
+    /// drops that connection: a broker whose stream cannot carry it says so in
+    /// docs/BROKERS.md.
+    async fn append_except(&mut self, batch: &[Appended]) -> Vec<Result<(), String>> {
+        let plain: Vec<(String, crate::protocol::OpCode, Bytes)> = batch
+            .iter()
+            .map(|(channel, opcode, payload, _)| (channel.clone(), *opcode, payload.clone()))
+            .collect();
+        self.append(&plain).await
     }
     /// With history: the envelopes of `topic`'s stream after offset `after`, up to `up_to`.
     async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {

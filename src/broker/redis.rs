@@ -39,6 +39,7 @@ local function append(keys, args, command)
   local kind = args[2] or 'auto'
   local max_len = tonumber(args[3] or '__MAX_LEN__')
   local ttl = tonumber(args[4] or '__TTL__')
+  local extra = args[5]
   if not base or not payload then
     return redis.error_reply('ERR uringcast: one key {PREFIX:TOPIC} and a payload')
   end
@@ -47,6 +48,9 @@ local function append(keys, args, command)
   end
   if not max_len or max_len < 1 or not ttl or ttl < 1 then
     return redis.error_reply('ERR uringcast: entries and seconds are positive integers')
+  end
+  if extra and not string.match(extra, '^except=%d+%.%d+%.%d+%.%d+$') then
+    return redis.error_reply('ERR uringcast: the fifth argument is except=NODE.WORKER.KEY.GENERATION')
   end
   local offset_key = base .. ':offset'
   local epoch_key = base .. ':epoch'
@@ -62,7 +66,11 @@ local function append(keys, args, command)
     redis.call('SET', epoch_key, epoch)
     redis.call('DEL', stream_key)
   end
-  local message = 'UC1 ' .. kind .. ' @' .. epoch .. ':' .. offset .. '\n' .. payload
+  local head = 'UC1 ' .. kind .. ' @' .. epoch .. ':' .. offset
+  if extra then
+    head = head .. ' ' .. extra
+  end
+  local message = head .. '\n' .. payload
   redis.call('XADD', stream_key, 'MAXLEN', max_len, offset .. '-0', 'm', message)
   redis.call('EXPIRE', offset_key, ttl)
   redis.call('EXPIRE', epoch_key, ttl)
@@ -406,6 +414,14 @@ impl Broker for Redis {
     }
 
     async fn append(&mut self, batch: &[(String, OpCode, Bytes)]) -> Vec<Result<(), String>> {
+        let batch: Vec<super::Appended> = batch
+            .iter()
+            .map(|(channel, opcode, payload)| (channel.clone(), *opcode, payload.clone(), None))
+            .collect();
+        self.append_except(&batch).await
+    }
+
+    async fn append_except(&mut self, batch: &[super::Appended]) -> Vec<Result<(), String>> {
         let Some(settings) = self.history else {
             return vec![Err("no history".into()); batch.len()];
         };
@@ -419,7 +435,7 @@ impl Broker for Redis {
                 .is_err_and(|e| e.to_string().contains("Function not found"))
         };
         if results.iter().any(missing) && self.load_library(settings).await.is_ok() {
-            let retry: Vec<(String, OpCode, Bytes)> = batch
+            let retry: Vec<super::Appended> = batch
                 .iter()
                 .zip(&results)
                 .filter(|(_, r)| missing(r))
@@ -556,35 +572,43 @@ impl Redis {
     /// per slot) on a cluster; one result per publication.
     async fn fcall(
         &mut self,
-        batch: &[(String, OpCode, Bytes)],
+        batch: &[super::Appended],
         settings: StreamSettings,
     ) -> Vec<redis::RedisResult<()>> {
         let function = match self.connection {
             Some(Connection::Cluster(_)) => "uringcast_spublish",
             _ => "uringcast_publish",
         };
-        let command = |pipe: &mut redis::Pipeline, base: &str, opcode: OpCode, payload: &[u8]| {
+        let command = |pipe: &mut redis::Pipeline,
+                       base: &str,
+                       opcode: OpCode,
+                       payload: &[u8],
+                       except: Option<&crate::broadcast::Peer>| {
             let kind = if opcode == OpCode::Text {
                 "text"
             } else {
                 "binary"
             };
-            pipe.cmd("FCALL")
+            let cmd = pipe
+                .cmd("FCALL")
                 .arg(function)
                 .arg(1)
                 .arg(base)
                 .arg(payload)
                 .arg(kind)
                 .arg(settings.max_len)
-                .arg(settings.ttl_secs)
-                .ignore();
+                .arg(settings.ttl_secs);
+            if let Some(peer) = except {
+                cmd.arg(super::wire::except_field(peer));
+            }
+            cmd.ignore();
         };
         let results: Vec<Result<(), redis::RedisError>> = match self.connection.as_ref() {
             Some(Connection::Standalone(c)) => {
                 // One pipeline, in order: one round trip for the batch.
                 let mut pipe = redis::pipe();
-                for (base, opcode, payload) in batch {
-                    command(&mut pipe, base, *opcode, payload);
+                for (base, opcode, payload, except) in batch {
+                    command(&mut pipe, base, *opcode, payload, except.as_ref());
                 }
                 let result = pipe.query_async::<()>(&mut c.clone()).await;
                 batch.iter().map(|_| result.clone()).collect()
@@ -593,7 +617,7 @@ impl Redis {
                 // A cluster's pipeline must keep to one slot: one per topic (its base is its
                 // slot), in order, all at once.
                 let mut bases: Vec<&str> = Vec::new();
-                for (base, _, _) in batch {
+                for (base, _, _, _) in batch {
                     if !bases.contains(&base.as_str()) {
                         bases.push(base);
                     }
@@ -601,15 +625,17 @@ impl Redis {
                 let per_base = join_all(bases.iter().map(|&name| {
                     let mut c = c.clone();
                     let mut pipe = redis::pipe();
-                    for (base, opcode, payload) in batch.iter().filter(|(b, _, _)| b == name) {
-                        command(&mut pipe, base, *opcode, payload);
+                    for (base, opcode, payload, except) in
+                        batch.iter().filter(|(b, _, _, _)| b == name)
+                    {
+                        command(&mut pipe, base, *opcode, payload, except.as_ref());
                     }
                     async move { (name, pipe.query_async::<()>(&mut c).await) }
                 }))
                 .await;
                 batch
                     .iter()
-                    .map(|(base, _, _)| {
+                    .map(|(base, _, _, _)| {
                         per_base
                             .iter()
                             .find(|(name, _)| *name == base)

@@ -260,6 +260,7 @@ impl<B: Broker> Task<B> {
                         self.broker.channel(publication.topic()),
                         publication.opcode(),
                         publication.payload().clone(),
+                        publication.except(),
                     ));
                 }
                 if batch.is_empty() {
@@ -267,7 +268,7 @@ impl<B: Broker> Task<B> {
                 }
                 left -= batch.len();
                 let Ok(results) =
-                    tokio::time::timeout(IO_TIMEOUT, self.broker.append(&batch)).await
+                    tokio::time::timeout(IO_TIMEOUT, self.broker.append_except(&batch)).await
                 else {
                     BrokerStats::add(&stats.publish_failures, batch.len() as u64);
                     self.warn(format_args!("broker gave no answer within {IO_TIMEOUT:?}"));
@@ -522,10 +523,19 @@ impl<B: Broker> Task<B> {
             return;
         }
         if self.log.is_some() {
-            let publication =
-                Publication::new(topic, envelope.opcode, envelope.payload, envelope.position);
+            let publication = Publication::stamped(
+                topic,
+                envelope.opcode,
+                envelope.payload,
+                envelope.position,
+                self.link.stamp(),
+            );
             if let Some(previous) = envelope.previous {
                 publication.follow(previous);
+            }
+            // The connection that published it skips it here too (Pusher's socket_id).
+            if let Some(peer) = envelope.except {
+                publication.exclude(peer);
             }
             self.accept(publication).await;
             return;
@@ -662,11 +672,12 @@ impl<B: Broker> Task<B> {
         if envelope.payload.len() as u64 > self.max_message_bytes as u64 {
             return None;
         }
-        let publication = Publication::new(
+        let publication = Publication::stamped(
             Arc::clone(topic),
             envelope.opcode,
             envelope.payload,
             Some(position),
+            self.link.stamp(),
         );
         if let Some(previous) = envelope.previous {
             publication.follow(previous);

@@ -211,6 +211,14 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
     })
 }
 
+/// `except=NODE.WORKER.KEY.GENERATION`, the field [`parse_except`] reads.
+pub(crate) fn except_field(p: &Peer) -> String {
+    format!(
+        "except={}.{}.{}.{}",
+        p.node, p.worker, p.conn.key, p.conn.generation
+    )
+}
+
 /// `except=NODE.WORKER.KEY.GENERATION`.
 fn parse_except(field: &str) -> Option<Peer> {
     let mut parts = field.strip_prefix("except=")?.split('.');

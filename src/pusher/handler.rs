@@ -310,6 +310,11 @@ impl Handler for Pusher {
     ) -> Option<Arc<dyn crate::broadcast::cluster::ClusterSink>> {
         super::peering::join(&self.node, bus)
     }
+
+    /// Channel events carry `offset` and `epoch` on every node, the broker's positions.
+    fn stamp(&self) -> Option<crate::broadcast::Stamp> {
+        Some(STAMP)
+    }
 }
 
 impl Pusher {

@@ -1456,3 +1456,70 @@ fn occupied_vacated_and_members_fire_once_per_cluster() -> Result<()> {
         },
     )
 }
+
+/// With `--broker` and `--history`, positions are the broker's: an event triggered on one
+/// node reaches the other's subscribers with its `offset` and `epoch`, `socket_id` exclusion
+/// holds through the broker's log, and a subscriber that left node one resumes exactly on
+/// node two from the last position it had.
+#[test]
+fn a_resume_on_another_node_is_exact_through_the_redis_log() -> Result<()> {
+    let Some(broker) = brokers::Broker::start(
+        brokers::Kind::Redis,
+        "a_resume_on_another_node_is_exact_through_the_redis_log",
+    )?
+    else {
+        eprintln!(
+            "SKIP a_resume_on_another_node_is_exact_through_the_redis_log: redis-server missing"
+        );
+        return Ok(());
+    };
+    let url = broker.url();
+    let one = pusher_server(&["--broker", &url, "--history", "100"])?;
+    let two = pusher_server(&["--broker", &url, "--history", "100"])?;
+    let (mut a, id_a) = established(&one)?;
+    let ok = subscribe_resuming(&mut a, "far", None)?;
+    ensure!(
+        ok["event"] == "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    // Node one holds the channel's topic (and the presence side channel's) at the broker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&one, "uringcast_broker_subscribed_topics")? < 2.0 {
+        ensure!(Instant::now() < deadline, "node one never subscribed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for n in 1..=3 {
+        ensure!(trigger(&two, "far", "news", &n.to_string())? == 200);
+    }
+    let mut epoch = String::new();
+    for n in 1..=3u64 {
+        let (data, offset, e) = read_event(&mut a)?;
+        ensure!((data.as_str(), offset) == (n.to_string().as_str(), n));
+        if n == 1 {
+            epoch = e;
+        } else {
+            ensure!(e == epoch, "one epoch for the stream: {e} then {epoch}");
+        }
+    }
+    // Offset 4 skips a (its socket_id), offset 5 reaches it.
+    ensure!(trigger_except(&two, "far", "news", "4", Some(&id_a))? == 200);
+    ensure!(trigger(&two, "far", "news", "5")? == 200);
+    let got = read_event(&mut a)?;
+    ensure!(got == ("5".to_owned(), 5, epoch.clone()), "{got:?}");
+    drop(a);
+    for n in 6..=7 {
+        ensure!(trigger(&one, "far", "news", &n.to_string())? == 200);
+    }
+    let (mut b, _) = established(&two)?;
+    let ok = subscribe_resuming(&mut b, "far", Some(json!({"epoch": epoch, "offset": 5})))?;
+    ensure!(
+        ok["event"] == "pusher_internal:subscription_succeeded",
+        "{ok}"
+    );
+    for n in 6..=7u64 {
+        ensure!(read_event(&mut b)? == (n.to_string(), n, epoch.clone()));
+    }
+    ensure!(trigger(&one, "far", "news", "8")? == 200);
+    ensure!(read_event(&mut b)? == ("8".to_owned(), 8, epoch.clone()));
+    Ok(())
+}
