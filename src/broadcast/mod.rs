@@ -223,7 +223,7 @@ impl<H: Handler> Broadcast<H> {
         }
         if let Some(position) = publication.position() {
             let before = Position {
-                offset: position.offset - 1,
+                offset: publication.predecessor().unwrap_or(position.offset - 1),
                 ..position
             };
             self.advance(ctx, id, before);

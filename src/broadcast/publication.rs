@@ -178,6 +178,9 @@ pub struct Publication {
     except: OnceLock<super::Peer>,
     /// Only the stream's head, with nothing to deliver (see [`Publication::head_only`]).
     head_only: bool,
+    /// The offset of the topic's previous publication, when it is not `offset - 1` (see
+    /// [`Publication::predecessor`]).
+    predecessor: OnceLock<u64>,
 }
 
 impl Publication {
@@ -216,6 +219,7 @@ impl Publication {
             frame,
             except: OnceLock::new(),
             head_only: false,
+            predecessor: OnceLock::new(),
         })
     }
 
@@ -255,6 +259,26 @@ impl Publication {
         self.except.get().copied()
     }
 
+    /// Records the offset of the topic's previous publication, for a log whose offsets skip
+    /// numbers within one topic (a Kafka partition shared by several topics). Called once,
+    /// before the publication reaches any mailbox; a later call changes nothing.
+    pub(crate) fn set_predecessor(&self, offset: u64) {
+        let _ = self.predecessor.set(offset);
+    }
+
+    /// The offset of the topic's publication just before this one in its stream: the one
+    /// recorded by [`set_predecessor`](Self::set_predecessor), else `offset - 1` (offsets
+    /// that count one topic's publications); `None` without a position.
+    pub fn predecessor(&self) -> Option<u64> {
+        let position = self.position?;
+        Some(
+            self.predecessor
+                .get()
+                .copied()
+                .unwrap_or(position.offset.saturating_sub(1)),
+        )
+    }
+
     /// No message, only news that `topic`'s stream has reached `head`: a broker's log sends
     /// it to the workers when it learns the head other than from a publication (a topic's
     /// history loaded, a loss found by a head check), so that each worker brings its
@@ -269,6 +293,7 @@ impl Publication {
             except: OnceLock::new(),
             head_only: true,
             published: None,
+            predecessor: OnceLock::new(),
         })
     }
 

@@ -307,6 +307,7 @@ pub(crate) fn start(
                     drive.run(super::redis::Redis::cluster(&nodes, prefix).map(with_history));
                 }
                 BrokerUrl::Nats(servers) => drive.run(super::nats::Nats::new(&servers, prefix)),
+                BrokerUrl::Kafka(hosts) => drive.run_kafka(hosts, prefix),
             }
         })
         .map_err(BrokerError::Start)?;
@@ -359,6 +360,26 @@ impl Drive<'_> {
             }
             Err(error) => drop(self.ready.send(Err(error))),
         }
+    }
+}
+
+impl Drive<'_> {
+    /// Runs the Kafka link (`kafka.rs`), which is a log only: without one (no `--history`,
+    /// refused by the config) it fails the first connection attempt.
+    fn run_kafka(self, hosts: Vec<String>, topic: String) {
+        let Some(log) = self.log else {
+            drop(self.ready.send(Err("kafka:// needs --history".into())));
+            return;
+        };
+        let task = super::kafka::KafkaTask::new(
+            hosts,
+            topic,
+            self.link,
+            self.hub,
+            log,
+            self.max_message_bytes,
+        );
+        self.runtime.block_on(task.run(self.ready));
     }
 }
 

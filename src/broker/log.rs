@@ -63,6 +63,11 @@ struct HotStream {
     epoch: Epoch,
     /// The last offset known (0 before the first).
     head: u64,
+    /// Every publication of the topic with an offset in `from..=head` (exclusive of `from`)
+    /// is in `entries`: a client at `from` or later recovers exactly. Offsets may skip
+    /// numbers (a Kafka partition holds other topics too); each publication's
+    /// [`predecessor`](Publication::predecessor) says what it follows.
+    from: u64,
     /// The last publications, contiguous, oldest first, ending at `head` (a hole empties it).
     entries: VecDeque<(Arc<Publication>, Instant)>,
 }
@@ -82,6 +87,7 @@ impl BrokerLog {
         match config.url {
             BrokerUrl::Redis(_) | BrokerUrl::RedisCluster(_) => Some(Arc::new(Self::new(limits))),
             BrokerUrl::Nats(_) => None,
+            BrokerUrl::Kafka(_) => Some(Arc::new(Self::new(limits))),
         }
     }
 
@@ -117,17 +123,20 @@ impl BrokerLog {
             return false;
         }
         let mut freed = 0;
-        if position.offset != stream.head + 1 {
+        let predecessor = publication
+            .predecessor()
+            .unwrap_or(position.offset - 1)
+            .min(position.offset - 1);
+        if predecessor != stream.head {
             freed += stream.clear();
+            stream.from = predecessor;
         }
         stream.head = position.offset;
         stream
             .entries
             .push_back((Arc::clone(publication), Instant::now()));
         while stream.entries.len() > self.limits.entries_per_topic {
-            if let Some((old, _)) = stream.entries.pop_front() {
-                freed += old.size();
-            }
+            freed += stream.pop_oldest();
         }
         hot.bytes = hot.bytes + publication.size() - freed.min(hot.bytes + publication.size());
         hot.enforce_budget(&self.limits, publication.topic());
@@ -157,7 +166,7 @@ impl BrokerLog {
             let follows = tail
                 .last()
                 .and_then(|p| p.position())
-                .is_none_or(|last| last.offset + 1 == position.offset);
+                .is_none_or(|last| publication.predecessor() == Some(last.offset));
             if !follows {
                 tail.clear();
             }
@@ -173,10 +182,52 @@ impl BrokerLog {
         let skip = tail.len().saturating_sub(self.limits.entries_per_topic);
         let freed = stream.clear();
         stream.head = head.offset;
+        // What the copy answers for: after the first kept publication's predecessor (or,
+        // with none kept, from the head on).
+        stream.from = match skip.checked_sub(1) {
+            Some(dropped) => tail[dropped].position().map_or(head.offset, |p| p.offset),
+            None => tail
+                .first()
+                .and_then(|p| p.predecessor())
+                .unwrap_or(head.offset),
+        };
         let mut added = 0;
         for publication in tail.into_iter().skip(skip) {
             added += publication.size();
             stream.entries.push_back((publication, now));
+        }
+        hot.bytes = (hot.bytes + added).saturating_sub(freed);
+        hot.enforce_budget(&self.limits, topic);
+        self.stats.loads.fetch_add(1, Ordering::Relaxed);
+        self.publish_gauges(&hot);
+    }
+
+    /// Replaces a topic's hot copy with what a scan of its partition found (Kafka): every
+    /// publication of the topic after offset `from` up to `head`, oldest first, each naming
+    /// its predecessor; unless the copy already holds a later head of the same epoch.
+    pub(crate) fn load_scan(
+        &self,
+        topic: &Arc<str>,
+        from: u64,
+        head: Position,
+        entries: Vec<Arc<Publication>>,
+    ) {
+        let mut hot = self.lock();
+        let now = Instant::now();
+        let stream = hot.stream(topic, head.epoch);
+        if stream.head > head.offset {
+            return;
+        }
+        let freed = stream.clear();
+        stream.head = head.offset;
+        stream.from = from.min(head.offset);
+        let mut added = 0;
+        for publication in entries {
+            added += publication.size();
+            stream.entries.push_back((publication, now));
+        }
+        while stream.entries.len() > self.limits.entries_per_topic {
+            added = added.saturating_sub(stream.pop_oldest());
         }
         hot.bytes = (hot.bytes + added).saturating_sub(freed);
         hot.enforce_budget(&self.limits, topic);
@@ -193,6 +244,7 @@ impl BrokerLog {
         }
         let freed = stream.clear();
         stream.head = head.offset;
+        stream.from = head.offset;
         hot.bytes = hot.bytes.saturating_sub(freed);
         self.publish_gauges(&hot);
     }
@@ -269,11 +321,26 @@ impl Log for BrokerLog {
             .iter()
             .position(|(_, at)| now.duration_since(*at) < self.limits.ttl)
             .unwrap_or(stream.entries.len());
-        let first = stream.head + 1 - (stream.entries.len() - fresh) as u64;
-        if since.offset + 1 < first || stream.head - since.offset > limit as u64 {
+        // Expired publications count as gone: the copy answers from the last of them on.
+        let from = match fresh.checked_sub(1) {
+            Some(expired) => stream.entries[expired]
+                .0
+                .position()
+                .map_or(stream.head, |p| p.offset),
+            None => stream.from,
+        };
+        if since.offset < from {
             return Recovery::NotRecovered { head };
         }
-        let skip = fresh + (since.offset + 1 - first) as usize;
+        let skip = fresh
+            + stream
+                .entries
+                .range(fresh..)
+                .take_while(|(p, _)| p.position().is_some_and(|p| p.offset <= since.offset))
+                .count();
+        if stream.entries.len() - skip > limit {
+            return Recovery::NotRecovered { head };
+        }
         Recovery::Recovered {
             head,
             publications: stream
@@ -343,12 +410,14 @@ impl Hot {
             .or_insert_with(|| HotStream {
                 epoch,
                 head: 0,
+                from: 0,
                 entries: VecDeque::new(),
             });
         if stream.epoch != epoch {
             freed = stream.clear();
             stream.epoch = epoch;
             stream.head = 0;
+            stream.from = 0;
         }
         self.bytes = self.bytes.saturating_sub(freed);
         self.streams.get_mut(&**topic).expect("inserted above")
@@ -365,11 +434,9 @@ impl Hot {
             let Some(stream) = self.streams.get_mut(&name) else {
                 continue;
             };
-            while self.bytes > limits.max_bytes {
-                let Some((old, _)) = stream.entries.pop_front() else {
-                    break;
-                };
-                self.bytes = self.bytes.saturating_sub(old.size());
+            while self.bytes > limits.max_bytes && !stream.entries.is_empty() {
+                let freed = stream.pop_oldest();
+                self.bytes = self.bytes.saturating_sub(freed);
             }
             if self.bytes <= limits.max_bytes {
                 return;
@@ -379,11 +446,24 @@ impl Hot {
 }
 
 impl HotStream {
-    /// Empties the stream (its head stays); the bytes freed.
+    /// Empties the stream (its head stays, and it answers from the head on); the bytes freed.
     fn clear(&mut self) -> usize {
         let freed = self.entries.iter().map(|(p, _)| p.size()).sum();
         self.entries.clear();
+        self.from = self.head;
         freed
+    }
+
+    /// Drops the oldest publication: the copy then answers from its offset on. The bytes
+    /// freed.
+    fn pop_oldest(&mut self) -> usize {
+        let Some((old, _)) = self.entries.pop_front() else {
+            return 0;
+        };
+        if let Some(position) = old.position() {
+            self.from = position.offset;
+        }
+        old.size()
     }
 }
 
@@ -503,6 +583,51 @@ mod tests {
         log.forget("t");
         assert_eq!(log.read("t", Some(at(1)), 100).head(), at(1), "cold again");
         assert_eq!(log.stats.bytes.load(Ordering::Relaxed), 0);
+    }
+
+    /// A publication at `offset` whose topic predecessor is at `predecessor` (Kafka: the
+    /// other topics of the partition take the numbers between).
+    fn chained(offset: u64, predecessor: u64) -> Arc<Publication> {
+        let publication = publication(offset);
+        publication.set_predecessor(predecessor);
+        publication
+    }
+
+    #[test]
+    fn offsets_that_skip_numbers_recover_by_their_predecessors() {
+        let log = BrokerLog::new(limits());
+        let topic: Arc<str> = Arc::from("t");
+        // A scan of (2, 10] found the topic at 4 and 7.
+        log.load_scan(&topic, 2, at(10), vec![chained(4, 2), chained(7, 4)]);
+        assert_eq!(offsets(log.read("t", Some(at(2)), 100)), [4, 7]);
+        assert_eq!(offsets(log.read("t", Some(at(5)), 100)), [7]);
+        assert_eq!(offsets(log.read("t", Some(at(9)), 100)), Vec::<u64>::new());
+        assert!(matches!(
+            log.read("t", Some(at(1)), 100),
+            Recovery::NotRecovered { head } if head == at(10)
+        ));
+        assert!(
+            matches!(log.read("t", Some(at(2)), 1), Recovery::NotRecovered { .. }),
+            "two publications after 2: over a limit of 1"
+        );
+        // Live, following the scan's head, then the last one.
+        assert!(log.record(&chained(15, 10)));
+        assert!(log.record(&chained(21, 15)));
+        assert_eq!(offsets(log.read("t", Some(at(8)), 100)), [15, 21]);
+        // Past four kept, the oldest goes and the copy answers from its offset on.
+        assert!(log.record(&chained(30, 21)));
+        assert_eq!(offsets(log.read("t", Some(at(4)), 100)), [7, 15, 21, 30]);
+        assert!(matches!(
+            log.read("t", Some(at(3)), 100),
+            Recovery::NotRecovered { .. }
+        ));
+        // A predecessor that is not the head is a hole: what came before it is dropped.
+        assert!(log.record(&chained(40, 35)));
+        assert_eq!(offsets(log.read("t", Some(at(35)), 100)), [40]);
+        assert!(matches!(
+            log.read("t", Some(at(30)), 100),
+            Recovery::NotRecovered { .. }
+        ));
     }
 
     #[test]

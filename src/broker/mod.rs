@@ -23,6 +23,7 @@
 //! implementation, and the workers do not change.
 
 mod events;
+mod kafka;
 mod link;
 mod log;
 #[cfg(test)]
@@ -39,6 +40,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 pub(crate) use events::{Events, Inbound};
+pub use kafka::partition_for as kafka_partition;
 pub(crate) use link::{start, Link};
 pub(crate) use log::BrokerLog;
 pub(crate) use stats::render_metrics;

@@ -334,7 +334,7 @@ pub(crate) async fn two_resumes_from_different_positions_are_exact_or_reset(
 }
 
 /// The epoch and offset of an `EPOCH:OFFSET` id.
-fn position(id: &str) -> Result<(String, u64)> {
+pub(crate) fn position(id: &str) -> Result<(String, u64)> {
     let (epoch, offset) = id
         .rsplit_once(':')
         .ok_or_else(|| anyhow!("{id:?} is not EPOCH:OFFSET"))?;
@@ -343,26 +343,26 @@ fn position(id: &str) -> Result<(String, u64)> {
 
 /// One dispatched event, as a browser's `EventSource` would see it.
 #[derive(Debug)]
-struct Event {
+pub(crate) struct Event {
     /// `message`, `binary` or `reset`.
-    kind: String,
-    data: String,
+    pub(crate) kind: String,
+    pub(crate) data: String,
     /// The stream's last event id when it was dispatched.
-    id: String,
+    pub(crate) id: String,
 }
 
 /// An event-stream client.
-struct Sse {
+pub(crate) struct Sse {
     reader: BufReader<TcpStream>,
     last_id: String,
 }
 
 impl Sse {
-    async fn open(addr: SocketAddr, path: &str) -> Result<Self> {
+    pub(crate) async fn open(addr: SocketAddr, path: &str) -> Result<Self> {
         Self::request(addr, path, "").await
     }
 
-    async fn open_from(addr: SocketAddr, path: &str, last_id: &str) -> Result<Self> {
+    pub(crate) async fn open_from(addr: SocketAddr, path: &str, last_id: &str) -> Result<Self> {
         Self::request(addr, path, &format!("Last-Event-ID: {last_id}\r\n")).await
     }
 
@@ -391,7 +391,7 @@ impl Sse {
     }
 
     /// The next dispatched event.
-    async fn event(&mut self) -> Result<Event> {
+    pub(crate) async fn event(&mut self) -> Result<Event> {
         let (mut kind, mut data) = (String::new(), String::new());
         loop {
             let mut line = String::new();
