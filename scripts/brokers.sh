@@ -46,7 +46,8 @@
 # Settings: Redis without persistence (--save '' --appendonly no), --bind 127.0.0.1,
 # --protected-mode yes; cluster masters with cluster-enabled yes, their own nodes.conf, an
 # explicit cluster bus port (also free, not PORT+10000) and no replicas; nats-server -a
-# 127.0.0.1 -p PORT -m MONITOR_PORT. A restarted Redis comes back empty. Nothing binds
+# 127.0.0.1 -p PORT -m MONITOR_PORT -js -sd DIR/nats-js (JetStream on, file storage kept
+# across a restart). A restarted Redis comes back empty. Nothing binds
 # anything but 127.0.0.1.
 #
 # Every wait is bounded (BROKERS_READY_TIMEOUT seconds per broker, default 15; cluster
@@ -186,7 +187,10 @@ launch() {
                 >>"$d/log" 2>&1 </dev/null &
             ;;
         nats)
+            # JetStream on (--history takes positions from it), stored under DIR/nats-js:
+            # a restart keeps the streams.
             nats-server -a 127.0.0.1 -p "$port" -m "$(cat "$d/mport")" \
+                -js -sd "$dir/nats-js" \
                 >>"$d/log" 2>&1 </dev/null &
             ;;
     esac

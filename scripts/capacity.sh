@@ -26,6 +26,7 @@
 #
 # Usage: scripts/capacity.sh [--wss] [--plan] N [RUNS=1] [RATE=5000] [HOLD_SECONDS=10]
 #   (CAPACITY_STEPS=A,B,... in the environment replaces the steps, e.g. 5000,10000)
+#   (CAPACITY_SERVER_ARGS="--recv-buffers 64" in the environment adds flags to every server start)
 #   --wss   wss:// connections (a throwaway certificate, trusted with the load generator's --ca)
 #   --plan  print the steps, their sizing and the memory check, then exit (nothing is built or
 #           run; exit 3 if a step would not fit)
@@ -120,8 +121,9 @@ while read -r _ step tables sources <&3; do
     source="127.0.0.$first-127.0.0.$((first + sources - 1))"
     echo "step $step, run $run: server --workers $tables, load generator --threads $tables, sources $source"
     out="$work/server.out"
+    # shellcheck disable=SC2086 # CAPACITY_SERVER_ARGS is a list of flags
     "$server" --listen 127.0.0.1:0 --workers "$tables" --ping-interval 0 --handshake-timeout 60 \
-      "${tls[@]}" >"$out" 2>/dev/null &
+      "${tls[@]}" ${CAPACITY_SERVER_ARGS:-} >"$out" 2>/dev/null &
     server_pid=$!
     for _ in $(seq 1 100); do grep -q '^listening on' "$out" && break; sleep 0.1; done
     port=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$out")

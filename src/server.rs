@@ -289,6 +289,12 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
         )?),
         None => None,
     };
+    if let Some(link) = &broker {
+        let bus = crate::broadcast::cluster::ClusterBus::new(Arc::clone(&hub));
+        if let Some(sink) = handler.join_cluster(bus) {
+            link.set_cluster(sink);
+        }
+    }
     let driver_config = Arc::new(config.driver.clone());
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let (ready_tx, ready_rx) = mpsc::channel();

@@ -1,6 +1,7 @@
 //! `uringcast-load broadcast`: its flags checked, its run set up and started, its report.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -53,6 +54,13 @@ pub(crate) fn run_with(
         MAX_CONNECTIONS as f64,
     )?;
     range("--publishers", args.publishers as f64, 0.0, 10_000.0)?;
+    if args.expect.is_some() && args.publishers != 0 {
+        return Err(LoadError::Usage(
+            "--expect is for an outside publisher (--publishers 0): with publishers of its own, \
+             a run knows what they sent"
+                .into(),
+        ));
+    }
     let publish_url = args
         .publish_url
         .as_deref()
@@ -65,7 +73,9 @@ pub(crate) fn run_with(
             ))
         }
         (Some(_), publishers) => Publishing::Http { publishers },
-        (None, 0) => Publishing::External,
+        (None, 0) => Publishing::External {
+            expect: args.expect,
+        },
         (None, publishers) => Publishing::WebSocket { publishers },
     };
     let ws_publishers = match publishing {
@@ -147,10 +157,11 @@ pub(crate) fn run_with(
             "path": prepared.settings.target.path,
             "subscribers": args.subscribers,
             "publishers": args.publishers,
+            "expect": args.expect,
             "publish": match publishing {
                 Publishing::WebSocket { .. } => "websocket",
                 Publishing::Http { .. } => "http",
-                Publishing::External => "external",
+                Publishing::External { .. } => "external",
             },
             "publish_url": args.publish_url,
             "publisher_url": publisher_target.as_ref().map(ToString::to_string),
@@ -178,7 +189,10 @@ pub(crate) fn run_with(
             "{publishers} HTTP publisher(s) to {} at {rate} messages/s in total",
             args.publish_url.as_deref().unwrap_or(""),
         ),
-        Publishing::External => "an outside publisher".to_owned(),
+        Publishing::External { expect: None } => "an outside publisher".to_owned(),
+        Publishing::External { expect: Some(n) } => {
+            format!("an outside publisher owing each subscriber {n} messages")
+        }
     };
     let scenario = if pusher.is_some() {
         "pusher"
@@ -223,6 +237,7 @@ pub(crate) fn run_with(
             work_stamper.clone(),
             nodes.as_ref(),
         )
+        .publishing_for(Duration::from_secs_f64(duration))
     };
     let mut http = publish_url.map(|url| {
         let senders = HttpSenders::new(
@@ -288,7 +303,7 @@ fn closed_loop_share(inflight: u32, publishing: &Publishing) -> Result<u32, Load
             "--inflight {inflight} is fewer than --publishers {publishers}: each publisher needs \
              at least one publish in flight"
         ))),
-        Publishing::Http { .. } | Publishing::External => Err(LoadError::Usage(
+        Publishing::Http { .. } | Publishing::External { .. } => Err(LoadError::Usage(
             "--inflight needs WebSocket publishers (--publishers 1 or more, no --publish-url)"
                 .into(),
         )),

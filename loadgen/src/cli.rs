@@ -521,6 +521,12 @@ pub(crate) struct BroadcastArgs {
     /// Bearer token for --publish-url.
     #[arg(long, requires = "publish_url")]
     pub(crate) publish_token: Option<String>,
+    /// With --publishers 0: the outside publisher sends N messages (publisher id 0, sequence
+    /// numbers 0 to N-1, as another uringcast-load process with one publisher does). Every
+    /// subscriber is then owed all N: the drain waits for them (up to --drain-timeout) and
+    /// `missing` counts what did not arrive, rather than the gaps between what did.
+    #[arg(long, value_name = "N")]
+    pub(crate) expect: Option<u64>,
     #[command(flatten)]
     pub(crate) traffic: TrafficArgs,
 }

@@ -107,6 +107,7 @@ pub(crate) fn run(args: PusherArgs) -> Result<i32, LoadError> {
         publish_url: publish_url.map(|base| format!("{base}/apps/{}/events", args.app_id)),
         publisher_url: None,
         publish_token: None,
+        expect: None,
         traffic: args.traffic,
     };
     broadcast_run::run_with(broadcast_args, Some((channels, args.churn)))

@@ -65,7 +65,7 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
             ))
         }
         (Some(_), publishers) => Publishing::Http { publishers },
-        (None, 0) => Publishing::External,
+        (None, 0) => Publishing::External { expect: None },
         (None, publishers) => Publishing::WebSocket { publishers },
     };
     let ws_publishers = match publishing {
@@ -98,7 +98,7 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
             "publish": match publishing {
                 Publishing::WebSocket { .. } => "websocket",
                 Publishing::Http { .. } => "http",
-                Publishing::External => "external",
+                Publishing::External { .. } => "external",
             },
             "publish_url": args.publish_url,
             "publish_token": args.publish_token.as_ref().map(|_| "(set)"),
@@ -119,7 +119,7 @@ pub(crate) fn run(args: SseArgs) -> Result<i32, LoadError> {
             args.publish_url.as_deref().unwrap_or(""),
             args.rate
         ),
-        Publishing::External => "an outside publisher".to_owned(),
+        Publishing::External { .. } => "an outside publisher".to_owned(),
     };
     let headline = format!(
         "sse {}: {} streams, {who}, {size} B {}messages, {:.1} s, {} thread(s){}",

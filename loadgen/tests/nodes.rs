@@ -391,3 +391,70 @@ fn a_publisher_on_one_node_reaches_subscribers_on_another_through_redis() {
     b.shutdown();
     a.shutdown();
 }
+
+/// An outside publisher's messages, owed to every subscriber with `--expect N`: a publisher
+/// process at 10 messages/s for 1 s sends exactly 10 (its schedule ends with its duration,
+/// however late its stop), and a subscriber process started with it at the same `--start-at`
+/// counts all 10 per subscriber as owed. Owing 11 makes each subscriber miss one, which the
+/// gaps between what arrived could never show.
+#[test]
+fn an_outside_publisher_owes_each_subscriber_what_expect_says() {
+    let _serial = serial();
+    let rt = runtime();
+    let (port, _, _) = two_address_broadcast(&rt);
+    let url = format!("ws://127.0.0.1:{port}/owed");
+    for (owed, exact) in [("10", true), ("11", false)] {
+        let at = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+            + 3)
+        .to_string();
+        let path = harness::temp(&format!("expect-{owed}"), "json");
+        let subscribers = Command::new(env!("CARGO_BIN_EXE_uringcast-load"))
+            .args(["broadcast", &url, "--subscribers", "5", "--publishers", "0"])
+            .args(["--expect", owed, "--duration", "1", "--drain-timeout", "2"])
+            .args(["--start-at", &at, "--quiet", "--json"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("uringcast-load starts");
+        let publisher = run_json(
+            &format!("expect-publisher-{owed}"),
+            &[
+                "broadcast",
+                &url,
+                "--subscribers",
+                "1",
+                "--publishers",
+                "1",
+                "--rate",
+                "10",
+                "--duration",
+                "1",
+                "--start-at",
+                &at,
+            ],
+        );
+        assert_eq!(publisher["sent"], 10, "{publisher:#}");
+        let output = subscribers
+            .wait_with_output()
+            .expect("the subscribers finish");
+        let json = harness::read_json(&path);
+        assert_eq!(json["received"], 50, "{json:#}");
+        if exact {
+            assert!(output.status.success(), "{}", describe(&output));
+            assert_eq!(json["expected"], 50, "{json:#}");
+            for key in ["missing", "duplicated", "out_of_order", "corrupt"] {
+                assert_eq!(json[key], 0, "{key}: {json:#}");
+            }
+        } else {
+            assert!(!output.status.success(), "{json:#}");
+            assert_eq!(
+                (&json["expected"], &json["missing"]),
+                (&55.into(), &5.into())
+            );
+        }
+    }
+}

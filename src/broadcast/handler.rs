@@ -141,6 +141,19 @@ pub trait Handler: Clone + Send + 'static {
         let _ = (call, request, body);
         None
     }
+
+    /// With a broker: the node's side channel to the other nodes ([`ClusterBus`]), given once
+    /// before any worker starts. Returns what hears the other nodes' messages; `None` (the
+    /// default) when the handler shares nothing beyond its topics.
+    ///
+    /// [`ClusterBus`]: super::cluster::ClusterBus
+    fn join_cluster(
+        &self,
+        bus: super::cluster::ClusterBus,
+    ) -> Option<std::sync::Arc<dyn super::cluster::ClusterSink>> {
+        let _ = bus;
+        None
+    }
 }
 
 /// How to read a plain HTTP request a [`Handler`] serves.

@@ -10,6 +10,7 @@
 //! permessage-deflate, each worker compresses a publish the first time one of its subscribers
 //! needs it compressed (once per window size in use), and shares that frame too.
 
+pub mod cluster;
 mod endpoints;
 mod handler;
 #[cfg(test)]
@@ -223,7 +224,9 @@ impl<H: Handler> Broadcast<H> {
         }
         if let Some(position) = publication.position() {
             let before = Position {
-                offset: publication.predecessor().unwrap_or(position.offset - 1),
+                offset: publication
+                    .previous()
+                    .unwrap_or(position.offset.saturating_sub(1)),
                 ..position
             };
             self.advance(ctx, id, before);

@@ -178,9 +178,9 @@ pub struct Publication {
     except: OnceLock<super::Peer>,
     /// Only the stream's head, with nothing to deliver (see [`Publication::head_only`]).
     head_only: bool,
-    /// The offset of the topic's previous publication, when it is not `offset - 1` (see
-    /// [`Publication::predecessor`]).
-    predecessor: OnceLock<u64>,
+    /// The topic's previous position, where positions are not consecutive per topic (see
+    /// [`Publication::follow`]).
+    previous: OnceLock<u64>,
 }
 
 impl Publication {
@@ -219,7 +219,7 @@ impl Publication {
             frame,
             except: OnceLock::new(),
             head_only: false,
-            predecessor: OnceLock::new(),
+            previous: OnceLock::new(),
         })
     }
 
@@ -253,30 +253,27 @@ impl Publication {
         let _ = self.except.set(peer);
     }
 
+    /// Says that the topic's previous publication is at offset `previous` (0: none), for a
+    /// broker whose positions are not consecutive per topic (NATS JetStream's stream
+    /// sequences): the workers then look for a gap before this one's position from there,
+    /// not from `offset - 1`. Called once, before the publication is shared.
+    pub(crate) fn follow(&self, previous: u64) {
+        let _ = self.previous.set(previous);
+    }
+
+    /// The offset of the topic's previous publication: as [`follow`](Self::follow) said, or
+    /// the one before this one's.
+    pub(crate) fn previous(&self) -> Option<u64> {
+        self.previous
+            .get()
+            .copied()
+            .or_else(|| self.position.map(|p| p.offset.saturating_sub(1)))
+    }
+
     /// The subscriber this publication skips, if any (a connection of any node: only its
     /// own node's worker skips it).
     pub(crate) fn except(&self) -> Option<super::Peer> {
         self.except.get().copied()
-    }
-
-    /// Records the offset of the topic's previous publication, for a log whose offsets skip
-    /// numbers within one topic (a Kafka partition shared by several topics). Called once,
-    /// before the publication reaches any mailbox; a later call changes nothing.
-    pub(crate) fn set_predecessor(&self, offset: u64) {
-        let _ = self.predecessor.set(offset);
-    }
-
-    /// The offset of the topic's publication just before this one in its stream: the one
-    /// recorded by [`set_predecessor`](Self::set_predecessor), else `offset - 1` (offsets
-    /// that count one topic's publications); `None` without a position.
-    pub fn predecessor(&self) -> Option<u64> {
-        let position = self.position?;
-        Some(
-            self.predecessor
-                .get()
-                .copied()
-                .unwrap_or(position.offset.saturating_sub(1)),
-        )
     }
 
     /// No message, only news that `topic`'s stream has reached `head`: a broker's log sends
@@ -293,7 +290,7 @@ impl Publication {
             except: OnceLock::new(),
             head_only: true,
             published: None,
-            predecessor: OnceLock::new(),
+            previous: OnceLock::new(),
         })
     }
 

@@ -11,7 +11,7 @@
 //! - **Positions.** A record at partition offset `k` is at position `EPOCH:k+1` (0 stays
 //!   "before the first"). One topic's offsets skip the other topics' records in its
 //!   partition: each publication carries its topic predecessor's offset
-//!   ([`Publication::predecessor`]), which the node knows because it reads its partitions
+//!   (`Publication::follow`), which the node knows because it reads its partitions
 //!   whole, in order, so no record can pass it unseen.
 //! - **Epoch.** `k<PARTITION>-<T>`, where `T` is the base-36 timestamp (ms) of the
 //!   partition's record at offset 0: a topic deleted and created again, or a broker that
@@ -463,7 +463,7 @@ impl KafkaTask {
             Bytes::from(payload),
             Some(position),
         );
-        publication.set_predecessor(predecessor);
+        publication.follow(predecessor);
         self.log.record(&publication);
         self.last.insert(topic, position);
         BrokerStats::add(&stats.received, 1);
@@ -636,6 +636,12 @@ impl KafkaTask {
             Some(dropped) => found[dropped].offset as u64 + 1,
             None => start as u64,
         };
+        // The head is the topic's last record, or the scan's start if it has none there: a
+        // position this node can vouch for either way.
+        let head = Position {
+            epoch,
+            offset: found.last().map_or(start as u64, |r| r.offset as u64 + 1),
+        };
         let mut predecessor = from;
         let mut publications = Vec::new();
         for record in found.into_iter().skip(keep) {
@@ -649,18 +655,12 @@ impl KafkaTask {
                     Bytes::from(payload),
                     Some(Position { epoch, offset }),
                 );
-                publication.set_predecessor(predecessor);
+                publication.follow(predecessor);
                 publications.push(publication);
             }
             predecessor = offset;
         }
-        // Past the last record of the topic, the head is where the scan ended: nothing of
-        // the topic lies between, and what follows comes from the partition's reader.
-        let head = Position {
-            epoch,
-            offset: end as u64,
-        };
-        self.log.load_scan(topic, from, head, publications);
+        self.log.load(topic, head, publications);
         self.last.insert(Arc::clone(topic), head);
         self.loaded.insert(Arc::clone(topic));
         self.hub

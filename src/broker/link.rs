@@ -43,6 +43,8 @@ pub(crate) struct Link {
     subscribed_changed: Condvar,
     pub(super) url: BrokerUrl,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The handler's side channel, once it joined the cluster (`broadcast::cluster`).
+    cluster: std::sync::OnceLock<Arc<dyn crate::broadcast::cluster::ClusterSink>>,
 }
 
 impl Link {
@@ -62,7 +64,22 @@ impl Link {
             subscribed_changed: Condvar::new(),
             url: url.clone(),
             thread: Mutex::new(None),
+            cluster: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Hands the link the handler's side channel, once: the link holds the cluster topic
+    /// from now on, and what arrives there goes to `sink`.
+    pub(crate) fn set_cluster(&self, sink: Arc<dyn crate::broadcast::cluster::ClusterSink>) {
+        if self.cluster.set(sink).is_ok() {
+            let topic: Arc<str> = Arc::from(crate::broadcast::cluster::CLUSTER_TOPIC);
+            self.interest(&topic, true);
+        }
+    }
+
+    /// The handler's side channel, if it joined.
+    pub(super) fn cluster(&self) -> Option<&Arc<dyn crate::broadcast::cluster::ClusterSink>> {
+        self.cluster.get()
     }
 
     /// Stops the link: what is queued is published, every subscription is dropped at the
@@ -306,7 +323,14 @@ pub(crate) fn start(
                 BrokerUrl::RedisCluster(nodes) => {
                     drive.run(super::redis::Redis::cluster(&nodes, prefix).map(with_history));
                 }
-                BrokerUrl::Nats(servers) => drive.run(super::nats::Nats::new(&servers, prefix)),
+                BrokerUrl::Nats(servers) => {
+                    drive.run(super::nats::Nats::new(&servers, prefix).map(
+                        |nats| match settings {
+                            Some(settings) => nats.with_history(settings),
+                            None => nats,
+                        },
+                    ));
+                }
                 BrokerUrl::Kafka(hosts) => drive.run_kafka(hosts, prefix),
             }
         })

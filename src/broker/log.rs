@@ -4,6 +4,9 @@
 //! what the link received per topic, which the workers read without ever waiting on the
 //! network.
 //!
+//! - Positions need not be consecutive per topic: with NATS JetStream an offset is the
+//!   stream's sequence, shared by every subject, and each publication names its topic's
+//!   previous offset ([`Publication::previous`]); the copy holds a chain of them.
 //! - `append` gives a publish no position and delivers nothing: the link sends it to the
 //!   broker, and every node, this one included, delivers it when the broker sends it back
 //!   with its position (`task.rs`), in offset order per topic.
@@ -63,13 +66,11 @@ struct HotStream {
     epoch: Epoch,
     /// The last offset known (0 before the first).
     head: u64,
-    /// Every publication of the topic with an offset in `from..=head` (exclusive of `from`)
-    /// is in `entries`: a client at `from` or later recovers exactly. Offsets may skip
-    /// numbers (a Kafka partition holds other topics too); each publication's
-    /// [`predecessor`](Publication::predecessor) says what it follows.
-    from: u64,
     /// The last publications, contiguous, oldest first, ending at `head` (a hole empties it).
     entries: VecDeque<(Arc<Publication>, Instant)>,
+    /// The offset the first of `entries` follows (what a client must have seen to be given
+    /// all of them).
+    first_prev: u64,
 }
 
 impl BrokerLog {
@@ -81,13 +82,14 @@ impl BrokerLog {
         }
     }
 
-    /// A log for `config`'s broker, if that broker can give positions (Redis and Redis
-    /// Cluster); `None` otherwise, and the node then keeps its own positions.
+    /// A log for `config`'s broker, if that broker can give positions (Redis, Redis Cluster,
+    /// NATS JetStream); `None` otherwise, and the node then keeps its own positions.
     pub(crate) fn for_broker(config: &BrokerConfig, limits: HistoryLimits) -> Option<Arc<Self>> {
         match config.url {
-            BrokerUrl::Redis(_) | BrokerUrl::RedisCluster(_) => Some(Arc::new(Self::new(limits))),
-            BrokerUrl::Nats(_) => None,
-            BrokerUrl::Kafka(_) => Some(Arc::new(Self::new(limits))),
+            BrokerUrl::Redis(_)
+            | BrokerUrl::RedisCluster(_)
+            | BrokerUrl::Nats(_)
+            | BrokerUrl::Kafka(_) => Some(Arc::new(Self::new(limits))),
         }
     }
 
@@ -123,20 +125,21 @@ impl BrokerLog {
             return false;
         }
         let mut freed = 0;
-        let predecessor = publication
-            .predecessor()
-            .unwrap_or(position.offset - 1)
-            .min(position.offset - 1);
-        if predecessor != stream.head {
+        let previous = publication
+            .previous()
+            .unwrap_or(position.offset.saturating_sub(1));
+        if previous != stream.head {
             freed += stream.clear();
-            stream.from = predecessor;
+        }
+        if stream.entries.is_empty() {
+            stream.first_prev = previous;
         }
         stream.head = position.offset;
         stream
             .entries
             .push_back((Arc::clone(publication), Instant::now()));
         while stream.entries.len() > self.limits.entries_per_topic {
-            freed += stream.pop_oldest();
+            freed += stream.pop_front();
         }
         hot.bytes = hot.bytes + publication.size() - freed.min(hot.bytes + publication.size());
         hot.enforce_budget(&self.limits, publication.topic());
@@ -156,6 +159,7 @@ impl BrokerLog {
         }
         // The contiguous run that ends at the head: what precedes a break is of no use.
         let mut tail: Vec<Arc<Publication>> = Vec::new();
+        let mut first_prev = 0;
         for publication in entries {
             let Some(position) = publication.position() else {
                 continue;
@@ -163,12 +167,16 @@ impl BrokerLog {
             if position.epoch != head.epoch || position.offset > head.offset {
                 continue;
             }
+            let previous = publication
+                .previous()
+                .unwrap_or(position.offset.saturating_sub(1));
             let follows = tail
                 .last()
                 .and_then(|p| p.position())
-                .is_none_or(|last| publication.predecessor() == Some(last.offset));
-            if !follows {
+                .is_none_or(|last| last.offset == previous);
+            if !follows || tail.is_empty() {
                 tail.clear();
+                first_prev = previous;
             }
             tail.push(publication);
         }
@@ -180,54 +188,16 @@ impl BrokerLog {
             tail.clear();
         }
         let skip = tail.len().saturating_sub(self.limits.entries_per_topic);
+        if skip > 0 {
+            first_prev = tail[skip - 1].position().map_or(0, |p| p.offset);
+        }
         let freed = stream.clear();
         stream.head = head.offset;
-        // What the copy answers for: after the first kept publication's predecessor (or,
-        // with none kept, from the head on).
-        stream.from = match skip.checked_sub(1) {
-            Some(dropped) => tail[dropped].position().map_or(head.offset, |p| p.offset),
-            None => tail
-                .first()
-                .and_then(|p| p.predecessor())
-                .unwrap_or(head.offset),
-        };
+        stream.first_prev = first_prev;
         let mut added = 0;
         for publication in tail.into_iter().skip(skip) {
             added += publication.size();
             stream.entries.push_back((publication, now));
-        }
-        hot.bytes = (hot.bytes + added).saturating_sub(freed);
-        hot.enforce_budget(&self.limits, topic);
-        self.stats.loads.fetch_add(1, Ordering::Relaxed);
-        self.publish_gauges(&hot);
-    }
-
-    /// Replaces a topic's hot copy with what a scan of its partition found (Kafka): every
-    /// publication of the topic after offset `from` up to `head`, oldest first, each naming
-    /// its predecessor; unless the copy already holds a later head of the same epoch.
-    pub(crate) fn load_scan(
-        &self,
-        topic: &Arc<str>,
-        from: u64,
-        head: Position,
-        entries: Vec<Arc<Publication>>,
-    ) {
-        let mut hot = self.lock();
-        let now = Instant::now();
-        let stream = hot.stream(topic, head.epoch);
-        if stream.head > head.offset {
-            return;
-        }
-        let freed = stream.clear();
-        stream.head = head.offset;
-        stream.from = from.min(head.offset);
-        let mut added = 0;
-        for publication in entries {
-            added += publication.size();
-            stream.entries.push_back((publication, now));
-        }
-        while stream.entries.len() > self.limits.entries_per_topic {
-            added = added.saturating_sub(stream.pop_oldest());
         }
         hot.bytes = (hot.bytes + added).saturating_sub(freed);
         hot.enforce_budget(&self.limits, topic);
@@ -244,7 +214,6 @@ impl BrokerLog {
         }
         let freed = stream.clear();
         stream.head = head.offset;
-        stream.from = head.offset;
         hot.bytes = hot.bytes.saturating_sub(freed);
         self.publish_gauges(&hot);
     }
@@ -321,23 +290,31 @@ impl Log for BrokerLog {
             .iter()
             .position(|(_, at)| now.duration_since(*at) < self.limits.ttl)
             .unwrap_or(stream.entries.len());
-        // Expired publications count as gone: the copy answers from the last of them on.
-        let from = match fresh.checked_sub(1) {
-            Some(expired) => stream.entries[expired]
-                .0
-                .position()
-                .map_or(stream.head, |p| p.offset),
-            None => stream.from,
-        };
-        if since.offset < from {
+        if fresh == stream.entries.len() {
             return Recovery::NotRecovered { head };
         }
-        let skip = fresh
-            + stream
+        // The offset the first fresh entry follows: the chain is whole from there to the head.
+        let start = match fresh {
+            0 => stream.first_prev,
+            _ => offset_of(&stream.entries[fresh - 1].0),
+        };
+        let skip = if since.offset == start {
+            fresh
+        } else if since.offset < start {
+            return Recovery::NotRecovered { head };
+        } else {
+            // Offsets rise along the chain: a position that is none of them was never this
+            // topic's (or is one this node cannot vouch for).
+            let found = stream
                 .entries
-                .range(fresh..)
-                .take_while(|(p, _)| p.position().is_some_and(|p| p.offset <= since.offset))
-                .count();
+                .binary_search_by_key(&since.offset, |(p, _)| offset_of(p))
+                .ok()
+                .filter(|&i| i >= fresh);
+            match found {
+                Some(i) => i + 1,
+                None => return Recovery::NotRecovered { head },
+            }
+        };
         if stream.entries.len() - skip > limit {
             return Recovery::NotRecovered { head };
         }
@@ -410,14 +387,14 @@ impl Hot {
             .or_insert_with(|| HotStream {
                 epoch,
                 head: 0,
-                from: 0,
                 entries: VecDeque::new(),
+                first_prev: 0,
             });
         if stream.epoch != epoch {
             freed = stream.clear();
             stream.epoch = epoch;
             stream.head = 0;
-            stream.from = 0;
+            stream.first_prev = 0;
         }
         self.bytes = self.bytes.saturating_sub(freed);
         self.streams.get_mut(&**topic).expect("inserted above")
@@ -435,7 +412,7 @@ impl Hot {
                 continue;
             };
             while self.bytes > limits.max_bytes && !stream.entries.is_empty() {
-                let freed = stream.pop_oldest();
+                let freed = stream.pop_front();
                 self.bytes = self.bytes.saturating_sub(freed);
             }
             if self.bytes <= limits.max_bytes {
@@ -446,25 +423,29 @@ impl Hot {
 }
 
 impl HotStream {
-    /// Empties the stream (its head stays, and it answers from the head on); the bytes freed.
+    /// Empties the stream (its head stays); the bytes freed.
     fn clear(&mut self) -> usize {
         let freed = self.entries.iter().map(|(p, _)| p.size()).sum();
         self.entries.clear();
-        self.from = self.head;
+        self.first_prev = self.head;
         freed
     }
 
-    /// Drops the oldest publication: the copy then answers from its offset on. The bytes
-    /// freed.
-    fn pop_oldest(&mut self) -> usize {
-        let Some((old, _)) = self.entries.pop_front() else {
-            return 0;
-        };
-        if let Some(position) = old.position() {
-            self.from = position.offset;
+    /// Drops the oldest entry (the next one then follows it); the bytes freed.
+    fn pop_front(&mut self) -> usize {
+        match self.entries.pop_front() {
+            Some((old, _)) => {
+                self.first_prev = offset_of(&old);
+                old.size()
+            }
+            None => 0,
         }
-        old.size()
     }
+}
+
+/// A kept publication's offset (every one kept has a position).
+fn offset_of(publication: &Publication) -> u64 {
+    publication.position().map_or(0, |p| p.offset)
 }
 
 #[cfg(test)]
@@ -585,47 +566,53 @@ mod tests {
         assert_eq!(log.stats.bytes.load(Ordering::Relaxed), 0);
     }
 
-    /// A publication at `offset` whose topic predecessor is at `predecessor` (Kafka: the
-    /// other topics of the partition take the numbers between).
-    fn chained(offset: u64, predecessor: u64) -> Arc<Publication> {
+    /// A publication at `offset` whose topic's previous one is at `previous` (stream
+    /// sequences shared with other topics, as NATS JetStream's).
+    fn linked(offset: u64, previous: u64) -> Arc<Publication> {
         let publication = publication(offset);
-        publication.set_predecessor(predecessor);
+        publication.follow(previous);
         publication
     }
 
     #[test]
-    fn offsets_that_skip_numbers_recover_by_their_predecessors() {
+    fn sparse_offsets_recover_by_their_links() {
         let log = BrokerLog::new(limits());
-        let topic: Arc<str> = Arc::from("t");
-        // A scan of (2, 10] found the topic at 4 and 7.
-        log.load_scan(&topic, 2, at(10), vec![chained(4, 2), chained(7, 4)]);
-        assert_eq!(offsets(log.read("t", Some(at(2)), 100)), [4, 7]);
-        assert_eq!(offsets(log.read("t", Some(at(5)), 100)), [7]);
-        assert_eq!(offsets(log.read("t", Some(at(9)), 100)), Vec::<u64>::new());
+        for (offset, previous) in [(3, 0), (7, 3), (8, 7), (12, 8), (20, 12)] {
+            assert!(log.record(&linked(offset, previous)));
+        }
+        // Kept: 7, 8, 12, 20 (the last four), after 3.
+        assert_eq!(offsets(log.read("t", Some(at(3)), 100)), [7, 8, 12, 20]);
+        assert_eq!(offsets(log.read("t", Some(at(8)), 100)), [12, 20]);
+        assert_eq!(offsets(log.read("t", Some(at(20)), 100)), Vec::<u64>::new());
+        for never_kept in [0, 1, 5, 10] {
+            assert!(
+                matches!(log.read("t", Some(at(never_kept)), 100), Recovery::NotRecovered { head } if head == at(20)),
+                "{never_kept}"
+            );
+        }
         assert!(matches!(
-            log.read("t", Some(at(1)), 100),
-            Recovery::NotRecovered { head } if head == at(10)
-        ));
-        assert!(
-            matches!(log.read("t", Some(at(2)), 1), Recovery::NotRecovered { .. }),
-            "two publications after 2: over a limit of 1"
-        );
-        // Live, following the scan's head, then the last one.
-        assert!(log.record(&chained(15, 10)));
-        assert!(log.record(&chained(21, 15)));
-        assert_eq!(offsets(log.read("t", Some(at(8)), 100)), [15, 21]);
-        // Past four kept, the oldest goes and the copy answers from its offset on.
-        assert!(log.record(&chained(30, 21)));
-        assert_eq!(offsets(log.read("t", Some(at(4)), 100)), [7, 15, 21, 30]);
-        assert!(matches!(
-            log.read("t", Some(at(3)), 100),
+            log.read("t", Some(at(7)), 2),
             Recovery::NotRecovered { .. }
         ));
-        // A predecessor that is not the head is a hole: what came before it is dropped.
-        assert!(log.record(&chained(40, 35)));
-        assert_eq!(offsets(log.read("t", Some(at(35)), 100)), [40]);
+        // A link to something other than the head is a hole: only what follows it is kept.
+        assert!(log.record(&linked(25, 22)));
         assert!(matches!(
-            log.read("t", Some(at(30)), 100),
+            log.read("t", Some(at(20)), 100),
+            Recovery::NotRecovered { .. }
+        ));
+        assert_eq!(offsets(log.read("t", Some(at(22)), 100)), [25]);
+    }
+
+    #[test]
+    fn a_sparse_load_starts_after_its_anchor() {
+        let log = BrokerLog::new(limits());
+        let topic: Arc<str> = Arc::from("t");
+        // The oldest kept (4) is only the anchor: what preceded it is unknown.
+        log.load(&topic, at(15), vec![linked(9, 4), linked(15, 9)]);
+        assert_eq!(offsets(log.read("t", Some(at(4)), 100)), [9, 15]);
+        assert_eq!(offsets(log.read("t", Some(at(9)), 100)), [15]);
+        assert!(matches!(
+            log.read("t", Some(at(3)), 100),
             Recovery::NotRecovered { .. }
         ));
     }

@@ -23,6 +23,7 @@
 //! implementation, and the workers do not change.
 
 mod events;
+mod jetstream;
 mod kafka;
 mod link;
 mod log;

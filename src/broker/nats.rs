@@ -8,6 +8,10 @@
 //! A subject is `PREFIX.TOPIC`, the topic escaped so that it is one token: every byte outside
 //! `A-Z a-z 0-9 _ -` becomes `%XX` (`room-a` stays `room-a`, `/` becomes `%2F`), since `.`
 //! separates tokens, `*` and `>` are wildcards and spaces end a subject.
+//!
+//! With history (`--history`), JetStream gives the positions (`jetstream.rs`): the node
+//! publishes through the stream and subscribes to the stream's republished copies instead of
+//! the subjects themselves.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,7 +19,11 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 
+use super::jetstream::Jet;
+use super::redis::StreamSettings;
 use super::{backoff, random_u64, Broker, Events, IO_TIMEOUT};
+use crate::broadcast::Position;
+use crate::protocol::OpCode;
 
 /// A NATS broker.
 pub(crate) struct Nats {
@@ -27,6 +35,8 @@ pub(crate) struct Nats {
     readers: HashMap<String, tokio::task::JoinHandle<()>>,
     /// Where the readers forward, from the last `connect`.
     events: Option<Events>,
+    /// With history: the JetStream stream that gives the positions.
+    jet: Option<Jet>,
 }
 
 impl Nats {
@@ -46,29 +56,65 @@ impl Nats {
             client: None,
             readers: HashMap::new(),
             events: None,
+            jet: None,
         })
+    }
+
+    /// Gives positions from a JetStream stream over the prefix's subjects, kept as
+    /// `settings` say.
+    pub(crate) fn with_history(mut self, settings: StreamSettings) -> Self {
+        self.jet = Some(Jet::new(&self.prefix, settings));
+        self
     }
 
     /// Subscribes to one subject, with a task that forwards what arrives on it.
     async fn subscribe_one(&mut self, channel: &str) -> Result<(), String> {
         let client = self.client.as_ref().ok_or("not connected")?;
-        let mut subscriber = client
-            .subscribe(channel.to_owned())
-            .await
-            .map_err(|e| e.to_string())?;
+        // With history, the stream's copy of the subject: it carries the position.
+        let subject = match &self.jet {
+            Some(jet) => jet.live_subject(channel),
+            None => channel.to_owned(),
+        };
+        let mut subscriber = client.subscribe(subject).await.map_err(|e| e.to_string())?;
         let events = self.events.clone().ok_or("not connected")?;
+        let live = self.jet.as_ref().map(Jet::live);
+        let channel_bytes = Bytes::copy_from_slice(channel.as_bytes());
         let reader = tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
-                events.message(
-                    Bytes::copy_from_slice(message.subject.as_bytes()),
-                    message.payload,
-                );
+                match &live {
+                    Some(live) => {
+                        // A copy without the stream's headers is not one of the stream's.
+                        if let Some(envelope) = live.envelope(&message) {
+                            events.message(channel_bytes.clone(), envelope);
+                        }
+                    }
+                    None => events.message(
+                        Bytes::copy_from_slice(message.subject.as_bytes()),
+                        message.payload,
+                    ),
+                }
             }
         });
         if let Some(old) = self.readers.insert(channel.to_owned(), reader) {
             old.abort();
         }
         Ok(())
+    }
+}
+
+impl Nats {
+    /// Whether the client is connected now (it reconnects by itself): with history, a
+    /// request made meanwhile would wait for the connection, so none is made.
+    fn up(&self) -> Result<(), String> {
+        match self.client.as_ref() {
+            None => Err("not connected".to_owned()),
+            Some(client)
+                if client.connection_state() != async_nats::connection::State::Connected =>
+            {
+                Err("disconnected".to_owned())
+            }
+            Some(_) => Ok(()),
+        }
     }
 }
 
@@ -131,6 +177,12 @@ impl Broker for Nats {
             .connect(self.servers.as_slice())
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(jet) = self.jet.as_mut() {
+            if let Err(message) = jet.connect(&client).await {
+                let _ = client.drain().await;
+                return Err(message);
+            }
+        }
         self.client = Some(client);
         self.events = Some(events.clone());
         Ok(())
@@ -174,6 +226,44 @@ impl Broker for Nats {
         results
     }
 
+    async fn append(&mut self, batch: &[(String, OpCode, Bytes)]) -> Vec<Result<(), String>> {
+        if let Err(message) = self.up() {
+            return vec![Err(message); batch.len()];
+        }
+        match self.jet.as_mut() {
+            Some(jet) => jet.append(batch).await,
+            None => vec![Err("no history".into()); batch.len()],
+        }
+    }
+
+    async fn range(&mut self, topic: &str, after: u64, up_to: u64) -> Result<Vec<Bytes>, String> {
+        self.up()?;
+        let subject = self.channel(topic);
+        let jet = self.jet.as_mut().ok_or("no history")?;
+        jet.range(&subject, after, up_to).await
+    }
+
+    async fn tail(
+        &mut self,
+        topic: &str,
+        count: usize,
+    ) -> Result<(Option<Position>, Vec<Bytes>), String> {
+        self.up()?;
+        let subject = self.channel(topic);
+        let jet = self.jet.as_mut().ok_or("no history")?;
+        jet.tail(&subject, count).await
+    }
+
+    async fn heads(
+        &mut self,
+        topics: &[std::sync::Arc<str>],
+    ) -> Result<Vec<Option<Position>>, String> {
+        self.up()?;
+        let subjects: Vec<String> = topics.iter().map(|t| self.channel(t)).collect();
+        let jet = self.jet.as_mut().ok_or("no history")?;
+        jet.heads(&subjects).await
+    }
+
     fn is_connected(&self) -> bool {
         // The client reconnects by itself: the link never needs to.
         self.client.is_some()
@@ -182,6 +272,9 @@ impl Broker for Nats {
     async fn close(&mut self) {
         for (_, reader) in self.readers.drain() {
             reader.abort();
+        }
+        if let Some(jet) = self.jet.as_mut() {
+            jet.close();
         }
         if let Some(client) = self.client.take() {
             let _ = tokio::time::timeout(IO_TIMEOUT, client.flush()).await;

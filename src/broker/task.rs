@@ -503,9 +503,25 @@ impl<B: Broker> Task<B> {
             // recording its sequence would make a gap of what follows a later subscription.
             return;
         };
+        if &*topic == crate::broadcast::cluster::CLUSTER_TOPIC {
+            // The handlers' side channel: for the node's handler, not its connections.
+            let own = envelope
+                .origin
+                .is_some_and(|(node, _)| node & !0xFFFF == self.link.node);
+            if own {
+                BrokerStats::add(&stats.own_skipped, 1);
+            } else if let Some(sink) = self.link.cluster() {
+                BrokerStats::add(&stats.received, 1);
+                sink.receive(&envelope.payload);
+            }
+            return;
+        }
         if self.log.is_some() {
             let publication =
                 Publication::new(topic, envelope.opcode, envelope.payload, envelope.position);
+            if let Some(previous) = envelope.previous {
+                publication.follow(previous);
+            }
             self.accept(publication).await;
             return;
         }
@@ -546,8 +562,15 @@ impl<B: Broker> Task<B> {
                     BrokerStats::add(&self.link.stats.repeats, 1);
                     return;
                 }
-                if position.offset > last.offset + 1 {
-                    self.repair(&topic, last, position.offset - 1).await;
+                let previous = publication
+                    .previous()
+                    .unwrap_or(position.offset.saturating_sub(1));
+                if previous > last.offset {
+                    self.repair(&topic, last, previous).await;
+                } else if previous < last.offset {
+                    // It follows a publication before the last one handed on (which the
+                    // broker no longer has): whether any was lost between is unknown.
+                    self.lost_before(&topic, position);
                 }
             }
         }
@@ -572,7 +595,8 @@ impl<B: Broker> Task<B> {
         };
         let read =
             tokio::time::timeout(IO_TIMEOUT, self.broker.range(topic, last.offset, up_to)).await;
-        let mut next = last.offset + 1;
+        // The chain from `last`: each publication found must follow the one before it.
+        let mut reached = last.offset;
         let mut found = Vec::new();
         match read {
             Ok(Ok(envelopes)) => {
@@ -580,20 +604,24 @@ impl<B: Broker> Task<B> {
                     let Some(publication) = self.positioned(topic, envelope) else {
                         continue;
                     };
-                    let wanted = Position {
-                        epoch: last.epoch,
-                        offset: next,
+                    let Some(position) = publication.position() else {
+                        continue;
                     };
-                    if next <= up_to && publication.position() == Some(wanted) {
+                    let follows = publication.previous() == Some(reached);
+                    if reached < up_to
+                        && position.epoch == last.epoch
+                        && position.offset <= up_to
+                        && follows
+                    {
                         found.push(publication);
-                        next += 1;
+                        reached = position.offset;
                     }
                 }
             }
             Ok(Err(message)) => self.warn(format_args!("broker stream read failed: {message}")),
             Err(_) => self.warn(format_args!("broker stream read: no answer")),
         }
-        let whole = next > up_to;
+        let whole = reached == up_to;
         // Counted before the workers can deliver any of it.
         let counter = if whole {
             &log.stats.gaps_repaired
@@ -614,12 +642,34 @@ impl<B: Broker> Task<B> {
         if envelope.payload.len() as u64 > self.max_message_bytes as u64 {
             return None;
         }
-        Some(Publication::new(
+        let publication = Publication::new(
             Arc::clone(topic),
             envelope.opcode,
             envelope.payload,
             Some(position),
-        ))
+        );
+        if let Some(previous) = envelope.previous {
+            publication.follow(previous);
+        }
+        Some(publication)
+    }
+
+    /// A publication whose predecessor is older than the last one handed on: what lay
+    /// between (if anything) cannot be read any more. Its subscribers are told (the workers
+    /// reset them to the position just before it), and the gap counted as reported.
+    fn lost_before(&mut self, topic: &Arc<str>, position: Position) {
+        let Some(log) = self.log.clone() else {
+            return;
+        };
+        log.stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
+        let before = Position {
+            offset: position.offset - 1,
+            ..position
+        };
+        log.mark_head(topic, before);
+        self.last.insert(Arc::clone(topic), before);
+        self.hub
+            .post(&Publication::head_only(Arc::clone(topic), before), None);
     }
 
     /// Loads a topic's head and last publications from the broker into the hot copy (a topic

@@ -27,6 +27,14 @@
 //!
 //! and `kind` may then also be `auto`: text if the payload is UTF-8, else binary (what a
 //! backend gets when it does not say).
+//!
+//! A broker whose positions are not consecutive per topic (NATS JetStream: stream sequences,
+//! shared by every subject) names the topic's previous position after it, `prev=<offset>`
+//! (0: none), so that a node can tell a missing publication from a gap in the numbering:
+//!
+//! ```text
+//! UC1 <kind> @<epoch>:<offset> prev=<offset>\n<payload>
+//! ```
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +62,9 @@ pub(crate) struct Envelope {
     pub(crate) payload: Bytes,
     /// The one connection (of whichever node holds it) the message skips.
     pub(crate) except: Option<Peer>,
+    /// With a position: the topic's previous position, where the broker's positions are not
+    /// consecutive per topic (`prev=`).
+    pub(crate) previous: Option<u64>,
 }
 
 /// Why a message from the broker is not delivered.
@@ -116,6 +127,7 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
             position: None,
             payload: message,
             except: None,
+            previous: None,
         });
     }
     let end = message
@@ -127,12 +139,17 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
     let mut fields = head.split(' ');
     let kind = fields.next().ok_or(WireError::Head)?;
     let mut position = None;
+    let mut previous = None;
     let (origin, except) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
         (None, _, _, _) => (None, None),
         // A position from the broker's log (`@EPOCH:OFFSET`), and the skipped connection.
-        (Some(at), except, None, None) if at.starts_with('@') => {
+        (Some(at), extra, None, None) if at.starts_with('@') => {
             position = Some(at[1..].parse().map_err(|_| WireError::Head)?);
-            let except = match except {
+            let except = match extra {
+                Some(field) if field.starts_with("prev=") => {
+                    previous = Some(field[5..].parse().map_err(|_| WireError::Head)?);
+                    None
+                }
                 Some(field) => Some(parse_except(field).ok_or(WireError::Head)?),
                 None => None,
             };
@@ -190,6 +207,7 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
         position,
         payload,
         except,
+        previous,
     })
 }
 
@@ -278,6 +296,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_position_may_name_the_previous_one() {
+        let wire = Bytes::from_static(b"UC1 auto @1765000000000000:12 prev=9\nhi");
+        let envelope = decode(wire).unwrap();
+        assert_eq!(envelope.position.map(|p| p.offset), Some(12));
+        assert_eq!(envelope.previous, Some(9));
+        assert_eq!(envelope.except, None);
+        assert_eq!(envelope.opcode, OpCode::Text);
+        let bad = Bytes::from_static(b"UC1 text @1765000000000000:12 prev=x\nhi");
+        assert_eq!(decode(bad), Err(WireError::Head));
+    }
+
+    #[test]
     fn an_envelope_round_trips_text_and_binary() {
         for (opcode, payload) in [
             (OpCode::Text, &b"hello"[..]),
@@ -293,6 +323,7 @@ mod tests {
                     position: None,
                     payload: Bytes::copy_from_slice(payload),
                     except: None,
+                    previous: None,
                 }
             );
         }

@@ -60,6 +60,8 @@ pub struct Node {
     connections: HashMap<String, AtomicUsize>,
     /// The webhook sender, when an app has webhooks.
     pub(crate) webhooks: Option<Webhooks>,
+    /// With a broker: the cluster's side (`peering.rs`).
+    pub(crate) peering: std::sync::OnceLock<super::peering::Peering>,
 }
 
 impl Node {
@@ -81,6 +83,7 @@ impl Node {
             states,
             connections,
             webhooks,
+            peering: std::sync::OnceLock::new(),
         }
     }
 
@@ -264,6 +267,7 @@ impl Handler for Pusher {
         if let Some(webhooks) = &self.node.webhooks {
             webhooks.render_metrics(out);
         }
+        self.node.render_cluster_metrics(out);
     }
 
     fn keepalive(&self) -> crate::driver::Keepalive {
@@ -298,6 +302,13 @@ impl Handler for Pusher {
         body: &[u8],
     ) -> Option<Vec<u8>> {
         super::api::serve(&self.node, call, request, body)
+    }
+
+    fn join_cluster(
+        &self,
+        bus: crate::broadcast::cluster::ClusterBus,
+    ) -> Option<Arc<dyn crate::broadcast::cluster::ClusterSink>> {
+        super::peering::join(&self.node, bus)
     }
 }
 
@@ -374,10 +385,21 @@ impl Pusher {
         let user = member
             .as_ref()
             .map(|m| (m.user_id.clone(), m.user_info.clone()));
-        let joined = self
-            .node
-            .state(app)
-            .subscribe(name, member, app.limits.max_presence_members);
+        let mut state = self.node.state(app);
+        let joined = state.subscribe(name, member, app.limits.max_presence_members);
+        if let (Ok(joined), Some((user_id, info))) = (&joined, &user) {
+            // Told to the other nodes, and the event made here, under the app's lock: the
+            // order of the app's changes.
+            let first = joined.local_first.then_some((user_id.as_str(), &**info));
+            self.node
+                .share_join(app, name, first, joined.local_occupied);
+            if joined.first && self.node.clustered() {
+                let added = message::encode_member_added(name, user_id, info);
+                self.node
+                    .deliver_local(app, name, &added, Some(conn.peer()));
+            }
+        }
+        drop(state);
         let joined = match joined {
             Ok(joined) => joined,
             Err(error) => {
@@ -399,18 +421,23 @@ impl Pusher {
             let failed = message::encode_resume_failed(name, None);
             conn.send(OpCode::Text, failed.as_bytes());
         }
-        if joined.occupied {
+        let webhooks = self.node.fires_webhooks();
+        if joined.occupied && webhooks {
             self.node.webhook(app, || webhook::Event::ChannelOccupied {
                 channel: name.to_owned(),
             });
         }
         if let (true, Some((user_id, info))) = (joined.first, &user) {
-            let added = message::encode_member_added(name, user_id, info);
-            conn.publish_stamped(&topic, OpCode::Text, added.as_bytes(), true, STAMP);
-            self.node.webhook(app, || webhook::Event::MemberAdded {
-                channel: name.to_owned(),
-                user_id: user_id.clone(),
-            });
+            if !self.node.clustered() {
+                let added = message::encode_member_added(name, user_id, info);
+                conn.publish_stamped(&topic, OpCode::Text, added.as_bytes(), true, STAMP);
+            }
+            if webhooks {
+                self.node.webhook(app, || webhook::Event::MemberAdded {
+                    channel: name.to_owned(),
+                    user_id: user_id.clone(),
+                });
+            }
         }
         if channel.is_cache() {
             let cached = joined
@@ -457,10 +484,12 @@ impl Pusher {
                 return subscription_error(conn, name, "LimitReached", &refusal.to_string(), 400)
             }
         };
-        let joined = self
-            .node
-            .state(app)
-            .subscribe(name, None, app.limits.max_presence_members);
+        let mut state = self.node.state(app);
+        let joined = state.subscribe(name, None, app.limits.max_presence_members);
+        if let Ok(joined) = &joined {
+            self.node.share_join(app, name, None, joined.local_occupied);
+        }
+        drop(state);
         let joined = match joined {
             Ok(joined) => joined,
             Err(error) => {
@@ -479,7 +508,7 @@ impl Pusher {
             let failed = message::encode_resume_failed(name, head);
             conn.send(OpCode::Text, failed.as_bytes());
         }
-        if joined.occupied {
+        if joined.occupied && self.node.fires_webhooks() {
             self.node.webhook(app, || webhook::Event::ChannelOccupied {
                 channel: name.to_owned(),
             });
@@ -509,22 +538,41 @@ impl Pusher {
         name: &str,
         user_id: Option<&str>,
     ) {
-        let left = self.node.state(app).unsubscribe(name, user_id);
-        if let (true, Some(user_id)) = (left.member, user_id) {
+        let mut state = self.node.state(app);
+        let left = state.unsubscribe(name, user_id);
+        let clustered = self.node.clustered();
+        self.node.share_leave(
+            app,
+            name,
+            user_id.filter(|_| left.local_member),
+            left.local_vacated,
+        );
+        if let (true, true, Some(user_id)) = (clustered, left.member, user_id) {
             let removed = message::encode_member_removed(name, user_id);
-            conn.publish_stamped(
-                &topic(app, name),
-                OpCode::Text,
-                removed.as_bytes(),
-                true,
-                STAMP,
-            );
-            self.node.webhook(app, || webhook::Event::MemberRemoved {
-                channel: name.to_owned(),
-                user_id: user_id.to_owned(),
-            });
+            self.node
+                .deliver_local(app, name, &removed, Some(conn.peer()));
         }
-        if left.vacated {
+        drop(state);
+        let webhooks = self.node.fires_webhooks();
+        if let (true, Some(user_id)) = (left.member, user_id) {
+            if !clustered {
+                let removed = message::encode_member_removed(name, user_id);
+                conn.publish_stamped(
+                    &topic(app, name),
+                    OpCode::Text,
+                    removed.as_bytes(),
+                    true,
+                    STAMP,
+                );
+            }
+            if webhooks {
+                self.node.webhook(app, || webhook::Event::MemberRemoved {
+                    channel: name.to_owned(),
+                    user_id: user_id.to_owned(),
+                });
+            }
+        }
+        if left.vacated && webhooks {
             self.node.webhook(app, || webhook::Event::ChannelVacated {
                 channel: name.to_owned(),
             });

@@ -7,6 +7,7 @@
 pub mod app;
 pub mod auth;
 pub mod channel;
+pub mod cluster;
 pub mod message;
 pub mod presence;
 pub mod rate;
@@ -14,6 +15,7 @@ pub mod signing;
 
 mod api;
 mod handler;
+mod peering;
 pub mod socket_id;
 pub mod state;
 pub mod webhook;

@@ -143,22 +143,38 @@ impl Members {
         self.users.keys().map(String::as_str)
     }
 
+    /// Whether `user_id` is present.
+    pub fn contains(&self, user_id: &str) -> bool {
+        self.users.contains_key(user_id)
+    }
+
+    /// Each user with its info, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &RawValue)> {
+        self.users
+            .iter()
+            .map(|(id, (info, _))| (id.as_str(), &**info))
+    }
+
     /// `{ids, hash, count}`, as `subscription_succeeded` carries it.
     pub fn snapshot(&self) -> serde_json::Value {
-        let hash: serde_json::Map<String, serde_json::Value> = self
-            .users
-            .iter()
-            .map(|(id, (info, _))| {
-                let info = serde_json::from_str(info.get()).unwrap_or(serde_json::Value::Null);
-                (id.clone(), info)
-            })
-            .collect();
-        serde_json::json!({
-            "ids": self.users.keys().collect::<Vec<_>>(),
-            "hash": hash,
-            "count": self.users.len(),
-        })
+        snapshot(self.iter())
     }
+}
+
+/// `{ids, hash, count}` of these members (distinct ids, in order).
+pub fn snapshot<'a>(members: impl Iterator<Item = (&'a str, &'a RawValue)>) -> serde_json::Value {
+    let mut ids = Vec::new();
+    let mut hash = serde_json::Map::new();
+    for (id, info) in members {
+        let info = serde_json::from_str(info.get()).unwrap_or(serde_json::Value::Null);
+        ids.push(id.to_owned());
+        hash.insert(id.to_owned(), info);
+    }
+    serde_json::json!({
+        "ids": ids,
+        "hash": hash,
+        "count": ids.len(),
+    })
 }
 
 #[cfg(test)]

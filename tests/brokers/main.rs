@@ -11,6 +11,7 @@
 mod common;
 mod delivery;
 mod faults;
+mod jetstream;
 mod kafka;
 mod streams;
 mod support;
@@ -273,6 +274,43 @@ fn main() -> std::process::ExitCode {
             ),
         ]);
     }
+    trials.extend([
+        on(
+            Kind::Nats,
+            "streams::a_stream_recovers_exactly_on_another_node",
+            streams::a_stream_recovers_exactly_on_another_node,
+        ),
+        on(
+            Kind::Nats,
+            "jetstream::positions_agree_and_recovery_elsewhere_is_exact_or_reset",
+            jetstream::positions_agree_and_recovery_elsewhere_is_exact_or_reset,
+        ),
+        on(
+            Kind::Nats,
+            "jetstream::a_backends_plain_publish_gets_a_position",
+            jetstream::a_backends_plain_publish_gets_a_position,
+        ),
+        on(
+            Kind::Nats,
+            "jetstream::a_publication_missed_on_the_way_is_repaired_from_the_stream",
+            jetstream::a_publication_missed_on_the_way_is_repaired_from_the_stream,
+        ),
+        on(
+            Kind::Nats,
+            "jetstream::a_stream_made_anew_is_a_new_epoch_announced_by_a_reset",
+            jetstream::a_stream_made_anew_is_a_new_epoch_announced_by_a_reset,
+        ),
+        on(
+            Kind::Nats,
+            "jetstream::a_restarted_server_keeps_the_stream_and_its_positions",
+            jetstream::a_restarted_server_keeps_the_stream_and_its_positions,
+        ),
+        on(
+            Kind::Nats,
+            "jetstream::a_server_without_jetstream_stops_the_start",
+            |_| jetstream::a_server_without_jetstream_stops_the_start(),
+        ),
+    ]);
     trials.push(on(
         Kind::Cluster,
         "delivery::cluster_topics_on_three_masters_each_reach_every_node",

@@ -57,15 +57,22 @@ impl Kind {
 /// A running broker (one process, or three for a cluster).
 pub(crate) struct Broker {
     pub(crate) kind: Kind,
-    ports: Vec<u16>,
+    pub(crate) ports: Vec<u16>,
     children: Vec<Option<Child>>,
     dir: PathBuf,
+    /// NATS only: whether JetStream is on (`-js`, stored under `dir`).
+    jetstream: bool,
 }
 
 impl Broker {
     /// Starts a broker of `kind` for `test`, or prints `SKIP` and returns `None` when its
     /// binaries are not installed.
     pub(crate) fn start(kind: Kind, test: &str) -> Result<Option<Self>> {
+        Self::start_js(kind, test, true)
+    }
+
+    /// [`start`](Self::start), a NATS server with JetStream on or off.
+    pub(crate) fn start_js(kind: Kind, test: &str, jetstream: bool) -> Result<Option<Self>> {
         let mut needed = vec![kind.binary()];
         if kind == Kind::Cluster {
             needed.push("redis-cli");
@@ -90,6 +97,7 @@ impl Broker {
             ports: (0..count).map(|_| free_port()).collect::<Result<_>>()?,
             children: (0..count).map(|_| None).collect(),
             dir,
+            jetstream,
         };
         broker.launch_all()?;
         if kind == Kind::Cluster {
@@ -299,6 +307,9 @@ impl Broker {
             Kind::Nats => {
                 cmd = Command::new(find("nats-server").expect("checked at start"));
                 cmd.args(["-a", "127.0.0.1", "-p", &port]);
+                if self.jetstream {
+                    cmd.arg("-js").arg("-sd").arg(self.dir.join("nats-js"));
+                }
                 ready = "Server is ready";
             }
         }

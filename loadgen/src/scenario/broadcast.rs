@@ -4,9 +4,9 @@
 //! Publishers are WebSocket connections on the same path (in uringcast's `--mode broadcast`
 //! every message a connection sends is published to its path, the publisher included), or
 //! with `--publish-url` HTTP clients that `POST` each message to a publish endpoint. With
-//! `--publishers 0` nobody here publishes: an outside publisher (the `floor_server` example)
-//! does, and each subscriber expects every sequence number between the first and the last it
-//! saw from each publisher.
+//! `--publishers 0` nobody here publishes: an outside publisher (the `floor_server` example, or
+//! another process) does, and each subscriber expects every sequence number between the first
+//! and the last it saw from each publisher, or with `--expect N` all N of publisher 0's.
 //!
 //! Publishing is open loop by default: message `s` of publisher `p` is due at
 //! `start + (s + p / K) * K / R`, whatever the server does, and each payload carries that
@@ -84,7 +84,10 @@ pub enum Publishing {
         publishers: u64,
     },
     /// Someone else.
-    External,
+    External {
+        /// `--expect N`: what it sends, if known.
+        expect: Option<u64>,
+    },
 }
 
 impl Publishing {
@@ -92,7 +95,7 @@ impl Publishing {
     pub fn publishers(&self) -> u64 {
         match self {
             Self::WebSocket { publishers } | Self::Http { publishers } => *publishers,
-            Self::External => 0,
+            Self::External { .. } => 0,
         }
     }
 }
@@ -118,6 +121,9 @@ pub struct BroadcastWork {
     /// Other threads' subscribers may complete this thread's publishes.
     remote: bool,
     start_ns: u64,
+    /// Open loop: nothing due this long after the start or later is sent, so that R messages/s
+    /// for D seconds is exactly R x D messages (rounded up) however late the stop arrives.
+    window_ns: Option<u64>,
     running: bool,
     last_delivery_ns: u64,
     tally: Tally,
@@ -215,11 +221,19 @@ impl BroadcastWork {
             recount_ns: 0,
             remote: plan.step > 1,
             start_ns: 0,
+            window_ns: None,
             running: false,
             last_delivery_ns: 0,
             tally,
             scratch: Vec::new(),
         }
+    }
+
+    /// Open loop: publish only what is due within `window` of the start.
+    #[must_use]
+    pub fn publishing_for(mut self, window: std::time::Duration) -> Self {
+        self.window_ns = Some(u64::try_from(window.as_nanos()).unwrap_or(u64::MAX));
+        self
     }
 
     fn due_of(&self, p: &Publisher) -> u64 {
@@ -298,7 +312,7 @@ impl BroadcastWork {
     /// The most publisher ids a subscriber tracks.
     fn id_limit(&self) -> u64 {
         match self.publishing {
-            Publishing::External => MAX_EXTERNAL_PUBLISHERS,
+            Publishing::External { .. } => MAX_EXTERNAL_PUBLISHERS,
             _ => self.publishing.publishers(),
         }
     }
@@ -322,11 +336,18 @@ impl Workload for BroadcastWork {
             return self.due_closed(now_ns, out);
         }
         let mut next: Option<u64> = None;
+        let end_ns = self
+            .window_ns
+            .map_or(u64::MAX, |w| self.start_ns.saturating_add(w));
         for i in 0..self.pubs.len() {
             let mut batch = 0;
             loop {
                 let p = &self.pubs[i];
                 let due = self.due_of(p);
+                if due >= end_ns {
+                    // This publisher's schedule is over.
+                    break;
+                }
                 if due > now_ns || batch >= MAX_SENDS_PER_TURN {
                     next = Some(next.map_or(due, |n| n.min(due)));
                     break;
@@ -410,12 +431,15 @@ impl Workload for BroadcastWork {
     }
 
     fn drained(&self, expect: &Expect, open: &[bool]) -> bool {
-        if self.publishing == Publishing::External {
-            return stamp::now_ns().saturating_sub(self.last_delivery_ns) >= QUIET_NS;
-        }
+        let owed = match &self.publishing {
+            Publishing::External { expect: None } => {
+                return stamp::now_ns().saturating_sub(self.last_delivery_ns) >= QUIET_NS;
+            }
+            Publishing::External { expect: Some(n) } => std::slice::from_ref(n),
+            _ => &expect.per_publisher[..],
+        };
         self.subs.iter().zip(open).all(|(sub, open)| match sub {
-            Some(windows) if *open => expect
-                .per_publisher
+            Some(windows) if *open => owed
                 .iter()
                 .enumerate()
                 .all(|(id, sent)| windows.get(id).map_or(0, SeqWindow::unique) >= *sent),
@@ -451,7 +475,10 @@ impl Workload for BroadcastWork {
             }
             let unique = windows.iter().map(SeqWindow::unique).sum::<u64>();
             let expected = match self.publishing {
-                Publishing::External => windows.iter().map(SeqWindow::span).sum::<u64>(),
+                Publishing::External { expect: None } => {
+                    windows.iter().map(SeqWindow::span).sum::<u64>()
+                }
+                Publishing::External { expect: Some(n) } => n,
                 _ => expect.per_publisher.iter().sum::<u64>(),
             };
             let node = self.node_of.get(conn).and_then(|n| by_node.get_mut(*n));
@@ -543,5 +570,53 @@ mod tests {
             .collect();
         // Node 0: subscribers 0, 2 (closed: not counted), 4. Node 1: subscribers 1 and 3.
         assert_eq!(by_node, [(8, 0), (8, 5)]);
+    }
+    #[test]
+    fn an_outside_publisher_with_expect_owes_every_subscriber_all_n() {
+        let stamper = Stamper::new(super::super::stamp::Encoding::Binary, 64);
+        let plan = Plan {
+            first: 0,
+            step: 1,
+            count: 3,
+        };
+        let work = |expect| {
+            BroadcastWork::new(
+                plan,
+                3,
+                Publishing::External { expect },
+                Pace::Open { rate: 1.0 },
+                stamper.clone(),
+                None,
+            )
+        };
+        // Subscriber 0 got 0, 1 and 2; subscriber 1 got 0 and 1 (the last never came);
+        // subscriber 2 got nothing.
+        let received = |w: &mut BroadcastWork| {
+            for (conn, got) in [(0, 3), (1, 2)] {
+                let windows = w.subs[conn].as_mut().unwrap();
+                windows.push(SeqWindow::default());
+                for seq in 0..got {
+                    windows[0].record(seq);
+                }
+            }
+        };
+        let nothing = Expect {
+            per_publisher: Vec::new(),
+        };
+        let open = [true, true, true];
+
+        // Without --expect only the gaps between what arrived count: nothing is missing.
+        let mut blind = work(None);
+        received(&mut blind);
+        let tally = blind.finish(&nothing, &open);
+        assert_eq!((tally.expected, tally.missing), (5, 0));
+
+        // With --expect 3 every subscriber owes 3, and the drain waits for them.
+        let mut owed = work(Some(3));
+        received(&mut owed);
+        assert!(!owed.drained(&nothing, &open));
+        let tally = owed.finish(&nothing, &open);
+        assert_eq!((tally.expected, tally.missing), (9, 4));
+        assert!(owed.drained(&nothing, &[true, false, false]));
     }
 }
