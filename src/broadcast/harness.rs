@@ -65,6 +65,22 @@ impl Cluster {
                 max_streams: 1 << 10,
             })) as Arc<dyn Log>
         });
+        Self::with_log(shared, log, history, max_recover)
+    }
+
+    /// `workers` workers reading `log` (a broker's, say) for positions and recovery.
+    pub(crate) fn with_log_of(workers: usize, log: Arc<dyn Log>, max_recover: usize) -> Self {
+        let shared = Arc::new(Shared::new(workers).expect("eventfds for the harness"));
+        Self::with_log(shared, Some(log), 1, max_recover)
+    }
+
+    fn with_log(
+        shared: Arc<Shared>,
+        log: Option<Arc<dyn Log>>,
+        history: usize,
+        max_recover: usize,
+    ) -> Self {
+        let workers = shared.stats.len();
         let hub = Arc::new(Hub::with_log(Arc::clone(&shared), log));
         let config: Config = crate::config::ServerBuilder::default()
             .history(history)
@@ -316,6 +332,107 @@ mod tests {
             .post(&Publication::head_only(Arc::from("t"), other), None);
         cluster.step(1);
         assert_eq!(cluster.take(1, b), [("reset", 1)]);
+    }
+
+    /// A broker's stream as a node holds it, set by the test: one epoch, offsets from 1.
+    #[derive(Debug, Default)]
+    struct Stream(std::sync::Mutex<Vec<Arc<Publication>>>);
+
+    impl Stream {
+        fn put(&self, epoch: u64, offset: u64) -> Arc<Publication> {
+            let position = Position {
+                epoch: super::super::Epoch::from_bits(epoch),
+                offset,
+            };
+            let publication = Publication::new(
+                Arc::from("t"),
+                OpCode::Text,
+                Bytes::from(offset.to_string()),
+                Some(position),
+            );
+            let mut entries = self.0.lock().unwrap();
+            if entries.first().and_then(|p| p.position()).map(|p| p.epoch) != Some(position.epoch) {
+                entries.clear();
+            }
+            entries.push(Arc::clone(&publication));
+            publication
+        }
+    }
+
+    impl Log for Stream {
+        fn append(
+            &self,
+            topic: &Arc<str>,
+            opcode: OpCode,
+            payload: Bytes,
+            _: Option<super::super::publication::Stamp>,
+            _: &mut dyn FnMut(&Arc<Publication>),
+        ) -> Arc<Publication> {
+            Publication::new(Arc::clone(topic), opcode, payload, None)
+        }
+
+        fn read(&self, _: &str, since: Option<Position>, _: usize) -> super::super::Recovery {
+            let entries = self.0.lock().unwrap();
+            let head = entries
+                .last()
+                .and_then(|p| p.position())
+                .unwrap_or(Position {
+                    epoch: super::super::Epoch::UNKNOWN,
+                    offset: 0,
+                });
+            match since {
+                Some(since) if since.epoch != head.epoch => {
+                    super::super::Recovery::NotRecovered { head }
+                }
+                _ => super::super::Recovery::Recovered {
+                    head,
+                    publications: entries
+                        .iter()
+                        .filter(|p| since.is_some_and(|s| p.position().unwrap().offset > s.offset))
+                        .cloned()
+                        .collect(),
+                },
+            }
+        }
+
+        fn render_metrics(&self, _: &mut String) {}
+    }
+
+    #[test]
+    fn a_new_epoch_is_given_from_its_start_when_the_log_has_it() {
+        let stream = Arc::new(Stream::default());
+        let mut cluster = Cluster::with_log_of(1, Arc::clone(&stream) as Arc<dyn Log>, 300);
+        let a = cluster.stream(0);
+        cluster.subscribe(0, a, "t", None);
+        cluster.hub.post(&stream.put(7, 1), None);
+        cluster.step(0);
+        assert_eq!(cluster.take(0, a), [("message", 1)]);
+        // The broker restarted empty: epoch 9 made 1 and 2 while this node was away, and its
+        // link came back with the stream's tail, then 3 arrived live.
+        stream.put(9, 1);
+        let head = stream.put(9, 2).position().unwrap();
+        cluster
+            .hub
+            .post(&Publication::head_only(Arc::from("t"), head), None);
+        cluster.hub.post(&stream.put(9, 3), None);
+        cluster.step(0);
+        // Epoch 7's tail is lost to it (a reset at the start of 9), and nothing of 9 is.
+        assert_eq!(
+            cluster.take(0, a),
+            [("reset", 0), ("message", 1), ("message", 2), ("message", 3)]
+        );
+        // A new epoch whose start the log no longer has: a reset naming its head.
+        let mut entries = stream.0.lock().unwrap();
+        entries.clear();
+        drop(entries);
+        stream.put(11, 5);
+        let head = stream.put(11, 6).position().unwrap();
+        stream.0.lock().unwrap().remove(0);
+        cluster
+            .hub
+            .post(&Publication::head_only(Arc::from("t"), head), None);
+        cluster.step(0);
+        assert_eq!(cluster.take(0, a), [("reset", 6)]);
     }
 
     #[derive(Clone, Debug)]

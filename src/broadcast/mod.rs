@@ -740,9 +740,10 @@ impl<H: Handler> Broadcast<H> {
 
 impl<H: Handler> Broadcast<H> {
     /// Brings this worker's subscribers of topic `id` to `target`: what lies between their
-    /// cursor and it is given to them from the log, or, if the log no longer has it (or the
-    /// stream has a new epoch), they are told with a reset that they cannot have it. Counted
-    /// as a gap filled or reported.
+    /// cursor and it is given to them from the log, or, if the log no longer has it, they
+    /// are told with a reset that they cannot have it. In a new epoch, they are told that the
+    /// old one is lost, then given the new stream from its start if the log has all of it.
+    /// Counted as a gap filled or reported.
     fn advance(&mut self, ctx: &mut Ctx<'_, ConnState<H::Data>>, id: TopicId, target: Position) {
         let Some(cursor) = self.topics.cursor(id).filter(|c| !c.epoch.is_unknown()) else {
             self.topics.set_cursor(id, target);
@@ -754,13 +755,42 @@ impl<H: Handler> Broadcast<H> {
         let stats = &self.hub.stats[self.worker];
         let log = self.hub.log.clone();
         let name = self.topics.name(id).cloned();
-        let recovery = match (log, name, cursor.epoch == target.epoch) {
-            (Some(log), Some(name), true) => Some(log.read(&name, Some(cursor), usize::MAX)),
+        // Another epoch (the broker's stream was made anew, as after a restart): what came
+        // before it is lost to these subscribers, but the new stream may still be there
+        // from its start, which this node missed while it was away.
+        let from = if cursor.epoch == target.epoch {
+            cursor
+        } else {
+            Position {
+                epoch: target.epoch,
+                offset: 0,
+            }
+        };
+        let recovery = match (log, name) {
+            (Some(log), Some(name)) => Some(log.read(&name, Some(from), usize::MAX)),
             _ => None,
         };
+        // In another epoch, the new stream is of use only whole, from its start to target.
+        let whole = |publications: &[Arc<Publication>]| {
+            let offset = |p: Option<&Arc<Publication>>| {
+                p.and_then(|p| p.position())
+                    .filter(|p| p.epoch == target.epoch)
+                    .map(|p| p.offset)
+            };
+            from == cursor
+                || target.offset == 0
+                || (offset(publications.first()).is_some()
+                    && publications.first().and_then(|p| p.previous()) == Some(0)
+                    && offset(publications.last()).is_some_and(|o| o >= target.offset))
+        };
         match recovery {
-            Some(Recovery::Recovered { publications, .. }) => {
-                stats.gaps_filled.fetch_add(1, Ordering::Relaxed);
+            Some(Recovery::Recovered { publications, .. }) if whole(&publications) => {
+                if from == cursor {
+                    stats.gaps_filled.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
+                    self.reset(ctx, id, from);
+                }
                 for publication in publications
                     .iter()
                     .filter(|p| p.position().is_some_and(|p| p.offset <= target.offset))
@@ -768,7 +798,7 @@ impl<H: Handler> Broadcast<H> {
                     self.deliver(ctx, id, publication);
                 }
             }
-            Some(Recovery::NotRecovered { .. }) | None => {
+            Some(Recovery::Recovered { .. } | Recovery::NotRecovered { .. }) | None => {
                 stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
                 self.reset(ctx, id, target);
             }

@@ -572,6 +572,21 @@ impl<B: Broker> Task<B> {
                     // broker no longer has): whether any was lost between is unknown.
                     self.lost_before(&topic, position);
                 }
+            } else {
+                // A new stream (the broker restarted empty) that began while this node was
+                // away: its start is read like any gap; the workers reset to it first. On a
+                // stream whose offsets are not consecutive (JetStream) the publication names
+                // its predecessor, 0 for the topic's first.
+                let previous = publication
+                    .previous()
+                    .unwrap_or(position.offset.saturating_sub(1));
+                if previous > 0 {
+                    let start = Position {
+                        epoch: position.epoch,
+                        offset: 0,
+                    };
+                    self.repair(&topic, start, previous).await;
+                }
             }
         }
         self.hand_on(publication);

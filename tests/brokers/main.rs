@@ -272,6 +272,11 @@ fn main() -> std::process::ExitCode {
                 "streams::two_resumes_from_different_positions_are_exact_or_reset",
                 streams::two_resumes_from_different_positions_are_exact_or_reset,
             ),
+            on(
+                kind,
+                "streams::a_new_stream_begun_while_a_node_was_away_is_given_from_its_start",
+                streams::a_new_stream_begun_while_a_node_was_away_is_given_from_its_start,
+            ),
         ]);
     }
     trials.extend([

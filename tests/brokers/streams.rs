@@ -284,6 +284,53 @@ pub(crate) async fn a_restarted_broker_is_a_new_epoch_announced_by_a_reset(
     .await
 }
 
+/// A topic's stream made anew (as by a broker restarted empty) whose first publications a
+/// node missed: the node reads them from the new stream, so its subscribers get a reset to
+/// the new epoch's start, then all of it. Without the read they got a reset past them, and a
+/// WebSocket or Pusher subscriber, which has no reset, lost them in silence.
+pub(crate) async fn a_new_stream_begun_while_a_node_was_away_is_given_from_its_start(
+    kind: Kind,
+) -> Result<()> {
+    with_broker(kind, "streams_reborn", |broker| async move {
+        let a = node(&broker, HISTORY)?;
+        let b = node(&broker, HISTORY)?;
+        let start = fcall(&broker, "reborn", "first")?;
+        let (old_epoch, _) = position(&start)?;
+        let mut on_b = Sse::open_from(b.addr(), "/reborn", &start).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        // The stream starts again under a new epoch, and its first two never reach the nodes.
+        let base = "{uringcast:reborn}";
+        broker.redis_cli(&[
+            "DEL",
+            &format!("{base}:offset"),
+            &format!("{base}:epoch"),
+            &format!("{base}:stream"),
+        ])?;
+        let new_epoch = "1000000000000042";
+        broker.redis_cli(&["SET", &format!("{base}:epoch"), new_epoch])?;
+        lose(&broker, "reborn", "lost1", 100)?;
+        lose(&broker, "reborn", "lost2", 100)?;
+        publish_http(a.addr(), "reborn", "after").await?;
+        let reset = on_b.event().await?;
+        ensure!(reset.kind == "reset", "expected a reset, got {reset:?}");
+        ensure!(
+            position(&reset.id)? == (new_epoch.to_string(), 0),
+            "{reset:?}"
+        );
+        ensure!(old_epoch != new_epoch);
+        for (i, text) in ["lost1", "lost2", "after"].into_iter().enumerate() {
+            let event = on_b.event().await?;
+            ensure!(
+                event.kind == "message" && event.data == text,
+                "got {event:?}, expected {text}"
+            );
+            ensure!(position(&event.id)? == (new_epoch.to_string(), 1 + i as u64));
+        }
+        Ok(())
+    })
+    .await
+}
+
 /// Two clients resume a topic new to the node, on its one worker, from different positions,
 /// the later one first: each gets exactly what followed its position, or a reset, never a
 /// stream with a hole in it.
