@@ -59,7 +59,7 @@ pub(crate) const LOAD_SCAN_RECORDS: i64 = 10_000;
 /// Partitions of the Kafka topic when the link has to create it.
 pub(crate) const CREATED_PARTITIONS: i32 = 1;
 /// How long a fetch waits at the broker for new records.
-const FETCH_WAIT_MS: i32 = 500;
+const FETCH_WAIT_MS: i32 = 100;
 /// How long a fetch of records known to be there (a load, an epoch) may wait: Tansu answers
 /// a fetch that may not wait at all with nothing.
 const QUICK_WAIT_MS: i32 = 50;
