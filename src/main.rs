@@ -89,10 +89,12 @@ struct Cli {
     deflate_min_bytes: usize,
     /// Spread topics over every node on this broker: redis://HOST:PORT[/DB],
     /// redis+cluster://HOST:PORT[,HOST:PORT...] (sharded pub/sub, Redis 7) or
-    /// nats://HOST:PORT[,...]. Unreachable at start: exit 2, unless --broker-optional.
+    /// nats://HOST:PORT[,...] or kafka://HOST:PORT[,...] (needs --history; the Kafka topic is
+    /// --broker-prefix). Unreachable at start: exit 2, unless --broker-optional.
     #[arg(long, value_name = "URL", env = "URINGCAST_BROKER")]
     broker: Option<String>,
-    /// The first part of every broker channel name: PREFIX:TOPIC on Redis, PREFIX.TOPIC on NATS.
+    /// The first part of every broker channel name: PREFIX:TOPIC on Redis, PREFIX.TOPIC on
+    /// NATS; on Kafka, the name of the one Kafka topic (created with 1 partition if missing).
     #[arg(long, default_value = uringcast::broker::DEFAULT_PREFIX, value_name = "PREFIX")]
     broker_prefix: String,
     /// Start local-only, with a warning, when the broker cannot be reached; the link keeps
@@ -220,7 +222,7 @@ fn seconds(name: &str, value: f64) -> anyhow::Result<Duration> {
 
 /// The log filter without `RUST_LOG`. The broker clients' own logs stay out of it: while a
 /// broker is down they log every attempt, and the link reports the same errors rate-limited.
-const DEFAULT_LOG: &str = "info,redis=off,async_nats=off";
+const DEFAULT_LOG: &str = "info,redis=off,async_nats=off,rskafka=off";
 
 fn main() {
     tracing_subscriber::fmt()

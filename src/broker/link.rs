@@ -346,6 +346,7 @@ pub(crate) fn start(
                         },
                     ));
                 }
+                BrokerUrl::Kafka(hosts) => drive.run_kafka(hosts, prefix),
             }
         })
         .map_err(BrokerError::Start)?;
@@ -398,6 +399,26 @@ impl Drive<'_> {
             }
             Err(error) => drop(self.ready.send(Err(error))),
         }
+    }
+}
+
+impl Drive<'_> {
+    /// Runs the Kafka link (`kafka.rs`), which is a log only: without one (no `--history`,
+    /// refused by the config) it fails the first connection attempt.
+    fn run_kafka(self, hosts: Vec<String>, topic: String) {
+        let Some(log) = self.log else {
+            drop(self.ready.send(Err("kafka:// needs --history".into())));
+            return;
+        };
+        let task = super::kafka::KafkaTask::new(
+            hosts,
+            topic,
+            self.link,
+            self.hub,
+            log,
+            self.max_message_bytes,
+        );
+        self.runtime.block_on(task.run(self.ready));
     }
 }
 

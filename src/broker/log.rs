@@ -86,9 +86,10 @@ impl BrokerLog {
     /// NATS JetStream); `None` otherwise, and the node then keeps its own positions.
     pub(crate) fn for_broker(config: &BrokerConfig, limits: HistoryLimits) -> Option<Arc<Self>> {
         match config.url {
-            BrokerUrl::Redis(_) | BrokerUrl::RedisCluster(_) | BrokerUrl::Nats(_) => {
-                Some(Arc::new(Self::new(limits)))
-            }
+            BrokerUrl::Redis(_)
+            | BrokerUrl::RedisCluster(_)
+            | BrokerUrl::Nats(_)
+            | BrokerUrl::Kafka(_) => Some(Arc::new(Self::new(limits))),
         }
     }
 

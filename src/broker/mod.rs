@@ -24,6 +24,7 @@
 
 mod events;
 mod jetstream;
+mod kafka;
 mod link;
 mod log;
 #[cfg(test)]
@@ -49,6 +50,7 @@ pub(crate) type Appended = (
 );
 
 pub(crate) use events::{Events, Inbound};
+pub use kafka::partition_for as kafka_partition;
 pub(crate) use link::{start, Link};
 pub(crate) use log::BrokerLog;
 pub(crate) use stats::render_metrics;

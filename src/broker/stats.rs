@@ -45,6 +45,7 @@ pub(crate) fn render_metrics(stats: &BrokerStats, url: &BrokerUrl, out: &mut Str
         BrokerUrl::Redis(_) => "redis",
         BrokerUrl::RedisCluster(_) => "redis-cluster",
         BrokerUrl::Nats(_) => "nats",
+        BrokerUrl::Kafka(_) => "kafka",
     };
     let connected = u64::from(stats.connected.load(Ordering::Relaxed));
     let families: [(&str, &str, &str, u64); 12] = [

@@ -20,6 +20,9 @@ pub enum BrokerUrl {
     RedisCluster(Vec<String>),
     /// `nats://HOST:PORT[,HOST:PORT...]`: NATS core subjects.
     Nats(Vec<String>),
+    /// `kafka://HOST:PORT[,HOST:PORT...]`: a Kafka topic named by the prefix, read whole by
+    /// every node (no consumer group); the bootstrap brokers given. Needs `--history`.
+    Kafka(Vec<String>),
 }
 
 /// A `--broker` URL that cannot be used.
@@ -40,7 +43,7 @@ impl FromStr for BrokerUrl {
         };
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| error("expected redis://, redis+cluster:// or nats://"))?;
+            .ok_or_else(|| error("expected redis://, redis+cluster://, nats:// or kafka://"))?;
         let hosts = |rest: &str| -> Result<Vec<String>, BrokerUrlError> {
             let hosts: Vec<String> = rest.split(',').map(str::to_owned).collect();
             if hosts.iter().any(|h| h.is_empty() || h.contains('/')) {
@@ -58,7 +61,10 @@ impl FromStr for BrokerUrl {
             }
             "redis+cluster" => Ok(Self::RedisCluster(hosts(rest)?)),
             "nats" => Ok(Self::Nats(hosts(rest)?)),
-            _ => Err(error("expected redis://, redis+cluster:// or nats://")),
+            "kafka" => Ok(Self::Kafka(hosts(rest)?)),
+            _ => Err(error(
+                "expected redis://, redis+cluster://, nats:// or kafka://",
+            )),
         }
     }
 }
@@ -71,6 +77,7 @@ impl fmt::Display for BrokerUrl {
             Self::Redis(url) => url.clone(),
             Self::RedisCluster(hosts) => format!("redis+cluster://{}", hosts.join(",")),
             Self::Nats(hosts) => format!("nats://{}", hosts.join(",")),
+            Self::Kafka(hosts) => format!("kafka://{}", hosts.join(",")),
         };
         f.write_str(&redact_url(&url))
     }
@@ -149,7 +156,8 @@ mod tests {
         );
         for bad in [
             "127.0.0.1:6379",
-            "kafka://h:1",
+            "kafka://",
+            "kafka://a:1/t",
             "redis://",
             "redis://a:1,b:2",
             "nats://a:1,,b:2",
@@ -157,6 +165,13 @@ mod tests {
         ] {
             assert!(bad.parse::<BrokerUrl>().is_err(), "{bad}");
         }
+        assert_eq!(
+            "kafka://127.0.0.1:9092,127.0.0.1:9093".parse(),
+            Ok(BrokerUrl::Kafka(vec![
+                "127.0.0.1:9092".into(),
+                "127.0.0.1:9093".into()
+            ]))
+        );
         let url: BrokerUrl = "nats://a:1,b:2".parse().unwrap();
         assert_eq!(url.to_string(), "nats://a:1,b:2");
         let secret: BrokerUrl = "redis://:hunter2@h:6379/0".parse().unwrap();

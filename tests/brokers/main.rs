@@ -12,6 +12,7 @@ mod common;
 mod delivery;
 mod faults;
 mod jetstream;
+mod kafka;
 mod streams;
 mod support;
 
@@ -320,7 +321,55 @@ fn main() -> std::process::ExitCode {
         "delivery::cluster_topics_on_three_masters_each_reach_every_node",
         |_| delivery::cluster_topics_on_three_masters_each_reach_every_node(),
     ));
+    trials.extend(kafka_trials());
     libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// The Kafka trials (`kafka.rs`), against Tansu; ignored, with the reason, when it is
+/// missing (except the one that needs no broker).
+fn kafka_trials() -> Vec<Trial> {
+    fn on_tansu<Fut>(name: &str, test: fn() -> Fut) -> Trial
+    where
+        Fut: std::future::Future<Output = Result<()>> + 'static,
+    {
+        Trial::ignorable_test(format!("kafka::{name}::tansu"), move || {
+            if kafka::tansu().is_none() {
+                return Ok(Completion::ignored_with(
+                    "tansu missing; scripts/brokers.sh install".to_owned(),
+                ));
+            }
+            block_on(test()).map(|()| Completion::Completed)
+        })
+    }
+    vec![
+        Trial::test("kafka::kafka_needs_history_and_a_reachable_broker", || {
+            block_on(kafka::kafka_needs_history_and_a_reachable_broker())
+        }),
+        on_tansu(
+            "positions_agree_across_nodes",
+            kafka::positions_agree_across_nodes,
+        ),
+        on_tansu(
+            "a_stream_recovers_exactly_on_another_node",
+            kafka::a_stream_recovers_exactly_on_another_node,
+        ),
+        on_tansu(
+            "an_old_position_is_not_recovered",
+            kafka::an_old_position_is_not_recovered,
+        ),
+        on_tansu(
+            "a_backends_plain_produce_gets_a_position",
+            kafka::a_backends_plain_produce_gets_a_position,
+        ),
+        on_tansu(
+            "a_node_cut_off_reads_what_it_missed",
+            kafka::a_node_cut_off_reads_what_it_missed,
+        ),
+        on_tansu(
+            "a_restarted_broker_is_a_new_epoch_announced_by_a_reset",
+            kafka::a_restarted_broker_is_a_new_epoch_announced_by_a_reset,
+        ),
+    ]
 }
 
 /// The trial `name::kind`: `test` against that broker, ignored when its binaries are missing.
