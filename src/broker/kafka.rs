@@ -48,7 +48,7 @@ use tracing::{debug, info, warn};
 use super::link::{InterestChanges, Link};
 use super::task::HEAD_CHECK;
 use super::{backoff, random_u64, BrokerLog, BrokerStats, IO_TIMEOUT};
-use crate::broadcast::{Epoch, Hub, Position, Publication};
+use crate::broadcast::{Epoch, Mailboxes, Position, Publication};
 use crate::protocol::OpCode;
 
 /// The record header that marks a binary publication (value `binary`).
@@ -82,7 +82,7 @@ pub(super) struct KafkaTask {
     /// The Kafka topic (`--broker-prefix`).
     topic: String,
     link: Arc<Link>,
-    hub: Arc<Hub>,
+    hub: Arc<Mailboxes>,
     log: Arc<BrokerLog>,
     max_message_bytes: usize,
     /// Each partition's epoch and next offset to read, kept across reconnections.
@@ -130,7 +130,7 @@ impl KafkaTask {
         hosts: Vec<String>,
         topic: String,
         link: Arc<Link>,
-        hub: Arc<Hub>,
+        hub: Arc<Mailboxes>,
         log: Arc<BrokerLog>,
         max_message_bytes: usize,
     ) -> Self {
