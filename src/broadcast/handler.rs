@@ -142,6 +142,15 @@ pub trait Handler: Clone + Send + 'static {
         None
     }
 
+    /// What a WebSocket subscriber of `topic` is told when what it missed cannot be given to
+    /// it (a live gap its node could not fill from the log, or a stream made anew), with the
+    /// topic's position now: a text message, encoded once per worker and reset. `None` (the
+    /// default): nothing; an SSE stream gets `event: reset` whatever the handler says.
+    fn reset_notice(&self, topic: &str, head: crate::broadcast::Position) -> Option<String> {
+        let _ = (topic, head);
+        None
+    }
+
     /// With a broker's log (`--broker` and `--history`): what makes the payload subscribers
     /// get from a publication's payload and its position, for every publication that comes
     /// back from the broker, as [`Connection::publish_stamped`] does on one node. `None`

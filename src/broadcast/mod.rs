@@ -853,12 +853,26 @@ impl<H: Handler> Broadcast<H> {
     /// message for it; a handler learns it from [`Connection::subscribe_from`].)
     fn reset(&mut self, ctx: &mut WorkerView<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
         let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
+        let notice = self
+            .topics
+            .name(id)
+            .and_then(|topic| self.handler.reset_notice(topic, head))
+            .map(|text| encode_frame(OpCode::Text, true, text.as_bytes(), None));
+        let mut slow = Vec::new();
         for &sub in self.topics.subscribers(id) {
-            if ctx.is_stream(sub) {
-                if let Err(SendError::Backlog) = ctx.send_frame(sub, event.clone()) {
-                    ctx.close_slow_consumer(sub);
-                }
+            let frame = if ctx.is_stream(sub) {
+                event.clone()
+            } else if let Some(notice) = &notice {
+                notice.clone()
+            } else {
+                continue;
+            };
+            if let Err(SendError::Backlog) = ctx.send_frame(sub, frame) {
+                slow.push(sub);
             }
+        }
+        for sub in slow {
+            ctx.close_slow_consumer(sub);
         }
     }
 

@@ -311,6 +311,13 @@ impl Handler for Pusher {
         super::peering::join(&self.node, bus)
     }
 
+    /// `uringcast:resume_failed` on the channel, with its position now: the client's
+    /// position is no longer one it can resume from.
+    fn reset_notice(&self, topic: &str, head: crate::broadcast::Position) -> Option<String> {
+        let (_, channel) = topic.split_once(':')?;
+        Some(message::encode_resume_failed(channel, Some(head)))
+    }
+
     /// Channel events carry `offset` and `epoch` on every node, the broker's positions.
     fn stamp(&self) -> Option<crate::broadcast::Stamp> {
         Some(STAMP)
