@@ -214,9 +214,11 @@ server_cmd() {
       echo "env URINGCAST_APP_SECRET=bench-secret $bin/uringcast --listen 127.0.0.1:$port --mode pusher --workers 1 --ping-interval 0 --app-id 1 --app-key bench-key" ;;
     sockudo)
       # Configured by environment, as its documentation shows; its rate limiter off (by
-      # default an address may open 20 WebSocket connections a minute); single node: local
-      # adapter, memory cache and queue, no metrics listener.
-      echo "env SOCKUDO_DEFAULT_APP_ID=1 SOCKUDO_DEFAULT_APP_KEY=bench-key SOCKUDO_DEFAULT_APP_SECRET=bench-secret HOST=127.0.0.1 PORT=$port RATE_LIMITER_ENABLED=false ADAPTER_DRIVER=local CACHE_DRIVER=memory QUEUE_DRIVER=memory METRICS_ENABLED=false SOCKUDO_ENABLE_CLIENT_MESSAGES=true $sockudo_server" ;;
+      # default an address may open 20 WebSocket connections a minute), and its default app's
+      # caps raised to its documentation's "performance tuning" values (by default 100
+      # connections and 100 backend events a second per app); single node: local adapter,
+      # memory cache and queue, no metrics listener.
+      echo "env SOCKUDO_DEFAULT_APP_ID=1 SOCKUDO_DEFAULT_APP_KEY=bench-key SOCKUDO_DEFAULT_APP_SECRET=bench-secret SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=100000 SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000 SOCKUDO_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SECOND=10000 HOST=127.0.0.1 PORT=$port RATE_LIMITER_ENABLED=false ADAPTER_DRIVER=local CACHE_DRIVER=memory QUEUE_DRIVER=memory METRICS_ENABLED=false SOCKUDO_ENABLE_CLIENT_MESSAGES=true $sockudo_server" ;;
     floor) return 1 ;;
   esac
 }

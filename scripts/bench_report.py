@@ -360,7 +360,10 @@ def main():
       "against uringcast `--mode pusher`. It is configured by environment (`SOCKUDO_DEFAULT_APP_ID`, "
       "`_KEY`, `_SECRET`, `HOST`, `PORT`) with its **rate limiter turned off** "
       "(`RATE_LIMITER_ENABLED=false`): by default it lets an address open only 20 WebSocket "
-      "connections a minute.")
+      "connections a minute; and its default app's caps raised as its documentation's "
+      "performance tuning shows (`SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=100000`, "
+      "`_MAX_BACKEND_EVENTS_PER_SECOND=100000`, `_MAX_CLIENT_EVENTS_PER_SECOND=10000`): by "
+      "default an app takes 100 connections and 100 API events a second.")
     w("\n<details><summary>lscpu</summary>\n\n```")
     w(open(os.path.join(a.run, "lscpu.txt")).read().rstrip())
     w("```\n</details>\n")
