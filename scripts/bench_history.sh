@@ -7,6 +7,9 @@
 #   ws-history  the same with --history 300
 #   sse-history the same with --history 300, SSE subscribers (`uringcast-load sse`), when the
 #               load generator has the sse scenario
+#   pusher      --mode pusher, one public channel, `uringcast-load pusher` triggering through
+#               the signed HTTP API (issue 24's "CPU per delivery at most 1.10x broadcast")
+# VARIANTS="ws pusher" (in the environment) picks some.
 # Each line gives the server's CPU per delivery over a 4 s window of steady traffic (core 0's
 # busy time, which also shows kernel work done on the server's behalf, and the process's own
 # utime+stime), and every run's deliveries are checked (received/expected, missing).
@@ -22,19 +25,24 @@ load=target/release/uringcast-load
 variants=(ws ws-history)
 if "$load" sse --help >/dev/null 2>&1; then variants+=(sse-history); else
     echo "bench_history: this uringcast-load has no sse scenario; SSE left out" >&2; fi
+if [ -n "${VARIANTS:-}" ]; then read -r -a variants <<<"$VARIANTS"; fi
 port=9411
 for run in $(seq 1 "$runs"); do
   for variant in "${variants[@]}"; do
     port=$((port + 1))
     src="127.0.0.$((120 + port % 100))"
-    history=(); [ "$variant" != ws ] && history=(--history 300)
-    taskset -c 0 target/release/uringcast --listen "127.0.0.1:$port" --mode broadcast --workers 1 \
-      --ping-interval 0 --publish-token T "${history[@]}" >"$out/$variant-$run.server" 2>&1 &
+    history=(); [[ $variant == *history ]] && history=(--history 300)
+    mode=(--mode broadcast --publish-token T)
+    [ "$variant" = pusher ] && mode=(--mode pusher --app-id 1 --app-key K)
+    URINGCAST_APP_SECRET=S taskset -c 0 target/release/uringcast --listen "127.0.0.1:$port" \
+      --workers 1 --ping-interval 0 "${mode[@]}" "${history[@]}" >"$out/$variant-$run.server" 2>&1 &
     pid=$!
     for _ in $(seq 1 50); do ss -ltn "sport = :$port" | grep -q LISTEN && break; sleep 0.1; done
     # Every variant publishes the same way, over HTTP (10/s: nothing beside the fan-out).
     publish=(--publish-url "http://127.0.0.1:$port/publish/topic" --publish-token T)
-    if [ "$variant" = sse-history ]; then
+    if [ "$variant" = pusher ]; then
+      scenario=(pusher "ws://127.0.0.1:$port" --app-key K --app-secret S --app-id 1)
+    elif [ "$variant" = sse-history ]; then
       scenario=(sse "http://127.0.0.1:$port/topic" "${publish[@]}")
     else
       scenario=(broadcast "ws://127.0.0.1:$port/topic" "${publish[@]}")

@@ -221,7 +221,7 @@ impl RemoteView {
     }
 
     /// The channels a change from a node touches; the ones it drops are found by
-    /// [`sync_drops`](Self::sync_drops) or [`nodes_channels`](Self::nodes_channels).
+    /// [`sync_drops`](Self::sync_drops) or by this before and after the change.
     pub fn node_channels(&self, node: NodeId) -> Vec<String> {
         self.nodes
             .get(&node)
