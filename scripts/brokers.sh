@@ -648,12 +648,14 @@ CMD=${1:-}
 case "$CMD" in
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     install) cmd_install ;;
-    start) need_dir "$@"; cmd_start "$1" ;;
-    stop) need_dir "$@"; cmd_stop "$1" ;;
-    check) need_dir "$@"; cmd_check "$1" ;;
+    # DIR is made absolute: redis-server changes into its data directory, where a relative
+    # path to its nodes.conf would no longer resolve on a restart.
+    start) need_dir "$@"; cmd_start "$(realpath -m "$1")" ;;
+    stop) need_dir "$@"; cmd_stop "$(realpath -m "$1")" ;;
+    check) need_dir "$@"; cmd_check "$(realpath -m "$1")" ;;
     kill|restart)
         [ $# -ge 2 ] || die "$CMD needs NAME and DIR (see --help)"
-        "cmd_$CMD" "$1" "$2" ;;
+        "cmd_$CMD" "$1" "$(realpath -m "$2")" ;;
     "") die "no command (see --help)" ;;
     *) die "unknown command: $CMD (see --help)" ;;
 esac
