@@ -396,9 +396,11 @@ fn headline(scenario: &str, s: &Value, reports: usize) -> String {
             s["connections"]
         )
     } else {
-        let pace = match s["inflight"].as_u64() {
-            Some(inflight) => format!("with {inflight} in flight each run"),
-            None => format!("at {rate} messages/s in total"),
+        let pace = match (s["inflight"].as_u64(), s["publish"].as_str()) {
+            (Some(inflight), _) => format!("with {inflight} in flight each run"),
+            // Nobody here publishes: the rate set in each report is not what was sent.
+            (None, Some("external")) => "publishing elsewhere".to_owned(),
+            (None, _) => format!("at {rate} messages/s in total"),
         };
         let pace_name = if s["inflight"].is_u64() {
             "closed"

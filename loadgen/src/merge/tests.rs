@@ -273,6 +273,19 @@ fn a_report_of_another_scenario_is_refused() {
     );
     let message = refusal(vec![broadcast("a", 64), broadcast("b", 128)]);
     assert!(message.contains("settings.size is 128"), "{message}");
+    // Subscriber processes of an outside publisher: their rate setting is not what was sent.
+    let outside = |topic: &str| {
+        let mut r = broadcast(topic, 64);
+        r["settings"]["publishers"] = 0.into();
+        r["settings"]["publish"] = "external".into();
+        r
+    };
+    let (merged, _) = merge(&named(vec![outside("a"), outside("b")])).unwrap();
+    let text = merged.text();
+    assert!(
+        text.contains("0 outside publisher(s) publishing elsewhere,"),
+        "{text}"
+    );
 
     let mut connect = report(10, &values(5, 10), settings(10, 64));
     connect["scenario"] = "connect".into();
