@@ -1489,11 +1489,9 @@ fn a_resume_on_another_node_is_exact_through_the_redis_log() -> Result<()> {
         "{ok}"
     );
     // Node one holds the channel's topic (and the presence side channel's) at the broker.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&one, "uringcast_broker_subscribed_topics")? < 2.0 {
-        ensure!(Instant::now() < deadline, "node one never subscribed");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("node one subscribed at the broker", || {
+        Ok(metric(&one, "uringcast_broker_subscribed_topics")? >= 2.0)
+    })?;
     for n in 1..=3 {
         ensure!(trigger(&two, "far", "news", &n.to_string())? == 200);
     }
