@@ -51,6 +51,29 @@ pub fn http_response(
     response
 }
 
+/// Makes a response from [`http_response`] with its default `Connection: close` (the last
+/// field of its head) keep the connection open instead; returns whether it did. A response
+/// that names its own `Connection` field, or is not [`http_response`]'s, is left as it is.
+pub fn keep_alive(response: &mut Vec<u8>) -> bool {
+    const CLOSE: &[u8] = b"\r\nConnection: close\r\n\r\n";
+    const KEEP: &[u8] = b"\r\nConnection: keep-alive\r\n\r\n";
+    let Some(end) = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|at| at + 4)
+    else {
+        return false;
+    };
+    let Some(start) = end.checked_sub(CLOSE.len()) else {
+        return false;
+    };
+    if &response[start..end] != CLOSE {
+        return false;
+    }
+    response.splice(start..end, KEEP.iter().copied());
+    true
+}
+
 /// Header fields parsed per head: real handshakes carry about 15, and httparse needs a fixed
 /// table. More is answered with 431.
 pub(crate) const MAX_HEADERS: usize = 64;
@@ -261,5 +284,41 @@ pub fn reason_phrase(status: u16) -> &'static str {
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_replaces_only_the_default_close() {
+        let mut ok = http_response(200, "OK", &[], Some("application/json"), b"{}");
+        assert!(keep_alive(&mut ok));
+        let text = String::from_utf8(ok).unwrap();
+        assert!(text.ends_with("Content-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"));
+        assert!(!text.contains("close"));
+
+        // A service's own `Connection` field stands, and so does anything not made here.
+        let mut own = http_response(503, "Service Unavailable", &[("Connection", "close")], None, b"");
+        let before = own.clone();
+        assert!(!keep_alive(&mut own));
+        assert_eq!(own, before);
+        assert!(!keep_alive(&mut b"HTTP/1.1 200 OK\r\n".to_vec()));
+        assert!(!keep_alive(&mut b"\r\n\r\n".to_vec()));
+    }
+
+    #[test]
+    fn a_body_that_looks_like_the_field_is_not_rewritten() {
+        let mut response = http_response(
+            200,
+            "OK",
+            &[("Connection", "upgrade")],
+            None,
+            b"\r\nConnection: close\r\n\r\n",
+        );
+        let before = response.clone();
+        assert!(!keep_alive(&mut response));
+        assert_eq!(response, before);
     }
 }

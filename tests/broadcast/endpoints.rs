@@ -185,3 +185,112 @@ pub(crate) async fn http_endpoints_publish_health_and_metrics() -> Result<()> {
     }
     Ok(())
 }
+
+/// Reads one HTTP response (head and `Content-Length` body) from a kept connection.
+async fn read_response(stream: &mut TcpStream) -> Result<HttpReply> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        let n = timeout(STEP, stream.read(&mut byte))
+            .await
+            .context("no response head in time")??;
+        ensure!(n == 1, "the server closed before a whole head: {raw:?}");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
+    let mut reply = HttpReply {
+        status,
+        head,
+        body: Vec::new(),
+    };
+    let length: usize = reply
+        .header("content-length")
+        .ok_or_else(|| anyhow!("no Content-Length in {}", reply.head))?
+        .parse()?;
+    reply.body = vec![0; length];
+    timeout(STEP, stream.read_exact(&mut reply.body))
+        .await
+        .context("no response body in time")??;
+    Ok(reply)
+}
+
+/// A client that asks (`Connection: keep-alive`, as the Pusher SDKs' HTTP clients do) sends
+/// request after request on one connection; one that says `close`, or gets a refusal, or
+/// stays idle past the handshake timeout, sees the connection end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+pub(crate) async fn a_client_that_asks_keeps_its_connection_for_the_next_request() -> Result<()> {
+    let server = Server::start(&[
+        "--mode",
+        "broadcast",
+        "--workers",
+        "1",
+        "--handshake-timeout",
+        "1",
+    ])?;
+    let addr = server.addr();
+    let mut sub = ws_at(addr, "/kept").await?;
+    let mut stream = timeout(STEP, TcpStream::connect(addr)).await??;
+    let post = |body: &str, connection: &str| {
+        format!(
+            "POST /publish/kept HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\n\
+             Content-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for n in 0..3 {
+        stream
+            .write_all(post(&format!("kept {n}"), "keep-alive").as_bytes())
+            .await?;
+        let reply = read_response(&mut stream).await?;
+        ensure!(reply.status == 202, "publish {n}: {}", reply.head);
+        ensure!(
+            reply.header("connection") == Some("keep-alive"),
+            "publish {n} kept: {}",
+            reply.head
+        );
+        ensure!(next_text(&mut sub).await? == format!("kept {n}"));
+    }
+    // `close`: answered, then the end of the stream.
+    stream.write_all(post("last", "close").as_bytes()).await?;
+    let reply = read_response(&mut stream).await?;
+    ensure!(reply.status == 202 && reply.header("connection") == Some("close"));
+    ensure!(next_text(&mut sub).await? == "last");
+    let mut rest = Vec::new();
+    timeout(STEP, stream.read_to_end(&mut rest))
+        .await
+        .context("the connection stayed open after `Connection: close`")??;
+    ensure!(rest.is_empty(), "bytes after the last answer: {rest:?}");
+
+    // A refusal ends a kept connection too.
+    let mut refused = timeout(STEP, TcpStream::connect(addr)).await??;
+    refused
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .await?;
+    let reply = read_response(&mut refused).await?;
+    ensure!(reply.status == 404, "{}", reply.head);
+    timeout(STEP, refused.read_to_end(&mut rest))
+        .await
+        .context("a refused request's connection stayed open")??;
+
+    // Idle after an answer: closed within the handshake timeout (1 s), not held.
+    let mut idle = timeout(STEP, TcpStream::connect(addr)).await??;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n")
+        .await?;
+    let reply = read_response(&mut idle).await?;
+    ensure!(reply.status == 200 && reply.header("connection") == Some("keep-alive"));
+    let started = Instant::now();
+    timeout(STEP, idle.read_to_end(&mut rest))
+        .await
+        .context("an idle kept connection was never closed")??;
+    ensure!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed after {:?}, before its timeout",
+        started.elapsed()
+    );
+    Ok(())
+}

@@ -80,6 +80,7 @@ impl<S: Service> Worker<S> {
             return self.teardown(key);
         }
         self.arm_recv(key);
+        self.accepted_in_reap = true;
         self.set_deadline(key, now, self.config.handshake_timeout);
         if self.stop_deadline.is_some() {
             self.teardown(key);

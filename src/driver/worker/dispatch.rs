@@ -16,7 +16,8 @@ use crate::driver::service::{Admission, ConnId, WorkerView};
 use crate::driver::user_data::{OpKind, UserData};
 use crate::driver::Service;
 use crate::protocol::connection::Read;
-use crate::protocol::http::{http_response, reason_phrase};
+use crate::protocol::handshake::{Request, ServerHandshake};
+use crate::protocol::http::{self, http_response, reason_phrase};
 use crate::protocol::{Limits, ProtocolError, WebSocket};
 
 /// How many connections ahead a walk over many of them prefetches their TLS state: far enough
@@ -26,6 +27,7 @@ pub(super) const PREFETCH_AHEAD: usize = 8;
 impl<S: Service> Worker<S> {
     pub(super) fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
+        let mut resubmitted = false;
         // Completions are copied out first so that handling them may push submissions. Those
         // a push moved out of the ring to make room (see `Worker::push`) come first: they are
         // older than any still in the ring.
@@ -34,6 +36,18 @@ impl<S: Service> Worker<S> {
             cqes.append(&mut self.held_cqes);
             ring::append_completions(&mut self.ring, &mut cqes);
             if cqes.is_empty() {
+                // New connections' receives, once, before the turn's sends: a client that
+                // sent its request with its connect (an HTTP publisher, a handshake) is
+                // answered this turn instead of after the next. The queue holds only arms
+                // and closes here (sends are pushed by `flush`), and a receive whose data
+                // has arrived completes within the submit.
+                if !resubmitted
+                    && std::mem::take(&mut self.accepted_in_reap)
+                    && self.submit_queued()
+                {
+                    resubmitted = true;
+                    continue;
+                }
                 break;
             }
             for (i, &(user_data, result, flags)) in cqes.iter().enumerate() {
@@ -139,7 +153,8 @@ impl<S: Service> Worker<S> {
                     .saturating_sub(self.pending_bytes);
                 let data = self.bufs.buffer_mut(bid, len);
                 let mut ctx = ctx!(self);
-                receive(&mut self.service, &mut ctx, key, data, limits, &mut budget);
+                let max_head = self.config.max_head_bytes;
+                receive(&mut self.service, &mut ctx, key, data, limits, max_head, &mut budget);
                 self.bufs.push(bid);
                 let held_after = self.held_bytes(key);
                 self.account_held(held_before, held_after);
@@ -214,11 +229,17 @@ impl<S: Service> Worker<S> {
         let upgraded = std::mem::take(&mut conn.upgraded_now);
         let flushing = conn.ending == Ending::Flush;
         if !conn.queue.is_empty() || flushing {
-            self.mark_dirty(key);
+            self.mark_reply(key);
         }
         if flushing && before == Ending::No {
             // Bounded: a peer that never reads cannot hold the connection open.
             self.set_deadline(key, now, self.config.drain_timeout);
+        } else if matches!(self.conns[key].stage, Stage::Handshake(..))
+            && !self.conns[key].queue.is_empty()
+        {
+            // An HTTP answer with the connection kept alive (`answer`): the next request's
+            // head gets the handshake's time, from now.
+            self.set_deadline(key, now, self.config.handshake_timeout);
         } else if upgraded {
             // The handshake deadline's wheel entry becomes the first idle check: when it
             // fires on an open connection, `on_ping_deadline` reschedules it one interval
@@ -261,6 +282,7 @@ pub(super) fn receive<S: Service>(
     key: usize,
     data: &mut [u8],
     limits: Limits,
+    max_head_bytes: usize,
     budget: &mut u64,
 ) {
     let conn = &mut ctx.conns[key];
@@ -320,7 +342,10 @@ pub(super) fn receive<S: Service>(
                     http_response(status, reason_phrase(status), &[], None, b""),
                 );
             }
-            Admission::Respond(response) => return respond(conn, response),
+            Admission::Respond(response) => {
+                let pipelined = !data.is_empty();
+                return answer(conn, &request, response, pipelined, max_head_bytes);
+            }
             Admission::Stream { head } => {
                 conn.queue.push_unbounded(head.into());
                 conn.stage = Stage::Stream;
@@ -385,12 +410,18 @@ pub(super) fn receive<S: Service>(
         if *remaining > 0 {
             return;
         }
-        // One request per connection: anything pipelined after it is ignored.
         if let Stage::Http { request, body, .. } =
             std::mem::replace(&mut conn.stage, Stage::Answered)
         {
+            let pipelined = data.len() > take;
             let response = service.on_http(ctx, &request, &body);
-            respond(&mut ctx.conns[key], response);
+            answer(
+                &mut ctx.conns[key],
+                &request,
+                response,
+                pipelined,
+                max_head_bytes,
+            );
         }
         return;
     }
@@ -447,6 +478,36 @@ pub(super) fn receive<S: Service>(
             }
         }
     }
+}
+
+/// Queues the service's answer to a plain HTTP request. A successful answer keeps the
+/// connection open for the client's next request when the client asks for it
+/// ([`Request::asks_keep_alive`]), so that a backend publishing request after request (a
+/// Pusher SDK, `--publish-url`) pays one connection, not one per publish. The next head is
+/// read with the handshake's limits and deadline (`after_receive`); anything the client
+/// pipelined behind this request, and every refusal, ends the connection instead.
+fn answer<D>(
+    conn: &mut Conn<D>,
+    request: &Request,
+    mut response: Vec<u8>,
+    pipelined: bool,
+    max_head_bytes: usize,
+) {
+    let success = response.starts_with(b"HTTP/1.1 2");
+    if success
+        && !pipelined
+        && conn.ending == Ending::No
+        && request.asks_keep_alive()
+        && http::keep_alive(&mut response)
+    {
+        conn.queue.push_unbounded(response.into());
+        conn.stage = Stage::Handshake(
+            ServerHandshake::new(max_head_bytes),
+            request.peer_addr().map(Box::new),
+        );
+        return;
+    }
+    respond(conn, response);
 }
 
 /// Queues a final HTTP response; the connection closes once it is sent.

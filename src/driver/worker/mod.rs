@@ -160,6 +160,12 @@ struct Worker<S: Service> {
     next_generation: u32,
     /// Keys of connections with something to flush this turn.
     dirty: Vec<usize>,
+    /// Keys of connections with an answer to what they sent this turn (an HTTP response, a
+    /// handshake's 101): flushed before `dirty`, so that the fan-out a request started does
+    /// not hold back the answer its client waits for.
+    replies: Vec<usize>,
+    /// A connection was accepted in this reap: its receive is armed but not yet submitted.
+    accepted_in_reap: bool,
     /// Bytes held in unfinished messages and request bodies, over all connections; at most
     /// `config.max_pending_bytes`.
     pending_bytes: u64,
@@ -268,6 +274,8 @@ impl<S: Service> Worker<S> {
             last_accept_warning: None,
             next_generation: 0,
             dirty: Vec::new(),
+            replies: Vec::new(),
+            accepted_in_reap: false,
             pending_bytes: 0,
             starved: Vec::new(),
             unsubmitted: VecDeque::new(),

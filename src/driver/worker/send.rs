@@ -65,9 +65,36 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// Sends each dirty connection's queue, or shuts its write side once a final queue is out.
+    /// Lists a connection that answers what it sent this turn: flushed before the others.
+    pub(super) fn mark_reply(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.dirty {
+            conn.dirty = true;
+            self.replies.push(key);
+        }
+    }
+
+    /// Sends each dirty connection's queue, or shuts its write side once a final queue is out:
+    /// the replies first, then the rest (a fan-out's sends) in the order they were listed.
+    ///
+    /// Replies first matters when a request starts a fan-out (an HTTP publish to 10,000
+    /// subscribers): the kernel runs a turn's sends in submission order, so the publisher has
+    /// its answer, and can send its next request, while the fan-out is still going out, and
+    /// the next turn takes several requests' publications in one send per subscriber.
     pub(super) fn flush(&mut self) {
+        let mut replies = std::mem::take(&mut self.replies);
+        self.flush_listed(&replies);
+        replies.clear();
+        self.replies = replies;
         let mut dirty = std::mem::take(&mut self.dirty);
+        self.flush_listed(&dirty);
+        dirty.clear();
+        // Keep anything listed meanwhile (nothing is today: a push never handles completions).
+        let listed = std::mem::replace(&mut self.dirty, dirty);
+        self.dirty.extend(listed);
+    }
+
+    fn flush_listed(&mut self, dirty: &[usize]) {
         for i in 0..dirty.len() {
             let key = dirty[i];
             if let Some(tls) = self.tls.as_ref() {
@@ -100,10 +127,6 @@ impl<S: Service> Worker<S> {
                 self.shutdown_write(key);
             }
         }
-        dirty.clear();
-        // Keep anything listed meanwhile (nothing is today: a push never handles completions).
-        let listed = std::mem::replace(&mut self.dirty, dirty);
-        self.dirty.extend(listed);
     }
 
     /// Everything queued is out: shut the write side and linger (RFC 6455 §7.1.1).

@@ -204,6 +204,7 @@ impl<S: Service> Worker<S> {
                         key,
                         &mut plain,
                         limits,
+                        self.config.max_head_bytes,
                         &mut budget,
                     );
                 }

@@ -280,6 +280,24 @@ impl Request {
         self.version
     }
 
+    /// Whether the client asks to send another request on this connection: HTTP/1.1 with
+    /// `keep-alive` among its `Connection` tokens and no `close` (RFC 9112 §9.3, §9.6).
+    /// HTTP/1.1 makes every connection persistent unless it says otherwise, but a server may
+    /// close after any answer; this one keeps a connection only for clients that say they
+    /// will reuse it (the Pusher SDKs, Node's and Python's HTTP clients with their agents),
+    /// so a client that reads its answer to the end of the stream still gets its end.
+    pub fn asks_keep_alive(&self) -> bool {
+        let tokens = || {
+            self.head
+                .values("connection")
+                .flat_map(|value| value.split(|&b| b == b','))
+                .map(<[u8]>::trim_ascii)
+        };
+        self.version == 1
+            && tokens().any(|token| token.eq_ignore_ascii_case(b"keep-alive"))
+            && !tokens().any(|token| token.eq_ignore_ascii_case(b"close"))
+    }
+
     /// The value of the first header field called `name`, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.head.values(name).next()
@@ -525,6 +543,22 @@ mod tests {
         }
         text.push_str("\r\n");
         text.into_bytes()
+    }
+
+    #[test]
+    fn keep_alive_is_asked_for_in_http11() {
+        let parse = |bytes: Vec<u8>| {
+            let mut reader = ServerHandshake::new(4096);
+            reader.feed(&bytes).unwrap().1.unwrap()
+        };
+        let asks = |start: &str, fields: &[&str]| parse(head(start, fields)).asks_keep_alive();
+        assert!(asks("POST /p HTTP/1.1", &["Connection: keep-alive"]));
+        assert!(asks("POST /p HTTP/1.1", &["Connection: TE,  Keep-Alive "]));
+        assert!(asks("POST /p HTTP/1.1", &["Connection: te", "connection: keep-alive"]));
+        assert!(!asks("POST /p HTTP/1.1", &["Host: a"]), "not asked");
+        assert!(!asks("POST /p HTTP/1.1", &["Connection: keep-alive, close"]));
+        assert!(!asks("POST /p HTTP/1.1", &["Connection: keep-alive", "Connection: close"]));
+        assert!(!asks("POST /p HTTP/1.0", &["Connection: keep-alive"]));
     }
 
     /// A valid upgrade request with the field starting with `replace`'s name swapped for

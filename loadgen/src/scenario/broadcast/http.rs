@@ -195,7 +195,8 @@ impl Senders for HttpSenders {
 const POLL_STOP: Duration = Duration::from_millis(20);
 
 /// One HTTP publisher: plain HTTP/1.1 over a TCP socket, the connection reused while the
-/// server keeps it open (uringcast answers one request per connection, then closes).
+/// server keeps it open (it asks with `Connection: keep-alive`, as the Pusher SDKs' HTTP
+/// clients do; a server that closes after each answer gets a fresh connection per publish).
 struct HttpPublisher {
     url: PublishUrl,
     token: Option<String>,
@@ -248,7 +249,7 @@ impl HttpPublisher {
         }
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\n\
-             Content-Length: {}\r\n",
+             Content-Length: {}\r\nConnection: keep-alive\r\n",
             target.host,
             body.len()
         );
