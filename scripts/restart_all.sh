@@ -150,17 +150,18 @@ start_node() {
   node_addr=$(sed -n 's/^listening on //p' "$out/$name.out" | head -n 1)
 }
 
-# stop_node PID: SIGTERM, and wait (bounded) until it has exited.
+# stop_node PID: SIGTERM, and wait until it has exited: its close handshakes take up to
+# --drain-timeout (5 s) and closing N sockets some more, so the bound is 30 s + 1 s per 10,000.
 stop_node() {
-  local pid=$1 i
+  local pid=$1 i limit=$((300 + n / 1000))
   kill -TERM "$pid"
-  for i in $(seq 1 300); do
+  for ((i = 0; i < limit; i++)); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
     kill -KILL "$pid"
-    echo "restart_all: the server did not exit within 30 s of SIGTERM; killed" >&2
+    echo "restart_all: the server did not exit within $((limit / 10)) s of SIGTERM; killed" >&2
   fi
   wait "$pid" 2>/dev/null || true
 }
