@@ -174,7 +174,9 @@ bound=$((n / rate + 600)) # the whole run, at most
 reconnect=(--reconnect --reconnect-max 50 --reconnect-timeout 300)
 # SIGINT ends the load generator's hold early with its report; a background job of a script
 # would ignore it, so its default action is put back first.
-interruptible=(env --default-signal=INT timeout --foreground -s KILL "$bound")
+# The hold ends by SIGINT long before --duration; the kill bound covers the ramp, the
+# restart and the close after it.
+interruptible=(env --default-signal=INT timeout --foreground -s KILL $((2 * bound)))
 
 if [ "$history" = 0 ]; then
   start_node server 127.0.0.1:0 --workers "$tables"
@@ -282,7 +284,7 @@ pids+=("$pub")
 wait_metric "$b_addr" connections "$n" $((n / rate + 60)) \
   || fail "node B does not hold $n streams within $((n / rate + 60)) s"
 # Publishing has begun and reaches B's subscribers.
-wait_metric "$b_addr" deliveries_total $((2 * publish_rate * n)) $((at - $(date +%s) + 60)) \
+wait_metric "$b_addr" deliveries_total $((2 * publish_rate * n)) $((at - $(date +%s) + 60 + n / 10000)) \
   || fail "node B delivered fewer than $((2 * publish_rate)) publications to each subscriber"
 pub_metric_addr=$pub_addr
 published_before=$(metric "$pub_metric_addr" publishes_total)
@@ -301,7 +303,7 @@ echo "restart_all: node B started again on $b_addr, $(awk -v a="$down_at" -v b="
 wait_metric "$b_addr" connections "$n" 330 || echo "restart_all: not all $n streams back on B within 330 s" >&2
 rss=$(rss_mib "$b_pid")
 # A few live publications after everyone is back, then the publisher stops.
-wait_metric "$b_addr" deliveries_total $((2 * publish_rate * n)) 60 \
+wait_metric "$b_addr" deliveries_total $((2 * publish_rate * n)) $((60 + n / 10000)) \
   || echo "restart_all: fewer than $((2 * publish_rate)) live publications reached B's subscribers after the restart" >&2
 kill -INT "$pub"
 wait "$pub" || true
