@@ -36,8 +36,10 @@
 # net.ipv4.tcp_max_orphans are raised for big runs, named, and restored on exit
 # (scripts/kernel_limits.sh). Every wait has a bound and waits for a real signal: the load
 # generator's progress line (one a second) saying how many are open, the publisher's count.
-# Loopback only. Exit 0 if all N came back and none gave up (and, with history, nothing was
-# missing silently); 1 otherwise; 2 on a usage or start-up error; 3 if memory would not fit.
+# Loopback only. Exit 0 if all N came back and none gave up, and with history no silent loss
+# (and with --broker redis nothing missing; a lone node's history does not survive its
+# restart, so there every resume is answered "not recovered", which is told, not a failure);
+# 1 otherwise; 2 on a usage or start-up error; 3 if memory would not fit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
