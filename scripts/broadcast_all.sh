@@ -38,6 +38,7 @@ per_process=${PER_PROCESS:-250000}
 connect_rate=${CONNECT_RATE:-2000}
 out=${OUT:-target/broadcast_all}
 planner=(python3 scripts/capacity_plan.py)
+. scripts/kernel_limits.sh
 
 processes=$(((n + per_process - 1) / per_process))
 per=$(((n + processes - 1) / processes))
@@ -60,28 +61,14 @@ bin=target/release
 mkdir -p "$out"
 rm -f "$out"/sub*.json "$out"/pub.json "$out"/all.json
 
-restore=()
 pids=()
 cleanup() {
-  local i
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-  for ((i = ${#restore[@]} - 1; i >= 0; i--)); do
-    read -r key value <<<"${restore[$i]}"
-    sysctl -q -w "$key=$value" >/dev/null && echo "broadcast_all: restored $key to $value"
-  done
+  limits_restore broadcast_all
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-while read -r key value; do
-  [ -n "$key" ] || continue
-  old=$(sysctl -n "$key")
-  sysctl -q -w "$key=$value" >/dev/null 2>&1 || {
-    echo "broadcast_all: $n connections need $key >= $value (now $old) and it cannot be raised here" >&2
-    exit 2
-  }
-  restore+=("$key $old")
-  echo "broadcast_all: raised $key from $old to $value (restored on exit)"
-done <<<"$("${planner[@]}" sysctls "$n")"
+limits_raise broadcast_all "$n" || exit 2
 
 : >"$out/server.out"
 "$bin/uringcast" --listen 127.0.0.1:0 --mode broadcast --workers "$workers" --ping-interval 0 \

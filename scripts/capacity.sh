@@ -48,6 +48,7 @@ runs=${2:-1}
 rate=${3:-5000}
 hold=${4:-10}
 planner=(python3 scripts/capacity_plan.py)
+. scripts/kernel_limits.sh
 wss_flag=()
 [ "$wss" = 1 ] && wss_flag=(--wss)
 # 1 in SAMPLE connections sends one message during the hold and must get its echo.
@@ -60,9 +61,7 @@ if [ "$plan_only" = 1 ]; then
     echo "step $step: server --workers $tables, load generator --threads $tables, $sources source addresses"
     "${planner[@]}" check "$step" "$tables" "${wss_flag[@]}" || exit 3
   done <<<"$steps"
-  while read -r key value; do
-    [ -n "$key" ] && echo "would raise $key from $(sysctl -n "$key") to $value"
-  done <<<"$("${planner[@]}" sysctls "$n")"
+  limits_plan "$n"
   exit 0
 fi
 
@@ -72,14 +71,8 @@ load=target/release/uringcast-load
 work=$(mktemp -d)
 measured="$work/measured.json"
 
-restore=()
 cleanup() {
-  local i
-  for ((i = ${#restore[@]} - 1; i >= 0; i--)); do
-    read -r key value <<<"${restore[$i]}"
-    sysctl -q -w "$key=$value" >/dev/null && echo "capacity: restored $key to $value" \
-      || echo "capacity: could not restore $key to $value" >&2
-  done
+  limits_restore capacity
   [ -n "${server_pid:-}" ] && kill -KILL "$server_pid" 2>/dev/null || true
   [ -n "${load_pid:-}" ] && kill -KILL "$load_pid" 2>/dev/null || true
   [ -n "${watchdog_pid:-}" ] && kill "$watchdog_pid" 2>/dev/null || true
@@ -87,16 +80,7 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-while read -r key value; do
-  [ -n "$key" ] || continue
-  old=$(sysctl -n "$key")
-  if ! sysctl -q -w "$key=$value" >/dev/null 2>&1; then
-    echo "capacity: $n connections need $key >= $value (now $old) and it cannot be raised here" >&2
-    exit 2
-  fi
-  restore+=("$key $old")
-  echo "capacity: raised $key from $old to $value (restored on exit)"
-done <<<"$("${planner[@]}" sysctls "$n")"
+limits_raise capacity "$n" || exit 2
 
 scheme=ws
 tls=()

@@ -433,6 +433,11 @@ fn connections_come_back_after_a_server_restart() {
         "{json:#}"
     );
     assert!(r["back_after_s"].as_f64().unwrap() > 0.0, "{json:#}");
+    // The reconnect's own peak: the 100 came back, after the first loss.
+    assert!(
+        r["peak_reconnect_handshakes_per_s"].as_u64().unwrap() >= 1,
+        "{json:#}"
+    );
     assert_eq!(json["connections"]["reached"], 100, "{json:#}");
     again.shutdown();
 }

@@ -21,6 +21,7 @@ pub fn json(r: &ReconnectTally) -> Value {
         "gave_up": r.gave_up,
         "peak_handshakes_per_s": r.peak_per_second(),
         "back_after_s": r.back_after_s(),
+        "peak_reconnect_handshakes_per_s": r.peak_per_second_since_loss(),
     })
 }
 

@@ -122,6 +122,18 @@ impl ReconnectTally {
     pub fn peak_per_second(&self) -> u64 {
         self.per_second.iter().copied().max().unwrap_or(0)
     }
+
+    /// The most handshakes completed in one second from the first loss on: the reconnect's
+    /// own peak, without the first connections' ramp before it (`None` before any loss).
+    pub fn peak_per_second_since_loss(&self) -> Option<u64> {
+        let from = self.first_loss_s? as usize;
+        Some(
+            self.per_second
+                .get(from..)
+                .and_then(|after| after.iter().copied().max())
+                .unwrap_or(0),
+        )
+    }
 }
 
 impl Net {
@@ -319,5 +331,20 @@ mod tests {
         assert_eq!((a.reconnected, a.gave_up), (3, 1));
         assert_eq!(a.per_second, [4, 5, 2]);
         assert_eq!(a.peak_per_second(), 5);
+    }
+
+    #[test]
+    fn the_reconnect_peak_leaves_out_the_ramp_before_the_first_loss() {
+        let mut tally = ReconnectTally {
+            per_second: vec![900, 1000, 0, 0, 40, 700, 300],
+            ..ReconnectTally::default()
+        };
+        assert_eq!(tally.peak_per_second_since_loss(), None, "nothing lost yet");
+        assert_eq!(tally.peak_per_second(), 1000, "the ramp's peak");
+        tally.first_loss_s = Some(2.7);
+        assert_eq!(tally.peak_per_second_since_loss(), Some(700));
+        // Lost in the last second counted: nothing came back yet.
+        tally.first_loss_s = Some(9.0);
+        assert_eq!(tally.peak_per_second_since_loss(), Some(0));
     }
 }
