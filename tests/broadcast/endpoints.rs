@@ -231,13 +231,16 @@ pub(crate) async fn a_client_that_asks_keeps_its_connection_for_the_next_request
         "1",
         "--handshake-timeout",
         "1",
+        "--publish-token",
+        "t0ken",
     ])?;
     let addr = server.addr();
     let mut sub = ws_at(addr, "/kept").await?;
     let mut stream = timeout(STEP, TcpStream::connect(addr)).await??;
     let post = |body: &str, connection: &str| {
         format!(
-            "POST /publish/kept HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\n\
+            "POST /publish/kept HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer t0ken\r\n\
+             Content-Type: text/plain\r\n\
              Content-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
             body.len()
         )
