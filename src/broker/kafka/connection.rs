@@ -9,6 +9,7 @@ use rskafka::client::partition::{OffsetAt, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use tracing::debug;
 
+use super::continuity::{verify, Verdict};
 use super::epoch::{changed, epoch_of};
 use super::reader::offset;
 use super::{KafkaTask, Part, Session, CREATED_PARTITIONS};
@@ -54,12 +55,18 @@ impl KafkaTask {
             }
             self.parts = vec![Part::default(); count];
         }
+        let fetch_bytes = self.fetch_bytes();
         for (index, partition) in partitions.iter().enumerate() {
             let earliest = offset(partition, OffsetAt::Earliest).await?;
             let latest = offset(partition, OffsetAt::Latest).await?;
             let epoch = epoch_of(partition, index, latest).await?;
+            let mut same = !self.parts[index].replaced && !changed(self.parts[index].epoch, epoch);
+            if let (true, Some(seen)) = (same, self.parts[index].seen) {
+                // The same first record, but the last one read must be there too: a log
+                // that went back or was written anew past its start is another one.
+                same = verify(partition, seen, fetch_bytes, true).await? != Verdict::Replaced;
+            }
             let part = &mut self.parts[index];
-            let same = !changed(part.epoch, epoch);
             match part.next {
                 Some(next) if same => {
                     if part.epoch.is_none() {
@@ -77,6 +84,7 @@ impl KafkaTask {
                     *part = Part {
                         epoch,
                         next: Some(latest),
+                        ..Part::default()
                     };
                     if !first {
                         self.recreated(index, count);

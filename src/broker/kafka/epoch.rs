@@ -42,6 +42,7 @@ impl KafkaTask {
                     self.topic, epoch, self.parts[index].epoch
                 );
                 self.warn(format_args!("{message}"));
+                self.resync = true;
                 return false;
             }
         }

@@ -32,6 +32,7 @@
 //!   which finds the new epoch and reloads the topics (their subscribers are reset).
 
 mod connection;
+mod continuity;
 mod epoch;
 mod produce;
 mod reader;
@@ -49,6 +50,7 @@ use tokio::sync::mpsc as channel;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use self::continuity::Seen;
 use self::reader::{read_partition, Fetched, READER_QUEUE};
 pub use self::record::partition_for;
 use super::link::Link;
@@ -87,6 +89,9 @@ pub(super) struct KafkaTask {
     last: HashMap<Arc<str>, Position>,
     retry_at: Option<tokio::time::Instant>,
     last_warning: Option<Instant>,
+    /// A partition was found replaced or recreated: the connection is fine, and the next one
+    /// is made at once, with no publish dropped meanwhile.
+    resync: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -95,6 +100,11 @@ struct Part {
     epoch: Option<Epoch>,
     /// The next partition offset to read; `None` before the first connection.
     next: Option<i64>,
+    /// The last record read, which must still be there (see `continuity`).
+    seen: Option<Seen>,
+    /// Found to be another log than the one read (a record read is no longer there): the
+    /// next connection takes it as a new partition, whatever its epoch says.
+    replaced: bool,
 }
 
 /// One connection: the client and a client per partition.
@@ -125,6 +135,7 @@ impl KafkaTask {
             last: HashMap::new(),
             retry_at: None,
             last_warning: None,
+            resync: false,
         }
     }
 
@@ -158,6 +169,11 @@ impl KafkaTask {
                     if self.link.stopping() {
                         break;
                     }
+                    if std::mem::take(&mut self.resync) {
+                        // Not a lost broker: read the partitions anew at once, and keep
+                        // what the workers queued meanwhile.
+                        continue;
+                    }
                     self.warn(format_args!("broker connection lost; reconnecting"));
                 }
                 Err(message) => {
@@ -186,6 +202,7 @@ impl KafkaTask {
                 Arc::clone(partition),
                 index,
                 next,
+                self.parts[index].seen,
                 sender.clone(),
                 fetch_bytes,
             ));
@@ -208,6 +225,13 @@ impl KafkaTask {
                 break;
             }
             if !self.link.outbound.is_empty() {
+                // Publishing without pause must not hold the head checks off.
+                if tokio::time::Instant::now() >= check_at {
+                    if !self.check_heads(session).await {
+                        break;
+                    }
+                    check_at = tokio::time::Instant::now() + HEAD_CHECK;
+                }
                 // More to publish: look at what arrived without waiting, then go on.
                 match inbound.try_recv() {
                     Ok(fetched) => {
@@ -260,6 +284,9 @@ impl KafkaTask {
     fn take(&mut self, fetched: Fetched) -> bool {
         match fetched {
             Fetched::Records { partition, records } => {
+                if let (Some(part), Some(last)) = (self.parts.get_mut(partition), records.last()) {
+                    part.seen = Some(Seen::of(last));
+                }
                 for record in records {
                     self.hand_on(partition, record);
                 }
@@ -271,6 +298,18 @@ impl KafkaTask {
             } => {
                 self.lost(partition, earliest);
                 true
+            }
+            Fetched::Replaced { partition } => {
+                let message = format!(
+                    "Kafka partition {partition} of {:?} is another log now (a record read is gone); resynchronising",
+                    self.topic
+                );
+                self.warn(format_args!("{message}"));
+                if let Some(part) = self.parts.get_mut(partition) {
+                    part.replaced = true;
+                }
+                self.resync = true;
+                false
             }
             Fetched::Failed(message) => {
                 self.warn(format_args!("broker fetch failed: {message}"));

@@ -8,6 +8,7 @@ use rskafka::client::partition::{OffsetAt, PartitionClient};
 use rskafka::record::RecordAndOffset;
 use tokio::sync::mpsc as channel;
 
+use super::continuity::{verify, Seen, Verdict};
 use crate::broker::IO_TIMEOUT;
 
 /// How long a fetch waits at the broker for new records.
@@ -26,6 +27,11 @@ pub(super) enum Fetched {
         partition: usize,
         records: Vec<RecordAndOffset>,
     },
+    /// The partition is another log than the one read so far (see `continuity`): nothing
+    /// more of it is handed on before the task resynchronises.
+    Replaced {
+        partition: usize,
+    },
     /// The offset to read is no longer kept: what lay before `earliest` is lost.
     Lost {
         partition: usize,
@@ -35,15 +41,29 @@ pub(super) enum Fetched {
 }
 
 /// Reads one partition from `next` on, in order, until the task stops listening or a fetch
-/// fails.
+/// fails. `seen` is the last record read before `next`, if known: after every fetch that
+/// brings records, it must still be there (see `continuity`), or the partition is reported
+/// replaced and the reader stops.
 pub(super) async fn read_partition(
     partition: Arc<PartitionClient>,
     index: usize,
     mut next: i64,
+    mut seen: Option<Seen>,
     sender: channel::Sender<Fetched>,
     fetch_bytes: i32,
 ) {
     let wait = IO_TIMEOUT + Duration::from_millis(FETCH_WAIT_MS as u64);
+    if seen.is_none() && next > 0 {
+        // Started at the partition's end: the record before it is the one to check.
+        if let Ok(Ok(records)) = tokio::time::timeout(
+            wait,
+            fetch(&partition, next - 1, fetch_bytes, QUICK_WAIT_MS),
+        )
+        .await
+        {
+            seen = records.iter().find(|r| r.offset == next - 1).map(Seen::of);
+        }
+    }
     loop {
         let asked = tokio::time::Instant::now();
         let fetch = fetch(&partition, next, fetch_bytes, FETCH_WAIT_MS);
@@ -60,9 +80,25 @@ pub(super) async fn read_partition(
                     tokio::time::sleep_until(asked + MIN_EMPTY_FETCH).await;
                     continue;
                 }
-                Fetched::Records {
-                    partition: index,
-                    records,
+                // Fetched first, checked after: a log replaced in between is caught too.
+                let check = match seen {
+                    Some(seen) => {
+                        let check = verify(&partition, seen, fetch_bytes, false);
+                        match tokio::time::timeout(wait, check).await {
+                            Ok(result) => result,
+                            Err(_) => Err("no answer".to_owned()),
+                        }
+                    }
+                    None => Ok(Verdict::Unknown),
+                };
+                seen = records.last().map(Seen::of);
+                match check {
+                    Ok(Verdict::Replaced) => Fetched::Replaced { partition: index },
+                    Ok(Verdict::Same | Verdict::Unknown) => Fetched::Records {
+                        partition: index,
+                        records,
+                    },
+                    Err(message) => Fetched::Failed(format!("partition {index}: {message}")),
                 }
             }
             Ok(Err(error)) if is_out_of_range(&error) => {
@@ -83,7 +119,7 @@ pub(super) async fn read_partition(
             Ok(Err(error)) => Fetched::Failed(format!("partition {index}: {error}")),
             Err(_) => Fetched::Failed(format!("partition {index}: no answer")),
         };
-        let failed = matches!(fetched, Fetched::Failed(_));
+        let failed = matches!(fetched, Fetched::Failed(_) | Fetched::Replaced { .. });
         if sender.send(fetched).await.is_err() || failed {
             return;
         }
