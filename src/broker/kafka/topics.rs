@@ -74,11 +74,13 @@ impl KafkaTask {
             None => 0,
         };
         let opcode = opcode_of(&record.record, &payload);
-        let publication = Publication::new(
+        // Stamped with its position here, for every worker (Pusher's `offset` and `epoch`).
+        let publication = Publication::stamped(
             Arc::clone(&topic),
             opcode,
             Bytes::from(payload),
             Some(position),
+            self.link.stamp(),
         );
         publication.follow(predecessor);
         self.log.record(&publication);
@@ -266,11 +268,12 @@ impl KafkaTask {
             let offset = record.offset as u64 + 1;
             if payload.len() <= self.max_message_bytes {
                 let opcode = opcode_of(&record.record, &payload);
-                let publication = Publication::new(
+                let publication = Publication::stamped(
                     Arc::clone(topic),
                     opcode,
                     Bytes::from(payload),
                     Some(Position { epoch, offset }),
+                    self.link.stamp(),
                 );
                 publication.follow(predecessor);
                 publications.push(publication);
