@@ -1620,6 +1620,41 @@ fn two_on_a_log(url: &str) -> Result<[(Server, RawClient, String); 2]> {
     Ok([one, two])
 }
 
+/// An event that names a `socket_id` skips that connection whichever node it is on and
+/// whichever node triggered it, and reaches everyone else, with its position from the log.
+fn exclusion_holds_through_the_log(url: &str) -> Result<()> {
+    let [(one, mut a, id_a), (two, mut b, id_b)] = two_on_a_log(url)?;
+    // On node two, skipping a (on node one); then on node one, skipping b (on node two).
+    ensure!(trigger_except(&two, "far", "news", "not-a", Some(&id_a))? == 200);
+    ensure!(read_event(&mut b)?.0 == "not-a");
+    ensure!(trigger_except(&one, "far", "news", "not-b", Some(&id_b))? == 200);
+    let first = read_event(&mut a)?;
+    ensure!(first.0 == "not-b", "the excluded connection got {first:?}");
+    ensure!(trigger(&two, "far", "news", "all")? == 200);
+    let next = read_event(&mut b)?;
+    ensure!(next.0 == "all", "the excluded connection got {next:?}");
+    ensure!(read_event(&mut a)?.0 == "all");
+    Ok(())
+}
+
+#[test]
+fn socket_id_exclusion_holds_through_jetstream() -> Result<()> {
+    let test = "socket_id_exclusion_holds_through_jetstream";
+    let Some(broker) = brokers::Broker::start(brokers::Kind::Nats, test)? else {
+        eprintln!("SKIP {test}: nats-server missing");
+        return Ok(());
+    };
+    exclusion_holds_through_the_log(&broker.url())
+}
+
+#[test]
+fn socket_id_exclusion_holds_through_kafka() -> Result<()> {
+    let Some(tansu) = Tansu::start("socket_id_exclusion_holds_through_kafka")? else {
+        return Ok(());
+    };
+    exclusion_holds_through_the_log(&tansu.url())
+}
+
 /// A pusher-js-style resume through Kafka: a subscriber that left node one resumes on node
 /// two from its last position and gets exactly what it missed, at the positions a
 /// subscriber that stayed on node one got, then live events.

@@ -8,7 +8,7 @@ use rskafka::client::error::Error as ClientError;
 use rskafka::client::partition::Compression;
 use rskafka::record::Record;
 
-use super::record::{now, partition_for, OPCODE_HEADER};
+use super::record::{now, partition_for, EXCEPT_HEADER, OPCODE_HEADER};
 use super::{KafkaTask, Session};
 use crate::broker::{BrokerStats, IO_TIMEOUT};
 use crate::protocol::OpCode;
@@ -33,6 +33,12 @@ impl KafkaTask {
             let mut headers = std::collections::BTreeMap::new();
             if publication.opcode() == OpCode::Binary {
                 headers.insert(OPCODE_HEADER.to_owned(), b"binary".to_vec());
+            }
+            if let Some(peer) = publication.except() {
+                headers.insert(
+                    EXCEPT_HEADER.to_owned(),
+                    crate::broker::wire::peer_text(&peer).into_bytes(),
+                );
             }
             batches
                 .entry(partition_for(topic.as_bytes(), count))

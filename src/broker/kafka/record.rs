@@ -2,10 +2,23 @@
 
 use rskafka::record::Record;
 
+use crate::broadcast::Peer;
+use crate::broker::wire;
 use crate::protocol::OpCode;
 
 /// The record header that marks a binary publication (value `binary`).
 pub(crate) const OPCODE_HEADER: &str = "uringcast-opcode";
+
+/// The record header that names the connection a publication skips (Pusher's `socket_id`):
+/// `NODE.WORKER.KEY.GENERATION` in decimal.
+pub(crate) const EXCEPT_HEADER: &str = "uringcast-except";
+
+/// The connection a record's publication skips, from its header; none if the header does
+/// not name one.
+pub(super) fn except_of(record: &Record) -> Option<Peer> {
+    let value = record.headers.get(EXCEPT_HEADER)?;
+    wire::parse_peer(std::str::from_utf8(value).ok()?)
+}
 
 /// The time now, as a record's timestamp (rskafka's chrono comes without its clock).
 pub(super) fn now() -> rskafka::chrono::DateTime<rskafka::chrono::Utc> {
@@ -112,5 +125,27 @@ mod tests {
             .headers
             .insert(OPCODE_HEADER.to_owned(), b"binary".to_vec());
         assert_eq!(opcode_of(&record, b"hi"), OpCode::Binary);
+    }
+
+    #[test]
+    fn a_records_skipped_connection_comes_from_its_header() {
+        let mut record = Record {
+            key: None,
+            value: None,
+            headers: Default::default(),
+            timestamp: now(),
+        };
+        assert_eq!(except_of(&record), None);
+        record
+            .headers
+            .insert(EXCEPT_HEADER.to_owned(), b"7.1.2.3".to_vec());
+        assert_eq!(
+            except_of(&record).map(|p| wire::peer_text(&p)).as_deref(),
+            Some("7.1.2.3")
+        );
+        record
+            .headers
+            .insert(EXCEPT_HEADER.to_owned(), b"7.1.2".to_vec());
+        assert_eq!(except_of(&record), None);
     }
 }

@@ -11,7 +11,7 @@ use rskafka::record::RecordAndOffset;
 
 use super::epoch::epoch_at;
 use super::reader::{fetch, offset, QUICK_WAIT_MS};
-use super::record::{opcode_of, partition_for};
+use super::record::{except_of, opcode_of, partition_for};
 use super::{KafkaTask, Session, LOAD_SCAN_RECORDS, RETRY};
 use crate::broadcast::{Position, Publication};
 use crate::broker::link::InterestChanges;
@@ -83,6 +83,9 @@ impl KafkaTask {
             self.link.stamp(),
         );
         publication.follow(predecessor);
+        if let Some(peer) = except_of(&record.record) {
+            publication.exclude(peer);
+        }
         self.log.record(&publication);
         self.last.insert(topic, position);
         BrokerStats::add(&stats.received, 1);
@@ -276,6 +279,9 @@ impl KafkaTask {
                     self.link.stamp(),
                 );
                 publication.follow(predecessor);
+                if let Some(peer) = except_of(&record.record) {
+                    publication.exclude(peer);
+                }
                 publications.push(publication);
             }
             predecessor = offset;
