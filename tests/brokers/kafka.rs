@@ -377,7 +377,9 @@ pub(crate) async fn a_restarted_broker_is_a_new_epoch_announced_by_a_reset() -> 
     publish_http(a.addr(), "feed", "m1").await?;
     let (before, _) = expect(&mut on_a, "m1").await?;
     tansu.restart().await?;
-    // The node finds the Kafka topic gone and creates it again (one partition).
+    // The node finds the Kafka topic gone and waits for it to be made again: it makes a
+    // missing topic only at its first connection.
+    tansu.create_topic(KAFKA_TOPIC, 1)?;
     wait_metric(a.addr(), "uringcast_broker_reconnects_total", |n| n >= 1).await?;
     wait_metric(a.addr(), "uringcast_broker_connected", |n| n == 1).await?;
     publish_http(a.addr(), "feed", "m2").await?;

@@ -31,7 +31,12 @@ impl KafkaTask {
             .build()
             .await
             .map_err(|e| e.to_string())?;
-        let count = self.partition_count(&client).await?;
+        // Only a node that never connected makes a missing topic: after a broker lost it,
+        // whoever made it first (the operator, with its partitions) makes it again, and
+        // nodes that all raced to make it could leave a topic of other partitions (Tansu 0.6
+        // took concurrent creations as more partitions).
+        let may_create = self.parts.is_empty();
+        let count = self.partition_count(&client, may_create).await?;
         let mut partitions = Vec::with_capacity(count);
         for index in 0..count {
             let partition = client
@@ -98,8 +103,8 @@ impl KafkaTask {
         })
     }
 
-    /// The number of partitions of the Kafka topic, which is created if missing.
-    async fn partition_count(&self, client: &Client) -> Result<usize, String> {
+    /// The number of partitions of the Kafka topic, which is created if missing and `may_create`.
+    async fn partition_count(&self, client: &Client, may_create: bool) -> Result<usize, String> {
         let find = |topics: Vec<rskafka::topic::Topic>| {
             topics
                 .into_iter()
@@ -109,6 +114,12 @@ impl KafkaTask {
         let topics = client.list_topics().await.map_err(|e| e.to_string())?;
         if let Some(count) = find(topics).filter(|&n| n > 0) {
             return Ok(count);
+        }
+        if !may_create {
+            return Err(format!(
+                "Kafka topic {:?} missing; waiting for it to be made again",
+                self.topic
+            ));
         }
         let controller = client.controller_client().map_err(|e| e.to_string())?;
         if let Err(error) = controller
