@@ -60,17 +60,27 @@ impl KafkaTask {
             }
             self.parts = vec![Part::default(); count];
         }
+        // Every partition is probed at once: a broker that takes a few hundred milliseconds
+        // a request (Tansu under load) must not make the connection outlast its deadline.
         let fetch_bytes = self.fetch_bytes();
-        for (index, partition) in partitions.iter().enumerate() {
-            let earliest = offset(partition, OffsetAt::Earliest).await?;
-            let latest = offset(partition, OffsetAt::Latest).await?;
-            let epoch = epoch_of(partition, index, latest).await?;
-            let mut same = !self.parts[index].replaced && !changed(self.parts[index].epoch, epoch);
-            if let (true, Some(seen)) = (same, self.parts[index].seen) {
-                // The same first record, but the last one read must be there too: a log
-                // that went back or was written anew past its start is another one.
-                same = verify(partition, seen, fetch_bytes, true).await? != Verdict::Replaced;
+        let probes = partitions.iter().enumerate().map(|(index, partition)| {
+            let part = self.parts[index].clone();
+            async move {
+                let earliest = offset(partition, OffsetAt::Earliest).await?;
+                let latest = offset(partition, OffsetAt::Latest).await?;
+                let epoch = epoch_of(partition, index, latest).await?;
+                let mut same = !part.replaced && !changed(part.epoch, epoch);
+                if let (true, Some(seen)) = (same, part.seen) {
+                    // The same first record, but the last one read must be there too: a
+                    // log that went back or was written anew past its start is another one.
+                    same = verify(partition, seen, fetch_bytes, true).await? != Verdict::Replaced;
+                }
+                Ok::<_, String>((earliest, latest, epoch, same))
             }
+        });
+        let probed = futures_util::future::join_all(probes).await;
+        for (index, probe) in probed.into_iter().enumerate() {
+            let (earliest, latest, epoch, same) = probe?;
             let part = &mut self.parts[index];
             match part.next {
                 Some(next) if same => {

@@ -55,7 +55,7 @@ use self::reader::{read_partition, Fetched, READER_QUEUE};
 pub use self::record::partition_for;
 use super::link::Link;
 use super::task::HEAD_CHECK;
-use super::{backoff, random_u64, BrokerLog, BrokerStats, IO_TIMEOUT};
+use super::{backoff, random_u64, BrokerLog, BrokerStats};
 use crate::broadcast::{Epoch, Mailboxes, Position};
 
 /// Records of a partition read back when a node loads a topic: the hot copy answers for
@@ -63,6 +63,9 @@ use crate::broadcast::{Epoch, Mailboxes, Position};
 pub(crate) const LOAD_SCAN_RECORDS: i64 = 10_000;
 /// Partitions of the Kafka topic when the link has to create it.
 pub(crate) const CREATED_PARTITIONS: i32 = 1;
+/// How long a connection may take: the client, the metadata and a few requests per
+/// partition, some after others.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection that stayed up this long resets the reconnection backoff.
 const STABLE: Duration = Duration::from_secs(5);
 /// Warnings, at most one per this.
@@ -145,9 +148,9 @@ impl KafkaTask {
         let mut attempt = 0u32;
         let mut was_connected = false;
         while !self.link.stopping() {
-            let connected = match tokio::time::timeout(IO_TIMEOUT, self.connect()).await {
+            let connected = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
                 Ok(result) => result,
-                Err(_) => Err(format!("no answer within {IO_TIMEOUT:?}")),
+                Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
             };
             match connected {
                 Ok(session) => {
