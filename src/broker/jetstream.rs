@@ -33,12 +33,15 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::future::join_all;
 
 use super::redis::StreamSettings;
-use super::IO_TIMEOUT;
+use super::{wire, Appended, IO_TIMEOUT};
 use crate::broadcast::{Epoch, Position};
 use crate::protocol::OpCode;
 
 /// The header that says a publish's WebSocket opcode.
 const KIND: &str = "Uc-Kind";
+/// The header that names the connection a publish skips (Pusher's `socket_id`):
+/// `NODE.WORKER.KEY.GENERATION`, as [`wire::peer_text`] writes it.
+const EXCEPT: &str = "Uc-Except";
 /// The first token of the subjects the stream republishes to.
 const LIVE: &str = "_uringcast";
 
@@ -69,6 +72,7 @@ impl Live {
         let epoch = *self.epoch.lock().unwrap_or_else(|p| p.into_inner());
         Some(envelope(
             headers.get(KIND).map(|v| v.as_str()),
+            headers.get(EXCEPT).map(|v| v.as_str()),
             epoch,
             sequence,
             previous,
@@ -77,9 +81,11 @@ impl Live {
     }
 }
 
-/// `UC1 KIND @EPOCH:SEQUENCE prev=PREVIOUS\n` and the payload.
+/// `UC1 KIND @EPOCH:SEQUENCE prev=PREVIOUS[ except=PEER]\n` and the payload. An `except`
+/// header that does not name a connection is left out.
 fn envelope(
     kind: Option<&str>,
+    except: Option<&str>,
     epoch: Epoch,
     sequence: u64,
     previous: u64,
@@ -90,7 +96,11 @@ fn envelope(
         Some("binary") => "binary",
         _ => "auto",
     };
-    let head = format!("UC1 {kind} @{epoch}:{sequence} prev={previous}\n");
+    let except = except
+        .and_then(wire::parse_peer)
+        .map(|peer| format!(" {}", wire::except_field(&peer)))
+        .unwrap_or_default();
+    let head = format!("UC1 {kind} @{epoch}:{sequence} prev={previous}{except}\n");
     let mut out = BytesMut::with_capacity(head.len() + payload.len());
     out.put_slice(head.as_bytes());
     out.put_slice(payload);
@@ -221,15 +231,12 @@ impl Jet {
     /// Publishes a batch through the stream, in order, and waits for every acknowledgement;
     /// a stream that was deleted meanwhile is made again (a new epoch) and the batch's
     /// refused publishes tried once more.
-    pub(crate) async fn append(
-        &mut self,
-        batch: &[(String, OpCode, Bytes)],
-    ) -> Vec<Result<(), String>> {
+    pub(crate) async fn append(&mut self, batch: &[Appended]) -> Vec<Result<(), String>> {
         let mut results = self.publish(batch).await;
         let missing =
             |r: &Result<(), PublishErrorKind>| matches!(r, Err(PublishErrorKind::StreamNotFound));
         if results.iter().any(missing) && self.ensure_stream().await.is_ok() {
-            let retry: Vec<(String, OpCode, Bytes)> = batch
+            let retry: Vec<Appended> = batch
                 .iter()
                 .zip(&results)
                 .filter(|(_, r)| missing(r))
@@ -248,18 +255,18 @@ impl Jet {
             .collect()
     }
 
-    async fn publish(
-        &self,
-        batch: &[(String, OpCode, Bytes)],
-    ) -> Vec<Result<(), PublishErrorKind>> {
+    async fn publish(&self, batch: &[Appended]) -> Vec<Result<(), PublishErrorKind>> {
         let Some(context) = self.context.as_ref() else {
             return vec![Err(PublishErrorKind::BrokenPipe); batch.len()];
         };
         // Every publish is written before the first acknowledgement is awaited: one round
         // trip for the batch, in order on the one connection.
         let mut pending = Vec::with_capacity(batch.len());
-        for (subject, opcode, payload) in batch {
+        for (subject, opcode, payload, except) in batch {
             let mut headers = async_nats::HeaderMap::new();
+            if let Some(peer) = except {
+                headers.insert(EXCEPT, wire::peer_text(peer).as_str());
+            }
             headers.insert(
                 KIND,
                 if *opcode == OpCode::Text {
@@ -430,6 +437,7 @@ fn stored_envelope(
 ) -> Bytes {
     envelope(
         message.headers.get(KIND).map(|v| v.as_str()),
+        message.headers.get(EXCEPT).map(|v| v.as_str()),
         epoch,
         message.sequence,
         previous,
@@ -440,19 +448,28 @@ fn stored_envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::wire;
 
     #[test]
     fn an_envelope_names_the_position_and_the_previous_one() {
         let epoch: Epoch = "1765000000000000".parse().unwrap();
-        let decoded = wire::decode(envelope(Some("binary"), epoch, 12, 9, b"\x00hi")).unwrap();
+        let decoded =
+            wire::decode(envelope(Some("binary"), None, epoch, 12, 9, b"\x00hi")).unwrap();
         assert_eq!(decoded.opcode, OpCode::Binary);
         assert_eq!(decoded.position, Some(Position { epoch, offset: 12 }));
         assert_eq!(decoded.previous, Some(9));
         assert_eq!(&decoded.payload[..], b"\x00hi");
         // A backend's plain publish: no kind, text if it is UTF-8.
-        let plain = wire::decode(envelope(None, epoch, 1, 0, b"hello")).unwrap();
+        let plain = wire::decode(envelope(None, None, epoch, 1, 0, b"hello")).unwrap();
         assert_eq!(plain.opcode, OpCode::Text);
         assert_eq!(plain.previous, Some(0));
+        // The skipped connection rides along; a header that names none is left out.
+        let skip = wire::decode(envelope(None, Some("7.1.2.3"), epoch, 5, 4, b"x")).unwrap();
+        assert_eq!(
+            skip.except.map(|p| wire::peer_text(&p)).as_deref(),
+            Some("7.1.2.3")
+        );
+        assert_eq!(skip.previous, Some(4));
+        let junk = wire::decode(envelope(None, Some("1 2\nUC1"), epoch, 5, 4, b"x")).unwrap();
+        assert_eq!((junk.except, &junk.payload[..]), (None, &b"x"[..]));
     }
 }

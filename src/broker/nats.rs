@@ -227,6 +227,15 @@ impl Broker for Nats {
     }
 
     async fn append(&mut self, batch: &[(String, OpCode, Bytes)]) -> Vec<Result<(), String>> {
+        let batch: Vec<super::Appended> = batch
+            .iter()
+            .map(|(subject, opcode, payload)| (subject.clone(), *opcode, payload.clone(), None))
+            .collect();
+        self.append_except(&batch).await
+    }
+
+    /// Through the stream, the skipped connection in a `Uc-Except` header.
+    async fn append_except(&mut self, batch: &[super::Appended]) -> Vec<Result<(), String>> {
         if let Err(message) = self.up() {
             return vec![Err(message); batch.len()];
         }

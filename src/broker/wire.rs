@@ -143,16 +143,22 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
     let (origin, except) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
         (None, _, _, _) => (None, None),
         // A position from the broker's log (`@EPOCH:OFFSET`), and the skipped connection.
-        (Some(at), extra, None, None) if at.starts_with('@') => {
+        // `prev=` first, then `except=`, each at most once.
+        (Some(at), extra, more, None) if at.starts_with('@') => {
             position = Some(at[1..].parse().map_err(|_| WireError::Head)?);
-            let except = match extra {
-                Some(field) if field.starts_with("prev=") => {
-                    previous = Some(field[5..].parse().map_err(|_| WireError::Head)?);
-                    None
+            let mut except = None;
+            for field in [extra, more].into_iter().flatten() {
+                match field.strip_prefix("prev=") {
+                    Some(value) if previous.is_none() && except.is_none() => {
+                        previous = Some(value.parse().map_err(|_| WireError::Head)?);
+                    }
+                    Some(_) => return Err(WireError::Head),
+                    None if except.is_none() => {
+                        except = Some(parse_except(field).ok_or(WireError::Head)?);
+                    }
+                    None => return Err(WireError::Head),
                 }
-                Some(field) => Some(parse_except(field).ok_or(WireError::Head)?),
-                None => None,
-            };
+            }
             (None, except)
         }
         (Some(node), Some(seq), except, None) => (
@@ -213,15 +219,26 @@ pub(crate) fn decode(message: Bytes) -> Result<Envelope, WireError> {
 
 /// `except=NODE.WORKER.KEY.GENERATION`, the field [`parse_except`] reads.
 pub(crate) fn except_field(p: &Peer) -> String {
+    format!("except={}", peer_text(p))
+}
+
+/// `NODE.WORKER.KEY.GENERATION`: a connection as a stream's header carries it (JetStream's
+/// `Uc-Except`, Kafka's `uringcast-except`), read back by [`parse_peer`].
+pub(crate) fn peer_text(p: &Peer) -> String {
     format!(
-        "except={}.{}.{}.{}",
+        "{}.{}.{}.{}",
         p.node, p.worker, p.conn.key, p.conn.generation
     )
 }
 
 /// `except=NODE.WORKER.KEY.GENERATION`.
 fn parse_except(field: &str) -> Option<Peer> {
-    let mut parts = field.strip_prefix("except=")?.split('.');
+    parse_peer(field.strip_prefix("except=")?)
+}
+
+/// `NODE.WORKER.KEY.GENERATION`, in decimal.
+pub(crate) fn parse_peer(text: &str) -> Option<Peer> {
+    let mut parts = text.split('.');
     let node = parts.next()?.parse().ok()?;
     let worker = parts.next()?.parse().ok()?;
     let key = parts.next()?.parse().ok()?;
@@ -333,6 +350,35 @@ mod tests {
                     except: None,
                     previous: None,
                 }
+            );
+        }
+    }
+
+    #[test]
+    fn a_logged_position_names_its_previous_and_the_skipped_connection() {
+        let both = decode(Bytes::from_static(
+            b"UC1 text @k0-abc:12 prev=9 except=7.1.2.3\nhi",
+        ))
+        .unwrap();
+        assert_eq!(both.previous, Some(9));
+        assert_eq!(
+            both.except.map(|p| peer_text(&p)).as_deref(),
+            Some("7.1.2.3")
+        );
+        assert_eq!(
+            parse_peer("7.1.2.3").map(|p| peer_text(&p)).as_deref(),
+            Some("7.1.2.3")
+        );
+        for bad in [
+            &b"UC1 text @k0-abc:12 except=7.1.2.3 prev=9\nx"[..],
+            b"UC1 text @k0-abc:12 prev=9 prev=9\nx",
+            b"UC1 text @k0-abc:12 except=7.1.2.3 except=7.1.2.3\nx",
+            b"UC1 text @k0-abc:12 prev=9 except=7.1.2\nx",
+        ] {
+            assert!(
+                decode(Bytes::from_static(bad)).is_err(),
+                "{:?}",
+                std::str::from_utf8(bad)
             );
         }
     }

@@ -121,6 +121,13 @@ impl Tansu {
     /// Produces `text` to uringcast topic `topic` as a backend does; the partition and the
     /// offset Kafka gave it.
     async fn produce(&self, topic: &str, text: &str) -> Result<(i32, i64)> {
+        let (partition, offsets) = self.produce_all(topic, &[text]).await?;
+        Ok((partition, offsets[0]))
+    }
+
+    /// Produces `texts` to uringcast topic `topic` in one batch; the partition and the
+    /// offsets Kafka gave them.
+    async fn produce_all(&self, topic: &str, texts: &[&str]) -> Result<(i32, Vec<i64>)> {
         let client = timeout(
             STEP,
             ClientBuilder::new(vec![format!("127.0.0.1:{}", self.advertised)]).build(),
@@ -137,23 +144,27 @@ impl Tansu {
         let partition_client = client
             .partition_client(KAFKA_TOPIC, partition, UnknownTopicHandling::Retry)
             .await?;
-        let record = Record {
-            key: Some(topic.as_bytes().to_vec()),
-            value: Some(text.as_bytes().to_vec()),
-            headers: Default::default(),
-            timestamp: rskafka::chrono::DateTime::from_timestamp_millis(i64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)?
-                    .as_millis(),
-            )?)
-            .ok_or_else(|| anyhow!("no time"))?,
-        };
+        let timestamp = rskafka::chrono::DateTime::from_timestamp_millis(i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis(),
+        )?)
+        .ok_or_else(|| anyhow!("no time"))?;
+        let records = texts
+            .iter()
+            .map(|text| Record {
+                key: Some(topic.as_bytes().to_vec()),
+                value: Some(text.as_bytes().to_vec()),
+                headers: Default::default(),
+                timestamp,
+            })
+            .collect();
         let offsets = timeout(
             STEP,
-            partition_client.produce(vec![record], Compression::NoCompression),
+            partition_client.produce(records, Compression::NoCompression),
         )
         .await??;
-        Ok((partition, offsets[0]))
+        Ok((partition, offsets))
     }
 }
 
@@ -366,7 +377,9 @@ pub(crate) async fn a_restarted_broker_is_a_new_epoch_announced_by_a_reset() -> 
     publish_http(a.addr(), "feed", "m1").await?;
     let (before, _) = expect(&mut on_a, "m1").await?;
     tansu.restart().await?;
-    // The node finds the Kafka topic gone and creates it again (one partition).
+    // The node finds the Kafka topic gone and waits for it to be made again: it makes a
+    // missing topic only at its first connection.
+    tansu.create_topic(KAFKA_TOPIC, 1)?;
     wait_metric(a.addr(), "uringcast_broker_reconnects_total", |n| n >= 1).await?;
     wait_metric(a.addr(), "uringcast_broker_connected", |n| n == 1).await?;
     publish_http(a.addr(), "feed", "m2").await?;
@@ -377,6 +390,45 @@ pub(crate) async fn a_restarted_broker_is_a_new_epoch_announced_by_a_reset() -> 
         after != before && offset == 1,
         "{before} then {after}:{offset}"
     );
+    Ok(())
+}
+
+/// Tansu restarted empty and written again past the offset the node had reached, before the
+/// node noticed: rskafka re-makes the connection by itself, so the node's reader is simply
+/// answered from the new log. The node must see that the record it read last is gone (a
+/// new log, not more of the old one): its subscriber gets a reset, then the new log whole
+/// under a new epoch, and no position of the old epoch is given to a new record. Without
+/// that check the new log's records past the old offset come first, at positions of the
+/// old epoch, and its first records are skipped with no notice.
+pub(crate) async fn a_log_replaced_under_the_node_is_a_reset_never_a_silent_skip() -> Result<()> {
+    let mut tansu = Tansu::start(1, None).await?;
+    let a = kafka_node(&tansu.url(), HISTORY)?;
+    let mut on_a = Sse::open(a.addr(), "/feed").await?;
+    wait_subscribed(a.addr(), 1).await?;
+    let mut old = Vec::new();
+    for i in 1..=3 {
+        tansu.produce("feed", &format!("m{i}")).await?;
+        old.push(expect(&mut on_a, &format!("m{i}")).await?);
+    }
+    tansu.restart().await?;
+    tansu.create_topic(KAFKA_TOPIC, 1)?;
+    let new: Vec<String> = (1..=6).map(|i| format!("n{i}")).collect();
+    let texts: Vec<&str> = new.iter().map(String::as_str).collect();
+    let (_, offsets) = tansu.produce_all("feed", &texts).await?;
+    ensure!(offsets.first() == Some(&0), "a new log: {offsets:?}");
+    let event = on_a.event().await?;
+    ensure!(
+        event.kind == "reset",
+        "expected a reset before the new log, got {event:?}"
+    );
+    for (i, text) in new.iter().enumerate() {
+        let (epoch, offset) = expect(&mut on_a, text).await?;
+        ensure!(
+            epoch != old[0].0 && offset == i as u64 + 1,
+            "{text} at {epoch}:{offset}; the old log was {old:?}"
+        );
+    }
+    ensure!(metric(a.addr(), "uringcast_broker_history_gaps_reported_total").await? >= 1);
     Ok(())
 }
 

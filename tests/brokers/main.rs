@@ -369,6 +369,10 @@ fn kafka_trials() -> Vec<Trial> {
             "a_restarted_broker_is_a_new_epoch_announced_by_a_reset",
             kafka::a_restarted_broker_is_a_new_epoch_announced_by_a_reset,
         ),
+        on_tansu(
+            "a_log_replaced_under_the_node_is_a_reset_never_a_silent_skip",
+            kafka::a_log_replaced_under_the_node_is_a_reset_never_a_silent_skip,
+        ),
     ]
 }
 

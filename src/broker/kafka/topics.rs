@@ -1,0 +1,296 @@
+//! The topics served: following the node's interest, loading a topic's history into the hot
+//! copy, handing records on in order with their predecessor, and resets when the partition
+//! lost what a topic had.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rskafka::client::partition::OffsetAt;
+use rskafka::record::RecordAndOffset;
+
+use super::epoch::epoch_at;
+use super::reader::{fetch, offset, QUICK_WAIT_MS};
+use super::record::{except_of, opcode_of, partition_for};
+use super::{KafkaTask, Session, LOAD_SCAN_RECORDS, RETRY};
+use crate::broadcast::{Position, Publication};
+use crate::broker::link::InterestChanges;
+use crate::broker::{BrokerStats, IO_TIMEOUT};
+
+impl KafkaTask {
+    /// One record read from `partition`, in order: handed on if its topic is served here.
+    pub(super) fn hand_on(&mut self, partition: usize, record: RecordAndOffset) {
+        let stats = Arc::clone(&self.link.stats);
+        let Some(part) = self.parts.get_mut(partition) else {
+            return;
+        };
+        if part.next.is_some_and(|next| record.offset < next) {
+            return;
+        }
+        part.next = Some(record.offset + 1);
+        if record.offset == 0 {
+            part.epoch = Some(epoch_at(partition, &record.record));
+        }
+        let Some(epoch) = part.epoch else {
+            return;
+        };
+        let Some(name) = record
+            .record
+            .key
+            .as_deref()
+            .and_then(|k| std::str::from_utf8(k).ok())
+        else {
+            BrokerStats::add(&stats.malformed, 1);
+            return;
+        };
+        let Some(topic) = self.loaded.get(name).cloned() else {
+            return;
+        };
+        let payload = record.record.value.clone().unwrap_or_default();
+        if payload.len() > self.max_message_bytes {
+            BrokerStats::add(&stats.malformed, 1);
+            return;
+        }
+        let position = Position {
+            epoch,
+            offset: record.offset as u64 + 1,
+        };
+        let predecessor = match self.last.get(&topic) {
+            Some(last) if last.epoch == epoch => {
+                if last.offset >= position.offset {
+                    BrokerStats::add(&stats.repeats, 1);
+                    return;
+                }
+                last.offset
+            }
+            Some(_) => {
+                // Another partition now: what the node holds of the topic says nothing of
+                // this one, so the topic loads again (this record with it).
+                self.unload(&topic);
+                return;
+            }
+            // The partition was empty when the topic loaded and is read from its start:
+            // nothing of the topic came before this record.
+            None => 0,
+        };
+        let opcode = opcode_of(&record.record, &payload);
+        // Stamped with its position here, for every worker (Pusher's `offset` and `epoch`).
+        let publication = Publication::stamped(
+            Arc::clone(&topic),
+            opcode,
+            Bytes::from(payload),
+            Some(position),
+            self.link.stamp(),
+        );
+        publication.follow(predecessor);
+        if let Some(peer) = except_of(&record.record) {
+            publication.exclude(peer);
+        }
+        self.log.record(&publication);
+        self.last.insert(topic, position);
+        BrokerStats::add(&stats.received, 1);
+        self.hub.post(&publication, None);
+    }
+
+    /// What lay before `earliest` in `partition` is gone: every served topic there is told
+    /// (its subscribers are reset), since any of them may have had records in it.
+    pub(super) fn lost(&mut self, partition: usize, earliest: i64) {
+        let count = self.parts.len();
+        let Some(part) = self.parts.get_mut(partition) else {
+            return;
+        };
+        part.next = Some(earliest);
+        let Some(epoch) = part.epoch else {
+            return;
+        };
+        let head = Position {
+            epoch,
+            offset: earliest as u64,
+        };
+        let topics: Vec<Arc<str>> = self
+            .loaded
+            .iter()
+            .filter(|t| partition_for(t.as_bytes(), count) == partition)
+            .cloned()
+            .collect();
+        for topic in topics {
+            if self
+                .last
+                .get(&topic)
+                .is_some_and(|l| l.epoch == epoch && l.offset >= head.offset)
+            {
+                continue;
+            }
+            self.log.stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
+            self.log.mark_head(&topic, head);
+            self.last.insert(Arc::clone(&topic), head);
+            self.hub.post(&Publication::head_only(topic, head), None);
+        }
+    }
+
+    /// `partition` is another one now (a new epoch, or shorter than what was read): its
+    /// topics load again, and their subscribers are told of the new head.
+    pub(super) fn recreated(&mut self, partition: usize, count: usize) {
+        let topics: Vec<Arc<str>> = self
+            .loaded
+            .iter()
+            .filter(|t| partition_for(t.as_bytes(), count) == partition)
+            .cloned()
+            .collect();
+        for topic in topics {
+            self.unload(&topic);
+        }
+    }
+
+    /// A served topic's copy no longer holds: it is dropped, counted as a gap reported, and
+    /// loaded again (its subscribers are brought to the new head, or reset).
+    pub(super) fn unload(&mut self, topic: &Arc<str>) {
+        self.log.stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
+        self.loaded.remove(topic);
+        self.last.remove(topic);
+        self.log.forget(topic);
+        self.set_subscribed_gauge();
+    }
+
+    /// Takes the node's interest changes: topics dropped are forgotten, new ones wait to load.
+    pub(super) fn follow_interest(&mut self) {
+        let changes = match self.link.take_changes() {
+            InterestChanges::Some(changes) => changes,
+            InterestChanges::All(all) => {
+                let gone: Vec<(Arc<str>, bool)> = self
+                    .wanted
+                    .iter()
+                    .filter(|t| !all.contains(*t))
+                    .map(|t| (Arc::clone(t), false))
+                    .collect();
+                gone.into_iter()
+                    .chain(all.into_iter().map(|t| (t, true)))
+                    .collect()
+            }
+        };
+        for (topic, held) in changes {
+            if held {
+                self.wanted.insert(topic);
+            } else {
+                self.wanted.remove(&topic);
+                self.loaded.remove(&topic);
+                self.last.remove(&topic);
+                self.log.forget(&topic);
+            }
+        }
+        self.set_subscribed_gauge();
+    }
+
+    /// Loads the wanted topics not loaded yet; `false` when the broker stopped answering.
+    pub(super) async fn load_pending(&mut self, session: &Session) -> bool {
+        self.retry_at = None;
+        let pending: Vec<Arc<str>> = self
+            .wanted
+            .iter()
+            .filter(|t| !self.loaded.contains(*t))
+            .cloned()
+            .collect();
+        for topic in pending {
+            match tokio::time::timeout(IO_TIMEOUT, self.load(session, &topic)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => {
+                    self.retry_at = Some(tokio::time::Instant::now() + RETRY);
+                    self.warn(format_args!("broker history read failed: {message}"));
+                }
+                Err(_) => {
+                    self.warn(format_args!("broker history read: no answer"));
+                    return false;
+                }
+            }
+        }
+        self.set_subscribed_gauge();
+        true
+    }
+
+    /// Reads the last [`LOAD_SCAN_RECORDS`] records of `topic`'s partition, up to its end
+    /// now, into the hot copy, and tells the workers the topic's head.
+    async fn load(&mut self, session: &Session, topic: &Arc<str>) -> Result<(), String> {
+        let count = session.partitions.len();
+        let index = partition_for(topic.as_bytes(), count);
+        let partition = &session.partitions[index];
+        let earliest = offset(partition, OffsetAt::Earliest).await?;
+        // Up to the partition's end, or past it to where the reader stands: records of the
+        // topic the reader passed before the topic was loaded are in the scan.
+        let end = offset(partition, OffsetAt::Latest)
+            .await?
+            .max(self.parts[index].next.unwrap_or(0));
+        let start = end.saturating_sub(LOAD_SCAN_RECORDS).max(earliest);
+        let mut found: Vec<RecordAndOffset> = Vec::new();
+        let mut next = start;
+        let mut first_record = None;
+        while next < end {
+            let records = fetch(partition, next, self.fetch_bytes(), QUICK_WAIT_MS)
+                .await
+                .map_err(|e| e.to_string())?;
+            let before = next;
+            for record in records {
+                if record.offset < next || record.offset >= end {
+                    continue;
+                }
+                next = record.offset + 1;
+                if record.offset == 0 {
+                    first_record = Some(record.record.clone());
+                }
+                if record.record.key.as_deref() == Some(topic.as_bytes()) {
+                    found.push(record);
+                }
+            }
+            if next == before {
+                break;
+            }
+        }
+        let part = &mut self.parts[index];
+        if let Some(first) = first_record {
+            part.epoch = Some(epoch_at(index, &first));
+        }
+        let Some(epoch) = part.epoch else {
+            // An empty partition: its first record brings the epoch, and nothing precedes it.
+            self.loaded.insert(Arc::clone(topic));
+            return Ok(());
+        };
+        let keep = found.len().saturating_sub(self.log.entries_per_topic());
+        let from = match keep.checked_sub(1) {
+            Some(dropped) => found[dropped].offset as u64 + 1,
+            None => start as u64,
+        };
+        // The head is the topic's last record, or the scan's start if it has none there: a
+        // position this node can vouch for either way.
+        let head = Position {
+            epoch,
+            offset: found.last().map_or(start as u64, |r| r.offset as u64 + 1),
+        };
+        let mut predecessor = from;
+        let mut publications = Vec::new();
+        for record in found.into_iter().skip(keep) {
+            let payload = record.record.value.clone().unwrap_or_default();
+            let offset = record.offset as u64 + 1;
+            if payload.len() <= self.max_message_bytes {
+                let opcode = opcode_of(&record.record, &payload);
+                let publication = Publication::stamped(
+                    Arc::clone(topic),
+                    opcode,
+                    Bytes::from(payload),
+                    Some(Position { epoch, offset }),
+                    self.link.stamp(),
+                );
+                publication.follow(predecessor);
+                if let Some(peer) = except_of(&record.record) {
+                    publication.exclude(peer);
+                }
+                publications.push(publication);
+            }
+            predecessor = offset;
+        }
+        self.log.load(topic, head, publications);
+        self.last.insert(Arc::clone(topic), head);
+        self.loaded.insert(Arc::clone(topic));
+        self.hub
+            .post(&Publication::head_only(Arc::clone(topic), head), None);
+        Ok(())
+    }
+}
