@@ -20,7 +20,8 @@ subscriber lacks at the end is:
 
   missed, told   a "not recovered" lies between the deliveries around it: SSE `event: reset`,
                  Pusher `uringcast:resume_failed`, or a reconnect with nothing to resume from
-                 (WebSocket rooms have no resume and no not-recovered message: reconnecting
+                 (WebSocket rooms have no resume; their node closes them with 4010 "not
+                 recovered" at a loss it cannot fill, and reconnecting
                  is the only notice they can have; Pusher events without a position, too)
   silent gap     none does. Must be 0.
 

@@ -145,7 +145,8 @@ pub trait Handler: Clone + Send + 'static {
     /// What a WebSocket subscriber of `topic` is told when what it missed cannot be given to
     /// it (a live gap its node could not fill from the log, or a stream made anew), with the
     /// topic's position now: a text message, encoded once per worker and reset. `None` (the
-    /// default): nothing; an SSE stream gets `event: reset` whatever the handler says.
+    /// default): the subscriber is closed with [`CloseCode::NOT_RECOVERED`] (4010), so that
+    /// its reconnect tells it; an SSE stream gets `event: reset` whatever the handler says.
     fn reset_notice(&self, topic: &str, head: crate::broadcast::Position) -> Option<String> {
         let _ = (topic, head);
         None

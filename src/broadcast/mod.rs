@@ -807,7 +807,8 @@ impl<H: Handler> Broadcast<H> {
                     stats.gaps_filled.fetch_add(1, Ordering::Relaxed);
                 } else {
                     stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
-                    self.reset(ctx, id, from);
+                    // A new stream, given whole: positions change, nothing is lost.
+                    self.reset(ctx, id, from, false);
                 }
                 for publication in publications
                     .iter()
@@ -818,7 +819,7 @@ impl<H: Handler> Broadcast<H> {
             }
             Some(Recovery::Recovered { .. } | Recovery::NotRecovered { .. }) | None => {
                 stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
-                self.reset(ctx, id, target);
+                self.reset(ctx, id, target, true);
             }
         }
         self.topics.set_cursor(id, target);
@@ -841,7 +842,8 @@ impl<H: Handler> Broadcast<H> {
             self.hub.stats[self.worker]
                 .gaps_reported
                 .fetch_add(1, Ordering::Relaxed);
-            self.reset(ctx, id, head);
+            // The broker lost what this node gave: positions go back, nothing is owed.
+            self.reset(ctx, id, head, false);
             self.topics.set_cursor(id, head);
         } else {
             self.advance(ctx, id, head);
@@ -849,9 +851,19 @@ impl<H: Handler> Broadcast<H> {
     }
 
     /// Tells this worker's subscribers of topic `id` that what came before `head` is lost to
-    /// them: an SSE `reset` event on each event stream. (A WebSocket in rooms by path has no
-    /// message for it; a handler learns it from [`Connection::subscribe_from`].)
-    fn reset(&mut self, ctx: &mut WorkerView<'_, ConnState<H::Data>>, id: TopicId, head: Position) {
+    /// them: an SSE `reset` event on each event stream, the handler's
+    /// [`reset_notice`](Handler::reset_notice) on each WebSocket. When publications were
+    /// `lost` and the handler has no notice (rooms by path), a WebSocket is closed with
+    /// [`CloseCode::NOT_RECOVERED`]: it is never left to go on as if nothing were missing,
+    /// and its reconnect is its notice. (Without a loss, a reset only moves positions, which
+    /// such a subscriber never sees.)
+    fn reset(
+        &mut self,
+        ctx: &mut WorkerView<'_, ConnState<H::Data>>,
+        id: TopicId,
+        head: Position,
+        lost: bool,
+    ) {
         let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
         let notice = self
             .topics
@@ -859,12 +871,16 @@ impl<H: Handler> Broadcast<H> {
             .and_then(|topic| self.handler.reset_notice(topic, head))
             .map(|text| encode_frame(OpCode::Text, true, text.as_bytes(), None));
         let mut slow = Vec::new();
+        let mut unnoticed = Vec::new();
         for &sub in self.topics.subscribers(id) {
             let frame = if ctx.is_stream(sub) {
                 event.clone()
             } else if let Some(notice) = &notice {
                 notice.clone()
             } else {
+                if lost {
+                    unnoticed.push(sub);
+                }
                 continue;
             };
             if let Err(SendError::Backlog) = ctx.send_frame(sub, frame) {
@@ -873,6 +889,9 @@ impl<H: Handler> Broadcast<H> {
         }
         for sub in slow {
             ctx.close_slow_consumer(sub);
+        }
+        for sub in unnoticed {
+            ctx.close(sub, CloseCode::NOT_RECOVERED, "not recovered");
         }
     }
 

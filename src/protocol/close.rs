@@ -32,6 +32,10 @@ impl CloseCode {
     /// 1013: try again later; the server is temporarily out of a resource (IANA registry,
     /// RFC 6455 §7.4.2).
     pub const TRY_AGAIN_LATER: Self = Self(1013);
+    /// 4010 (private use, §7.4.2): uringcast's "not recovered" for a WebSocket subscriber
+    /// whose handler has no message for it: publications it was owed are lost (a gap its
+    /// node could not fill, a stream made anew), and its reconnect is its notice.
+    pub const NOT_RECOVERED: Self = Self(4010);
 
     /// Whether this code may appear in a close frame on the wire (§7.4.1, §7.4.2 and the
     /// IANA registry): 1000-1003, 1007-1014 and 3000-4999. 1004-1006 and 1015 are reserved

@@ -129,13 +129,15 @@ pub(crate) async fn a_lost_publication_is_repaired_from_the_stream(kind: Kind) -
 }
 
 /// A gap the stream no longer holds (trimmed past it) is reported to the subscribers with a
-/// reset, never skipped in silence.
+/// reset, never skipped in silence: an SSE `reset`, and a WebSocket room (which has no
+/// message for it) closed with 4010 "not recovered".
 pub(crate) async fn a_gap_the_stream_lost_too_is_reported(kind: Kind) -> Result<()> {
     with_broker(kind, "streams_reported", |broker| async move {
         let a = node(&broker, HISTORY)?;
         let b = node(&broker, HISTORY)?;
         let start = fcall(&broker, "trimmed", "first")?;
         let mut on_b = Sse::open_from(b.addr(), "/trimmed", &start).await?;
+        let mut room_b = ws(b.addr(), "/trimmed").await?;
         wait_subscribed(b.addr(), 1).await?;
         // Three lost, and the stream keeps only the last of them.
         for i in 1..=3 {
@@ -147,6 +149,14 @@ pub(crate) async fn a_gap_the_stream_lost_too_is_reported(kind: Kind) -> Result<
         let event = on_b.event().await?;
         ensure!(event.data == "after", "got {event:?}");
         ensure!(position(&event.id)?.1 == position(&start)?.1 + 4);
+        // The room's subscriber was upgraded (and so subscribed) before the loss.
+        match next(&mut room_b).await? {
+            WsMessage::Close(Some(frame)) => ensure!(
+                u16::from(frame.code) == 4010,
+                "the room subscriber was closed with {frame:?}"
+            ),
+            other => bail!("the room subscriber got {other:?}, not a 4010 close"),
+        }
         ensure!(metric(b.addr(), "uringcast_broker_history_gaps_reported_total").await? == 1);
         Ok(())
     })
@@ -297,6 +307,7 @@ pub(crate) async fn a_new_stream_begun_while_a_node_was_away_is_given_from_its_s
         let start = fcall(&broker, "reborn", "first")?;
         let (old_epoch, _) = position(&start)?;
         let mut on_b = Sse::open_from(b.addr(), "/reborn", &start).await?;
+        let mut room_b = ws(b.addr(), "/reborn").await?;
         wait_subscribed(b.addr(), 1).await?;
         // The stream starts again under a new epoch, and its first two never reach the nodes.
         let base = "{uringcast:reborn}";
@@ -325,6 +336,11 @@ pub(crate) async fn a_new_stream_begun_while_a_node_was_away_is_given_from_its_s
                 "got {event:?}, expected {text}"
             );
             ensure!(position(&event.id)? == (new_epoch.to_string(), 1 + i as u64));
+        }
+        // Nothing lost: the room's subscriber gets all three and stays open (no 4010).
+        for text in ["lost1", "lost2", "after"] {
+            let got = next_text(&mut room_b).await?;
+            ensure!(got == text, "the room subscriber got {got:?}, expected {text}");
         }
         Ok(())
     })
