@@ -351,7 +351,8 @@ floor() { # scenario rep n secs
   local cmd=("$bin/floor_server" --listen "127.0.0.1:$port" --connections "$3" --rate 10 --size 64
              --start-delay 1 --max-seconds "$(($4 + $3 / 5000 + 4))")
   echo "rep $rep server floor: taskset -c 0 ${cmd[*]}" >>"$commands"
-  taskset -c 0 "${cmd[@]}" >"$log" 2>&1 &
+  # Bounded twice: the floor ends itself past --max-seconds, and `timeout` ends it if not.
+  timeout $(($4 + $3 / 5000 + 20)) taskset -c 0 "${cmd[@]}" >"$log" 2>&1 &
   pid=$!
   wait_listen "$port" "$pid" || { echo "floor did not start" >&2; stop_server; return; }
   load "$1" floor "$2" broadcast "ws://127.0.0.1:$port/" --subscribers "$3" --publishers 0 \

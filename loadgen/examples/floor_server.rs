@@ -66,6 +66,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The time limit holds even while `accept` waits for connections that never come (a load
+    // generator that gave up): the process ends a few seconds past it, whatever it is doing.
+    let limit = options.max + std::time::Duration::from_secs(5);
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("floor_server: --max-seconds passed; exiting");
+        std::process::exit(1);
+    });
     if let Err(error) = run(&options) {
         eprintln!("floor_server: {error}");
         std::process::exit(1);
