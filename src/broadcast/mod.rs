@@ -807,8 +807,10 @@ impl<H: Handler> Broadcast<H> {
                     stats.gaps_filled.fetch_add(1, Ordering::Relaxed);
                 } else {
                     stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
-                    // A new stream, given whole: positions change, nothing is lost.
-                    self.reset(ctx, id, from, false);
+                    // A new stream, given whole; but whether the old one went on past this
+                    // node's cursor (publications another node saw before the broker lost
+                    // them) is unknown, so a subscriber with no reset message is told too.
+                    self.reset(ctx, id, from, true);
                 }
                 for publication in publications
                     .iter()
