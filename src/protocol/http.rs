@@ -300,7 +300,13 @@ mod tests {
         assert!(!text.contains("close"));
 
         // A service's own `Connection` field stands, and so does anything not made here.
-        let mut own = http_response(503, "Service Unavailable", &[("Connection", "close")], None, b"");
+        let mut own = http_response(
+            503,
+            "Service Unavailable",
+            &[("Connection", "close")],
+            None,
+            b"",
+        );
         let before = own.clone();
         assert!(!keep_alive(&mut own));
         assert_eq!(own, before);

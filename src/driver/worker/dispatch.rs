@@ -154,7 +154,15 @@ impl<S: Service> Worker<S> {
                 let data = self.bufs.buffer_mut(bid, len);
                 let mut ctx = ctx!(self);
                 let max_head = self.config.max_head_bytes;
-                receive(&mut self.service, &mut ctx, key, data, limits, max_head, &mut budget);
+                receive(
+                    &mut self.service,
+                    &mut ctx,
+                    key,
+                    data,
+                    limits,
+                    max_head,
+                    &mut budget,
+                );
                 self.bufs.push(bid);
                 let held_after = self.held_bytes(key);
                 self.account_held(held_before, held_after);

@@ -554,10 +554,19 @@ mod tests {
         let asks = |start: &str, fields: &[&str]| parse(head(start, fields)).asks_keep_alive();
         assert!(asks("POST /p HTTP/1.1", &["Connection: keep-alive"]));
         assert!(asks("POST /p HTTP/1.1", &["Connection: TE,  Keep-Alive "]));
-        assert!(asks("POST /p HTTP/1.1", &["Connection: te", "connection: keep-alive"]));
+        assert!(asks(
+            "POST /p HTTP/1.1",
+            &["Connection: te", "connection: keep-alive"]
+        ));
         assert!(!asks("POST /p HTTP/1.1", &["Host: a"]), "not asked");
-        assert!(!asks("POST /p HTTP/1.1", &["Connection: keep-alive, close"]));
-        assert!(!asks("POST /p HTTP/1.1", &["Connection: keep-alive", "Connection: close"]));
+        assert!(!asks(
+            "POST /p HTTP/1.1",
+            &["Connection: keep-alive, close"]
+        ));
+        assert!(!asks(
+            "POST /p HTTP/1.1",
+            &["Connection: keep-alive", "Connection: close"]
+        ));
         assert!(!asks("POST /p HTTP/1.0", &["Connection: keep-alive"]));
     }
 
