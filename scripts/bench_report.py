@@ -417,6 +417,7 @@ def main():
         w("| server | " + " | ".join(cols) + " |")
         w("|---|" + "---:|" * len(figures))
         medians = {}
+        lossy = set()  # servers that lost deliveries in this scenario: beat nobody on it
         for server in servers:
             if not any(k[0] == scenario and k[1] == server for k in run.status):
                 continue
@@ -428,6 +429,8 @@ def main():
                     continue
                 text, m = cell(run, scenario, server, f)
                 medians[(server, f)] = m
+                if "missing" in text:
+                    lossy.add(server)
                 row.append(text)
             w(f"| {LABEL[server]} | " + " | ".join(row) + " |")
         w("")
@@ -438,7 +441,10 @@ def main():
                 continue
             lower = FIGURES[f][3]
             # Behind by more than 1%: closer than that is a tie on this machine.
+            # A peer that lost deliveries in the run, or whose figure is 0 (no samples), is not
+            # ahead of anyone on it.
             better = [s for s in PEERS if (v := medians.get((s, f))) is not None
+                      and s not in lossy and v > 0
                       and (v < ours / 1.01 if lower else v > ours * 1.01)]
             if better:
                 names = ", ".join(f"{LABEL[s]} {fmt(f, medians[(s, f)])}" for s in better)
@@ -484,7 +490,8 @@ def main():
         series = []
         for server in servers:
             rep = median_rep(run, scenario, server, "p99")
-            if rep is not None:
+            # A repetition with nothing delivered has no curve to draw (and would fail the plot).
+            if rep is not None and (median(run.values(scenario, server, "p99")[0]) or 0) > 0:
                 series.append(f"{LABEL[server]}={os.path.join(a.run, 'runs', scenario, f'{server}-{rep}.json')}")
         svg = os.path.join(plots, f"latency-{scenario.split('-')[0]}{'-8' if scenario == 'inflight-8' else ''}.svg")
         if series and plot(a.load, ["latency", svg, "--title", title, *series]):
@@ -497,7 +504,8 @@ def main():
 
     # Where uringcast is behind.
     w("## Where uringcast is behind\n")
-    w("Every figure above where a peer's median beats uringcast's, and every goal not met, "
+    w("Every figure above where a peer's median beats uringcast's (a peer that lost deliveries "
+      "in that scenario, or has no samples, is not counted), and every goal not met, "
       "listed by this script from the tables:\n")
     for line in behind or ["Nowhere in this run."]:
         w(f"- {line}")
