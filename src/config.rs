@@ -35,6 +35,23 @@ pub const DEFAULT_RECV_BUFFER_BYTES: usize = 2048;
 /// Buffers go back to the ring as soon as the protocol has read them, so 256 cover 256
 /// receives per loop turn; past that a receive waits a turn (counted as starvation).
 pub const DEFAULT_RECV_BUFFERS: u16 = 256;
+/// The fewest receive buffers a worker gets when there are more workers than CPUs.
+pub const MIN_AUTO_RECV_BUFFERS: u16 = 32;
+
+/// Receive buffers per worker when `--recv-buffers` is not given: [`DEFAULT_RECV_BUFFERS`]
+/// while workers are no more than CPUs. Past that (a million connections take 53 workers on
+/// two CPUs, one per 19,000-slot descriptor table) the workers share the CPUs, and so the
+/// receives a turn can take: the CPUs' pools are split between them, rounded down to a
+/// power of two and at least [`MIN_AUTO_RECV_BUFFERS`]. A worker's whole pool becomes
+/// resident, so 53 pools of 256 would be 27 MiB, where 53 of 32 are 3.4 MiB.
+pub fn auto_recv_buffers(workers: usize, cpus: usize) -> u16 {
+    let most = usize::from(DEFAULT_RECV_BUFFERS);
+    let share =
+        (most * cpus.max(1) / workers.max(1)).clamp(usize::from(MIN_AUTO_RECV_BUFFERS), most);
+    let power = 1usize << (usize::BITS - 1 - share.leading_zeros());
+    u16::try_from(power).unwrap_or(DEFAULT_RECV_BUFFERS)
+}
+
 /// Submission queue entries per ring; the completion queue is sized at 4x this.
 pub const DEFAULT_RING_ENTRIES: u32 = 4096;
 /// 256 MiB per worker of unfinished messages and request bodies, summed over its connections:
@@ -257,6 +274,8 @@ pub struct ServerBuilder {
     client_publish: Option<ClientPublish>,
     /// Read by `build`, which turns them into `config.limits`.
     limit_settings: LimitSettings,
+    /// Whether the receive buffer count was given; if not, `build` sizes it by the workers.
+    recv_buffers_given: bool,
 }
 
 /// Where the key that checks tokens comes from.
@@ -328,6 +347,7 @@ impl Default for ServerBuilder {
             jwt_key: None,
             client_publish: None,
             limit_settings: LimitSettings::default(),
+            recv_buffers_given: false,
         }
     }
 }
@@ -378,9 +398,16 @@ impl ServerBuilder {
         self.config.driver.drain_timeout = timeout;
         self
     }
-    /// Receive buffer size and count per worker.
+    /// Receive buffer size and count per worker (by default the count is
+    /// [`auto_recv_buffers`] of the workers and CPUs).
     pub fn recv_buffers(mut self, count: u16, bytes: usize) -> Self {
         self.config.driver.recv_buffers = count;
+        self.config.driver.recv_buffer_bytes = bytes;
+        self.recv_buffers_given = true;
+        self
+    }
+    /// Receive buffer size, the count left to [`auto_recv_buffers`].
+    pub fn recv_buffer_bytes(mut self, bytes: usize) -> Self {
         self.config.driver.recv_buffer_bytes = bytes;
         self
     }
@@ -619,7 +646,11 @@ impl ServerBuilder {
     /// # Errors
     ///
     /// A [`ConfigError`] naming the first setting out of range, its value and the range.
-    pub fn build(self) -> Result<Config, ConfigError> {
+    pub fn build(mut self) -> Result<Config, ConfigError> {
+        if !self.recv_buffers_given {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.config.driver.recv_buffers = auto_recv_buffers(self.config.driver.workers, cpus);
+        }
         let d = &self.config.driver;
         let t = &self.config.topic_limits;
         let counts: [(&str, u64, u64, u64); 10] = [
@@ -828,6 +859,31 @@ mod tests {
     fn defaults_are_valid() {
         let config = ServerBuilder::default().build().expect("defaults build");
         assert!(config.driver.max_pending_bytes >= config.driver.max_message_bytes);
+    }
+
+    #[test]
+    fn workers_past_the_cpus_share_the_cpus_receive_pools() {
+        assert_eq!(auto_recv_buffers(1, 2), DEFAULT_RECV_BUFFERS);
+        assert_eq!(auto_recv_buffers(2, 2), DEFAULT_RECV_BUFFERS);
+        assert_eq!(auto_recv_buffers(4, 2), 128);
+        assert_eq!(auto_recv_buffers(6, 2), 64, "85, down to a power of two");
+        assert_eq!(auto_recv_buffers(53, 2), MIN_AUTO_RECV_BUFFERS);
+        assert_eq!(auto_recv_buffers(0, 0), DEFAULT_RECV_BUFFERS);
+        let many = ServerBuilder::default()
+            .workers(53)
+            .build()
+            .expect("builds");
+        assert_eq!(many.driver.recv_buffers, auto_recv_buffers(53, cpus()));
+        let given = ServerBuilder::default()
+            .workers(53)
+            .recv_buffers(512, 2048)
+            .build()
+            .expect("builds");
+        assert_eq!(given.driver.recv_buffers, 512, "a count given is kept");
+    }
+
+    fn cpus() -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
     }
 
     #[test]

@@ -36,9 +36,10 @@ struct Cli {
     /// Submission queue entries per worker ring (a power of two, 8 to 16384).
     #[arg(long, default_value_t = config::DEFAULT_RING_ENTRIES)]
     ring_entries: u32,
-    /// Receive buffers per worker (a power of two), shared by all its connections.
-    #[arg(long, default_value_t = config::DEFAULT_RECV_BUFFERS)]
-    recv_buffers: u16,
+    /// Receive buffers per worker (a power of two), shared by all its connections [default:
+    /// 256, or fewer (at least 32) when workers outnumber CPUs: the CPUs' 256 each, shared]
+    #[arg(long)]
+    recv_buffers: Option<u16>,
     /// Bytes per receive buffer.
     #[arg(long, default_value_t = config::DEFAULT_RECV_BUFFER_BYTES)]
     recv_buffer_bytes: usize,
@@ -319,7 +320,7 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
         .max_backlog_bytes(cli.max_backlog_bytes)
         .max_pending_bytes(cli.max_pending_bytes)
         .ring_entries(cli.ring_entries)
-        .recv_buffers(cli.recv_buffers, cli.recv_buffer_bytes)
+        .recv_buffer_bytes(cli.recv_buffer_bytes)
         .handshake_timeout(seconds("handshake-timeout", cli.handshake_timeout)?)
         .ping_interval(Some(seconds("ping-interval", cli.ping_interval)?))
         .drain_timeout(seconds("drain-timeout", cli.drain_timeout)?)
@@ -335,6 +336,9 @@ fn settings(cli: Cli) -> anyhow::Result<config::Config> {
         .handle_signals(true);
     if let Some(workers) = cli.workers {
         builder = builder.workers(workers);
+    }
+    if let Some(count) = cli.recv_buffers {
+        builder = builder.recv_buffers(count, cli.recv_buffer_bytes);
     }
     if pusher {
         // Topics are `APP_ID:CHANNEL`: a 100-byte id and a 200-byte channel name.
