@@ -107,10 +107,7 @@ impl KafkaTask {
                 }
             }
         }
-        Ok(Session {
-            _client: client,
-            partitions,
-        })
+        Ok(Session { client, partitions })
     }
 
     /// The number of partitions of the Kafka topic, which is created if missing and `may_create`.

@@ -23,6 +23,29 @@ impl KafkaTask {
             .stats
             .head_checks
             .fetch_add(self.loaded.len() as u64, Ordering::Relaxed);
+        // Partitions added to the Kafka topic move topics to other partitions (and a broker
+        // that lost the topic may make it anew with another count): every node must see it.
+        let count = match tokio::time::timeout(IO_TIMEOUT, session.client.list_topics()).await {
+            Ok(Ok(topics)) => topics
+                .into_iter()
+                .find(|t| t.name == self.topic)
+                .map(|t| t.partitions.len()),
+            Ok(Err(error)) => {
+                self.warn(format_args!("broker head check failed: {error}"));
+                return false;
+            }
+            Err(_) => return false,
+        };
+        if count != Some(session.partitions.len()) {
+            let message = format!(
+                "Kafka topic {:?} has {count:?} partitions now, not {}",
+                self.topic,
+                session.partitions.len()
+            );
+            self.warn(format_args!("{message}"));
+            self.resync = true;
+            return false;
+        }
         for (index, partition) in session.partitions.iter().enumerate() {
             let check = async {
                 let latest = offset(partition, OffsetAt::Latest).await?;

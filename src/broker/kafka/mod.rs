@@ -112,7 +112,7 @@ struct Part {
 
 /// One connection: the client and a client per partition.
 struct Session {
-    _client: Client,
+    client: Client,
     partitions: Vec<Arc<PartitionClient>>,
 }
 
@@ -157,7 +157,7 @@ impl KafkaTask {
                     if was_connected {
                         BrokerStats::add(&stats.reconnects, 1);
                     }
-                    info!(broker = %self.link.url, topic = %self.topic, "broker connected");
+                    info!(broker = %self.link.url, topic = %self.topic, partitions = session.partitions.len(), "broker connected");
                     was_connected = true;
                     stats.connected.store(true, Ordering::Relaxed);
                     if let Some(ready) = ready.take() {

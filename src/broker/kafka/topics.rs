@@ -58,6 +58,7 @@ impl KafkaTask {
         let predecessor = match self.last.get(&topic) {
             Some(last) if last.epoch == epoch => {
                 if last.offset >= position.offset {
+                    tracing::trace!(%topic, ?position, ?last, "repeat");
                     BrokerStats::add(&stats.repeats, 1);
                     return;
                 }
@@ -113,6 +114,7 @@ impl KafkaTask {
             .filter(|t| partition_for(t.as_bytes(), count) == partition)
             .cloned()
             .collect();
+        tracing::debug!(partition, earliest, "partition lost what lay before");
         for topic in topics {
             if self
                 .last
@@ -145,6 +147,7 @@ impl KafkaTask {
     /// A served topic's copy no longer holds: it is dropped, counted as a gap reported, and
     /// loaded again (its subscribers are brought to the new head, or reset).
     pub(super) fn unload(&mut self, topic: &Arc<str>) {
+        tracing::debug!(%topic, "topic unloaded");
         self.log.stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
         self.loaded.remove(topic);
         self.last.remove(topic);
@@ -286,6 +289,7 @@ impl KafkaTask {
             }
             predecessor = offset;
         }
+        tracing::debug!(%topic, start, end, ?head, kept = publications.len(), "topic loaded");
         self.log.load(topic, head, publications);
         self.last.insert(Arc::clone(topic), head);
         self.loaded.insert(Arc::clone(topic));
