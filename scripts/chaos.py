@@ -58,6 +58,7 @@ T0 = time.monotonic()
 TOKEN = "chaos-token"
 APP_ID, APP_KEY, APP_SECRET = "1", "chaoskey", "chaossecret"
 TOPIC = "chaos"
+QUIET = 5  # seconds without a delivery that end the run's drain
 EVENT = "tick"
 PING_INTERVAL = 2  # the nodes' heartbeat (--ping-interval), seconds
 MAX_SESSIONS = 60  # connections one client opens at most in a run
@@ -454,7 +455,7 @@ class Subscriber:
         self.pending_resume = False
 
     def notice(self, why):
-        self.log.append(("n", why))
+        self.log.append(("n", why, round(time.monotonic() - T0, 2), self.node.name if self.node else None))
         self.not_recovered += 1
         self.pending_resume = False
 
@@ -474,7 +475,7 @@ class Subscriber:
         if self.pending_resume:
             self.recovered += 1
             self.pending_resume = False
-        self.log.append(("d", pub, seq))
+        self.log.append(("d", pub, seq, round(time.monotonic() - T0, 2), self.node.name if self.node else None, position))
 
     def check_position(self, position):
         # A subscription to a topic its node had not heard of yet starts from an unknown
@@ -624,6 +625,8 @@ class Run:
         self.faults = []  # (what, node name or None for the broker, start, end)
         self.cuts_done = 0
         self.failures = []
+        self.silent_context = []  # what each silent miss's subscriber saw around it
+        self.subs = []
 
     def excused(self, publisher, made_at, node_name, confirmed):
         """Whether a publication nobody received was made through a node (or a broker) in
@@ -727,6 +730,7 @@ class Run:
             raise Skip("the node keeps positions per node with this broker (no broker log in /metrics)")
 
         subs, pubs = [], []
+        self.subs = subs
         for trio in trios:
             kinds = ["ws", "sse"] if trio.mode == "broadcast" else ["pusher"]
             for node in trio.nodes:
@@ -763,13 +767,15 @@ class Run:
         self.pub_end = now()
         await asyncio.wait_for(asyncio.gather(*pub_tasks, return_exceptions=True), 10)
         log("publishers stopped; waiting for the last deliveries")
-        # Drain: until nothing new arrives for 2 s (at most 20 s).
-        last, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 20
+        # Drain: until nothing new arrives for QUIET s (at most 30 s). A node that was frozen
+        # or cut off from a slow broker (Tansu under load takes 0.3 s a request) can deliver
+        # its last publications seconds after the publishers stopped.
+        last, quiet_since, deadline = -1, time.monotonic(), time.monotonic() + 30
         while time.monotonic() < deadline:
             total = sum(len(s.log) for s in subs)
             if total != last:
                 last, quiet_since = total, time.monotonic()
-            elif time.monotonic() - quiet_since >= 2:
+            elif time.monotonic() - quiet_since >= QUIET:
                 break
             await asyncio.sleep(0.25)
         counters = {}
@@ -779,6 +785,8 @@ class Run:
                     text = await http_get(node.port, "/metrics")
                 except (OSError, asyncio.TimeoutError):
                     continue
+                with open(os.path.join(self.args.out, f"node-{node.name}.metrics"), "w") as f:
+                    f.write(text)
                 for line in text.splitlines():
                     fields = line.split()
                     if len(fields) != 2 or line.startswith("#"):
@@ -836,6 +844,12 @@ class Run:
                         self.failures.append(f"{s.name}: {s.bad} payloads not understood")
                     for pub, seq in silent[:3]:
                         silent_examples.append(f"{s.name} missed {pub}#{seq} ({self.describe(tpubs, pub, seq)})")
+                    for pub, seq in silent[:3]:
+                        got_by = [[o.name] + list(e) for o in subs for e in o.log
+                                  if e[0] == "d" and e[1] == pub and e[2] == seq]
+                        self.silent_context.append({"subscriber": s.name, "missed": f"{pub}#{seq}",
+                                                    "around": around(s.log, pub, seq),
+                                                    "received_by": got_by})
                 rows.append(row)
         total = {k: sum(r[k] for r in rows) for k in rows[0] if k not in ("clients", "made", "lost_at_publish")}
         total["clients"] = "all"
@@ -850,6 +864,12 @@ class Run:
                 at, node = p.made[seq]
                 return f"made at {at:.1f} s through {node}"
         return "not made"
+
+
+def around(entries, pub, seq, width=4):
+    """The subscriber's log entries next to where `pub#seq` would have been (for the report)."""
+    at = next((i for i, e in enumerate(entries) if e[0] == "d" and e[1] == pub and e[2] > seq), len(entries))
+    return [list(e) for e in entries[max(0, at - width):at + width]]
 
 
 def analyse(sub, expected):
@@ -973,7 +993,10 @@ def main():
         print(f"  failure: {f}")
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump({"broker": args.broker, "rows": rows, "silent_examples": examples,
-                   "failures": run.failures, "faults": run.faults, "counters": counters}, f, indent=1)
+                   "silent_context": run.silent_context,
+                   # Every subscriber's whole log when something was silent, to see how.
+                   "logs": {s.name: s.log for s in run.subs} if total["silent"] else {}, "failures": run.failures, "faults": run.faults,
+                   "counters": counters}, f, indent=1)
     ok = total["silent"] == 0 and total["duplicates"] == 0 and not run.failures
     print(f"{'PASS' if ok else 'FAIL'} chaos {args.broker}: silent gaps {total['silent']}, "
           f"duplicates {total['duplicates']}, failures {len(run.failures)}", flush=True)
