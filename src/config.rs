@@ -668,7 +668,12 @@ impl ServerBuilder {
                 1 << 24,
             ),
             ("workers", d.workers as u64, 1, MAX_WORKERS),
-            ("max-message-bytes", d.max_message_bytes, 1, 1 << 40),
+            (
+                "max-message-bytes",
+                d.max_message_bytes,
+                1,
+                u64::from(u32::MAX),
+            ),
             ("max-head-bytes", d.max_head_bytes as u64, 256, 1 << 20),
             ("max-backlog-bytes", d.max_backlog_bytes as u64, 1, 1 << 40),
             ("max-pending-bytes", d.max_pending_bytes, 1, 1 << 44),

@@ -204,7 +204,9 @@ pub struct FrameDecoder {
     message: Option<OpCode>,
     /// Declared payload bytes of the message in progress, across its fragments so far.
     message_len: u64,
-    max_message_bytes: u64,
+    /// `Limits::max_message_bytes`, at most 4 GiB - 1: 4 bytes, not 8, in every connection's
+    /// state (a million idle connections hold a million decoders).
+    max_message_bytes: u32,
     /// permessage-deflate was negotiated: RSV1 may mark a message compressed.
     compression: bool,
     /// The message in progress had RSV1 on its first frame.
@@ -219,7 +221,7 @@ impl FrameDecoder {
             role,
             message: None,
             message_len: 0,
-            max_message_bytes: limits.max_message_bytes,
+            max_message_bytes: u32::try_from(limits.max_message_bytes).unwrap_or(u32::MAX),
             compression: false,
             message_compressed: false,
         }
@@ -238,7 +240,7 @@ impl FrameDecoder {
 
     /// The largest message allowed, summed across fragments.
     pub fn max_message_bytes(&self) -> u64 {
-        self.max_message_bytes
+        u64::from(self.max_message_bytes)
     }
 
     /// The opcode (Text or Binary) of the data message in progress, if any.
@@ -351,10 +353,10 @@ impl FrameDecoder {
             }
         };
         let len = so_far.saturating_add(header.payload_len);
-        if len > self.max_message_bytes {
+        if len > u64::from(self.max_message_bytes) {
             return Err(ProtocolError::MessageTooBig {
                 len,
-                limit: self.max_message_bytes,
+                limit: u64::from(self.max_message_bytes),
             });
         }
         self.message = Some(opcode);

@@ -37,7 +37,8 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 16 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest message payload, summed across fragments; checked on each declared frame length
-    /// before any byte of it is buffered (RFC 6455 §10.4).
+    /// before any byte of it is buffered (RFC 6455 §10.4). At most 4 GiB - 1 (`u32::MAX`): a
+    /// larger limit is taken as that.
     pub max_message_bytes: u64,
 }
 
