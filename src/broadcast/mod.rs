@@ -239,6 +239,7 @@ impl<H: Handler> Broadcast<H> {
                 .cursor(id)
                 .is_some_and(|c| c.epoch == position.epoch && c.offset >= position.offset)
             {
+                tracing::trace!(?position, cursor = ?self.topics.cursor(id), "already given");
                 return 0;
             }
             self.topics.set_cursor(id, position);
@@ -801,6 +802,17 @@ impl<H: Handler> Broadcast<H> {
                     && publications.first().and_then(|p| p.previous()) == Some(0)
                     && offset(publications.last()).is_some_and(|o| o >= target.offset))
         };
+        tracing::debug!(
+            topic = ?self.topics.name(id),
+            ?cursor,
+            ?target,
+            outcome = match &recovery {
+                Some(Recovery::Recovered { publications, .. }) if whole(publications) =>
+                    "filled",
+                Some(_) | None => "reset",
+            },
+            "a gap before a publication"
+        );
         match recovery {
             Some(Recovery::Recovered { publications, .. }) if whole(&publications) => {
                 if from == cursor {

@@ -172,6 +172,7 @@ impl KafkaTask {
             }
         };
         for (topic, held) in changes {
+            tracing::debug!(%topic, held, "interest");
             if held {
                 self.wanted.insert(topic);
             } else {
@@ -246,6 +247,14 @@ impl KafkaTask {
             if next == before {
                 break;
             }
+        }
+        if next < end {
+            // Cut short (Tansu may answer a fetch with nothing even when it has records): a
+            // head taken from what was found would hide the rest, which the reader may
+            // already have passed. The load is tried again; the rest is in the next scan.
+            return Err(format!(
+                "the scan of partition {index} for {topic:?} stopped at offset {next} of {end}"
+            ));
         }
         let part = &mut self.parts[index];
         if let Some(first) = first_record {
