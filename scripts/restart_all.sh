@@ -97,6 +97,8 @@ pids=()
 brokers_dir=
 cleanup() {
   for pid in ${pids[@]+"${pids[@]}"}; do
+    # A load generator runs under `timeout`, which SIGKILL does not pass on: its child first.
+    pkill -KILL -P "$pid" 2>/dev/null
     kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   done
   [ -n "$brokers_dir" ] && scripts/brokers.sh stop "$brokers_dir" >/dev/null 2>&1
