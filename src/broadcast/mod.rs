@@ -98,6 +98,11 @@ pub(crate) struct Broadcast<H: Handler> {
     /// The position an event stream admitted without one was told it starts from (in its
     /// response head), for `on_open` of the same request to subscribe it from.
     stream_start: Option<Position>,
+    /// Subscribers that resumed from a position this node's log had not reached yet (they
+    /// read further on another node; this node's link is behind the broker): nothing up to
+    /// that position is sent to them. An entry goes when a publication passes it, at a
+    /// reset, an unsubscribe or a close; empty but for those moments.
+    ahead: std::collections::HashMap<(ConnId, TopicId), Position>,
 }
 
 impl<H: Handler> Broadcast<H> {
@@ -121,6 +126,7 @@ impl<H: Handler> Broadcast<H> {
             caps: Arc::clone(&config.limits),
             admitted: None,
             stream_start: None,
+            ahead: std::collections::HashMap::new(),
         }
     }
 
@@ -262,9 +268,20 @@ impl<H: Handler> Broadcast<H> {
             .except()
             .filter(|p| p.node == self.hub.node && p.worker == self.worker)
             .map(|p| p.conn);
+        let position = publication.position();
+        let mut passed = Vec::new();
         for &sub in self.topics.subscribers(id) {
             if Some(sub) == except {
                 continue;
+            }
+            if !self.ahead.is_empty() {
+                if let Some(floor) = self.ahead.get(&(sub, id)) {
+                    if position.is_some_and(|p| p.epoch == floor.epoch && p.offset <= floor.offset)
+                    {
+                        continue;
+                    }
+                    passed.push(sub);
+                }
             }
             match ctx.send_message(sub, &mut message) {
                 Ok(()) => delivered += 1,
@@ -276,6 +293,9 @@ impl<H: Handler> Broadcast<H> {
                 },
                 Err(SendError::Closed) => {}
             }
+        }
+        for sub in passed {
+            self.ahead.remove(&(sub, id));
         }
         stats
             .deliveries
@@ -329,6 +349,7 @@ impl<H: Handler> Broadcast<H> {
         let Some(id) = self.topics.id(topic) else {
             return false;
         };
+        self.ahead.remove(&(conn, id));
         let Some(mut subs) = ctx.data(conn).map(|s| std::mem::take(&mut s.subs)) else {
             return false;
         };
@@ -500,6 +521,9 @@ impl<H: Handler> Service for Broadcast<H> {
     ) {
         // Its place on the server and in its address's count is given back.
         self.fair.remove(&conn);
+        if !self.ahead.is_empty() {
+            self.ahead.retain(|(c, _), _| *c != conn);
+        }
         let counts = &self.hub.stats[self.worker].topics;
         for entry in std::mem::take(&mut data.subs).into_entries() {
             self.topics.remove_entry(
@@ -878,6 +902,10 @@ impl<H: Handler> Broadcast<H> {
         head: Position,
         lost: bool,
     ) {
+        if !self.ahead.is_empty() {
+            // What they waited for may never come: after a reset they take what follows.
+            self.ahead.retain(|(_, t), _| *t != id);
+        }
         let event = crate::sse::reset_event(head.epoch.as_str(), head.offset);
         let notice = self
             .topics
@@ -926,7 +954,23 @@ impl<H: Handler> Broadcast<H> {
         recovery: Recovery,
         resuming: bool,
     ) -> bool {
-        let head = recovery.head();
+        let mut head = recovery.head();
+        // A client ahead of this node's log (it read further on another node, and this
+        // node's link is behind the broker): the worker's other subscribers are brought only
+        // as far as the log reaches, and the client is sent nothing up to its own position.
+        // Advancing the topic to the client's position would pass over, for everyone here,
+        // what the link has not handed on yet.
+        let mut floor = None;
+        if let (Some(log), Recovery::Recovered { publications, .. }) = (&self.hub.log, &recovery) {
+            let reached = log.read(topic, None, 0).head();
+            if publications.is_empty()
+                && reached.epoch == head.epoch
+                && head.offset > reached.offset
+            {
+                floor = Some(head);
+                head = reached;
+            }
+        }
         if let Some(id) = self.topics.id(topic) {
             self.advance(ctx, id, head);
         }
@@ -998,6 +1042,9 @@ impl<H: Handler> Broadcast<H> {
                     stats
                         .replayed
                         .fetch_add(publications.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(floor) = floor {
+                    self.ahead.insert((conn, id), floor);
                 }
                 for publication in &publications {
                     let mut message = encoded_message(publication);

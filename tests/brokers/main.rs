@@ -38,11 +38,11 @@ const TOKEN: &str = "t0k3n";
 /// A broadcast node on `broker`, with two workers.
 fn node(broker: &Broker, extra: &[&str]) -> Result<Server> {
     let url = broker.url();
-    let mut args = vec![
-        "--mode",
-        "broadcast",
-        "--workers",
-        "2",
+    let mut args = vec!["--mode", "broadcast"];
+    if !extra.contains(&"--workers") {
+        args.extend_from_slice(&["--workers", "2"]);
+    }
+    args.extend_from_slice(&[
         "--publish-token",
         TOKEN,
         // Subscribers publish to their rooms here, as before a publish token made them
@@ -51,7 +51,7 @@ fn node(broker: &Broker, extra: &[&str]) -> Result<Server> {
         "all",
         "--broker",
         &url,
-    ];
+    ]);
     args.extend_from_slice(extra);
     // The broker clients log every reconnection attempt; the link's own warnings say enough.
     Server::start_with(&args, |cmd| {
@@ -246,6 +246,11 @@ fn main() -> std::process::ExitCode {
                 kind,
                 "streams::a_lost_publication_is_repaired_from_the_stream",
                 streams::a_lost_publication_is_repaired_from_the_stream,
+            ),
+            on(
+                kind,
+                "streams::a_resume_ahead_of_the_node_skips_nothing_for_the_others",
+                streams::a_resume_ahead_of_the_node_skips_nothing_for_the_others,
             ),
             on(
                 kind,

@@ -128,6 +128,48 @@ pub(crate) async fn a_lost_publication_is_repaired_from_the_stream(kind: Kind) -
     .await
 }
 
+/// A client that resumes on a node from a position the node has not reached yet (it read
+/// further on another node; this node missed a publication the stream has) is given nothing
+/// up to its position, and the node's other subscribers still get everything: the node does
+/// not move its topic to the client's position before it has delivered what lies before.
+/// Without that, the subscriber here silently lacked the publication the node was behind on.
+pub(crate) async fn a_resume_ahead_of_the_node_skips_nothing_for_the_others(
+    kind: Kind,
+) -> Result<()> {
+    with_broker(kind, "streams_ahead", |broker| async move {
+        let a = node(&broker, HISTORY)?;
+        // One worker: both of B's subscribers share the topic's place on it.
+        let b = node(&broker, &["--history", "100", "--workers", "1"])?;
+        let start = fcall(&broker, "ahead", "first")?;
+        let (epoch, offset) = position(&start)?;
+        let mut here = Sse::open_from(b.addr(), "/ahead", &start).await?;
+        wait_subscribed(b.addr(), 1).await?;
+        // The stream has "lost" at offset + 1; node B has not heard of it (until a later
+        // publication or its head check, within a second, shows the gap).
+        lose(&broker, "ahead", "lost", 100)?;
+        let ahead_id = format!("{epoch}:{}", offset + 1);
+        // Subscribed in the turn that sent its response head.
+        let mut resumed = Sse::open_from(b.addr(), "/ahead", &ahead_id).await?;
+        publish_http(a.addr(), "ahead", "after").await?;
+        for (i, text) in ["lost", "after"].into_iter().enumerate() {
+            let event = here.event().await?;
+            ensure!(
+                event.kind == "message" && event.data == text,
+                "the subscriber already on B got {event:?}, expected {text}"
+            );
+            ensure!(position(&event.id)? == (epoch.clone(), offset + 1 + i as u64));
+        }
+        let event = resumed.event().await?;
+        ensure!(
+            event.kind == "message" && event.data == "after",
+            "the client that resumed ahead got {event:?}, expected only what follows its position"
+        );
+        ensure!(position(&event.id)? == (epoch, offset + 2));
+        Ok(())
+    })
+    .await
+}
+
 /// A gap the stream no longer holds (trimmed past it) is reported to the subscribers with a
 /// reset, never skipped in silence: an SSE `reset`, and a WebSocket room (which has no
 /// message for it) closed with 4010 "not recovered".
