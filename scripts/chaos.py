@@ -26,10 +26,11 @@ subscriber lacks at the end is:
   silent gap     none does. Must be 0.
 
 A publication no subscriber received at all, made through a node or a broker under a fault
-(from 1 s before it until that publisher's next publication through that node that someone
-received), is "lost at publish": it may never have reached the broker (the node died with
-it, or the broker was down, and publishes then fail). Any other publication is expected by
-every subscriber.
+(from 5 s before it, the longest a publish waits in a node's queue for the broker, unless a
+later one of the same publisher through that node got out before the fault; until that
+publisher's next publication through that node that someone received), is "lost at
+publish": it may never have reached the broker (the node died with it, or the broker was
+down, and publishes then fail). Any other publication is expected by every subscriber.
 
 Exit status: 0 when nothing failed and there are no silent gaps, 1 otherwise, 3 after a
 `SKIP chaos BROKER: reason` line (the node does not take this broker, or keeps positions per
@@ -59,6 +60,9 @@ TOKEN = "chaos-token"
 APP_ID, APP_KEY, APP_SECRET = "1", "chaoskey", "chaossecret"
 TOPIC = "chaos"
 QUIET = 5  # seconds without a delivery that end the run's drain
+# How long a publish may wait in a node's queue for the broker (the link's I/O timeout): a
+# node killed or frozen takes what it still held with it.
+QUEUED = 5.0
 EVENT = "tick"
 PING_INTERVAL = 2  # the nodes' heartbeat (--ping-interval), seconds
 MAX_SESSIONS = 60  # connections one client opens at most in a run
@@ -630,10 +634,18 @@ class Run:
 
     def excused(self, publisher, made_at, node_name, confirmed):
         """Whether a publication nobody received was made through a node (or a broker) in
-        trouble: from 1 s before a fault on it until that publisher's first publication
-        through the same node, made after the fault, that someone received (at most 60 s)."""
+        trouble: up to QUEUED s before a fault on it, unless a later publication of the same
+        publisher through that node, made before the fault, reached someone (then this one
+        was not still in the node's queue), until that publisher's first publication through
+        the same node, made after the fault, that someone received (at most 60 s)."""
         for _, target, start, end in self.faults:
-            if target not in (None, node_name) or not start - 1.0 <= made_at <= end + 60.0:
+            if target not in (None, node_name) or not start - QUEUED <= made_at <= end + 60.0:
+                continue
+            got_out_after = any(
+                made_at < at < start and node == node_name and (publisher.name, seq) in confirmed
+                for seq, (at, node) in publisher.made.items()
+            )
+            if got_out_after:
                 continue
             working_again = any(
                 end < at < made_at and node == node_name and (publisher.name, seq) in confirmed
