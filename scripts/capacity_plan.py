@@ -31,8 +31,11 @@ LADDER = (250_000, 500_000, 1_000_000)
 # and 25,000 per pair stalled at 62,000 of 100,000 (docs/PERFORMANCE.md); 12,500 did not.
 PER_PAIR = 12_500
 MAX_SOURCES = 200
-# Slots per fixed file table kept clear of RLIMIT_NOFILE for the process's own descriptors.
-TABLE_HEADROOM = 1_000
+# Slots per fixed file table kept clear of RLIMIT_NOFILE for the process's own descriptors;
+# CAPACITY_TABLE_HEADROOM asks for more (more workers, each less full: a reconnect storm
+# after a restart needs room for attempts the clients have abandoned and the server still
+# holds until its handshake timeout).
+TABLE_HEADROOM = int(os.environ.get("CAPACITY_TABLE_HEADROOM", "1000"))
 
 # Bytes per connection before anything is measured, from docs/PERFORMANCE.md, rounded up:
 # server RSS, kernel slab for both ends of the loopback pair, load generator RSS.

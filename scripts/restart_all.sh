@@ -29,6 +29,8 @@
 #   PUBLISH_RATE  publications per second in the history runs (20)
 #   DOWN_PUBLISHES  publications made while the server is down before it starts again
 #                 (history runs, 2 x PUBLISH_RATE)
+#   CAPACITY_TABLE_HEADROOM  descriptor-table slots kept free per worker (1000): 5000 sizes a
+#                 million at 67 workers of 15,000, room for a reconnect storm
 #
 # Sizing as scripts/capacity.sh (scripts/capacity_plan.py): one server worker and one
 # load-generator thread per 19,000 connections, one source address per 12,500. The memory

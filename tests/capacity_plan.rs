@@ -64,6 +64,22 @@ fn plan(args: &[&str], env: &[(&str, &Path)]) -> Result<(i32, String)> {
 }
 
 #[test]
+fn more_headroom_per_table_takes_more_workers() -> Result<()> {
+    if !python3("more_headroom_per_table_takes_more_workers") {
+        return Ok(());
+    }
+    // 15,000 slots a table instead of 19,000: room for a reconnect storm's abandoned attempts.
+    let headroom = [("CAPACITY_TABLE_HEADROOM", Path::new("5000"))];
+    let (code, out) = plan(
+        &["plan", "1000000", "--limit", "20000", "--steps", "1000000"],
+        &headroom,
+    )?;
+    ensure!(code == 0, "plan failed: {out}");
+    assert_eq!(out, "step 1000000 67 80\n");
+    Ok(())
+}
+
+#[test]
 fn a_million_is_sized_in_three_steps_of_workers_threads_and_sources() -> Result<()> {
     if !python3("a_million_is_sized_in_three_steps_of_workers_threads_and_sources") {
         return Ok(());
