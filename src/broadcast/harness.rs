@@ -371,6 +371,40 @@ mod tests {
         assert_eq!(cluster.take(1, b), [("reset", 1)]);
     }
 
+    #[test]
+    fn a_gap_at_the_head_resets_the_subscribers_though_no_position_is_missing() {
+        let mut cluster = Cluster::new(2, 100, 300);
+        let b = cluster.stream(1);
+        cluster.subscribe(1, b, "t", None);
+        cluster.publish(0, "t", b"1");
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), [("message", 1)]);
+        let head = cluster.hub.log.as_ref().unwrap().read("t", None, 0).head();
+        // The same head as a plain head_only changes nothing for them.
+        cluster
+            .hub
+            .post(&Publication::head_only(Arc::from("t"), head), None);
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), []);
+        let reported = |c: &Cluster| {
+            c.hub.stats[1]
+                .gaps_reported
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        let before = reported(&cluster);
+        // As a gap, they are told they missed something there, and it is counted.
+        cluster
+            .hub
+            .post(&Publication::gap_at(Arc::from("t"), head), None);
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), [("reset", 1)]);
+        assert_eq!(reported(&cluster), before + 1);
+        // What follows reaches them as before.
+        cluster.publish(0, "t", b"2");
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), [("message", 2)]);
+    }
+
     /// A broker's stream as a node holds it, set by the test: one epoch, offsets from 1.
     #[derive(Debug, Default)]
     struct Stream(std::sync::Mutex<Vec<Arc<Publication>>>);

@@ -229,6 +229,12 @@ impl<H: Handler> Broadcast<H> {
         if publication.is_head_only() {
             if let Some(head) = publication.position() {
                 self.move_head(ctx, id, head);
+                if publication.is_gap() {
+                    self.hub.stats[self.worker]
+                        .gaps_reported
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.reset(ctx, id, head, true);
+                }
             }
             return 0;
         }

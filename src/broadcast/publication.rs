@@ -178,6 +178,9 @@ pub struct Publication {
     except: OnceLock<super::Peer>,
     /// Only the stream's head, with nothing to deliver (see [`Publication::head_only`]).
     head_only: bool,
+    /// With `head_only`: something of the topic was lost before the head, though the
+    /// positions show no gap (see [`Publication::gap_at`]).
+    gap: bool,
     /// The topic's previous position, where positions are not consecutive per topic (see
     /// [`Publication::follow`]).
     previous: OnceLock<u64>,
@@ -219,6 +222,7 @@ impl Publication {
             frame,
             except: OnceLock::new(),
             head_only: false,
+            gap: false,
             previous: OnceLock::new(),
         })
     }
@@ -281,6 +285,19 @@ impl Publication {
     /// history loaded, a loss found by a head check), so that each worker brings its
     /// subscribers there, from history or with a reset.
     pub fn head_only(topic: Arc<str>, head: Position) -> Arc<Self> {
+        Self::head(topic, head, false)
+    }
+
+    /// A [`head_only`](Self::head_only) that also says a publication of `topic` was lost to
+    /// this node though no position is missing: one that never entered the topic's stream
+    /// here (a Kafka record produced to another partition than the topic's, by a node that
+    /// counted the partitions otherwise). Each worker brings its subscribers to `head`, then
+    /// tells them they missed something, as for a gap it cannot fill.
+    pub(crate) fn gap_at(topic: Arc<str>, head: Position) -> Arc<Self> {
+        Self::head(topic, head, true)
+    }
+
+    fn head(topic: Arc<str>, head: Position, gap: bool) -> Arc<Self> {
         Arc::new(Self {
             topic,
             opcode: OpCode::Binary,
@@ -289,6 +306,7 @@ impl Publication {
             frame: Bytes::new(),
             except: OnceLock::new(),
             head_only: true,
+            gap,
             published: None,
             previous: OnceLock::new(),
         })
@@ -297,6 +315,11 @@ impl Publication {
     /// Whether this is only a head (see [`Publication::head_only`]): nothing to deliver.
     pub fn is_head_only(&self) -> bool {
         self.head_only
+    }
+
+    /// Whether this head also reports a loss (see [`Publication::gap_at`]).
+    pub(crate) fn is_gap(&self) -> bool {
+        self.gap
     }
 
     /// The topic published to.

@@ -25,6 +25,9 @@ pub struct BrokerStats {
     pub repeats: AtomicU64,
     /// Messages received that could not be read, or were over `--max-message-bytes`.
     pub malformed: AtomicU64,
+    /// Kafka records found in another partition than their topic's (a node that counted
+    /// the partitions otherwise produced them): not delivered, their subscribers told.
+    pub misplaced: AtomicU64,
     /// Messages received but dropped because the link's inbound queue was full.
     pub receive_drops: AtomicU64,
     /// Connections re-made after a loss.
@@ -48,7 +51,7 @@ pub(crate) fn render_metrics(stats: &BrokerStats, url: &BrokerUrl, out: &mut Str
         BrokerUrl::Kafka(_) => "kafka",
     };
     let connected = u64::from(stats.connected.load(Ordering::Relaxed));
-    let families: [(&str, &str, &str, u64); 12] = [
+    let families: [(&str, &str, &str, u64); 13] = [
         ("broker_connected", "1 while the broker link is connected.", "gauge", connected),
         ("broker_subscribed_topics", "Topics this node is subscribed to at the broker.", "gauge", load(&stats.subscribed_topics)),
         ("broker_published_total", "Publishes handed to the broker.", "counter", load(&stats.published)),
@@ -59,6 +62,7 @@ pub(crate) fn render_metrics(stats: &BrokerStats, url: &BrokerUrl, out: &mut Str
         ("broker_gaps_total", "Messages of other nodes that never arrived, from gaps in their sequence numbers.", "counter", load(&stats.gaps)),
         ("broker_repeats_total", "Messages from the broker seen before, not delivered again.", "counter", load(&stats.repeats)),
         ("broker_malformed_total", "Messages from the broker that could not be read or were over --max-message-bytes.", "counter", load(&stats.malformed)),
+        ("broker_misplaced_total", "Kafka records in another partition than their topic's (produced by a node that counted the partitions otherwise); not delivered, and the topic's subscribers here were told they missed something.", "counter", load(&stats.misplaced)),
         ("broker_receive_drops_total", "Messages from the broker dropped because the link's inbound queue was full.", "counter", load(&stats.receive_drops)),
         ("broker_reconnects_total", "Connections to the broker re-made after a loss.", "counter", load(&stats.reconnects)),
     ];

@@ -128,6 +128,17 @@ impl Tansu {
     /// Produces `texts` to uringcast topic `topic` in one batch; the partition and the
     /// offsets Kafka gave them.
     async fn produce_all(&self, topic: &str, texts: &[&str]) -> Result<(i32, Vec<i64>)> {
+        self.produce_to(topic, texts, None).await
+    }
+
+    /// As [`produce_all`](Self::produce_all), to `partition` if given (as a client that
+    /// counted the partitions otherwise would), else to the topic's own.
+    async fn produce_to(
+        &self,
+        topic: &str,
+        texts: &[&str],
+        partition: Option<i32>,
+    ) -> Result<(i32, Vec<i64>)> {
         let client = timeout(
             STEP,
             ClientBuilder::new(vec![format!("127.0.0.1:{}", self.advertised)]).build(),
@@ -140,7 +151,8 @@ impl Tansu {
             .find(|t| t.name == KAFKA_TOPIC)
             .map(|t| t.partitions.len())
             .ok_or_else(|| anyhow!("no Kafka topic {KAFKA_TOPIC}"))?;
-        let partition = uringcast::broker::kafka_partition(topic.as_bytes(), count) as i32;
+        let partition =
+            partition.unwrap_or(uringcast::broker::kafka_partition(topic.as_bytes(), count) as i32);
         let partition_client = client
             .partition_client(KAFKA_TOPIC, partition, UnknownTopicHandling::Retry)
             .await?;
@@ -428,6 +440,31 @@ pub(crate) async fn a_log_replaced_under_the_node_is_a_reset_never_a_silent_skip
             "{text} at {epoch}:{offset}; the old log was {old:?}"
         );
     }
+    ensure!(metric(a.addr(), "uringcast_broker_history_gaps_reported_total").await? >= 1);
+    Ok(())
+}
+
+/// A record of a served topic in another partition than the topic's (produced by a node or a
+/// backend that counted the partitions otherwise, as when the count changed under running
+/// nodes) has no place in the topic's positions: its subscribers are told they missed
+/// something, never left to go on as if nothing were missing, and what follows reaches them.
+pub(crate) async fn a_record_in_another_partition_is_told_never_skipped() -> Result<()> {
+    let tansu = Tansu::start(3, None).await?;
+    let a = kafka_node(&tansu.url(), HISTORY)?;
+    let mut on_a = Sse::open(a.addr(), "/feed").await?;
+    wait_subscribed(a.addr(), 1).await?;
+    let (own, _) = tansu.produce("feed", "m1").await?;
+    expect(&mut on_a, "m1").await?;
+    let other = (own + 1) % 3;
+    tansu.produce_to("feed", &["lost"], Some(other)).await?;
+    wait_metric(a.addr(), "uringcast_broker_misplaced_total", |n| n == 1).await?;
+    tansu.produce("feed", "m2").await?;
+    let event = on_a.event().await?;
+    ensure!(
+        event.kind == "reset",
+        "expected a reset for the record in partition {other}, got {event:?}"
+    );
+    expect(&mut on_a, "m2").await?;
     ensure!(metric(a.addr(), "uringcast_broker_history_gaps_reported_total").await? >= 1);
     Ok(())
 }

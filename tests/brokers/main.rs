@@ -378,6 +378,10 @@ fn kafka_trials() -> Vec<Trial> {
             "a_log_replaced_under_the_node_is_a_reset_never_a_silent_skip",
             kafka::a_log_replaced_under_the_node_is_a_reset_never_a_silent_skip,
         ),
+        on_tansu(
+            "a_record_in_another_partition_is_told_never_skipped",
+            kafka::a_record_in_another_partition_is_told_never_skipped,
+        ),
     ]
 }
 

@@ -90,6 +90,9 @@ pub(super) struct KafkaTask {
     loaded: HashSet<Arc<str>>,
     /// The position of the last publication (or head) handed on, per loaded topic.
     last: HashMap<Arc<str>, Position>,
+    /// Wanted topics that lost a record this node could not hand on (see `misplaced`) before
+    /// their subscribers could be told: told at the topic's load or next record.
+    owed: HashSet<Arc<str>>,
     retry_at: Option<tokio::time::Instant>,
     last_warning: Option<Instant>,
     /// A partition was found replaced or recreated: the connection is fine, and the next one
@@ -136,6 +139,7 @@ impl KafkaTask {
             wanted: HashSet::new(),
             loaded: HashSet::new(),
             last: HashMap::new(),
+            owed: HashSet::new(),
             retry_at: None,
             last_warning: None,
             resync: false,

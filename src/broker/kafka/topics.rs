@@ -43,6 +43,10 @@ impl KafkaTask {
             BrokerStats::add(&stats.malformed, 1);
             return;
         };
+        if partition_for(name.as_bytes(), self.parts.len()) != partition {
+            self.misplaced(name, partition);
+            return;
+        }
         let Some(topic) = self.loaded.get(name).cloned() else {
             return;
         };
@@ -74,6 +78,14 @@ impl KafkaTask {
             // nothing of the topic came before this record.
             None => 0,
         };
+        if self.owed.remove(&topic) {
+            let head = Position {
+                offset: predecessor,
+                ..position
+            };
+            self.hub
+                .post(&Publication::gap_at(Arc::clone(&topic), head), None);
+        }
         let opcode = opcode_of(&record.record, &payload);
         // Stamped with its position here, for every worker (Pusher's `offset` and `epoch`).
         let publication = Publication::stamped(
@@ -91,6 +103,29 @@ impl KafkaTask {
         self.last.insert(topic, position);
         BrokerStats::add(&stats.received, 1);
         self.hub.post(&publication, None);
+    }
+
+    /// A record keyed `name` in `partition`, which is not the topic's partition by the
+    /// count this node reads: a node that counted the partitions otherwise produced it (the
+    /// Kafka topic was made again with another count, or partitions were added, under
+    /// running nodes). It has no place in the topic's positions here, so it cannot be handed
+    /// on; if the topic is served, its subscribers are told they missed something (at once
+    /// if it is loaded, else at its load or its first record).
+    pub(super) fn misplaced(&mut self, name: &str, partition: usize) {
+        let Some(topic) = self.wanted.get(name).cloned() else {
+            return;
+        };
+        tracing::debug!(%topic, partition, "a record of the topic in another partition");
+        BrokerStats::add(&self.link.stats.misplaced, 1);
+        self.log.stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
+        match self.last.get(&topic) {
+            Some(&head) if self.loaded.contains(&topic) => {
+                self.hub.post(&Publication::gap_at(topic, head), None);
+            }
+            _ => {
+                self.owed.insert(topic);
+            }
+        }
     }
 
     /// What lay before `earliest` in `partition` is gone: every served topic there is told
@@ -177,6 +212,7 @@ impl KafkaTask {
                 self.wanted.insert(topic);
             } else {
                 self.wanted.remove(&topic);
+                self.owed.remove(&topic);
                 self.loaded.remove(&topic);
                 self.last.remove(&topic);
                 self.log.forget(&topic);
@@ -302,8 +338,12 @@ impl KafkaTask {
         self.log.load(topic, head, publications);
         self.last.insert(Arc::clone(topic), head);
         self.loaded.insert(Arc::clone(topic));
-        self.hub
-            .post(&Publication::head_only(Arc::clone(topic), head), None);
+        let news = if self.owed.remove(topic) {
+            Publication::gap_at(Arc::clone(topic), head)
+        } else {
+            Publication::head_only(Arc::clone(topic), head)
+        };
+        self.hub.post(&news, None);
         Ok(())
     }
 }
