@@ -1,5 +1,5 @@
 // Drives a uringcast --mode pusher server with the real pusher-js client and the real
-// `pusher` Node server SDK. Run by tests/pusher/main.rs as
+// `pusher` Node server SDK. Run by tests/pusher/clients.rs as
 //   node clients.js SCENARIO
 // with PUSHER_HOST, PUSHER_PORT, PUSHER_APP_ID, PUSHER_KEY, PUSHER_SECRET in the environment.
 // Prints `ok SCENARIO` and exits 0 when every check passed; any failure throws (exit 1).

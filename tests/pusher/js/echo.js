@@ -1,7 +1,7 @@
 // Drives a uringcast --mode pusher server with Laravel Echo on pusher-js, its private and
 // presence channels authorised by a small local auth endpoint (as a Laravel app's
 // /broadcasting/auth) that signs with the `pusher` Node SDK's authorizeChannel. Run by
-// tests/pusher/main.rs with the same environment as clients.js; prints `ok echo`.
+// tests/pusher/clients.rs with the same environment as clients.js; prints `ok echo`.
 'use strict';
 
 const assert = require('assert');

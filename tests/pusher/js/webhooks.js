@@ -1,5 +1,5 @@
 // Receives a uringcast --mode pusher server's webhooks and checks them with the `pusher` Node
-// SDK's webhook() helper. Protocol with tests/pusher/main.rs: prints `webhook-port N` once
+// SDK's webhook() helper. Protocol with tests/pusher/clients.rs: prints `webhook-port N` once
 // listening, reads the uringcast port from stdin, drives pusher-js clients to cause every
 // event type, and prints `ok webhooks` when each arrived signed and valid. The first batch
 // is answered 500, so the server's retry is exercised too.

@@ -1,6 +1,6 @@
 """Drives the HTTP API of a uringcast --mode pusher server with the real Python `pusher` SDK.
 
-Run by tests/pusher/main.rs with PUSHER_HOST, PUSHER_PORT, PUSHER_APP_ID, PUSHER_KEY and
+Run by tests/pusher/clients.rs with PUSHER_HOST, PUSHER_PORT, PUSHER_APP_ID, PUSHER_KEY and
 PUSHER_SECRET set, after it has subscribed one raw client to presence-py as user py-user
 (and signed it in as py-user). Prints `ok api` and exits 0 when every check passed.
 """
