@@ -403,6 +403,29 @@ mod tests {
         cluster.publish(0, "t", b"2");
         cluster.step(1);
         assert_eq!(cluster.take(1, b), [("message", 2)]);
+        // A gap with no head known (nothing of the topic read by the link yet): they are
+        // told where they stand.
+        let unknown = Position {
+            epoch: super::super::Epoch::UNKNOWN,
+            offset: 0,
+        };
+        cluster
+            .hub
+            .post(&Publication::gap_at(Arc::from("t"), unknown), None);
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), [("reset", 2)]);
+        // A gap whose head the worker cannot fill is told once, not twice.
+        let later = Position {
+            offset: head.offset + 5,
+            ..head
+        };
+        let before = reported(&cluster);
+        cluster
+            .hub
+            .post(&Publication::gap_at(Arc::from("t"), later), None);
+        cluster.step(1);
+        assert_eq!(cluster.take(1, b), [("reset", later.offset)]);
+        assert_eq!(reported(&cluster), before + 1);
     }
 
     /// A broker's stream as a node holds it, set by the test: one epoch, offsets from 1.

@@ -184,6 +184,11 @@ impl Mailboxes {
         posted
     }
 
+    /// The number of workers (of mailboxes).
+    pub(crate) fn workers(&self) -> usize {
+        self.mailboxes.len()
+    }
+
     /// Takes the oldest publish from `worker`'s mailbox.
     pub(crate) fn take(&self, worker: usize) -> Option<Mail> {
         let mail = self.mailboxes[worker].pop()?;

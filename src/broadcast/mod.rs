@@ -228,12 +228,20 @@ impl<H: Handler> Broadcast<H> {
         }
         if publication.is_head_only() {
             if let Some(head) = publication.position() {
-                self.move_head(ctx, id, head);
-                if publication.is_gap() {
+                // A gap's head may be unknown (nothing of the topic read yet): the
+                // subscribers are told where they stand.
+                let known = !head.epoch.is_unknown();
+                let told = known && self.move_head(ctx, id, head);
+                if publication.is_gap() && !told {
+                    let at = if known {
+                        head
+                    } else {
+                        self.topics.cursor(id).unwrap_or(head)
+                    };
                     self.hub.stats[self.worker]
                         .gaps_reported
                         .fetch_add(1, Ordering::Relaxed);
-                    self.reset(ctx, id, head, true);
+                    self.reset(ctx, id, at, true);
                 }
             }
             return 0;
@@ -787,19 +795,20 @@ impl<H: Handler> Broadcast<H> {
     /// cursor and it is given to them from the log, or, if the log no longer has it, they
     /// are told with a reset that they cannot have it. In a new epoch, they are told that the
     /// old one is lost, then given the new stream from its start if the log has all of it.
-    /// Counted as a gap filled or reported.
+    /// Counted as a gap filled or reported; returns whether the subscribers were told of a
+    /// loss.
     fn advance(
         &mut self,
         ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         id: TopicId,
         target: Position,
-    ) {
+    ) -> bool {
         let Some(cursor) = self.topics.cursor(id).filter(|c| !c.epoch.is_unknown()) else {
             self.topics.set_cursor(id, target);
-            return;
+            return false;
         };
         if cursor.epoch == target.epoch && cursor.offset >= target.offset {
-            return;
+            return false;
         }
         let stats = &self.hub.stats[self.worker];
         let log = self.hub.log.clone();
@@ -843,9 +852,10 @@ impl<H: Handler> Broadcast<H> {
             },
             "a gap before a publication"
         );
-        match recovery {
+        let told = match recovery {
             Some(Recovery::Recovered { publications, .. }) if whole(&publications) => {
-                if from == cursor {
+                let told = from != cursor;
+                if !told {
                     stats.gaps_filled.fetch_add(1, Ordering::Relaxed);
                 } else {
                     stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
@@ -860,24 +870,28 @@ impl<H: Handler> Broadcast<H> {
                 {
                     self.deliver(ctx, id, publication);
                 }
+                told
             }
             Some(Recovery::Recovered { .. } | Recovery::NotRecovered { .. }) | None => {
                 stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
                 self.reset(ctx, id, target, true);
+                true
             }
-        }
+        };
         self.topics.set_cursor(id, target);
+        told
     }
 
     /// Brings topic `id` to a stream head learned without a publication (see
     /// [`Publication::head_only`]): as [`advance`](Self::advance), and a cursor ahead of the
     /// head in its epoch (a position a client made up, or one the broker lost) is reset to it.
+    /// Returns whether the subscribers were told of a loss (a reset that counts as one).
     fn move_head(
         &mut self,
         ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         id: TopicId,
         head: Position,
-    ) {
+    ) -> bool {
         let ahead = self
             .topics
             .cursor(id)
@@ -889,8 +903,9 @@ impl<H: Handler> Broadcast<H> {
             // The broker lost what this node gave: positions go back, nothing is owed.
             self.reset(ctx, id, head, false);
             self.topics.set_cursor(id, head);
+            false
         } else {
-            self.advance(ctx, id, head);
+            self.advance(ctx, id, head)
         }
     }
 

@@ -71,6 +71,9 @@ struct HotStream {
     /// The offset the first of `entries` follows (what a client must have seen to be given
     /// all of them).
     first_prev: u64,
+    /// A publication of the topic was lost after this offset without leaving a gap in the
+    /// positions (see [`BrokerLog::mark_loss`]): a client at or before it is not recovered.
+    lost_after: Option<u64>,
 }
 
 impl BrokerLog {
@@ -218,6 +221,16 @@ impl BrokerLog {
         self.publish_gauges(&hot);
     }
 
+    /// A publication of the topic was lost right after `at` though the positions show no gap
+    /// (a Kafka record this node could not place, `kafka/topics.rs`): a client whose last
+    /// position is `at` or earlier in that epoch is answered "not recovered" from now on,
+    /// instead of being given what follows as if it were all.
+    pub(crate) fn mark_loss(&self, topic: &Arc<str>, at: Position) {
+        let mut hot = self.lock();
+        let stream = hot.stream(topic, at.epoch);
+        stream.lost_after = Some(stream.lost_after.map_or(at.offset, |o| o.max(at.offset)));
+    }
+
     /// Drops a topic the node no longer serves: its copy would go stale.
     pub(crate) fn forget(&self, topic: &str) {
         let mut hot = self.lock();
@@ -273,7 +286,7 @@ impl Log for BrokerLog {
                 publications: Vec::new(),
             };
         };
-        if since.epoch != stream.epoch {
+        if since.epoch != stream.epoch || stream.lost_after.is_some_and(|at| since.offset <= at) {
             return Recovery::NotRecovered { head };
         }
         if since.offset >= stream.head {
@@ -389,12 +402,14 @@ impl Hot {
                 head: 0,
                 entries: VecDeque::new(),
                 first_prev: 0,
+                lost_after: None,
             });
         if stream.epoch != epoch {
             freed = stream.clear();
             stream.epoch = epoch;
             stream.head = 0;
             stream.first_prev = 0;
+            stream.lost_after = None;
         }
         self.bytes = self.bytes.saturating_sub(freed);
         self.streams.get_mut(&**topic).expect("inserted above")
@@ -539,6 +554,26 @@ mod tests {
             log.read("t", Some(at(5)), 100),
             Recovery::NotRecovered { head } if head == at(8)
         ));
+    }
+
+    #[test]
+    fn a_loss_without_a_gap_is_not_recovered_across() {
+        let log = BrokerLog::new(limits());
+        for offset in 1..=3 {
+            log.record(&publication(offset));
+        }
+        log.mark_loss(&Arc::from("t"), at(3));
+        log.record(&publication(4));
+        // Whoever stood at or before the loss lacks what was lost, though 4 follows 3.
+        for since in [1, 3] {
+            assert!(matches!(
+                log.read("t", Some(at(since)), 100),
+                Recovery::NotRecovered { head } if head == at(4)
+            ));
+        }
+        assert_eq!(offsets(log.read("t", Some(at(4)), 100)), Vec::<u64>::new());
+        log.record(&publication(5));
+        assert_eq!(offsets(log.read("t", Some(at(4)), 100)), [5]);
     }
 
     #[test]

@@ -454,7 +454,7 @@ pub(crate) async fn a_record_in_another_partition_is_told_never_skipped() -> Res
     let mut on_a = Sse::open(a.addr(), "/feed").await?;
     wait_subscribed(a.addr(), 1).await?;
     let (own, _) = tansu.produce("feed", "m1").await?;
-    expect(&mut on_a, "m1").await?;
+    let first = expect(&mut on_a, "m1").await?;
     let other = (own + 1) % 3;
     tansu.produce_to("feed", &["lost"], Some(other)).await?;
     wait_metric(a.addr(), "uringcast_broker_misplaced_total", |n| n == 1).await?;
@@ -464,8 +464,23 @@ pub(crate) async fn a_record_in_another_partition_is_told_never_skipped() -> Res
         event.kind == "reset",
         "expected a reset for the record in partition {other}, got {event:?}"
     );
-    expect(&mut on_a, "m2").await?;
-    ensure!(metric(a.addr(), "uringcast_broker_history_gaps_reported_total").await? >= 1);
+    let (epoch, at) = expect(&mut on_a, "m2").await?;
+    ensure!(
+        event.id == format!("{epoch}:{}", first.1),
+        "the reset names where the loss is: {event:?}, m1 at {first:?}"
+    );
+    // A client that stood at m1 is not given m2 as if it were all that followed.
+    let mut resumed =
+        Sse::open_from(a.addr(), "/feed", &format!("{}:{}", first.0, first.1)).await?;
+    let told = resumed.event().await?;
+    ensure!(
+        told.kind == "reset",
+        "a resume from m1 must be not recovered, got {told:?}"
+    );
+    // One that stood at m2 is exact.
+    let mut exact = Sse::open_from(a.addr(), "/feed", &format!("{epoch}:{at}")).await?;
+    tansu.produce("feed", "m3").await?;
+    expect(&mut exact, "m3").await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use super::epoch::epoch_at;
 use super::reader::{fetch, offset, QUICK_WAIT_MS};
 use super::record::{except_of, opcode_of, partition_for};
 use super::{KafkaTask, Session, LOAD_SCAN_RECORDS, RETRY};
-use crate::broadcast::{Position, Publication};
+use crate::broadcast::{Epoch, Position, Publication};
 use crate::broker::link::InterestChanges;
 use crate::broker::{BrokerStats, IO_TIMEOUT};
 
@@ -83,8 +83,7 @@ impl KafkaTask {
                 offset: predecessor,
                 ..position
             };
-            self.hub
-                .post(&Publication::gap_at(Arc::clone(&topic), head), None);
+            self.tell_loss(Arc::clone(&topic), head);
         }
         let opcode = opcode_of(&record.record, &payload);
         // Stamped with its position here, for every worker (Pusher's `offset` and `epoch`).
@@ -108,23 +107,46 @@ impl KafkaTask {
     /// A record keyed `name` in `partition`, which is not the topic's partition by the
     /// count this node reads: a node that counted the partitions otherwise produced it (the
     /// Kafka topic was made again with another count, or partitions were added, under
-    /// running nodes). It has no place in the topic's positions here, so it cannot be handed
-    /// on; if the topic is served, its subscribers are told they missed something (at once
-    /// if it is loaded, else at its load or its first record).
+    /// running nodes), or a backend whose client partitions otherwise. It has no place in
+    /// the topic's positions here, so it cannot be handed on. Every one is counted; if the
+    /// topic is served, its subscribers are told they missed something, and the hot copy
+    /// answers "not recovered" to a client that stood before it.
     pub(super) fn misplaced(&mut self, name: &str, partition: usize) {
+        BrokerStats::add(&self.link.stats.misplaced, 1);
+        let message = format!(
+            "a record keyed {name:?} in partition {partition} of {:?}, not the topic's by the {} partitions read: its subscribers here are told they missed it",
+            self.topic,
+            self.parts.len()
+        );
+        self.warn(format_args!("{message}"));
         let Some(topic) = self.wanted.get(name).cloned() else {
             return;
         };
-        tracing::debug!(%topic, partition, "a record of the topic in another partition");
-        BrokerStats::add(&self.link.stats.misplaced, 1);
+        if !self.loaded.contains(&topic) {
+            // Told when the topic has loaded (see `load`).
+            self.owed.insert(topic);
+            return;
+        }
+        // Where the subscribers stand: the topic's last position, or, with nothing of it
+        // read yet, wherever each worker's cursor is.
+        let head = self.last.get(&topic).copied().unwrap_or(Position {
+            epoch: Epoch::UNKNOWN,
+            offset: 0,
+        });
+        self.tell_loss(topic, head);
+    }
+
+    /// Tells the workers that `topic` lost a publication right after `head`, and marks it in
+    /// the hot copy; if a worker could not take the notice (a full mailbox), it is owed to the
+    /// topic's next record.
+    fn tell_loss(&mut self, topic: Arc<str>, head: Position) {
+        if !head.epoch.is_unknown() {
+            self.log.mark_loss(&topic, head);
+        }
         self.log.stats.gaps_reported.fetch_add(1, Ordering::Relaxed);
-        match self.last.get(&topic) {
-            Some(&head) if self.loaded.contains(&topic) => {
-                self.hub.post(&Publication::gap_at(topic, head), None);
-            }
-            _ => {
-                self.owed.insert(topic);
-            }
+        let notice = Publication::gap_at(Arc::clone(&topic), head);
+        if self.hub.post(&notice, None) < self.hub.workers() {
+            self.owed.insert(topic);
         }
     }
 
@@ -299,6 +321,13 @@ impl KafkaTask {
         let Some(epoch) = part.epoch else {
             // An empty partition: its first record brings the epoch, and nothing precedes it.
             self.loaded.insert(Arc::clone(topic));
+            if self.owed.remove(topic) {
+                let unknown = Position {
+                    epoch: Epoch::UNKNOWN,
+                    offset: 0,
+                };
+                self.tell_loss(Arc::clone(topic), unknown);
+            }
             return Ok(());
         };
         let keep = found.len().saturating_sub(self.log.entries_per_topic());
@@ -338,12 +367,11 @@ impl KafkaTask {
         self.log.load(topic, head, publications);
         self.last.insert(Arc::clone(topic), head);
         self.loaded.insert(Arc::clone(topic));
-        let news = if self.owed.remove(topic) {
-            Publication::gap_at(Arc::clone(topic), head)
-        } else {
-            Publication::head_only(Arc::clone(topic), head)
-        };
-        self.hub.post(&news, None);
+        self.hub
+            .post(&Publication::head_only(Arc::clone(topic), head), None);
+        if self.owed.remove(topic) {
+            self.tell_loss(Arc::clone(topic), head);
+        }
         Ok(())
     }
 }
