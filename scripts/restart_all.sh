@@ -100,7 +100,7 @@ brokers_dir=
 cleanup() {
   for pid in ${pids[@]+"${pids[@]}"}; do
     # A load generator runs under `timeout`, which SIGKILL does not pass on: its child first.
-    pkill -KILL -P "$pid" 2>/dev/null
+    pkill -KILL -P "$pid" 2>/dev/null || true
     kill -KILL "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
   done
   [ -n "$brokers_dir" ] && scripts/brokers.sh stop "$brokers_dir" >/dev/null 2>&1
