@@ -15,7 +15,7 @@ fn clients_dir() -> PathBuf {
     )
 }
 
-/// The reason to skip, when node or the npm packages are missing.
+/// The reason to skip (see [`Skip`]), when node or the npm packages are missing.
 fn node_missing() -> Option<String> {
     let node = Command::new("node")
         .arg("--version")
@@ -81,8 +81,7 @@ fn run_client(server: &Server, program: &str, args: &[&str], expect: &str) -> Re
 
 fn pusher_js(scenario: &str) -> Result<()> {
     if let Some(reason) = node_missing() {
-        eprintln!("SKIP pusher_js_{scenario}: {reason}");
-        return Ok(());
+        return Err(skip(reason));
     }
     let server = pusher_server(&[])?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/clients.js");
@@ -94,56 +93,47 @@ fn pusher_js(scenario: &str) -> Result<()> {
     )
 }
 
-#[test]
-fn pusher_js_public_channels() -> Result<()> {
+pub(crate) fn pusher_js_public_channels() -> Result<()> {
     pusher_js("public")
 }
 
-#[test]
-fn pusher_js_private_channels_and_client_events() -> Result<()> {
+pub(crate) fn pusher_js_private_channels_and_client_events() -> Result<()> {
     pusher_js("private")
 }
 
-#[test]
-fn pusher_js_presence_counts_users_not_tabs() -> Result<()> {
+pub(crate) fn pusher_js_presence_counts_users_not_tabs() -> Result<()> {
     pusher_js("presence")
 }
 
-#[test]
-fn pusher_js_cache_channels() -> Result<()> {
+pub(crate) fn pusher_js_cache_channels() -> Result<()> {
     pusher_js("cache")
 }
 
-#[test]
-fn pusher_js_signin_user_events_and_terminate() -> Result<()> {
+pub(crate) fn pusher_js_signin_user_events_and_terminate() -> Result<()> {
     pusher_js("signin")
 }
 
-#[test]
-fn pusher_node_sdk_batches_and_signing() -> Result<()> {
+pub(crate) fn pusher_node_sdk_batches_and_signing() -> Result<()> {
     pusher_js("batch")
 }
 
-#[test]
-fn laravel_echo_private_presence_and_whispers() -> Result<()> {
+pub(crate) fn laravel_echo_private_presence_and_whispers() -> Result<()> {
     if let Some(reason) = node_missing() {
-        eprintln!("SKIP laravel_echo_private_presence_and_whispers: {reason}");
-        return Ok(());
+        return Err(skip(reason));
     }
     if !clients_dir().join("node_modules/laravel-echo").is_dir() {
-        eprintln!("SKIP laravel_echo_private_presence_and_whispers: laravel-echo is not installed (run scripts/pusher_clients.sh)");
-        return Ok(());
+        return Err(skip(
+            "laravel-echo is not installed (run scripts/pusher_clients.sh)",
+        ));
     }
     let server = pusher_server(&[])?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/echo.js");
     run_client(&server, "node", &[script], "ok echo")
 }
 
-#[test]
-fn pusher_js_in_headless_chromium() -> Result<()> {
+pub(crate) fn pusher_js_in_headless_chromium() -> Result<()> {
     if let Some(reason) = node_missing() {
-        eprintln!("SKIP pusher_js_in_headless_chromium: {reason}");
-        return Ok(());
+        return Err(skip(reason));
     }
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
     let found = Command::new(&chromium)
@@ -152,19 +142,16 @@ fn pusher_js_in_headless_chromium() -> Result<()> {
         .stderr(Stdio::null())
         .status();
     if !found.is_ok_and(|s| s.success()) {
-        eprintln!("SKIP pusher_js_in_headless_chromium: no {chromium} (set CHROMIUM)");
-        return Ok(());
+        return Err(skip(format!("no {chromium} (set CHROMIUM)")));
     }
     let server = pusher_server(&[])?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/chromium.js");
     run_client(&server, "node", &[script], "ok chromium")
 }
 
-#[test]
-fn the_resume_module_recovers_pusher_js_in_headless_chromium() -> Result<()> {
+pub(crate) fn the_resume_module_recovers_pusher_js_in_headless_chromium() -> Result<()> {
     if let Some(reason) = node_missing() {
-        eprintln!("SKIP the_resume_module_recovers_pusher_js_in_headless_chromium: {reason}");
-        return Ok(());
+        return Err(skip(reason));
     }
     let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
     let found = Command::new(&chromium)
@@ -173,22 +160,17 @@ fn the_resume_module_recovers_pusher_js_in_headless_chromium() -> Result<()> {
         .stderr(Stdio::null())
         .status();
     if !found.is_ok_and(|s| s.success()) {
-        eprintln!(
-            "SKIP the_resume_module_recovers_pusher_js_in_headless_chromium: no {chromium} (set CHROMIUM)"
-        );
-        return Ok(());
+        return Err(skip(format!("no {chromium} (set CHROMIUM)")));
     }
     let server = pusher_server(&["--history", "100"])?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/resume.js");
     run_client(&server, "node", &[script], "ok resume")
 }
 
-#[test]
-fn webhooks_are_signed_retried_and_valid_for_the_node_sdk() -> Result<()> {
+pub(crate) fn webhooks_are_signed_retried_and_valid_for_the_node_sdk() -> Result<()> {
     use std::io::{BufRead, BufReader, Write};
     if let Some(reason) = node_missing() {
-        eprintln!("SKIP webhooks_are_signed_retried_and_valid_for_the_node_sdk: {reason}");
-        return Ok(());
+        return Err(skip(reason));
     }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pusher/js/webhooks.js");
     let mut receiver = Command::new("node")
@@ -244,15 +226,13 @@ fn webhooks_are_signed_retried_and_valid_for_the_node_sdk() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn python_sdk_http_api() -> Result<()> {
+pub(crate) fn python_sdk_http_api() -> Result<()> {
     let python = clients_dir().join("venv/bin/python");
     if !python.is_file() {
-        eprintln!(
-            "SKIP python_sdk_http_api: no {} (run scripts/pusher_clients.sh)",
+        return Err(skip(format!(
+            "no {} (run scripts/pusher_clients.sh)",
             python.display()
-        );
-        return Ok(());
+        )));
     }
     let server = pusher_server(&[])?;
     let (mut client, socket_id) = established(&server)?;

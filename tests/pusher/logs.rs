@@ -12,11 +12,10 @@ struct Tansu {
 }
 
 impl Tansu {
-    /// Starts Tansu, or prints `SKIP` and returns `None` when it is not installed.
-    fn start(test: &str) -> Result<Option<Self>> {
+    /// Starts Tansu, or returns a [`Skip`] error when it is not installed.
+    fn start() -> Result<Self> {
         let Some(binary) = tansu_binary() else {
-            eprintln!("SKIP {test}: tansu missing (scripts/brokers.sh install)");
-            return Ok(None);
+            return Err(skip("tansu missing (scripts/brokers.sh install)"));
         };
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -35,7 +34,7 @@ impl Tansu {
         wait_for("tansu listening", || {
             Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
         })?;
-        Ok(Some(tansu))
+        Ok(tansu)
     }
 
     fn url(&self) -> String {
@@ -107,33 +106,24 @@ fn exclusion_holds_through_the_log(url: &str) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn socket_id_exclusion_holds_through_jetstream() -> Result<()> {
+pub(crate) fn socket_id_exclusion_holds_through_jetstream() -> Result<()> {
     let test = "socket_id_exclusion_holds_through_jetstream";
     let Some(broker) = brokers::Broker::start(brokers::Kind::Nats, test)? else {
-        eprintln!("SKIP {test}: nats-server missing");
-        return Ok(());
+        return Err(skip("nats-server missing (scripts/brokers.sh install)"));
     };
     exclusion_holds_through_the_log(&broker.url())
 }
 
-#[test]
-fn socket_id_exclusion_holds_through_kafka() -> Result<()> {
-    let Some(tansu) = Tansu::start("socket_id_exclusion_holds_through_kafka")? else {
-        return Ok(());
-    };
+pub(crate) fn socket_id_exclusion_holds_through_kafka() -> Result<()> {
+    let tansu = Tansu::start()?;
     exclusion_holds_through_the_log(&tansu.url())
 }
 
 /// A pusher-js-style resume through Kafka: a subscriber that left node one resumes on node
 /// two from its last position and gets exactly what it missed, at the positions a
 /// subscriber that stayed on node one got, then live events.
-#[test]
-fn a_resume_on_another_node_is_exact_through_the_kafka_log() -> Result<()> {
-    let Some(tansu) = Tansu::start("a_resume_on_another_node_is_exact_through_the_kafka_log")?
-    else {
-        return Ok(());
-    };
+pub(crate) fn a_resume_on_another_node_is_exact_through_the_kafka_log() -> Result<()> {
+    let tansu = Tansu::start()?;
     let [(one, mut a, _), (two, mut stays, _)] = two_on_a_log(&tansu.url())?;
     for n in 1..=3 {
         ensure!(trigger(&two, "far", "news", &n.to_string())? == 200);

@@ -1,8 +1,9 @@
 //! Integration tests of `--mode pusher`: the binary on `127.0.0.1:0`, driven by raw
 //! WebSocket and HTTP clients here, and by the real clients (pusher-js and the `pusher` Node
 //! SDK in Node, the Python `pusher` SDK) that `scripts/pusher_clients.sh` installs into
-//! `target/pusher-clients/`. Without node or those packages, those tests print `SKIP` and
-//! pass without checking anything.
+//! `target/pusher-clients/`. Without node or those packages (or without a test's broker),
+//! those tests show as ignored, with the reason: this is a `libtest-mimic` harness
+//! (`harness = false` in Cargo.toml), and a test that returns a [`Skip`] error is ignored.
 //!
 //! Every wait is a read or a child-process wait bounded by a timeout; nothing sleeps.
 
@@ -16,6 +17,8 @@ mod common;
 mod logs;
 mod protocol;
 
+#[path = "../common/skip.rs"]
+mod skip;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use common::*;
 use serde_json::{json, Value};
+use skip::{skip, trial};
 use uringcast::protocol::OpCode;
 use uringcast::pusher::auth::sign;
 
@@ -212,4 +216,51 @@ fn wait_for(what: &str, mut check: impl FnMut() -> Result<bool>) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
+}
+
+/// The trials `module::test`, each named as libtest named it.
+macro_rules! trials {
+    ($($module:ident::$test:ident),* $(,)?) => {
+        vec![$(trial(concat!(stringify!($module), "::", stringify!($test)), $module::$test)),*]
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = trials![
+        protocol::an_unknown_key_closes_with_4001,
+        protocol::old_missing_and_bad_protocols_close_with_their_codes,
+        protocol::ping_pong_and_socket_ids_differ,
+        protocol::private_auth_is_checked_and_client_events_are_rate_limited,
+        protocol::client_events_skip_their_sender_with_history_on,
+        protocol::a_resumed_subscription_gets_exactly_the_missed_events_first,
+        protocol::without_history_a_resume_fails_and_events_carry_no_position,
+        protocol::a_presence_channel_does_not_resume,
+        protocol::a_silent_connection_is_pinged_then_closed_with_4201,
+        protocol::two_apps_never_share_a_channel,
+        protocol::an_app_over_its_connection_quota_closes_with_4004,
+        protocol::every_subscription_limit_answers_with_its_status,
+        protocol::a_bad_signature_is_refused_before_the_body,
+        protocol::missing_app_settings_exit_2_with_one_line,
+        clients::pusher_js_public_channels,
+        clients::pusher_js_private_channels_and_client_events,
+        clients::pusher_js_presence_counts_users_not_tabs,
+        clients::pusher_js_cache_channels,
+        clients::pusher_js_signin_user_events_and_terminate,
+        clients::pusher_node_sdk_batches_and_signing,
+        clients::laravel_echo_private_presence_and_whispers,
+        clients::pusher_js_in_headless_chromium,
+        clients::the_resume_module_recovers_pusher_js_in_headless_chromium,
+        clients::webhooks_are_signed_retried_and_valid_for_the_node_sdk,
+        clients::python_sdk_http_api,
+        cluster::events_and_exclusions_cross_nodes_on_redis,
+        cluster::presence_and_channel_counts_are_the_clusters,
+        cluster::a_killed_nodes_members_expire,
+        cluster::occupied_vacated_and_members_fire_once_per_cluster,
+        cluster::a_resume_on_another_node_is_exact_through_the_redis_log,
+        logs::socket_id_exclusion_holds_through_jetstream,
+        logs::socket_id_exclusion_holds_through_kafka,
+        logs::a_resume_on_another_node_is_exact_through_the_kafka_log,
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
 }

@@ -3,8 +3,7 @@
 
 use super::*;
 
-#[test]
-fn an_unknown_key_closes_with_4001() -> Result<()> {
+pub(crate) fn an_unknown_key_closes_with_4001() -> Result<()> {
     let server = pusher_server(&[])?;
     let mut client = connect(&server, "/app/nope?protocol=7")?;
     let error = read_json(&mut client)?;
@@ -16,8 +15,7 @@ fn an_unknown_key_closes_with_4001() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn old_missing_and_bad_protocols_close_with_their_codes() -> Result<()> {
+pub(crate) fn old_missing_and_bad_protocols_close_with_their_codes() -> Result<()> {
     let server = pusher_server(&[])?;
     for (query, code) in [("?protocol=6", 4007), ("", 4008), ("?protocol=x", 4006)] {
         let mut client = connect(&server, &format!("/app/{KEY}{query}"))?;
@@ -30,8 +28,7 @@ fn old_missing_and_bad_protocols_close_with_their_codes() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn ping_pong_and_socket_ids_differ() -> Result<()> {
+pub(crate) fn ping_pong_and_socket_ids_differ() -> Result<()> {
     let server = pusher_server(&[])?;
     let (mut a, id_a) = established(&server)?;
     let (_b, id_b) = established(&server)?;
@@ -46,8 +43,7 @@ fn ping_pong_and_socket_ids_differ() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn private_auth_is_checked_and_client_events_are_rate_limited() -> Result<()> {
+pub(crate) fn private_auth_is_checked_and_client_events_are_rate_limited() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("uringcast-pusher-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let apps = dir.join("apps.json");
@@ -115,8 +111,7 @@ fn private_auth_is_checked_and_client_events_are_rate_limited() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn client_events_skip_their_sender_with_history_on() -> Result<()> {
+pub(crate) fn client_events_skip_their_sender_with_history_on() -> Result<()> {
     // With history every publish, the sender's own worker included, goes through the
     // mailboxes in offset order: the exclusion must ride along.
     let server = pusher_server(&["--history", "10"])?;
@@ -145,8 +140,7 @@ fn client_events_skip_their_sender_with_history_on() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_resumed_subscription_gets_exactly_the_missed_events_first() -> Result<()> {
+pub(crate) fn a_resumed_subscription_gets_exactly_the_missed_events_first() -> Result<()> {
     let server = pusher_server(&["--history", "100"])?;
     let (mut a, _) = established(&server)?;
     let ok = subscribe_resuming(&mut a, "resume-a", None)?;
@@ -194,8 +188,7 @@ fn a_resumed_subscription_gets_exactly_the_missed_events_first() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn without_history_a_resume_fails_and_events_carry_no_position() -> Result<()> {
+pub(crate) fn without_history_a_resume_fails_and_events_carry_no_position() -> Result<()> {
     let server = pusher_server(&[])?;
     let (mut a, _) = established(&server)?;
     let ok = subscribe_resuming(&mut a, "plain", Some(json!({"epoch": "e", "offset": 1})))?;
@@ -212,8 +205,7 @@ fn without_history_a_resume_fails_and_events_carry_no_position() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_presence_channel_does_not_resume() -> Result<()> {
+pub(crate) fn a_presence_channel_does_not_resume() -> Result<()> {
     let server = pusher_server(&["--history", "100"])?;
     let (mut a, id) = established(&server)?;
     let channel = "presence-r";
@@ -233,8 +225,7 @@ fn a_presence_channel_does_not_resume() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_silent_connection_is_pinged_then_closed_with_4201() -> Result<()> {
+pub(crate) fn a_silent_connection_is_pinged_then_closed_with_4201() -> Result<()> {
     let server = pusher_server(&["--ping-interval", "0.3"])?;
     let (mut silent, _) = established(&server)?;
     let (mut answering, _) = established(&server)?;
@@ -251,8 +242,7 @@ fn a_silent_connection_is_pinged_then_closed_with_4201() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn two_apps_never_share_a_channel() -> Result<()> {
+pub(crate) fn two_apps_never_share_a_channel() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("uringcast-pusher-apps-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let apps = dir.join("apps.json");
@@ -307,8 +297,7 @@ fn two_apps_never_share_a_channel() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn an_app_over_its_connection_quota_closes_with_4004() -> Result<()> {
+pub(crate) fn an_app_over_its_connection_quota_closes_with_4004() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("uringcast-pusher-quota-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let apps = dir.join("apps.json");
@@ -349,8 +338,7 @@ fn an_app_over_its_connection_quota_closes_with_4004() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn every_subscription_limit_answers_with_its_status() -> Result<()> {
+pub(crate) fn every_subscription_limit_answers_with_its_status() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("uringcast-pusher-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let apps = dir.join("apps.json");
@@ -422,8 +410,7 @@ fn every_subscription_limit_answers_with_its_status() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
+pub(crate) fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
     let server = pusher_server(&[])?;
     let mut client = RawClient::connect(server.addr())?;
     // A head that promises a megabyte, with no body at all: the answer cannot wait for it.
@@ -451,8 +438,7 @@ fn a_bad_signature_is_refused_before_the_body() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn missing_app_settings_exit_2_with_one_line() -> Result<()> {
+pub(crate) fn missing_app_settings_exit_2_with_one_line() -> Result<()> {
     for args in [
         vec!["--mode", "pusher"],
         vec!["--mode", "pusher", "--app-id", "1", "--app-key", "k"],

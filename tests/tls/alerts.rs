@@ -10,8 +10,7 @@ const VERSIONS: [&rustls::SupportedProtocolVersion; 2] =
 /// A record that does not authenticate, on TLS 1.3 (uringcast's record layer) and TLS 1.2
 /// (rustls's): the client receives bad_record_mac, then the close. The alert used to be
 /// dropped with the close_notify that could not be sealed on the dead session.
-#[test]
-fn a_bad_record_after_the_handshake_gets_its_alert() -> Result<()> {
+pub(crate) fn a_bad_record_after_the_handshake_gets_its_alert() -> Result<()> {
     let cert = TestCert::new("alert-after-handshake")?;
     let server = start(&cert, &["--mode", "echo", "--workers", "1"])?;
     for version in VERSIONS {
@@ -37,8 +36,7 @@ fn a_bad_record_after_the_handshake_gets_its_alert() -> Result<()> {
 /// An upgrade, a message and close_notify in one write: the server answers the upgrade,
 /// echoes the message, then sends its own close_notify (RFC 8446 §6.1), on either version.
 /// It used to tear the connection down at once, dropping both.
-#[test]
-fn close_notify_is_answered_after_what_was_queued() -> Result<()> {
+pub(crate) fn close_notify_is_answered_after_what_was_queued() -> Result<()> {
     let cert = TestCert::new("close-notify")?;
     let server = start(&cert, &["--mode", "echo", "--workers", "1"])?;
     let addr = server.addr();

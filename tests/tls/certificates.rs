@@ -4,8 +4,7 @@ use super::*;
 
 /// SIGHUP reads the files again: new handshakes get the new certificate, an open connection
 /// keeps working, and a bad file on reload keeps the old pair.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_rotates_the_certificate_for_new_handshakes() -> Result<()> {
+pub(crate) async fn sighup_rotates_the_certificate_for_new_handshakes() -> Result<()> {
     let cert = TestCert::new("rotate")?;
     let tls = cert.args();
     let mut args: Vec<&str> = tls.iter().map(String::as_str).collect();
@@ -51,8 +50,7 @@ async fn sighup_rotates_the_certificate_for_new_handshakes() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn an_unusable_certificate_is_a_one_line_startup_error() -> Result<()> {
+pub(crate) fn an_unusable_certificate_is_a_one_line_startup_error() -> Result<()> {
     let cert = TestCert::new("bad")?;
     let missing = cert.dir.join("missing.pem");
     let not_pem = cert.dir.join("not.pem");
@@ -124,8 +122,7 @@ async fn echo_once(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<()> {
 /// An Ed25519 leaf signed by a CA, the chain in one file (leaf first), trusted by the CA
 /// alone (so the server must send the chain); and an RSA 2048 key from OpenSSL, in the
 /// PKCS#8 form OpenSSL writes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ed25519_with_a_chain_and_rsa_keys_serve_wss() -> Result<()> {
+pub(crate) async fn ed25519_with_a_chain_and_rsa_keys_serve_wss() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("uringcast-tls-{}-keys", std::process::id()));
     let ca_key = rcgen::KeyPair::generate()?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -178,7 +175,14 @@ async fn ed25519_with_a_chain_and_rsa_keys_serve_wss() -> Result<()> {
             echo_once(server.addr(), client_trusting(&der, None)?).await?;
         }
         _ => {
-            println!("SKIP ed25519_with_a_chain_and_rsa_keys_serve_wss (RSA part): openssl missing")
+            println!(
+                "SKIP ed25519_with_a_chain_and_rsa_keys_serve_wss (RSA part): openssl missing"
+            );
+            // Part of the test did not run: it shows as ignored, with the reason.
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(skip(
+                "the RSA part did not run: openssl is missing or failed; the rest passed",
+            ));
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

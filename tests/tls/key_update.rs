@@ -6,8 +6,7 @@ use super::*;
 /// at a time, refuses the 33rd request in a row with an alert and closes, and goes on
 /// serving others. Before the bound, each request sealed a reply into a buffer no budget
 /// counted, and the connection stayed open for as long as the client kept sending.
-#[test]
-fn a_key_update_flood_is_closed_and_others_are_served() -> Result<()> {
+pub(crate) fn a_key_update_flood_is_closed_and_others_are_served() -> Result<()> {
     let cert = TestCert::new("key-update-flood")?;
     let server = start(&cert, &["--mode", "echo", "--workers", "1"])?;
     let addr = server.addr();

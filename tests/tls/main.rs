@@ -1,5 +1,8 @@
 //! `wss://` and `https://` against the real server, with a certificate made here (rcgen) and
 //! independent clients: tokio-tungstenite over rustls, and rustls's own blocking stream.
+//! A test whose component (openssl) is missing shows as ignored, with the reason: this is a
+//! `libtest-mimic` harness (`harness = false` in Cargo.toml), and a test that returns a
+//! [`Skip`] error is ignored.
 
 mod alerts;
 mod certificates;
@@ -8,6 +11,8 @@ mod common;
 mod hostile;
 mod key_update;
 
+#[path = "../common/skip.rs"]
+mod skip;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -20,6 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use skip::{skip, trial};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
@@ -180,7 +186,6 @@ fn metric(addr: SocketAddr, config: &Arc<ClientConfig>, name: &str) -> Result<Ve
         .collect())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_echo_at_every_size() -> Result<()> {
     let cert = TestCert::new("echo")?;
     let server = start(&cert, &["--mode", "echo", "--workers", "2"])?;
@@ -209,7 +214,6 @@ async fn wss_echo_at_every_size() -> Result<()> {
 
 /// Records of 32 bytes of plaintext each (the smallest rustls sends): thousands of records
 /// for one message, all opened and the message echoed whole.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_tiny_records_is_echoed_whole() -> Result<()> {
     let cert = TestCert::new("tiny")?;
     let server = start(&cert, &["--mode", "echo", "--workers", "1"])?;
@@ -225,7 +229,6 @@ async fn a_flood_of_tiny_records_is_echoed_whole() -> Result<()> {
 }
 
 /// Subscribers spread over both workers all receive a publish made over wss.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_broadcast_reaches_both_workers() -> Result<()> {
     let cert = TestCert::new("broadcast")?;
     let server = start(&cert, &["--mode", "broadcast", "--workers", "2"])?;
@@ -262,7 +265,6 @@ async fn wss_broadcast_reaches_both_workers() -> Result<()> {
 /// A fan-out to more wss subscribers than the driver submits at once (its TLS sends go to the
 /// kernel in batches of 32 during a flush): every subscriber gets every message, whole and in
 /// order, whether a flush seals one frame or several for a connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wss_fan_out_wider_than_a_submit_batch_arrives_whole_and_in_order() -> Result<()> {
     const SUBSCRIBERS: usize = 150;
     const MESSAGES: usize = 40;
@@ -296,7 +298,6 @@ async fn a_wss_fan_out_wider_than_a_submit_batch_arrives_whole_and_in_order() ->
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_publish_needs_the_token() -> Result<()> {
     let cert = TestCert::new("publish")?;
     let server = start(
@@ -342,7 +343,6 @@ async fn https_publish_needs_the_token() -> Result<()> {
 /// Backpressure holds over TLS: a wss subscriber that never reads has its queue bounded by
 /// --max-backlog-bytes (ciphertext in flight included) and is closed as a slow consumer, while
 /// HTTPS publishes go on being accepted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wss_subscriber_that_never_reads_is_a_slow_consumer() -> Result<()> {
     let cert = TestCert::new("slow")?;
     let server = start(
@@ -442,4 +442,60 @@ fn tls_in(conn: &mut ClientConnection, mut bytes: &[u8]) -> (Vec<u8>, Result<(),
         Err(rustls::Error::General("no close_notify".into()))
     };
     (plain, ended)
+}
+
+/// Runs an async test on its own two-worker runtime, as `#[tokio::test(flavor =
+/// "multi_thread", worker_threads = 2)]` did.
+fn block_on(test: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot build the runtime")?
+        .block_on(test)
+}
+
+/// The trial of a plain test and of an async one, each named as libtest named it.
+macro_rules! sync_trial {
+    ($test:ident) => {
+        trial(stringify!($test), $test)
+    };
+    ($module:ident::$test:ident) => {
+        trial(
+            concat!(stringify!($module), "::", stringify!($test)),
+            $module::$test,
+        )
+    };
+}
+macro_rules! async_trial {
+    ($test:ident) => {
+        trial(stringify!($test), || block_on($test()))
+    };
+    ($module:ident::$test:ident) => {
+        trial(
+            concat!(stringify!($module), "::", stringify!($test)),
+            || block_on($module::$test()),
+        )
+    };
+}
+
+fn main() -> std::process::ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = vec![
+        async_trial!(wss_echo_at_every_size),
+        async_trial!(a_flood_of_tiny_records_is_echoed_whole),
+        async_trial!(wss_broadcast_reaches_both_workers),
+        async_trial!(a_wss_fan_out_wider_than_a_submit_batch_arrives_whole_and_in_order),
+        async_trial!(https_publish_needs_the_token),
+        async_trial!(a_wss_subscriber_that_never_reads_is_a_slow_consumer),
+        sync_trial!(alerts::a_bad_record_after_the_handshake_gets_its_alert),
+        sync_trial!(alerts::close_notify_is_answered_after_what_was_queued),
+        async_trial!(certificates::sighup_rotates_the_certificate_for_new_handshakes),
+        sync_trial!(certificates::an_unusable_certificate_is_a_one_line_startup_error),
+        async_trial!(certificates::ed25519_with_a_chain_and_rsa_keys_serve_wss),
+        sync_trial!(hostile::hostile_tls_input_gets_an_alert_or_a_close),
+        sync_trial!(hostile::renegotiation_is_refused_with_an_alert),
+        sync_trial!(key_update::a_key_update_flood_is_closed_and_others_are_served),
+    ];
+    libtest_mimic::run(&args, trials).exit_code()
 }
