@@ -28,17 +28,11 @@ pub(crate) fn events_and_exclusions_cross_nodes_on_redis() -> Result<()> {
         );
     }
     // Both nodes hold the topic at the broker before anything is published.
-    let deadline = Instant::now() + Duration::from_secs(20);
     // Each node also holds the presence side channel's topic.
-    while metric(&one, "uringcast_broker_subscribed_topics")? < 2.0
-        || metric(&two, "uringcast_broker_subscribed_topics")? < 2.0
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the nodes never subscribed at the broker"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("the nodes subscribed at the broker", || {
+        Ok(metric(&one, "uringcast_broker_subscribed_topics")? >= 2.0
+            && metric(&two, "uringcast_broker_subscribed_topics")? >= 2.0)
+    })?;
     // An API event on one node reaches the other's subscriber, and a client event too.
     ensure!(trigger(&two, "private-x", "from-two", "hi")? == 200);
     let got = read_json(&mut a)?;
@@ -76,13 +70,9 @@ pub(crate) fn events_and_exclusions_cross_nodes_on_redis() -> Result<()> {
         &json!({"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}),
     )?;
     ensure!(read_json(&mut c)?["event"] == "pusher:signin_success");
-    while metric(&one, "uringcast_broker_subscribed_topics")? < 3.0 {
-        ensure!(
-            Instant::now() < deadline,
-            "node one never subscribed to the user's topic"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("node one subscribed to the user's topic", || {
+        Ok(metric(&one, "uringcast_broker_subscribed_topics")? >= 3.0)
+    })?;
     let path = format!("/apps/{APP_ID}/users/far-user/terminate_connections");
     ensure!(signed_post(&two, &path, "{}")? == 200);
     ensure!(c.expect_close()?.close_code() == Some(4009));

@@ -325,14 +325,9 @@ pub(crate) fn an_app_over_its_connection_quota_closes_with_4004() -> Result<()> 
     first.send_close(1000, "")?;
     first.expect_close()?;
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(&server, "uringcast_pusher_connections")? != 0.0 {
-        ensure!(
-            Instant::now() < deadline,
-            "the connection was never released"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for("the connection released", || {
+        Ok(metric(&server, "uringcast_pusher_connections")? == 0.0)
+    })?;
     established(&server)?;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
