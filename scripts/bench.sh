@@ -83,6 +83,8 @@ if [[ ,$servers, == *,fastwebsockets,* || ,$servers, == *,tungstenite,* ]]; then
 fi
 # shellcheck source=peers/install.sh
 . scripts/peers/install.sh
+# shellcheck source=ports.sh
+. scripts/ports.sh
 if [[ ,$servers, == *,bun,* ]]; then peer_install bun || true; [ -x "$bun" ] || skip bun "bun (npm install)"; fi
 if [[ ,$servers, == *,node,* ]]; then
   peer_install node || true
@@ -168,8 +170,15 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
 lscpu >"$out/lscpu.txt"
 
 # --- servers ------------------------------------------------------------------------------
-port=$((20000 + RANDOM % 20000)) pid="" src=""
-next_port() { port=$((port + 1)); src="127.0.0.$((10 + port % 200))"; }
+# Servers listen below the ephemeral range (ip_local_port_range), where no client's connect()
+# takes a port: a publisher's connections from 127.0.0.1, still open or in TIME_WAIT, held
+# ports that a later scenario drew, and its server failed with "Address already in use".
+port_lo=$(server_port_floor) port_hi=$(server_port_ceiling)
+port=$((port_lo + RANDOM % (port_hi - port_lo))) pid="" src=""
+next_port() {
+  port=$((port + 1)); [ "$port" -lt "$port_hi" ] || port=$port_lo
+  src="127.0.0.$((10 + port % 200))"
+}
 wait_listen() { # port pid
   for _ in $(seq 1 200); do
     ss -Hltn "sport = :$1" | grep -q LISTEN && return 0

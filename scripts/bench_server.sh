@@ -12,6 +12,8 @@
 
 # shellcheck source=peers/install.sh
 . scripts/peers/install.sh
+# shellcheck source=ports.sh
+. scripts/ports.sh
 pid="" lpid="" server_line="" tls_cert=${tls_cert:-} tls_key=${tls_key:-}
 stop_pinned() { kill $pid $lpid 2>/dev/null || true; wait 2>/dev/null || true; }
 trap stop_pinned EXIT
