@@ -175,8 +175,11 @@ lscpu >"$out/lscpu.txt"
 # ports that a later scenario drew, and its server failed with "Address already in use".
 port_lo=$(server_port_floor) port_hi=$(server_port_ceiling)
 port=$((port_lo + RANDOM % (port_hi - port_lo))) pid="" src=""
-next_port() {
+next_port() { # the next port no socket holds, in any state
   port=$((port + 1)); [ "$port" -lt "$port_hi" ] || port=$port_lo
+  while [ -n "$(ss -Htan "sport = :$port" 2>/dev/null)" ]; do
+    port=$((port + 1)); [ "$port" -lt "$port_hi" ] || port=$port_lo
+  done
   src="127.0.0.$((10 + port % 200))"
 }
 wait_listen() { # port pid

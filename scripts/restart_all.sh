@@ -26,9 +26,11 @@
 #   OUT           where the reports go (target/restart_all)
 #   RESTART_BIN   the directory of built uringcast and uringcast-load binaries; without it
 #                 the script builds them (cargo build --release) and uses target/release
-#   PUBLISH_RATE  publications per second in the history runs (20)
+#   PUBLISH_RATE  publications per second in the history runs (20; a fraction such as 0.05
+#                 is one every 20 s: at a million subscribers one publication keeps both
+#                 cores busy for seconds, and 1/s leaves no CPU for the reconnects)
 #   DOWN_PUBLISHES  publications made while the server is down before it starts again
-#                 (history runs, 2 x PUBLISH_RATE)
+#                 (history runs, 2 x PUBLISH_RATE, at least 2)
 #   CAPACITY_TABLE_HEADROOM  descriptor-table slots kept free per worker (1000): 5000 sizes a
 #                 million at 67 workers of 15,000, room for a reconnect storm
 #
@@ -69,7 +71,13 @@ case $broker in
 esac
 [ -n "$broker" ] && [ "$history" = 0 ] && history=1000
 publish_rate=${PUBLISH_RATE:-20}
-down_publishes=${DOWN_PUBLISHES:-$((2 * publish_rate))}
+awk -v r="$publish_rate" 'BEGIN { exit !(r + 0 > 0 && r + 0 <= 100000) }' \
+  || { echo "restart_all: PUBLISH_RATE=$publish_rate: a number of publications per second above 0" >&2; exit 2; }
+# The history runs wait for `window` publications at a time (two seconds' worth, at least 2),
+# which take `window_secs` to make.
+window=$(awk -v r="$publish_rate" 'BEGIN { w = int(2 * r); print (w < 2 ? 2 : w) }')
+window_secs=$(awk -v r="$publish_rate" -v w="$window" 'BEGIN { printf "%d", w / r + 1 }')
+down_publishes=${DOWN_PUBLISHES:-$window}
 out=${OUT:-target/restart_all}
 planner=(python3 scripts/capacity_plan.py)
 . scripts/kernel_limits.sh
@@ -178,7 +186,8 @@ rss_mib() { awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
 
 first=$((2 + RANDOM % 40)) # fresh addresses per run: less TIME_WAIT left from the last
 source="127.0.0.$first-127.0.0.$((first + sources - 1))"
-bound=$((n / rate + 600)) # the whole run, at most
+down_secs=$(awk -v r="$publish_rate" -v d="$down_publishes" 'BEGIN { printf "%d", d / r + 1 }')
+bound=$((n / rate + 600 + 2 * window_secs + down_secs)) # the whole run, at most
 reconnect=(--reconnect --reconnect-max 50 --reconnect-timeout 300)
 # SIGINT ends the load generator's hold early with its report; a background job of a script
 # would ignore it, so its default action is put back first.
@@ -294,8 +303,8 @@ pids+=("$pub")
 wait_metric "$b_addr" connections "$n" $((n / rate + 60)) \
   || fail "node B does not hold $n streams within $((n / rate + 60)) s"
 # Publishing has begun and reaches B's subscribers.
-wait_metric "$b_addr" deliveries_total $((2 * publish_rate * n)) $((at - $(date +%s) + 60 + n / 10000)) \
-  || fail "node B delivered fewer than $((2 * publish_rate)) publications to each subscriber"
+wait_metric "$b_addr" deliveries_total $((window * n)) $((at - $(date +%s) + window_secs + 60 + n / 10000)) \
+  || fail "node B delivered fewer than $window publications to each subscriber"
 pub_metric_addr=$pub_addr
 published_before=$(metric "$pub_metric_addr" publishes_total)
 echo "restart_all: all $n subscribers live, $published_before publications so far; SIGTERM to node B"
@@ -303,7 +312,8 @@ down_at=$(date +%s.%N)
 stop_node "$b_pid"
 if [ -n "$broker" ]; then
   # Publications made on node A while B is down, counted by A.
-  wait_metric "$pub_metric_addr" publishes_total $((published_before + down_publishes)) 60 \
+  wait_metric "$pub_metric_addr" publishes_total $((published_before + down_publishes)) \
+    $((down_secs + 60)) \
     || fail "node A did not publish $down_publishes while B was down"
   echo "restart_all: $down_publishes publications made on node A while B was down"
 fi
@@ -313,8 +323,8 @@ echo "restart_all: node B started again on $b_addr, $(awk -v a="$down_at" -v b="
 wait_metric "$b_addr" connections "$n" 330 || echo "restart_all: not all $n streams back on B within 330 s" >&2
 rss=$(rss_mib "$b_pid")
 # A few live publications after everyone is back, then the publisher stops.
-wait_metric "$b_addr" deliveries_total $((2 * publish_rate * n)) $((60 + n / 10000)) \
-  || echo "restart_all: fewer than $((2 * publish_rate)) live publications reached B's subscribers after the restart" >&2
+wait_metric "$b_addr" deliveries_total $((window * n)) $((window_secs + 60 + n / 10000)) \
+  || echo "restart_all: fewer than $window live publications reached B's subscribers after the restart" >&2
 kill -INT "$pub"
 wait "$pub" || true
 sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["sent"])' "$out/publisher.json") \
