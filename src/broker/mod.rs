@@ -30,6 +30,7 @@ mod log;
 #[cfg(test)]
 mod memory;
 mod nats;
+mod reconnect;
 mod redis;
 mod stats;
 mod task;

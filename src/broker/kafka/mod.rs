@@ -42,20 +42,21 @@ mod topics;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rskafka::client::partition::PartitionClient;
 use rskafka::client::Client;
 use tokio::sync::mpsc as channel;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use self::continuity::Seen;
 use self::reader::{read_partition, Fetched, READER_QUEUE};
 pub use self::record::partition_for;
 use super::link::Link;
+use super::reconnect::{Reconnection, Warnings};
 use super::task::HEAD_CHECK;
-use super::{backoff, random_u64, BrokerLog, BrokerStats};
+use super::{BrokerLog, BrokerStats};
 use crate::broadcast::{Epoch, Mailboxes, Position};
 
 /// Records of a partition read back when a node loads a topic: the hot copy answers for
@@ -66,10 +67,6 @@ pub(crate) const CREATED_PARTITIONS: i32 = 1;
 /// How long a connection may take: the client, the metadata and a few requests per
 /// partition, some after others.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection that stayed up this long resets the reconnection backoff.
-const STABLE: Duration = Duration::from_secs(5);
-/// Warnings, at most one per this.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 /// How soon a topic whose load failed is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
@@ -94,7 +91,7 @@ pub(super) struct KafkaTask {
     /// their subscribers could be told: told at the topic's load or next record.
     owed: HashSet<Arc<str>>,
     retry_at: Option<tokio::time::Instant>,
-    last_warning: Option<Instant>,
+    warnings: Warnings,
     /// A partition was found replaced or recreated: the connection is fine, and the next one
     /// is made at once, with no publish dropped meanwhile.
     resync: bool,
@@ -141,16 +138,13 @@ impl KafkaTask {
             last: HashMap::new(),
             owed: HashSet::new(),
             retry_at: None,
-            last_warning: None,
+            warnings: Warnings::default(),
             resync: false,
         }
     }
 
     pub(super) async fn run(mut self, ready: mpsc::Sender<Result<(), String>>) {
-        let stats = Arc::clone(&self.link.stats);
-        let mut ready = Some(ready);
-        let mut attempt = 0u32;
-        let mut was_connected = false;
+        let mut reconnection = Reconnection::new(Arc::clone(&self.link.stats), ready);
         while !self.link.stopping() {
             let connected = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
                 Ok(result) => result,
@@ -158,21 +152,10 @@ impl KafkaTask {
             };
             match connected {
                 Ok(session) => {
-                    if was_connected {
-                        BrokerStats::add(&stats.reconnects, 1);
-                    }
                     info!(broker = %self.link.url, topic = %self.topic, partitions = session.partitions.len(), "broker connected");
-                    was_connected = true;
-                    stats.connected.store(true, Ordering::Relaxed);
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(Ok(()));
-                    }
-                    let since = Instant::now();
+                    reconnection.connected();
                     self.serve(&session).await;
-                    if since.elapsed() >= STABLE {
-                        attempt = 0;
-                    }
-                    stats.connected.store(false, Ordering::Relaxed);
+                    reconnection.lost();
                     if self.link.stopping() {
                         break;
                     }
@@ -184,16 +167,12 @@ impl KafkaTask {
                     self.warn(format_args!("broker connection lost; reconnecting"));
                 }
                 Err(message) => {
-                    stats.connected.store(false, Ordering::Relaxed);
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(Err(message.clone()));
-                    } else {
+                    if let Some(message) = reconnection.failed(message) {
                         self.warn(format_args!("broker unreachable: {message}"));
                     }
                 }
             }
-            let delay = backoff(attempt, random_u64());
-            attempt = attempt.saturating_add(1);
+            let delay = reconnection.next_delay();
             self.wait_out(delay).await;
         }
     }
@@ -347,15 +326,9 @@ impl KafkaTask {
         self.link.set_subscribed(self.loaded.len() as u64);
     }
 
-    /// Logs a warning, at most one per [`WARN_EVERY`] (the rest at debug).
+    /// Logs a warning, at a bounded rate ([`Warnings`]).
     fn warn(&mut self, message: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        if self.last_warning.is_none_or(|at| now - at >= WARN_EVERY) {
-            self.last_warning = Some(now);
-            warn!(broker = %self.link.url, "{message}");
-        } else {
-            debug!(broker = %self.link.url, "{message}");
-        }
+        self.warnings.warn(&self.link.url, message);
     }
 }
 

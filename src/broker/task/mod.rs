@@ -7,16 +7,14 @@ mod history;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use super::link::{InterestChanges, Link};
+use super::reconnect::{Reconnection, Warnings};
 use super::wire::{self, Sequence, Sequences};
-use super::{
-    backoff, random_u64, Broker, BrokerLog, BrokerStats, Events, Inbound, IO_TIMEOUT,
-    SUBSCRIBE_BATCH,
-};
+use super::{Broker, BrokerLog, BrokerStats, Events, Inbound, IO_TIMEOUT, SUBSCRIBE_BATCH};
 use crate::broadcast::{Mailboxes, Position, Publication};
 
 /// Publishes the link sends per turn before it looks at what arrived, so neither direction
@@ -24,10 +22,6 @@ use crate::broadcast::{Mailboxes, Position, Publication};
 const BATCH: usize = 256;
 /// How soon a subscription the broker refused is tried again.
 const RETRY: Duration = Duration::from_secs(1);
-/// A connection that stayed up this long resets the reconnection backoff.
-const STABLE: Duration = Duration::from_secs(5);
-/// Warnings about an unreachable broker, at most one per this.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 /// With history, how often each live topic's head is asked of the broker: a publication lost
 /// with none after it is found within two of these.
 pub(crate) const HEAD_CHECK: Duration = Duration::from_secs(1);
@@ -54,7 +48,7 @@ pub(super) struct Task<B: Broker> {
     received: Sequences,
     /// A subscription change the broker refused, to be tried again.
     retry_at: Option<tokio::time::Instant>,
-    last_warning: Option<Instant>,
+    warnings: Warnings,
     /// With history: the broker's streams, as this node keeps them (`log.rs`).
     log: Option<Arc<BrokerLog>>,
     /// With history: the position of the last publication handed to the workers, per topic.
@@ -85,7 +79,7 @@ impl<B: Broker> Task<B> {
             epoch: 0,
             received: Sequences::default(),
             retry_at: None,
-            last_warning: None,
+            warnings: Warnings::default(),
             log: None,
             last: HashMap::new(),
             suspects: HashMap::new(),
@@ -104,9 +98,7 @@ impl<B: Broker> Task<B> {
         let stats = Arc::clone(&self.link.stats);
         let (events, mut inbound, inbound_bytes) = Events::new(Arc::clone(&stats));
         let lost = events.lost_signal();
-        let mut ready = Some(ready);
-        let mut attempt = 0u32;
-        let mut was_connected = false;
+        let mut reconnection = Reconnection::new(stats, ready);
         while !self.link.stopping() {
             let connected =
                 match tokio::time::timeout(IO_TIMEOUT, self.broker.connect(&events)).await {
@@ -115,26 +107,13 @@ impl<B: Broker> Task<B> {
                 };
             match connected {
                 Ok(()) => {
-                    if was_connected {
-                        BrokerStats::add(&stats.reconnects, 1);
-                    }
                     info!(broker = %self.link.url, "broker connected");
-                    was_connected = true;
-                    stats.connected.store(true, Ordering::Relaxed);
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(Ok(()));
-                    }
+                    reconnection.connected();
                     // Nothing is subscribed on a new connection: every wanted topic is to do.
                     self.dirty.extend(self.wanted.iter().cloned());
                     self.link.interest_changed.store(true, Ordering::Release);
-                    let since = Instant::now();
                     self.connected(&mut inbound, &inbound_bytes, &lost).await;
-                    if since.elapsed() >= STABLE {
-                        // Backoff starts over only after a connection that held: one that
-                        // dies at once keeps backing off.
-                        attempt = 0;
-                    }
-                    stats.connected.store(false, Ordering::Relaxed);
+                    reconnection.lost();
                     // Nothing is subscribed at a broker this node is not connected to: the
                     // gauge (and `wait_broker_subscriptions`) say 0 until the next connection's
                     // reconcile subscribes the topics again.
@@ -148,16 +127,12 @@ impl<B: Broker> Task<B> {
                     self.broker.close().await;
                 }
                 Err(message) => {
-                    stats.connected.store(false, Ordering::Relaxed);
-                    if let Some(ready) = ready.take() {
-                        let _ = ready.send(Err(message.clone()));
-                    } else {
+                    if let Some(message) = reconnection.failed(message) {
                         self.warn(format_args!("broker unreachable: {message}"));
                     }
                 }
             }
-            let delay = backoff(attempt, random_u64());
-            attempt = attempt.saturating_add(1);
+            let delay = reconnection.next_delay();
             self.wait_out(delay).await;
         }
     }
@@ -585,15 +560,9 @@ impl<B: Broker> Task<B> {
         }
     }
 
-    /// Logs a warning, at most one per [`WARN_EVERY`] (the rest at debug).
+    /// Logs a warning, at a bounded rate ([`Warnings`]).
     fn warn(&mut self, message: std::fmt::Arguments<'_>) {
-        let now = Instant::now();
-        if self.last_warning.is_none_or(|at| now - at >= WARN_EVERY) {
-            self.last_warning = Some(now);
-            warn!(broker = %self.link.url, "{message}");
-        } else {
-            debug!(broker = %self.link.url, "{message}");
-        }
+        self.warnings.warn(&self.link.url, message);
     }
 }
 
