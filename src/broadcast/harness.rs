@@ -405,10 +405,7 @@ mod tests {
         assert_eq!(cluster.take(1, b), [("message", 2)]);
         // A gap with no head known (nothing of the topic read by the link yet): they are
         // told where they stand.
-        let unknown = Position {
-            epoch: super::super::Epoch::UNKNOWN,
-            offset: 0,
-        };
+        let unknown = Position::UNKNOWN;
         cluster
             .hub
             .post(&Publication::gap_at(Arc::from("t"), unknown), None);
@@ -470,10 +467,7 @@ mod tests {
             let head = entries
                 .last()
                 .and_then(|p| p.position())
-                .unwrap_or(Position {
-                    epoch: super::super::Epoch::UNKNOWN,
-                    offset: 0,
-                });
+                .unwrap_or(Position::UNKNOWN);
             match since {
                 Some(since) if since.epoch != head.epoch => {
                     super::super::Recovery::NotRecovered { head }

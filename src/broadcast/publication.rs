@@ -133,6 +133,15 @@ pub struct Position {
     pub offset: u64,
 }
 
+impl Position {
+    /// A head not known (nothing of the topic read yet): told as a gap's head, each worker
+    /// resets its subscribers where its own cursor stands.
+    pub const UNKNOWN: Self = Self {
+        epoch: Epoch::UNKNOWN,
+        offset: 0,
+    };
+}
+
 impl FromStr for Position {
     type Err = PositionError;
 

@@ -267,10 +267,7 @@ impl Log for BrokerLog {
     fn read(&self, topic: &str, since: Option<Position>, limit: usize) -> Recovery {
         let hot = self.lock();
         let Some(stream) = hot.streams.get(topic) else {
-            let head = since.unwrap_or(Position {
-                epoch: Epoch::UNKNOWN,
-                offset: 0,
-            });
+            let head = since.unwrap_or(Position::UNKNOWN);
             return Recovery::Recovered {
                 head,
                 publications: Vec::new(),

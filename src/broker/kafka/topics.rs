@@ -13,7 +13,7 @@ use super::epoch::epoch_at;
 use super::reader::{fetch, offset, QUICK_WAIT_MS};
 use super::record::{except_of, opcode_of, partition_for};
 use super::{KafkaTask, Session, LOAD_SCAN_RECORDS, RETRY};
-use crate::broadcast::{Epoch, Position, Publication};
+use crate::broadcast::{Position, Publication};
 use crate::broker::link::InterestChanges;
 use crate::broker::{BrokerStats, IO_TIMEOUT};
 
@@ -129,10 +129,7 @@ impl KafkaTask {
         }
         // Where the subscribers stand: the topic's last position, or, with nothing of it
         // read yet, wherever each worker's cursor is.
-        let head = self.last.get(&topic).copied().unwrap_or(Position {
-            epoch: Epoch::UNKNOWN,
-            offset: 0,
-        });
+        let head = self.last.get(&topic).copied().unwrap_or(Position::UNKNOWN);
         self.tell_loss(topic, head);
     }
 
@@ -322,11 +319,7 @@ impl KafkaTask {
             // An empty partition: its first record brings the epoch, and nothing precedes it.
             self.loaded.insert(Arc::clone(topic));
             if self.owed.remove(topic) {
-                let unknown = Position {
-                    epoch: Epoch::UNKNOWN,
-                    offset: 0,
-                };
-                self.tell_loss(Arc::clone(topic), unknown);
+                self.tell_loss(Arc::clone(topic), Position::UNKNOWN);
             }
             return Ok(());
         };
