@@ -90,6 +90,9 @@ pub(super) struct KafkaTask {
     /// Wanted topics that lost a record this node could not hand on (see `misplaced`) before
     /// their subscribers could be told: told at the topic's load or next record.
     owed: HashSet<Arc<str>>,
+    /// Loaded topics that lost a record to another partition in the batch being handed on:
+    /// told once when the batch is done, however many of its records were misplaced.
+    misplaced: HashSet<Arc<str>>,
     retry_at: Option<tokio::time::Instant>,
     warnings: Warnings,
     /// A partition was found replaced or recreated: the connection is fine, and the next one
@@ -137,6 +140,7 @@ impl KafkaTask {
             loaded: HashSet::new(),
             last: HashMap::new(),
             owed: HashSet::new(),
+            misplaced: HashSet::new(),
             retry_at: None,
             warnings: Warnings::default(),
             resync: false,
@@ -276,6 +280,7 @@ impl KafkaTask {
                 for record in records {
                     self.hand_on(partition, record);
                 }
+                self.tell_misplaced();
                 true
             }
             Fetched::Lost {

@@ -122,15 +122,31 @@ impl KafkaTask {
         let Some(topic) = self.wanted.get(name).cloned() else {
             return;
         };
-        if !self.loaded.contains(&topic) {
+        if self.loaded.contains(&topic) {
+            // Told once the batch is handed on (see `tell_misplaced`).
+            self.misplaced.insert(topic);
+        } else {
             // Told when the topic has loaded (see `load`).
             self.owed.insert(topic);
-            return;
         }
-        // Where the subscribers stand: the topic's last position, or, with nothing of it
-        // read yet, wherever each worker's cursor is.
-        let head = self.last.get(&topic).copied().unwrap_or(Position::UNKNOWN);
-        self.tell_loss(topic, head);
+    }
+
+    /// Tells each topic that lost records to another partition in the batch just handed on,
+    /// once: its subscribers are reset where the topic stands now (its last position, or,
+    /// with nothing of it read yet, wherever each worker's cursor is), and the hot copy
+    /// answers "not recovered" to a client that stood at or before it.
+    pub(super) fn tell_misplaced(&mut self) {
+        for topic in std::mem::take(&mut self.misplaced) {
+            if !self.loaded.contains(&topic) {
+                // Unloaded within the batch: told when it has loaded again, if still served.
+                if self.wanted.contains(&topic) {
+                    self.owed.insert(topic);
+                }
+                continue;
+            }
+            let head = self.last.get(&topic).copied().unwrap_or(Position::UNKNOWN);
+            self.tell_loss(topic, head);
+        }
     }
 
     /// Tells the workers that `topic` lost a publication right after `head`, and marks it in
