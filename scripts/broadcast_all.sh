@@ -11,6 +11,9 @@
 #   PER_PROCESS   subscribers per load-generator process (250000)
 #   CONNECT_RATE  handshakes per second per process (2000)
 #   OUT           where the reports go (target/broadcast_all)
+#   TCP_MEM       "MIN PRESSURE MAX" pages for net.ipv4.tcp_mem during the run (restored on
+#                 exit); unset, the kernel's own. A million's first fan-out went past the
+#                 default maximum here (575,832 pages, 2.2 GiB; docs/PERFORMANCE.md)
 #
 # Prints the merged report's lines and the figures the million issue asks for: the fan-out
 # time (the slowest delivery of any publish, from its scheduled send), p50/p99, the server's
@@ -27,7 +30,7 @@ args=()
 for a in "$@"; do
   case $a in
     --plan) plan_only=1 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -69,6 +72,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 limits_raise broadcast_all "$n" || exit 2
+if [ -n "${TCP_MEM:-}" ]; then
+  limits_set broadcast_all net.ipv4.tcp_mem "$TCP_MEM" || exit 2
+fi
 
 : >"$out/server.out"
 "$bin/uringcast" --listen 127.0.0.1:0 --mode broadcast --workers "$workers" --ping-interval 0 \

@@ -32,6 +32,19 @@ limits_raise() {
   return 0
 }
 
+# limits_set NAME KEY VALUE: sets one setting to VALUE (which may be several numbers, as
+# net.ipv4.tcp_mem's three), recorded for limits_restore like the ones limits_raise raises.
+limits_set() {
+  local name=$1 key=$2 value=$3 old
+  old=$(sysctl -n "$key" | tr -s '\t ' ' ') || return 1
+  if ! sysctl -q -w "$key=$value" >/dev/null 2>&1; then
+    echo "$name: $key cannot be set to $value here (now $old)" >&2
+    return 1
+  fi
+  LIMITS_RAISED+=("$key $old")
+  echo "$name: set $key from $old to $value (restored on exit)"
+}
+
 limits_restore() {
   local name=$1 i key value
   for ((i = ${#LIMITS_RAISED[@]} - 1; i >= 0; i--)); do
