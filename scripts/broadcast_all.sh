@@ -11,6 +11,8 @@
 #   PER_PROCESS   subscribers per load-generator process (250000)
 #   CONNECT_RATE  handshakes per second per process (2000)
 #   OUT           where the reports go (target/broadcast_all)
+#   PERF_OUT      a file: `perf record -a -g` of the whole machine for PERF_SECS (12) from
+#                 the first publish on
 #   TCP_MEM       "MIN PRESSURE MAX" pages for net.ipv4.tcp_mem during the run (restored on
 #                 exit); unset, the kernel's own. A million's first fan-out went past the
 #                 default maximum here (575,832 pages, 2.2 GiB; docs/PERFORMANCE.md)
@@ -30,7 +32,7 @@ args=()
 for a in "$@"; do
   case $a in
     --plan) plan_only=1 ;;
-    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -91,6 +93,16 @@ done
 
 at=$(($(date +%s) + lead))
 bound=$((lead + duration + 120))
+echo "broadcast_all: traffic starts at $(date -d "@$at" +%T) (in $lead s)"
+if [ -n "${PERF_OUT:-}" ]; then
+  # The whole machine's kernel and user stacks from the first publish on, sampled on the
+  # software clock (no hardware counters here): where the fan-out's time goes.
+  (
+    sleep $((at - $(date +%s)))
+    exec perf record -a -g -e cpu-clock -F 499 -o "$PERF_OUT" -- sleep "${PERF_SECS:-12}"
+  ) >"$out/perf.out" 2>&1 &
+  pids+=($!)
+fi
 subs=()
 for ((i = 0; i < processes; i++)); do
   first=$((2 + i * sources))
