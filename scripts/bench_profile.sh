@@ -55,7 +55,7 @@ connect=$((subs / 5000 + 2))
 case $server in uringcast|bun|floor) ;; *) echo "bench_profile.sh: --server takes uringcast, bun or floor" >&2; exit 2 ;; esac
 # shellcheck source=bench_server.sh
 . scripts/bench_server.sh
-port=$(($(server_port_floor) + RANDOM % ($(server_port_ceiling) - $(server_port_floor))))
+port=$(free_server_port)
 start_pinned_server "$server" "$port" "$out/server.log" --connections "$subs" --rate "${rate:-0}" \
   --size 64 --start-delay 1 --max-seconds $((secs + connect + 4))
 if [ "$server" = floor ]; then

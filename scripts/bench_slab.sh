@@ -32,7 +32,7 @@ load=$root/target/release/uringcast-load
 case $server in uringcast|bun|node) ;; *) echo "bench_slab.sh: --server takes uringcast, bun or node" >&2; exit 2 ;; esac
 # shellcheck source=bench_server.sh
 . scripts/bench_server.sh
-port=$(($(server_port_floor) + RANDOM % ($(server_port_ceiling) - $(server_port_floor))))
+port=$(free_server_port)
 start_pinned_server "$server" "$port" "$out/server.log"
 slab() { awk 'NR > 2 { print $1, $2 * $4 }' /proc/slabinfo | sort; }
 slab >"$out/before.txt"

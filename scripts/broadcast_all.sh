@@ -67,7 +67,13 @@ mkdir -p "$out"
 rm -f "$out"/sub*.json "$out"/pub.json "$out"/all.json
 
 pids=()
+perf_pid=
 cleanup() {
+  # perf first, with SIGINT, so that it finishes writing its file.
+  if [ -n "$perf_pid" ]; then
+    kill -INT "$perf_pid" 2>/dev/null || true
+    wait "$perf_pid" 2>/dev/null || true
+  fi
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   limits_restore broadcast_all
 }
@@ -98,10 +104,11 @@ if [ -n "${PERF_OUT:-}" ]; then
   # The whole machine's kernel and user stacks from the first publish on, sampled on the
   # software clock (no hardware counters here): where the fan-out's time goes.
   (
-    sleep $((at - $(date +%s)))
+    wait_s=$((at - $(date +%s)))
+    [ "$wait_s" -gt 0 ] && sleep "$wait_s"
     exec perf record -a -g -e cpu-clock -F 499 -o "$PERF_OUT" -- sleep "${PERF_SECS:-12}"
   ) >"$out/perf.out" 2>&1 &
-  pids+=($!)
+  perf_pid=$!
 fi
 subs=()
 for ((i = 0; i < processes; i++)); do

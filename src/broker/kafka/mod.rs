@@ -48,7 +48,7 @@ use rskafka::client::partition::PartitionClient;
 use rskafka::client::Client;
 use tokio::sync::mpsc as channel;
 use tokio::task::JoinSet;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use self::continuity::Seen;
 use self::reader::{read_partition, Fetched, READER_QUEUE};
@@ -331,9 +331,13 @@ impl KafkaTask {
         self.link.set_subscribed(self.loaded.len() as u64);
     }
 
-    /// Logs a warning, at a bounded rate ([`Warnings`]).
+    /// Logs a warning, at most one per 10 s (the rest at debug; [`Warnings`]).
     fn warn(&mut self, message: std::fmt::Arguments<'_>) {
-        self.warnings.warn(&self.link.url, message);
+        if self.warnings.due() {
+            warn!(broker = %self.link.url, "{message}");
+        } else {
+            debug!(broker = %self.link.url, "{message}");
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use super::link::{InterestChanges, Link};
 use super::reconnect::{Reconnection, Warnings};
@@ -560,9 +560,13 @@ impl<B: Broker> Task<B> {
         }
     }
 
-    /// Logs a warning, at a bounded rate ([`Warnings`]).
+    /// Logs a warning, at most one per 10 s (the rest at debug; [`Warnings`]).
     fn warn(&mut self, message: std::fmt::Arguments<'_>) {
-        self.warnings.warn(&self.link.url, message);
+        if self.warnings.due() {
+            warn!(broker = %self.link.url, "{message}");
+        } else {
+            debug!(broker = %self.link.url, "{message}");
+        }
     }
 }
 
