@@ -11,8 +11,8 @@
 #   PER_PROCESS   subscribers per load-generator process (250000)
 #   CONNECT_RATE  handshakes per second per process (2000)
 #   OUT           where the reports go (target/broadcast_all)
-#   PERF_OUT      a file: `perf record -a -g` of the whole machine for PERF_SECS (12) from
-#                 the first publish on
+#   PERF_OUT      a file: `perf record -a -g` of the whole machine from 5 s before the first
+#                 publish to PERF_SECS (12) after it
 #   TCP_MEM       "MIN PRESSURE MAX" pages for net.ipv4.tcp_mem during the run (restored on
 #                 exit); unset, the kernel's own. A million's first fan-out went past the
 #                 default maximum here (575,832 pages, 2.2 GiB; docs/PERFORMANCE.md)
@@ -102,11 +102,12 @@ bound=$((lead + duration + 120))
 echo "broadcast_all: traffic starts at $(date -d "@$at" +%T) (in $lead s)"
 if [ -n "${PERF_OUT:-}" ]; then
   # The whole machine's kernel and user stacks from the first publish on, sampled on the
-  # software clock (no hardware counters here): where the fan-out's time goes.
+  # software clock (no hardware counters here): where the fan-out's time goes. perf starts
+  # 5 s early: on a machine busy with the fan-out its own start took 7 s.
   (
-    wait_s=$((at - $(date +%s)))
+    wait_s=$((at - 5 - $(date +%s)))
     [ "$wait_s" -gt 0 ] && sleep "$wait_s"
-    exec perf record -a -g -e cpu-clock -F 499 -o "$PERF_OUT" -- sleep "${PERF_SECS:-12}"
+    exec perf record -a -g -e cpu-clock -F 499 -o "$PERF_OUT" -- sleep $((${PERF_SECS:-12} + 5))
   ) >"$out/perf.out" 2>&1 &
   perf_pid=$!
 fi
