@@ -102,6 +102,15 @@ impl Warnings {
     }
 }
 
+/// Waits until `at`, or for ever without one: a link task's optional timers (a refused
+/// subscription's retry, the next head check) in one `select!`.
+pub(super) async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

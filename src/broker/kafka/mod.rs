@@ -54,7 +54,7 @@ use self::continuity::Seen;
 use self::reader::{read_partition, Fetched, READER_QUEUE};
 pub use self::record::partition_for;
 use super::link::Link;
-use super::reconnect::{Reconnection, Warnings};
+use super::reconnect::{sleep_until, Reconnection, Warnings};
 use super::task::HEAD_CHECK;
 use super::{BrokerLog, BrokerStats};
 use crate::broadcast::{Epoch, Mailboxes, Position};
@@ -338,12 +338,5 @@ impl KafkaTask {
         } else {
             debug!(broker = %self.link.url, "{message}");
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

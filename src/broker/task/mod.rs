@@ -12,7 +12,7 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 
 use super::link::{InterestChanges, Link};
-use super::reconnect::{Reconnection, Warnings};
+use super::reconnect::{sleep_until, Reconnection, Warnings};
 use super::wire::{self, Sequence, Sequences};
 use super::{Broker, BrokerLog, BrokerStats, Events, Inbound, IO_TIMEOUT, SUBSCRIBE_BATCH};
 use crate::broadcast::{Mailboxes, Position, Publication};
@@ -567,12 +567,5 @@ impl<B: Broker> Task<B> {
         } else {
             debug!(broker = %self.link.url, "{message}");
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
