@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::history::{Log, Recovery};
+use super::history::{read_resume, Log, Recovery, Resuming};
 use super::publication::{Position, Stamp};
 use super::topic::{Subscriptions, Topics};
 use crate::config::TopicLimits;
@@ -286,7 +286,7 @@ pub(crate) enum Action {
     Subscribe(Box<str>),
     /// A subscription from a position, with what the log held after it when asked, and
     /// whether the connection presented a position (only then is it counted as a recovery).
-    SubscribeFrom(Box<str>, Box<Recovery>, bool),
+    SubscribeFrom(Box<str>, Box<Recovery>, Resuming),
     Unsubscribe(Box<str>),
     Publish(Box<str>, OpCode, Bytes),
     Close(CloseCode, Box<str>),
@@ -314,6 +314,18 @@ pub enum Resumed {
     /// `head`, the topic's position now.
     NotRecovered {
         /// The topic's current position.
+        head: Position,
+    },
+    /// The position is of another epoch than the topic's (its node restarted, or a broker's
+    /// stream was made anew), so what followed it there is lost; but the current epoch is
+    /// kept from its first publication, and all of it is sent first (`replayed`), then live
+    /// publications. `start` is the epoch's start (offset 0), where the connection now is.
+    EpochStart {
+        /// Publications sent from history: the whole epoch so far.
+        replayed: usize,
+        /// The epoch's start, before its first publication.
+        start: Position,
+        /// The position the last of them had: live publications follow it.
         head: Position,
     },
     /// The server keeps no history (`--history 0`): subscribed, live publications only.
@@ -555,6 +567,17 @@ impl<'a, D> Connection<'a, D> {
         since: Option<Position>,
         first: impl FnOnce(&Resumed) -> Option<Vec<u8>>,
     ) -> Result<Resumed, SubscribeError> {
+        self.subscribe_from_with_all(topic, since, |resumed| first(resumed).into_iter().collect())
+    }
+
+    /// [`subscribe_from_with`](Self::subscribe_from_with) with any number of first messages,
+    /// all sent before anything replayed.
+    pub(crate) fn subscribe_from_with_all(
+        &mut self,
+        topic: &str,
+        since: Option<Position>,
+        first: impl FnOnce(&Resumed) -> Vec<Vec<u8>>,
+    ) -> Result<Resumed, SubscribeError> {
         let verdict = match &self.gate {
             Some(gate) => gate
                 .check(topic, &mut self.actions.pending)
@@ -571,27 +594,37 @@ impl<'a, D> Connection<'a, D> {
             }
         };
         let Some((log, max_recover)) = log else {
-            if let Some(message) = first(&Resumed::NoHistory) {
+            for message in first(&Resumed::NoHistory) {
                 self.send(OpCode::Text, &message);
             }
             self.actions.list.push(Action::Subscribe(topic.into()));
             return Ok(Resumed::NoHistory);
         };
-        let recovery = log.read(topic, since, max_recover);
-        let resumed = match &recovery {
-            Recovery::Recovered { publications, head } => Resumed::Exact {
+        let (recovery, resuming) = read_resume(log.as_ref(), topic, since, max_recover);
+        let resumed = match (&recovery, resuming) {
+            (Recovery::Recovered { publications, head }, Resuming::EpochStart) => {
+                Resumed::EpochStart {
+                    replayed: publications.len(),
+                    start: Position {
+                        epoch: head.epoch,
+                        offset: 0,
+                    },
+                    head: *head,
+                }
+            }
+            (Recovery::Recovered { publications, head }, _) => Resumed::Exact {
                 replayed: publications.len(),
                 head: *head,
             },
-            Recovery::NotRecovered { head } => Resumed::NotRecovered { head: *head },
+            (Recovery::NotRecovered { head }, _) => Resumed::NotRecovered { head: *head },
         };
-        if let Some(message) = first(&resumed) {
+        for message in first(&resumed) {
             self.send(OpCode::Text, &message);
         }
         self.actions.list.push(Action::SubscribeFrom(
             topic.into(),
             Box::new(recovery),
-            since.is_some(),
+            resuming,
         ));
         Ok(resumed)
     }

@@ -147,8 +147,13 @@ impl Cluster {
             let log = service.hub.log.clone();
             match log {
                 Some(log) => {
-                    let recovery = log.read(topic, since, service.max_recover);
-                    service.subscribe_from(ctx, conn, topic, recovery, since.is_some());
+                    let (recovery, resuming) = super::history::read_resume(
+                        log.as_ref(),
+                        topic,
+                        since,
+                        service.max_recover,
+                    );
+                    service.subscribe_from(ctx, conn, topic, recovery, resuming);
                 }
                 None => {
                     service.subscribe(ctx, conn, topic);
@@ -341,8 +346,46 @@ mod tests {
             offset: 1,
         };
         cluster.subscribe(0, lost, "t", Some(other));
-        assert_eq!(cluster.take(0, lost), [("reset", 2)]);
-        assert_eq!(stats(&cluster), (1, 1, 2));
+        // Another epoch: a failed recovery, though the current epoch is given from its start.
+        assert_eq!(
+            cluster.take(0, lost),
+            [("reset", 0), ("message", 1), ("message", 2)]
+        );
+        assert_eq!(stats(&cluster), (1, 1, 4));
+    }
+
+    #[test]
+    fn a_position_of_another_epoch_gets_this_epoch_from_its_start_while_it_is_kept() {
+        // Two publications kept per topic: the epoch's start goes with the third.
+        let mut cluster = Cluster::new(2, 2, 300);
+        let other = Position {
+            epoch: super::super::Epoch::from_bits(99),
+            offset: 7,
+        };
+        cluster.publish(0, "t", b"1");
+        cluster.publish(0, "t", b"2");
+        let early = cluster.stream(1);
+        cluster.subscribe(1, early, "t", Some(other));
+        cluster.publish(0, "t", b"3");
+        cluster.step(1);
+        // The reset says where it now is, before the epoch's first publication; then every
+        // publication of the epoch, each once, the live one included.
+        assert_eq!(
+            cluster.take(1, early),
+            [("reset", 0), ("message", 1), ("message", 2), ("message", 3)]
+        );
+        // Publication 1 is gone: only the head can be named, and nothing is replayed.
+        let late = cluster.stream(1);
+        cluster.subscribe(1, late, "t", Some(other));
+        cluster.publish(0, "t", b"4");
+        cluster.step(1);
+        assert_eq!(cluster.take(1, late), [("reset", 3), ("message", 4)]);
+        assert_eq!(cluster.take(1, early), [("message", 4)]);
+        // A position of the epoch itself is no epoch start, even one before what is kept.
+        let head = cluster.hub.log.as_ref().unwrap().read("t", None, 0).head();
+        let behind = cluster.stream(0);
+        cluster.subscribe(0, behind, "t", Some(Position { offset: 0, ..head }));
+        assert_eq!(cluster.take(0, behind), [("reset", 4)]);
     }
 
     #[test]

@@ -49,6 +49,73 @@ impl Recovery {
     }
 }
 
+/// Whether a subscription resumes, and how: what its subscriber is told, and how it counts
+/// in `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Resuming {
+    /// A new subscriber, from now (or from the position its own stream head gave it).
+    New,
+    /// The client presented a position; the recovery is what the log gave for it.
+    Presented,
+    /// The client presented a position of another epoch, and the recovery is the current
+    /// epoch from its first publication: what followed the position in its own epoch is lost
+    /// to the client (it is told, as for a recovery that failed), and nothing of this one is.
+    EpochStart,
+}
+
+/// Reads what a subscriber presenting `since` missed in `topic`: [`Log::read`]'s answer, but
+/// for one case. A position of another epoch (its node restarted with history in memory, or
+/// a broker's stream was made anew) cannot be served exactly, since the rest of its epoch
+/// is gone; yet the client then missed the whole current epoch. When the log still holds
+/// that epoch from its first publication up to the head, within `limit`, it is the recovery,
+/// given after a reset to the epoch's start, as a node's link does when it finds a new epoch.
+pub(crate) fn read_resume(
+    log: &dyn Log,
+    topic: &str,
+    since: Option<Position>,
+    limit: usize,
+) -> (Recovery, Resuming) {
+    let recovery = log.read(topic, since, limit);
+    let Some(since) = since else {
+        return (recovery, Resuming::New);
+    };
+    let head = match recovery {
+        Recovery::NotRecovered { head }
+            if head.epoch != since.epoch && !head.epoch.is_unknown() && head.offset > 0 =>
+        {
+            head
+        }
+        _ => return (recovery, Resuming::Presented),
+    };
+    let start = Position {
+        epoch: head.epoch,
+        offset: 0,
+    };
+    match log.read(topic, Some(start), limit) {
+        // Whole: the first follows the epoch's start (a broker's chain says so, see
+        // `Publication::previous`), all are of the epoch, and they reach the head read.
+        Recovery::Recovered {
+            head: reached,
+            publications,
+        } if publications.first().and_then(|p| p.previous()) == Some(0)
+            && publications
+                .iter()
+                .all(|p| p.position().is_some_and(|p| p.epoch == head.epoch))
+            && reached.epoch == head.epoch
+            && reached.offset >= head.offset =>
+        {
+            (
+                Recovery::Recovered {
+                    head: reached,
+                    publications,
+                },
+                Resuming::EpochStart,
+            )
+        }
+        _ => (recovery, Resuming::Presented),
+    }
+}
+
 /// The source of positions and the store of history, for every topic of a node.
 pub trait Log: Send + Sync + std::fmt::Debug {
     /// Gives a publish of `payload` to `topic` the stream's next position, keeps it, and

@@ -33,6 +33,7 @@ use bytes::Bytes;
 pub use handler::{
     Connection, Decision, Handler, HttpCall, HttpHead, Message, Peer, Resumed, SubscribeError,
 };
+use history::Resuming;
 pub use history::{HistoryLimits, Log, Recovery};
 use mailbox::Mail;
 pub(crate) use mailbox::Mailboxes;
@@ -964,16 +965,19 @@ impl<H: Handler> Broadcast<H> {
     /// at: what the mailbox still holds up to it is skipped, and what follows reaches every
     /// subscriber, `conn` included, once and in order.
     ///
-    /// `resuming`: the client presented a position (`Last-Event-ID`, `?since=`, a handler's
-    /// `since`). Only then is the outcome a recovery, counted in `/metrics`; a stream that
-    /// starts from the position its own head gave it is a new subscriber.
+    /// `resuming`: whether the client presented a position (`Last-Event-ID`, `?since=`, a
+    /// handler's `since`). Only then is the outcome a recovery, counted in `/metrics`; a
+    /// stream that starts from the position its own head gave it is a new subscriber. A
+    /// recovery from the start of another epoch than the client's
+    /// ([`Resuming::EpochStart`]) counts as failed, and an event stream is sent a reset to
+    /// that start before it.
     fn subscribe_from(
         &mut self,
         ctx: &mut WorkerView<'_, ConnState<H::Data>>,
         conn: ConnId,
         topic: &str,
         recovery: Recovery,
-        resuming: bool,
+        resuming: Resuming,
     ) -> bool {
         let mut head = recovery.head();
         // A client ahead of this node's log (it read further on another node, and this
@@ -1047,7 +1051,7 @@ impl<H: Handler> Broadcast<H> {
                     .cursor(id)
                     .filter(|c| c.epoch == head.epoch && c.offset > reached);
                 if let Some(cursor) = short {
-                    if resuming {
+                    if resuming != Resuming::New {
                         stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
                     }
                     if ctx.is_stream(conn) {
@@ -1058,8 +1062,23 @@ impl<H: Handler> Broadcast<H> {
                     }
                     return true;
                 }
-                if resuming {
-                    stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
+                match resuming {
+                    Resuming::New => {}
+                    Resuming::Presented => {
+                        stats.recoveries_exact.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Resuming::EpochStart => {
+                        stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
+                        if ctx.is_stream(conn) {
+                            let event = crate::sse::reset_event(head.epoch.as_str(), 0);
+                            if let Err(SendError::Backlog) = ctx.send_frame(conn, event) {
+                                ctx.close_slow_consumer(conn);
+                                return true;
+                            }
+                        }
+                    }
+                }
+                if resuming != Resuming::New {
                     stats
                         .replayed
                         .fetch_add(publications.len() as u64, Ordering::Relaxed);
@@ -1080,7 +1099,7 @@ impl<H: Handler> Broadcast<H> {
                 }
             }
             Recovery::NotRecovered { head } => {
-                if resuming {
+                if resuming != Resuming::New {
                     stats.recoveries_failed.fetch_add(1, Ordering::Relaxed);
                 }
                 if ctx.is_stream(conn) {

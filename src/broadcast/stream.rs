@@ -117,8 +117,14 @@ impl<H: Handler> Broadcast<H> {
             }
             return;
         };
-        let recovery = log.read(topic, since, self.max_recover);
-        if !self.subscribe_from(ctx, conn, topic, recovery, presented.is_some()) {
+        let (recovery, resuming) = match presented {
+            Some(_) => super::history::read_resume(log.as_ref(), topic, since, self.max_recover),
+            None => (
+                log.read(topic, since, self.max_recover),
+                super::history::Resuming::New,
+            ),
+        };
+        if !self.subscribe_from(ctx, conn, topic, recovery, resuming) {
             ctx.close(conn, crate::protocol::CloseCode::POLICY_VIOLATION, "");
         }
     }

@@ -211,10 +211,19 @@ async fn only_streams_that_present_a_position_count_as_recoveries() -> Result<()
         "{:?}",
         recoveries(&server)
     );
+    // Another epoch: not recovered, but this epoch is kept whole, and follows the reset.
     let mut lost = Sse::open(addr, "/r", &[("Last-Event-ID", "zzzz:1")]).await?;
-    ensure!(lost.event().await?.kind == "reset");
+    let reset = lost.event().await?;
+    let epoch = since.split(':').next().unwrap_or_default();
     ensure!(
-        recoveries(&server) == (1, 1, 2),
+        reset.kind == "reset" && reset.id == format!("{epoch}:0"),
+        "{reset:?}"
+    );
+    for data in ["m1", "m2", "m3"] {
+        ensure!(lost.event().await?.data == data);
+    }
+    ensure!(
+        recoveries(&server) == (1, 1, 5),
         "{:?}",
         recoveries(&server)
     );
@@ -232,7 +241,17 @@ async fn a_restart_is_a_new_epoch() -> Result<()> {
     ensure!(before["epoch"] != after["epoch"], "{before} vs {after}");
     let since = format!("{}:1", before["epoch"].as_str().unwrap_or(""));
     let mut stream = Sse::open(server.addr(), "/t", &[("Last-Event-ID", &since)]).await?;
-    ensure!(stream.event().await?.kind == "reset");
+    // What followed `x` on the stopped node is lost to the client; what the new one
+    // published before the client came back is not.
+    let reset = stream.event().await?;
+    ensure!(reset.kind == "reset", "{reset:?}");
+    let epoch = after["epoch"].as_str().unwrap_or("");
+    ensure!(reset.id == format!("{epoch}:0"), "{reset:?}");
+    let replayed = stream.event().await?;
+    ensure!(
+        replayed.data == "y" && replayed.id == format!("{epoch}:1"),
+        "{replayed:?}"
+    );
     Ok(())
 }
 
@@ -307,6 +326,9 @@ impl Handler for Resuming {
         let said = match conn.subscribe_from(topic, since) {
             Ok(Resumed::Exact { replayed, .. }) => format!("exact {replayed}"),
             Ok(Resumed::NotRecovered { head }) => format!("not {head}"),
+            Ok(Resumed::EpochStart {
+                replayed, start, ..
+            }) => format!("epoch start {start}, {replayed}"),
             Ok(other) => format!("{other:?}"),
             Err(error) => format!("refused {error}"),
         };
@@ -339,14 +361,22 @@ async fn a_handler_subscribes_from_a_position_and_learns_the_outcome() -> Result
     ensure!(next_text(&mut ws).await? == "exact 2");
     server.publish("room", OpCode::Text, b"m5");
     ensure!(next_text(&mut ws).await? == "m5");
+    let epoch = positions[0].epoch;
+    let url = format!("ws://{addr}/room?since={epoch}:99");
+    let (mut ahead, _) = tokio_tungstenite::connect_async(url).await?;
+    ensure!(next_text(&mut ahead).await? == format!("not {epoch}:5"));
+    // Another epoch: this one is kept from its start, and all of it is replayed.
     let url = format!("ws://{addr}/room?since=xx:1");
     let (mut stale, _) = tokio_tungstenite::connect_async(url).await?;
-    let head = format!("{}:5", positions[0].epoch);
-    ensure!(next_text(&mut stale).await? == format!("not {head}"));
+    for i in 1..=5 {
+        ensure!(next_text(&mut stale).await? == format!("m{i}"));
+    }
+    ensure!(next_text(&mut stale).await? == format!("epoch start {epoch}:0, 5"));
     server.publish("room", OpCode::Text, b"m6");
     ensure!(next_text(&mut stale).await? == "m6");
+    ensure!(next_text(&mut ahead).await? == "m6");
     ensure!(next_text(&mut ws).await? == "m6");
-    wait_subscribers(&server, "room", 2).await?;
+    wait_subscribers(&server, "room", 3).await?;
     server.shutdown();
     Ok(())
 }

@@ -168,6 +168,23 @@ pub(crate) fn a_resumed_subscription_gets_exactly_the_missed_events_first() -> R
     for n in 4..=6u64 {
         ensure!(read_event(&mut b)? == (n.to_string(), n, epoch.clone()));
     }
+    // Another epoch (the node restarted) while this one is kept from its start: resume_failed
+    // at the epoch's start, before the whole epoch, then live events.
+    let (mut d, _) = established(&server)?;
+    let ok = subscribe_resuming(
+        &mut d,
+        "resume-a",
+        Some(json!({"epoch": "other", "offset": 9})),
+    )?;
+    ensure!(ok["offset"] == 0 && ok["epoch"] == epoch.as_str(), "{ok}");
+    let failed = read_json(&mut d)?;
+    ensure!(failed["event"] == "uringcast:resume_failed", "{failed}");
+    let head: Value = serde_json::from_str(failed["data"].as_str().unwrap_or_default())?;
+    ensure!(head == json!({"epoch": epoch, "offset": 0}), "{head}");
+    ensure!(trigger(&server, "resume-a", "news", "7")? == 200);
+    for n in 1..=7u64 {
+        ensure!(read_event(&mut d)? == (n.to_string(), n, epoch.clone()));
+    }
     // Another epoch, or a malformed position: resume_failed, then live events.
     let (mut c, _) = established(&server)?;
     for resume in [json!({"epoch": "other", "offset": 1}), json!("3")] {

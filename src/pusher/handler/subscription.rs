@@ -165,17 +165,29 @@ impl Pusher {
             Resume::No | Resume::Malformed => None,
         };
         let asked = resume != Resume::No;
-        let resumed = conn.subscribe_from_with(topic, since, |resumed| {
+        // `resume_failed` goes with `subscription_succeeded`, before anything replayed: after
+        // a restart the replay is the new epoch from its start, and the position a client
+        // takes from `resume_failed` must come before the events that move it on.
+        let resumed = conn.subscribe_from_with_all(topic, since, |resumed| {
             let ok = message::encode_subscription_succeeded(name, None);
-            Some(match resumed {
-                Resumed::Exact { head, .. } if since.is_none() => {
-                    message::stamp_position(ok.as_bytes(), *head).to_vec()
-                }
-                Resumed::NotRecovered { head } => {
-                    message::stamp_position(ok.as_bytes(), *head).to_vec()
-                }
-                _ => ok.into_bytes(),
-            })
+            let (ok, failed) = match resumed {
+                Resumed::Exact { head, .. } if since.is_none() => (
+                    message::stamp_position(ok.as_bytes(), *head).to_vec(),
+                    Some(*head),
+                ),
+                Resumed::Exact { head, .. } => (ok.into_bytes(), Some(*head)),
+                Resumed::NotRecovered { head } | Resumed::EpochStart { start: head, .. } => (
+                    message::stamp_position(ok.as_bytes(), *head).to_vec(),
+                    Some(*head),
+                ),
+                _ => (ok.into_bytes(), None),
+            };
+            let exact = since.is_some() && matches!(resumed, Resumed::Exact { .. });
+            let mut messages = vec![ok];
+            if asked && !exact {
+                messages.push(message::encode_resume_failed(name, failed).into_bytes());
+            }
+            messages
         });
         let resumed = match resumed {
             Ok(resumed) => resumed,
@@ -198,22 +210,19 @@ impl Pusher {
             }
         };
         conn.data().channels.insert(name.into(), None);
-        let exact = since.is_some() && matches!(resumed, Resumed::Exact { .. });
-        if asked && !exact {
-            let head = match resumed {
-                Resumed::NotRecovered { head } | Resumed::Exact { head, .. } => Some(head),
-                _ => None,
-            };
-            let failed = message::encode_resume_failed(name, head);
-            conn.send(OpCode::Text, failed.as_bytes());
-        }
+        // What was replayed ends with the channel's last event.
+        let replayed = match resumed {
+            Resumed::Exact { .. } => since.is_some(),
+            Resumed::EpochStart { .. } => true,
+            _ => false,
+        };
         if joined.occupied && self.node.fires_webhooks() {
             self.node.webhook(app, || webhook::Event::ChannelOccupied {
                 channel: name.to_owned(),
             });
         }
-        if channel.is_cache() && !exact {
-            // An exact resume already holds the channel's last event, or what followed it.
+        if channel.is_cache() && !replayed {
+            // A resume already holds the channel's last event, or what followed it.
             let cached = joined
                 .cached
                 .unwrap_or_else(|| message::encode_cache_miss(name));
