@@ -41,8 +41,10 @@
 # (scripts/kernel_limits.sh). Every wait has a bound and waits for a real signal: the load
 # generator's progress line (one a second) saying how many are open, the publisher's count.
 # Loopback only. Exit 0 if all N came back and none gave up, and with history no silent loss
-# (and with --broker redis nothing missing; a lone node's history does not survive its
-# restart, so there every resume is answered "not recovered", which is told, not a failure);
+# and no duplicate (and with --broker redis nothing missing. A lone node's history does not
+# survive its restart, so there every resume is answered "not recovered", which is told, not
+# a failure; what the restarted node published before a subscriber was back is replayed to
+# it from the new epoch's start while --history still holds that start);
 # 1 otherwise; 2 on a usage or start-up error; 3 if memory would not fit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +86,7 @@ down_publishes=${DOWN_PUBLISHES:-$window}
 out=${OUT:-target/restart_all}
 planner=(python3 scripts/capacity_plan.py)
 . scripts/kernel_limits.sh
+. scripts/ports.sh
 
 read -r _ _ tables sources < <("${planner[@]}" plan "$n" --steps "$n") || exit 2
 kind="idle WebSocket connections"
@@ -152,8 +155,11 @@ wait_open() {
 lines() { wc -l <"$1"; }
 fail() { echo "restart_all: $*" >&2; exit 1; }
 
-# start_node NAME ADDR [FLAGS...]: a server on ADDR (port 0 picks one) with its output in
-# $out/NAME.out; sets node_pid and node_addr once it listens.
+# start_node NAME ADDR [FLAGS...]: a server on ADDR with its output in $out/NAME.out; sets
+# node_pid and node_addr once it listens.
+# The ports come from free_server_port, below the ephemeral range: a restarted server takes
+# its port again, and a port the kernel picked could meanwhile go to a client's connect().
+server_addr() { echo "127.0.0.1:$(free_server_port || fail 'no free port for a server')"; }
 start_node() {
   local name=$1 addr=$2
   shift 2
@@ -199,7 +205,7 @@ reconnect=(--reconnect --reconnect-max 50 --reconnect-timeout 300)
 interruptible=(env --default-signal=INT timeout --foreground -s KILL $((2 * bound)))
 
 if [ "$history" = 0 ]; then
-  start_node server 127.0.0.1:0 --workers "$tables"
+  start_node server "$(server_addr)" --workers "$tables"
   server=$node_pid
   addr=$node_addr
   "${interruptible[@]}" "$bin/uringcast-load" connect "ws://$addr/" --connections "$n" \
@@ -281,11 +287,11 @@ if [ -n "$broker" ]; then
   redis_url=$(sed -n 's/^REDIS_URL=//p' "$brokers_dir/env")
   [ -n "$redis_url" ] || { echo "SKIP restart_all --broker redis: no Redis started"; exit 0; }
   node_flags+=(--broker "$redis_url")
-  start_node node-a 127.0.0.1:0 --workers 1 "${node_flags[@]}"
+  start_node node-a "$(server_addr)" --workers 1 "${node_flags[@]}"
   pub_addr=$node_addr
   a_pid=$node_pid
 fi
-start_node node-b 127.0.0.1:0 --workers "$tables" "${node_flags[@]}"
+start_node node-b "$(server_addr)" --workers "$tables" "${node_flags[@]}"
 b_pid=$node_pid
 b_addr=$node_addr
 [ -n "$broker" ] || pub_addr=$b_addr
@@ -376,7 +382,8 @@ print(f"owed {sent} x {n:,} = {owed:,}; received {received:,}; missing {max(owed
 print(f"resumes {s.get('resumes', 0):,}: recovered exactly {s.get('recovered', 0):,}, "
       f"not recovered (told) {s.get('reset_on_resume', 0):,}, silent losses "
       f"{s.get('silent_losses', 0):,}; duplicates {s.get('repeated', 0) + s.get('repeated_on_resume', 0):,}")
-ok = (r.get("gave_up", 1) == 0 and s.get("silent_losses", 1) == 0
+duplicates = s.get("repeated", 1) + s.get("repeated_on_resume", 1)
+ok = (r.get("gave_up", 1) == 0 and s.get("silent_losses", 1) == 0 and duplicates == 0
       and (received >= owed or broker == "none"))
 sys.exit(0 if ok else 1)
 PY
