@@ -16,11 +16,6 @@
 #   TCP_MEM       "MIN PRESSURE MAX" pages for net.ipv4.tcp_mem during the run (restored on
 #                 exit); unset, the kernel's own. A million's first fan-out went past the
 #                 default maximum here (575,832 pages, 2.2 GiB; docs/PERFORMANCE.md)
-#   EHASH         buckets of the TCP established hash: the run goes in a network namespace
-#                 of its own (its own loopback), made with net.ipv4.tcp_child_ehash_entries
-#                 set to EHASH, which is put back as soon as the namespace exists. Unset, the
-#                 host's hash, sized at boot (262,144 buckets here, for both ends' 2,000,000
-#                 sockets of a million). Needs Linux 6.1 and root.
 #
 # Prints the merged report's lines and the figures the million issue asks for: the fan-out
 # time (the slowest delivery of any publish, from its scheduled send), p50/p99, the server's
@@ -37,7 +32,7 @@ args=()
 for a in "$@"; do
   case $a in
     --plan) plan_only=1 ;;
-    -h | --help) sed -n '2,31p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,26p' "$0"; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
@@ -49,32 +44,6 @@ connect_rate=${CONNECT_RATE:-2000}
 out=${OUT:-target/broadcast_all}
 planner=(python3 scripts/capacity_plan.py)
 . scripts/kernel_limits.sh
-
-if [ -n "${EHASH:-}" ] && [ "$plan_only" = 0 ] && [ -z "${BROADCAST_ALL_NETNS:-}" ]; then
-  case $EHASH in
-    '' | *[!0-9]*) echo "broadcast_all: EHASH must be a number of buckets" >&2; exit 2 ;;
-  esac
-  old_child=$(sysctl -n net.ipv4.tcp_child_ehash_entries 2>/dev/null) \
-    || { echo "broadcast_all: no net.ipv4.tcp_child_ehash_entries here (Linux 6.1+)" >&2; exit 2; }
-  sysctl -qw net.ipv4.tcp_child_ehash_entries="$EHASH" || exit 2
-  BROADCAST_ALL_NETNS=1 unshare -n -- bash -c 'ip link set lo up && exec "$@"' broadcast_all \
-    "$PWD/scripts/broadcast_all.sh" "$@" &
-  child=$!
-  # The setting is read when a namespace is made: put it back once unshare has made its own.
-  ours=$(readlink /proc/self/ns/net)
-  for _ in $(seq 1 200); do
-    theirs=$(readlink "/proc/$child/ns/net" 2>/dev/null) || break
-    [ "$theirs" != "$ours" ] && break
-    sleep 0.05
-  done
-  sysctl -qw net.ipv4.tcp_child_ehash_entries="$old_child"
-  status=0
-  wait "$child" || status=$?
-  exit "$status"
-fi
-if [ -n "${BROADCAST_ALL_NETNS:-}" ]; then
-  echo "broadcast_all: in a network namespace of its own; TCP established hash of $(sysctl -n net.ipv4.tcp_ehash_entries) buckets"
-fi
 
 processes=$(((n + per_process - 1) / per_process))
 per=$(((n + processes - 1) / processes))
