@@ -274,9 +274,16 @@ pub fn spawn_with<H: Handler>(config: Config, handler: H) -> Result<ServerHandle
     };
     let log = match (&broker_log, config.history) {
         (Some(log), _) => Some(Arc::clone(log) as Arc<dyn crate::broadcast::Log>),
-        (None, Some(history)) => Some(Arc::new(crate::broadcast::history::LocalLog::new(
-            history.limits,
-        )) as Arc<dyn crate::broadcast::Log>),
+        (None, Some(history)) => {
+            let log = crate::broadcast::history::LocalLog::new(history.limits);
+            // Beside a broker's pub/sub, other nodes' publications enter its streams too.
+            let log = if config.broker.is_none() {
+                log.alone()
+            } else {
+                log
+            };
+            Some(Arc::new(log) as Arc<dyn crate::broadcast::Log>)
+        }
         (None, None) => None,
     };
     let hub = Arc::new(Mailboxes::with_log(Arc::clone(&shared), log));

@@ -537,8 +537,10 @@ impl<'a, D> Connection<'a, D> {
     /// publication it has), and says whether what it missed can be given to it exactly.
     ///
     /// With [`Resumed::Exact`], the publications after `since` are sent to the connection
-    /// when the call returns, before any live one, with no gap and no duplicate. Otherwise
-    /// only live publications follow. `since` of `None` subscribes from now, and tells the
+    /// when the call returns, before any live one, with no gap and no duplicate. With
+    /// [`Resumed::EpochStart`] (a lone node's new epoch, kept from its start), that whole
+    /// epoch is sent first. Otherwise only live publications follow. `since` of `None`
+    /// subscribes from now, and tells the
     /// topic's current position. The publications' positions are
     /// [`Publication::position`](super::Publication::position); for a connection already
     /// subscribed, nothing is replayed.

@@ -58,12 +58,15 @@ impl Cluster {
     pub(crate) fn new(workers: usize, history: usize, max_recover: usize) -> Self {
         let shared = Arc::new(Shared::new(workers).expect("eventfds for the harness"));
         let log = (history > 0).then(|| {
-            Arc::new(LocalLog::new(HistoryLimits {
-                entries_per_topic: history,
-                ttl: Duration::from_secs(3600),
-                max_bytes: 1 << 30,
-                max_streams: 1 << 10,
-            })) as Arc<dyn Log>
+            Arc::new(
+                LocalLog::new(HistoryLimits {
+                    entries_per_topic: history,
+                    ttl: Duration::from_secs(3600),
+                    max_bytes: 1 << 30,
+                    max_streams: 1 << 10,
+                })
+                .alone(),
+            ) as Arc<dyn Log>
         });
         Self::with_log(shared, log, history, max_recover)
     }

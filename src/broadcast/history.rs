@@ -64,11 +64,12 @@ pub(crate) enum Resuming {
 }
 
 /// Reads what a subscriber presenting `since` missed in `topic`: [`Log::read`]'s answer, but
-/// for one case. A position of another epoch (its node restarted with history in memory, or
-/// a broker's stream was made anew) cannot be served exactly, since the rest of its epoch
-/// is gone; yet the client then missed the whole current epoch. When the log still holds
-/// that epoch from its first publication up to the head, within `limit`, it is the recovery,
-/// given after a reset to the epoch's start, as a node's link does when it finds a new epoch.
+/// for one case. A position of another epoch (its lone node restarted, with history in
+/// memory) cannot be served exactly, since the rest of its epoch is gone; yet the client then
+/// missed the whole current epoch. When the log says so ([`Log::epochs_supersede`]) and
+/// still holds that epoch from its first publication up to the head, within `limit`, it is
+/// the recovery, given after a reset to the epoch's start, as a node's link does when it
+/// finds a new epoch.
 pub(crate) fn read_resume(
     log: &dyn Log,
     topic: &str,
@@ -79,6 +80,9 @@ pub(crate) fn read_resume(
     let Some(since) = since else {
         return (recovery, Resuming::New);
     };
+    if !log.epochs_supersede() {
+        return (recovery, Resuming::Presented);
+    }
     let head = match recovery {
         Recovery::NotRecovered { head }
             if head.epoch != since.epoch && !head.epoch.is_unknown() && head.offset > 0 =>
@@ -142,6 +146,17 @@ pub trait Log: Send + Sync + std::fmt::Debug {
 
     /// Appends the log's counters to `/metrics`, in the Prometheus text format.
     fn render_metrics(&self, out: &mut String);
+
+    /// Whether every publication of a stream's current epoch is one that a client holding a
+    /// position of another epoch has not had, so that [`read_resume`] may give it the epoch
+    /// from its start. True only for a node's own log when no other node publishes into its
+    /// streams ([`LocalLog::alone`]). Not for a broker's log, whose other epoch may be an
+    /// older one, or another node's name for the same records; nor for a node's own log
+    /// beside a broker's pub/sub, whose streams hold other nodes' publications that the
+    /// client may have had there, under that node's positions.
+    fn epochs_supersede(&self) -> bool {
+        false
+    }
 }
 
 /// How much history a [`LocalLog`] keeps.
@@ -189,6 +204,8 @@ pub struct LocalLog {
     inner: Mutex<Inner>,
     limits: HistoryLimits,
     stats: HistoryStats,
+    /// No other node publishes into these streams (see [`Log::epochs_supersede`]).
+    alone: bool,
 }
 
 #[derive(Debug, Default)]
@@ -232,7 +249,17 @@ impl LocalLog {
             inner: Mutex::new(Inner::default()),
             limits,
             stats: HistoryStats::default(),
+            alone: false,
         }
+    }
+
+    /// Says that this node is the only one publishing into its streams (it has no broker):
+    /// a client presenting a position of another epoch then missed the whole current one,
+    /// and is given it from its start while it is kept.
+    #[must_use]
+    pub fn alone(mut self) -> Self {
+        self.alone = true;
+        self
     }
 
     /// Its counters.
@@ -333,6 +360,10 @@ impl Log for LocalLog {
         };
         self.publish_gauges(&inner);
         recovery
+    }
+
+    fn epochs_supersede(&self) -> bool {
+        self.alone
     }
 
     fn render_metrics(&self, out: &mut String) {
@@ -654,6 +685,53 @@ mod tests {
             );
         }
         assert_eq!(seen, [1, 2, 3]);
+    }
+
+    #[test]
+    fn only_a_lone_log_gives_another_epochs_client_the_epoch_from_its_start() {
+        let other = Position {
+            epoch: Epoch::from_bits(99),
+            offset: 3,
+        };
+        for alone in [false, true] {
+            let log = LocalLog::new(limits());
+            let log = if alone { log.alone() } else { log };
+            let head = append(&log, "t", "1").position().unwrap();
+            let head = Position { offset: 4, ..head };
+            for i in 2..=4 {
+                append(&log, "t", &i.to_string());
+            }
+            let (recovery, resuming) = read_resume(&log, "t", Some(other), 300);
+            if alone {
+                assert_eq!(resuming, Resuming::EpochStart);
+                assert_eq!(offsets(&recovery), [1, 2, 3, 4]);
+                assert_eq!(recovery.head(), head);
+                // Not past --max-recover: then only the head.
+                let (recovery, resuming) = read_resume(&log, "t", Some(other), 3);
+                assert_eq!(resuming, Resuming::Presented);
+                assert!(matches!(recovery, Recovery::NotRecovered { head: h } if h == head));
+            } else {
+                // Beside a broker's pub/sub the stream holds what the client may have had.
+                assert_eq!(resuming, Resuming::Presented);
+                assert!(matches!(recovery, Recovery::NotRecovered { head: h } if h == head));
+            }
+            // A position of the stream's own epoch, and none at all, are read as they are.
+            let (recovery, resuming) =
+                read_resume(&log, "t", Some(Position { offset: 2, ..head }), 300);
+            assert_eq!(
+                (resuming, offsets(&recovery)),
+                (Resuming::Presented, vec![3, 4])
+            );
+            assert_eq!(read_resume(&log, "t", None, 300).1, Resuming::New);
+        }
+        // The epoch's start no longer kept (five per topic): only the head.
+        let log = LocalLog::new(limits()).alone();
+        for i in 1..=6 {
+            append(&log, "t", &i.to_string());
+        }
+        let (recovery, resuming) = read_resume(&log, "t", Some(other), 300);
+        assert_eq!(resuming, Resuming::Presented);
+        assert!(matches!(recovery, Recovery::NotRecovered { head } if head.offset == 6));
     }
 
     #[test]

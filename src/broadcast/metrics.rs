@@ -302,7 +302,7 @@ pub(crate) fn render(hub: &Mailboxes) -> String {
         );
         family(
             "replayed_total",
-            "Publications sent from history by recoveries (exact ones).",
+            "Publications sent from history by recoveries (exact ones, and a new epoch given from its start).",
             "counter",
             &|w| load(&hub.stats[w].replayed),
         );

@@ -150,7 +150,9 @@ impl Pusher {
     /// can: `subscription_succeeded` first, then exactly the events missed, then live ones;
     /// or, when they cannot be had, `uringcast:resume_failed` after `subscription_succeeded`.
     /// With history on, a `subscription_succeeded` that replays nothing carries the
-    /// channel's position (`offset`, `epoch`), where the live events start.
+    /// channel's position (`offset`, `epoch`), where the live events start; one followed by
+    /// a lone node's new epoch from its start carries that start (`offset` 0), where the
+    /// replay starts.
     fn subscribe_resuming(
         &mut self,
         conn: &mut Connection<'_, PusherConn>,
