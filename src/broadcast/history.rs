@@ -148,7 +148,7 @@ pub trait Log: Send + Sync + std::fmt::Debug {
     fn render_metrics(&self, out: &mut String);
 
     /// Whether every publication of a stream's current epoch is one that a client holding a
-    /// position of another epoch has not had, so that [`read_resume`] may give it the epoch
+    /// position of another epoch has not had, so that a resume may be given the epoch
     /// from its start. True only for a node's own log when no other node publishes into its
     /// streams ([`LocalLog::alone`]). Not for a broker's log, whose other epoch may be an
     /// older one, or another node's name for the same records; nor for a node's own log
